@@ -1,0 +1,189 @@
+//! The replicated key-value state machine: a pure function from (current state, command) to
+//! (mutations, reply). The runtime writes the mutations and the applied index atomically; no
+//! clock, randomness or I/O is read here, so every replica applying the same log agrees.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub type Key = Vec<u8>;
+pub type Value = Vec<u8>;
+
+/// A write that goes through the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Set { key: Key, value: Value },
+    Del { keys: Vec<Key> },
+    MSet { pairs: Vec<(Key, Value)> },
+    IncrBy { key: Key, delta: i64 },
+}
+
+impl Command {
+    /// Bytes of user data carried, for request size limits.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Command::Set { key, value } => key.len() + value.len(),
+            Command::Del { keys } => keys.iter().map(Vec::len).sum(),
+            Command::MSet { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            Command::IncrBy { key, .. } => key.len() + 8,
+        }
+    }
+}
+
+/// The outcome of applying a write, as the client sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteReply {
+    Ok,
+    Integer(i64),
+    Error(String),
+}
+
+/// A change to the stored key space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    Put(Key, Value),
+    Delete(Key),
+}
+
+/// Read access to the state the command applies to.
+pub trait KvRead {
+    type Error;
+    fn get(&self, key: &[u8]) -> Result<Option<Value>, Self::Error>;
+}
+
+pub const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+pub const ERR_OVERFLOW: &str = "ERR increment or decrement would overflow";
+
+/// Applies `cmd` to `state`. Later mutations in the list win over earlier ones for the same key.
+pub fn apply<S: KvRead>(cmd: &Command, state: &S) -> Result<(Vec<Mutation>, WriteReply), S::Error> {
+    Ok(match cmd {
+        Command::Set { key, value } => (vec![Mutation::Put(key.clone(), value.clone())], WriteReply::Ok),
+        Command::MSet { pairs } => {
+            let muts = pairs.iter().map(|(k, v)| Mutation::Put(k.clone(), v.clone())).collect();
+            (muts, WriteReply::Ok)
+        }
+        Command::Del { keys } => {
+            // Each distinct existing key counts once, as in Redis (`DEL a a` deletes 1).
+            let mut seen = BTreeMap::new();
+            for k in keys {
+                if !seen.contains_key(k.as_slice()) {
+                    seen.insert(k.as_slice(), state.get(k)?.is_some());
+                }
+            }
+            let muts: Vec<Mutation> = seen
+                .iter()
+                .filter(|(_, exists)| **exists)
+                .map(|(k, _)| Mutation::Delete(k.to_vec()))
+                .collect();
+            let n = muts.len() as i64;
+            (muts, WriteReply::Integer(n))
+        }
+        Command::IncrBy { key, delta } => {
+            let current = match state.get(key)? {
+                None => 0,
+                Some(v) => match parse_i64(&v) {
+                    Some(n) => n,
+                    None => return Ok((Vec::new(), WriteReply::Error(ERR_NOT_INTEGER.into()))),
+                },
+            };
+            match current.checked_add(*delta) {
+                Some(n) => (vec![Mutation::Put(key.clone(), n.to_string().into_bytes())], WriteReply::Integer(n)),
+                None => (Vec::new(), WriteReply::Error(ERR_OVERFLOW.into())),
+            }
+        }
+    })
+}
+
+/// Parses an integer exactly as Redis's `string2ll`: optional '-', no '+', no spaces, no
+/// leading zeros, at most 20 bytes, within i64.
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    if s == b"0" {
+        return Some(0);
+    }
+    let (neg, digits) = match s[0] {
+        b'-' => (true, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() || !(b'1'..=b'9').contains(&digits[0]) || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for d in digits {
+        let d = (d - b'0') as i64;
+        v = v.checked_mul(10)?;
+        v = if neg { v.checked_sub(d)? } else { v.checked_add(d)? };
+    }
+    Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Map(BTreeMap<Key, Value>);
+
+    impl KvRead for Map {
+        type Error = std::convert::Infallible;
+        fn get(&self, key: &[u8]) -> Result<Option<Value>, Self::Error> {
+            Ok(self.0.get(key).cloned())
+        }
+    }
+
+    impl Map {
+        fn run(&mut self, cmd: Command) -> WriteReply {
+            let (muts, reply) = apply(&cmd, self).unwrap();
+            for m in muts {
+                match m {
+                    Mutation::Put(k, v) => self.0.insert(k, v),
+                    Mutation::Delete(k) => self.0.remove(&k),
+                };
+            }
+            reply
+        }
+    }
+
+    fn b(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn del_counts_distinct_existing_keys() {
+        let mut m = Map::default();
+        m.run(Command::MSet { pairs: vec![(b("a"), b("1")), (b("b"), b("2"))] });
+        let reply = m.run(Command::Del { keys: vec![b("a"), b("a"), b("c"), b("b")] });
+        assert_eq!(reply, WriteReply::Integer(2));
+        assert!(m.0.is_empty());
+    }
+
+    #[test]
+    fn incr_parses_like_redis_and_refuses_overflow() {
+        let mut m = Map::default();
+        assert_eq!(m.run(Command::IncrBy { key: b("n"), delta: 5 }), WriteReply::Integer(5));
+        assert_eq!(m.run(Command::IncrBy { key: b("n"), delta: -7 }), WriteReply::Integer(-2));
+        m.run(Command::Set { key: b("s"), value: b("01") });
+        assert_eq!(m.run(Command::IncrBy { key: b("s"), delta: 1 }), WriteReply::Error(ERR_NOT_INTEGER.into()));
+        m.run(Command::Set { key: b("max"), value: i64::MAX.to_string().into_bytes() });
+        assert_eq!(m.run(Command::IncrBy { key: b("max"), delta: 1 }), WriteReply::Error(ERR_OVERFLOW.into()));
+        assert_eq!(m.0[&b("max")], i64::MAX.to_string().into_bytes());
+    }
+
+    #[test]
+    fn parse_i64_matches_string2ll() {
+        for ok in ["0", "1", "-1", "9223372036854775807", "-9223372036854775808"] {
+            assert_eq!(parse_i64(ok.as_bytes()), Some(ok.parse().unwrap()), "{ok}");
+        }
+        for bad in ["", "+1", " 1", "1 ", "01", "-0", "-", "9223372036854775808", "1.5", "abc"] {
+            assert_eq!(parse_i64(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn values_with_nul_bytes_are_kept_exactly() {
+        let mut m = Map::default();
+        m.run(Command::Set { key: b("k\0ey"), value: vec![0, 1, 0, 255] });
+        assert_eq!(m.0[&b("k\0ey")], vec![0, 1, 0, 255]);
+    }
+}

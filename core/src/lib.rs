@@ -1,0 +1,14 @@
+//! raft-kv's sans-IO core: the Raft consensus state machine and the replicated KV state machine.
+//! Nothing here performs I/O, reads a clock, spawns threads or draws OS randomness; the runtime
+//! feeds inputs and carries out the outputs.
+
+pub mod glob;
+pub mod kv;
+pub mod log;
+pub mod message;
+pub mod raft;
+pub mod types;
+
+pub use message::{Message, MessageBody};
+pub use raft::{Config, Input, RaftNode, ReadState, Ready, Rejection, RestoredState, Role, Status};
+pub use types::{Entry, HardState, LogIndex, NodeId, Term};

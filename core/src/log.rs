@@ -1,0 +1,272 @@
+//! The in-memory view of one node's Raft log: entries, commit and apply positions, and which
+//! suffix changed since it was last handed to storage. Touches nothing outside itself.
+
+use crate::types::{Entry, LogIndex, Term};
+
+#[derive(Debug)]
+pub struct RaftLog {
+    /// Index and term of the entry just before `entries[0]`: (0, 0) for a log that starts at 1.
+    offset: LogIndex,
+    offset_term: Term,
+    /// Invariant: `entries[i].index == offset + 1 + i`, terms never decrease along the log.
+    entries: Vec<Entry>,
+    /// Highest index known committed. Invariant: `offset <= commit <= last_index()`, never
+    /// decreases.
+    commit: LogIndex,
+    /// Highest index handed out for applying. Invariant: `applied <= commit`.
+    applied: LogIndex,
+    /// Highest index the runtime reported durable. Invariant: the entries up to it are the ones
+    /// storage holds; lowered when a conflict truncates below it.
+    persisted: LogIndex,
+    /// Lowest index written or overwritten since the last `take_unstable`; storage must drop its
+    /// entries from here on and write ours.
+    unstable_from: Option<LogIndex>,
+}
+
+impl RaftLog {
+    /// A log restored from storage. `applied` entries were already applied by the state machine,
+    /// so they are also known committed.
+    pub fn restore(offset: LogIndex, offset_term: Term, entries: Vec<Entry>, applied: LogIndex) -> Self {
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(e.index.0, offset.0 + 1 + i as u64, "restored log is not contiguous");
+        }
+        let mut log = RaftLog {
+            offset,
+            offset_term,
+            entries,
+            commit: applied,
+            applied,
+            persisted: LogIndex(0),
+            unstable_from: None,
+        };
+        log.persisted = log.last_index();
+        assert!(applied >= offset && applied <= log.last_index(), "applied index outside the log");
+        log
+    }
+
+    pub fn last_index(&self) -> LogIndex {
+        LogIndex(self.offset.0 + self.entries.len() as u64)
+    }
+
+    pub fn last_term(&self) -> Term {
+        self.entries.last().map_or(self.offset_term, |e| e.term)
+    }
+
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit
+    }
+
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied
+    }
+
+    /// The term of the entry at `index`, or None if the log does not hold it.
+    pub fn term(&self, index: LogIndex) -> Option<Term> {
+        if index == self.offset {
+            return Some(self.offset_term);
+        }
+        if index < self.offset || index > self.last_index() {
+            return None;
+        }
+        Some(self.entries[(index.0 - self.offset.0 - 1) as usize].term)
+    }
+
+    fn position(&self, index: LogIndex) -> usize {
+        debug_assert!(index > self.offset && index <= self.last_index().next());
+        (index.0 - self.offset.0 - 1) as usize
+    }
+
+    /// Entries from `from` on, at most `max_entries` and about `max_bytes` (always at least one).
+    pub fn entries_from(&self, from: LogIndex, max_entries: usize, max_bytes: usize) -> Vec<Entry> {
+        if from > self.last_index() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for e in &self.entries[self.position(from)..] {
+            if !out.is_empty() && (out.len() >= max_entries || bytes + e.size_bytes() > max_bytes) {
+                break;
+            }
+            bytes += e.size_bytes();
+            out.push(e.clone());
+        }
+        out
+    }
+
+    /// §5.4.1: is a log ending at (`last_index`, `last_term`) at least as up-to-date as ours?
+    pub fn is_up_to_date(&self, last_index: LogIndex, last_term: Term) -> bool {
+        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+    }
+
+    /// Leader append of new entries at the end of the log.
+    pub fn append(&mut self, entry: Entry) {
+        assert_eq!(entry.index, self.last_index().next(), "append leaves a gap");
+        assert!(entry.term >= self.last_term(), "append with a lower term");
+        self.mark_unstable(entry.index);
+        self.entries.push(entry);
+    }
+
+    fn mark_unstable(&mut self, index: LogIndex) {
+        self.unstable_from = Some(self.unstable_from.map_or(index, |u| u.min(index)));
+    }
+
+    /// Follower side of AppendEntries (§5.3): if our log holds `prev` with `prev_term`, merge
+    /// `entries` (truncating at the first conflict, never truncating a matching suffix, since the
+    /// message may be stale or duplicated) and return the last index now known to match the
+    /// leader. None if the consistency check fails.
+    pub fn maybe_append(&mut self, prev: LogIndex, prev_term: Term, entries: &[Entry]) -> Option<LogIndex> {
+        if self.term(prev) != Some(prev_term) {
+            return None;
+        }
+        let last_new = LogIndex(prev.0 + entries.len() as u64);
+        for (i, e) in entries.iter().enumerate() {
+            debug_assert_eq!(e.index.0, prev.0 + 1 + i as u64);
+            match self.term(e.index) {
+                Some(t) if t == e.term => continue,
+                Some(_) => {
+                    assert!(e.index > self.commit, "conflict at committed index {}", e.index);
+                    let pos = self.position(e.index);
+                    self.entries.truncate(pos);
+                    self.persisted = self.persisted.min(e.index.prev());
+                }
+                None if e.index <= self.offset => continue,
+                None => {}
+            }
+            self.mark_unstable(e.index);
+            self.entries.extend_from_slice(&entries[i..]);
+            break;
+        }
+        Some(last_new)
+    }
+
+    /// The last index at or before `index` whose term is <= `term`. Fast backtracking (§5.3, as
+    /// in etcd's findConflictByTerm): a follower rejecting `prev` answers with this for the
+    /// leader's `prev_log_term`, and the leader applies it again to the follower's answer, so a
+    /// whole divergent term is skipped in one round trip.
+    pub fn last_index_with_term_at_most(&self, index: LogIndex, term: Term) -> LogIndex {
+        let mut i = index.min(self.last_index());
+        while i > self.offset {
+            match self.term(i) {
+                Some(t) if t <= term => return i,
+                _ => i = i.prev(),
+            }
+        }
+        self.offset
+    }
+
+    /// Storage reports the log durable up to `index`. Ignored if the entry there has since been
+    /// replaced (the report is about an older write).
+    pub fn persisted_to(&mut self, index: LogIndex, term: Term) {
+        if self.term(index) == Some(term) && index > self.persisted {
+            self.persisted = index;
+        }
+    }
+
+    /// The last index that is both durable and still in the log.
+    pub fn persisted_index(&self) -> LogIndex {
+        match self.unstable_from {
+            Some(u) => self.persisted.min(u.prev()),
+            None => self.persisted,
+        }
+    }
+
+    pub fn commit_to(&mut self, index: LogIndex) -> bool {
+        if index <= self.commit {
+            return false;
+        }
+        assert!(index <= self.last_index(), "commit {} beyond last index {}", index, self.last_index());
+        self.commit = index;
+        true
+    }
+
+    /// Hands out the entries between `applied` and `commit`, at most `max_entries`, and records
+    /// them as applied: the runtime applies each batch before it steps the node again.
+    pub fn take_committed(&mut self, max_entries: usize) -> Vec<Entry> {
+        if self.applied >= self.commit {
+            return Vec::new();
+        }
+        let from = self.position(self.applied.next());
+        let to = self.position(self.commit) + 1;
+        let to = to.min(from + max_entries);
+        let out = self.entries[from..to].to_vec();
+        self.applied = out.last().expect("non-empty").index;
+        out
+    }
+
+    /// The suffix changed since the last call: storage deletes its entries from the first index
+    /// on and writes these.
+    pub fn take_unstable(&mut self) -> Option<(LogIndex, Vec<Entry>)> {
+        let from = self.unstable_from.take()?;
+        let entries = if from > self.last_index() {
+            Vec::new()
+        } else {
+            self.entries[self.position(from)..].to_vec()
+        };
+        Some((from, entries))
+    }
+
+    pub fn check_invariants(&self) {
+        assert!(self.applied <= self.commit);
+        assert!(self.commit <= self.last_index());
+        assert!(self.commit >= self.offset);
+        let mut term = self.offset_term;
+        for (i, e) in self.entries.iter().enumerate() {
+            assert_eq!(e.index.0, self.offset.0 + 1 + i as u64);
+            assert!(e.term >= term, "terms decrease at {}", e.index);
+            term = e.term;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(index: u64, term: u64) -> Entry {
+        Entry { index: LogIndex(index), term: Term(term), data: vec![index as u8] }
+    }
+
+    fn log_with(terms: &[u64]) -> RaftLog {
+        let entries = terms.iter().enumerate().map(|(i, t)| e(i as u64 + 1, *t)).collect();
+        RaftLog::restore(LogIndex(0), Term(0), entries, LogIndex(0))
+    }
+
+    #[test]
+    fn maybe_append_rejects_missing_prev_5_3() {
+        let mut log = log_with(&[1, 1]);
+        assert_eq!(log.maybe_append(LogIndex(3), Term(1), &[e(4, 1)]), None);
+        assert_eq!(log.maybe_append(LogIndex(2), Term(2), &[e(3, 2)]), None);
+    }
+
+    #[test]
+    fn maybe_append_truncates_only_at_a_conflict_5_3() {
+        let mut log = log_with(&[1, 1, 1]);
+        log.take_unstable();
+        // A stale duplicate of entry 2 must not truncate entry 3.
+        assert_eq!(log.maybe_append(LogIndex(1), Term(1), &[e(2, 1)]), Some(LogIndex(2)));
+        assert_eq!(log.last_index(), LogIndex(3));
+        assert!(log.take_unstable().is_none());
+        // A conflicting entry 2 replaces the suffix.
+        assert_eq!(log.maybe_append(LogIndex(1), Term(1), &[e(2, 2)]), Some(LogIndex(2)));
+        assert_eq!(log.last_index(), LogIndex(2));
+        assert_eq!(log.take_unstable(), Some((LogIndex(2), vec![e(2, 2)])));
+    }
+
+    #[test]
+    fn last_index_with_term_at_most_finds_the_leaders_matching_prefix() {
+        let log = log_with(&[1, 1, 3, 3]);
+        assert_eq!(log.last_index_with_term_at_most(LogIndex(4), Term(2)), LogIndex(2));
+        assert_eq!(log.last_index_with_term_at_most(LogIndex(4), Term(3)), LogIndex(4));
+        assert_eq!(log.last_index_with_term_at_most(LogIndex(4), Term(0)), LogIndex(0));
+    }
+
+    #[test]
+    fn take_committed_is_bounded_and_advances_applied() {
+        let mut log = log_with(&[1, 1, 1]);
+        log.commit_to(LogIndex(3));
+        assert_eq!(log.take_committed(2), vec![e(1, 1), e(2, 1)]);
+        assert_eq!(log.take_committed(2), vec![e(3, 1)]);
+        assert!(log.take_committed(2).is_empty());
+        log.check_invariants();
+    }
+}

@@ -1,0 +1,959 @@
+//! The Raft consensus state machine for one node (Ongaro & Ousterhout, "In Search of an
+//! Understandable Consensus Algorithm", and Ongaro's thesis for pre-vote and ReadIndex).
+//!
+//! Sans-IO: the runtime feeds `Input`s through `step` and drains a `Ready` of outputs, handled in
+//! this order: persist the hard state and entries durably, then send the messages, then apply the
+//! committed entries, then serve the reads (once applied up to their index), then report
+//! `Input::Persisted`. No clock, I/O, threads or global randomness are touched here.
+
+use crate::log::RaftLog;
+use crate::message::{Message, MessageBody};
+use crate::types::{Entry, HardState, LogIndex, NodeId, Term};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Static configuration of a node. All limits are validated by `validate`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// Every voting member, this node included.
+    pub voters: Vec<NodeId>,
+    /// Minimum election timeout; each timeout is drawn from [election_ticks, 2 * election_ticks).
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    /// Per AppendEntries message.
+    pub append_entries_max: usize,
+    pub append_bytes_max: usize,
+    /// AppendEntries messages in flight to one follower while replicating optimistically.
+    pub inflight_appends_max: usize,
+    /// Committed entries handed out in one `Ready`.
+    pub apply_batch_max: usize,
+    /// A leader refuses proposals while this many entries are appended but not committed.
+    pub uncommitted_entries_max: u64,
+    /// Read requests queued at a leader awaiting confirmation.
+    pub pending_reads_max: usize,
+    /// Seeds the election-jitter RNG; the runtime chooses it.
+    pub seed: u64,
+}
+
+impl Config {
+    pub fn new(id: NodeId, voters: Vec<NodeId>, seed: u64) -> Config {
+        Config {
+            id,
+            voters,
+            election_ticks: 50,
+            heartbeat_ticks: 5,
+            append_entries_max: 512,
+            append_bytes_max: 4 << 20,
+            inflight_appends_max: 64,
+            apply_batch_max: 1024,
+            uncommitted_entries_max: 20_000,
+            pending_reads_max: 100_000,
+            seed,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id.0 == 0 {
+            return Err(ConfigError("node id must be at least 1".into()));
+        }
+        if !self.voters.contains(&self.id) {
+            return Err(ConfigError(format!("node {} is not among the voters", self.id)));
+        }
+        let unique: BTreeSet<_> = self.voters.iter().collect();
+        if unique.len() != self.voters.len() || self.voters.iter().any(|v| v.0 == 0) {
+            return Err(ConfigError("voter ids must be distinct and at least 1".into()));
+        }
+        if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
+            return Err(ConfigError("election timeout must exceed the heartbeat interval".into()));
+        }
+        if self.append_entries_max == 0
+            || self.append_bytes_max == 0
+            || self.inflight_appends_max == 0
+            || self.apply_batch_max == 0
+            || self.uncommitted_entries_max == 0
+            || self.pending_reads_max == 0
+        {
+            return Err(ConfigError("batch and queue limits must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid raft config: {0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+/// What the runtime feeds in.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Logical time advanced by one tick.
+    Tick,
+    Message(Message),
+    /// A client proposal; `id` comes back in `Ready::rejected` if it cannot be accepted here.
+    Propose { id: u64, data: Vec<u8> },
+    /// A linearizable read; comes back in `Ready::reads` with the index to wait for.
+    Read { id: u64 },
+    /// Storage made the log durable up to `index`, whose entry has `term`.
+    Persisted { index: LogIndex, term: Term },
+}
+
+/// Why a proposal or read was not taken; the runtime may retry later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// No leader is known: an election is under way or there is no quorum.
+    NoLeader,
+    /// This leader lost its leadership before the read was confirmed.
+    LeadershipLost,
+    /// Too much uncommitted work is queued.
+    Busy,
+}
+
+/// A read that became safe: serve it from state applied up to at least `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub id: u64,
+    pub index: LogIndex,
+}
+
+/// The outputs of one or more steps, in the order they must be handled.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Persist before sending any message.
+    pub hard_state: Option<HardState>,
+    /// Delete stored entries from this index on, then write these; persist before sending.
+    pub append: Option<(LogIndex, Vec<Entry>)>,
+    pub messages: Vec<Message>,
+    /// Apply in order after persisting.
+    pub committed: Vec<Entry>,
+    pub reads: Vec<ReadState>,
+    pub rejected: Vec<(u64, Rejection)>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.hard_state.is_none()
+            && self.append.is_none()
+            && self.messages.is_empty()
+            && self.committed.is_empty()
+            && self.reads.is_empty()
+            && self.rejected.is_empty()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReplicationState {
+    /// One AppendEntries at a time until the follower's log position is found.
+    Probe { paused: bool },
+    /// Optimistic pipelining, at most `inflight_appends_max` messages in flight.
+    Replicate,
+}
+
+/// The leader's view of one follower (Figure 2 "volatile state on leaders").
+#[derive(Clone, Debug)]
+struct Progress {
+    match_index: LogIndex,
+    next_index: LogIndex,
+    state: ReplicationState,
+    /// Last index of each AppendEntries in flight, oldest first.
+    inflight: VecDeque<LogIndex>,
+    /// Heard from since the last check-quorum.
+    recent_active: bool,
+    /// Highest read round this follower acknowledged.
+    read_round: u64,
+    /// `match_index` at the previous heartbeat response: no progress across two heartbeats
+    /// while appends are in flight means some were lost.
+    match_at_heartbeat: LogIndex,
+}
+
+/// A read waiting at the leader for a quorum to confirm leadership.
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    id: u64,
+    /// The node that asked (this node for local clients).
+    from: NodeId,
+    index: LogIndex,
+    round: u64,
+}
+
+pub struct RaftNode {
+    cfg: Config,
+    rng: StdRng,
+    role: Role,
+    /// Invariant: never decreases; persisted (in `hard_state`) before any message of this term.
+    term: Term,
+    voted_for: Option<NodeId>,
+    leader: Option<NodeId>,
+    log: RaftLog,
+    persisted_hard_state: HardState,
+    election_elapsed: u32,
+    heartbeat_elapsed: u32,
+    randomized_election_ticks: u32,
+    votes: BTreeMap<NodeId, bool>,
+    /// Leader only, one per other voter.
+    progress: BTreeMap<NodeId, Progress>,
+    /// Read rounds: a read registered in round r is confirmed when a quorum acks round >= r.
+    read_round: u64,
+    read_round_needed: bool,
+    pending_reads: VecDeque<PendingRead>,
+    /// Reads that arrived before the leader committed an entry of its term (§6.4 step 1).
+    reads_awaiting_commit: Vec<(u64, NodeId)>,
+    commit_broadcast_needed: bool,
+    /// Followers and candidates batch forwarded work into one message per `ready`.
+    forward_proposals: Vec<(u64, Vec<u8>)>,
+    forward_reads: Vec<u64>,
+    msgs: Vec<Message>,
+    reads: Vec<ReadState>,
+    rejected: Vec<(u64, Rejection)>,
+}
+
+/// What a node restores from storage at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct RestoredState {
+    pub hard_state: HardState,
+    pub entries: Vec<Entry>,
+    pub applied: LogIndex,
+}
+
+/// A snapshot of a node's volatile state, for INFO, logs and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub applied_index: LogIndex,
+    pub last_index: LogIndex,
+}
+
+impl RaftNode {
+    pub fn new(cfg: Config, restored: RestoredState) -> Result<RaftNode, ConfigError> {
+        cfg.validate()?;
+        if let Some(v) = restored.hard_state.voted_for {
+            if !cfg.voters.contains(&v) {
+                return Err(ConfigError(format!("stored vote for unknown node {v}")));
+            }
+        }
+        let log = RaftLog::restore(LogIndex(0), Term(0), restored.entries, restored.applied);
+        if log.last_term() > restored.hard_state.term {
+            return Err(ConfigError("stored log has a term above the stored current term".into()));
+        }
+        let mut node = RaftNode {
+            rng: StdRng::seed_from_u64(cfg.seed),
+            role: Role::Follower,
+            term: restored.hard_state.term,
+            voted_for: restored.hard_state.voted_for,
+            leader: None,
+            log,
+            persisted_hard_state: restored.hard_state,
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_ticks: cfg.election_ticks,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            read_round: 0,
+            read_round_needed: false,
+            pending_reads: VecDeque::new(),
+            reads_awaiting_commit: Vec::new(),
+            commit_broadcast_needed: false,
+            forward_proposals: Vec::new(),
+            forward_reads: Vec::new(),
+            msgs: Vec::new(),
+            reads: Vec::new(),
+            rejected: Vec::new(),
+            cfg,
+        };
+        node.reset_election_timer();
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.cfg.id,
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+            commit_index: self.log.commit_index(),
+            applied_index: self.log.applied_index(),
+            last_index: self.log.last_index(),
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        self.cfg.voters.len() / 2 + 1
+    }
+
+    fn hard_state(&self) -> HardState {
+        HardState { term: self.term, voted_for: self.voted_for }
+    }
+
+    pub fn step(&mut self, input: Input) {
+        match input {
+            Input::Tick => self.tick(),
+            Input::Message(m) => self.step_message(m),
+            Input::Propose { id, data } => self.propose(id, data),
+            Input::Read { id } => self.read(id, self.cfg.id),
+            Input::Persisted { index, term } => {
+                self.log.persisted_to(index, term);
+                if self.role == Role::Leader {
+                    self.maybe_commit();
+                }
+            }
+        }
+    }
+
+    /// Collects everything the runtime must do now; see the module comment for the order.
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            if self.read_round_needed {
+                self.read_round_needed = false;
+                self.read_round += 1;
+                self.broadcast_heartbeat();
+                self.commit_broadcast_needed = false;
+            }
+            let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+            let mut sent_append = BTreeSet::new();
+            for peer in peers {
+                if self.send_append(peer) {
+                    sent_append.insert(peer);
+                }
+            }
+            if std::mem::take(&mut self.commit_broadcast_needed) {
+                let peers: Vec<NodeId> =
+                    self.progress.keys().filter(|p| !sent_append.contains(p)).copied().collect();
+                for peer in peers {
+                    self.send_heartbeat(peer);
+                }
+            }
+        } else if let Some(leader) = self.leader {
+            if !self.forward_proposals.is_empty() {
+                let proposals = std::mem::take(&mut self.forward_proposals);
+                let proposals = proposals.into_iter().map(|(_, data)| data).collect();
+                self.send(leader, MessageBody::Propose { proposals });
+            }
+            if !self.forward_reads.is_empty() {
+                let ids = std::mem::take(&mut self.forward_reads);
+                self.send(leader, MessageBody::ReadIndex { ids });
+            }
+        }
+        let hs = self.hard_state();
+        let hard_state = (hs != self.persisted_hard_state).then(|| {
+            self.persisted_hard_state = hs;
+            hs
+        });
+        Ready {
+            hard_state,
+            append: self.log.take_unstable(),
+            messages: std::mem::take(&mut self.msgs),
+            committed: self.log.take_committed(self.cfg.apply_batch_max),
+            reads: std::mem::take(&mut self.reads),
+            rejected: std::mem::take(&mut self.rejected),
+        }
+    }
+
+    // ---- time -------------------------------------------------------------------------------
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let e = self.cfg.election_ticks;
+        self.randomized_election_ticks = self.rng.gen_range(e..2 * e);
+    }
+
+    fn tick(&mut self) {
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
+        if self.role == Role::Leader {
+            self.heartbeat_elapsed += 1;
+            if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+                self.heartbeat_elapsed = 0;
+                self.broadcast_heartbeat();
+            }
+            if self.election_elapsed >= self.cfg.election_ticks {
+                self.election_elapsed = 0;
+                self.check_quorum();
+            }
+        } else if self.election_elapsed >= self.randomized_election_ticks {
+            self.campaign_pre_vote();
+        }
+    }
+
+    /// Check-quorum: a leader that has not heard from a quorum for an election timeout steps
+    /// down, so its clients fail fast and a partitioned leader stops serving.
+    fn check_quorum(&mut self) {
+        let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+        for p in self.progress.values_mut() {
+            p.recent_active = false;
+        }
+        if active < self.quorum() {
+            self.become_follower(self.term, None);
+        }
+    }
+
+    // ---- elections (§5.2) -------------------------------------------------------------------
+
+    fn campaign_pre_vote(&mut self) {
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.votes.clear();
+        self.votes.insert(self.cfg.id, true);
+        self.reset_election_timer();
+        self.fail_forwarded_work();
+        if self.votes_granted() >= self.quorum() {
+            self.campaign();
+            return;
+        }
+        let body = MessageBody::PreVote {
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+        };
+        for peer in self.other_voters() {
+            self.send_with_term(peer, self.term.next(), body.clone());
+        }
+    }
+
+    fn campaign(&mut self) {
+        self.term = self.term.next();
+        self.voted_for = Some(self.cfg.id);
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.votes.clear();
+        self.votes.insert(self.cfg.id, true);
+        self.reset_election_timer();
+        if self.votes_granted() >= self.quorum() {
+            self.become_leader();
+            return;
+        }
+        let body = MessageBody::RequestVote {
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+        };
+        for peer in self.other_voters() {
+            self.send(peer, body.clone());
+        }
+    }
+
+    fn votes_granted(&self) -> usize {
+        self.votes.values().filter(|g| **g).count()
+    }
+
+    fn other_voters(&self) -> Vec<NodeId> {
+        self.cfg.voters.iter().copied().filter(|v| *v != self.cfg.id).collect()
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+        }
+        let was_leader = self.role == Role::Leader;
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.reset_election_timer();
+        self.progress.clear();
+        if was_leader {
+            for r in std::mem::take(&mut self.pending_reads) {
+                self.reject_read(r.id, r.from, Rejection::LeadershipLost);
+            }
+            for (id, from) in std::mem::take(&mut self.reads_awaiting_commit) {
+                self.reject_read(id, from, Rejection::LeadershipLost);
+            }
+        }
+        if leader.is_none() {
+            self.fail_forwarded_work();
+        }
+    }
+
+    fn reject_read(&mut self, id: u64, from: NodeId, why: Rejection) {
+        // Remote reads are left to the asking node's timeout.
+        if from == self.cfg.id {
+            self.rejected.push((id, why));
+        }
+    }
+
+    /// Work batched for a leader we no longer know goes back to the runtime.
+    fn fail_forwarded_work(&mut self) {
+        for (id, _) in std::mem::take(&mut self.forward_proposals) {
+            self.rejected.push((id, Rejection::NoLeader));
+        }
+        for id in std::mem::take(&mut self.forward_reads) {
+            self.rejected.push((id, Rejection::NoLeader));
+        }
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(self.role, Role::Candidate);
+        self.role = Role::Leader;
+        self.leader = Some(self.cfg.id);
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        let next_index = self.log.last_index().next();
+        self.progress = self
+            .other_voters()
+            .into_iter()
+            .map(|p| {
+                (
+                    p,
+                    Progress {
+                        match_index: LogIndex(0),
+                        next_index,
+                        state: ReplicationState::Probe { paused: false },
+                        inflight: VecDeque::new(),
+                        recent_active: true,
+                        read_round: 0,
+                        match_at_heartbeat: LogIndex(0),
+                    },
+                )
+            })
+            .collect();
+        // §5.4.2/§8: commit an entry of our own term, which commits everything before it and
+        // lets ReadIndex start.
+        self.log.append(Entry { index: next_index, term: self.term, data: Vec::new() });
+        self.maybe_commit();
+    }
+
+    fn handle_vote_request(&mut self, m: &Message, pre_vote: bool, last_index: LogIndex, last_term: Term) {
+        let can_vote = self.voted_for == Some(m.from)
+            || (self.voted_for.is_none() && self.leader.is_none())
+            || (pre_vote && m.term > self.term);
+        let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
+        if pre_vote {
+            let term = if granted { m.term } else { self.term };
+            self.send_with_term(m.from, term, MessageBody::PreVoteResponse { granted });
+        } else {
+            if granted {
+                self.voted_for = Some(m.from);
+                self.reset_election_timer();
+            }
+            self.send(m.from, MessageBody::RequestVoteResponse { granted });
+        }
+    }
+
+    fn handle_vote_response(&mut self, from: NodeId, granted: bool) {
+        self.votes.insert(from, granted);
+        let rejected = self.votes.values().filter(|g| !**g).count();
+        if self.votes_granted() >= self.quorum() {
+            match self.role {
+                Role::PreCandidate => self.campaign(),
+                Role::Candidate => self.become_leader(),
+                _ => {}
+            }
+        } else if rejected >= self.quorum() {
+            self.become_follower(self.term, None);
+        }
+    }
+
+    // ---- messages ---------------------------------------------------------------------------
+
+    fn in_leader_lease(&self) -> bool {
+        // Heard from a live leader within the minimum election timeout (thesis §4.2.3): ignore
+        // vote requests so a rejoining node cannot depose a healthy leader.
+        self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks
+    }
+
+    fn step_message(&mut self, m: Message) {
+        if m.to != self.cfg.id || !self.cfg.voters.contains(&m.from) || m.from == self.cfg.id {
+            return;
+        }
+        if m.term > self.term {
+            match m.body {
+                MessageBody::PreVote { .. } | MessageBody::RequestVote { .. } if self.in_leader_lease() => {
+                    return;
+                }
+                MessageBody::PreVote { .. } => {}
+                MessageBody::PreVoteResponse { granted: true } => {}
+                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                    self.become_follower(m.term, Some(m.from));
+                }
+                _ => self.become_follower(m.term, None),
+            }
+        } else if m.term < self.term {
+            match m.body {
+                // A stale leader learns our term from the response and steps down.
+                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                    let body = MessageBody::AppendEntriesResponse {
+                        success: false,
+                        index: LogIndex(0),
+                        hint: LogIndex(0),
+                        hint_term: Term(0),
+                    };
+                    self.send(m.from, body);
+                }
+                MessageBody::PreVote { .. } => {
+                    self.send(m.from, MessageBody::PreVoteResponse { granted: false });
+                }
+                _ => {}
+            }
+            return;
+        }
+
+        match m.body {
+            MessageBody::PreVote { last_log_index, last_log_term } => {
+                self.handle_vote_request(&m, true, last_log_index, last_log_term)
+            }
+            MessageBody::RequestVote { last_log_index, last_log_term } => {
+                self.handle_vote_request(&m, false, last_log_index, last_log_term)
+            }
+            MessageBody::PreVoteResponse { granted } => {
+                // A granted pre-vote carries the term we would campaign in.
+                if self.role == Role::PreCandidate && (m.term == self.term.next() || !granted) {
+                    self.handle_vote_response(m.from, granted);
+                }
+            }
+            MessageBody::RequestVoteResponse { granted } => {
+                if self.role == Role::Candidate {
+                    self.handle_vote_response(m.from, granted);
+                }
+            }
+            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit } => {
+                self.accept_leader(m.from);
+                self.handle_append(m.from, prev_log_index, prev_log_term, &entries, leader_commit);
+            }
+            MessageBody::Heartbeat { commit, read_round } => {
+                self.accept_leader(m.from);
+                self.log.commit_to(commit.min(self.log.last_index()));
+                let body = MessageBody::HeartbeatResponse {
+                    read_round,
+                    last_log_index: self.log.last_index(),
+                };
+                self.send(m.from, body);
+            }
+            MessageBody::AppendEntriesResponse { success, index, hint, hint_term } => {
+                self.handle_append_response(m.from, success, index, hint, hint_term)
+            }
+            MessageBody::HeartbeatResponse { read_round, .. } => {
+                self.handle_heartbeat_response(m.from, read_round)
+            }
+            MessageBody::Propose { proposals } => {
+                for data in proposals {
+                    // Forwarded proposals have no local id; failures surface as client timeouts.
+                    self.propose_as(None, data);
+                }
+            }
+            MessageBody::ReadIndex { ids } => {
+                for id in ids {
+                    self.read(id, m.from);
+                }
+            }
+            MessageBody::ReadIndexResponse { ids, index } => {
+                for id in ids {
+                    self.reads.push(ReadState { id, index });
+                }
+            }
+        }
+    }
+
+    /// A message of our term from `leader`: it won the election for this term (§5.2).
+    fn accept_leader(&mut self, leader: NodeId) {
+        if self.role != Role::Follower {
+            assert_ne!(self.role, Role::Leader, "two leaders in term {}", self.term);
+            self.become_follower(self.term, Some(leader));
+        }
+        debug_assert!(self.leader.is_none() || self.leader == Some(leader));
+        self.leader = Some(leader);
+        self.election_elapsed = 0;
+    }
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev: LogIndex,
+        prev_term: Term,
+        entries: &[Entry],
+        leader_commit: LogIndex,
+    ) {
+        if prev < self.log.commit_index() {
+            // Everything up to our commit index matches the leader's log (Log Matching), so the
+            // stale part of the message is skipped.
+            let skip = (self.log.commit_index().0 - prev.0) as usize;
+            if skip >= entries.len() {
+                let body = MessageBody::AppendEntriesResponse {
+                    success: true,
+                    index: self.log.commit_index(),
+                    hint: LogIndex(0),
+                    hint_term: Term(0),
+                };
+                self.send(from, body);
+                return;
+            }
+            let new_prev = entries[skip - 1].index;
+            let new_prev_term = entries[skip - 1].term;
+            return self.handle_append(from, new_prev, new_prev_term, &entries[skip..], leader_commit);
+        }
+        let body = match self.log.maybe_append(prev, prev_term, entries) {
+            Some(last_new) => {
+                self.log.commit_to(leader_commit.min(last_new));
+                MessageBody::AppendEntriesResponse {
+                    success: true,
+                    index: last_new,
+                    hint: LogIndex(0),
+                    hint_term: Term(0),
+                }
+            }
+            None => {
+                let hint = self.log.last_index_with_term_at_most(prev.min(self.log.last_index()), prev_term);
+                MessageBody::AppendEntriesResponse {
+                    success: false,
+                    index: prev,
+                    hint,
+                    hint_term: self.log.term(hint).unwrap_or(Term(0)),
+                }
+            }
+        };
+        self.send(from, body);
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, success: bool, index: LogIndex, hint: LogIndex, hint_term: Term) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let leader_last = self.log.last_index();
+        let better = if success {
+            None
+        } else {
+            let found = self.log.last_index_with_term_at_most(hint.min(leader_last), hint_term);
+            Some(found)
+        };
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        if success {
+            if index > pr.match_index {
+                pr.match_index = index;
+            }
+            pr.next_index = pr.next_index.max(index.next());
+            while pr.inflight.front().is_some_and(|i| *i <= index) {
+                pr.inflight.pop_front();
+            }
+            if matches!(pr.state, ReplicationState::Probe { .. }) {
+                pr.state = ReplicationState::Replicate;
+                pr.inflight.clear();
+                pr.next_index = pr.match_index.next();
+            }
+            self.maybe_commit();
+        } else {
+            let better = better.expect("computed for rejections");
+            match pr.state {
+                ReplicationState::Replicate if index <= pr.match_index => return, // stale
+                ReplicationState::Probe { .. } if index != pr.next_index.prev() => return, // stale
+                _ => {}
+            }
+            pr.state = ReplicationState::Probe { paused: false };
+            pr.inflight.clear();
+            pr.next_index = better.next().max(pr.match_index.next()).min(leader_last.next());
+        }
+    }
+
+    fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        pr.read_round = pr.read_round.max(read_round);
+        match pr.state {
+            ReplicationState::Probe { .. } => pr.state = ReplicationState::Probe { paused: false },
+            ReplicationState::Replicate => {
+                // Appends in flight but no progress since the last heartbeat: some were lost.
+                if !pr.inflight.is_empty() && pr.match_index == pr.match_at_heartbeat && pr.match_index < last {
+                    pr.state = ReplicationState::Probe { paused: false };
+                    pr.inflight.clear();
+                    pr.next_index = pr.match_index.next();
+                }
+            }
+        }
+        pr.match_at_heartbeat = pr.match_index;
+        self.advance_reads();
+    }
+
+    // ---- replication (§5.3) -----------------------------------------------------------------
+
+    /// Sends the next AppendEntries to `peer` if its state allows; true if one was sent.
+    fn send_append(&mut self, peer: NodeId) -> bool {
+        let last = self.log.last_index();
+        let commit = self.log.commit_index();
+        let max_inflight = self.cfg.inflight_appends_max;
+        let pr = self.progress.get_mut(&peer).expect("progress for every peer");
+        let allowed = match pr.state {
+            ReplicationState::Probe { paused } => !paused,
+            ReplicationState::Replicate => pr.next_index <= last && pr.inflight.len() < max_inflight,
+        };
+        if !allowed {
+            return false;
+        }
+        let prev = pr.next_index.prev();
+        let prev_term = self.log.term(prev).expect("the leader's log holds every index");
+        let entries =
+            self.log.entries_from(pr.next_index, self.cfg.append_entries_max, self.cfg.append_bytes_max);
+        let last_sent = entries.last().map_or(prev, |e| e.index);
+        match pr.state {
+            ReplicationState::Probe { .. } => pr.state = ReplicationState::Probe { paused: true },
+            ReplicationState::Replicate => {
+                pr.next_index = last_sent.next();
+                pr.inflight.push_back(last_sent);
+            }
+        }
+        let body = MessageBody::AppendEntries { prev_log_index: prev, prev_log_term: prev_term, entries, leader_commit: commit };
+        self.send(peer, body);
+        true
+    }
+
+    fn send_heartbeat(&mut self, peer: NodeId) {
+        let pr = &self.progress[&peer];
+        // Never tell a follower to commit past what it is known to hold.
+        let commit = self.log.commit_index().min(pr.match_index);
+        let body = MessageBody::Heartbeat { commit, read_round: self.read_round };
+        self.send(peer, body);
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            self.send_heartbeat(peer);
+        }
+    }
+
+    /// §5.3/§5.4.2: commit the highest index stored on a quorum, only if it is of our term.
+    fn maybe_commit(&mut self) {
+        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
+        matched.push(self.log.persisted_index());
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matched[self.quorum() - 1];
+        if candidate > self.log.commit_index() && self.log.term(candidate) == Some(self.term) {
+            let first_commit_of_term = self.log.term(self.log.commit_index()) != Some(self.term);
+            self.log.commit_to(candidate);
+            self.commit_broadcast_needed = true;
+            if first_commit_of_term {
+                for (id, from) in std::mem::take(&mut self.reads_awaiting_commit) {
+                    self.register_read(id, from);
+                }
+            }
+            self.advance_reads();
+        }
+    }
+
+    // ---- client work ------------------------------------------------------------------------
+
+    fn propose(&mut self, id: u64, data: Vec<u8>) {
+        self.propose_as(Some(id), data);
+    }
+
+    fn propose_as(&mut self, id: Option<u64>, data: Vec<u8>) {
+        match self.role {
+            Role::Leader => {
+                let uncommitted = self.log.last_index().0 - self.log.commit_index().0;
+                if uncommitted >= self.cfg.uncommitted_entries_max {
+                    if let Some(id) = id {
+                        self.rejected.push((id, Rejection::Busy));
+                    }
+                    return;
+                }
+                let index = self.log.last_index().next();
+                self.log.append(Entry { index, term: self.term, data });
+                // A single-voter cluster commits once its own write is persisted.
+                self.maybe_commit();
+            }
+            _ => match (self.leader, id) {
+                (Some(_), Some(id)) => self.forward_proposals.push((id, data)),
+                (_, Some(id)) => self.rejected.push((id, Rejection::NoLeader)),
+                // A forwarded proposal reached a non-leader: dropped, the origin times out.
+                (_, None) => {}
+            },
+        }
+    }
+
+    /// ReadIndex (thesis §6.4): record the commit index, confirm leadership with a quorum
+    /// round, then the read may be served once applied up to that index.
+    fn read(&mut self, id: u64, from: NodeId) {
+        match self.role {
+            Role::Leader => {
+                if self.pending_reads.len() + self.reads_awaiting_commit.len() >= self.cfg.pending_reads_max {
+                    self.reject_read(id, from, Rejection::Busy);
+                } else if self.log.term(self.log.commit_index()) != Some(self.term) {
+                    self.reads_awaiting_commit.push((id, from));
+                } else {
+                    self.register_read(id, from);
+                }
+            }
+            _ if from != self.cfg.id => {} // not the leader: the asking node times out and retries
+            _ => match self.leader {
+                Some(_) => self.forward_reads.push(id),
+                None => self.rejected.push((id, Rejection::NoLeader)),
+            },
+        }
+    }
+
+    fn register_read(&mut self, id: u64, from: NodeId) {
+        let round = self.read_round + 1;
+        self.pending_reads.push_back(PendingRead { id, from, index: self.log.commit_index(), round });
+        self.read_round_needed = true;
+        self.advance_reads();
+    }
+
+    fn advance_reads(&mut self) {
+        let mut rounds: Vec<u64> = self.progress.values().map(|p| p.read_round).collect();
+        rounds.push(u64::MAX); // the leader confirms itself
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = rounds[self.quorum() - 1];
+        let mut remote: BTreeMap<NodeId, (Vec<u64>, LogIndex)> = BTreeMap::new();
+        while self.pending_reads.front().is_some_and(|r| r.round <= confirmed) {
+            let r = self.pending_reads.pop_front().expect("checked");
+            if r.from == self.cfg.id {
+                self.reads.push(ReadState { id: r.id, index: r.index });
+            } else {
+                let slot = remote.entry(r.from).or_insert((Vec::new(), r.index));
+                slot.0.push(r.id);
+                slot.1 = slot.1.max(r.index);
+            }
+        }
+        for (to, (ids, index)) in remote {
+            self.send(to, MessageBody::ReadIndexResponse { ids, index });
+        }
+    }
+
+    // ---- plumbing ---------------------------------------------------------------------------
+
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.send_with_term(to, self.term, body);
+    }
+
+    fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        self.msgs.push(Message { from: self.cfg.id, to, term, body });
+    }
+
+    /// Checks the invariants a test or the simulation can assert after every step.
+    pub fn check_invariants(&self) {
+        self.log.check_invariants();
+        assert!(self.log.last_term() <= self.term);
+        match self.role {
+            Role::Leader => {
+                assert_eq!(self.leader, Some(self.cfg.id));
+                assert_eq!(self.voted_for, Some(self.cfg.id));
+            }
+            _ => assert!(self.progress.is_empty()),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Client connections: the Redis port. Each connection has a reader that parses pipelined
+//! requests and a writer that sends the replies in request order, batching every reply that is
+//! ready into one write. Both sides are bounded.
+
+use crate::command::{self, Reply, Request};
+use crate::node::{ClientRequest, RequestKind};
+use crate::resp::{self, RequestLimits};
+use bytes::BytesMut;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::{debug, warn};
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub limits: RequestLimits,
+    pub clients_max: usize,
+    /// Requests of one connection whose replies are not yet written.
+    pub pipeline_depth_max: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig { limits: RequestLimits::default(), clients_max: 10_000, pipeline_depth_max: 1024 }
+    }
+}
+
+/// Bytes of replies gathered before a write, when more replies are already waiting.
+const WRITE_BATCH_BYTES_MAX: usize = 64 * 1024;
+
+enum Pending {
+    Ready(Reply),
+    Waiting(oneshot::Receiver<Reply>),
+}
+
+pub async fn accept_loop(listener: TcpListener, node: mpsc::Sender<ClientRequest>, cfg: ClientConfig) {
+    let slots = Arc::new(Semaphore::new(cfg.clients_max));
+    loop {
+        let (mut stream, addr) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "accepting a client failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+            let _ = stream.flush().await;
+            continue;
+        };
+        let node = node.clone();
+        let cfg = cfg.clone();
+        tokio::spawn(async move {
+            serve(stream, node, cfg).await;
+            drop(permit);
+            debug!(%addr, "client disconnected");
+        });
+    }
+}
+
+async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: ClientConfig) {
+    // Without TCP_NODELAY a pipelining client waits on Nagle's algorithm for every reply batch.
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::channel::<Pending>(cfg.pipeline_depth_max);
+    let writer = tokio::spawn(write_replies(wr, rx));
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    'conn: loop {
+        loop {
+            match resp::next_request(&mut buf, &cfg.limits) {
+                Ok(Some(argv)) if argv.is_empty() => continue,
+                Ok(Some(argv)) => {
+                    let (pending, quit) = dispatch(argv, &node);
+                    if tx.send(pending).await.is_err() {
+                        break 'conn;
+                    }
+                    if quit {
+                        break 'conn;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Pending::Ready(Reply::Error(e.0))).await;
+                    break 'conn;
+                }
+            }
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Turns one request into its (eventual) reply; true if the connection should close after it.
+fn dispatch(argv: Vec<bytes::Bytes>, node: &mpsc::Sender<ClientRequest>) -> (Pending, bool) {
+    let kind = match command::parse(argv) {
+        Request::Immediate(r) => return (Pending::Ready(r), false),
+        Request::Quit => return (Pending::Ready(Reply::ok()), true),
+        Request::Write(c) => RequestKind::Write(c),
+        Request::Read(c) => RequestKind::Read(c),
+        Request::Admin(c) => RequestKind::Admin(c),
+    };
+    let (reply, rx) = oneshot::channel();
+    match node.try_send(ClientRequest { kind, reply }) {
+        Ok(()) => (Pending::Waiting(rx), false),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            (Pending::Ready(Reply::error("BUSY the node's request queue is full; retry later")), false)
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            (Pending::Ready(Reply::error("ERR the node is shutting down")), false)
+        }
+    }
+}
+
+async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Pending>) {
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            let reply = match p {
+                Pending::Ready(r) => r,
+                Pending::Waiting(mut wait) => match wait.try_recv() {
+                    Ok(r) => r,
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        // Send what is ready before waiting on the node.
+                        if !out.is_empty() && flush(&mut wr, &mut out).await.is_err() {
+                            return;
+                        }
+                        wait.await.unwrap_or_else(|_| Reply::error("ERR the node is shutting down"))
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => Reply::error("ERR the node is shutting down"),
+                },
+            };
+            resp::encode_reply(reply, &mut out);
+            if out.len() >= WRITE_BATCH_BYTES_MAX && flush(&mut wr, &mut out).await.is_err() {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if flush(&mut wr, &mut out).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn flush<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
+    wr.write_all(out).await?;
+    wr.flush().await?;
+    out.clear();
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! raft-kv's runtime: drives one sans-IO core node on tokio, or on madsim when built with
+//! `--cfg madsim`. It owns timers, the peer transport, the storage boundary and the RESP front
+//! end; the same code runs in production and in the simulation.
+
+pub mod client;
+pub mod codec;
+pub mod command;
+pub mod node;
+pub mod resp;
+pub mod storage;
+pub mod transport;
+
+use client::ClientConfig;
+use node::{NodeTask, NodeTiming};
+use raft_kv_core::{NodeId, RaftNode};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use storage::{Storage, StorageError};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::info;
+use transport::TransportConfig;
+
+/// Everything needed to start one node.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub raft: raft_kv_core::Config,
+    /// Every voter's Raft address, this node's included.
+    pub raft_addrs: BTreeMap<NodeId, SocketAddr>,
+    pub raft_listen: SocketAddr,
+    pub redis_listen: SocketAddr,
+    pub timing: NodeTiming,
+    pub client: ClientConfig,
+    pub transport: TransportConfig,
+    /// Distinguishes this run of the node from earlier ones (see `codec::Proposal`).
+    pub incarnation: u64,
+    /// Client requests queued for the node task.
+    pub client_queue_max: usize,
+    /// Peer messages queued for the node task.
+    pub peer_queue_max: usize,
+}
+
+impl NodeOptions {
+    pub fn new(
+        raft: raft_kv_core::Config,
+        raft_addrs: BTreeMap<NodeId, SocketAddr>,
+        raft_listen: SocketAddr,
+        redis_listen: SocketAddr,
+        incarnation: u64,
+    ) -> NodeOptions {
+        let transport = TransportConfig::new(raft.id, cluster_id(&raft_addrs));
+        NodeOptions {
+            raft,
+            raft_addrs,
+            raft_listen,
+            redis_listen,
+            timing: NodeTiming::default(),
+            client: ClientConfig::default(),
+            transport,
+            incarnation,
+            client_queue_max: 16_384,
+            peer_queue_max: 16_384,
+        }
+    }
+}
+
+/// A stable identity of the cluster layout: nodes refuse peers (and data directories) from
+/// another one.
+pub fn cluster_id(raft_addrs: &BTreeMap<NodeId, SocketAddr>) -> u64 {
+    // FNV-1a: tiny, stable across builds and platforms.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for (id, addr) in raft_addrs {
+        for b in format!("{id}={addr},").bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Config(#[from] raft_kv_core::raft::ConfigError),
+}
+
+pub struct RunningNode {
+    pub redis_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    /// Ends with an error if storage fails; the process should then exit.
+    pub task: JoinHandle<Result<(), StorageError>>,
+}
+
+/// Binds both ports, restores the node from `storage` and starts its tasks.
+pub async fn start<S: Storage>(opts: NodeOptions, mut storage: S) -> Result<RunningNode, StartError> {
+    let raft_listener = TcpListener::bind(opts.raft_listen)
+        .await
+        .map_err(|source| StartError::Bind { what: "raft peers", addr: opts.raft_listen, source })?;
+    let redis_listener = TcpListener::bind(opts.redis_listen)
+        .await
+        .map_err(|source| StartError::Bind { what: "redis clients", addr: opts.redis_listen, source })?;
+    let raft_addr = raft_listener.local_addr().unwrap_or(opts.raft_listen);
+    let redis_addr = redis_listener.local_addr().unwrap_or(opts.redis_listen);
+
+    let restored = storage.load()?;
+    let applied = restored.applied;
+    info!(node = %opts.raft.id, term = %restored.hard_state.term, applied = %applied,
+        log_entries = restored.entries.len(), "restored from storage");
+    let raft = RaftNode::new(opts.raft.clone(), restored)?;
+
+    let (peer_tx, peer_rx) = mpsc::channel(opts.peer_queue_max);
+    let (client_tx, client_rx) = mpsc::channel(opts.client_queue_max);
+    let peers = transport::start(opts.transport.clone(), raft_listener, &opts.raft_addrs, peer_tx);
+    tokio::spawn(client::accept_loop(redis_listener, client_tx, opts.client.clone()));
+
+    let info_static = format!(
+        "# Server\r\nredis_version:7.0.0\r\nraft_kv_version:{}\r\ntcp_port:{}\r\nraft_addr:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        redis_addr.port(),
+        raft_addr
+    );
+    let tick = opts.timing.tick;
+    let task = NodeTask::new(raft, storage, peers, opts.timing, opts.incarnation, applied, info_static);
+    let task = tokio::spawn(task.run(peer_rx, client_rx, move || tick));
+    info!(node = %opts.raft.id, %redis_addr, %raft_addr, "node started");
+    Ok(RunningNode { redis_addr, raft_addr, task })
+}

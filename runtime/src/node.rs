@@ -1,0 +1,393 @@
+//! The task that owns one Raft node: it collects every ready input (ticks, peer messages,
+//! client requests), steps the core with all of them, then handles the output batch once:
+//! one durable storage write for the whole batch (group commit), messages sent, committed
+//! entries applied, replies released. Everything else talks to it through bounded channels.
+
+use crate::codec::{self, Proposal};
+use crate::command::{AdminCommand, ReadCommand, Reply};
+use crate::storage::{Storage, StorageError};
+use crate::transport::PeerSender;
+use bytes::Bytes;
+use raft_kv_core::kv::{self, KvRead, Value};
+use raft_kv_core::{Input, LogIndex, Message, NodeId, RaftNode, Ready, Rejection, Role, Status};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+/// A client request handed to the node task.
+pub struct ClientRequest {
+    pub kind: RequestKind,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+pub enum RequestKind {
+    Write(kv::Command),
+    Read(ReadCommand),
+    Admin(AdminCommand),
+}
+
+/// Most keys KEYS returns; past it the client is told to narrow the pattern.
+pub const KEYS_RESULT_MAX: usize = 1_000_000;
+
+/// Rounds of `ready` handled per loop iteration; each round can only be caused by the previous
+/// one (a persisted ack that commits, a commit that releases reads), so a few suffice.
+const READY_ROUNDS_MAX: usize = 8;
+
+#[derive(Clone, Debug)]
+pub struct NodeTiming {
+    /// Length of one core tick.
+    pub tick: Duration,
+    /// A client request not answered within this gets an error (indeterminate for writes).
+    pub request_timeout: Duration,
+    /// Inputs taken off the channels per loop iteration (the group-commit batch).
+    pub inputs_per_batch_max: usize,
+}
+
+impl Default for NodeTiming {
+    fn default() -> Self {
+        NodeTiming {
+            tick: Duration::from_millis(10),
+            request_timeout: Duration::from_secs(5),
+            inputs_per_batch_max: 4096,
+        }
+    }
+}
+
+struct PendingWrite {
+    data: Vec<u8>,
+    reply: oneshot::Sender<Reply>,
+}
+
+struct PendingRead {
+    cmd: ReadCommand,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Read access for the KV state machine, over the node's storage.
+struct Applied<'a, S>(&'a S);
+
+impl<S: Storage> KvRead for Applied<'_, S> {
+    type Error = StorageError;
+    fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        self.0.get(key)
+    }
+}
+
+pub struct NodeTask<S: Storage> {
+    id: NodeId,
+    raft: RaftNode,
+    storage: S,
+    peers: PeerSender,
+    timing: NodeTiming,
+    /// Distinguishes this run's requests from a previous run's in the log.
+    incarnation: u64,
+    next_request: u64,
+    writes: BTreeMap<u64, PendingWrite>,
+    reads: BTreeMap<u64, PendingRead>,
+    /// Requests refused for want of a leader, re-submitted on the next tick that knows one.
+    awaiting_leader: Vec<u64>,
+    /// Confirmed reads waiting for the apply index to reach theirs.
+    reads_awaiting_apply: BTreeMap<LogIndex, Vec<u64>>,
+    /// (deadline, request) in arrival order, so deadlines are ascending.
+    deadlines: VecDeque<(Instant, u64)>,
+    applied: LogIndex,
+    last_status: Option<(Role, raft_kv_core::Term, Option<NodeId>)>,
+    info_static: String,
+}
+
+impl<S: Storage> NodeTask<S> {
+    pub fn new(
+        raft: RaftNode,
+        storage: S,
+        peers: PeerSender,
+        timing: NodeTiming,
+        incarnation: u64,
+        applied: LogIndex,
+        info_static: String,
+    ) -> Self {
+        NodeTask {
+            id: raft.id(),
+            raft,
+            storage,
+            peers,
+            timing,
+            incarnation,
+            next_request: 1,
+            writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            awaiting_leader: Vec::new(),
+            reads_awaiting_apply: BTreeMap::new(),
+            deadlines: VecDeque::new(),
+            applied,
+            last_status: None,
+            info_static,
+        }
+    }
+
+    /// Runs until both input channels close or storage fails.
+    pub async fn run(
+        mut self,
+        mut peer_rx: mpsc::Receiver<Message>,
+        mut client_rx: mpsc::Receiver<ClientRequest>,
+        mut tick_period: impl FnMut() -> Duration,
+    ) -> Result<(), StorageError> {
+        let mut next_tick = Instant::now() + tick_period();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_tick) => {
+                    next_tick += tick_period();
+                    self.raft.step(Input::Tick);
+                    self.on_tick();
+                }
+                m = peer_rx.recv() => match m {
+                    Some(m) => self.raft.step(Input::Message(m)),
+                    None => return Ok(()),
+                },
+                c = client_rx.recv() => match c {
+                    Some(c) => self.on_client(c),
+                    None => return Ok(()),
+                },
+            }
+            // Group commit: everything already queued joins this batch.
+            for _ in 0..self.timing.inputs_per_batch_max {
+                let mut took = false;
+                if let Ok(m) = peer_rx.try_recv() {
+                    self.raft.step(Input::Message(m));
+                    took = true;
+                }
+                if let Ok(c) = client_rx.try_recv() {
+                    self.on_client(c);
+                    took = true;
+                }
+                if !took {
+                    break;
+                }
+            }
+            self.handle_ready()?;
+            self.log_role_change();
+        }
+    }
+
+    fn log_role_change(&mut self) {
+        let s = self.raft.status();
+        let now = (s.role, s.term, s.leader);
+        if self.last_status != Some(now) {
+            info!(node = %self.id, term = %s.term, role = s.role.name(), leader = ?s.leader.map(|l| l.0), "raft state changed");
+            self.last_status = Some(now);
+        }
+    }
+
+    fn on_client(&mut self, c: ClientRequest) {
+        let id = self.next_request;
+        self.next_request += 1;
+        match c.kind {
+            RequestKind::Admin(AdminCommand::Info) => {
+                let _ = c.reply.send(self.info());
+                return;
+            }
+            RequestKind::Write(cmd) => {
+                let data = codec::encode(&Proposal {
+                    origin: self.id,
+                    incarnation: self.incarnation,
+                    request: id,
+                    command: cmd,
+                });
+                self.raft.step(Input::Propose { id, data: data.clone() });
+                self.writes.insert(id, PendingWrite { data, reply: c.reply });
+            }
+            RequestKind::Read(cmd) => {
+                self.raft.step(Input::Read { id });
+                self.reads.insert(id, PendingRead { cmd, reply: c.reply });
+            }
+        }
+        self.deadlines.push_back((Instant::now() + self.timing.request_timeout, id));
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, id)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let no_leader = self.raft.status().leader.is_none();
+            if let Some(w) = self.writes.remove(&id) {
+                let msg = if no_leader {
+                    "CLUSTERDOWN no leader: the cluster cannot reach a quorum; the write was not applied"
+                } else {
+                    "TIMEOUT the write was not confirmed in time; it may or may not have been applied"
+                };
+                let _ = w.reply.send(Reply::error(msg));
+            }
+            if let Some(r) = self.reads.remove(&id) {
+                let msg = if no_leader {
+                    "CLUSTERDOWN no leader: the cluster cannot reach a quorum"
+                } else {
+                    "TIMEOUT the read could not be confirmed by a quorum in time"
+                };
+                let _ = r.reply.send(Reply::error(msg));
+            }
+        }
+        if self.raft.status().leader.is_some() && !self.awaiting_leader.is_empty() {
+            for id in std::mem::take(&mut self.awaiting_leader) {
+                if let Some(w) = self.writes.get(&id) {
+                    self.raft.step(Input::Propose { id, data: w.data.clone() });
+                } else if self.reads.contains_key(&id) {
+                    self.raft.step(Input::Read { id });
+                }
+            }
+        }
+    }
+
+    fn handle_ready(&mut self) -> Result<(), StorageError> {
+        for _ in 0..READY_ROUNDS_MAX {
+            let rd = self.raft.ready();
+            if rd.is_empty() {
+                break;
+            }
+            self.handle_one_ready(rd)?;
+        }
+        Ok(())
+    }
+
+    fn handle_one_ready(&mut self, rd: Ready) -> Result<(), StorageError> {
+        let Ready { hard_state, append, messages, committed, reads, rejected } = rd;
+        // 1. Durable before anything that depends on it leaves this node.
+        if hard_state.is_some() || append.is_some() {
+            let append_ref = append.as_ref().map(|(from, e)| (*from, e.as_slice()));
+            self.storage.persist(hard_state, append_ref)?;
+        }
+        // 2. Messages.
+        for m in messages {
+            debug!(node = %self.id, to = %m.to, term = %m.term, kind = m.body.name(), "send");
+            self.peers.send(m);
+        }
+        // 3. Apply.
+        for entry in committed {
+            self.apply(entry.index, &entry.data)?;
+        }
+        // 4. Reads, served once applied far enough.
+        for r in reads {
+            if r.index <= self.applied {
+                self.serve_read(r.id)?;
+            } else {
+                self.reads_awaiting_apply.entry(r.index).or_default().push(r.id);
+            }
+        }
+        self.serve_applied_reads()?;
+        for (id, why) in rejected {
+            match why {
+                Rejection::NoLeader | Rejection::LeadershipLost => self.awaiting_leader.push(id),
+                Rejection::Busy => {
+                    let msg = "BUSY too many requests in flight; retry later";
+                    if let Some(w) = self.writes.remove(&id) {
+                        let _ = w.reply.send(Reply::error(msg));
+                    }
+                    if let Some(r) = self.reads.remove(&id) {
+                        let _ = r.reply.send(Reply::error(msg));
+                    }
+                }
+            }
+        }
+        // 5. Tell the core what is durable now.
+        if let Some((_, entries)) = &append {
+            if let Some(last) = entries.last() {
+                self.raft.step(Input::Persisted { index: last.index, term: last.term });
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, index: LogIndex, data: &[u8]) -> Result<(), StorageError> {
+        if data.is_empty() {
+            // A new leader's no-op.
+            self.storage.apply(index, &[])?;
+        } else {
+            match codec::decode::<Proposal>(data) {
+                Ok(p) => {
+                    let (mutations, reply) = kv::apply(&p.command, &Applied(&self.storage))?;
+                    self.storage.apply(index, &mutations)?;
+                    if p.origin == self.id && p.incarnation == self.incarnation {
+                        if let Some(w) = self.writes.remove(&p.request) {
+                            let _ = w.reply.send(reply.into());
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Every replica decodes the same bytes the same way, so skipping keeps
+                    // them identical; it can only come from a build with another format.
+                    error!(node = %self.id, index = %index, error = %e, "committed entry cannot be decoded; skipped");
+                    self.storage.apply(index, &[])?;
+                }
+            }
+        }
+        self.applied = index;
+        Ok(())
+    }
+
+    fn serve_applied_reads(&mut self) -> Result<(), StorageError> {
+        while let Some(entry) = self.reads_awaiting_apply.first_entry() {
+            if *entry.key() > self.applied {
+                break;
+            }
+            for id in entry.remove() {
+                self.serve_read(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn serve_read(&mut self, id: u64) -> Result<(), StorageError> {
+        let Some(r) = self.reads.remove(&id) else { return Ok(()) };
+        let reply = self.execute_read(&r.cmd)?;
+        let _ = r.reply.send(reply);
+        Ok(())
+    }
+
+    fn execute_read(&self, cmd: &ReadCommand) -> Result<Reply, StorageError> {
+        let bulk = |v: Option<Value>| v.map_or(Reply::Null, |v| Reply::Bulk(Bytes::from(v)));
+        Ok(match cmd {
+            ReadCommand::Get(k) => bulk(self.storage.get(k)?),
+            ReadCommand::MGet(keys) => {
+                Reply::Array(keys.iter().map(|k| self.storage.get(k).map(bulk)).collect::<Result<_, _>>()?)
+            }
+            ReadCommand::Exists(keys) => {
+                let mut n = 0;
+                for k in keys {
+                    if self.storage.get(k)?.is_some() {
+                        n += 1;
+                    }
+                }
+                Reply::Integer(n)
+            }
+            ReadCommand::Keys(pattern) => {
+                let keys = self.storage.keys(pattern, KEYS_RESULT_MAX + 1)?;
+                if keys.len() > KEYS_RESULT_MAX {
+                    Reply::error(format!("ERR KEYS would return more than {KEYS_RESULT_MAX} keys; use a narrower pattern"))
+                } else {
+                    Reply::Array(keys.into_iter().map(|k| Reply::Bulk(Bytes::from(k))).collect())
+                }
+            }
+        })
+    }
+
+    fn info(&self) -> Reply {
+        let Status { id, role, term, leader, commit_index, applied_index, last_index } = self.raft.status();
+        let keys = match self.storage.key_count() {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(node = %self.id, error = %e, "key count for INFO failed");
+                0
+            }
+        };
+        let leader = leader.map_or("none".to_string(), |l| l.to_string());
+        let text = format!(
+            "{}\r\n# Raft\r\nnode_id:{id}\r\nrole:{}\r\nterm:{term}\r\nleader_id:{leader}\r\ncommit_index:{commit_index}\r\napplied_index:{applied_index}\r\nlast_log_index:{last_index}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n",
+            self.info_static,
+            role.name(),
+        );
+        Reply::Bulk(Bytes::from(text))
+    }
+}

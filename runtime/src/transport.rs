@@ -1,0 +1,200 @@
+//! Peer transport: Raft messages over TCP as length-prefixed frames (see `codec`). One outgoing
+//! connection per peer, re-established with backoff; incoming connections must open with a
+//! `Hello` naming this cluster. Queues are bounded and a full queue drops the message: Raft
+//! tolerates loss, and a stalled peer must not stall the node.
+
+use crate::codec::{self, Hello, PeerFrame};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use raft_kv_core::{Message, NodeId};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tracing::{debug, info, warn};
+
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    pub id: NodeId,
+    pub cluster_id: u64,
+    /// Largest frame sent or accepted.
+    pub frame_bytes_max: usize,
+    /// Messages queued per peer while its connection is busy or down.
+    pub peer_queue_max: usize,
+    pub reconnect_backoff_min: Duration,
+    pub reconnect_backoff_max: Duration,
+}
+
+impl TransportConfig {
+    pub fn new(id: NodeId, cluster_id: u64) -> Self {
+        TransportConfig {
+            id,
+            cluster_id,
+            frame_bytes_max: 64 << 20,
+            peer_queue_max: 4096,
+            reconnect_backoff_min: Duration::from_millis(20),
+            reconnect_backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Messages written per flush on one connection.
+const FRAMES_PER_FLUSH_MAX: usize = 256;
+
+/// The node's handle for sending: never blocks.
+#[derive(Clone)]
+pub struct PeerSender {
+    id: NodeId,
+    queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
+}
+
+impl PeerSender {
+    pub fn send(&self, m: Message) {
+        match self.queues.get(&m.to) {
+            Some(q) => {
+                if q.try_send(m).is_err() {
+                    debug!(node = %self.id, "peer queue full or closed; message dropped");
+                }
+            }
+            None => warn!(node = %self.id, to = %m.to, "message for an unknown peer dropped"),
+        }
+    }
+}
+
+fn codec(frame_bytes_max: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(frame_bytes_max).new_codec()
+}
+
+/// Starts the listener and one sender task per peer; inbound messages go to `inbound`.
+pub fn start(
+    cfg: TransportConfig,
+    listener: TcpListener,
+    peers: &BTreeMap<NodeId, SocketAddr>,
+    inbound: mpsc::Sender<Message>,
+) -> PeerSender {
+    tokio::spawn(accept_loop(cfg.clone(), listener, inbound));
+    let mut queues = BTreeMap::new();
+    for (&peer, &addr) in peers {
+        if peer == cfg.id {
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(cfg.peer_queue_max);
+        queues.insert(peer, tx);
+        tokio::spawn(send_loop(cfg.clone(), peer, addr, rx));
+    }
+    PeerSender { id: cfg.id, queues }
+}
+
+async fn send_loop(cfg: TransportConfig, peer: NodeId, addr: SocketAddr, mut rx: mpsc::Receiver<Message>) {
+    let mut backoff = cfg.reconnect_backoff_min;
+    let mut connected_once = false;
+    loop {
+        let stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(node = %cfg.id, peer = %peer, %addr, error = %e, "connect failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(cfg.reconnect_backoff_max);
+                // Messages queued while the peer is down are stale; keep the freshest.
+                while rx.len() > cfg.peer_queue_max / 2 {
+                    if rx.try_recv().is_err() {
+                        break;
+                    }
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut framed = FramedWrite::new(stream, codec(cfg.frame_bytes_max));
+        let hello = codec::encode(&PeerFrame::Hello(Hello { cluster_id: cfg.cluster_id, from: cfg.id }));
+        if framed.send(Bytes::from(hello)).await.is_err() {
+            continue;
+        }
+        if !connected_once {
+            info!(node = %cfg.id, peer = %peer, %addr, "connected to peer");
+            connected_once = true;
+        }
+        backoff = cfg.reconnect_backoff_min;
+        'conn: loop {
+            let Some(first) = rx.recv().await else { return };
+            let mut next = Some(first);
+            let mut written = 0;
+            while let Some(m) = next.take() {
+                let frame = codec::encode(&PeerFrame::Raft(m));
+                if frame.len() > cfg.frame_bytes_max {
+                    warn!(node = %cfg.id, peer = %peer, bytes = frame.len(), "message above the frame limit dropped");
+                } else if framed.feed(Bytes::from(frame)).await.is_err() {
+                    break 'conn;
+                }
+                written += 1;
+                if written < FRAMES_PER_FLUSH_MAX {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if SinkExt::<Bytes>::flush(&mut framed).await.is_err() {
+                break 'conn;
+            }
+        }
+        debug!(node = %cfg.id, peer = %peer, "peer connection lost; reconnecting");
+    }
+}
+
+async fn accept_loop(cfg: TransportConfig, listener: TcpListener, inbound: mpsc::Sender<Message>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, from)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(receive_loop(cfg.clone(), stream, from, inbound.clone()));
+            }
+            Err(e) => {
+                warn!(node = %cfg.id, error = %e, "accepting a peer connection failed");
+                tokio::time::sleep(cfg.reconnect_backoff_min).await;
+            }
+        }
+    }
+}
+
+async fn receive_loop(cfg: TransportConfig, stream: TcpStream, addr: SocketAddr, inbound: mpsc::Sender<Message>) {
+    let mut frames = FramedRead::new(stream, codec(cfg.frame_bytes_max));
+    let peer = match frames.next().await {
+        Some(Ok(bytes)) => match codec::decode::<PeerFrame>(&bytes) {
+            Ok(PeerFrame::Hello(h)) if h.cluster_id == cfg.cluster_id => h.from,
+            Ok(PeerFrame::Hello(h)) => {
+                warn!(node = %cfg.id, %addr, their_cluster = h.cluster_id, our_cluster = cfg.cluster_id,
+                    "peer belongs to another cluster (different --cluster list); connection refused");
+                return;
+            }
+            Ok(_) | Err(_) => {
+                warn!(node = %cfg.id, %addr, "peer connection did not start with a valid hello; closed");
+                return;
+            }
+        },
+        _ => return,
+    };
+    while let Some(frame) = frames.next().await {
+        let bytes = match frame {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(node = %cfg.id, peer = %peer, error = %e, "bad frame from peer; connection closed");
+                return;
+            }
+        };
+        match codec::decode::<PeerFrame>(&bytes) {
+            Ok(PeerFrame::Raft(m)) if m.from == peer && m.to == cfg.id => {
+                if inbound.send(m).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {
+                warn!(node = %cfg.id, peer = %peer, "unexpected frame from peer; connection closed");
+                return;
+            }
+            Err(e) => {
+                warn!(node = %cfg.id, peer = %peer, error = %e, "undecodable frame from peer; connection closed");
+                return;
+            }
+        }
+    }
+}
