@@ -56,7 +56,9 @@ pub const ERR_OVERFLOW: &str = "ERR increment or decrement would overflow";
 /// Applies `cmd` to `state`. Later mutations in the list win over earlier ones for the same key.
 pub fn apply<S: KvRead>(cmd: &Command, state: &S) -> Result<(Vec<Mutation>, WriteReply), S::Error> {
     Ok(match cmd {
-        Command::Set { key, value } => (vec![Mutation::Put(key.clone(), value.clone())], WriteReply::Ok),
+        Command::Set { key, value } => {
+            (vec![Mutation::Put(key.clone(), value.clone())], WriteReply::Ok)
+        }
         Command::MSet { pairs } => {
             let muts = pairs.iter().map(|(k, v)| Mutation::Put(k.clone(), v.clone())).collect();
             (muts, WriteReply::Ok)
@@ -86,7 +88,10 @@ pub fn apply<S: KvRead>(cmd: &Command, state: &S) -> Result<(Vec<Mutation>, Writ
                 },
             };
             match current.checked_add(*delta) {
-                Some(n) => (vec![Mutation::Put(key.clone(), n.to_string().into_bytes())], WriteReply::Integer(n)),
+                Some(n) => (
+                    vec![Mutation::Put(key.clone(), n.to_string().into_bytes())],
+                    WriteReply::Integer(n),
+                ),
                 None => (Vec::new(), WriteReply::Error(ERR_OVERFLOW.into())),
             }
         }
@@ -106,7 +111,10 @@ pub fn parse_i64(s: &[u8]) -> Option<i64> {
         b'-' => (true, &s[1..]),
         _ => (false, s),
     };
-    if digits.is_empty() || !(b'1'..=b'9').contains(&digits[0]) || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty()
+        || !(b'1'..=b'9').contains(&digits[0])
+        || !digits.iter().all(u8::is_ascii_digit)
+    {
         return None;
     }
     let mut v: i64 = 0;
@@ -164,9 +172,15 @@ mod tests {
         assert_eq!(m.run(Command::IncrBy { key: b("n"), delta: 5 }), WriteReply::Integer(5));
         assert_eq!(m.run(Command::IncrBy { key: b("n"), delta: -7 }), WriteReply::Integer(-2));
         m.run(Command::Set { key: b("s"), value: b("01") });
-        assert_eq!(m.run(Command::IncrBy { key: b("s"), delta: 1 }), WriteReply::Error(ERR_NOT_INTEGER.into()));
+        assert_eq!(
+            m.run(Command::IncrBy { key: b("s"), delta: 1 }),
+            WriteReply::Error(ERR_NOT_INTEGER.into())
+        );
         m.run(Command::Set { key: b("max"), value: i64::MAX.to_string().into_bytes() });
-        assert_eq!(m.run(Command::IncrBy { key: b("max"), delta: 1 }), WriteReply::Error(ERR_OVERFLOW.into()));
+        assert_eq!(
+            m.run(Command::IncrBy { key: b("max"), delta: 1 }),
+            WriteReply::Error(ERR_OVERFLOW.into())
+        );
         assert_eq!(m.0[&b("max")], i64::MAX.to_string().into_bytes());
     }
 

@@ -26,7 +26,12 @@ pub struct RaftLog {
 impl RaftLog {
     /// A log restored from storage. `applied` entries were already applied by the state machine,
     /// so they are also known committed.
-    pub fn restore(offset: LogIndex, offset_term: Term, entries: Vec<Entry>, applied: LogIndex) -> Self {
+    pub fn restore(
+        offset: LogIndex,
+        offset_term: Term,
+        entries: Vec<Entry>,
+        applied: LogIndex,
+    ) -> Self {
         for (i, e) in entries.iter().enumerate() {
             assert_eq!(e.index.0, offset.0 + 1 + i as u64, "restored log is not contiguous");
         }
@@ -95,7 +100,8 @@ impl RaftLog {
 
     /// §5.4.1: is a log ending at (`last_index`, `last_term`) at least as up-to-date as ours?
     pub fn is_up_to_date(&self, last_index: LogIndex, last_term: Term) -> bool {
-        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
     }
 
     /// Leader append of new entries at the end of the log.
@@ -114,7 +120,12 @@ impl RaftLog {
     /// `entries` (truncating at the first conflict, never truncating a matching suffix, since the
     /// message may be stale or duplicated) and return the last index now known to match the
     /// leader. None if the consistency check fails.
-    pub fn maybe_append(&mut self, prev: LogIndex, prev_term: Term, entries: &[Entry]) -> Option<LogIndex> {
+    pub fn maybe_append(
+        &mut self,
+        prev: LogIndex,
+        prev_term: Term,
+        entries: &[Entry],
+    ) -> Option<LogIndex> {
         if self.term(prev) != Some(prev_term) {
             return None;
         }
@@ -174,7 +185,12 @@ impl RaftLog {
         if index <= self.commit {
             return false;
         }
-        assert!(index <= self.last_index(), "commit {} beyond last index {}", index, self.last_index());
+        assert!(
+            index <= self.last_index(),
+            "commit {} beyond last index {}",
+            index,
+            self.last_index()
+        );
         self.commit = index;
         true
     }

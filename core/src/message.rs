@@ -17,11 +17,21 @@ pub struct Message {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MessageBody {
     /// Pre-vote (§9.6 of Ongaro's thesis): would you vote for me in `term`? Changes no state.
-    PreVote { last_log_index: LogIndex, last_log_term: Term },
-    PreVoteResponse { granted: bool },
+    PreVote {
+        last_log_index: LogIndex,
+        last_log_term: Term,
+    },
+    PreVoteResponse {
+        granted: bool,
+    },
     /// RequestVote RPC (§5.2, §5.4.1).
-    RequestVote { last_log_index: LogIndex, last_log_term: Term },
-    RequestVoteResponse { granted: bool },
+    RequestVote {
+        last_log_index: LogIndex,
+        last_log_term: Term,
+    },
+    RequestVoteResponse {
+        granted: bool,
+    },
     /// AppendEntries RPC (§5.3).
     AppendEntries {
         prev_log_index: LogIndex,
@@ -32,15 +42,33 @@ pub enum MessageBody {
     /// On success `index` is the last index known to match the leader's log. On rejection it
     /// echoes the rejected `prev_log_index` and `hint` is where the leader should retry
     /// (fast backtracking, §5.3 "the follower can include the term of the conflicting entry").
-    AppendEntriesResponse { success: bool, index: LogIndex, hint: LogIndex, hint_term: Term },
+    AppendEntriesResponse {
+        success: bool,
+        index: LogIndex,
+        hint: LogIndex,
+        hint_term: Term,
+    },
     /// Leader liveness and commit propagation; `read_round` confirms leadership for ReadIndex.
-    Heartbeat { commit: LogIndex, read_round: u64 },
-    HeartbeatResponse { read_round: u64, last_log_index: LogIndex },
+    Heartbeat {
+        commit: LogIndex,
+        read_round: u64,
+    },
+    HeartbeatResponse {
+        read_round: u64,
+        last_log_index: LogIndex,
+    },
     /// A follower forwards client proposals to the leader it knows.
-    Propose { proposals: Vec<Vec<u8>> },
+    Propose {
+        proposals: Vec<Vec<u8>>,
+    },
     /// A follower asks the leader for a read index (§6.4 of Ongaro's thesis).
-    ReadIndex { ids: Vec<u64> },
-    ReadIndexResponse { ids: Vec<u64>, index: LogIndex },
+    ReadIndex {
+        ids: Vec<u64>,
+    },
+    ReadIndexResponse {
+        ids: Vec<u64>,
+        index: LogIndex,
+    },
 }
 
 impl MessageBody {

@@ -111,11 +111,19 @@ pub enum Input {
     Tick,
     Message(Message),
     /// A client proposal; `id` comes back in `Ready::rejected` if it cannot be accepted here.
-    Propose { id: u64, data: Vec<u8> },
+    Propose {
+        id: u64,
+        data: Vec<u8>,
+    },
     /// A linearizable read; comes back in `Ready::reads` with the index to wait for.
-    Read { id: u64 },
+    Read {
+        id: u64,
+    },
     /// Storage made the log durable up to `index`, whose entry has `term`.
-    Persisted { index: LogIndex, term: Term },
+    Persisted {
+        index: LogIndex,
+        term: Term,
+    },
 }
 
 /// Why a proposal or read was not taken; the runtime may retry later.
@@ -535,7 +543,13 @@ impl RaftNode {
         self.maybe_commit();
     }
 
-    fn handle_vote_request(&mut self, m: &Message, pre_vote: bool, last_index: LogIndex, last_term: Term) {
+    fn handle_vote_request(
+        &mut self,
+        m: &Message,
+        pre_vote: bool,
+        last_index: LogIndex,
+        last_term: Term,
+    ) {
         let can_vote = self.voted_for == Some(m.from)
             || (self.voted_for.is_none() && self.leader.is_none())
             || (pre_vote && m.term > self.term);
@@ -580,7 +594,9 @@ impl RaftNode {
         }
         if m.term > self.term {
             match m.body {
-                MessageBody::PreVote { .. } | MessageBody::RequestVote { .. } if self.in_leader_lease() => {
+                MessageBody::PreVote { .. } | MessageBody::RequestVote { .. }
+                    if self.in_leader_lease() =>
+                {
                     return;
                 }
                 MessageBody::PreVote { .. } => {}
@@ -628,7 +644,12 @@ impl RaftNode {
                     self.handle_vote_response(m.from, granted);
                 }
             }
-            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit } => {
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+            } => {
                 self.accept_leader(m.from);
                 self.handle_append(m.from, prev_log_index, prev_log_term, &entries, leader_commit);
             }
@@ -701,7 +722,13 @@ impl RaftNode {
             }
             let new_prev = entries[skip - 1].index;
             let new_prev_term = entries[skip - 1].term;
-            return self.handle_append(from, new_prev, new_prev_term, &entries[skip..], leader_commit);
+            return self.handle_append(
+                from,
+                new_prev,
+                new_prev_term,
+                &entries[skip..],
+                leader_commit,
+            );
         }
         let body = match self.log.maybe_append(prev, prev_term, entries) {
             Some(last_new) => {
@@ -714,7 +741,9 @@ impl RaftNode {
                 }
             }
             None => {
-                let hint = self.log.last_index_with_term_at_most(prev.min(self.log.last_index()), prev_term);
+                let hint = self
+                    .log
+                    .last_index_with_term_at_most(prev.min(self.log.last_index()), prev_term);
                 MessageBody::AppendEntriesResponse {
                     success: false,
                     index: prev,
@@ -726,7 +755,14 @@ impl RaftNode {
         self.send(from, body);
     }
 
-    fn handle_append_response(&mut self, from: NodeId, success: bool, index: LogIndex, hint: LogIndex, hint_term: Term) {
+    fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        index: LogIndex,
+        hint: LogIndex,
+        hint_term: Term,
+    ) {
         if self.role != Role::Leader {
             return;
         }
@@ -778,7 +814,10 @@ impl RaftNode {
             ReplicationState::Probe { .. } => pr.state = ReplicationState::Probe { paused: false },
             ReplicationState::Replicate => {
                 // Appends in flight but no progress since the last heartbeat: some were lost.
-                if !pr.inflight.is_empty() && pr.match_index == pr.match_at_heartbeat && pr.match_index < last {
+                if !pr.inflight.is_empty()
+                    && pr.match_index == pr.match_at_heartbeat
+                    && pr.match_index < last
+                {
                     pr.state = ReplicationState::Probe { paused: false };
                     pr.inflight.clear();
                     pr.next_index = pr.match_index.next();
@@ -799,15 +838,20 @@ impl RaftNode {
         let pr = self.progress.get_mut(&peer).expect("progress for every peer");
         let allowed = match pr.state {
             ReplicationState::Probe { paused } => !paused,
-            ReplicationState::Replicate => pr.next_index <= last && pr.inflight.len() < max_inflight,
+            ReplicationState::Replicate => {
+                pr.next_index <= last && pr.inflight.len() < max_inflight
+            }
         };
         if !allowed {
             return false;
         }
         let prev = pr.next_index.prev();
         let prev_term = self.log.term(prev).expect("the leader's log holds every index");
-        let entries =
-            self.log.entries_from(pr.next_index, self.cfg.append_entries_max, self.cfg.append_bytes_max);
+        let entries = self.log.entries_from(
+            pr.next_index,
+            self.cfg.append_entries_max,
+            self.cfg.append_bytes_max,
+        );
         let last_sent = entries.last().map_or(prev, |e| e.index);
         match pr.state {
             ReplicationState::Probe { .. } => pr.state = ReplicationState::Probe { paused: true },
@@ -816,7 +860,12 @@ impl RaftNode {
                 pr.inflight.push_back(last_sent);
             }
         }
-        let body = MessageBody::AppendEntries { prev_log_index: prev, prev_log_term: prev_term, entries, leader_commit: commit };
+        let body = MessageBody::AppendEntries {
+            prev_log_index: prev,
+            prev_log_term: prev_term,
+            entries,
+            leader_commit: commit,
+        };
         self.send(peer, body);
         true
     }
@@ -890,7 +939,9 @@ impl RaftNode {
     fn read(&mut self, id: u64, from: NodeId) {
         match self.role {
             Role::Leader => {
-                if self.pending_reads.len() + self.reads_awaiting_commit.len() >= self.cfg.pending_reads_max {
+                if self.pending_reads.len() + self.reads_awaiting_commit.len()
+                    >= self.cfg.pending_reads_max
+                {
                     self.reject_read(id, from, Rejection::Busy);
                 } else if self.log.term(self.log.commit_index()) != Some(self.term) {
                     self.reads_awaiting_commit.push((id, from));
@@ -908,7 +959,12 @@ impl RaftNode {
 
     fn register_read(&mut self, id: u64, from: NodeId) {
         let round = self.read_round + 1;
-        self.pending_reads.push_back(PendingRead { id, from, index: self.log.commit_index(), round });
+        self.pending_reads.push_back(PendingRead {
+            id,
+            from,
+            index: self.log.commit_index(),
+            round,
+        });
         self.read_round_needed = true;
         self.advance_reads();
     }

@@ -22,7 +22,11 @@ pub struct ClientConfig {
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        ClientConfig { limits: RequestLimits::default(), clients_max: 10_000, pipeline_depth_max: 1024 }
+        ClientConfig {
+            limits: RequestLimits::default(),
+            clients_max: 10_000,
+            pipeline_depth_max: 1024,
+        }
     }
 }
 
@@ -34,7 +38,11 @@ enum Pending {
     Waiting(oneshot::Receiver<Reply>),
 }
 
-pub async fn accept_loop(listener: TcpListener, node: mpsc::Sender<ClientRequest>, cfg: ClientConfig) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    node: mpsc::Sender<ClientRequest>,
+    cfg: ClientConfig,
+) {
     let slots = Arc::new(Semaphore::new(cfg.clients_max));
     loop {
         let (mut stream, addr) = match listener.accept().await {
@@ -108,16 +116,20 @@ fn dispatch(argv: Vec<bytes::Bytes>, node: &mpsc::Sender<ClientRequest>) -> (Pen
     let (reply, rx) = oneshot::channel();
     match node.try_send(ClientRequest { kind, reply }) {
         Ok(()) => (Pending::Waiting(rx), false),
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            (Pending::Ready(Reply::error("BUSY the node's request queue is full; retry later")), false)
-        }
+        Err(mpsc::error::TrySendError::Full(_)) => (
+            Pending::Ready(Reply::error("BUSY the node's request queue is full; retry later")),
+            false,
+        ),
         Err(mpsc::error::TrySendError::Closed(_)) => {
             (Pending::Ready(Reply::error("ERR the node is shutting down")), false)
         }
     }
 }
 
-async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Pending>) {
+async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Pending>,
+) {
     let mut out = BytesMut::with_capacity(16 * 1024);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
@@ -133,7 +145,9 @@ async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc
                         }
                         wait.await.unwrap_or_else(|_| Reply::error("ERR the node is shutting down"))
                     }
-                    Err(oneshot::error::TryRecvError::Closed) => Reply::error("ERR the node is shutting down"),
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        Reply::error("ERR the node is shutting down")
+                    }
                 },
             };
             resp::encode_reply(reply, &mut out);
@@ -148,7 +162,10 @@ async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc
     }
 }
 
-async fn flush<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
+async fn flush<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+) -> std::io::Result<()> {
     wr.write_all(out).await?;
     wr.flush().await?;
     out.clear();

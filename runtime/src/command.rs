@@ -167,7 +167,9 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             } else {
                 match n.checked_neg() {
                     Some(d) => d,
-                    None => return Request::Immediate(Reply::error("ERR decrement would overflow")),
+                    None => {
+                        return Request::Immediate(Reply::error("ERR decrement would overflow"))
+                    }
                 }
             };
             Request::Write(Command::IncrBy { key: a(0).to_vec(), delta })
@@ -192,10 +194,7 @@ fn subcommand(args: &[Bytes]) -> String {
 
 fn unknown_subcommand(cmd: &str, sub: &[u8]) -> Reply {
     let sub = sanitize(sub);
-    Reply::error(format!(
-        "ERR unknown subcommand '{sub}'. Try {} HELP.",
-        cmd.to_ascii_uppercase()
-    ))
+    Reply::error(format!("ERR unknown subcommand '{sub}'. Try {} HELP.", cmd.to_ascii_uppercase()))
 }
 
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS`: enough for redis-cli's start-up probe.
@@ -218,7 +217,10 @@ fn config_command(args: &[Bytes]) -> Reply {
         "get" if args.len() >= 2 => {
             let mut out = Vec::new();
             for (k, v) in CONFIG {
-                if args[1..].iter().any(|p| raft_kv_core::glob::matches(&p.to_ascii_lowercase(), k.as_bytes())) {
+                if args[1..]
+                    .iter()
+                    .any(|p| raft_kv_core::glob::matches(&p.to_ascii_lowercase(), k.as_bytes()))
+                {
                     out.push(Reply::Bulk(Bytes::from_static(k.as_bytes())));
                     out.push(Reply::Bulk(Bytes::from_static(v.as_bytes())));
                 }
@@ -256,7 +258,10 @@ mod tests {
     #[test]
     fn errors_match_redis_7() {
         assert_eq!(err(p(&["GET"])), "ERR wrong number of arguments for 'get' command");
-        assert_eq!(err(p(&["mset", "a", "1", "b"])), "ERR wrong number of arguments for 'mset' command");
+        assert_eq!(
+            err(p(&["mset", "a", "1", "b"])),
+            "ERR wrong number of arguments for 'mset' command"
+        );
         assert_eq!(err(p(&["foo"])), "ERR unknown command 'foo', with args beginning with: ");
         assert_eq!(
             err(p(&["foo", "a", "b"])),
@@ -269,8 +274,14 @@ mod tests {
     #[test]
     fn commands_parse_to_requests() {
         assert_eq!(p(&["PING"]), Request::Immediate(Reply::Simple("PONG")));
-        assert_eq!(p(&["decrby", "k", "5"]), Request::Write(Command::IncrBy { key: b"k".to_vec(), delta: -5 }));
-        assert_eq!(p(&["del", "a", "b"]), Request::Write(Command::Del { keys: vec![b"a".to_vec(), b"b".to_vec()] }));
+        assert_eq!(
+            p(&["decrby", "k", "5"]),
+            Request::Write(Command::IncrBy { key: b"k".to_vec(), delta: -5 })
+        );
+        assert_eq!(
+            p(&["del", "a", "b"]),
+            Request::Write(Command::Del { keys: vec![b"a".to_vec(), b"b".to_vec()] })
+        );
         assert_eq!(p(&["keys", "*"]), Request::Read(ReadCommand::Keys(Bytes::from_static(b"*"))));
         assert_eq!(
             p(&["config", "get", "save"]),

@@ -97,13 +97,16 @@ pub struct RunningNode {
 }
 
 /// Binds both ports, restores the node from `storage` and starts its tasks.
-pub async fn start<S: Storage>(opts: NodeOptions, mut storage: S) -> Result<RunningNode, StartError> {
-    let raft_listener = TcpListener::bind(opts.raft_listen)
-        .await
-        .map_err(|source| StartError::Bind { what: "raft peers", addr: opts.raft_listen, source })?;
-    let redis_listener = TcpListener::bind(opts.redis_listen)
-        .await
-        .map_err(|source| StartError::Bind { what: "redis clients", addr: opts.redis_listen, source })?;
+pub async fn start<S: Storage>(
+    opts: NodeOptions,
+    mut storage: S,
+) -> Result<RunningNode, StartError> {
+    let raft_listener = TcpListener::bind(opts.raft_listen).await.map_err(|source| {
+        StartError::Bind { what: "raft peers", addr: opts.raft_listen, source }
+    })?;
+    let redis_listener = TcpListener::bind(opts.redis_listen).await.map_err(|source| {
+        StartError::Bind { what: "redis clients", addr: opts.redis_listen, source }
+    })?;
     let raft_addr = raft_listener.local_addr().unwrap_or(opts.raft_listen);
     let redis_addr = redis_listener.local_addr().unwrap_or(opts.redis_listen);
 
@@ -125,7 +128,8 @@ pub async fn start<S: Storage>(opts: NodeOptions, mut storage: S) -> Result<Runn
         raft_addr
     );
     let tick = opts.timing.tick;
-    let task = NodeTask::new(raft, storage, peers, opts.timing, opts.incarnation, applied, info_static);
+    let task =
+        NodeTask::new(raft, storage, peers, opts.timing, opts.incarnation, applied, info_static);
     let task = tokio::spawn(task.run(peer_rx, client_rx, move || tick));
     info!(node = %opts.raft.id, %redis_addr, %raft_addr, "node started");
     Ok(RunningNode { redis_addr, raft_addr, task })

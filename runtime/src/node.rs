@@ -135,7 +135,10 @@ impl<S: Storage> NodeTask<S> {
     ) -> Result<(), StorageError> {
         let mut next_tick = Instant::now() + tick_period();
         loop {
+            // `biased`: tokio's random branch order draws from a thread-local RNG that outlives
+            // a simulation run, which would make runs of the same seed differ.
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep_until(next_tick) => {
                     next_tick += tick_period();
                     self.raft.step(Input::Tick);
@@ -350,9 +353,9 @@ impl<S: Storage> NodeTask<S> {
         let bulk = |v: Option<Value>| v.map_or(Reply::Null, |v| Reply::Bulk(Bytes::from(v)));
         Ok(match cmd {
             ReadCommand::Get(k) => bulk(self.storage.get(k)?),
-            ReadCommand::MGet(keys) => {
-                Reply::Array(keys.iter().map(|k| self.storage.get(k).map(bulk)).collect::<Result<_, _>>()?)
-            }
+            ReadCommand::MGet(keys) => Reply::Array(
+                keys.iter().map(|k| self.storage.get(k).map(bulk)).collect::<Result<_, _>>()?,
+            ),
             ReadCommand::Exists(keys) => {
                 let mut n = 0;
                 for k in keys {
@@ -374,7 +377,8 @@ impl<S: Storage> NodeTask<S> {
     }
 
     fn info(&self) -> Reply {
-        let Status { id, role, term, leader, commit_index, applied_index, last_index } = self.raft.status();
+        let Status { id, role, term, leader, commit_index, applied_index, last_index } =
+            self.raft.status();
         let keys = match self.storage.key_count() {
             Ok(n) => n,
             Err(e) => {

@@ -42,7 +42,10 @@ impl ProtocolError {
 /// Takes the next complete request off the front of `buf`: `Ok(None)` when more bytes are
 /// needed, `Ok(Some(argv))` otherwise (an empty `argv` for a blank line or an empty array,
 /// which Redis ignores).
-pub fn next_request(buf: &mut BytesMut, limits: &RequestLimits) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+pub fn next_request(
+    buf: &mut BytesMut,
+    limits: &RequestLimits,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -56,10 +59,9 @@ pub fn next_request(buf: &mut BytesMut, limits: &RequestLimits) -> Result<Option
             Ok(Some(Vec::new()))
         }
         Scan::Complete(len) => {
-            let (frame, used, _) =
-                decode_bytes_mut(buf).map_err(|e| ProtocolError::new(e.details().to_string()))?.ok_or_else(
-                    || ProtocolError::new("incomplete request after a complete scan"),
-                )?;
+            let (frame, used, _) = decode_bytes_mut(buf)
+                .map_err(|e| ProtocolError::new(e.details().to_string()))?
+                .ok_or_else(|| ProtocolError::new("incomplete request after a complete scan"))?;
             debug_assert_eq!(used, len);
             match frame {
                 BytesFrame::Array(items) => items
@@ -176,10 +178,11 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Bytes>> {
             let c = line.get(i).copied();
             if in_dq {
                 match c? {
-                    b'\\' if i + 3 < line.len()
-                        && line[i + 1] == b'x'
-                        && line[i + 2].is_ascii_hexdigit()
-                        && line[i + 3].is_ascii_hexdigit() =>
+                    b'\\'
+                        if i + 3 < line.len()
+                            && line[i + 1] == b'x'
+                            && line[i + 2].is_ascii_hexdigit()
+                            && line[i + 3].is_ascii_hexdigit() =>
                     {
                         let hex = std::str::from_utf8(&line[i + 2..i + 4]).ok()?;
                         cur.push(u8::from_str_radix(hex, 16).ok()?);
@@ -269,8 +272,14 @@ mod tests {
 
     #[test]
     fn pipelined_requests_come_out_in_order() {
-        let got = parse_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n").unwrap();
-        assert_eq!(got, vec![vec![b("SET"), b("k"), b("v")], vec![b("GET"), b("k")], vec![b("PING")]]);
+        let got = parse_all(
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![vec![b("SET"), b("k"), b("v")], vec![b("GET"), b("k")], vec![b("PING")]]
+        );
     }
 
     #[test]
@@ -280,7 +289,10 @@ mod tests {
             let mut buf = BytesMut::from(&full[..cut]);
             assert_eq!(next_request(&mut buf, &RequestLimits::default()), Ok(None), "cut at {cut}");
         }
-        assert_eq!(parse_all(b"*2\r\n$3\r\nGET\r\n$5\r\nk\0\r\ny\r\n").unwrap(), vec![vec![b("GET"), b("k\0\r\ny")]]);
+        assert_eq!(
+            parse_all(b"*2\r\n$3\r\nGET\r\n$5\r\nk\0\r\ny\r\n").unwrap(),
+            vec![vec![b("GET"), b("k\0\r\ny")]]
+        );
     }
 
     #[test]
@@ -298,7 +310,11 @@ mod tests {
         ];
         for (input, want) in cases {
             let mut buf = BytesMut::from(*input);
-            assert_eq!(next_request(&mut buf, &limits), Err(ProtocolError(want.to_string())), "{input:?}");
+            assert_eq!(
+                next_request(&mut buf, &limits),
+                Err(ProtocolError(want.to_string())),
+                "{input:?}"
+            );
         }
         let mut huge = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n"[..]);
         huge.extend_from_slice(format!("${}\r\n", (16 << 20) + 1).as_bytes());
@@ -307,7 +323,10 @@ mod tests {
 
     #[test]
     fn inline_commands_split_like_redis() {
-        assert_eq!(parse_all(b"set k \"a b\\x41\\n\"\r\n").unwrap(), vec![vec![b("set"), b("k"), b("a bA\n")]]);
+        assert_eq!(
+            parse_all(b"set k \"a b\\x41\\n\"\r\n").unwrap(),
+            vec![vec![b("set"), b("k"), b("a bA\n")]]
+        );
         assert_eq!(parse_all(b"echo 'it\\'s'\n").unwrap(), vec![vec![b("echo"), b("it's")]]);
         assert_eq!(parse_all(b"\r\n*0\r\n").unwrap(), vec![Vec::<Bytes>::new(), Vec::new()]);
     }

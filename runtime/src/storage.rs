@@ -77,7 +77,11 @@ impl MemStorage {
 impl Storage for MemStorage {
     fn load(&mut self) -> Result<RestoredState, StorageError> {
         let s = self.state();
-        Ok(RestoredState { hard_state: s.hard_state, entries: s.entries.clone(), applied: s.applied })
+        Ok(RestoredState {
+            hard_state: s.hard_state,
+            entries: s.entries.clone(),
+            applied: s.applied,
+        })
     }
 
     fn persist(

@@ -87,7 +87,12 @@ pub fn start(
     PeerSender { id: cfg.id, queues }
 }
 
-async fn send_loop(cfg: TransportConfig, peer: NodeId, addr: SocketAddr, mut rx: mpsc::Receiver<Message>) {
+async fn send_loop(
+    cfg: TransportConfig,
+    peer: NodeId,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Message>,
+) {
     let mut backoff = cfg.reconnect_backoff_min;
     let mut connected_once = false;
     loop {
@@ -108,7 +113,8 @@ async fn send_loop(cfg: TransportConfig, peer: NodeId, addr: SocketAddr, mut rx:
         };
         let _ = stream.set_nodelay(true);
         let mut framed = FramedWrite::new(stream, codec(cfg.frame_bytes_max));
-        let hello = codec::encode(&PeerFrame::Hello(Hello { cluster_id: cfg.cluster_id, from: cfg.id }));
+        let hello =
+            codec::encode(&PeerFrame::Hello(Hello { cluster_id: cfg.cluster_id, from: cfg.id }));
         if framed.send(Bytes::from(hello)).await.is_err() {
             continue;
         }
@@ -156,7 +162,12 @@ async fn accept_loop(cfg: TransportConfig, listener: TcpListener, inbound: mpsc:
     }
 }
 
-async fn receive_loop(cfg: TransportConfig, stream: TcpStream, addr: SocketAddr, inbound: mpsc::Sender<Message>) {
+async fn receive_loop(
+    cfg: TransportConfig,
+    stream: TcpStream,
+    addr: SocketAddr,
+    inbound: mpsc::Sender<Message>,
+) {
     let mut frames = FramedRead::new(stream, codec(cfg.frame_bytes_max));
     let peer = match frames.next().await {
         Some(Ok(bytes)) => match codec::decode::<PeerFrame>(&bytes) {

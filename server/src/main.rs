@@ -72,7 +72,12 @@ fn main() {
 async fn run(args: Args) -> anyhow::Result<()> {
     let n = args.cluster.len() as u64;
     if args.id == 0 || args.id > n {
-        bail!("--id {} is not in the cluster: --cluster lists {} node(s), so ids are 1..={}", args.id, n, n);
+        bail!(
+            "--id {} is not in the cluster: --cluster lists {} node(s), so ids are 1..={}",
+            args.id,
+            n,
+            n
+        );
     }
     let raft_addrs: BTreeMap<NodeId, SocketAddr> =
         args.cluster.iter().enumerate().map(|(i, a)| (NodeId(i as u64 + 1), *a)).collect();
@@ -84,11 +89,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let id = NodeId(args.id);
     let own = raft_addrs[&id];
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("data/node{}", args.id)));
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let data_dir =
+        args.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("data/node{}", args.id)));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
 
     let cluster_id = raft_kv_runtime::cluster_id(&raft_addrs);
-    let storage = rocks::RocksStorage::open(&data_dir, rocks::Identity { cluster_id, node_id: args.id })?;
+    let storage =
+        rocks::RocksStorage::open(&data_dir, rocks::Identity { cluster_id, node_id: args.id })?;
 
     let voters = raft_addrs.keys().copied().collect();
     let raft = raft_kv_core::Config::new(id, voters, rand::random());
@@ -102,7 +110,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     opts.timing.tick = Duration::from_millis(args.tick_ms);
     opts.timing.request_timeout = Duration::from_millis(args.request_timeout_ms);
     opts.client.limits.bulk_bytes_max = args.max_bulk_bytes as usize;
-    opts.client.limits.request_bytes_max = opts.client.limits.request_bytes_max.max(2 * args.max_bulk_bytes as usize);
+    opts.client.limits.request_bytes_max =
+        opts.client.limits.request_bytes_max.max(2 * args.max_bulk_bytes as usize);
 
     let node = raft_kv_runtime::start(opts, storage).await?;
     tracing::info!(node = args.id, data_dir = %data_dir.display(), redis = %node.redis_addr, raft = %node.raft_addr, "raft-kv ready");

@@ -7,7 +7,9 @@ use raft_kv_core::kv::{Key, Mutation, Value};
 use raft_kv_core::{Entry, HardState, LogIndex, RestoredState};
 use raft_kv_runtime::codec;
 use raft_kv_runtime::storage::{Storage, StorageError};
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -59,7 +61,10 @@ impl RocksStorage {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let existed = path.join("CURRENT").exists();
-        if path.exists() && !existed && path.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+        if path.exists()
+            && !existed
+            && path.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true)
+        {
             return Err(OpenError::Corrupt {
                 path: path.to_owned(),
                 reason: "the directory is not empty and holds no RocksDB database".into(),
@@ -67,7 +72,8 @@ impl RocksStorage {
         }
         if existed {
             // Refuse a database that lacks our column families rather than silently adding them.
-            let cfs = DB::list_cf(&opts, path).map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
+            let cfs = DB::list_cf(&opts, path)
+                .map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
             for cf in [CF_LOG, CF_META, CF_KV] {
                 if !cfs.iter().any(|c| c == cf) {
                     return Err(OpenError::Corrupt {
@@ -77,15 +83,22 @@ impl RocksStorage {
                 }
             }
         }
-        let cfs = [CF_LOG, CF_META, CF_KV].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
+        let cfs =
+            [CF_LOG, CF_META, CF_KV].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)
+            .map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         let storage = RocksStorage { db, sync, nosync: WriteOptions::default() };
         let corrupt = |reason: String| OpenError::Corrupt { path: path.to_owned(), reason };
-        match storage.db.get_cf(storage.cf(CF_META), KEY_IDENTITY).map_err(|e| corrupt(e.to_string()))? {
+        match storage
+            .db
+            .get_cf(storage.cf(CF_META), KEY_IDENTITY)
+            .map_err(|e| corrupt(e.to_string()))?
+        {
             Some(bytes) => {
-                let found: Identity = codec::decode(&bytes).map_err(|e| corrupt(format!("identity record: {e}")))?;
+                let found: Identity =
+                    codec::decode(&bytes).map_err(|e| corrupt(format!("identity record: {e}")))?;
                 if found != identity {
                     return Err(OpenError::Foreign {
                         path: path.to_owned(),
@@ -115,12 +128,16 @@ impl Storage for RocksStorage {
     fn load(&mut self) -> Result<RestoredState, StorageError> {
         let meta = self.cf(CF_META);
         let hard_state = match self.db.get_cf(meta, KEY_HARD_STATE).map_err(io)? {
-            Some(b) => codec::decode_hard_state(&b).map_err(|e| StorageError::Corrupt(format!("hard state: {e}")))?,
+            Some(b) => codec::decode_hard_state(&b)
+                .map_err(|e| StorageError::Corrupt(format!("hard state: {e}")))?,
             None => HardState::default(),
         };
         let applied = match self.db.get_cf(meta, KEY_APPLIED).map_err(io)? {
             Some(b) => {
-                let raw: [u8; 8] = b.as_slice().try_into().map_err(|_| StorageError::Corrupt("applied index is not 8 bytes".into()))?;
+                let raw: [u8; 8] = b
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("applied index is not 8 bytes".into()))?;
                 LogIndex(u64::from_be_bytes(raw))
             }
             None => LogIndex(0),
@@ -128,7 +145,8 @@ impl Storage for RocksStorage {
         let mut entries = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::Start) {
             let (k, v) = item.map_err(io)?;
-            let entry = codec::decode_entry(&v).map_err(|e| StorageError::Corrupt(format!("log entry: {e}")))?;
+            let entry = codec::decode_entry(&v)
+                .map_err(|e| StorageError::Corrupt(format!("log entry: {e}")))?;
             let expected = LogIndex(entries.len() as u64 + 1);
             if *k != log_key(entry.index) || entry.index != expected {
                 return Err(StorageError::Corrupt(format!(
@@ -137,7 +155,10 @@ impl Storage for RocksStorage {
                 )));
             }
             if entries.last().is_some_and(|p: &Entry| p.term > entry.term) {
-                return Err(StorageError::Corrupt(format!("log terms decrease at entry {}", entry.index)));
+                return Err(StorageError::Corrupt(format!(
+                    "log terms decrease at entry {}",
+                    entry.index
+                )));
             }
             entries.push(entry);
         }
@@ -148,12 +169,18 @@ impl Storage for RocksStorage {
             )));
         }
         if entries.last().is_some_and(|e| e.term > hard_state.term) {
-            return Err(StorageError::Corrupt("the log has a term above the stored current term".into()));
+            return Err(StorageError::Corrupt(
+                "the log has a term above the stored current term".into(),
+            ));
         }
         Ok(RestoredState { hard_state, entries, applied })
     }
 
-    fn persist(&mut self, hard_state: Option<HardState>, append: Option<(LogIndex, &[Entry])>) -> Result<(), StorageError> {
+    fn persist(
+        &mut self,
+        hard_state: Option<HardState>,
+        append: Option<(LogIndex, &[Entry])>,
+    ) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         if let Some(hs) = hard_state {
             batch.put_cf(self.cf(CF_META), KEY_HARD_STATE, codec::encode_hard_state(&hs));
@@ -201,7 +228,11 @@ impl Storage for RocksStorage {
     }
 
     fn key_count(&self) -> Result<u64, StorageError> {
-        Ok(self.db.property_int_value_cf(self.cf(CF_KV), "rocksdb.estimate-num-keys").map_err(io)?.unwrap_or(0))
+        Ok(self
+            .db
+            .property_int_value_cf(self.cf(CF_KV), "rocksdb.estimate-num-keys")
+            .map_err(io)?
+            .unwrap_or(0))
     }
 }
 
@@ -224,7 +255,8 @@ mod tests {
         {
             let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
             let hs = HardState { term: Term(2), voted_for: Some(raft_kv_core::NodeId(1)) };
-            s.persist(Some(hs), Some((LogIndex(1), &[entry(1, 1), entry(2, 1), entry(3, 2)]))).unwrap();
+            s.persist(Some(hs), Some((LogIndex(1), &[entry(1, 1), entry(2, 1), entry(3, 2)])))
+                .unwrap();
             // A conflicting suffix replaces entries from 3 on.
             s.persist(None, Some((LogIndex(3), &[entry(3, 2)]))).unwrap();
             s.apply(LogIndex(1), &[Mutation::Put(b"k".to_vec(), b"v\0".to_vec())]).unwrap();
@@ -257,7 +289,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
-            s.persist(Some(HardState { term: Term(1), voted_for: None }), Some((LogIndex(1), &[entry(1, 1)]))).unwrap();
+            s.persist(
+                Some(HardState { term: Term(1), voted_for: None }),
+                Some((LogIndex(1), &[entry(1, 1)])),
+            )
+            .unwrap();
             s.db.put_cf(s.cf(CF_LOG), log_key(LogIndex(2)), b"\x01garbage").unwrap();
         }
         let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
