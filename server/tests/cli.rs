@@ -1,0 +1,107 @@
+//! Bad flags, a port in use, and a foreign or corrupt data directory are refused with a clear
+//! message and a non-zero exit, before anything is written.
+
+mod common;
+
+use common::{free_ports, BIN};
+use std::process::Command;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN).args(args).env("RUST_LOG", "off").output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_flags_are_refused_clearly() {
+    let (ok, err) =
+        run(&["--id", "4", "--cluster", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "--port", "1"]);
+    assert!(!ok);
+    assert!(err.contains("--id 4 is not in the cluster"), "{err}");
+    let (ok, err) = run(&["--id", "1", "--cluster", "not-an-address", "--port", "1"]);
+    assert!(!ok);
+    assert!(err.contains("--cluster"), "{err}");
+    let (ok, err) = run(&["--id", "1", "--cluster", "127.0.0.1:1,127.0.0.1:1", "--port", "1"]);
+    assert!(!ok);
+    assert!(err.contains("twice"), "{err}");
+}
+
+#[test]
+fn a_port_in_use_is_reported() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let raft = free_ports(1)[0];
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = format!("127.0.0.1:{raft}");
+    let (ok, err) = run(&[
+        "--id",
+        "1",
+        "--cluster",
+        &cluster,
+        "--port",
+        &port,
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("cannot listen for redis clients"), "{err}");
+}
+
+#[test]
+fn a_data_dir_of_another_node_or_not_ours_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let ports = free_ports(4);
+    let cluster = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    let data_s = data.to_str().unwrap();
+    // Create the data directory as node 1 (it stays down: no quorum, but that is fine).
+    let mut child = Command::new(BIN)
+        .args([
+            "--id",
+            "1",
+            "--cluster",
+            &cluster,
+            "--port",
+            &ports[2].to_string(),
+            "--data-dir",
+            data_s,
+        ])
+        .env("RUST_LOG", "off")
+        .spawn()
+        .unwrap();
+    common::wait_until(std::time::Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", ports[2])).ok()
+    })
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (ok, err) = run(&[
+        "--id",
+        "2",
+        "--cluster",
+        &cluster,
+        "--port",
+        &ports[3].to_string(),
+        "--data-dir",
+        data_s,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("belongs to node 1"), "{err}");
+
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("important.txt"), "not a database").unwrap();
+    let (ok, err) = run(&[
+        "--id",
+        "1",
+        "--cluster",
+        &cluster,
+        "--port",
+        &ports[3].to_string(),
+        "--data-dir",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("not a raft-kv data directory"), "{err}");
+    assert_eq!(std::fs::read_to_string(other.join("important.txt")).unwrap(), "not a database");
+}

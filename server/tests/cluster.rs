@@ -1,0 +1,152 @@
+//! Real 3-node clusters of `raft-kv` processes: the README walkthrough, failover under writes,
+//! restarts with data intact, and the failures of the C++ raft-kv this replaces.
+
+mod common;
+
+use common::{wait_until, Cluster};
+use redis::Commands;
+use std::time::Duration;
+
+#[test]
+fn readme_walkthrough_with_node2_killed_and_restarted() {
+    let mut c = Cluster::start(3);
+    let mut n1 = c.conn(1);
+    let _: () = redis::cmd("DEL").arg("__probe").query(&mut n1).unwrap();
+    assert_eq!(
+        redis::cmd("SET").arg("mykey").arg("myvalue").query::<String>(&mut n1).unwrap(),
+        "OK"
+    );
+    assert_eq!(n1.get::<_, String>("mykey").unwrap(), "myvalue");
+
+    c.kill(2);
+    assert_eq!(
+        redis::cmd("SET").arg("mykey").arg("new-value").query::<String>(&mut c.conn(1)).unwrap(),
+        "OK"
+    );
+    c.start_node(2);
+
+    // The restarted node catches up by itself; its reads are linearizable, so the first answer
+    // it gives is already the new value.
+    let mut n2 = c.conn(2);
+    let keys: Vec<String> =
+        wait_until(Duration::from_secs(20), || redis::cmd("KEYS").arg("*").query(&mut n2).ok())
+            .unwrap();
+    assert_eq!(keys, vec!["mykey".to_string()]);
+    assert_eq!(n2.get::<_, String>("mykey").unwrap(), "new-value");
+}
+
+#[test]
+fn every_node_accepts_writes_and_serves_linearizable_reads() {
+    let c = Cluster::start(3);
+    for writer in 1..=3 {
+        let key = format!("k{writer}");
+        let _: () = c.conn(writer).set(&key, writer).unwrap();
+        // Read-your-writes through every other node, immediately.
+        for reader in 1..=3 {
+            assert_eq!(
+                c.conn(reader).get::<_, i64>(&key).unwrap(),
+                writer as i64,
+                "read {key} via node {reader}"
+            );
+        }
+    }
+    let n: i64 = c.conn(2).incr("counter", 5).unwrap();
+    assert_eq!(n, 5);
+    assert_eq!(c.conn(3).decr::<_, _, i64>("counter", 2).unwrap(), 3);
+    assert_eq!(c.conn(1).del::<_, i64>(&["k1", "k2", "missing"]).unwrap(), 2);
+    assert_eq!(c.conn(3).exists::<_, i64>(&["k1", "k3", "k3"]).unwrap(), 2);
+}
+
+#[test]
+fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3);
+    let leader = c.leader(1).expect("leader known");
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let other = (1..=3).find(|i| *i != leader && *i != follower).unwrap();
+
+    let mut acked = Vec::new();
+    let mut con = c.conn(follower);
+    for i in 0..400 {
+        if i == 150 {
+            c.kill(leader);
+        }
+        let r: redis::RedisResult<String> =
+            redis::cmd("SET").arg(format!("w{i}")).arg(i).query(&mut con);
+        match r {
+            Ok(ok) => {
+                assert_eq!(ok, "OK");
+                acked.push(i);
+            }
+            // A timeout is indeterminate: the write may or may not have happened.
+            Err(_) => con = wait_until(Duration::from_secs(10), || c.try_conn(follower)).unwrap(),
+        }
+    }
+    assert!(acked.len() > 300, "only {} of 400 writes acknowledged", acked.len());
+    assert!(acked.iter().any(|i| *i > 200), "no write acknowledged after the leader died");
+
+    c.start_node(leader);
+    for reader in [follower, other, leader] {
+        let mut con = c.conn(reader);
+        for i in &acked {
+            let v: Option<i64> =
+                wait_until(Duration::from_secs(20), || con.get(format!("w{i}")).ok()).unwrap();
+            assert_eq!(v, Some(*i as i64), "acknowledged write w{i} missing on node {reader}");
+        }
+    }
+}
+
+#[test]
+fn a_full_restart_keeps_every_key() {
+    let mut c = Cluster::start(3);
+    let mut con = c.conn(1);
+    for i in 0..200 {
+        let _: () = con.set(format!("key{i}"), format!("value{i}")).unwrap();
+    }
+    // Mixed ways of stopping: SIGTERM for one node, SIGKILL for the others.
+    c.terminate(1);
+    c.kill(2);
+    c.kill(3);
+    for id in 1..=3 {
+        c.start_node(id);
+    }
+    c.wait_writable();
+    for id in 1..=3 {
+        let mut con = c.conn(id);
+        for i in 0..200 {
+            assert_eq!(
+                con.get::<_, String>(format!("key{i}")).unwrap(),
+                format!("value{i}"),
+                "node {id}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_node_stopped_with_sigterm_rejoins_and_catches_up() {
+    let mut c = Cluster::start(3);
+    c.terminate(3);
+    let _: () = c.conn(1).set("while-down", "yes").unwrap();
+    c.start_node(3);
+    let v: String =
+        wait_until(Duration::from_secs(20), || c.conn(3).get("while-down").ok()).unwrap();
+    assert_eq!(v, "yes");
+}
+
+#[test]
+fn without_a_quorum_requests_fail_fast_instead_of_hanging_or_reading_stale_data() {
+    let mut c = Cluster::start_with(3, &["--request-timeout-ms", "1500"]);
+    let _: () = c.conn(1).set("k", "before").unwrap();
+    c.kill(2);
+    c.kill(3);
+    let mut con = c.conn(1);
+    let started = std::time::Instant::now();
+    let set: redis::RedisResult<String> = con.set("k", "after");
+    let get: redis::RedisResult<String> = con.get("k");
+    assert!(set.is_err(), "a write without quorum must fail, got {set:?}");
+    assert!(get.is_err(), "a read without quorum must not return possibly stale data, got {get:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let msg = get.unwrap_err().to_string();
+    let msg = msg.to_ascii_lowercase();
+    assert!(msg.contains("clusterdown") || msg.contains("timeout"), "{msg}");
+}

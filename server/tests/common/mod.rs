@@ -1,0 +1,171 @@
+//! Test harness: real `raft-kv` processes on loopback ports with their own data directories,
+//! driven through the `redis` crate. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_raft-kv");
+
+/// Polls `cond` until it returns Some or `timeout` passes.
+pub fn wait_until<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Ports the OS reports free right now.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub raft_ports: Vec<u16>,
+    pub redis_ports: Vec<u16>,
+    pub procs: Vec<Option<Child>>,
+    pub extra_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes and waits until a write commits.
+    pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        let ports = free_ports(2 * n);
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            raft_ports: ports[..n].to_vec(),
+            redis_ports: ports[n..].to_vec(),
+            procs: (0..n).map(|_| None).collect(),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=n {
+            c.start_node(id);
+        }
+        c.wait_writable();
+        c
+    }
+
+    pub fn cluster_arg(&self) -> String {
+        self.raft_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn data_dir(&self, id: usize) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    pub fn command(&self, id: usize) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--id")
+            .arg(id.to_string())
+            .arg("--cluster")
+            .arg(self.cluster_arg())
+            .arg("--port")
+            .arg(self.redis_ports[id - 1].to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .args(&self.extra_args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    pub fn start_node(&mut self, id: usize) {
+        assert!(self.procs[id - 1].is_none(), "node {id} already running");
+        let child = self.command(id).spawn().expect("spawn raft-kv");
+        self.procs[id - 1] = Some(child);
+        let port = self.redis_ports[id - 1];
+        wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .unwrap_or_else(|| panic!("node {id} did not open its port"));
+    }
+
+    /// SIGKILL: no chance to flush anything that was not already synced.
+    pub fn kill(&mut self, id: usize) {
+        if let Some(mut c) = self.procs[id - 1].take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn terminate(&mut self, id: usize) {
+        if let Some(mut c) = self.procs[id - 1].take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let exited = wait_until(Duration::from_secs(10), || c.try_wait().ok().flatten());
+            if exited.is_none() {
+                c.kill().unwrap();
+                c.wait().unwrap();
+                panic!("node {id} ignored SIGTERM");
+            }
+        }
+    }
+
+    pub fn conn(&self, id: usize) -> redis::Connection {
+        let client =
+            redis::Client::open(format!("redis://127.0.0.1:{}/", self.redis_ports[id - 1]))
+                .unwrap();
+        let con = client.get_connection_with_timeout(Duration::from_secs(5)).unwrap();
+        con.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        con
+    }
+
+    pub fn try_conn(&self, id: usize) -> Option<redis::Connection> {
+        let client =
+            redis::Client::open(format!("redis://127.0.0.1:{}/", self.redis_ports[id - 1])).ok()?;
+        let con = client.get_connection_with_timeout(Duration::from_secs(2)).ok()?;
+        con.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+        Some(con)
+    }
+
+    pub fn running(&self) -> Vec<usize> {
+        (1..=self.procs.len()).filter(|id| self.procs[id - 1].is_some()).collect()
+    }
+
+    /// Waits until a write through every running node commits.
+    pub fn wait_writable(&self) {
+        for id in self.running() {
+            wait_until(Duration::from_secs(20), || {
+                let mut c = self.try_conn(id)?;
+                redis::cmd("SET").arg("__probe").arg(id).query::<String>(&mut c).ok()
+            })
+            .unwrap_or_else(|| panic!("node {id} never accepted a write"));
+        }
+    }
+
+    /// The leader as node `via` reports it in INFO.
+    pub fn leader(&self, via: usize) -> Option<usize> {
+        let mut c = self.try_conn(via)?;
+        let info: String = redis::cmd("INFO").query(&mut c).ok()?;
+        let line = info.lines().find(|l| l.starts_with("leader_id:"))?;
+        line["leader_id:".len()..].trim().parse().ok()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self.procs.iter_mut() {
+            if let Some(mut c) = p.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
