@@ -37,11 +37,37 @@ pub enum WriteReply {
     Error(String),
 }
 
-/// A change to the stored key space.
+/// A change to the stored state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mutation {
     Put(Key, Value),
     Delete(Key),
+    /// The client session of an origin node (see `admit`).
+    Session(u64, Session),
+}
+
+/// Exactly-once application of retried writes (Raft paper §8, thesis §6.3). Each node proposes
+/// the writes of its clients as one session per run ("incarnation", strictly increasing across
+/// restarts) with increasing request numbers; a node re-proposes its unapplied writes when the
+/// leader changes, since a forwarded proposal may have been lost with the old leader. A
+/// request is applied only if it is newer than the last one applied for its session, so a
+/// duplicate never applies twice. Requests arrive in order (one FIFO connection to one leader,
+/// retries re-sent in order), so a request is only skipped out of order when an older one was
+/// lost; its client then gets an error saying it was not applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub incarnation: u64,
+    pub last_request: u64,
+}
+
+/// Decides whether request `request` of run `incarnation` applies, given its origin's session:
+/// the updated session if it does, None for a duplicate or a request of a superseded run.
+pub fn admit(session: Option<Session>, incarnation: u64, request: u64) -> Option<Session> {
+    match session {
+        Some(s) if incarnation < s.incarnation => None,
+        Some(s) if incarnation == s.incarnation && request <= s.last_request => None,
+        _ => Some(Session { incarnation, last_request: request }),
+    }
 }
 
 /// Read access to the state the command applies to.
@@ -147,6 +173,7 @@ mod tests {
                 match m {
                     Mutation::Put(k, v) => self.0.insert(k, v),
                     Mutation::Delete(k) => self.0.remove(&k),
+                    Mutation::Session(..) => None,
                 };
             }
             reply
@@ -155,6 +182,17 @@ mod tests {
 
     fn b(s: &str) -> Vec<u8> {
         s.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn a_session_admits_each_request_once_and_refuses_old_runs() {
+        let s1 = admit(None, 3, 1).unwrap();
+        assert_eq!(s1, Session { incarnation: 3, last_request: 1 });
+        assert_eq!(admit(Some(s1), 3, 1), None, "duplicate");
+        let s2 = admit(Some(s1), 3, 5).unwrap();
+        assert_eq!(admit(Some(s2), 3, 4), None, "older than the last applied");
+        assert_eq!(admit(Some(s2), 2, 9), None, "a superseded run");
+        assert_eq!(admit(Some(s2), 4, 1), Some(Session { incarnation: 4, last_request: 1 }));
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Client connections: the Redis port. Each connection has a reader that parses pipelined
 //! requests and a writer that sends the replies in request order, batching every reply that is
 //! ready into one write. Both sides are bounded.
+//!
+//! Commands of one connection take effect in order, as in Redis: a run of writes is submitted
+//! together (the log keeps their order) and so is a run of reads, but a read is submitted only
+//! once every earlier write of the connection is answered (applied), and a write only once
+//! every earlier read is answered. So `SET k 1; GET k; SET k 2` pipelined reads 1, never 2.
 
 use crate::command::{self, Reply, Request};
 use crate::node::{ClientRequest, RequestKind};
@@ -9,7 +14,7 @@ use bytes::BytesMut;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, warn};
 
 #[derive(Clone, Debug)]
@@ -68,22 +73,49 @@ pub async fn accept_loop(
     }
 }
 
+/// Which kind of consensus request a connection has in flight.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Reads,
+    Writes,
+}
+
 async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: ClientConfig) {
     // Without TCP_NODELAY a pipelining client waits on Nagle's algorithm for every reply batch.
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel::<Pending>(cfg.pipeline_depth_max);
-    let writer = tokio::spawn(write_replies(wr, rx));
+    // The writer counts the replies it has taken, so the reader can wait for a phase to end.
+    let (answered_tx, mut answered) = watch::channel(0u64);
+    let writer = tokio::spawn(write_replies(wr, rx, answered_tx));
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut submitted: u64 = 0;
+    let mut phase: Option<Phase> = None;
     'conn: loop {
         loop {
             match resp::next_request(&mut buf, &cfg.limits) {
                 Ok(Some(argv)) if argv.is_empty() => continue,
                 Ok(Some(argv)) => {
-                    let (pending, quit) = dispatch(argv, &node);
+                    let request = command::parse(argv);
+                    let next_phase = match &request {
+                        Request::Write(_) => Some(Phase::Writes),
+                        Request::Read(_) => Some(Phase::Reads),
+                        _ => None,
+                    };
+                    if next_phase.is_some() && phase.is_some() && next_phase != phase {
+                        // Wait until every earlier request of the connection is answered.
+                        if answered.wait_for(|n| *n >= submitted).await.is_err() {
+                            break 'conn;
+                        }
+                    }
+                    if next_phase.is_some() {
+                        phase = next_phase;
+                    }
+                    let (pending, quit) = dispatch(request, &node);
                     if tx.send(pending).await.is_err() {
                         break 'conn;
                     }
+                    submitted += 1;
                     if quit {
                         break 'conn;
                     }
@@ -105,8 +137,8 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
 }
 
 /// Turns one request into its (eventual) reply; true if the connection should close after it.
-fn dispatch(argv: Vec<bytes::Bytes>, node: &mpsc::Sender<ClientRequest>) -> (Pending, bool) {
-    let kind = match command::parse(argv) {
+fn dispatch(request: Request, node: &mpsc::Sender<ClientRequest>) -> (Pending, bool) {
+    let kind = match request {
         Request::Immediate(r) => return (Pending::Ready(r), false),
         Request::Quit => return (Pending::Ready(Reply::ok()), true),
         Request::Write(c) => RequestKind::Write(c),
@@ -129,6 +161,7 @@ fn dispatch(argv: Vec<bytes::Bytes>, node: &mpsc::Sender<ClientRequest>) -> (Pen
 async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<Pending>,
+    answered: watch::Sender<u64>,
 ) {
     let mut out = BytesMut::with_capacity(16 * 1024);
     while let Some(first) = rx.recv().await {
@@ -150,6 +183,7 @@ async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
                     }
                 },
             };
+            answered.send_modify(|n| *n += 1);
             resp::encode_reply(reply, &mut out);
             if out.len() >= WRITE_BATCH_BYTES_MAX && flush(&mut wr, &mut out).await.is_err() {
                 return;

@@ -33,8 +33,6 @@ pub struct NodeOptions {
     pub timing: NodeTiming,
     pub client: ClientConfig,
     pub transport: TransportConfig,
-    /// Distinguishes this run of the node from earlier ones (see `codec::Proposal`).
-    pub incarnation: u64,
     /// Client requests queued for the node task.
     pub client_queue_max: usize,
     /// Peer messages queued for the node task.
@@ -47,7 +45,6 @@ impl NodeOptions {
         raft_addrs: BTreeMap<NodeId, SocketAddr>,
         raft_listen: SocketAddr,
         redis_listen: SocketAddr,
-        incarnation: u64,
     ) -> NodeOptions {
         let transport = TransportConfig::new(raft.id, cluster_id(&raft_addrs));
         NodeOptions {
@@ -58,7 +55,6 @@ impl NodeOptions {
             timing: NodeTiming::default(),
             client: ClientConfig::default(),
             transport,
-            incarnation,
             client_queue_max: 16_384,
             peer_queue_max: 16_384,
         }
@@ -110,10 +106,11 @@ pub async fn start<S: Storage>(
     let raft_addr = raft_listener.local_addr().unwrap_or(opts.raft_listen);
     let redis_addr = redis_listener.local_addr().unwrap_or(opts.redis_listen);
 
+    let incarnation = storage.next_incarnation()?;
     let restored = storage.load()?;
     let applied = restored.applied;
     info!(node = %opts.raft.id, term = %restored.hard_state.term, applied = %applied,
-        log_entries = restored.entries.len(), "restored from storage");
+        log_entries = restored.entries.len(), incarnation, "restored from storage");
     let raft = RaftNode::new(opts.raft.clone(), restored)?;
 
     let (peer_tx, peer_rx) = mpsc::channel(opts.peer_queue_max);
@@ -128,8 +125,7 @@ pub async fn start<S: Storage>(
         raft_addr
     );
     let tick = opts.timing.tick;
-    let task =
-        NodeTask::new(raft, storage, peers, opts.timing, opts.incarnation, applied, info_static);
+    let task = NodeTask::new(raft, storage, peers, opts.timing, incarnation, applied, info_static);
     let task = tokio::spawn(task.run(peer_rx, client_rx, move || tick));
     info!(node = %opts.raft.id, %redis_addr, %raft_addr, "node started");
     Ok(RunningNode { redis_addr, raft_addr, task })

@@ -8,7 +8,7 @@ use crate::command::{AdminCommand, ReadCommand, Reply};
 use crate::storage::{Storage, StorageError};
 use crate::transport::PeerSender;
 use bytes::Bytes;
-use raft_kv_core::kv::{self, KvRead, Value};
+use raft_kv_core::kv::{self, KvRead, Mutation, Value};
 use raft_kv_core::{Input, LogIndex, Message, NodeId, RaftNode, Ready, Rejection, Role, Status};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -94,6 +94,8 @@ pub struct NodeTask<S: Storage> {
     deadlines: VecDeque<(Instant, u64)>,
     applied: LogIndex,
     last_status: Option<(Role, raft_kv_core::Term, Option<NodeId>)>,
+    /// The leader requests were last submitted to.
+    last_leader: Option<(raft_kv_core::Term, NodeId)>,
     info_static: String,
 }
 
@@ -122,6 +124,7 @@ impl<S: Storage> NodeTask<S> {
             deadlines: VecDeque::new(),
             applied,
             last_status: None,
+            last_leader: None,
             info_static,
         }
     }
@@ -169,17 +172,40 @@ impl<S: Storage> NodeTask<S> {
                 }
             }
             self.handle_ready()?;
-            self.log_role_change();
+            if self.observe_status() {
+                self.handle_ready()?;
+            }
         }
     }
 
-    fn log_role_change(&mut self) {
+    /// Logs role changes; when a new leader appears, re-submits every unanswered request, since
+    /// requests forwarded to the old leader may have been lost with it. Reads are idempotent and
+    /// writes are applied at most once (`kv::admit`). True if anything was re-submitted.
+    fn observe_status(&mut self) -> bool {
         let s = self.raft.status();
         let now = (s.role, s.term, s.leader);
+        let mut resubmitted = false;
+        if let Some(leader) = s.leader {
+            if self.last_leader != Some((s.term, leader)) {
+                self.last_leader = Some((s.term, leader));
+                self.awaiting_leader.clear();
+                let writes: Vec<(u64, Vec<u8>)> =
+                    self.writes.iter().map(|(id, w)| (*id, w.data.clone())).collect();
+                for (id, data) in writes {
+                    self.raft.step(Input::Propose { id, data });
+                }
+                let reads: Vec<u64> = self.reads.keys().copied().collect();
+                for id in reads {
+                    self.raft.step(Input::Read { id });
+                }
+                resubmitted = !self.writes.is_empty() || !self.reads.is_empty();
+            }
+        }
         if self.last_status != Some(now) {
             info!(node = %self.id, term = %s.term, role = s.role.name(), leader = ?s.leader.map(|l| l.0), "raft state changed");
             self.last_status = Some(now);
         }
+        resubmitted
     }
 
     fn on_client(&mut self, c: ClientRequest) {
@@ -310,11 +336,28 @@ impl<S: Storage> NodeTask<S> {
         } else {
             match codec::decode::<Proposal>(data) {
                 Ok(p) => {
-                    let (mutations, reply) = kv::apply(&p.command, &Applied(&self.storage))?;
-                    self.storage.apply(index, &mutations)?;
-                    if p.origin == self.id && p.incarnation == self.incarnation {
-                        if let Some(w) = self.writes.remove(&p.request) {
-                            let _ = w.reply.send(reply.into());
+                    let mine = p.origin == self.id && p.incarnation == self.incarnation;
+                    let session = self.storage.session(p.origin.0)?;
+                    match kv::admit(session, p.incarnation, p.request) {
+                        Some(session) => {
+                            let (mut mutations, reply) =
+                                kv::apply(&p.command, &Applied(&self.storage))?;
+                            mutations.push(Mutation::Session(p.origin.0, session));
+                            self.storage.apply(index, &mutations)?;
+                            if let Some(w) = mine.then(|| self.writes.remove(&p.request)).flatten()
+                            {
+                                let _ = w.reply.send(reply.into());
+                            }
+                        }
+                        None => {
+                            // A duplicate of an applied retry, or a request overtaken by a
+                            // newer one: if it is still pending here, it was never applied.
+                            self.storage.apply(index, &[])?;
+                            if let Some(w) = mine.then(|| self.writes.remove(&p.request)).flatten()
+                            {
+                                let msg = "TRYAGAIN the write was not applied: a newer write from this node overtook it during a leader change";
+                                let _ = w.reply.send(Reply::error(msg));
+                            }
                         }
                     }
                 }

@@ -1,7 +1,7 @@
 //! The storage boundary of a node: the Raft log, hard state and the applied key space. The
 //! server implements it on RocksDB; `MemStorage` here serves the simulation and tests.
 
-use raft_kv_core::kv::{Key, Mutation, Value};
+use raft_kv_core::kv::{Key, Mutation, Session, Value};
 use raft_kv_core::{Entry, HardState, LogIndex, RestoredState};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,13 @@ pub trait Storage: Send + 'static {
 
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError>;
 
+    /// The applied client session of `origin` (see `kv::admit`).
+    fn session(&self, origin: u64) -> Result<Option<Session>, StorageError>;
+
+    /// Durably increments and returns this node's run counter: every start gets a number
+    /// larger than any earlier start's, so its client sessions never collide with theirs.
+    fn next_incarnation(&mut self) -> Result<u64, StorageError>;
+
     /// Keys matching the Redis glob `pattern`, in key order, at most `limit`.
     fn keys(&self, pattern: &[u8], limit: usize) -> Result<Vec<Key>, StorageError>;
 
@@ -53,6 +60,8 @@ struct MemState {
     entries: Vec<Entry>,
     applied: LogIndex,
     kv: BTreeMap<Key, Value>,
+    sessions: BTreeMap<u64, Session>,
+    incarnation: u64,
 }
 
 impl MemStorage {
@@ -107,6 +116,10 @@ impl Storage for MemStorage {
             match m {
                 Mutation::Put(k, v) => s.kv.insert(k.clone(), v.clone()),
                 Mutation::Delete(k) => s.kv.remove(k),
+                Mutation::Session(origin, session) => {
+                    s.sessions.insert(*origin, *session);
+                    None
+                }
             };
         }
         s.applied = index;
@@ -115,6 +128,16 @@ impl Storage for MemStorage {
 
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
         Ok(self.state().kv.get(key).cloned())
+    }
+
+    fn session(&self, origin: u64) -> Result<Option<Session>, StorageError> {
+        Ok(self.state().sessions.get(&origin).copied())
+    }
+
+    fn next_incarnation(&mut self) -> Result<u64, StorageError> {
+        let mut s = self.state();
+        s.incarnation += 1;
+        Ok(s.incarnation)
     }
 
     fn keys(&self, pattern: &[u8], limit: usize) -> Result<Vec<Key>, StorageError> {

@@ -105,7 +105,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         raft_addrs,
         SocketAddr::new(args.bind, own.port()),
         SocketAddr::new(args.bind, args.port),
-        rand::random(),
     );
     opts.timing.tick = Duration::from_millis(args.tick_ms);
     opts.timing.request_timeout = Duration::from_millis(args.request_timeout_ms);

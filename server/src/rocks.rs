@@ -3,7 +3,7 @@
 //! KV changes and the applied index in one atomic batch. Every byte read back is validated:
 //! a corrupt or foreign data directory is refused with a clear error, never a panic.
 
-use raft_kv_core::kv::{Key, Mutation, Value};
+use raft_kv_core::kv::{Key, Mutation, Session, Value};
 use raft_kv_core::{Entry, HardState, LogIndex, RestoredState};
 use raft_kv_runtime::codec;
 use raft_kv_runtime::storage::{Storage, StorageError};
@@ -20,6 +20,13 @@ const CF_KV: &str = "kv";
 const KEY_IDENTITY: &[u8] = b"identity";
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_APPLIED: &[u8] = b"applied_index";
+const KEY_INCARNATION: &[u8] = b"incarnation";
+
+fn session_key(origin: u64) -> Vec<u8> {
+    let mut k = b"session/".to_vec();
+    k.extend_from_slice(&origin.to_be_bytes());
+    k
+}
 
 /// Which node of which cluster a data directory belongs to; written once when it is created.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +210,9 @@ impl Storage for RocksStorage {
             match m {
                 Mutation::Put(k, v) => batch.put_cf(kv, k, v),
                 Mutation::Delete(k) => batch.delete_cf(kv, k),
+                Mutation::Session(origin, session) => {
+                    batch.put_cf(self.cf(CF_META), session_key(*origin), codec::encode(session))
+                }
             }
         }
         batch.put_cf(self.cf(CF_META), KEY_APPLIED, index.0.to_be_bytes());
@@ -211,6 +221,32 @@ impl Storage for RocksStorage {
 
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
         self.db.get_cf(self.cf(CF_KV), key).map_err(io)
+    }
+
+    fn session(&self, origin: u64) -> Result<Option<Session>, StorageError> {
+        match self.db.get_cf(self.cf(CF_META), session_key(origin)).map_err(io)? {
+            Some(b) => codec::decode(&b)
+                .map(Some)
+                .map_err(|e| StorageError::Corrupt(format!("session record: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn next_incarnation(&mut self) -> Result<u64, StorageError> {
+        let meta = self.cf(CF_META);
+        let current = match self.db.get_cf(meta, KEY_INCARNATION).map_err(io)? {
+            Some(b) => u64::from_be_bytes(
+                b.as_slice()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("incarnation is not 8 bytes".into()))?,
+            ),
+            None => 0,
+        };
+        let next = current + 1;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, KEY_INCARNATION, next.to_be_bytes());
+        self.db.write_opt(batch, &self.sync).map_err(io)?;
+        Ok(next)
     }
 
     fn keys(&self, pattern: &[u8], limit: usize) -> Result<Vec<Key>, StorageError> {

@@ -28,7 +28,7 @@ pub fn redis_addr(id: NodeId) -> SocketAddr {
 }
 
 impl SimCluster {
-    /// Starts `n` nodes; `seed` derives every node's RNG seed and incarnation.
+    /// Starts `n` nodes; `seed` derives every node's RNG seed.
     pub fn start(n: u64, seed: u64) -> SimCluster {
         let handle = Handle::current();
         let addrs: BTreeMap<NodeId, SocketAddr> =
@@ -51,13 +51,8 @@ impl SimCluster {
                     async move {
                         let voters = addrs.keys().copied().collect();
                         let raft = raft_kv_core::Config::new(id, voters, seed ^ (id.0 << 32) ^ run);
-                        let opts = NodeOptions::new(
-                            raft,
-                            addrs.clone(),
-                            addrs[&id],
-                            redis_addr(id),
-                            seed.wrapping_mul(31).wrapping_add(id.0 * 1000 + run),
-                        );
+                        let opts =
+                            NodeOptions::new(raft, addrs.clone(), addrs[&id], redis_addr(id));
                         let node =
                             raft_kv_runtime::start(opts, storage).await.expect("node starts");
                         if let Ok(Err(e)) = node.task.await {
