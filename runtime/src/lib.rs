@@ -19,7 +19,7 @@ use storage::{Storage, StorageError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, info_span, Instrument};
 use transport::TransportConfig;
 
 /// Everything needed to start one node.
@@ -126,7 +126,8 @@ pub async fn start<S: Storage>(
     );
     let tick = opts.timing.tick;
     let task = NodeTask::new(raft, storage, peers, opts.timing, incarnation, applied, info_static);
-    let task = tokio::spawn(task.run(peer_rx, client_rx, move || tick));
+    let span = info_span!("node", node = opts.raft.id.0);
+    let task = tokio::spawn(task.run(peer_rx, client_rx, move || tick).instrument(span));
     info!(node = %opts.raft.id, %redis_addr, %raft_addr, "node started");
     Ok(RunningNode { redis_addr, raft_addr, task })
 }

@@ -150,3 +150,19 @@ fn without_a_quorum_requests_fail_fast_instead_of_hanging_or_reading_stale_data(
     let msg = msg.to_ascii_lowercase();
     assert!(msg.contains("clusterdown") || msg.contains("timeout"), "{msg}");
 }
+
+#[test]
+fn a_follower_that_fell_behind_never_serves_a_stale_read() {
+    let c = Cluster::start(3);
+    let leader = c.leader(1).expect("leader known");
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let _: () = c.conn(follower).set("k", "old").unwrap();
+    // Freeze the follower (SIGSTOP): it misses the next write entirely.
+    let pid = c.procs[follower - 1].as_ref().unwrap().id().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let _: () = c.conn(leader).set("k", "new").unwrap();
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    // The very first read on the follower after it wakes up already sees the new value:
+    // ReadIndex makes it wait until it has applied up to the leader's commit index.
+    assert_eq!(c.conn(follower).get::<_, String>("k").unwrap(), "new");
+}

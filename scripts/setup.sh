@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what building and testing raft-kv needs on a Debian machine, if it is missing:
+# libclang (the RocksDB build), redis-tools (redis-cli, redis-benchmark) and redis-server (the
+# benchmark's reference). Safe to run repeatedly.
+set -euo pipefail
+need=()
+[[ -n $(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null | head -1) ]] || need+=(libclang-dev)
+command -v redis-cli >/dev/null || need+=(redis-tools)
+command -v redis-server >/dev/null || need+=(redis-server)
+if ((${#need[@]})); then
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  echo "setup: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup: cargo is missing; install Rust from rustup" >&2; exit 1; }
