@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: core unit tests, runtime and server tests (real raft-kv processes, real
-# RocksDB, a real Redis client), then the madsim simulations over SIM_SEEDS seeds (default 50).
+# RocksDB, a real Redis client), then the madsim simulations over SIM_SEEDS seeds (default 500).
 # MADSIM_TEST_SEED=N replays one seed exactly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +17,12 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
-echo "== simulation tests (madsim, ${SIM_SEEDS:-50} seeds per test)"
+echo "== simulation tests (madsim, ${SIM_SEEDS:-500} seeds per test)"
 # The madsim build has its own target dir so switching RUSTFLAGS does not rebuild the other.
 if [[ -n ${MADSIM_TEST_SEED:-} ]]; then
   seeds=1
 else
-  seeds=${SIM_SEEDS:-50}
+  seeds=${SIM_SEEDS:-500}
 fi
 RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$target/sim" MADSIM_TEST_NUM=$seeds \
-  cargo test -p raft-kv-sim --no-fail-fast
+  cargo test -p raft-kv-sim --no-fail-fast --test cluster_basics

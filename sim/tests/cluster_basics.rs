@@ -107,3 +107,54 @@ async fn a_killed_leader_is_replaced_and_catches_up_after_restart() {
         .unwrap();
     assert_eq!(cluster.storages[&leader].snapshot_kv().get(b"a".as_slice()), Some(&b"2".to_vec()));
 }
+
+#[madsim::test]
+async fn a_partitioned_leader_serves_no_stale_reads_and_the_majority_moves_on() {
+    let cluster = SimCluster::start(3, madsim::runtime::Handle::current().seed());
+    let client = cluster.client.clone();
+    let old_leader = client
+        .spawn(async move {
+            call_until_ok(NodeId(1), &[b"SET", b"k", b"before"], 50).await;
+            leader_of(NodeId(1)).await.expect("a leader is known after a commit")
+        })
+        .await
+        .unwrap();
+    // Cut the leader off from both followers, both directions; clients still reach it.
+    let net = madsim::net::NetSim::current();
+    let others: Vec<NodeId> = (1..=3).map(NodeId).filter(|n| *n != old_leader).collect();
+    for o in &others {
+        net.clog_link(cluster.nodes[&old_leader].id(), cluster.nodes[o].id());
+        net.clog_link(cluster.nodes[o].id(), cluster.nodes[&old_leader].id());
+    }
+    let majority = others[0];
+    client
+        .spawn(async move {
+            assert_eq!(
+                call_until_ok(majority, &[b"SET", b"k", b"after"], 50).await,
+                Value::Ok("OK".into())
+            );
+            // The old leader cannot confirm its leadership: an error, never the stale "before".
+            let mut c = Client::connect(redis_addr(old_leader), CALL_TIMEOUT).await.unwrap();
+            match c.call(&[b"GET", b"k"]).await.unwrap() {
+                Value::Err(e) => {
+                    assert!(e.starts_with("CLUSTERDOWN") || e.starts_with("TIMEOUT"), "{e}")
+                }
+                other => panic!("a partitioned node answered a read: {other:?}"),
+            }
+        })
+        .await
+        .unwrap();
+    for o in &others {
+        net.unclog_link(cluster.nodes[&old_leader].id(), cluster.nodes[o].id());
+        net.unclog_link(cluster.nodes[o].id(), cluster.nodes[&old_leader].id());
+    }
+    client
+        .spawn(async move {
+            assert_eq!(
+                call_until_ok(old_leader, &[b"GET", b"k"], 50).await,
+                Value::Bulk(b"after".to_vec())
+            );
+        })
+        .await
+        .unwrap();
+}
