@@ -189,10 +189,15 @@ struct Progress {
     recent_active: bool,
     /// Highest read round this follower acknowledged.
     read_round: u64,
-    /// `match_index` at the previous heartbeat response: no progress across two heartbeats
-    /// while appends are in flight means some were lost.
+    /// `match_index` at the previous heartbeat response, and how many heartbeat responses in a
+    /// row found appends in flight but no progress: `STALLED_HEARTBEATS_MAX` of them means an
+    /// append was lost. One is not enough: a heartbeat is answered at once, an append only
+    /// after the follower's fsync, so a fresh append is often still in flight.
     match_at_heartbeat: LogIndex,
+    stalled_heartbeats: u32,
 }
+
+const STALLED_HEARTBEATS_MAX: u32 = 3;
 
 /// A read waiting at the leader for a quorum to confirm leadership.
 #[derive(Clone, Copy, Debug)]
@@ -533,6 +538,7 @@ impl RaftNode {
                         recent_active: true,
                         read_round: 0,
                         match_at_heartbeat: LogIndex(0),
+                        stalled_heartbeats: 0,
                     },
                 )
             })
@@ -813,11 +819,12 @@ impl RaftNode {
         match pr.state {
             ReplicationState::Probe { .. } => pr.state = ReplicationState::Probe { paused: false },
             ReplicationState::Replicate => {
-                // Appends in flight but no progress since the last heartbeat: some were lost.
-                if !pr.inflight.is_empty()
+                let stalled = !pr.inflight.is_empty()
                     && pr.match_index == pr.match_at_heartbeat
-                    && pr.match_index < last
-                {
+                    && pr.match_index < last;
+                pr.stalled_heartbeats = if stalled { pr.stalled_heartbeats + 1 } else { 0 };
+                if pr.stalled_heartbeats >= STALLED_HEARTBEATS_MAX {
+                    pr.stalled_heartbeats = 0;
                     pr.state = ReplicationState::Probe { paused: false };
                     pr.inflight.clear();
                     pr.next_index = pr.match_index.next();

@@ -975,3 +975,23 @@ fn a_follower_forwards_proposals_and_a_leaderless_node_rejects_them_5_3() {
     }
     assert_eq!(c.peer(2).rejected, vec![(1, Rejection::NoLeader)]);
 }
+
+#[test]
+fn a_lost_append_while_pipelining_is_resent_after_heartbeats_show_no_progress_5_3() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    let term = c.status(1).term;
+    c.step(1, Input::Propose { id: 1, data: b"x".to_vec() });
+    c.process(1);
+    // The network loses the AppendEntries to node 2; node 3 gets its copy, so it commits.
+    let before = c.queue.len();
+    c.queue.retain(|m| !(m.to == NodeId(2) && matches!(m.body, MessageBody::AppendEntries { .. })));
+    assert_eq!(c.queue.len(), before - 1, "exactly one append to node 2 was in flight");
+    c.settle();
+    assert_eq!(c.status(1).commit_index, LogIndex(2));
+    // No further proposal comes: heartbeats alone must reveal the loss and resend the entry.
+    let caught_up = c.run_until(4 * ELECTION_TICKS, |c| c.peer(2).applied.len() == 2);
+    assert!(caught_up, "node 2 never received the lost entry");
+    assert_eq!(c.peer(2).applied[1], Entry { index: LogIndex(2), term, data: b"x".to_vec() });
+    assert_eq!(c.status(1).term, term, "recovering must not cost an election");
+}
