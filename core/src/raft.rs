@@ -189,10 +189,10 @@ struct Progress {
     recent_active: bool,
     /// Highest read round this follower acknowledged.
     read_round: u64,
-    /// `match_index` at the previous heartbeat response, and how many heartbeat responses in a
-    /// row found appends in flight but no progress: `STALLED_HEARTBEATS_MAX` of them means an
-    /// append was lost. One is not enough: a heartbeat is answered at once, an append only
-    /// after the follower's fsync, so a fresh append is often still in flight.
+    /// `match_index` at the previous heartbeat interval, and how many intervals in a row found
+    /// appends in flight but no progress: `STALLED_HEARTBEATS_MAX` of them means an append was
+    /// lost. Counted on ticks, not on heartbeat responses: ReadIndex rounds send extra
+    /// heartbeats, and a heartbeat is answered at once while an append waits for an fsync.
     match_at_heartbeat: LogIndex,
     stalled_heartbeats: u32,
 }
@@ -403,6 +403,7 @@ impl RaftNode {
             self.heartbeat_elapsed += 1;
             if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
                 self.heartbeat_elapsed = 0;
+                self.detect_lost_appends();
                 self.broadcast_heartbeat();
             }
             if self.election_elapsed >= self.cfg.election_ticks {
@@ -812,27 +813,36 @@ impl RaftNode {
         if self.role != Role::Leader {
             return;
         }
-        let last = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
         pr.read_round = pr.read_round.max(read_round);
-        match pr.state {
-            ReplicationState::Probe { .. } => pr.state = ReplicationState::Probe { paused: false },
-            ReplicationState::Replicate => {
-                let stalled = !pr.inflight.is_empty()
-                    && pr.match_index == pr.match_at_heartbeat
-                    && pr.match_index < last;
-                pr.stalled_heartbeats = if stalled { pr.stalled_heartbeats + 1 } else { 0 };
-                if pr.stalled_heartbeats >= STALLED_HEARTBEATS_MAX {
-                    pr.stalled_heartbeats = 0;
-                    pr.state = ReplicationState::Probe { paused: false };
-                    pr.inflight.clear();
-                    pr.next_index = pr.match_index.next();
-                }
+        if let ReplicationState::Probe { .. } = pr.state {
+            // A lost probe is retried once the follower is heard from again.
+            pr.state = ReplicationState::Probe { paused: false };
+        }
+        self.advance_reads();
+    }
+
+    /// Pipelined appends whose acknowledgements stopped coming were lost (or their
+    /// acknowledgements were): fall back to probing from the last known match.
+    fn detect_lost_appends(&mut self) {
+        let last = self.log.last_index();
+        for pr in self.progress.values_mut() {
+            if pr.state != ReplicationState::Replicate {
+                continue;
+            }
+            let stalled = !pr.inflight.is_empty()
+                && pr.match_index == pr.match_at_heartbeat
+                && pr.match_index < last;
+            pr.stalled_heartbeats = if stalled { pr.stalled_heartbeats + 1 } else { 0 };
+            pr.match_at_heartbeat = pr.match_index;
+            if pr.stalled_heartbeats >= STALLED_HEARTBEATS_MAX {
+                pr.stalled_heartbeats = 0;
+                pr.state = ReplicationState::Probe { paused: false };
+                pr.inflight.clear();
+                pr.next_index = pr.match_index.next();
             }
         }
-        pr.match_at_heartbeat = pr.match_index;
-        self.advance_reads();
     }
 
     // ---- replication (§5.3) -----------------------------------------------------------------

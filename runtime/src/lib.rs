@@ -125,7 +125,18 @@ pub async fn start<S: Storage>(
         raft_addr
     );
     let tick = opts.timing.tick;
-    let task = NodeTask::new(raft, storage, peers, opts.timing, incarnation, applied, info_static);
+    // Half a frame: the entry, its encoding and the AppendEntries around it must fit in one.
+    let proposal_bytes_max = opts.transport.frame_bytes_max / 2;
+    let task = NodeTask::new(
+        raft,
+        storage,
+        peers,
+        opts.timing,
+        incarnation,
+        applied,
+        info_static,
+        proposal_bytes_max,
+    );
     let span = info_span!("node", node = opts.raft.id.0);
     let task = tokio::spawn(task.run(peer_rx, client_rx, move || tick).instrument(span));
     info!(node = %opts.raft.id, %redis_addr, %raft_addr, "node started");

@@ -57,6 +57,9 @@ impl Default for NodeTiming {
 
 struct PendingWrite {
     data: Vec<u8>,
+    /// Submitted to the core more than once (after a leader change or a missing leader): an
+    /// earlier copy may be in some log, so any failure is indeterminate.
+    resubmitted: bool,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -84,6 +87,8 @@ pub struct NodeTask<S: Storage> {
     /// Distinguishes this run's requests from a previous run's in the log.
     incarnation: u64,
     next_request: u64,
+    /// Larger writes are refused: their log entry could not be sent to peers.
+    proposal_bytes_max: usize,
     writes: BTreeMap<u64, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
     /// Requests refused for want of a leader, re-submitted on the next tick that knows one.
@@ -108,6 +113,7 @@ impl<S: Storage> NodeTask<S> {
         incarnation: u64,
         applied: LogIndex,
         info_static: String,
+        proposal_bytes_max: usize,
     ) -> Self {
         NodeTask {
             id: raft.id(),
@@ -116,7 +122,10 @@ impl<S: Storage> NodeTask<S> {
             peers,
             timing,
             incarnation,
-            next_request: 1,
+            // Request ids are unique across runs too, so a reply to an earlier run's request
+            // (a ReadIndexResponse still in flight) can never match a new one.
+            next_request: incarnation << 40,
+            proposal_bytes_max,
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
             awaiting_leader: Vec::new(),
@@ -189,8 +198,11 @@ impl<S: Storage> NodeTask<S> {
             if self.last_leader != Some((s.term, leader)) {
                 self.last_leader = Some((s.term, leader));
                 self.awaiting_leader.clear();
-                let writes: Vec<(u64, Vec<u8>)> =
-                    self.writes.iter().map(|(id, w)| (*id, w.data.clone())).collect();
+                let mut writes = Vec::with_capacity(self.writes.len());
+                for (id, w) in self.writes.iter_mut() {
+                    w.resubmitted = true;
+                    writes.push((*id, w.data.clone()));
+                }
                 for (id, data) in writes {
                     self.raft.step(Input::Propose { id, data });
                 }
@@ -217,6 +229,15 @@ impl<S: Storage> NodeTask<S> {
                 return;
             }
             RequestKind::Write(cmd) => {
+                if cmd.size_bytes() > self.proposal_bytes_max {
+                    let msg = format!(
+                        "ERR the write is too large to replicate ({} bytes of keys and values, at most {})",
+                        cmd.size_bytes(),
+                        self.proposal_bytes_max
+                    );
+                    let _ = c.reply.send(Reply::error(msg));
+                    return;
+                }
                 let data = codec::encode(&Proposal {
                     origin: self.id,
                     incarnation: self.incarnation,
@@ -224,7 +245,7 @@ impl<S: Storage> NodeTask<S> {
                     command: cmd,
                 });
                 self.raft.step(Input::Propose { id, data: data.clone() });
-                self.writes.insert(id, PendingWrite { data, reply: c.reply });
+                self.writes.insert(id, PendingWrite { data, reply: c.reply, resubmitted: false });
             }
             RequestKind::Read(cmd) => {
                 self.raft.step(Input::Read { id });
@@ -243,8 +264,9 @@ impl<S: Storage> NodeTask<S> {
             self.deadlines.pop_front();
             let no_leader = self.raft.status().leader.is_none();
             if let Some(w) = self.writes.remove(&id) {
+                // Whatever happened, the write was handed to consensus: it may still commit.
                 let msg = if no_leader {
-                    "CLUSTERDOWN no leader: the cluster cannot reach a quorum; the write was not applied"
+                    "CLUSTERDOWN no leader: the cluster cannot reach a quorum; the write may or may not have been applied"
                 } else {
                     "TIMEOUT the write was not confirmed in time; it may or may not have been applied"
                 };
@@ -261,7 +283,8 @@ impl<S: Storage> NodeTask<S> {
         }
         if self.raft.status().leader.is_some() && !self.awaiting_leader.is_empty() {
             for id in std::mem::take(&mut self.awaiting_leader) {
-                if let Some(w) = self.writes.get(&id) {
+                if let Some(w) = self.writes.get_mut(&id) {
+                    w.resubmitted = true;
                     self.raft.step(Input::Propose { id, data: w.data.clone() });
                 } else if self.reads.contains_key(&id) {
                     self.raft.step(Input::Read { id });
@@ -311,7 +334,10 @@ impl<S: Storage> NodeTask<S> {
                 Rejection::NoLeader | Rejection::LeadershipLost => self.awaiting_leader.push(id),
                 Rejection::Busy => {
                     let msg = "BUSY too many requests in flight; retry later";
-                    if let Some(w) = self.writes.remove(&id) {
+                    // A resubmitted write may already be in the log: it stays pending until it
+                    // applies or its deadline gives the indeterminate answer.
+                    if self.writes.get(&id).is_some_and(|w| !w.resubmitted) {
+                        let w = self.writes.remove(&id).expect("checked");
                         let _ = w.reply.send(Reply::error(msg));
                     }
                     if let Some(r) = self.reads.remove(&id) {

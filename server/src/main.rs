@@ -39,7 +39,7 @@ struct Args {
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     request_timeout_ms: u64,
     /// Largest argument a client may send (Redis's proto-max-bulk-len).
-    #[arg(long, default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
+    #[arg(long, default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1..=(512 << 20)))]
     max_bulk_bytes: u64,
 }
 
