@@ -43,6 +43,8 @@ pub struct NodeTiming {
     pub request_timeout: Duration,
     /// Inputs taken off the channels per loop iteration (the group-commit batch).
     pub inputs_per_batch_max: usize,
+    /// Client requests waiting for consensus at once; more are refused with BUSY.
+    pub pending_requests_max: usize,
 }
 
 impl Default for NodeTiming {
@@ -51,6 +53,7 @@ impl Default for NodeTiming {
             tick: Duration::from_millis(10),
             request_timeout: Duration::from_secs(5),
             inputs_per_batch_max: 4096,
+            pending_requests_max: 100_000,
         }
     }
 }
@@ -221,6 +224,11 @@ impl<S: Storage> NodeTask<S> {
     }
 
     fn on_client(&mut self, c: ClientRequest) {
+        let waiting = self.writes.len() + self.reads.len();
+        if waiting >= self.timing.pending_requests_max && !matches!(c.kind, RequestKind::Admin(_)) {
+            let _ = c.reply.send(Reply::error("BUSY too many requests in flight; retry later"));
+            return;
+        }
         let id = self.next_request;
         self.next_request += 1;
         match c.kind {
