@@ -195,6 +195,8 @@ struct Progress {
     /// heartbeats, and a heartbeat is answered at once while an append waits for an fsync.
     match_at_heartbeat: LogIndex,
     stalled_heartbeats: u32,
+    /// The highest commit index this follower was told about and holds.
+    commit_sent: LogIndex,
 }
 
 const STALLED_HEARTBEATS_MAX: u32 = 3;
@@ -231,7 +233,6 @@ pub struct RaftNode {
     pending_reads: VecDeque<PendingRead>,
     /// Reads that arrived before the leader committed an entry of its term (§6.4 step 1).
     reads_awaiting_commit: Vec<(u64, NodeId)>,
-    commit_broadcast_needed: bool,
     /// Followers and candidates batch forwarded work into one message per `ready`.
     forward_proposals: Vec<(u64, Vec<u8>)>,
     forward_reads: Vec<u64>,
@@ -289,7 +290,6 @@ impl RaftNode {
             read_round_needed: false,
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
-            commit_broadcast_needed: false,
             forward_proposals: Vec::new(),
             forward_reads: Vec::new(),
             msgs: Vec::new(),
@@ -347,7 +347,6 @@ impl RaftNode {
                 self.read_round_needed = false;
                 self.read_round += 1;
                 self.broadcast_heartbeat();
-                self.commit_broadcast_needed = false;
             }
             let peers: Vec<NodeId> = self.progress.keys().copied().collect();
             let mut sent_append = BTreeSet::new();
@@ -356,12 +355,19 @@ impl RaftNode {
                     sent_append.insert(peer);
                 }
             }
-            if std::mem::take(&mut self.commit_broadcast_needed) {
-                let peers: Vec<NodeId> =
-                    self.progress.keys().filter(|p| !sent_append.contains(p)).copied().collect();
-                for peer in peers {
-                    self.send_heartbeat(peer);
-                }
+            // A follower that holds committed entries it has not been told about learns now,
+            // not at the next heartbeat: the one that proposed them waits to reply.
+            let commit = self.log.commit_index();
+            let behind: Vec<NodeId> = self
+                .progress
+                .iter()
+                .filter(|(p, pr)| {
+                    !sent_append.contains(*p) && commit.min(pr.match_index) > pr.commit_sent
+                })
+                .map(|(p, _)| *p)
+                .collect();
+            for peer in behind {
+                self.send_heartbeat(peer);
             }
         } else if let Some(leader) = self.leader {
             if !self.forward_proposals.is_empty() {
@@ -540,6 +546,7 @@ impl RaftNode {
                         read_round: 0,
                         match_at_heartbeat: LogIndex(0),
                         stalled_heartbeats: 0,
+                        commit_sent: LogIndex(0),
                     },
                 )
             })
@@ -870,6 +877,7 @@ impl RaftNode {
             self.cfg.append_bytes_max,
         );
         let last_sent = entries.last().map_or(prev, |e| e.index);
+        pr.commit_sent = pr.commit_sent.max(commit.min(last_sent));
         match pr.state {
             ReplicationState::Probe { .. } => pr.state = ReplicationState::Probe { paused: true },
             ReplicationState::Replicate => {
@@ -888,9 +896,11 @@ impl RaftNode {
     }
 
     fn send_heartbeat(&mut self, peer: NodeId) {
-        let pr = &self.progress[&peer];
+        let commit = self.log.commit_index();
+        let pr = self.progress.get_mut(&peer).expect("progress for every peer");
         // Never tell a follower to commit past what it is known to hold.
-        let commit = self.log.commit_index().min(pr.match_index);
+        let commit = commit.min(pr.match_index);
+        pr.commit_sent = pr.commit_sent.max(commit);
         let body = MessageBody::Heartbeat { commit, read_round: self.read_round };
         self.send(peer, body);
     }
@@ -911,7 +921,6 @@ impl RaftNode {
         if candidate > self.log.commit_index() && self.log.term(candidate) == Some(self.term) {
             let first_commit_of_term = self.log.term(self.log.commit_index()) != Some(self.term);
             self.log.commit_to(candidate);
-            self.commit_broadcast_needed = true;
             if first_commit_of_term {
                 for (id, from) in std::mem::take(&mut self.reads_awaiting_commit) {
                     self.register_read(id, from);
