@@ -5,7 +5,7 @@
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use raft_kv_core::kv::Command;
-use raft_kv_core::{Entry, HardState, Message, NodeId};
+use raft_kv_core::{Message, NodeId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -78,26 +78,10 @@ pub struct Proposal {
     pub command: Command,
 }
 
-pub fn encode_entry(entry: &Entry) -> Vec<u8> {
-    encode(entry)
-}
-
-pub fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
-    decode(bytes)
-}
-
-pub fn encode_hard_state(hs: &HardState) -> Vec<u8> {
-    encode(hs)
-}
-
-pub fn decode_hard_state(bytes: &[u8]) -> Result<HardState, CodecError> {
-    decode(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft_kv_core::{LogIndex, MessageBody, Term};
+    use raft_kv_core::{Entry, LogIndex, MessageBody, Term};
 
     #[test]
     fn round_trips_and_refuses_foreign_bytes() {

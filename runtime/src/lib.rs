@@ -11,7 +11,7 @@ pub mod storage;
 pub mod transport;
 
 use client::ClientConfig;
-use node::{NodeTask, NodeTiming};
+use node::{NodeTask, NodeTuning};
 use raft_kv_core::{NodeId, RaftNode};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,7 +30,7 @@ pub struct NodeOptions {
     pub raft_addrs: BTreeMap<NodeId, SocketAddr>,
     pub raft_listen: SocketAddr,
     pub redis_listen: SocketAddr,
-    pub timing: NodeTiming,
+    pub tuning: NodeTuning,
     pub client: ClientConfig,
     pub transport: TransportConfig,
     /// Client requests queued for the node task.
@@ -52,7 +52,7 @@ impl NodeOptions {
             raft_addrs,
             raft_listen,
             redis_listen,
-            timing: NodeTiming::default(),
+            tuning: NodeTuning::default(),
             client: ClientConfig::default(),
             transport,
             client_queue_max: 16_384,
@@ -124,14 +124,14 @@ pub async fn start<S: Storage>(
         redis_addr.port(),
         raft_addr
     );
-    let tick = opts.timing.tick;
+    let tick = opts.tuning.tick;
     // Half a frame: the entry, its encoding and the AppendEntries around it must fit in one.
     let proposal_bytes_max = opts.transport.frame_bytes_max / 2;
     let task = NodeTask::new(
         raft,
         storage,
         peers,
-        opts.timing,
+        opts.tuning,
         incarnation,
         applied,
         info_static,

@@ -35,8 +35,9 @@ pub const KEYS_RESULT_MAX: usize = 1_000_000;
 /// one (a persisted ack that commits, a commit that releases reads), so a few suffice.
 const READY_ROUNDS_MAX: usize = 8;
 
+/// Timing and limits of the node task.
 #[derive(Clone, Debug)]
-pub struct NodeTiming {
+pub struct NodeTuning {
     /// Length of one core tick.
     pub tick: Duration,
     /// A client request not answered within this gets an error (indeterminate for writes).
@@ -47,9 +48,9 @@ pub struct NodeTiming {
     pub pending_requests_max: usize,
 }
 
-impl Default for NodeTiming {
+impl Default for NodeTuning {
     fn default() -> Self {
-        NodeTiming {
+        NodeTuning {
             tick: Duration::from_millis(10),
             request_timeout: Duration::from_secs(5),
             inputs_per_batch_max: 4096,
@@ -86,7 +87,7 @@ pub struct NodeTask<S: Storage> {
     raft: RaftNode,
     storage: S,
     peers: PeerSender,
-    timing: NodeTiming,
+    tuning: NodeTuning,
     /// Distinguishes this run's requests from a previous run's in the log.
     incarnation: u64,
     next_request: u64,
@@ -94,7 +95,7 @@ pub struct NodeTask<S: Storage> {
     proposal_bytes_max: usize,
     writes: BTreeMap<u64, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
-    /// Requests refused for want of a leader, re-submitted on the next tick that knows one.
+    /// Requests refused for want of a leader, re-submitted once one is known.
     awaiting_leader: Vec<u64>,
     /// Confirmed reads waiting for the apply index to reach theirs.
     reads_awaiting_apply: BTreeMap<LogIndex, Vec<u64>>,
@@ -112,7 +113,7 @@ impl<S: Storage> NodeTask<S> {
         raft: RaftNode,
         storage: S,
         peers: PeerSender,
-        timing: NodeTiming,
+        tuning: NodeTuning,
         incarnation: u64,
         applied: LogIndex,
         info_static: String,
@@ -123,7 +124,7 @@ impl<S: Storage> NodeTask<S> {
             raft,
             storage,
             peers,
-            timing,
+            tuning,
             incarnation,
             // Request ids are unique across runs too, so a reply to an earlier run's request
             // (a ReadIndexResponse still in flight) can never match a new one.
@@ -169,7 +170,7 @@ impl<S: Storage> NodeTask<S> {
                 },
             }
             // Group commit: everything already queued joins this batch.
-            for _ in 0..self.timing.inputs_per_batch_max {
+            for _ in 0..self.tuning.inputs_per_batch_max {
                 let mut took = false;
                 if let Ok(m) = peer_rx.try_recv() {
                     self.raft.step(Input::Message(m));
@@ -190,42 +191,44 @@ impl<S: Storage> NodeTask<S> {
         }
     }
 
-    /// Logs role changes; when a new leader appears, re-submits every unanswered request, since
-    /// requests forwarded to the old leader may have been lost with it. Reads are idempotent and
-    /// writes are applied at most once (`kv::admit`). True if anything was re-submitted.
+    /// Logs role changes and re-submits requests. When a new leader appears, every unanswered
+    /// request goes again, since requests forwarded to the old leader may have been lost with
+    /// it; while a leader is known, requests refused for want of one go again. Reads are
+    /// idempotent and writes are applied at most once (`kv::admit`). True if anything went.
     fn observe_status(&mut self) -> bool {
         let s = self.raft.status();
         let now = (s.role, s.term, s.leader);
-        let mut resubmitted = false;
-        if let Some(leader) = s.leader {
-            if self.last_leader != Some((s.term, leader)) {
-                self.last_leader = Some((s.term, leader));
-                self.awaiting_leader.clear();
-                let mut writes = Vec::with_capacity(self.writes.len());
-                for (id, w) in self.writes.iter_mut() {
-                    w.resubmitted = true;
-                    writes.push((*id, w.data.clone()));
-                }
-                for (id, data) in writes {
-                    self.raft.step(Input::Propose { id, data });
-                }
-                let reads: Vec<u64> = self.reads.keys().copied().collect();
-                for id in reads {
-                    self.raft.step(Input::Read { id });
-                }
-                resubmitted = !self.writes.is_empty() || !self.reads.is_empty();
-            }
-        }
         if self.last_status != Some(now) {
             info!(node = %self.id, term = %s.term, role = s.role.name(), leader = ?s.leader.map(|l| l.0), "raft state changed");
             self.last_status = Some(now);
+        }
+        let Some(leader) = s.leader else { return false };
+        let mut ids = if self.last_leader != Some((s.term, leader)) {
+            self.last_leader = Some((s.term, leader));
+            self.awaiting_leader.clear();
+            self.writes.keys().chain(self.reads.keys()).copied().collect()
+        } else {
+            std::mem::take(&mut self.awaiting_leader)
+        };
+        // Writes of one node must reach the log in request order (see `kv::admit`).
+        ids.sort_unstable();
+        let mut resubmitted = false;
+        for id in ids {
+            if let Some(w) = self.writes.get_mut(&id) {
+                w.resubmitted = true;
+                self.raft.step(Input::Propose { id, data: w.data.clone() });
+                resubmitted = true;
+            } else if self.reads.contains_key(&id) {
+                self.raft.step(Input::Read { id });
+                resubmitted = true;
+            }
         }
         resubmitted
     }
 
     fn on_client(&mut self, c: ClientRequest) {
         let waiting = self.writes.len() + self.reads.len();
-        if waiting >= self.timing.pending_requests_max && !matches!(c.kind, RequestKind::Admin(_)) {
+        if waiting >= self.tuning.pending_requests_max && !matches!(c.kind, RequestKind::Admin(_)) {
             let _ = c.reply.send(Reply::error("BUSY too many requests in flight; retry later"));
             return;
         }
@@ -260,7 +263,7 @@ impl<S: Storage> NodeTask<S> {
                 self.reads.insert(id, PendingRead { cmd, reply: c.reply });
             }
         }
-        self.deadlines.push_back((Instant::now() + self.timing.request_timeout, id));
+        self.deadlines.push_back((Instant::now() + self.tuning.request_timeout, id));
     }
 
     fn on_tick(&mut self) {
@@ -287,16 +290,6 @@ impl<S: Storage> NodeTask<S> {
                     "TIMEOUT the read could not be confirmed by a quorum in time"
                 };
                 let _ = r.reply.send(Reply::error(msg));
-            }
-        }
-        if self.raft.status().leader.is_some() && !self.awaiting_leader.is_empty() {
-            for id in std::mem::take(&mut self.awaiting_leader) {
-                if let Some(w) = self.writes.get_mut(&id) {
-                    w.resubmitted = true;
-                    self.raft.step(Input::Propose { id, data: w.data.clone() });
-                } else if self.reads.contains_key(&id) {
-                    self.raft.step(Input::Read { id });
-                }
             }
         }
     }

@@ -77,10 +77,6 @@ impl MemStorage {
     pub fn snapshot_kv(&self) -> BTreeMap<Key, Value> {
         self.state().kv.clone()
     }
-
-    pub fn applied_index(&self) -> LogIndex {
-        self.state().applied
-    }
 }
 
 impl Storage for MemStorage {

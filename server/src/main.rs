@@ -106,8 +106,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         SocketAddr::new(args.bind, own.port()),
         SocketAddr::new(args.bind, args.port),
     );
-    opts.timing.tick = Duration::from_millis(args.tick_ms);
-    opts.timing.request_timeout = Duration::from_millis(args.request_timeout_ms);
+    opts.tuning.tick = Duration::from_millis(args.tick_ms);
+    opts.tuning.request_timeout = Duration::from_millis(args.request_timeout_ms);
     opts.client.limits.bulk_bytes_max = args.max_bulk_bytes as usize;
     opts.client.limits.request_bytes_max =
         opts.client.limits.request_bytes_max.max(2 * args.max_bulk_bytes as usize);

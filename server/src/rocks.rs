@@ -135,7 +135,7 @@ impl Storage for RocksStorage {
     fn load(&mut self) -> Result<RestoredState, StorageError> {
         let meta = self.cf(CF_META);
         let hard_state = match self.db.get_cf(meta, KEY_HARD_STATE).map_err(io)? {
-            Some(b) => codec::decode_hard_state(&b)
+            Some(b) => codec::decode::<HardState>(&b)
                 .map_err(|e| StorageError::Corrupt(format!("hard state: {e}")))?,
             None => HardState::default(),
         };
@@ -152,7 +152,7 @@ impl Storage for RocksStorage {
         let mut entries = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::Start) {
             let (k, v) = item.map_err(io)?;
-            let entry = codec::decode_entry(&v)
+            let entry = codec::decode::<Entry>(&v)
                 .map_err(|e| StorageError::Corrupt(format!("log entry: {e}")))?;
             let expected = LogIndex(entries.len() as u64 + 1);
             if *k != log_key(entry.index) || entry.index != expected {
@@ -190,14 +190,14 @@ impl Storage for RocksStorage {
     ) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         if let Some(hs) = hard_state {
-            batch.put_cf(self.cf(CF_META), KEY_HARD_STATE, codec::encode_hard_state(&hs));
+            batch.put_cf(self.cf(CF_META), KEY_HARD_STATE, codec::encode(&hs));
         }
         if let Some((from, entries)) = append {
             let log = self.cf(CF_LOG);
             batch.delete_range_cf(log, log_key(from), log_key(LogIndex(u64::MAX)));
             batch.delete_cf(log, log_key(LogIndex(u64::MAX)));
             for e in entries {
-                batch.put_cf(log, log_key(e.index), codec::encode_entry(e));
+                batch.put_cf(log, log_key(e.index), codec::encode(e));
             }
         }
         self.db.write_opt(batch, &self.sync).map_err(io)
