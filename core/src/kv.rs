@@ -15,6 +15,7 @@ pub enum Command {
     Del { keys: Vec<Key> },
     MSet { pairs: Vec<(Key, Value)> },
     IncrBy { key: Key, delta: i64 },
+    Append { key: Key, value: Value },
 }
 
 impl Command {
@@ -25,6 +26,7 @@ impl Command {
             Command::Del { keys } => keys.iter().map(Vec::len).sum(),
             Command::MSet { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
             Command::IncrBy { key, .. } => key.len() + 8,
+            Command::Append { key, value } => key.len() + value.len(),
         }
     }
 }
@@ -38,7 +40,7 @@ pub enum WriteReply {
 }
 
 /// A change to the stored state machine.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Mutation {
     Put(Key, Value),
     Delete(Key),
@@ -54,7 +56,7 @@ pub enum Mutation {
 /// duplicate never applies twice. Requests arrive in order (one FIFO connection to one leader,
 /// retries re-sent in order), so a request is only skipped out of order when an older one was
 /// lost; its client then gets an error saying it was not applied.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Session {
     pub incarnation: u64,
     pub last_request: u64,
@@ -120,6 +122,12 @@ pub fn apply<S: KvRead>(cmd: &Command, state: &S) -> Result<(Vec<Mutation>, Writ
                 ),
                 None => (Vec::new(), WriteReply::Error(ERR_OVERFLOW.into())),
             }
+        }
+        Command::Append { key, value } => {
+            let mut new = state.get(key)?.unwrap_or_default();
+            new.extend_from_slice(value);
+            let len = new.len() as i64;
+            (vec![Mutation::Put(key.clone(), new)], WriteReply::Integer(len))
         }
     })
 }
@@ -230,6 +238,14 @@ mod tests {
         for bad in ["", "+1", " 1", "1 ", "01", "-0", "-", "9223372036854775808", "1.5", "abc"] {
             assert_eq!(parse_i64(bad.as_bytes()), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn append_creates_or_extends_and_returns_the_length() {
+        let mut m = Map::default();
+        assert_eq!(m.run(Command::Append { key: b("a"), value: b("xy") }), WriteReply::Integer(2));
+        assert_eq!(m.run(Command::Append { key: b("a"), value: b("z") }), WriteReply::Integer(3));
+        assert_eq!(m.0[&b("a")], b("xyz"));
     }
 
     #[test]

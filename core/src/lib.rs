@@ -6,9 +6,11 @@ pub mod glob;
 pub mod kv;
 pub mod log;
 pub mod message;
+pub mod planted;
 pub mod raft;
 pub mod types;
 
 pub use message::{Message, MessageBody};
+pub use planted::PlantedBug;
 pub use raft::{Config, Input, RaftNode, ReadState, Ready, Rejection, RestoredState, Role, Status};
 pub use types::{Entry, HardState, LogIndex, NodeId, Term};

@@ -35,6 +35,8 @@ pub struct Config {
     pub pending_reads_max: usize,
     /// Seeds the election-jitter RNG; the runtime chooses it.
     pub seed: u64,
+    /// A deliberate bug for the simulation to catch; ignored outside simulation builds.
+    pub planted: Option<crate::PlantedBug>,
 }
 
 impl Config {
@@ -51,6 +53,7 @@ impl Config {
             uncommitted_entries_max: 20_000,
             pending_reads_max: 100_000,
             seed,
+            planted: None,
         }
     }
 
@@ -299,6 +302,10 @@ impl RaftNode {
         };
         node.reset_election_timer();
         Ok(node)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     pub fn id(&self) -> NodeId {
@@ -567,7 +574,9 @@ impl RaftNode {
         let can_vote = self.voted_for == Some(m.from)
             || (self.voted_for.is_none() && self.leader.is_none())
             || (pre_vote && m.term > self.term);
-        let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
+        let log_ok = self.log.is_up_to_date(last_index, last_term)
+            || crate::planted::active(self.cfg.planted, crate::PlantedBug::VoteWithoutLogCheck);
+        let granted = can_vote && log_ok;
         if pre_vote {
             let term = if granted { m.term } else { self.term };
             self.send_with_term(m.from, term, MessageBody::PreVoteResponse { granted });
@@ -918,7 +927,9 @@ impl RaftNode {
         matched.push(self.log.persisted_index());
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = matched[self.quorum() - 1];
-        if candidate > self.log.commit_index() && self.log.term(candidate) == Some(self.term) {
+        let own_term = self.log.term(candidate) == Some(self.term)
+            || crate::planted::active(self.cfg.planted, crate::PlantedBug::CommitPreviousTermByCount);
+        if candidate > self.log.commit_index() && own_term {
             let first_commit_of_term = self.log.term(self.log.commit_index()) != Some(self.term);
             self.log.commit_to(candidate);
             if first_commit_of_term {

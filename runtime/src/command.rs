@@ -78,6 +78,7 @@ const COMMANDS: &[(&str, i32)] = &[
     ("decr", 2),
     ("incrby", 3),
     ("decrby", 3),
+    ("append", 3),
     ("command", -1),
     ("config", -2),
     ("info", -1),
@@ -174,6 +175,7 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             };
             Request::Write(Command::IncrBy { key: a(0).to_vec(), delta })
         }
+        "append" => Request::Write(Command::Append { key: a(0).to_vec(), value: a(1).to_vec() }),
         "command" => Request::Immediate(command_command(args)),
         "config" => Request::Immediate(config_command(args)),
         "info" => Request::Admin(AdminCommand::Info),

@@ -1,0 +1,36 @@
+//! Bugs planted on purpose, to prove that the simulation catches real mistakes: a simulation
+//! that cannot fail proves nothing. A bug is honoured only in simulation builds
+//! (`--cfg madsim`); every other build ignores the setting, and the server never sets it.
+
+/// One deliberate mistake, each of a kind Raft implementations have shipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PlantedBug {
+    /// A voter grants its vote without checking that the candidate's log is at least as up to
+    /// date as its own (§5.4.1): a leader can be elected without committed entries.
+    VoteWithoutLogCheck,
+    /// A leader commits an entry of an earlier term by counting replicas (the Figure 8 trap).
+    CommitPreviousTermByCount,
+    /// A follower answers reads from its own applied state instead of through ReadIndex.
+    FollowerLocalReads,
+    /// Storage reports appends and votes durable without syncing them (the C++ raft-kv's
+    /// never-fsync): a crash loses what the node already acknowledged.
+    AckBeforeSync,
+    /// Writes re-submitted after a leader change skip the session check (`kv::admit`), so a
+    /// write that reached the old leader's log applies twice.
+    RetryAppliedTwice,
+}
+
+impl PlantedBug {
+    pub const ALL: [PlantedBug; 5] = [
+        PlantedBug::VoteWithoutLogCheck,
+        PlantedBug::CommitPreviousTermByCount,
+        PlantedBug::FollowerLocalReads,
+        PlantedBug::AckBeforeSync,
+        PlantedBug::RetryAppliedTwice,
+    ];
+}
+
+/// Whether `bug` is planted in this build and run.
+pub fn active(planted: Option<PlantedBug>, bug: PlantedBug) -> bool {
+    cfg!(madsim) && planted == Some(bug)
+}
