@@ -11,10 +11,12 @@ pub mod storage;
 pub mod transport;
 
 use client::ClientConfig;
-use node::{NodeTask, NodeTuning};
+use node::{NodeTask, NodeTuning, StatusHook};
 use raft_kv_core::{NodeId, RaftNode};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 use storage::{Storage, StorageError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -37,6 +39,27 @@ pub struct NodeOptions {
     pub client_queue_max: usize,
     /// Peer messages queued for the node task.
     pub peer_queue_max: usize,
+    /// Simulation hooks; none in production.
+    pub hooks: SimHooks,
+}
+
+/// Where the simulation reaches into a node: its clock and its role changes. (Its network
+/// faults sit in `TransportConfig::faults`.)
+#[derive(Clone, Default)]
+pub struct SimHooks {
+    /// The length of each successive tick, called once per tick; None: `tuning.tick`. The
+    /// simulation skews each node's clock rate and phase with it.
+    pub tick_period: Option<Arc<dyn Fn() -> Duration + Send + Sync>>,
+    pub on_status: Option<StatusHook>,
+}
+
+impl std::fmt::Debug for SimHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHooks")
+            .field("tick_period", &self.tick_period.is_some())
+            .field("on_status", &self.on_status.is_some())
+            .finish()
+    }
 }
 
 impl NodeOptions {
@@ -57,6 +80,7 @@ impl NodeOptions {
             transport,
             client_queue_max: 16_384,
             peer_queue_max: 16_384,
+            hooks: SimHooks::default(),
         }
     }
 }
@@ -125,6 +149,7 @@ pub async fn start<S: Storage>(
         raft_addr
     );
     let tick = opts.tuning.tick;
+    let tick_period = opts.hooks.tick_period.clone();
     // Half a frame: the entry, its encoding and the AppendEntries around it must fit in one.
     let proposal_bytes_max = opts.transport.frame_bytes_max / 2;
     let task = NodeTask::new(
@@ -136,9 +161,11 @@ pub async fn start<S: Storage>(
         applied,
         info_static,
         proposal_bytes_max,
-    );
+    )
+    .with_status_hook(opts.hooks.on_status.clone());
     let span = info_span!("node", node = opts.raft.id.0);
-    let task = tokio::spawn(task.run(peer_rx, client_rx, move || tick).instrument(span));
+    let period = move || tick_period.as_ref().map_or(tick, |f| f());
+    let task = tokio::spawn(task.run(peer_rx, client_rx, period).instrument(span));
     info!(node = %opts.raft.id, %redis_addr, %raft_addr, "node started");
     Ok(RunningNode { redis_addr, raft_addr, task })
 }

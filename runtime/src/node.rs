@@ -9,8 +9,12 @@ use crate::storage::{Storage, StorageError};
 use crate::transport::PeerSender;
 use bytes::Bytes;
 use raft_kv_core::kv::{self, KvRead, Mutation, Value};
-use raft_kv_core::{Input, LogIndex, Message, NodeId, RaftNode, Ready, Rejection, Role, Status};
+use raft_kv_core::{
+    planted, Input, LogIndex, Message, NodeId, PlantedBug, RaftNode, Ready, Rejection, Role,
+    Status,
+};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -106,7 +110,12 @@ pub struct NodeTask<S: Storage> {
     /// The leader requests were last submitted to.
     last_leader: Option<(raft_kv_core::Term, NodeId)>,
     info_static: String,
+    /// Told every role, term or leader change (the simulation checks invariants with it).
+    on_status: Option<StatusHook>,
 }
+
+/// A callback on every change of a node's role, term or leader.
+pub type StatusHook = Arc<dyn Fn(&Status) + Send + Sync>;
 
 impl<S: Storage> NodeTask<S> {
     pub fn new(
@@ -139,7 +148,13 @@ impl<S: Storage> NodeTask<S> {
             last_status: None,
             last_leader: None,
             info_static,
+            on_status: None,
         }
+    }
+
+    pub fn with_status_hook(mut self, hook: Option<StatusHook>) -> Self {
+        self.on_status = hook;
+        self
     }
 
     /// Runs until both input channels close or storage fails.
@@ -201,6 +216,9 @@ impl<S: Storage> NodeTask<S> {
         if self.last_status != Some(now) {
             info!(node = %self.id, term = %s.term, role = s.role.name(), leader = ?s.leader.map(|l| l.0), "raft state changed");
             self.last_status = Some(now);
+            if let Some(hook) = &self.on_status {
+                hook(&s);
+            }
         }
         let Some(leader) = s.leader else { return false };
         let mut ids = if self.last_leader != Some((s.term, leader)) {
@@ -259,6 +277,14 @@ impl<S: Storage> NodeTask<S> {
                 self.writes.insert(id, PendingWrite { data, reply: c.reply, resubmitted: false });
             }
             RequestKind::Read(cmd) => {
+                let planted = self.raft.config().planted;
+                if planted::active(planted, PlantedBug::FollowerLocalReads)
+                    && self.raft.status().role == Role::Follower
+                {
+                    let reply = self.execute_read(&cmd).unwrap_or_else(|e| Reply::error(format!("ERR {e}")));
+                    let _ = c.reply.send(reply);
+                    return;
+                }
                 self.raft.step(Input::Read { id });
                 self.reads.insert(id, PendingRead { cmd, reply: c.reply });
             }
@@ -365,7 +391,15 @@ impl<S: Storage> NodeTask<S> {
                 Ok(p) => {
                     let mine = p.origin == self.id && p.incarnation == self.incarnation;
                     let session = self.storage.session(p.origin.0)?;
-                    match kv::admit(session, p.incarnation, p.request) {
+                    let admitted = if planted::active(
+                        self.raft.config().planted,
+                        PlantedBug::RetryAppliedTwice,
+                    ) {
+                        Some(kv::Session { incarnation: p.incarnation, last_request: p.request })
+                    } else {
+                        kv::admit(session, p.incarnation, p.request)
+                    };
+                    match admitted {
                         Some(session) => {
                             let (mut mutations, reply) =
                                 kv::apply(&p.command, &Applied(&self.storage))?;

@@ -47,7 +47,10 @@ pub trait Storage: Send + 'static {
     fn key_count(&self) -> Result<u64, StorageError>;
 }
 
-/// In-memory storage. The state sits behind an `Arc` so a harness can keep it across a
+/// In-memory storage that keeps what was written apart from what was synced, like a disk
+/// under a page cache: `persist` writes and syncs (everything written before it too, as one
+/// RocksDB WAL fsync does), `apply` only writes. `crash` then loses exactly the unsynced
+/// suffix, or part of it. The state sits behind an `Arc` so a harness keeps it across a
 /// simulated crash and restart of the node that uses it.
 #[derive(Clone, Default)]
 pub struct MemStorage {
@@ -56,17 +59,88 @@ pub struct MemStorage {
 
 #[derive(Default, Debug)]
 struct MemState {
+    /// What the node reads: every write so far.
+    written: Image,
+    /// What survives a crash.
+    synced: Image,
+    /// Writes not yet synced, oldest first.
+    unsynced: Vec<Write>,
+    incarnation: u64,
+    /// `PlantedBug::AckBeforeSync`: `persist` returns without syncing.
+    never_sync: bool,
+}
+
+#[derive(Clone, Default, Debug)]
+struct Image {
     hard_state: HardState,
     entries: Vec<Entry>,
     applied: LogIndex,
     kv: BTreeMap<Key, Value>,
     sessions: BTreeMap<u64, Session>,
-    incarnation: u64,
+}
+
+/// One atomic write (a RocksDB write batch).
+#[derive(Clone, Debug)]
+enum Write {
+    Persist { hard_state: Option<HardState>, append: Option<(LogIndex, Vec<Entry>)> },
+    Apply { index: LogIndex, mutations: Vec<Mutation> },
+}
+
+impl Image {
+    fn write(&mut self, w: &Write) {
+        match w {
+            Write::Persist { hard_state, append } => {
+                if let Some(hs) = hard_state {
+                    self.hard_state = *hs;
+                }
+                if let Some((from, entries)) = append {
+                    let keep = (from.0.saturating_sub(1) as usize).min(self.entries.len());
+                    self.entries.truncate(keep);
+                    self.entries.extend_from_slice(entries);
+                }
+            }
+            Write::Apply { index, mutations } => {
+                for m in mutations {
+                    match m {
+                        Mutation::Put(k, v) => {
+                            self.kv.insert(k.clone(), v.clone());
+                        }
+                        Mutation::Delete(k) => {
+                            self.kv.remove(k);
+                        }
+                        Mutation::Session(origin, session) => {
+                            self.sessions.insert(*origin, *session);
+                        }
+                    }
+                }
+                self.applied = *index;
+            }
+        }
+    }
+}
+
+impl MemState {
+    fn write(&mut self, w: Write, sync: bool) {
+        self.written.write(&w);
+        self.unsynced.push(w);
+        if sync && !self.never_sync {
+            for w in std::mem::take(&mut self.unsynced) {
+                self.synced.write(&w);
+            }
+        }
+    }
 }
 
 impl MemStorage {
     pub fn new() -> MemStorage {
         MemStorage::default()
+    }
+
+    /// Storage whose `persist` never syncs (`PlantedBug::AckBeforeSync`), for the simulation.
+    pub fn never_syncing() -> MemStorage {
+        let s = MemStorage::default();
+        s.state().never_sync = true;
+        s
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, MemState> {
@@ -75,7 +149,38 @@ impl MemStorage {
 
     /// The applied key space, for checks in tests.
     pub fn snapshot_kv(&self) -> BTreeMap<Key, Value> {
-        self.state().kv.clone()
+        self.state().written.kv.clone()
+    }
+
+    /// The applied index, for checks in tests.
+    pub fn applied(&self) -> LogIndex {
+        self.state().written.applied
+    }
+
+    /// The written log entry at `index`, if any.
+    pub fn entry(&self, index: LogIndex) -> Option<Entry> {
+        let s = self.state();
+        let i = index.0.checked_sub(1)? as usize;
+        s.written.entries.get(i).cloned()
+    }
+
+    /// Simulates a power loss of a stopped node: of the unsynced writes, only the first
+    /// `survivors` reached the disk (a torn last write is discarded whole, as RocksDB's WAL
+    /// discards a record whose checksum fails). Returns how many writes were lost.
+    pub fn crash(&self, survivors: usize) -> usize {
+        let mut s = self.state();
+        let unsynced = std::mem::take(&mut s.unsynced);
+        let lost = unsynced.len().saturating_sub(survivors);
+        for w in unsynced.iter().take(survivors) {
+            s.synced.write(w);
+        }
+        s.written = s.synced.clone();
+        lost
+    }
+
+    /// Writes not yet synced.
+    pub fn unsynced_writes(&self) -> usize {
+        self.state().unsynced.len()
     }
 }
 
@@ -83,9 +188,9 @@ impl Storage for MemStorage {
     fn load(&mut self) -> Result<RestoredState, StorageError> {
         let s = self.state();
         Ok(RestoredState {
-            hard_state: s.hard_state,
-            entries: s.entries.clone(),
-            applied: s.applied,
+            hard_state: s.written.hard_state,
+            entries: s.written.entries.clone(),
+            applied: s.written.applied,
         })
     }
 
@@ -94,43 +199,26 @@ impl Storage for MemStorage {
         hard_state: Option<HardState>,
         append: Option<(LogIndex, &[Entry])>,
     ) -> Result<(), StorageError> {
-        let mut s = self.state();
-        if let Some(hs) = hard_state {
-            s.hard_state = hs;
-        }
-        if let Some((from, entries)) = append {
-            let keep = (from.0.saturating_sub(1) as usize).min(s.entries.len());
-            s.entries.truncate(keep);
-            s.entries.extend_from_slice(entries);
-        }
+        let append = append.map(|(from, e)| (from, e.to_vec()));
+        self.state().write(Write::Persist { hard_state, append }, true);
         Ok(())
     }
 
     fn apply(&mut self, index: LogIndex, mutations: &[Mutation]) -> Result<(), StorageError> {
-        let mut s = self.state();
-        for m in mutations {
-            match m {
-                Mutation::Put(k, v) => s.kv.insert(k.clone(), v.clone()),
-                Mutation::Delete(k) => s.kv.remove(k),
-                Mutation::Session(origin, session) => {
-                    s.sessions.insert(*origin, *session);
-                    None
-                }
-            };
-        }
-        s.applied = index;
+        self.state().write(Write::Apply { index, mutations: mutations.to_vec() }, false);
         Ok(())
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
-        Ok(self.state().kv.get(key).cloned())
+        Ok(self.state().written.kv.get(key).cloned())
     }
 
     fn session(&self, origin: u64) -> Result<Option<Session>, StorageError> {
-        Ok(self.state().sessions.get(&origin).copied())
+        Ok(self.state().written.sessions.get(&origin).copied())
     }
 
     fn next_incarnation(&mut self) -> Result<u64, StorageError> {
+        // Written and synced at once (RocksDB: a synced put in the meta column family).
         let mut s = self.state();
         s.incarnation += 1;
         Ok(s.incarnation)
@@ -138,7 +226,8 @@ impl Storage for MemStorage {
 
     fn keys(&self, pattern: &[u8], limit: usize) -> Result<Vec<Key>, StorageError> {
         let s = self.state();
-        Ok(s.kv
+        Ok(s.written
+            .kv
             .keys()
             .filter(|k| raft_kv_core::glob::matches(pattern, k))
             .take(limit)
@@ -147,6 +236,48 @@ impl Storage for MemStorage {
     }
 
     fn key_count(&self) -> Result<u64, StorageError> {
-        Ok(self.state().kv.len() as u64)
+        Ok(self.state().written.kv.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_kv_core::Term;
+
+    fn entry(i: u64) -> Entry {
+        Entry { index: LogIndex(i), term: Term(1), data: vec![i as u8] }
+    }
+
+    #[test]
+    fn a_crash_keeps_synced_writes_and_loses_the_unsynced_suffix() {
+        let mut s = MemStorage::new();
+        s.persist(None, Some((LogIndex(1), &[entry(1), entry(2)]))).unwrap();
+        s.apply(LogIndex(1), &[Mutation::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
+        s.apply(LogIndex(2), &[Mutation::Put(b"b".to_vec(), b"2".to_vec())]).unwrap();
+        assert_eq!(s.get(b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(s.crash(1), 1, "the second apply is lost");
+        assert_eq!(s.applied(), LogIndex(1));
+        assert_eq!(s.get(b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s.get(b"b").unwrap(), None);
+        assert_eq!(s.load().unwrap().entries.len(), 2, "synced entries survive");
+    }
+
+    #[test]
+    fn a_sync_makes_earlier_writes_durable_too() {
+        let mut s = MemStorage::new();
+        s.apply(LogIndex(1), &[Mutation::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
+        s.persist(None, Some((LogIndex(1), &[entry(1)]))).unwrap();
+        assert_eq!(s.unsynced_writes(), 0);
+        s.crash(0);
+        assert_eq!(s.get(b"a").unwrap(), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn never_syncing_storage_loses_acknowledged_appends() {
+        let mut s = MemStorage::never_syncing();
+        s.persist(None, Some((LogIndex(1), &[entry(1)]))).unwrap();
+        s.crash(0);
+        assert!(s.load().unwrap().entries.is_empty());
     }
 }

@@ -9,13 +9,32 @@ use futures::{SinkExt, StreamExt};
 use raft_kv_core::{Message, NodeId};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tracing::{debug, info, warn};
 
-#[derive(Clone, Debug)]
+/// What happens to one outgoing message. Only the simulation's fault layer chooses anything but
+/// `Deliver`: simulated TCP never loses, duplicates or reorders, so message-level faults are
+/// injected here, above it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    Deliver,
+    Drop,
+    /// Queued after this long; messages delayed by different amounts overtake each other.
+    Delay(Duration),
+    /// Delivered now and once more after this long.
+    Duplicate(Duration),
+}
+
+/// A fault layer between the node and its peer queues (simulation only).
+pub trait MessageFaults: Send + Sync {
+    fn fate(&self, m: &Message) -> Fate;
+}
+
+#[derive(Clone)]
 pub struct TransportConfig {
     pub id: NodeId,
     pub cluster_id: u64,
@@ -25,6 +44,20 @@ pub struct TransportConfig {
     pub peer_queue_max: usize,
     pub reconnect_backoff_min: Duration,
     pub reconnect_backoff_max: Duration,
+    /// None in production.
+    pub faults: Option<Arc<dyn MessageFaults>>,
+}
+
+impl std::fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field("id", &self.id)
+            .field("cluster_id", &self.cluster_id)
+            .field("frame_bytes_max", &self.frame_bytes_max)
+            .field("peer_queue_max", &self.peer_queue_max)
+            .field("faults", &self.faults.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TransportConfig {
@@ -36,6 +69,7 @@ impl TransportConfig {
             peer_queue_max: 4096,
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(1),
+            faults: None,
         }
     }
 }
@@ -48,18 +82,40 @@ const FRAMES_PER_FLUSH_MAX: usize = 256;
 pub struct PeerSender {
     id: NodeId,
     queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    faults: Option<Arc<dyn MessageFaults>>,
 }
 
 impl PeerSender {
     pub fn send(&self, m: Message) {
-        match self.queues.get(&m.to) {
-            Some(q) => {
-                if q.try_send(m).is_err() {
-                    debug!(node = %self.id, "peer queue full or closed; message dropped");
-                }
+        let Some(q) = self.queues.get(&m.to) else {
+            warn!(node = %self.id, to = %m.to, "message for an unknown peer dropped");
+            return;
+        };
+        let fate = self.faults.as_ref().map_or(Fate::Deliver, |f| f.fate(&m));
+        match fate {
+            Fate::Deliver => self.enqueue(q, m),
+            Fate::Drop => {}
+            Fate::Delay(after) => Self::enqueue_later(self.id, q.clone(), m, after),
+            Fate::Duplicate(after) => {
+                Self::enqueue_later(self.id, q.clone(), m.clone(), after);
+                self.enqueue(q, m);
             }
-            None => warn!(node = %self.id, to = %m.to, "message for an unknown peer dropped"),
         }
+    }
+
+    fn enqueue(&self, q: &mpsc::Sender<Message>, m: Message) {
+        if q.try_send(m).is_err() {
+            debug!(node = %self.id, "peer queue full or closed; message dropped");
+        }
+    }
+
+    fn enqueue_later(id: NodeId, q: mpsc::Sender<Message>, m: Message, after: Duration) {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if q.try_send(m).is_err() {
+                debug!(node = %id, "peer queue full or closed; delayed message dropped");
+            }
+        });
     }
 }
 
@@ -84,7 +140,7 @@ pub fn start(
         queues.insert(peer, tx);
         tokio::spawn(send_loop(cfg.clone(), peer, addr, rx));
     }
-    PeerSender { id: cfg.id, queues }
+    PeerSender { id: cfg.id, queues, faults: cfg.faults.clone() }
 }
 
 async fn send_loop(
