@@ -17,12 +17,19 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
-echo "== simulation tests (madsim, ${SIM_SEEDS:-500} seeds per test)"
+echo "== simulation tests (madsim)"
 # The madsim build has its own target dir so switching RUSTFLAGS does not rebuild the other.
+# cluster_basics: directed scenarios, SIM_BASICS_SEEDS seeds each (MADSIM_TEST_SEED=N replays).
+# chaos: SIM_SEEDS seeded chaos runs checked for linearizability and invariants (SIM_SEED=S
+# replays one), the planted bugs each caught, and one seed run twice with identical traces.
 if [[ -n ${MADSIM_TEST_SEED:-} ]]; then
-  seeds=1
+  basics=1
 else
-  seeds=${SIM_SEEDS:-500}
+  basics=${SIM_BASICS_SEEDS:-200}
 fi
-RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$target/sim" MADSIM_TEST_NUM=$seeds \
-  cargo test -p raft-kv-sim --no-fail-fast --test cluster_basics
+export RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$target/sim"
+status=0
+MADSIM_TEST_NUM=$basics cargo test -p raft-kv-sim --no-fail-fast --test cluster_basics || status=1
+SIM_SEEDS=${SIM_SEEDS:-6000} cargo test -p raft-kv-sim --no-fail-fast --test chaos \
+  -- --test-threads 1 --nocapture || status=1
+exit $status

@@ -8,8 +8,6 @@ pub enum PlantedBug {
     /// A voter grants its vote without checking that the candidate's log is at least as up to
     /// date as its own (§5.4.1): a leader can be elected without committed entries.
     VoteWithoutLogCheck,
-    /// A leader commits an entry of an earlier term by counting replicas (the Figure 8 trap).
-    CommitPreviousTermByCount,
     /// A follower answers reads from its own applied state instead of through ReadIndex.
     FollowerLocalReads,
     /// Storage reports appends and votes durable without syncing them (the C++ raft-kv's
@@ -21,9 +19,8 @@ pub enum PlantedBug {
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 5] = [
+    pub const ALL: [PlantedBug; 4] = [
         PlantedBug::VoteWithoutLogCheck,
-        PlantedBug::CommitPreviousTermByCount,
         PlantedBug::FollowerLocalReads,
         PlantedBug::AckBeforeSync,
         PlantedBug::RetryAppliedTwice,

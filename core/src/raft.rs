@@ -927,9 +927,7 @@ impl RaftNode {
         matched.push(self.log.persisted_index());
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = matched[self.quorum() - 1];
-        let own_term = self.log.term(candidate) == Some(self.term)
-            || crate::planted::active(self.cfg.planted, crate::PlantedBug::CommitPreviousTermByCount);
-        if candidate > self.log.commit_index() && own_term {
+        if candidate > self.log.commit_index() && self.log.term(candidate) == Some(self.term) {
             let first_commit_of_term = self.log.term(self.log.commit_index()) != Some(self.term);
             self.log.commit_to(candidate);
             if first_commit_of_term {

@@ -1,23 +1,25 @@
-//! A cluster of real raft-kv runtime nodes on madsim hosts. Each node's `MemStorage` lives in
-//! the harness, so a killed and restarted node comes back with what it had stored.
+//! A cluster of real raft-kv runtime nodes on madsim hosts. Each node's storage, clock and fault
+//! layer live in the harness, so the simulation can crash a node (losing its unsynced writes),
+//! restart it with what survived, pause it, skew its clock and cut its links.
 
+use crate::faults::NetFaults;
+use crate::invariants::{CheckedStorage, Invariants};
+use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
-use raft_kv_core::NodeId;
+use raft_kv_core::{NodeId, PlantedBug};
 use raft_kv_runtime::storage::MemStorage;
-use raft_kv_runtime::NodeOptions;
-use std::collections::BTreeMap;
+use raft_kv_runtime::{NodeOptions, SimHooks};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub const RAFT_PORT: u16 = 7000;
 pub const REDIS_PORT: u16 = 6379;
 
-pub struct SimCluster {
-    pub handle: Handle,
-    pub nodes: BTreeMap<NodeId, NodeHandle>,
-    pub storages: BTreeMap<NodeId, MemStorage>,
-    /// The host clients run on.
-    pub client: NodeHandle,
-}
+/// The length of one tick of an unskewed node.
+pub const TICK: Duration = Duration::from_millis(10);
 
 pub fn node_ip(id: NodeId) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, id.0 as u8))
@@ -27,34 +29,140 @@ pub fn redis_addr(id: NodeId) -> SocketAddr {
     SocketAddr::new(node_ip(id), REDIS_PORT)
 }
 
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub nodes: u64,
+    pub seed: u64,
+    pub planted: Option<PlantedBug>,
+    /// How long a node waits for consensus before answering a request with an error.
+    pub request_timeout: Duration,
+    /// Entries per AppendEntries; small values split catch-up into many messages.
+    pub append_entries_max: usize,
+    pub inflight_appends_max: usize,
+}
+
+impl ClusterOptions {
+    pub fn new(nodes: u64, seed: u64) -> ClusterOptions {
+        let raft = raft_kv_core::Config::new(NodeId(1), vec![NodeId(1)], 0);
+        ClusterOptions {
+            nodes,
+            seed,
+            planted: None,
+            request_timeout: Duration::from_secs(5),
+            append_entries_max: raft.append_entries_max,
+            inflight_appends_max: raft.inflight_appends_max,
+        }
+    }
+}
+
+/// A node's clock: the rate its ticks advance at relative to real (simulated) time, and a
+/// phase offset applied to its next tick.
+pub struct SkewClock {
+    /// Rate in parts per million (1_000_000 = true time).
+    rate_ppm: AtomicU64,
+    /// Added once to the next tick.
+    offset_us: AtomicU64,
+}
+
+impl SkewClock {
+    fn new() -> Arc<SkewClock> {
+        Arc::new(SkewClock { rate_ppm: AtomicU64::new(1_000_000), offset_us: AtomicU64::new(0) })
+    }
+
+    /// From now on the node's ticks run `rate` times as fast as true time.
+    pub fn set_rate(&self, rate: f64) {
+        self.rate_ppm.store((rate * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.rate_ppm.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    /// Delays the node's next tick by `offset`, shifting its clock's phase.
+    pub fn shift(&self, offset: Duration) {
+        self.offset_us.store(offset.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn next_period(&self) -> Duration {
+        let rate = self.rate_ppm.load(Ordering::Relaxed).max(1) as f64 / 1e6;
+        let offset = Duration::from_micros(self.offset_us.swap(0, Ordering::Relaxed));
+        TICK.div_f64(rate) + offset
+    }
+}
+
+pub struct SimCluster {
+    pub handle: Handle,
+    pub nodes: BTreeMap<NodeId, NodeHandle>,
+    pub storages: BTreeMap<NodeId, MemStorage>,
+    pub clocks: BTreeMap<NodeId, Arc<SkewClock>>,
+    pub faults: Arc<NetFaults>,
+    pub invariants: Arc<Invariants>,
+    /// The host clients run on.
+    pub client: NodeHandle,
+    down: Mutex<BTreeSet<NodeId>>,
+    paused: Mutex<BTreeSet<NodeId>>,
+}
+
 impl SimCluster {
-    /// Starts `n` nodes; `seed` derives every node's RNG seed.
+    /// Starts `n` healthy nodes; `seed` derives every node's RNG seed.
     pub fn start(n: u64, seed: u64) -> SimCluster {
+        SimCluster::start_with(ClusterOptions::new(n, seed))
+    }
+
+    pub fn start_with(opts: ClusterOptions) -> SimCluster {
         let handle = Handle::current();
-        let addrs: BTreeMap<NodeId, SocketAddr> =
-            (1..=n).map(|i| (NodeId(i), SocketAddr::new(node_ip(NodeId(i)), RAFT_PORT))).collect();
+        let addrs: BTreeMap<NodeId, SocketAddr> = (1..=opts.nodes)
+            .map(|i| (NodeId(i), SocketAddr::new(node_ip(NodeId(i)), RAFT_PORT)))
+            .collect();
+        let faults = Arc::new(NetFaults::new(opts.seed ^ 0xfa17));
+        let invariants = Invariants::new();
         let mut nodes = BTreeMap::new();
         let mut storages = BTreeMap::new();
+        let mut clocks = BTreeMap::new();
         for &id in addrs.keys() {
-            let storage = MemStorage::new();
+            let storage = if opts.planted == Some(PlantedBug::AckBeforeSync) {
+                MemStorage::never_syncing()
+            } else {
+                MemStorage::new()
+            };
+            let clock = SkewClock::new();
             storages.insert(id, storage.clone());
+            invariants.register(id, storage.clone());
+            clocks.insert(id, clock.clone());
             let addrs = addrs.clone();
-            let restarts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let faults = faults.clone();
+            let invariants = invariants.clone();
+            let opts = opts.clone();
+            let restarts = Arc::new(AtomicU64::new(0));
             let node = handle
                 .create_node()
                 .name(format!("node{id}"))
                 .ip(node_ip(id))
                 .init(move || {
-                    let storage = storage.clone();
-                    let addrs = addrs.clone();
-                    let run = restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let storage = CheckedStorage {
+                        inner: storage.clone(),
+                        node: id,
+                        invariants: invariants.clone(),
+                    };
+                    let run = restarts.fetch_add(1, Ordering::Relaxed);
+                    let voters = addrs.keys().copied().collect();
+                    let mut raft =
+                        raft_kv_core::Config::new(id, voters, opts.seed ^ (id.0 << 32) ^ run);
+                    raft.planted = opts.planted;
+                    raft.append_entries_max = opts.append_entries_max;
+                    raft.inflight_appends_max = opts.inflight_appends_max;
+                    let mut node_opts = NodeOptions::new(raft, addrs.clone(), addrs[&id], redis_addr(id));
+                    node_opts.tuning.request_timeout = opts.request_timeout;
+                    node_opts.transport.faults = Some(faults.clone());
+                    let clock = clock.clone();
+                    let on_status = invariants.clone();
+                    node_opts.hooks = SimHooks {
+                        tick_period: Some(Arc::new(move || clock.next_period())),
+                        on_status: Some(Arc::new(move |s| on_status.on_status(s))),
+                    };
                     async move {
-                        let voters = addrs.keys().copied().collect();
-                        let raft = raft_kv_core::Config::new(id, voters, seed ^ (id.0 << 32) ^ run);
-                        let opts =
-                            NodeOptions::new(raft, addrs.clone(), addrs[&id], redis_addr(id));
                         let node =
-                            raft_kv_runtime::start(opts, storage).await.expect("node starts");
+                            raft_kv_runtime::start(node_opts, storage).await.expect("node starts");
                         if let Ok(Err(e)) = node.task.await {
                             panic!("node {id} storage failed: {e}");
                         }
@@ -65,14 +173,110 @@ impl SimCluster {
         }
         let client =
             handle.create_node().name("client").ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1))).build();
-        SimCluster { handle, nodes, storages, client }
+        SimCluster {
+            handle,
+            nodes,
+            storages,
+            clocks,
+            faults,
+            invariants,
+            client,
+            down: Mutex::new(BTreeSet::new()),
+            paused: Mutex::new(BTreeSet::new()),
+        }
     }
 
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Stops the node at once, keeping all it wrote (a process kill: the OS keeps the page
+    /// cache).
     pub fn kill(&self, id: NodeId) {
         self.handle.kill(self.nodes[&id].id());
+        self.down.lock().unwrap().insert(id);
+        self.paused.lock().unwrap().remove(&id);
     }
 
+    /// Stops the node and loses its unsynced writes except the first `survivors` (power loss).
+    /// Returns how many writes were lost.
+    pub fn crash(&self, id: NodeId, survivors: usize) -> usize {
+        self.kill(id);
+        self.storages[&id].crash(survivors)
+    }
+
+    /// Starts a stopped node again (or kills and restarts a running one) from its storage.
     pub fn restart(&self, id: NodeId) {
         self.handle.restart(self.nodes[&id].id());
+        self.down.lock().unwrap().remove(&id);
+        self.paused.lock().unwrap().remove(&id);
+    }
+
+    pub fn is_down(&self, id: NodeId) -> bool {
+        self.down.lock().unwrap().contains(&id)
+    }
+
+    pub fn down(&self) -> Vec<NodeId> {
+        self.down.lock().unwrap().iter().copied().collect()
+    }
+
+    pub fn pause(&self, id: NodeId) {
+        self.handle.pause(self.nodes[&id].id());
+        self.paused.lock().unwrap().insert(id);
+    }
+
+    pub fn resume(&self, id: NodeId) {
+        self.handle.resume(self.nodes[&id].id());
+        self.paused.lock().unwrap().remove(&id);
+    }
+
+    pub fn paused(&self) -> Vec<NodeId> {
+        self.paused.lock().unwrap().iter().copied().collect()
+    }
+
+    /// Cuts the network so nodes talk only within their group (both directions). Clients
+    /// still reach every node.
+    pub fn partition(&self, groups: &[Vec<NodeId>]) {
+        let net = NetSim::current();
+        for (gi, a) in groups.iter().enumerate() {
+            for (gj, b) in groups.iter().enumerate() {
+                if gi == gj {
+                    continue;
+                }
+                for x in a {
+                    for y in b {
+                        net.clog_link(self.nodes[x].id(), self.nodes[y].id());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reconnects every pair of nodes.
+    pub fn heal_partitions(&self) {
+        let net = NetSim::current();
+        for a in self.nodes.values() {
+            for b in self.nodes.values() {
+                if a.id() != b.id() {
+                    net.unclog_link(a.id(), b.id());
+                }
+            }
+        }
+    }
+
+    /// Ends every fault: partitions and message faults healed, clocks true, paused nodes
+    /// resumed, stopped nodes restarted.
+    pub fn heal_all(&self) {
+        self.heal_partitions();
+        self.faults.heal();
+        for c in self.clocks.values() {
+            c.set_rate(1.0);
+        }
+        for id in self.paused() {
+            self.resume(id);
+        }
+        for id in self.down() {
+            self.restart(id);
+        }
     }
 }

@@ -1,0 +1,1873 @@
+//! A linearizability checker for client histories of the KV store.
+//!
+//! Every command touches exactly one key, and linearizability is *local* (P-compositional,
+//! Herlihy & Wing): a history is linearizable iff its restriction to each key is. So the history
+//! is split by key and each key is checked on its own, against a model of one Redis key: a
+//! register holding `Option<String>` (None: the key does not exist), initially None.
+//!
+//! Each key is checked with Wing & Gong's search as refined by Lowe ("just-in-time"
+//! linearization) and implemented by Porcupine (`checker.go`): call and return events sorted by
+//! time in a doubly linked list; an operation is linearized ("lifted" out of the list) when its
+//! call is reached and the model accepts its output, and the search backtracks when it reaches
+//! the return of an operation it has not linearized. A cache of visited (set of linearized
+//! operations, model state) configurations prunes revisits; it is what makes the search fast.
+//!
+//! Indeterminate operations (`Ret::Unknown`: timed out, connection lost) are handled as Knossos
+//! and Porcupine do: they return at time +infinity and any output is accepted, so they may take
+//! effect at any point after their call or, equivalently to being linearized after everything
+//! else, never. An indeterminate GET has no effect and is dropped. Indeterminate operations are
+//! what makes a search expensive (each stays pending forever, and a failing history makes the
+//! search try every combination of them), so a few reductions, each keeping an equivalent
+//! linearization in the search, cut them down: a failed configuration prunes those that differ
+//! only by having applied more indeterminate operations (`Visited`), and identical ones, no-ops
+//! and writes overwritten before anything saw them are not tried (`Search::run`).
+//!
+//! The search is bounded by a step budget per key: a key whose budget runs out is reported as
+//! `Unknown`, never as a failure, and never runs forever. When a key is not linearizable, its
+//! history is shrunk to a 1-minimal failing history about the operation that broke it (see
+//! `Failure`), which is usually a handful of operations a human can read.
+
+use crate::history::{Op, Operation, Ret};
+use raft_kv_core::kv::parse_i64;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Limits of a check. The defaults keep a check of a few thousand operations well under a
+/// second while leaving ample room for the usual (linear-time) search of a correct history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// Search steps allowed per key (and per shrinking attempt) before giving up with
+    /// `KeyVerdict::Unknown`. A step is one visit of an event in the search.
+    pub steps_per_key_max: u64,
+    /// Checks allowed while shrinking a failing key's history. When they run out, the history
+    /// found so far is reported: it still fails, but may not be minimal.
+    pub shrink_attempts_max: u64,
+    /// Search steps allowed for shrinking in total, likewise.
+    pub shrink_steps_max: u64,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self {
+            steps_per_key_max: 2_000_000,
+            shrink_attempts_max: 5_000,
+            shrink_steps_max: 50_000_000,
+        }
+    }
+}
+
+/// The outcome of checking one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyVerdict {
+    /// Some order of the operations, consistent with real time, explains every output.
+    Linearizable,
+    /// No such order exists: the store misbehaved (or the history was recorded wrongly).
+    NotLinearizable,
+    /// The step budget ran out before the search finished.
+    Unknown,
+}
+
+/// A key whose history is not linearizable, with a small history that shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub key: String,
+    /// A small failing sub-history of the key, in id order, about one *culprit* operation: the
+    /// first whose completion made the history fail. The rest of it is linearizable; with the
+    /// culprit it is not. Operations that were still running when the culprit completed appear
+    /// as indeterminate (`Ret::Unknown`, no completion), as they were checked.
+    ///
+    /// Unless `minimal` is false it is 1-minimal: removing any one operation makes it
+    /// linearizable, or moves the failure away from the culprit, or leaves an operation whose
+    /// output needs an earlier write (e.g. a GET of a value) with no operation that could have
+    /// made it (such an operation fails on its own, and allowing that would shrink every stale
+    /// read to the lone read, hiding the writes that matter).
+    pub history: Vec<Operation>,
+    /// False when shrinking stopped on `shrink_attempts_max` or `shrink_steps_max` before
+    /// reaching 1-minimality, or when the history could not be shown to fail again.
+    pub minimal: bool,
+}
+
+/// The outcome of checking a whole history.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Distinct keys in the history.
+    pub keys_checked: usize,
+    /// The first failing key (in key order) with its shrunk history.
+    pub failure: Option<Failure>,
+    /// Every key whose history is not linearizable, in key order.
+    pub failing_keys: Vec<String>,
+    /// Keys whose search ran out of budget: not known to be linearizable, not failures.
+    pub unknown_keys: Vec<String>,
+    /// Search steps spent in total, shrinking included.
+    pub steps: u64,
+}
+
+impl Report {
+    /// True when no key was found non-linearizable. Keys that ran out of budget are reported in
+    /// `unknown_keys` but do not fail the check: a budget is a limit of the checker, not
+    /// evidence against the store.
+    pub fn is_ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} keys checked in {} steps, {} not linearizable, {} unknown",
+            self.keys_checked,
+            self.steps,
+            self.failing_keys.len(),
+            self.unknown_keys.len()
+        )?;
+        if let Some(failure) = &self.failure {
+            let minimal = if failure.minimal { "minimal" } else { "shrunk, not minimal" };
+            writeln!(f, "\nkey {:?} is not linearizable; {minimal} failing history:", failure.key)?;
+            for op in &failure.history {
+                writeln!(f, "  {op}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a whole history: splits it by key and checks each key independently (in key order,
+/// so the report is deterministic). The first failing key is shrunk to a minimal history.
+pub fn check(history: &[Operation], opts: &CheckOptions) -> Report {
+    let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
+    for op in history {
+        by_key.entry(op.key.as_str()).or_default().push(op);
+    }
+    let mut report = Report { keys_checked: by_key.len(), ..Report::default() };
+    for (key, ops) in by_key {
+        let (verdict, steps) = check_refs(&ops, opts);
+        report.steps = report.steps.saturating_add(steps);
+        match verdict {
+            KeyVerdict::Linearizable => {}
+            KeyVerdict::Unknown => report.unknown_keys.push(key.to_string()),
+            KeyVerdict::NotLinearizable => {
+                report.failing_keys.push(key.to_string());
+                if report.failure.is_none() {
+                    let (history, minimal, steps) = shrink(&ops, opts);
+                    report.steps = report.steps.saturating_add(steps);
+                    report.failure = Some(Failure { key: key.to_string(), history, minimal });
+                }
+            }
+        }
+    }
+    report
+}
+
+/// Checks the operations of one key against the register model, returning the verdict and the
+/// search steps spent. The operations' `key` fields are not looked at: all of them are taken to
+/// act on the same register.
+pub fn check_key(ops: &[Operation], opts: &CheckOptions) -> (KeyVerdict, u64) {
+    let refs: Vec<&Operation> = ops.iter().collect();
+    check_refs(&refs, opts)
+}
+
+/// Shrinks a non-linearizable history of one key to a 1-minimal failing one (see `Failure` and
+/// `shrink`). Returns the shrunk history in id order, whether it is 1-minimal, and the steps
+/// spent. A history not shown to fail is returned whole, with `false`.
+pub fn minimize(ops: &[Operation], opts: &CheckOptions) -> (Vec<Operation>, bool, u64) {
+    let refs: Vec<&Operation> = ops.iter().collect();
+    shrink(&refs, opts)
+}
+
+fn check_refs(ops: &[&Operation], opts: &CheckOptions) -> (KeyVerdict, u64) {
+    let relevant: Vec<&Operation> =
+        ops.iter().copied().filter(|op| !is_indeterminate_get(op)).collect();
+    Search::new(&relevant).run(opts.steps_per_key_max)
+}
+
+/// An indeterminate GET neither changes the register nor constrains it.
+fn is_indeterminate_get(op: &Operation) -> bool {
+    op.op == Op::Get && op.ret == Ret::Unknown
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shrinking
+
+/// Shrinks a failing history of one key to a small one that shows the failure. Removing
+/// operations from a non-linearizable history can create failures of its own (drop the INCR
+/// that explains the next INCR's result), so plain greedy removal tends to end on some
+/// unrelated inconsistency it created. Instead:
+///
+/// 1. Find the *culprit*: the operation whose completion makes the history fail. Cutting the
+///    history at time T (operations called by T, those still running at T made indeterminate)
+///    gives a history that is linearizable whenever the whole one is, and that fails for every
+///    T after the first that fails; a binary search finds that first T, and the culprit is
+///    the operation completing at T.
+/// 2. Remove operations greedily (chunks first, as in delta debugging, then single ones to a
+///    fixpoint; from the end backwards, so readers go before the writes they depend on),
+///    keeping a removal only if the rest still fails while the rest without the culprit is
+///    linearizable: the failure stays the culprit's.
+///
+/// A removal is also refused if it leaves an operation whose output depends on an earlier
+/// write (a GET of a value, an INCR past 1 or failing, an APPEND onto something, a DEL of an
+/// existing key) without any operation that could have made that write before it, when it had
+/// one to begin with. Otherwise a stale read would shrink to the lone read (of a value "never
+/// written"), hiding the writes that show what went wrong.
+fn shrink(ops: &[&Operation], opts: &CheckOptions) -> (Vec<Operation>, bool, u64) {
+    let mut sorted: Vec<&Operation> =
+        ops.iter().copied().filter(|op| !is_indeterminate_get(op)).collect();
+    sorted.sort_by_key(|op| op.id);
+    let mut steps = 0;
+    let Some((base, culprit)) = shortest_failing_cut(&sorted, opts, &mut steps) else {
+        let mut whole: Vec<Operation> = ops.iter().map(|&op| op.clone()).collect();
+        whole.sort_by_key(|op| op.id);
+        return (whole, false, steps);
+    };
+    let refs: Vec<&Operation> = base.iter().collect();
+    let mut shrinker = Shrinker::new(&refs, culprit, opts);
+    shrinker.steps = steps;
+    let mut current: Vec<usize> = (0..refs.len()).collect();
+    let mut chunk = current.len() / 2;
+    while chunk > 1 && !shrinker.exhausted() {
+        current = shrinker.remove_chunks(current, chunk);
+        chunk /= 2;
+    }
+    let minimal = shrinker.remove_singles(&mut current);
+    let history = current.iter().map(|&i| base[i].clone()).collect();
+    (history, minimal, shrinker.steps)
+}
+
+/// The history cut at `time`: operations called by then, those not complete by then made
+/// indeterminate (they were still running).
+fn cut(ops: &[&Operation], time: u64) -> Vec<Operation> {
+    ops.iter()
+        .filter(|op| op.call <= time)
+        .map(|&op| {
+            let mut op = op.clone();
+            if return_time(&op) > time {
+                op.ret = Ret::Unknown;
+                op.complete = None;
+            }
+            op
+        })
+        .collect()
+}
+
+/// The shortest failing cut of a history (see `shrink`) and the index in it of the culprit,
+/// or None if the history is not known to fail.
+fn shortest_failing_cut(
+    ops: &[&Operation],
+    opts: &CheckOptions,
+    steps: &mut u64,
+) -> Option<(Vec<Operation>, Option<usize>)> {
+    let mut fails = |history: &[Operation]| {
+        let refs: Vec<&Operation> = history.iter().collect();
+        let (verdict, spent) = Search::new(&refs).run(opts.steps_per_key_max);
+        *steps = steps.saturating_add(spent);
+        verdict == KeyVerdict::NotLinearizable
+    };
+    let mut times: Vec<u64> =
+        ops.iter().filter(|op| op.ret != Ret::Unknown).map(|op| return_time(op)).collect();
+    times.sort_unstable();
+    times.dedup();
+    let last = *times.last()?;
+    if !fails(&cut(ops, last)) {
+        return None;
+    }
+    // Invariant: the cut at times[high] fails; cuts before times[low] do not.
+    let (mut low, mut high) = (0, times.len() - 1);
+    while low < high {
+        let mid = low + (high - low) / 2;
+        if fails(&cut(ops, times[mid])) {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
+    }
+    let time = times[high];
+    let base = cut(ops, time);
+    // The culprit: an operation completing at `time` without which the cut is linearizable.
+    let culprit = (0..base.len()).find(|&i| {
+        base[i].ret != Ret::Unknown && return_time(&base[i]) == time && {
+            let rest: Vec<Operation> = base
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, op)| op.clone())
+                .collect();
+            let refs: Vec<&Operation> = rest.iter().collect();
+            let (verdict, spent) = Search::new(&refs).run(opts.steps_per_key_max);
+            *steps = steps.saturating_add(spent);
+            verdict == KeyVerdict::Linearizable
+        }
+    });
+    Some((base, culprit))
+}
+
+struct Shrinker<'a, 'o> {
+    ops: &'a [&'a Operation],
+    /// The operation the failure is about (see `shrink`); None if it could not be determined,
+    /// and then removals are only required to keep the history failing.
+    culprit: Option<usize>,
+    /// For each operation that needs an earlier write and has candidates for it: the operation
+    /// and the candidates (see `shrink`).
+    needs: Vec<(usize, Vec<usize>)>,
+    opts: &'o CheckOptions,
+    attempts: u64,
+    steps: u64,
+}
+
+impl<'a, 'o> Shrinker<'a, 'o> {
+    fn new(ops: &'a [&'a Operation], culprit: Option<usize>, opts: &'o CheckOptions) -> Self {
+        let needs = ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, op)| {
+                let need = need_of(op)?;
+                let enablers: Vec<usize> = (0..ops.len())
+                    .filter(|&w| w != i && ops[w].call <= return_time(op) && enables(ops[w], &need))
+                    .collect();
+                (!enablers.is_empty()).then_some((i, enablers))
+            })
+            .collect();
+        Self { ops, culprit, needs, opts, attempts: 0, steps: 0 }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.attempts >= self.opts.shrink_attempts_max || self.steps >= self.opts.shrink_steps_max
+    }
+
+    fn verdict(&mut self, subset: &[usize]) -> KeyVerdict {
+        let ops: Vec<&Operation> = subset.iter().map(|&i| self.ops[i]).collect();
+        let (verdict, steps) = Search::new(&ops).run(self.opts.steps_per_key_max);
+        self.steps = self.steps.saturating_add(steps);
+        verdict
+    }
+
+    /// Whether `subset` (indices, ascending) is an acceptable shrink: it keeps the culprit and
+    /// what its operations need, fails (a budget overrun counts as "no"), and is linearizable
+    /// without the culprit.
+    fn accepts(&mut self, subset: &[usize]) -> bool {
+        let mut present = vec![false; self.ops.len()];
+        for &i in subset {
+            present[i] = true;
+        }
+        if self.culprit.is_some_and(|c| !present[c]) {
+            return false;
+        }
+        let orphaned = self
+            .needs
+            .iter()
+            .any(|(op, enablers)| present[*op] && !enablers.iter().any(|&w| present[w]));
+        if orphaned {
+            return false;
+        }
+        self.attempts += 1;
+        if self.verdict(subset) != KeyVerdict::NotLinearizable {
+            return false;
+        }
+        match self.culprit {
+            Some(c) => {
+                let without: Vec<usize> = subset.iter().copied().filter(|&i| i != c).collect();
+                self.verdict(&without) == KeyVerdict::Linearizable
+            }
+            None => true,
+        }
+    }
+
+    fn remove_chunks(&mut self, mut subset: Vec<usize>, chunk: usize) -> Vec<usize> {
+        let mut end = subset.len();
+        while end > 0 && !self.exhausted() {
+            let start = end.saturating_sub(chunk);
+            let candidate: Vec<usize> =
+                subset[..start].iter().chain(&subset[end..]).copied().collect();
+            if self.accepts(&candidate) {
+                subset = candidate;
+            }
+            end = start;
+        }
+        subset
+    }
+
+    /// Removes single operations until none can be removed; false if attempts ran out first.
+    fn remove_singles(&mut self, subset: &mut Vec<usize>) -> bool {
+        loop {
+            let mut removed = false;
+            for i in (0..subset.len()).rev() {
+                if self.exhausted() {
+                    return false;
+                }
+                let mut candidate = subset.clone();
+                candidate.remove(i);
+                if self.accepts(&candidate) {
+                    *subset = candidate;
+                    removed = true;
+                }
+            }
+            if !removed {
+                return true;
+            }
+        }
+    }
+}
+
+/// What an operation's output says the key held before it, beyond "absent".
+enum Need {
+    /// Exactly this value (a GET's result; the value before an INCR's result).
+    Value(String),
+    /// A value of this many bytes (the value an APPEND appended to).
+    Length(usize),
+    /// A value that is not an integer below i64::MAX (INCR failed).
+    NonInteger,
+    /// Some value (DEL deleted a key).
+    Present,
+}
+
+/// The write an operation's output depends on, if absence does not explain it.
+fn need_of(op: &Operation) -> Option<Need> {
+    match (&op.op, &op.ret) {
+        (Op::Get, Ret::Get(Some(v))) => Some(Need::Value(v.clone())),
+        (Op::Incr, Ret::Incr(Ok(n))) if *n != 1 => Some(Need::Value(n.wrapping_sub(1).to_string())),
+        (Op::Incr, Ret::Incr(Err(()))) => Some(Need::NonInteger),
+        (Op::Append(suffix), Ret::Append(len)) => {
+            let before = usize::try_from(*len).ok()?.checked_sub(suffix.len())?;
+            (before > 0).then_some(Need::Length(before))
+        }
+        (Op::Del, Ret::Del(1)) => Some(Need::Present),
+        _ => None,
+    }
+}
+
+/// Whether `op` could have left the key in a state that meets `need` (an over-approximation).
+fn enables(op: &Operation, need: &Need) -> bool {
+    let leaves = |value: &str| match need {
+        Need::Value(v) => v == value,
+        Need::Length(n) => *n == value.len(),
+        Need::NonInteger => parse_i64(value.as_bytes()).is_none_or(|n| n == i64::MAX),
+        Need::Present => true,
+    };
+    match (&op.op, &op.ret) {
+        (Op::Set(v), _) => leaves(v),
+        (Op::Incr, Ret::Incr(Ok(n))) => leaves(&n.to_string()),
+        // Some integer: any length up to 20, never a non-integer.
+        (Op::Incr, Ret::Unknown) => match need {
+            Need::Value(v) => parse_i64(v.as_bytes()).is_some(),
+            Need::Length(n) => *n <= 20,
+            Need::NonInteger => false,
+            Need::Present => true,
+        },
+        (Op::Append(suffix), Ret::Append(len)) => match need {
+            Need::Value(v) => v.ends_with(suffix.as_str()) && usize::try_from(*len) == Ok(v.len()),
+            Need::Length(n) => usize::try_from(*len) == Ok(*n),
+            Need::NonInteger | Need::Present => true,
+        },
+        (Op::Append(suffix), Ret::Unknown) => match need {
+            Need::Value(v) => v.ends_with(suffix.as_str()),
+            Need::Length(n) => *n >= suffix.len(),
+            Need::NonInteger | Need::Present => true,
+        },
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model: one Redis key
+
+/// How an operation changes the register.
+#[derive(Debug, PartialEq, Eq)]
+enum Effect {
+    Unchanged,
+    Becomes(Option<String>),
+}
+
+/// Applies `op` to a key holding `value`, exactly as Redis would: the new contents and the
+/// reply the client should see.
+fn apply(value: Option<&str>, op: &Op) -> (Effect, Ret) {
+    match op {
+        Op::Get => (Effect::Unchanged, Ret::Get(value.map(str::to_string))),
+        Op::Set(v) => (Effect::Becomes(Some(v.clone())), Ret::Set),
+        Op::Del if value.is_some() => (Effect::Becomes(None), Ret::Del(1)),
+        Op::Del => (Effect::Unchanged, Ret::Del(0)),
+        Op::Incr => {
+            let current = match value {
+                None => Some(0),
+                Some(v) => parse_i64(v.as_bytes()),
+            };
+            match current.and_then(|n| n.checked_add(1)) {
+                Some(n) => (Effect::Becomes(Some(n.to_string())), Ret::Incr(Ok(n))),
+                None => (Effect::Unchanged, Ret::Incr(Err(()))),
+            }
+        }
+        Op::Append(suffix) => {
+            let mut new = value.unwrap_or_default().to_string();
+            new.push_str(suffix);
+            let len = i64::try_from(new.len()).unwrap_or(i64::MAX);
+            (Effect::Becomes(Some(new)), Ret::Append(len))
+        }
+    }
+}
+
+/// Register values, interned so that the search handles states as small integers.
+struct States {
+    values: Vec<Option<String>>,
+    ids: HashMap<Option<String>, usize>,
+}
+
+/// The id of the absent key, the initial state.
+const ABSENT: usize = 0;
+
+impl States {
+    fn new() -> Self {
+        Self { values: vec![None], ids: HashMap::from([(None, ABSENT)]) }
+    }
+
+    fn intern(&mut self, value: Option<String>) -> usize {
+        if let Some(&id) = self.ids.get(&value) {
+            return id;
+        }
+        let id = self.values.len();
+        self.values.push(value.clone());
+        self.ids.insert(value, id);
+        id
+    }
+
+    fn get(&self, id: usize) -> Option<&str> {
+        self.values.get(id).and_then(|v| v.as_deref())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The search
+
+/// The call and return events of a key's operations in time order, as a doubly linked list
+/// over arrays. Node 0 is the head sentinel and the last node the tail sentinel.
+struct Events {
+    next: Vec<usize>,
+    prev: Vec<usize>,
+    /// For each node, the operation whose call it is (None for returns and sentinels).
+    call_of: Vec<Option<usize>>,
+    call_node: Vec<usize>,
+    return_node: Vec<usize>,
+}
+
+const HEAD: usize = 0;
+
+impl Events {
+    /// Orders events by time; at equal times calls come before returns, so operations that
+    /// touch in time count as concurrent (lenient: never a false alarm from clock granularity).
+    fn new(ops: &[&Operation]) -> Self {
+        let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(ops.len() * 2);
+        for (i, op) in ops.iter().enumerate() {
+            events.push((op.call, 0, i));
+            events.push((return_time(op), 1, i));
+        }
+        events.sort_unstable();
+        let nodes = events.len() + 2;
+        let tail = nodes - 1;
+        let mut list = Self {
+            next: (1..=nodes).collect(),
+            prev: (0..nodes).map(|n| n.saturating_sub(1)).collect(),
+            call_of: vec![None; nodes],
+            call_node: vec![0; ops.len()],
+            return_node: vec![0; ops.len()],
+        };
+        list.next[tail] = tail;
+        for (k, &(_, kind, op)) in events.iter().enumerate() {
+            let node = k + 1;
+            if kind == 0 {
+                list.call_of[node] = Some(op);
+                list.call_node[op] = node;
+            } else {
+                list.return_node[op] = node;
+            }
+        }
+        list
+    }
+
+    fn first(&self) -> usize {
+        self.next[HEAD]
+    }
+
+    fn unlink(&mut self, node: usize) {
+        let (p, n) = (self.prev[node], self.next[node]);
+        self.next[p] = n;
+        self.prev[n] = p;
+    }
+
+    fn relink(&mut self, node: usize) {
+        let (p, n) = (self.prev[node], self.next[node]);
+        self.next[p] = node;
+        self.prev[n] = node;
+    }
+
+    /// Takes an operation's call and return out of the list (it has been linearized).
+    fn lift(&mut self, op: usize) {
+        self.unlink(self.call_node[op]);
+        self.unlink(self.return_node[op]);
+    }
+
+    /// Undoes `lift`; lifts must be undone in reverse order (dancing links).
+    fn unlift(&mut self, op: usize) {
+        self.relink(self.return_node[op]);
+        self.relink(self.call_node[op]);
+    }
+}
+
+/// When an operation's effect is known to be over: never, for an indeterminate one.
+fn return_time(op: &Operation) -> u64 {
+    match (&op.ret, op.complete) {
+        (Ret::Unknown, _) | (_, None) => u64::MAX,
+        // A completion recorded before the call is malformed; read it as instantaneous.
+        (_, Some(complete)) => complete.max(op.call),
+    }
+}
+
+/// The set of linearized operations as a bitset, with an incrementally maintained Zobrist hash
+/// of its determinate members (XOR of a fixed pseudo-random word per member), so hashing a
+/// configuration costs O(1).
+struct Linearized {
+    words: Vec<u64>,
+    /// The indeterminate operations, as a mask over `words`.
+    indeterminate: Vec<u64>,
+    hash: u64,
+}
+
+impl Linearized {
+    fn new(ops: &[&Operation]) -> Self {
+        let mut indeterminate = vec![0; ops.len().div_ceil(64)];
+        for (i, op) in ops.iter().enumerate() {
+            if op.ret == Ret::Unknown {
+                indeterminate[i / 64] |= 1 << (i % 64);
+            }
+        }
+        Self { words: vec![0; indeterminate.len()], indeterminate, hash: 0 }
+    }
+
+    fn is_indeterminate(&self, op: usize) -> bool {
+        self.indeterminate.get(op / 64).is_some_and(|w| w & (1 << (op % 64)) != 0)
+    }
+
+    fn contains(&self, op: usize) -> bool {
+        self.words.get(op / 64).is_some_and(|w| w & (1 << (op % 64)) != 0)
+    }
+
+    fn toggle(&mut self, op: usize) {
+        self.words[op / 64] ^= 1 << (op % 64);
+        if !self.is_indeterminate(op) {
+            self.hash ^= mix(op as u64);
+        }
+    }
+}
+
+/// SplitMix64's finalizer: a fixed, well-spread hash of a word (no per-process randomness, so
+/// runs are reproducible).
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A hasher for keys that are already well-mixed (or small integer pairs); deterministic.
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = mix(self.0 ^ x);
+    }
+
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+}
+
+type WordMap<K, V> = HashMap<K, V, BuildHasherDefault<WordHasher>>;
+
+/// Visited configurations (linearized set, state, whether entered by an indeterminate
+/// operation), stored flat. Each entry is the bitset words, then the state, the index of the
+/// next entry in the same hash chain (`NO_ENTRY`: none) and flags (`FINISHED`: its search is
+/// over and failed; `RESTRICTED`: see `Search::run`). Chains are keyed by the determinate
+/// members and the state, so that they also gather the configurations that differ only in
+/// which indeterminate operations were applied.
+///
+/// A new configuration is pruned if it was visited before (as in Porcupine), or if a finished
+/// one has the same state, the same determinate operations, a subset of its indeterminate ones
+/// and no more restrictions: applying an indeterminate operation is optional, so everything the
+/// new configuration can still do, the finished one could have done by leaving the extra
+/// operations out; and it found nothing. Without this, every subset of the indeterminate
+/// operations pending at a failure would be explored.
+struct Visited {
+    words: usize,
+    entries: Vec<u64>,
+    heads: WordMap<u64, usize>,
+}
+
+const NO_ENTRY: u64 = u64::MAX;
+const FINISHED: u64 = 1;
+const RESTRICTED: u64 = 2;
+
+impl Visited {
+    fn new(words: usize) -> Self {
+        Self { words, entries: Vec::new(), heads: WordMap::default() }
+    }
+
+    fn stride(&self) -> usize {
+        self.words + 3
+    }
+
+    /// Records a configuration and returns its entry, or None if it is pruned.
+    fn insert(&mut self, set: &Linearized, state: usize, restricted: bool) -> Option<usize> {
+        let hash = set.hash ^ mix(state as u64 ^ 0x5151_5151);
+        let (words, stride) = (self.words, self.stride());
+        let head = self.heads.get(&hash).copied();
+        let mut cursor = head;
+        while let Some(entry) = cursor {
+            let base = entry * stride;
+            let stored = self.entries.get(base..base + stride)?;
+            if stored[words] == state as u64 && subsumes(stored, stored[words + 2], set, restricted)
+            {
+                return None;
+            }
+            let link = stored[words + 1];
+            cursor = (link != NO_ENTRY).then_some(link as usize);
+        }
+        let index = self.entries.len() / stride;
+        self.entries.extend_from_slice(&set.words);
+        self.entries.push(state as u64);
+        self.entries.push(head.map_or(NO_ENTRY, |h| h as u64));
+        self.entries.push(if restricted { RESTRICTED } else { 0 });
+        self.heads.insert(hash, index);
+        Some(index)
+    }
+
+    /// Marks an entry's search as finished without success.
+    fn finish(&mut self, entry: usize) {
+        let at = entry * self.stride() + self.words + 2;
+        if let Some(flags) = self.entries.get_mut(at) {
+            *flags |= FINISHED;
+        }
+    }
+}
+
+/// Whether a stored configuration makes a new one pointless to explore (same state given):
+/// an identical one always; otherwise, if the stored search is finished, when the stored set has
+/// the same determinate members, a subset of the indeterminate ones, and is no more restricted.
+fn subsumes(stored: &[u64], flags: u64, set: &Linearized, restricted: bool) -> bool {
+    let stored_restricted = flags & RESTRICTED != 0;
+    let mut words = set.words.iter().zip(&set.indeterminate).zip(stored);
+    if flags & FINISHED != 0 {
+        // stored ⊆ set, and whatever set has beyond it is indeterminate.
+        (!stored_restricted || restricted)
+            && words.all(|((&now, &mask), &old)| old & !now == 0 && now & !old & !mask == 0)
+    } else {
+        stored_restricted == restricted && words.all(|((&now, _), &old)| now == old)
+    }
+}
+
+/// One key's linearizability search (see the module docs).
+struct Search<'a> {
+    ops: &'a [&'a Operation],
+    events: Events,
+    linearized: Linearized,
+    visited: Visited,
+    states: States,
+    /// Memoized transitions: (state, op) -> the next state, or None if the op's output is
+    /// impossible in that state.
+    transitions: WordMap<(usize, usize), Option<usize>>,
+    /// For an indeterminate operation, the previous indeterminate one (by call time) with the
+    /// same request: identical indeterminate operations are interchangeable once both are
+    /// called, so they are only applied in call order.
+    twin_before: Vec<Option<usize>>,
+    /// Operations with a known output not yet linearized; the search succeeds at zero (the
+    /// indeterminate ones left can all be linearized last, i.e. as never having happened).
+    pending: usize,
+}
+
+/// A linearized operation on the search stack.
+struct Frame {
+    op: usize,
+    /// The state before it.
+    state: usize,
+    /// Whether the configuration before it was restricted.
+    restricted: bool,
+    /// Its configuration's entry in `Visited`.
+    entry: usize,
+}
+
+impl<'a> Search<'a> {
+    fn new(ops: &'a [&'a Operation]) -> Self {
+        let linearized = Linearized::new(ops);
+        let visited = Visited::new(linearized.words.len());
+        Self {
+            ops,
+            events: Events::new(ops),
+            linearized,
+            visited,
+            states: States::new(),
+            transitions: WordMap::default(),
+            twin_before: twins(ops),
+            pending: ops.iter().filter(|op| op.ret != Ret::Unknown).count(),
+        }
+    }
+
+    /// Porcupine's search loop, with three reductions for indeterminate operations. Each only
+    /// rules out linearizations for which an equivalent one is still explored (drop the
+    /// indeterminate operation, which may never have happened, or swap two identical ones), so
+    /// no linearizable history is missed:
+    ///
+    /// - An indeterminate operation that would leave the state unchanged is not applied.
+    /// - Identical indeterminate operations are applied in call order (see `twin_before`).
+    /// - A configuration entered by an indeterminate operation is *restricted*: the next
+    ///   operation may not be a SET, nor an indeterminate DEL. Such an operation's effect and
+    ///   output ignore the previous value, so the indeterminate operation before it could as
+    ///   well never have happened.
+    ///
+    /// Without them the search keeps applying irrelevant indeterminate operations (consumed,
+    /// then overwritten or undone, and no longer available), and a failing history multiplies
+    /// its cost by the number of combinations of them.
+    fn run(mut self, steps_max: u64) -> (KeyVerdict, u64) {
+        let mut steps = 0u64;
+        let mut state = ABSENT;
+        let mut restricted = false;
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut node = self.events.first();
+        while self.pending > 0 {
+            if steps >= steps_max {
+                return (KeyVerdict::Unknown, steps);
+            }
+            steps += 1;
+            let Some(op) = self.events.call_of.get(node).copied().flatten() else {
+                // The return of an operation not yet linearized: it can't be put off any
+                // longer, so undo the latest choice and try the next candidate after it.
+                let Some(frame) = stack.pop() else {
+                    return (KeyVerdict::NotLinearizable, steps);
+                };
+                self.visited.finish(frame.entry);
+                state = frame.state;
+                restricted = frame.restricted;
+                self.unlinearize(frame.op);
+                node = self.events.next[self.events.call_node[frame.op]];
+                continue;
+            };
+            if !self.allowed(op, restricted) {
+                node = self.events.next[node];
+                continue;
+            }
+            match self.try_linearize(op, state) {
+                Some((next_state, entry)) => {
+                    stack.push(Frame { op, state, restricted, entry });
+                    state = next_state;
+                    restricted = self.linearized.is_indeterminate(op);
+                    node = self.events.first();
+                }
+                None => node = self.events.next[node],
+            }
+        }
+        (KeyVerdict::Linearizable, steps)
+    }
+
+    /// The reductions of `run`.
+    fn allowed(&self, op: usize, restricted: bool) -> bool {
+        let indeterminate = self.linearized.is_indeterminate(op);
+        if restricted {
+            match self.ops[op].op {
+                Op::Set(_) => return false,
+                Op::Del if indeterminate => return false,
+                _ => {}
+            }
+        }
+        self.twin_before[op].is_none_or(|twin| self.linearized.contains(twin))
+    }
+
+    /// Linearizes `op` next if the model accepts its output and the resulting configuration is
+    /// worth exploring; returns the new state and the configuration's entry.
+    fn try_linearize(&mut self, op: usize, state: usize) -> Option<(usize, usize)> {
+        let next_state = self.transition(state, op)?;
+        let restricted = self.linearized.is_indeterminate(op);
+        if restricted && next_state == state {
+            return None; // an indeterminate no-op: as if it never happened
+        }
+        self.linearized.toggle(op);
+        let Some(entry) = self.visited.insert(&self.linearized, next_state, restricted) else {
+            self.linearized.toggle(op);
+            return None;
+        };
+        self.events.lift(op);
+        if !restricted {
+            self.pending -= 1;
+        }
+        Some((next_state, entry))
+    }
+
+    fn unlinearize(&mut self, op: usize) {
+        self.linearized.toggle(op);
+        self.events.unlift(op);
+        if !self.linearized.is_indeterminate(op) {
+            self.pending += 1;
+        }
+    }
+
+    fn transition(&mut self, state: usize, op: usize) -> Option<usize> {
+        if let Some(&known) = self.transitions.get(&(state, op)) {
+            return known;
+        }
+        let operation = self.ops[op];
+        let (effect, expected) = apply(self.states.get(state), &operation.op);
+        let next = if operation.ret == Ret::Unknown || operation.ret == expected {
+            Some(match effect {
+                Effect::Unchanged => state,
+                Effect::Becomes(value) => self.states.intern(value),
+            })
+        } else {
+            None
+        };
+        self.transitions.insert((state, op), next);
+        next
+    }
+}
+
+/// For each indeterminate operation, the previous one in call order with the same request.
+fn twins(ops: &[&Operation]) -> Vec<Option<usize>> {
+    let mut order: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].ret == Ret::Unknown).collect();
+    order.sort_by_key(|&i| (ops[i].call, i));
+    let mut last: HashMap<&Op, usize> = HashMap::new();
+    let mut twin_before = vec![None; ops.len()];
+    for i in order {
+        twin_before[i] = last.insert(&ops[i].op, i);
+    }
+    twin_before
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// One operation of a test history: (client, key, op, ret, call, complete).
+    type Row<'a> = (usize, &'a str, Op, Ret, u64, Option<u64>);
+
+    fn history(rows: Vec<Row<'_>>) -> Vec<Operation> {
+        rows.into_iter()
+            .enumerate()
+            .map(|(id, (client, key, op, ret, call, complete))| Operation {
+                id,
+                client,
+                node: 1,
+                key: key.to_string(),
+                op,
+                ret,
+                call,
+                complete,
+            })
+            .collect()
+    }
+
+    fn set(v: &str) -> Op {
+        Op::Set(v.to_string())
+    }
+
+    fn append(v: &str) -> Op {
+        Op::Append(v.to_string())
+    }
+
+    fn got(v: &str) -> Ret {
+        Ret::Get(Some(v.to_string()))
+    }
+
+    const NIL: Ret = Ret::Get(None);
+
+    fn verdict(ops: &[Operation]) -> KeyVerdict {
+        check_key(ops, &CheckOptions::default()).0
+    }
+
+    fn assert_verdict(rows: Vec<Row<'_>>, expected: KeyVerdict) {
+        let ops = history(rows);
+        assert_eq!(verdict(&ops), expected, "history:\n{}", crate::timeline::render_text(&ops));
+    }
+
+    use KeyVerdict::{Linearizable as LIN, NotLinearizable as NOT};
+
+    #[test]
+    fn empty_history_is_ok() {
+        let report = check(&[], &CheckOptions::default());
+        assert!(report.is_ok());
+        assert_eq!(report.keys_checked, 0);
+        assert_eq!(check_key(&[], &CheckOptions::default()), (LIN, 0));
+    }
+
+    #[test]
+    fn sequential_history_is_linearizable() {
+        assert_verdict(
+            vec![
+                (0, "k", Op::Get, NIL, 0, Some(1)),
+                (0, "k", set("a"), Ret::Set, 2, Some(3)),
+                (1, "k", Op::Get, got("a"), 4, Some(5)),
+                (0, "k", append("bc"), Ret::Append(3), 6, Some(7)),
+                (1, "k", Op::Get, got("abc"), 8, Some(9)),
+                (0, "k", Op::Incr, Ret::Incr(Err(())), 10, Some(11)),
+                (1, "k", Op::Del, Ret::Del(1), 12, Some(13)),
+                (1, "k", Op::Del, Ret::Del(0), 14, Some(15)),
+                (0, "k", Op::Incr, Ret::Incr(Ok(1)), 16, Some(17)),
+                (0, "k", Op::Incr, Ret::Incr(Ok(2)), 18, Some(19)),
+                (1, "k", Op::Get, got("2"), 20, Some(21)),
+            ],
+            LIN,
+        );
+    }
+
+    #[test]
+    fn concurrent_sets_may_be_read_in_either_order() {
+        for (read, expected) in [("a", LIN), ("b", LIN), ("c", NOT)] {
+            assert_verdict(
+                vec![
+                    (0, "k", set("a"), Ret::Set, 0, Some(10)),
+                    (1, "k", set("b"), Ret::Set, 1, Some(9)),
+                    (2, "k", Op::Get, got(read), 20, Some(21)),
+                    (2, "k", Op::Get, got(read), 22, Some(23)),
+                ],
+                expected,
+            );
+        }
+        // But once one reader has seen the final value, it stays.
+        assert_verdict(
+            vec![
+                (0, "k", set("a"), Ret::Set, 0, Some(10)),
+                (1, "k", set("b"), Ret::Set, 1, Some(9)),
+                (2, "k", Op::Get, got("a"), 20, Some(21)),
+                (3, "k", Op::Get, got("b"), 22, Some(23)),
+            ],
+            NOT,
+        );
+    }
+
+    #[test]
+    fn stale_read_is_not_linearizable() {
+        assert_verdict(
+            vec![
+                (0, "k", set("a"), Ret::Set, 0, Some(1)),
+                (0, "k", set("b"), Ret::Set, 2, Some(3)),
+                (1, "k", Op::Get, got("a"), 4, Some(5)),
+            ],
+            NOT,
+        );
+    }
+
+    #[test]
+    fn lost_write_is_not_linearizable() {
+        assert_verdict(
+            vec![(0, "k", set("a"), Ret::Set, 0, Some(1)), (1, "k", Op::Get, NIL, 2, Some(3))],
+            NOT,
+        );
+        assert_verdict(
+            vec![
+                (0, "k", Op::Incr, Ret::Incr(Ok(1)), 0, Some(1)),
+                (0, "k", Op::Incr, Ret::Incr(Ok(2)), 2, Some(3)),
+                (1, "k", Op::Get, got("1"), 4, Some(5)),
+            ],
+            NOT,
+        );
+    }
+
+    #[test]
+    fn read_of_a_value_never_written_is_not_linearizable() {
+        assert_verdict(vec![(0, "k", Op::Get, got("ghost"), 0, Some(1))], NOT);
+        assert_verdict(
+            vec![
+                (0, "k", set("a"), Ret::Set, 0, Some(10)),
+                (1, "k", Op::Get, got("ghost"), 1, Some(9)),
+            ],
+            NOT,
+        );
+    }
+
+    #[test]
+    fn duplicated_or_skipped_incr_is_not_linearizable() {
+        let incr = |n| Ret::Incr(Ok(n));
+        // Duplicated, sequential and concurrent.
+        assert_verdict(
+            vec![(0, "k", Op::Incr, incr(1), 0, Some(1)), (1, "k", Op::Incr, incr(1), 2, Some(3))],
+            NOT,
+        );
+        assert_verdict(
+            vec![(0, "k", Op::Incr, incr(1), 0, Some(10)), (1, "k", Op::Incr, incr(1), 1, Some(9))],
+            NOT,
+        );
+        // Skipped.
+        assert_verdict(
+            vec![(0, "k", Op::Incr, incr(1), 0, Some(1)), (1, "k", Op::Incr, incr(3), 2, Some(3))],
+            NOT,
+        );
+        // Concurrent INCRs may get their results in either order.
+        for (a, b) in [(1, 2), (2, 1)] {
+            assert_verdict(
+                vec![
+                    (0, "k", Op::Incr, incr(a), 0, Some(10)),
+                    (1, "k", Op::Incr, incr(b), 1, Some(9)),
+                    (2, "k", Op::Get, got("2"), 11, Some(12)),
+                ],
+                LIN,
+            );
+        }
+    }
+
+    #[test]
+    fn incr_follows_redis_integer_rules() {
+        let after_set = |value: &str, ret: Ret| {
+            history(vec![
+                (0, "k", set(value), Ret::Set, 0, Some(1)),
+                (0, "k", Op::Incr, ret, 2, Some(3)),
+                (0, "k", Op::Get, NIL, 4, Some(5)),
+            ])
+        };
+        for bad in ["abc", "", " 1", "01", "+1", "1.0", "9223372036854775807", "-0"] {
+            let mut ops = after_set(bad, Ret::Incr(Err(())));
+            ops[2].ret = got(bad); // the error leaves the value as it was
+            assert_eq!(verdict(&ops), LIN, "{bad:?}");
+            ops[1].ret = Ret::Incr(Ok(1));
+            assert_eq!(verdict(&ops), NOT, "{bad:?}");
+        }
+        for (good, n) in
+            [("0", 1), ("-5", -4), ("41", 42), ("-9223372036854775808", -9223372036854775807)]
+        {
+            let mut ops = after_set(good, Ret::Incr(Ok(n)));
+            ops[2].ret = got(&n.to_string());
+            assert_eq!(verdict(&ops), LIN, "{good:?}");
+            ops[1].ret = Ret::Incr(Err(()));
+            assert_eq!(verdict(&ops), NOT, "{good:?}");
+        }
+    }
+
+    #[test]
+    fn append_returns_the_new_length() {
+        assert_verdict(
+            vec![
+                (0, "k", append("ab"), Ret::Append(2), 0, Some(1)),
+                (0, "k", append("c"), Ret::Append(3), 2, Some(3)),
+                (1, "k", Op::Get, got("abc"), 4, Some(5)),
+            ],
+            LIN,
+        );
+        assert_verdict(vec![(0, "k", append("ab"), Ret::Append(3), 0, Some(1))], NOT);
+        // Concurrent appends: lengths and final value must agree on one order.
+        assert_verdict(
+            vec![
+                (0, "k", append("x"), Ret::Append(2), 0, Some(10)),
+                (1, "k", append("y"), Ret::Append(1), 1, Some(9)),
+                (2, "k", Op::Get, got("yx"), 11, Some(12)),
+            ],
+            LIN,
+        );
+        assert_verdict(
+            vec![
+                (0, "k", append("x"), Ret::Append(2), 0, Some(10)),
+                (1, "k", append("y"), Ret::Append(1), 1, Some(9)),
+                (2, "k", Op::Get, got("xy"), 11, Some(12)),
+            ],
+            NOT,
+        );
+        // Multi-byte UTF-8 counts bytes, as Redis does.
+        assert_verdict(vec![(0, "k", append("é"), Ret::Append(2), 0, Some(1))], LIN);
+    }
+
+    #[test]
+    fn del_counts_whether_the_key_existed() {
+        assert_verdict(
+            vec![
+                (0, "k", Op::Del, Ret::Del(0), 0, Some(1)),
+                (0, "k", set("a"), Ret::Set, 2, Some(3)),
+                (0, "k", Op::Del, Ret::Del(1), 4, Some(5)),
+                (0, "k", Op::Del, Ret::Del(0), 6, Some(7)),
+                (0, "k", Op::Get, NIL, 8, Some(9)),
+            ],
+            LIN,
+        );
+        assert_verdict(vec![(0, "k", Op::Del, Ret::Del(1), 0, Some(1))], NOT);
+        // Two concurrent DELs of an existing key: only one can delete it.
+        let two_dels = |a, b| {
+            vec![
+                (0, "k", set("a"), Ret::Set, 0, Some(1)),
+                (0, "k", Op::Del, Ret::Del(a), 2, Some(10)),
+                (1, "k", Op::Del, Ret::Del(b), 3, Some(9)),
+            ]
+        };
+        assert_verdict(two_dels(1, 0), LIN);
+        assert_verdict(two_dels(0, 1), LIN);
+        assert_verdict(two_dels(1, 1), NOT);
+        assert_verdict(two_dels(0, 0), NOT);
+    }
+
+    #[test]
+    fn indeterminate_set_may_take_effect_later() {
+        assert_verdict(
+            vec![
+                (0, "k", set("a"), Ret::Set, 0, Some(1)),
+                (1, "k", set("b"), Ret::Unknown, 2, None),
+                (2, "k", Op::Get, got("a"), 100, Some(101)),
+                (2, "k", Op::Get, got("b"), 200, Some(201)),
+            ],
+            LIN,
+        );
+    }
+
+    #[test]
+    fn indeterminate_set_may_never_take_effect() {
+        assert_verdict(
+            vec![
+                (0, "k", set("a"), Ret::Set, 0, Some(1)),
+                (1, "k", set("b"), Ret::Unknown, 2, None),
+                (2, "k", Op::Get, got("a"), 100, Some(101)),
+                (0, "k", set("c"), Ret::Set, 102, Some(103)),
+                (2, "k", Op::Get, got("c"), 200, Some(201)),
+            ],
+            LIN,
+        );
+    }
+
+    #[test]
+    fn indeterminate_set_seen_then_unseen_is_not_linearizable() {
+        assert_verdict(
+            vec![
+                (0, "k", set("a"), Ret::Set, 0, Some(1)),
+                (1, "k", set("b"), Ret::Unknown, 2, None),
+                (2, "k", Op::Get, got("b"), 3, Some(4)),
+                (2, "k", Op::Get, got("a"), 5, Some(6)),
+            ],
+            NOT,
+        );
+        // Nor can it take effect before it was called.
+        assert_verdict(
+            vec![
+                (0, "k", set("a"), Ret::Set, 0, Some(1)),
+                (2, "k", Op::Get, got("b"), 3, Some(4)),
+                (1, "k", set("b"), Ret::Unknown, 5, None),
+            ],
+            NOT,
+        );
+    }
+
+    #[test]
+    fn indeterminate_incr_counts_at_most_once() {
+        let with_final = |n: i64| {
+            vec![
+                (0, "k", Op::Incr, Ret::Incr(Ok(1)), 0, Some(1)),
+                (1, "k", Op::Incr, Ret::Unknown, 2, None),
+                (0, "k", Op::Incr, Ret::Incr(Ok(n)), 3, Some(4)),
+            ]
+        };
+        assert_verdict(with_final(2), LIN); // it never happened
+        assert_verdict(with_final(3), LIN); // it happened before the last INCR
+        assert_verdict(with_final(4), NOT); // it happened twice?
+                                            // Once seen it stays counted.
+        assert_verdict(
+            vec![
+                (1, "k", Op::Incr, Ret::Unknown, 0, None),
+                (0, "k", Op::Get, got("1"), 1, Some(2)),
+                (0, "k", Op::Incr, Ret::Incr(Ok(1)), 3, Some(4)),
+            ],
+            NOT,
+        );
+    }
+
+    #[test]
+    fn indeterminate_get_is_ignored() {
+        assert_verdict(
+            vec![
+                (1, "k", Op::Get, Ret::Unknown, 0, None),
+                (0, "k", set("a"), Ret::Set, 1, Some(2)),
+                (1, "k", Op::Get, Ret::Unknown, 3, None),
+            ],
+            LIN,
+        );
+    }
+
+    #[test]
+    fn read_concurrent_with_a_write_sees_old_or_new() {
+        for (read, expected) in [(got("a"), LIN), (got("b"), LIN), (NIL, NOT)] {
+            assert_verdict(
+                vec![
+                    (0, "k", set("a"), Ret::Set, 0, Some(1)),
+                    (0, "k", set("b"), Ret::Set, 2, Some(10)),
+                    (1, "k", Op::Get, read, 3, Some(4)),
+                ],
+                expected,
+            );
+        }
+        // A later read cannot go back once a concurrent read saw the new value.
+        assert_verdict(
+            vec![
+                (0, "k", set("a"), Ret::Set, 0, Some(1)),
+                (0, "k", set("b"), Ret::Set, 2, Some(10)),
+                (1, "k", Op::Get, got("b"), 3, Some(4)),
+                (1, "k", Op::Get, got("a"), 5, Some(6)),
+            ],
+            NOT,
+        );
+    }
+
+    #[test]
+    fn touching_intervals_count_as_concurrent() {
+        // The SET completes at the instant the GET is called: lenient, either order.
+        assert_verdict(
+            vec![(0, "k", set("a"), Ret::Set, 0, Some(5)), (1, "k", Op::Get, NIL, 5, Some(6))],
+            LIN,
+        );
+        assert_verdict(
+            vec![(0, "k", set("a"), Ret::Set, 0, Some(5)), (1, "k", Op::Get, NIL, 6, Some(7))],
+            NOT,
+        );
+    }
+
+    /// All permutations of `0..n`.
+    fn permutations(n: usize) -> Vec<Vec<usize>> {
+        if n == 0 {
+            return vec![vec![]];
+        }
+        let mut all = Vec::new();
+        for rest in permutations(n - 1) {
+            for at in 0..=rest.len() {
+                let mut p = rest.clone();
+                p.insert(at, n - 1);
+                all.push(p);
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn concurrent_operations_in_every_order() {
+        let ops = [set("5"), append("1"), Op::Incr, Op::Del];
+        for order in permutations(ops.len()) {
+            // Outputs of running the concurrent ops sequentially in `order`.
+            let mut value: Option<String> = Some("x".to_string());
+            let mut rets = vec![Ret::Unknown; ops.len()];
+            for &i in &order {
+                let (effect, ret) = apply(value.as_deref(), &ops[i]);
+                if let Effect::Becomes(v) = effect {
+                    value = v;
+                }
+                rets[i] = ret;
+            }
+            let mut rows: Vec<Row<'_>> = vec![(9, "k", set("x"), Ret::Set, 0, Some(1))];
+            for (i, op) in ops.iter().enumerate() {
+                rows.push((
+                    i,
+                    "k",
+                    op.clone(),
+                    rets[i].clone(),
+                    10 + i as u64,
+                    Some(20 - i as u64),
+                ));
+            }
+            rows.push((9, "k", Op::Get, Ret::Get(value.clone()), 30, Some(31)));
+            assert_verdict(rows.clone(), LIN);
+            // A final read inconsistent with every order fails.
+            let last = rows.len() - 1;
+            rows[last].3 = got("51x");
+            assert_verdict(rows, NOT);
+        }
+    }
+
+    #[test]
+    fn budget_exhaustion_gives_unknown() {
+        // Many concurrent INCRs force a search; one step cannot finish it.
+        let rows: Vec<Row<'_>> = (0..10)
+            .map(|i| (i, "k", Op::Incr, Ret::Incr(Ok(10 - i as i64)), 0, Some(100)))
+            .collect();
+        let ops = history(rows);
+        let tiny = CheckOptions { steps_per_key_max: 3, ..CheckOptions::default() };
+        assert_eq!(check_key(&ops, &tiny), (KeyVerdict::Unknown, 3));
+        assert_eq!(verdict(&ops), LIN);
+        let report = check(&ops, &tiny);
+        assert!(report.is_ok());
+        assert_eq!(report.unknown_keys, vec!["k".to_string()]);
+    }
+
+    #[test]
+    fn malformed_histories_do_not_panic() {
+        // Output of the wrong kind, completion before call, unknown with a completion time.
+        assert_verdict(vec![(0, "k", Op::Get, Ret::Set, 0, Some(1))], NOT);
+        assert_verdict(
+            vec![
+                (0, "k", set("a"), Ret::Set, 10, Some(5)),
+                (1, "k", Op::Get, got("a"), 11, Some(12)),
+            ],
+            LIN,
+        );
+        assert_verdict(
+            vec![
+                (0, "k", set("a"), Ret::Unknown, 0, Some(1)),
+                (1, "k", Op::Get, got("a"), 11, Some(12)),
+            ],
+            LIN,
+        );
+        assert_verdict(vec![(0, "k", set("a"), Ret::Set, u64::MAX, None)], LIN);
+    }
+
+    /// A stale read buried among unrelated operations on the same key.
+    fn buried_stale_read() -> Vec<Operation> {
+        let mut rows: Vec<Row<'_>> = Vec::new();
+        let mut t = 0;
+        let mut push = |rows: &mut Vec<Row<'_>>, client, op: Op, ret: Ret, length: u64| {
+            rows.push((client, "k", op, ret, t, Some(t + length)));
+            t += length + 1;
+        };
+        for i in 0..30 {
+            let v = format!("p{i}");
+            push(&mut rows, 0, set(&v), Ret::Set, 3);
+            push(&mut rows, 1, Op::Get, got(&v), 2);
+        }
+        push(&mut rows, 0, set("a"), Ret::Set, 1); // id 60
+        push(&mut rows, 0, set("b"), Ret::Set, 1); // id 61
+        push(&mut rows, 1, Op::Get, got("a"), 1); // id 62: stale
+        for i in 0..30 {
+            let v = format!("q{i}");
+            push(&mut rows, 0, set(&v), Ret::Set, 3);
+            push(&mut rows, 1, Op::Get, got(&v), 2);
+        }
+        history(rows)
+    }
+
+    #[test]
+    fn failing_history_shrinks_to_the_operations_that_matter() {
+        let ops = buried_stale_read();
+        assert_eq!(verdict(&ops), NOT);
+        let (minimal, is_minimal, _) = minimize(&ops, &CheckOptions::default());
+        assert!(is_minimal);
+        assert_eq!(minimal.iter().map(|op| op.id).collect::<Vec<_>>(), vec![60, 61, 62]);
+        // Without the newer write or the read, it is linearizable.
+        for skip in [1, 2] {
+            let mut fewer = minimal.clone();
+            fewer.remove(skip);
+            assert_eq!(verdict(&fewer), LIN);
+        }
+        // Without the older write it still fails, but only as a read of a value never written,
+        // which is why shrinking keeps the write.
+        assert_eq!(verdict(&minimal[1..]), NOT);
+    }
+
+    #[test]
+    fn shrinking_keeps_what_outputs_depend_on() {
+        // A duplicated INCR result among others: shrinking keeps the INCRs that lead to it
+        // rather than reducing it to a lone "INCR -> 3" (which fails on its own).
+        let incr = |n| Ret::Incr(Ok(n));
+        let ops = history(vec![
+            (0, "k", Op::Incr, incr(1), 0, Some(1)),
+            (0, "k", Op::Incr, incr(2), 2, Some(3)),
+            (1, "k", Op::Get, got("2"), 4, Some(5)),
+            (0, "k", Op::Incr, incr(3), 6, Some(7)),
+            (1, "k", Op::Incr, incr(3), 8, Some(9)),
+            (1, "k", Op::Get, got("3"), 10, Some(11)),
+        ]);
+        let (minimal, is_minimal, _) = minimize(&ops, &CheckOptions::default());
+        assert!(is_minimal);
+        assert_eq!(minimal.iter().map(|op| op.id).collect::<Vec<_>>(), vec![0, 1, 3, 4]);
+        // A linearizable history comes back whole.
+        let (whole, is_minimal, _) = minimize(&ops[..4], &CheckOptions::default());
+        assert_eq!((whole.len(), is_minimal), (4, false));
+    }
+
+    #[test]
+    fn only_the_failing_key_is_reported() {
+        let mut ops = buried_stale_read();
+        for op in &mut ops {
+            // The stale read and its two writes on k2, the rest before on k1 and after on k3.
+            op.key = match op.id {
+                0..=59 => "k1",
+                60..=62 => "k2",
+                _ => "k3",
+            }
+            .to_string();
+        }
+        let report = check(&ops, &CheckOptions::default());
+        assert!(!report.is_ok());
+        assert_eq!(report.keys_checked, 3);
+        assert_eq!(report.failing_keys, vec!["k2".to_string()]);
+        let failure = report.failure.as_ref().expect("a failure");
+        assert_eq!(failure.key, "k2");
+        assert!(failure.minimal);
+        assert_eq!(failure.history.iter().map(|op| op.id).collect::<Vec<_>>(), vec![60, 61, 62]);
+        assert!(report.to_string().contains("key \"k2\" is not linearizable"));
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Synthetic histories
+
+    /// SplitMix64, so the tests need no RNG crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            mix(self.0) % n.max(1)
+        }
+    }
+
+    /// A random history of a correct store: each operation takes effect at a random instant
+    /// within its interval (indeterminate ones: at a random later instant, or never).
+    fn synthetic(
+        seed: u64,
+        ops: usize,
+        keys: usize,
+        clients: usize,
+        unknown_pct: u64,
+    ) -> Vec<Operation> {
+        let mut rng = Rng(seed);
+        let mut clock = vec![0u64; clients];
+        // (effect time, op id)
+        let mut effects: Vec<(u64, usize)> = Vec::new();
+        let mut history = Vec::with_capacity(ops);
+        for id in 0..ops {
+            let client = rng.below(clients as u64) as usize;
+            let call = clock[client] + rng.below(2_000_000);
+            let duration = 100_000 + rng.below(5_000_000);
+            let key = format!("k{}", rng.below(keys as u64));
+            let op = match rng.below(10) {
+                0..=3 => Op::Get,
+                4..=5 => Op::Set(format!("c{client}-{id}")),
+                6 => Op::Del,
+                7..=8 => Op::Incr,
+                _ => Op::Append(format!("c{client}-{id}")),
+            };
+            let indeterminate = rng.below(100) < unknown_pct;
+            let complete = (!indeterminate).then_some(call + duration);
+            if indeterminate {
+                if rng.below(2) == 0 {
+                    effects.push((call + rng.below(20_000_000), id));
+                }
+            } else {
+                effects.push((call + rng.below(duration + 1), id));
+            }
+            clock[client] = call + duration;
+            history.push(Operation {
+                id,
+                client,
+                node: 1,
+                key,
+                op,
+                ret: Ret::Unknown,
+                call,
+                complete,
+            });
+        }
+        effects.sort_unstable();
+        let mut store: HashMap<String, String> = HashMap::new();
+        for (_, id) in effects {
+            let op = &mut history[id];
+            let (effect, ret) = apply(store.get(&op.key).map(String::as_str), &op.op);
+            match effect {
+                Effect::Unchanged => {}
+                Effect::Becomes(Some(v)) => drop(store.insert(op.key.clone(), v)),
+                Effect::Becomes(None) => drop(store.remove(&op.key)),
+            }
+            if op.complete.is_some() {
+                op.ret = ret;
+            }
+        }
+        history
+    }
+
+    #[test]
+    fn synthetic_histories_of_a_correct_store_are_linearizable() {
+        for seed in 0..20 {
+            let ops = synthetic(seed, 300, 3, 6, 5);
+            let report = check(&ops, &CheckOptions::default());
+            assert!(report.is_ok() && report.unknown_keys.is_empty(), "seed {seed}: {report}");
+        }
+    }
+
+    #[test]
+    fn synthetic_histories_with_a_corrupted_read_fail() {
+        for seed in 0..20 {
+            let mut ops = synthetic(seed, 300, 3, 6, 5);
+            let Some(read) = ops.iter_mut().find(|op| op.op == Op::Get && op.ret != Ret::Unknown)
+            else {
+                continue;
+            };
+            read.ret = got("never-written");
+            let id = read.id;
+            let report = check(&ops, &CheckOptions::default());
+            let failure = report.failure.expect("a failure");
+            assert!(failure.minimal);
+            let key_ops: Vec<Operation> =
+                ops.iter().filter(|o| o.key == failure.key).cloned().collect();
+            assert_eq!(
+                failure.history.iter().map(|op| op.id).collect::<Vec<_>>(),
+                vec![id],
+                "{}\n{}",
+                crate::timeline::render_text(&failure.history),
+                crate::timeline::render_text(&key_ops)
+            );
+        }
+    }
+
+    #[test]
+    fn shrunk_histories_still_fail() {
+        let mut rng = Rng(7);
+        let mut failures = 0;
+        for seed in 0..30 {
+            let mut ops = synthetic(seed, 200, 2, 6, 5);
+            // Corrupt one completed operation's output, plausibly.
+            let i = rng.below(ops.len() as u64) as usize;
+            ops[i].ret = match (&ops[i].op, &ops[i].ret) {
+                (_, Ret::Unknown) => continue,
+                (Op::Get, _) => Ret::Get(None),
+                (Op::Incr, Ret::Incr(Ok(n))) => Ret::Incr(Ok(n - 1)),
+                (Op::Append(_), Ret::Append(n)) => Ret::Append(n + 1),
+                (Op::Del, Ret::Del(n)) => Ret::Del(1 - n),
+                _ => continue,
+            };
+            let report = check(&ops, &CheckOptions::default());
+            let Some(failure) = &report.failure else { continue };
+            failures += 1;
+            assert!(failure.minimal);
+            assert!(!failure.history.is_empty() && failure.history.len() <= 16, "{report}");
+            assert_eq!(verdict(&failure.history), NOT, "{report}");
+        }
+        assert!(failures >= 10, "{failures}");
+    }
+
+    /// Prints how long checking histories of 2000 operations takes (run with --nocapture).
+    #[test]
+    fn timing_of_a_large_history() {
+        for (keys, clients, unknown_pct) in [(4, 8, 5), (1, 8, 5), (4, 8, 20)] {
+            let ops = synthetic(7, 2000, keys, clients, unknown_pct);
+            let start = Instant::now();
+            let report = check(&ops, &CheckOptions::default());
+            let elapsed = start.elapsed();
+            assert!(report.is_ok() && report.unknown_keys.is_empty(), "{report}");
+            println!(
+                "2000 ops, {keys} keys, {clients} clients, {unknown_pct}% indeterminate: \
+                 linearizable in {elapsed:?}, {} steps",
+                report.steps
+            );
+
+            // A read in the middle of the history returns a value never written.
+            let mut bad = ops.clone();
+            let Some(i) =
+                bad[1000..].iter().position(|op| op.op == Op::Get && op.ret != Ret::Unknown)
+            else {
+                continue;
+            };
+            bad[1000 + i].ret = got("never-written");
+            let start = Instant::now();
+            let report = check(&bad, &CheckOptions::default());
+            let elapsed = start.elapsed();
+            assert!(!report.is_ok() || !report.unknown_keys.is_empty());
+            println!(
+                "  with a corrupted read: {} failing key(s), {} unknown, shrunk to {} ops, in {elapsed:?}, {} steps",
+                report.failing_keys.len(),
+                report.unknown_keys.len(),
+                report.failure.map_or(0, |f| f.history.len()),
+                report.steps
+            );
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Cross-check against brute force
+
+    /// Linearizability by exhaustive search over orders, with none of the search's machinery:
+    /// some order of the determinate operations plus any subset of the indeterminate ones,
+    /// consistent with real time, explains every determinate output.
+    fn brute_force(ops: &[Operation]) -> bool {
+        fn extend(ops: &[Operation], placed: &mut Vec<bool>, value: Option<String>) -> bool {
+            let all_known_placed =
+                ops.iter().zip(placed.iter()).all(|(op, &p)| p || op.ret == Ret::Unknown);
+            if all_known_placed {
+                return true;
+            }
+            for i in 0..ops.len() {
+                if placed[i] {
+                    continue;
+                }
+                // Every unplaced operation that must precede ops[i] blocks it.
+                let blocked = (0..ops.len())
+                    .any(|j| j != i && !placed[j] && return_time(&ops[j]) < ops[i].call);
+                if blocked {
+                    continue;
+                }
+                let (effect, ret) = apply(value.as_deref(), &ops[i].op);
+                if ops[i].ret != Ret::Unknown && ops[i].ret != ret {
+                    continue;
+                }
+                let next = match effect {
+                    Effect::Unchanged => value.clone(),
+                    Effect::Becomes(v) => v,
+                };
+                placed[i] = true;
+                let found = extend(ops, placed, next);
+                placed[i] = false;
+                if found {
+                    return true;
+                }
+            }
+            false
+        }
+        extend(ops, &mut vec![false; ops.len()], None)
+    }
+
+    /// A small random history of one key: random overlapping intervals on a coarse clock (so
+    /// ties happen), outputs from a correct execution, some replaced by plausible wrong ones,
+    /// and some operations indeterminate.
+    fn small_random(rng: &mut Rng) -> Vec<Operation> {
+        let n = 2 + rng.below(6) as usize;
+        let mut ops = Vec::new();
+        let mut clock = [0u64; 3];
+        for id in 0..n {
+            let client = rng.below(3) as usize;
+            let call = clock[client] + rng.below(4);
+            let complete = call + rng.below(6);
+            clock[client] = complete + 1;
+            let op = match rng.below(6) {
+                0 | 1 => Op::Get,
+                2 => Op::Set(["a", "1", "9223372036854775807"][rng.below(3) as usize].to_string()),
+                3 => Op::Del,
+                4 => Op::Incr,
+                _ => Op::Append(["x", "2"][rng.below(2) as usize].to_string()),
+            };
+            ops.push(Operation {
+                id,
+                client,
+                node: 1,
+                key: "k".into(),
+                op,
+                ret: Ret::Unknown,
+                call,
+                complete: Some(complete),
+            });
+        }
+        // A correct execution: each operation takes effect at some point of its interval.
+        let mut order: Vec<(u64, usize)> = ops
+            .iter()
+            .map(|op| (op.call + rng.below(op.complete.unwrap_or(op.call) - op.call + 1), op.id))
+            .collect();
+        order.sort_unstable();
+        let mut value: Option<String> = None;
+        for (_, id) in order {
+            let (effect, ret) = apply(value.as_deref(), &ops[id].op);
+            if let Effect::Becomes(v) = effect {
+                value = v;
+            }
+            ops[id].ret = ret;
+        }
+        for op in &mut ops {
+            match rng.below(8) {
+                0 => {
+                    op.ret = Ret::Unknown;
+                    op.complete = None;
+                }
+                1 => {
+                    op.ret = match op.op {
+                        Op::Get => [Ret::Get(None), got("a"), got("1"), got("ax")]
+                            [rng.below(4) as usize]
+                            .clone(),
+                        Op::Set(_) => Ret::Set,
+                        Op::Del => Ret::Del(rng.below(2) as i64),
+                        Op::Incr => Ret::Incr(if rng.below(3) == 0 {
+                            Err(())
+                        } else {
+                            Ok(rng.below(4) as i64)
+                        }),
+                        Op::Append(_) => Ret::Append(1 + rng.below(3) as i64),
+                    }
+                }
+                _ => {}
+            }
+        }
+        ops
+    }
+
+    #[test]
+    fn search_agrees_with_brute_force() {
+        let mut rng = Rng(42);
+        let (mut linearizable, mut not) = (0, 0);
+        for case in 0..20_000 {
+            let ops = small_random(&mut rng);
+            let expected = if brute_force(&ops) { LIN } else { NOT };
+            assert_eq!(
+                verdict(&ops),
+                expected,
+                "case {case}:\n{}",
+                crate::timeline::render_text(&ops)
+            );
+            if expected == LIN {
+                linearizable += 1;
+            } else {
+                not += 1;
+            }
+        }
+        // Both outcomes are well represented.
+        assert!(linearizable > 5_000 && not > 5_000, "{linearizable} / {not}");
+    }
+
+    #[test]
+    fn reductions_for_indeterminate_operations_lose_nothing() {
+        let incr = |n| Ret::Incr(Ok(n));
+        // Two indeterminate INCRs: either, both or none may have happened, in any position.
+        for (seen, expected) in [("1", LIN), ("2", LIN), ("3", LIN), ("4", NOT)] {
+            assert_verdict(
+                vec![
+                    (0, "k", Op::Incr, Ret::Unknown, 0, None),
+                    (1, "k", Op::Incr, Ret::Unknown, 1, None),
+                    (2, "k", Op::Incr, incr(1), 2, Some(3)),
+                    (2, "k", Op::Get, got(seen), 4, Some(5)),
+                ],
+                expected,
+            );
+        }
+        // Indeterminate writes, each may land any time after its call.
+        assert_verdict(
+            vec![
+                (0, "k", set("x"), Ret::Unknown, 0, None),
+                (1, "k", set("y"), Ret::Unknown, 1, None),
+                (2, "k", Op::Get, got("y"), 2, Some(3)),
+                (2, "k", Op::Get, got("x"), 4, Some(5)),
+                (2, "k", set("z"), Ret::Set, 6, Some(7)),
+                (2, "k", Op::Get, got("z"), 8, Some(9)),
+            ],
+            LIN,
+        );
+        assert_verdict(
+            vec![
+                (0, "k", set("x"), Ret::Unknown, 0, None),
+                (1, "k", set("y"), Ret::Unknown, 1, None),
+                (2, "k", Op::Get, got("x"), 2, Some(3)),
+                (2, "k", Op::Get, got("y"), 4, Some(5)),
+                (2, "k", Op::Get, got("x"), 6, Some(7)),
+            ],
+            NOT,
+        );
+        // An indeterminate INCR that fails (a no-op) and an indeterminate DEL.
+        assert_verdict(
+            vec![
+                (0, "k", set("a"), Ret::Set, 0, Some(1)),
+                (1, "k", Op::Incr, Ret::Unknown, 2, None),
+                (2, "k", Op::Del, Ret::Unknown, 3, None),
+                (0, "k", Op::Get, got("a"), 4, Some(5)),
+                (0, "k", Op::Get, NIL, 6, Some(7)),
+                (0, "k", Op::Incr, incr(1), 8, Some(9)),
+            ],
+            LIN,
+        );
+        // An indeterminate write just before a SET matters when something observes it.
+        assert_verdict(
+            vec![
+                (0, "k", append("a"), Ret::Unknown, 0, None),
+                (1, "k", Op::Del, Ret::Del(1), 1, Some(2)),
+                (1, "k", set("b"), Ret::Set, 3, Some(4)),
+                (1, "k", Op::Get, got("b"), 5, Some(6)),
+            ],
+            LIN,
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! A client history: every operation a simulated client issued, with its invocation and
+//! completion times in simulated time and what it returned. Keys and values are short ASCII
+//! strings chosen by the workload, so histories print and render readably.
+
+use std::fmt;
+
+/// What a client asked for, on one key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Get,
+    Set(String),
+    Del,
+    Incr,
+    Append(String),
+}
+
+/// What the client saw.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Ret {
+    /// GET's value (None: the key did not exist).
+    Get(Option<String>),
+    /// SET's `+OK`.
+    Set,
+    /// DEL's count of deleted keys (0 or 1 for one key).
+    Del(i64),
+    /// INCR's new value, or Err if the server said the value is not an integer.
+    Incr(Result<i64, ()>),
+    /// APPEND's new length.
+    Append(i64),
+    /// Timed out, connection lost, or an error that leaves the outcome open: the operation may
+    /// or may not have taken effect, at any time after its invocation.
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Operation {
+    /// Position in the whole history.
+    pub id: usize,
+    /// The simulated client that issued it; a client issues one operation at a time.
+    pub client: usize,
+    /// The node the client sent it to.
+    pub node: u64,
+    pub key: String,
+    pub op: Op,
+    pub ret: Ret,
+    /// Invocation, in nanoseconds of simulated time since the run began.
+    pub call: u64,
+    /// Completion; None exactly when `ret` is `Ret::Unknown` (it never returned).
+    pub complete: Option<u64>,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Get => write!(f, "GET"),
+            Op::Set(v) => write!(f, "SET {v}"),
+            Op::Del => write!(f, "DEL"),
+            Op::Incr => write!(f, "INCR"),
+            Op::Append(v) => write!(f, "APPEND {v}"),
+        }
+    }
+}
+
+impl fmt::Display for Ret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ret::Get(Some(v)) => write!(f, "{v:?}"),
+            Ret::Get(None) => write!(f, "nil"),
+            Ret::Set => write!(f, "OK"),
+            Ret::Del(n) | Ret::Append(n) | Ret::Incr(Ok(n)) => write!(f, "{n}"),
+            Ret::Incr(Err(())) => write!(f, "ERR not an integer"),
+            Ret::Unknown => write!(f, "?"),
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let end = self.complete.map_or("never".to_string(), |c| format!("{:.3}ms", ms(c)));
+        write!(
+            f,
+            "#{} client {} node {} [{:.3}ms, {end}] {} {} -> {}",
+            self.id,
+            self.client,
+            self.node,
+            ms(self.call),
+            self.op,
+            self.key,
+            self.ret
+        )
+    }
+}

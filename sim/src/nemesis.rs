@@ -1,0 +1,422 @@
+//! The nemesis: faults chosen per seed, swarm style. Each seed enables a random subset of fault
+//! kinds at random intensities, so across seeds every combination gets runs where it dominates
+//! and runs where it is absent. Every action is written to a schedule, printed on failure.
+
+use crate::cluster::SimCluster;
+use crate::faults::MessageChaos;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use raft_kv_core::NodeId;
+use std::fmt;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Which faults a run injects, and how hard.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Swarm {
+    /// Symmetric partitions: random halves, the leader isolated, minority islands.
+    pub partitions: bool,
+    /// One-way link cuts.
+    pub one_way: bool,
+    /// Crash (losing unsynced writes) and restart.
+    pub crashes: bool,
+    /// Process kill and restart (unsynced writes survive in the OS).
+    pub kills: bool,
+    pub pauses: bool,
+    /// Message loss, delay (reordering) and duplication.
+    pub messages: bool,
+    pub clock_skew: bool,
+    /// Leader churn: every new leader is crashed a few milliseconds after it appears, so
+    /// terms pile up with partly replicated entries (where Figure 8's trap lives).
+    pub leader_churn: bool,
+    /// Mean time between nemesis actions.
+    pub interval: Duration,
+    /// How long a fault lasts, at most.
+    pub fault_max: Duration,
+}
+
+impl Swarm {
+    pub fn choose(rng: &mut StdRng) -> Swarm {
+        let mut s = Swarm {
+            partitions: rng.gen_bool(0.5),
+            one_way: rng.gen_bool(0.4),
+            crashes: rng.gen_bool(0.5),
+            kills: rng.gen_bool(0.3),
+            pauses: rng.gen_bool(0.3),
+            messages: rng.gen_bool(0.5),
+            clock_skew: rng.gen_bool(0.5),
+            leader_churn: rng.gen_bool(0.3),
+            interval: Duration::from_millis(rng.gen_range(100..1500)),
+            fault_max: Duration::from_millis(rng.gen_range(300..4000)),
+        };
+        // One in eight runs has no fault at all: the baseline must hold too.
+        if rng.gen_bool(0.125) {
+            s = Swarm { interval: s.interval, fault_max: s.fault_max, ..Swarm::none() };
+        }
+        s
+    }
+
+    pub fn none() -> Swarm {
+        Swarm {
+            partitions: false,
+            one_way: false,
+            crashes: false,
+            kills: false,
+            pauses: false,
+            messages: false,
+            clock_skew: false,
+            leader_churn: false,
+            interval: Duration::from_secs(1),
+            fault_max: Duration::from_secs(1),
+        }
+    }
+
+    fn kinds(&self) -> Vec<Kind> {
+        let mut k = Vec::new();
+        let flags = [
+            (self.partitions, Kind::Partition),
+            (self.one_way, Kind::OneWay),
+            (self.crashes, Kind::Crash),
+            (self.kills, Kind::Kill),
+            (self.pauses, Kind::Pause),
+            (self.messages, Kind::Messages),
+            (self.clock_skew, Kind::Skew),
+            (self.leader_churn, Kind::Churn),
+        ];
+        for (on, kind) in flags {
+            if on {
+                k.push(kind);
+            }
+        }
+        k
+    }
+}
+
+impl fmt::Display for Swarm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kinds: Vec<String> = self.kinds().iter().map(|k| format!("{k:?}")).collect();
+        let kinds = if kinds.is_empty() { "none".to_string() } else { kinds.join(",") };
+        write!(
+            f,
+            "faults [{kinds}] every ~{}ms lasting <= {}ms",
+            self.interval.as_millis(),
+            self.fault_max.as_millis()
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Partition,
+    OneWay,
+    Crash,
+    Kill,
+    Pause,
+    Messages,
+    Skew,
+    Churn,
+}
+
+/// A fault in force, undone at `until`.
+enum Active {
+    Partition,
+    Cut(NodeId, NodeId),
+    Down(NodeId),
+    Paused(NodeId),
+    Messages,
+    Skew(NodeId),
+    Churn,
+}
+
+pub struct Nemesis<'a> {
+    cluster: &'a SimCluster,
+    swarm: Swarm,
+    rng: StdRng,
+    start: Instant,
+    active: Vec<(Instant, Active)>,
+    /// The last leader churn saw, and when it will crash it.
+    churn_target: Option<(raft_kv_core::Term, NodeId, Instant)>,
+    pub schedule: Vec<String>,
+}
+
+/// How often the nemesis looks for a new leader during leader churn.
+const CHURN_POLL: Duration = Duration::from_millis(2);
+
+impl<'a> Nemesis<'a> {
+    pub fn new(cluster: &'a SimCluster, swarm: Swarm, rng: StdRng, start: Instant) -> Self {
+        Nemesis {
+            cluster,
+            swarm,
+            rng,
+            start,
+            active: Vec::new(),
+            churn_target: None,
+            schedule: Vec::new(),
+        }
+    }
+
+    fn log(&mut self, what: String) {
+        let at = self.start.elapsed().as_secs_f64() * 1000.0;
+        self.cluster.invariants.fold(&what);
+        self.schedule.push(format!("{at:>9.3}ms  {what}"));
+    }
+
+    fn fault_length(&mut self) -> Duration {
+        let max = self.swarm.fault_max.as_micros().max(2) as u64;
+        Duration::from_micros(self.rng.gen_range(max / 10..max))
+    }
+
+    /// Injects faults until simulated time `until`.
+    pub async fn run_until(&mut self, until: Instant) {
+        let kinds = self.swarm.kinds();
+        if kinds.is_empty() {
+            tokio::time::sleep_until(until).await;
+            return;
+        }
+        // Clock skew is a property of a node for the whole run, then re-drawn now and then.
+        if self.swarm.clock_skew {
+            for id in self.cluster.ids() {
+                self.skew(id);
+            }
+        }
+        loop {
+            let mean = self.swarm.interval.as_micros().max(2) as u64;
+            let wait = Duration::from_micros(self.rng.gen_range(mean / 2..mean * 3 / 2));
+            let next = Instant::now() + wait;
+            if next >= until {
+                tokio::time::sleep_until(until).await;
+                return;
+            }
+            self.sleep_until(next).await;
+            self.expire(false);
+            let kind = *kinds.choose(&mut self.rng).expect("kinds is not empty");
+            self.inject(kind);
+        }
+    }
+
+    /// Sleeps, but while leader churn is on, wakes every `CHURN_POLL` to crash new leaders.
+    async fn sleep_until(&mut self, next: Instant) {
+        while self.active.iter().any(|(_, a)| matches!(a, Active::Churn)) && Instant::now() < next {
+            tokio::time::sleep(CHURN_POLL).await;
+            self.churn();
+            self.expire(false);
+        }
+        tokio::time::sleep_until(next).await;
+    }
+
+    fn churn(&mut self) {
+        let Some((term, leader)) = self.cluster.invariants.leader_with_term() else { return };
+        if self.cluster.is_down(leader) {
+            return;
+        }
+        match self.churn_target {
+            Some((t, id, at)) if t == term && id == leader => {
+                if Instant::now() >= at {
+                    let unsynced = self.cluster.storages[&leader].unsynced_writes();
+                    let survivors = self.rng.gen_range(0..=unsynced);
+                    self.cluster.crash(leader, survivors);
+                    self.log(format!("churn: crash leader {leader} of term {term}"));
+                    let back = Instant::now()
+                        + Duration::from_millis(self.rng.gen_range(20..400));
+                    self.active.push((back, Active::Down(leader)));
+                    self.churn_target = None;
+                }
+            }
+            _ => {
+                let after = Duration::from_micros(self.rng.gen_range(0..40_000));
+                self.churn_target = Some((term, leader, Instant::now() + after));
+            }
+        }
+    }
+
+    /// Undoes faults whose time is up (all of them if `all`).
+    fn expire(&mut self, all: bool) {
+        let now = Instant::now();
+        let (done, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.active).into_iter().partition(|(t, _)| all || *t <= now);
+        self.active = keep;
+        for (_, fault) in done {
+            self.undo(fault);
+        }
+    }
+
+    fn undo(&mut self, fault: Active) {
+        let c = self.cluster;
+        match fault {
+            Active::Partition => {
+                c.heal_partitions();
+                self.log("heal partition".into());
+            }
+            Active::Cut(a, b) => {
+                c.faults.uncut(a, b);
+                self.log(format!("heal link {a}->{b}"));
+            }
+            Active::Down(id) => {
+                if c.is_down(id) {
+                    c.restart(id);
+                    self.log(format!("restart node {id}"));
+                }
+            }
+            Active::Paused(id) => {
+                if c.paused().contains(&id) {
+                    c.resume(id);
+                    self.log(format!("resume node {id}"));
+                }
+            }
+            Active::Messages => {
+                c.faults.set_chaos(MessageChaos::default());
+                self.log("message faults off".into());
+            }
+            Active::Skew(id) => {
+                c.clocks[&id].set_rate(1.0);
+                self.log(format!("clock of node {id} true again"));
+            }
+            Active::Churn => {
+                self.churn_target = None;
+                self.log("leader churn off".into());
+            }
+        }
+    }
+
+    fn until(&mut self) -> Instant {
+        Instant::now() + self.fault_length()
+    }
+
+    fn inject(&mut self, kind: Kind) {
+        let c = self.cluster;
+        let mut ids = c.ids();
+        ids.shuffle(&mut self.rng);
+        let mut up: Vec<NodeId> =
+            ids.iter().copied().filter(|id| !c.is_down(*id) && !c.paused().contains(id)).collect();
+        // Half the time a crash, kill or pause hits the leader: its faults matter most.
+        if let Some(leader) = c.invariants.likely_leader() {
+            if self.rng.gen_bool(0.5) && up.contains(&leader) {
+                up.retain(|id| *id != leader);
+                up.insert(0, leader);
+            }
+        }
+        match kind {
+            Kind::Partition => {
+                if self.active.iter().any(|(_, a)| matches!(a, Active::Partition)) {
+                    return;
+                }
+                let groups = self.partition_groups(&ids);
+                c.partition(&groups);
+                let until = self.until();
+                self.active.push((until, Active::Partition));
+                self.log(format!("partition {groups:?}"));
+            }
+            Kind::OneWay => {
+                let (a, b) = (ids[0], ids[1]);
+                c.faults.cut(a, b);
+                let until = self.until();
+                self.active.push((until, Active::Cut(a, b)));
+                self.log(format!("cut link {a}->{b}"));
+            }
+            Kind::Crash | Kind::Kill => {
+                let Some(&id) = up.first() else { return };
+                if kind == Kind::Crash {
+                    let unsynced = c.storages[&id].unsynced_writes();
+                    let survivors = self.rng.gen_range(0..=unsynced);
+                    let lost = c.crash(id, survivors);
+                    self.log(format!("crash node {id} (lost {lost} of {unsynced} unsynced writes)"));
+                } else {
+                    c.kill(id);
+                    self.log(format!("kill node {id}"));
+                }
+                let until = self.until();
+                self.active.push((until, Active::Down(id)));
+            }
+            Kind::Pause => {
+                let Some(&id) = up.first() else { return };
+                c.pause(id);
+                let until = self.until();
+                self.active.push((until, Active::Paused(id)));
+                self.log(format!("pause node {id}"));
+            }
+            Kind::Messages => {
+                if self.active.iter().any(|(_, a)| matches!(a, Active::Messages)) {
+                    return;
+                }
+                let chaos = MessageChaos {
+                    loss: self.rng.gen_range(0.0..0.3),
+                    duplicate: self.rng.gen_range(0.0..0.2),
+                    delay: self.rng.gen_range(0.0..0.5),
+                    // Now and then long enough to outlive an election or a request.
+                    delay_max: Duration::from_millis(if self.rng.gen_bool(0.2) {
+                        self.rng.gen_range(300..3000)
+                    } else {
+                        self.rng.gen_range(1..300)
+                    }),
+                };
+                c.faults.set_chaos(chaos);
+                let until = self.until();
+                self.active.push((until, Active::Messages));
+                self.log(format!(
+                    "message faults: loss {:.2} duplicate {:.2} delay {:.2} up to {}ms",
+                    chaos.loss,
+                    chaos.duplicate,
+                    chaos.delay,
+                    chaos.delay_max.as_millis()
+                ));
+            }
+            Kind::Churn => {
+                if self.active.iter().any(|(_, a)| matches!(a, Active::Churn)) {
+                    return;
+                }
+                let until = self.until();
+                self.active.push((until, Active::Churn));
+                self.log("leader churn on".into());
+            }
+            Kind::Skew => {
+                let id = ids[0];
+                self.skew(id);
+                let until = self.until();
+                self.active.push((until, Active::Skew(id)));
+            }
+        }
+    }
+
+    fn skew(&mut self, id: NodeId) {
+        let rate = self.rng.gen_range(0.5..2.0);
+        let offset = Duration::from_micros(self.rng.gen_range(0..200_000));
+        self.cluster.clocks[&id].set_rate(rate);
+        self.cluster.clocks[&id].shift(offset);
+        self.log(format!("clock of node {id}: rate {rate:.2}x, next tick +{}ms", offset.as_millis()));
+    }
+
+    /// Random halves, the likely leader alone, or islands of at most a minority each.
+    fn partition_groups(&mut self, shuffled: &[NodeId]) -> Vec<Vec<NodeId>> {
+        let n = shuffled.len();
+        match self.rng.gen_range(0..3) {
+            0 => {
+                let cut = n / 2;
+                vec![shuffled[..cut].to_vec(), shuffled[cut..].to_vec()]
+            }
+            1 => {
+                let leader = self.cluster.invariants.likely_leader().unwrap_or(shuffled[0]);
+                let rest = shuffled.iter().copied().filter(|id| *id != leader).collect();
+                vec![vec![leader], rest]
+            }
+            _ => {
+                // Every node in an island of at most n/2: no quorum anywhere.
+                let mut groups: Vec<Vec<NodeId>> = Vec::new();
+                let mut i = 0;
+                while i < n {
+                    let size = self.rng.gen_range(1..=(n / 2).max(1)).min(n - i);
+                    groups.push(shuffled[i..i + size].to_vec());
+                    i += size;
+                }
+                groups
+            }
+        }
+    }
+
+    /// Ends every fault.
+    pub fn heal(&mut self) {
+        self.expire(true);
+        self.cluster.heal_all();
+        self.log("heal everything".into());
+    }
+}

@@ -1,0 +1,210 @@
+//! One chaos run, fully determined by its seed: topology, workload, fault schedule and timings
+//! are drawn from it, and madsim runs every task and message in a seed-determined order.
+//!
+//! Phases: clients and nemesis run together for the fault phase; then every fault heals, each
+//! client must complete a new operation within `LIVENESS_WITHIN`, and every node must reach
+//! the same applied state within `CONVERGENCE_WITHIN`. Finally the history is checked for
+//! linearizability, key by key.
+
+use crate::check::{self, CheckOptions};
+use crate::cluster::{ClusterOptions, SimCluster};
+use crate::history::{Operation, Ret};
+use crate::nemesis::{Nemesis, Swarm};
+use crate::workload::{ClientTask, Recorder, WorkloadOptions};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use raft_kv_core::PlantedBug;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// After the heal, every client must complete an operation within this.
+pub const LIVENESS_WITHIN: Duration = Duration::from_secs(30);
+/// After the clients stop, every node must hold the same applied state within this.
+pub const CONVERGENCE_WITHIN: Duration = Duration::from_secs(20);
+/// Clients keep their random workload going this long after the heal.
+const AFTER_HEAL: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub seed: u64,
+    pub planted: Option<PlantedBug>,
+    pub check: CheckOptions,
+}
+
+impl RunOptions {
+    pub fn new(seed: u64) -> RunOptions {
+        RunOptions { seed, planted: None, check: CheckOptions::default() }
+    }
+}
+
+/// Everything a run observed.
+pub struct RunReport {
+    pub seed: u64,
+    pub nodes: u64,
+    pub clients: usize,
+    pub keys: usize,
+    pub swarm: Swarm,
+    pub fault_phase: Duration,
+    pub schedule: Vec<String>,
+    pub history: Vec<Operation>,
+    /// Invariant, liveness and convergence violations.
+    pub violations: Vec<String>,
+    pub check: check::Report,
+    /// A hash of every status change, apply, nemesis action and operation, in order.
+    pub trace_hash: u64,
+    /// (dropped, delayed, duplicated) Raft messages.
+    pub message_faults: (u64, u64, u64),
+}
+
+impl RunReport {
+    pub fn failed(&self) -> bool {
+        !self.violations.is_empty() || !self.check.is_ok()
+    }
+
+    pub fn indeterminate(&self) -> usize {
+        self.history.iter().filter(|o| o.ret == Ret::Unknown).count()
+    }
+
+    /// One line: what ran and what came of it.
+    pub fn summary(&self) -> String {
+        let verdict = if let Some(f) = &self.check.failure {
+            format!("NOT LINEARIZABLE on key {}", f.key)
+        } else if !self.violations.is_empty() {
+            format!("{} violation(s)", self.violations.len())
+        } else if !self.check.unknown_keys.is_empty() {
+            format!("ok ({} key(s) beyond the checker's budget)", self.check.unknown_keys.len())
+        } else {
+            "ok".to_string()
+        };
+        format!(
+            "seed {}: {} nodes, {} clients, {} keys, {} ops ({} indeterminate), {}s of faults: {}; {}",
+            self.seed,
+            self.nodes,
+            self.clients,
+            self.keys,
+            self.history.len(),
+            self.indeterminate(),
+            self.fault_phase.as_secs(),
+            self.swarm,
+            verdict
+        )
+    }
+}
+
+/// Runs the simulation of `opts.seed` on a fresh madsim runtime.
+pub fn run(opts: &RunOptions) -> RunReport {
+    let rt = madsim::runtime::Runtime::with_seed_and_config(opts.seed, madsim::Config::default());
+    let opts = opts.clone();
+    rt.block_on(simulate(opts))
+}
+
+async fn simulate(opts: RunOptions) -> RunReport {
+    let seed = opts.seed;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let nodes = if rng.gen_bool(0.5) { 3 } else { 5 };
+    let swarm = Swarm::choose(&mut rng);
+    let request_timeout = Duration::from_millis(rng.gen_range(1000..5000));
+    let fault_phase = Duration::from_secs(rng.gen_range(4..12));
+    let workload = WorkloadOptions {
+        clients: rng.gen_range(2..=6),
+        keys: rng.gen_range(1..=4),
+        think_max: Duration::from_millis(rng.gen_range(1..60)),
+        reply_timeout: request_timeout + Duration::from_secs(1),
+    };
+    let cluster = SimCluster::start_with(ClusterOptions {
+        nodes,
+        seed,
+        planted: opts.planted,
+        request_timeout,
+        append_entries_max: *[1, 2, 4, 16, 512].choose(&mut rng).expect("not empty"),
+        inflight_appends_max: *[1, 4, 64].choose(&mut rng).expect("not empty"),
+    });
+
+    let start = Instant::now();
+    let heal_at = start + fault_phase;
+    let recorder = Recorder::new(start);
+    let mut clients = Vec::new();
+    for id in 0..workload.clients {
+        let mut task = ClientTask::new(
+            id,
+            cluster.ids(),
+            workload.clone(),
+            rng.gen(),
+            recorder.clone(),
+        );
+        clients.push(cluster.client.spawn(async move {
+            task.run_until(heal_at + AFTER_HEAL).await;
+            task.complete_one_by(heal_at + LIVENESS_WITHIN).await
+        }));
+    }
+
+    let mut nemesis = Nemesis::new(&cluster, swarm.clone(), StdRng::seed_from_u64(rng.gen()), start);
+    nemesis.run_until(heal_at).await;
+    nemesis.heal();
+    let schedule = std::mem::take(&mut nemesis.schedule);
+
+    for (id, c) in clients.into_iter().enumerate() {
+        match c.await {
+            Ok(true) => {}
+            Ok(false) => cluster.invariants.report(format!(
+                "liveness: client {id} completed no operation within {}s of the heal",
+                LIVENESS_WITHIN.as_secs()
+            )),
+            Err(e) => cluster.invariants.report(format!("client {id} task failed: {e}")),
+        }
+    }
+    converge(&cluster).await;
+
+    let history = recorder.history();
+    cluster.invariants.fold(&history);
+    let check = check::check(&history, &opts.check);
+    RunReport {
+        seed,
+        nodes,
+        clients: workload.clients,
+        keys: workload.keys,
+        swarm,
+        fault_phase,
+        schedule,
+        history,
+        violations: cluster.invariants.violations(),
+        check,
+        trace_hash: cluster.invariants.trace_hash(),
+        message_faults: cluster.faults.counts(),
+    }
+}
+
+/// Waits until every node has applied the same index with the same key space.
+async fn converge(cluster: &SimCluster) {
+    let deadline = Instant::now() + CONVERGENCE_WITHIN;
+    loop {
+        let applied: Vec<_> = cluster.storages.values().map(|s| s.applied()).collect();
+        let same_index = applied.windows(2).all(|w| w[0] == w[1]);
+        if same_index {
+            let states: Vec<_> = cluster.storages.values().map(|s| s.snapshot_kv()).collect();
+            if states.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            cluster.invariants.report(format!(
+                "divergence: every node applied index {} but their key spaces differ",
+                applied[0]
+            ));
+            return;
+        }
+        if Instant::now() >= deadline {
+            let by_node: Vec<String> = cluster
+                .storages
+                .iter()
+                .map(|(id, s)| format!("node {id}: {}", s.applied()))
+                .collect();
+            cluster.invariants.report(format!(
+                "convergence: nodes did not reach the same applied index within {}s of the heal: {}",
+                CONVERGENCE_WITHIN.as_secs(),
+                by_node.join(", ")
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

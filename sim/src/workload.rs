@@ -1,0 +1,211 @@
+//! Concurrent clients that issue GET, SET, DEL, INCR and APPEND over a small key set through the
+//! RESP front end of random nodes, and record every operation with its invocation and
+//! completion in simulated time. A timeout, a lost connection or an error that leaves the
+//! outcome open is recorded as indeterminate, never as a failure.
+
+use crate::client::{Client, ClientError, Value};
+use crate::cluster::redis_addr;
+use crate::history::{Op, Operation, Ret};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use raft_kv_core::NodeId;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct WorkloadOptions {
+    pub clients: usize,
+    pub keys: usize,
+    /// Pause between a client's operations, drawn from [0, think_max).
+    pub think_max: Duration,
+    /// How long a client waits for one reply before it gives up (indeterminate).
+    pub reply_timeout: Duration,
+}
+
+/// The shared record of every operation.
+pub struct Recorder {
+    start: Instant,
+    ops: Mutex<Vec<Operation>>,
+}
+
+impl Recorder {
+    pub fn new(start: Instant) -> Arc<Recorder> {
+        Arc::new(Recorder { start, ops: Mutex::new(Vec::new()) })
+    }
+
+    pub fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn record(&self, mut op: Operation) {
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        op.id = ops.len();
+        ops.push(op);
+    }
+
+    pub fn history(&self) -> Vec<Operation> {
+        self.ops.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// How a reply (or its absence) is classified.
+enum Outcome {
+    Done(Ret),
+    /// Certainly not applied (e.g. refused before it reached the log): left out of the history.
+    NotApplied,
+    /// May or may not have taken effect.
+    Unknown,
+}
+
+fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
+    let v = match reply {
+        Ok(v) => v,
+        Err(_) => return Outcome::Unknown,
+    };
+    if let Value::Err(e) = v {
+        // Only these errors promise that nothing was applied (see runtime/src/node.rs).
+        if e.starts_with("TRYAGAIN") || e.starts_with("BUSY") {
+            return Outcome::NotApplied;
+        }
+        if *op == Op::Incr && e.starts_with("ERR value is not an integer") {
+            return Outcome::Done(Ret::Incr(Err(())));
+        }
+        return match op {
+            // A failed read changed nothing.
+            Op::Get => Outcome::NotApplied,
+            _ => Outcome::Unknown,
+        };
+    }
+    let ret = match (op, v) {
+        (Op::Get, Value::Bulk(b)) => Ret::Get(Some(String::from_utf8_lossy(b).into_owned())),
+        (Op::Get, Value::Nil) => Ret::Get(None),
+        (Op::Set(_), Value::Ok(s)) if s == "OK" => Ret::Set,
+        (Op::Del, Value::Int(n)) => Ret::Del(*n),
+        (Op::Incr, Value::Int(n)) => Ret::Incr(Ok(*n)),
+        (Op::Append(_), Value::Int(n)) => Ret::Append(*n),
+        // A reply of the wrong shape is recorded as is would be a lie; leave it open so the
+        // checker decides whether any outcome explains the rest.
+        _ => return Outcome::Unknown,
+    };
+    Outcome::Done(ret)
+}
+
+fn args(op: &Op, key: &str) -> Vec<Vec<u8>> {
+    let k = key.as_bytes().to_vec();
+    match op {
+        Op::Get => vec![b"GET".to_vec(), k],
+        Op::Set(v) => vec![b"SET".to_vec(), k, v.as_bytes().to_vec()],
+        Op::Del => vec![b"DEL".to_vec(), k],
+        Op::Incr => vec![b"INCR".to_vec(), k],
+        Op::Append(v) => vec![b"APPEND".to_vec(), k, v.as_bytes().to_vec()],
+    }
+}
+
+pub struct ClientTask {
+    pub id: usize,
+    pub nodes: Vec<NodeId>,
+    pub opts: WorkloadOptions,
+    pub rng: StdRng,
+    pub recorder: Arc<Recorder>,
+    conn: Option<(NodeId, Client)>,
+    seq: u64,
+}
+
+impl ClientTask {
+    pub fn new(
+        id: usize,
+        nodes: Vec<NodeId>,
+        opts: WorkloadOptions,
+        seed: u64,
+        recorder: Arc<Recorder>,
+    ) -> ClientTask {
+        let rng = StdRng::seed_from_u64(seed);
+        ClientTask { id, nodes, opts, rng, recorder, conn: None, seq: 0 }
+    }
+
+    fn random_op(&mut self) -> Op {
+        self.seq += 1;
+        let tag = format!("{}.{}", self.id, self.seq);
+        match self.rng.gen_range(0..100) {
+            0..=39 => Op::Get,
+            40..=64 => Op::Set(tag),
+            65..=74 => Op::Del,
+            75..=89 => Op::Incr,
+            _ => Op::Append(format!("{tag},")),
+        }
+    }
+
+    /// Issues one random operation; true if it completed with a determinate result.
+    pub async fn step(&mut self) -> bool {
+        let op = self.random_op();
+        let key = format!("k{}", self.rng.gen_range(0..self.opts.keys.max(1)));
+        self.issue(op, key).await
+    }
+
+    async fn issue(&mut self, op: Op, key: String) -> bool {
+        if self.conn.is_none() {
+            let node = self.nodes[self.rng.gen_range(0..self.nodes.len())];
+            match Client::connect(redis_addr(node), self.opts.reply_timeout).await {
+                Ok(c) => self.conn = Some((node, c)),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return false;
+                }
+            }
+        }
+        let Some((node, conn)) = self.conn.as_mut() else { return false };
+        let node = *node;
+        let argv = args(&op, &key);
+        let refs: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+        let call = self.recorder.now();
+        let reply = conn.call(&refs).await;
+        let complete = self.recorder.now();
+        if reply.is_err() {
+            // The connection's state is unknown: a late reply must not answer the next request.
+            self.conn = None;
+        } else if matches!(&reply, Ok(Value::Err(e)) if e.starts_with("CLUSTERDOWN")) {
+            // This node cannot reach a quorum; try another.
+            self.conn = None;
+        }
+        let (ret, complete) = match classify(&op, &reply) {
+            Outcome::Done(ret) => (ret, Some(complete)),
+            Outcome::Unknown => (Ret::Unknown, None),
+            Outcome::NotApplied => return false,
+        };
+        let determinate = complete.is_some();
+        self.recorder.record(Operation {
+            id: 0,
+            client: self.id,
+            node: node.0,
+            key,
+            op,
+            ret,
+            call,
+            complete,
+        });
+        determinate
+    }
+
+    /// Random operations until simulated time `until`.
+    pub async fn run_until(&mut self, until: Instant) {
+        while Instant::now() < until {
+            self.step().await;
+            let think = self.opts.think_max.as_micros().max(1) as u64;
+            let pause = Duration::from_micros(self.rng.gen_range(0..think));
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Liveness: random operations until one completes with a determinate result, by
+    /// `deadline`. True if one did.
+    pub async fn complete_one_by(&mut self, deadline: Instant) -> bool {
+        while Instant::now() < deadline {
+            if self.step().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
