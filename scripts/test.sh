@@ -30,6 +30,6 @@ fi
 export RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$target/sim"
 status=0
 MADSIM_TEST_NUM=$basics cargo test -p raft-kv-sim --no-fail-fast --test cluster_basics || status=1
-SIM_SEEDS=${SIM_SEEDS:-6000} cargo test -p raft-kv-sim --no-fail-fast --test chaos \
+SIM_SEEDS=${SIM_SEEDS:-15000} cargo test -p raft-kv-sim --no-fail-fast --test chaos \
   -- --test-threads 1 --nocapture || status=1
 exit $status

@@ -81,6 +81,29 @@ impl Client {
         .map_err(|_| ClientError::Timeout)?
     }
 
+    /// Sends several commands in one write, as a pipelining client does; read each reply, in
+    /// order, with `read`.
+    pub async fn send(&mut self, cmds: &[Vec<Vec<u8>>]) -> Result<(), ClientError> {
+        let mut req = Vec::new();
+        for c in cmds {
+            let args: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
+            req.extend_from_slice(&encode_command(&args));
+        }
+        tokio::time::timeout(self.timeout, async {
+            self.stream.write_all(&req).await?;
+            self.stream.flush().await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout)??;
+        Ok(())
+    }
+
+    /// Reads the next reply.
+    pub async fn read(&mut self) -> Result<Value, ClientError> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.read_reply()).await.map_err(|_| ClientError::Timeout)?
+    }
+
     async fn read_reply(&mut self) -> Result<Value, ClientError> {
         loop {
             if let Some((frame, _, _)) =

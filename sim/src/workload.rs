@@ -21,17 +21,22 @@ pub struct WorkloadOptions {
     pub think_max: Duration,
     /// How long a client waits for one reply before it gives up (indeterminate).
     pub reply_timeout: Duration,
+    /// Probability that a step sends a pipeline of 2-3 commands in one write. Operations of
+    /// one pipeline share their invocation time, so the checker treats them as concurrent.
+    pub pipeline: f64,
 }
 
 /// The shared record of every operation.
 pub struct Recorder {
     start: Instant,
     ops: Mutex<Vec<Operation>>,
+    /// Replies no correct server could give (wrong type for the command).
+    invalid: Mutex<Vec<String>>,
 }
 
 impl Recorder {
     pub fn new(start: Instant) -> Arc<Recorder> {
-        Arc::new(Recorder { start, ops: Mutex::new(Vec::new()) })
+        Arc::new(Recorder { start, ops: Mutex::new(Vec::new()), invalid: Mutex::new(Vec::new()) })
     }
 
     pub fn now(&self) -> u64 {
@@ -47,6 +52,10 @@ impl Recorder {
     pub fn history(&self) -> Vec<Operation> {
         self.ops.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    pub fn invalid_replies(&self) -> Vec<String> {
+        self.invalid.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// How a reply (or its absence) is classified.
@@ -56,6 +65,8 @@ enum Outcome {
     NotApplied,
     /// May or may not have taken effect.
     Unknown,
+    /// A reply no correct server gives to this command (e.g. replies out of order).
+    Invalid(String),
 }
 
 fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
@@ -84,9 +95,7 @@ fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
         (Op::Del, Value::Int(n)) => Ret::Del(*n),
         (Op::Incr, Value::Int(n)) => Ret::Incr(Ok(*n)),
         (Op::Append(_), Value::Int(n)) => Ret::Append(*n),
-        // A reply of the wrong shape is recorded as is would be a lie; leave it open so the
-        // checker decides whether any outcome explains the rest.
-        _ => return Outcome::Unknown,
+        (op, v) => return Outcome::Invalid(format!("{op} was answered {v:?}")),
     };
     Outcome::Done(ret)
 }
@@ -136,14 +145,22 @@ impl ClientTask {
         }
     }
 
-    /// Issues one random operation; true if it completed with a determinate result.
+    /// Issues one random operation, or now and then a pipeline of several; true if one
+    /// completed with a determinate result.
     pub async fn step(&mut self) -> bool {
-        let op = self.random_op();
-        let key = format!("k{}", self.rng.gen_range(0..self.opts.keys.max(1)));
-        self.issue(op, key).await
+        let n = if self.rng.gen_bool(self.opts.pipeline) { self.rng.gen_range(2..=3) } else { 1 };
+        let ops = (0..n)
+            .map(|_| {
+                let op = self.random_op();
+                (op, format!("k{}", self.rng.gen_range(0..self.opts.keys.max(1))))
+            })
+            .collect();
+        self.issue_all(ops).await
     }
 
-    async fn issue(&mut self, op: Op, key: String) -> bool {
+    /// Sends `ops` in one pipeline on the current connection (opening one first if needed)
+    /// and records each with its own completion. True if any completed determinately.
+    async fn issue_all(&mut self, ops: Vec<(Op, String)>) -> bool {
         if self.conn.is_none() {
             let node = self.nodes[self.rng.gen_range(0..self.nodes.len())];
             match Client::connect(redis_addr(node), self.opts.reply_timeout).await {
@@ -156,35 +173,50 @@ impl ClientTask {
         }
         let Some((node, conn)) = self.conn.as_mut() else { return false };
         let node = *node;
-        let argv = args(&op, &key);
-        let refs: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+        let cmds: Vec<Vec<Vec<u8>>> = ops.iter().map(|(op, key)| args(op, key)).collect();
         let call = self.recorder.now();
-        let reply = conn.call(&refs).await;
-        let complete = self.recorder.now();
-        if reply.is_err() {
-            // The connection's state is unknown: a late reply must not answer the next request.
-            self.conn = None;
-        } else if matches!(&reply, Ok(Value::Err(e)) if e.starts_with("CLUSTERDOWN")) {
-            // This node cannot reach a quorum; try another.
+        let sent = conn.send(&cmds).await;
+        let mut broken = sent.is_err();
+        let mut any_determinate = false;
+        for (op, key) in ops {
+            let reply = if broken { Err(ClientError::Closed) } else { conn.read().await };
+            let complete = self.recorder.now();
+            if reply.is_err() {
+                // The connection's state is unknown: a late reply must not answer a later
+                // request, and the rest of the pipeline is unanswered.
+                broken = true;
+            }
+            let (ret, complete) = match classify(&op, &reply) {
+                Outcome::Done(ret) => (ret, Some(complete)),
+                Outcome::Unknown => (Ret::Unknown, None),
+                Outcome::NotApplied => continue,
+                Outcome::Invalid(what) => {
+                    let what = format!("client {} on node {node}: {what}", self.id);
+                    self.recorder.invalid.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+                    broken = true;
+                    (Ret::Unknown, None)
+                }
+            };
+            any_determinate |= complete.is_some();
+            self.recorder.record(Operation {
+                id: 0,
+                client: self.id,
+                node: node.0,
+                key,
+                op,
+                ret,
+                call,
+                complete,
+            });
+            if matches!(&reply, Ok(Value::Err(e)) if e.starts_with("CLUSTERDOWN")) {
+                // This node cannot reach a quorum; the next operation tries another.
+                broken = true;
+            }
+        }
+        if broken {
             self.conn = None;
         }
-        let (ret, complete) = match classify(&op, &reply) {
-            Outcome::Done(ret) => (ret, Some(complete)),
-            Outcome::Unknown => (Ret::Unknown, None),
-            Outcome::NotApplied => return false,
-        };
-        let determinate = complete.is_some();
-        self.recorder.record(Operation {
-            id: 0,
-            client: self.id,
-            node: node.0,
-            key,
-            op,
-            ret,
-            call,
-            complete,
-        });
-        determinate
+        any_determinate
     }
 
     /// Random operations until simulated time `until`.

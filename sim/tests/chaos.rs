@@ -25,6 +25,15 @@ fn env_u64(name: &str) -> Option<u64> {
     }
 }
 
+/// The run options of `seed`; `SIM_CHECK_STEPS` raises the checker's budget per key.
+fn options(seed: u64, planted: Option<PlantedBug>) -> RunOptions {
+    let mut o = RunOptions { planted, ..RunOptions::new(seed) };
+    if let Some(steps) = env_u64("SIM_CHECK_STEPS") {
+        o.check.steps_per_key_max = steps;
+    }
+    o
+}
+
 fn failure_dir() -> PathBuf {
     std::env::var_os("SIM_FAILURE_DIR").map(PathBuf::from).unwrap_or_else(|| {
         let sim = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -86,24 +95,58 @@ fn explain(r: &RunReport, label: &str) -> String {
     s
 }
 
+/// Totals over many runs.
+#[derive(Default)]
+struct Totals {
+    runs: u64,
+    ops: u64,
+    indeterminate: u64,
+    /// Seeds with a key the checker gave up on (its step budget ran out).
+    unknown: Vec<u64>,
+    /// The slowest convergence after the clients stopped, and its seed.
+    slowest_convergence: (f64, u64),
+}
+
 /// Runs `seeds` on every core; returns the failing reports.
 fn run_many(seeds: Vec<u64>, planted: Option<PlantedBug>, stop_at_first: bool) -> Vec<RunReport> {
+    run_many_with_totals(seeds, planted, stop_at_first).0
+}
+
+fn run_many_with_totals(
+    seeds: Vec<u64>,
+    planted: Option<PlantedBug>,
+    stop_at_first: bool,
+) -> (Vec<RunReport>, Totals) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(seeds.len().max(1));
     let next = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
+    let totals = Arc::new(Mutex::new(Totals::default()));
     let seeds = Arc::new(seeds);
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (next, stop, failures, seeds) =
-                (next.clone(), stop.clone(), failures.clone(), seeds.clone());
+            let (next, stop, failures, seeds, totals) =
+                (next.clone(), stop.clone(), failures.clone(), seeds.clone(), totals.clone());
             std::thread::spawn(move || loop {
                 if stop.load(Ordering::Relaxed) == 1 {
                     return;
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&seed) = seeds.get(i) else { return };
-                let r = run(&RunOptions { planted, ..RunOptions::new(seed) });
+                let r = run(&options(seed, planted));
+                {
+                    let mut t = totals.lock().unwrap();
+                    t.runs += 1;
+                    t.ops += r.history.len() as u64;
+                    t.indeterminate += r.indeterminate() as u64;
+                    if !r.check.unknown_keys.is_empty() {
+                        t.unknown.push(seed);
+                    }
+                    let converged = r.converged_after.map_or(f64::INFINITY, |d| d.as_secs_f64());
+                    if converged > t.slowest_convergence.0 {
+                        t.slowest_convergence = (converged, seed);
+                    }
+                }
                 if r.failed() {
                     if stop_at_first {
                         stop.store(1, Ordering::Relaxed);
@@ -118,13 +161,22 @@ fn run_many(seeds: Vec<u64>, planted: Option<PlantedBug>, stop_at_first: bool) -
     }
     let mut f = std::mem::take(&mut *failures.lock().unwrap());
     f.sort_by_key(|r| r.seed);
-    f
+    let mut t = std::mem::take(&mut *totals.lock().unwrap());
+    t.unknown.sort_unstable();
+    (f, t)
 }
 
 #[test]
 fn chaos_histories_are_linearizable_and_invariants_hold() {
     if let Some(seed) = env_u64("SIM_SEED") {
-        let r = run(&RunOptions::new(seed));
+        // RUST_LOG=info (or debug: every Raft message) shows the nodes' logs of the replay.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_ansi(false)
+                .try_init();
+        }
+        let r = run(&options(seed, None));
         println!("{}", r.summary());
         for line in &r.schedule {
             println!("  {line}");
@@ -141,13 +193,27 @@ fn chaos_histories_are_linearizable_and_invariants_hold() {
     });
     println!("chaos: {count} seeds from {base} (SIM_SEED_BASE={base} SIM_SEEDS={count} repeats this)");
     let started = Instant::now();
-    let failures = run_many((base..base + count).collect(), None, false);
+    let (failures, totals) = run_many_with_totals((base..base + count).collect(), None, false);
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "chaos: {count} seeds in {secs:.1}s ({:.0} seeds/minute), {} failed",
+        "chaos: {count} seeds in {secs:.1}s ({:.0} seeds/minute), {} failed; {} operations checked ({} indeterminate)",
         count as f64 * 60.0 / secs,
-        failures.len()
+        failures.len(),
+        totals.ops,
+        totals.indeterminate,
     );
+    println!(
+        "chaos: slowest convergence after the clients stopped: {:.1}s (seed {})",
+        totals.slowest_convergence.0, totals.slowest_convergence.1
+    );
+    if !totals.unknown.is_empty() {
+        // Not a failure: the search ran out of budget. Replay these with a larger budget.
+        println!(
+            "chaos: {} seed(s) had a key beyond the checker's step budget (unknown), e.g. {:?}",
+            totals.unknown.len(),
+            &totals.unknown[..totals.unknown.len().min(10)]
+        );
+    }
     if !failures.is_empty() {
         let text: Vec<String> = failures.iter().map(|r| explain(r, "")).collect();
         panic!("{} of {count} seeds failed:\n{}", failures.len(), text.join("\n"));
