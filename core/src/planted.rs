@@ -16,14 +16,18 @@ pub enum PlantedBug {
     /// Writes re-submitted after a leader change skip the session check (`kv::admit`), so a
     /// write that reached the old leader's log applies twice.
     RetryAppliedTwice,
+    /// A connection submits a pipelined read without waiting for the writes before it to
+    /// be answered, so the read can miss its own connection's write (a bug this project had).
+    PipelineReadsOvertakeWrites,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 4] = [
+    pub const ALL: [PlantedBug; 5] = [
         PlantedBug::VoteWithoutLogCheck,
         PlantedBug::FollowerLocalReads,
         PlantedBug::AckBeforeSync,
         PlantedBug::RetryAppliedTwice,
+        PlantedBug::PipelineReadsOvertakeWrites,
     ];
 }
 

@@ -23,6 +23,8 @@ pub struct ClientConfig {
     pub clients_max: usize,
     /// Requests of one connection whose replies are not yet written.
     pub pipeline_depth_max: usize,
+    /// A deliberate bug for the simulation; ignored outside simulation builds.
+    pub planted: Option<raft_kv_core::PlantedBug>,
 }
 
 impl Default for ClientConfig {
@@ -31,6 +33,7 @@ impl Default for ClientConfig {
             limits: RequestLimits::default(),
             clients_max: 10_000,
             pipeline_depth_max: 1024,
+            planted: None,
         }
     }
 }
@@ -102,7 +105,11 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
                         Request::Read(_) => Some(Phase::Reads),
                         _ => None,
                     };
-                    if next_phase.is_some() && phase.is_some() && next_phase != phase {
+                    let overtake = raft_kv_core::planted::active(
+                        cfg.planted,
+                        raft_kv_core::PlantedBug::PipelineReadsOvertakeWrites,
+                    ) && next_phase == Some(Phase::Reads);
+                    if next_phase.is_some() && phase.is_some() && next_phase != phase && !overtake {
                         // Wait until every earlier request of the connection is answered.
                         if answered.wait_for(|n| *n >= submitted).await.is_err() {
                             break 'conn;

@@ -10,8 +10,7 @@ use crate::transport::PeerSender;
 use bytes::Bytes;
 use raft_kv_core::kv::{self, KvRead, Mutation, Value};
 use raft_kv_core::{
-    planted, Input, LogIndex, Message, NodeId, PlantedBug, RaftNode, Ready, Rejection, Role,
-    Status,
+    planted, Input, LogIndex, Message, NodeId, PlantedBug, RaftNode, Ready, Rejection, Role, Status,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -281,7 +280,9 @@ impl<S: Storage> NodeTask<S> {
                 if planted::active(planted, PlantedBug::FollowerLocalReads)
                     && self.raft.status().role == Role::Follower
                 {
-                    let reply = self.execute_read(&cmd).unwrap_or_else(|e| Reply::error(format!("ERR {e}")));
+                    let reply = self
+                        .execute_read(&cmd)
+                        .unwrap_or_else(|e| Reply::error(format!("ERR {e}")));
                     let _ = c.reply.send(reply);
                     return;
                 }

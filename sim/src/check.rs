@@ -788,6 +788,8 @@ struct Search<'a> {
     /// same request: identical indeterminate operations are interchangeable once both are
     /// called, so they are only applied in call order.
     twin_before: Vec<Option<usize>>,
+    /// See `predecessors`.
+    predecessor: Vec<Option<usize>>,
     /// Operations with a known output not yet linearized; the search succeeds at zero (the
     /// indeterminate ones left can all be linearized last, i.e. as never having happened).
     pending: usize,
@@ -816,6 +818,7 @@ impl<'a> Search<'a> {
             states: States::new(),
             transitions: WordMap::default(),
             twin_before: twins(ops),
+            predecessor: predecessors(ops),
             pending: ops.iter().filter(|op| op.ret != Ret::Unknown).count(),
         }
     }
@@ -887,6 +890,7 @@ impl<'a> Search<'a> {
             }
         }
         self.twin_before[op].is_none_or(|twin| self.linearized.contains(twin))
+            && self.predecessor[op].is_none_or(|p| self.linearized.contains(p))
     }
 
     /// Linearizes `op` next if the model accepts its output and the resulting configuration is
@@ -937,6 +941,21 @@ impl<'a> Search<'a> {
 }
 
 /// For each indeterminate operation, the previous one in call order with the same request.
+/// For each operation, the position of the operation its connection sent just before it in
+/// the same pipeline (`Operation::after`), when both are in `ops` and completed: it must be
+/// linearized first. Only determinate operations are constrained, so the reductions of
+/// `Search::run` (which move or drop indeterminate ones) stay sound.
+fn predecessors(ops: &[&Operation]) -> Vec<Option<usize>> {
+    let position: HashMap<usize, usize> =
+        ops.iter().enumerate().map(|(i, op)| (op.id, i)).collect();
+    ops.iter()
+        .map(|op| {
+            let p = *position.get(&op.after?)?;
+            (op.ret != Ret::Unknown && ops[p].ret != Ret::Unknown).then_some(p)
+        })
+        .collect()
+}
+
 fn twins(ops: &[&Operation]) -> Vec<Option<usize>> {
     let mut order: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].ret == Ret::Unknown).collect();
     order.sort_by_key(|&i| (ops[i].call, i));
@@ -968,6 +987,7 @@ mod tests {
                 ret,
                 call,
                 complete,
+                after: None,
             })
             .collect()
     }
@@ -1048,6 +1068,36 @@ mod tests {
             ],
             NOT,
         );
+    }
+
+    #[test]
+    fn a_pipelined_read_must_follow_the_write_before_it_on_its_connection() {
+        // One write carrying SET b then GET: the intervals overlap, but Redis runs a
+        // connection's commands in order, so the GET cannot see the value before the SET.
+        let rows = vec![
+            (0, "k", set("a"), Ret::Set, 0, Some(1)),
+            (1, "k", set("b"), Ret::Set, 2, Some(5)),
+            (1, "k", Op::Get, got("a"), 2, Some(6)),
+        ];
+        let unordered = history(rows.clone());
+        assert_eq!(verdict(&unordered), LIN, "without program order the GET may go first");
+        let mut ordered = history(rows);
+        ordered[2].after = Some(ordered[1].id);
+        assert_eq!(verdict(&ordered), NOT);
+        // The GET seeing its own SET is fine.
+        ordered[2].ret = got("b");
+        assert_eq!(verdict(&ordered), LIN);
+    }
+
+    #[test]
+    fn program_order_is_ignored_for_indeterminate_operations() {
+        let mut ops = history(vec![
+            (0, "k", set("a"), Ret::Set, 0, Some(1)),
+            (1, "k", set("b"), Ret::Unknown, 2, None),
+            (1, "k", Op::Get, got("a"), 2, Some(6)),
+        ]);
+        ops[2].after = Some(ops[1].id);
+        assert_eq!(verdict(&ops), LIN);
     }
 
     #[test]
@@ -1557,6 +1607,7 @@ mod tests {
                 ret: Ret::Unknown,
                 call,
                 complete,
+                after: None,
             });
         }
         effects.sort_unstable();
@@ -1744,6 +1795,7 @@ mod tests {
                 ret: Ret::Unknown,
                 call,
                 complete: Some(complete),
+                after: None,
             });
         }
         // A correct execution: each operation takes effect at some point of its interval.

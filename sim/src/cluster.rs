@@ -151,8 +151,10 @@ impl SimCluster {
                     raft.planted = opts.planted;
                     raft.append_entries_max = opts.append_entries_max;
                     raft.inflight_appends_max = opts.inflight_appends_max;
-                    let mut node_opts = NodeOptions::new(raft, addrs.clone(), addrs[&id], redis_addr(id));
+                    let mut node_opts =
+                        NodeOptions::new(raft, addrs.clone(), addrs[&id], redis_addr(id));
                     node_opts.tuning.request_timeout = opts.request_timeout;
+                    node_opts.client.planted = opts.planted;
                     node_opts.transport.faults = Some(faults.clone());
                     let clock = clock.clone();
                     let on_status = invariants.clone();

@@ -4,10 +4,10 @@
 //! One instance serves all nodes; its RNG is seeded by the run, and madsim runs every task on
 //! one thread in a seed-determined order, so the faults are deterministic too.
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use raft_kv_core::{Message, NodeId};
 use raft_kv_runtime::transport::{Fate, MessageFaults};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;

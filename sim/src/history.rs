@@ -47,6 +47,11 @@ pub struct Operation {
     pub call: u64,
     /// Completion; None exactly when `ret` is `Ret::Unknown` (it never returned).
     pub complete: Option<u64>,
+    /// The operation sent just before this one in the same pipeline (one write, one
+    /// connection): Redis executes a connection's commands in order, so this one must take
+    /// effect after that one, although their intervals overlap. Set only between operations
+    /// that both completed.
+    pub after: Option<usize>,
 }
 
 impl fmt::Display for Op {

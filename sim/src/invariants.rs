@@ -207,7 +207,8 @@ impl Storage for CheckedStorage {
                 Some(e) => {
                     st.check_entry(self.node, &e, "applied");
                     let by = st.max_term;
-                    if let std::collections::btree_map::Entry::Vacant(v) = st.committed.entry(index) {
+                    if let std::collections::btree_map::Entry::Vacant(v) = st.committed.entry(index)
+                    {
                         v.insert((e.term, digest(&e.data)));
                         st.committed_by.insert(index, by);
                     }

@@ -4,10 +4,10 @@
 
 use crate::cluster::SimCluster;
 use crate::faults::MessageChaos;
+use raft_kv_core::NodeId;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
-use raft_kv_core::NodeId;
 use std::fmt;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -217,8 +217,7 @@ impl<'a> Nemesis<'a> {
                     let survivors = self.rng.gen_range(0..=unsynced);
                     self.cluster.crash(leader, survivors);
                     self.log(format!("churn: crash leader {leader} of term {term}"));
-                    let back = Instant::now()
-                        + Duration::from_millis(self.rng.gen_range(20..400));
+                    let back = Instant::now() + Duration::from_millis(self.rng.gen_range(20..400));
                     self.active.push((back, Active::Down(leader)));
                     self.churn_target = None;
                 }
@@ -320,7 +319,9 @@ impl<'a> Nemesis<'a> {
                     let unsynced = c.storages[&id].unsynced_writes();
                     let survivors = self.rng.gen_range(0..=unsynced);
                     let lost = c.crash(id, survivors);
-                    self.log(format!("crash node {id} (lost {lost} of {unsynced} unsynced writes)"));
+                    self.log(format!(
+                        "crash node {id} (lost {lost} of {unsynced} unsynced writes)"
+                    ));
                 } else {
                     c.kill(id);
                     self.log(format!("kill node {id}"));
@@ -383,7 +384,10 @@ impl<'a> Nemesis<'a> {
         let offset = Duration::from_micros(self.rng.gen_range(0..200_000));
         self.cluster.clocks[&id].set_rate(rate);
         self.cluster.clocks[&id].shift(offset);
-        self.log(format!("clock of node {id}: rate {rate:.2}x, next tick +{}ms", offset.as_millis()));
+        self.log(format!(
+            "clock of node {id}: rate {rate:.2}x, next tick +{}ms",
+            offset.as_millis()
+        ));
     }
 
     /// Random halves, the likely leader alone, or islands of at most a minority each.

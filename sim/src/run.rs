@@ -11,10 +11,10 @@ use crate::cluster::{ClusterOptions, SimCluster};
 use crate::history::{Operation, Ret};
 use crate::nemesis::{Nemesis, Swarm};
 use crate::workload::{ClientTask, Recorder, WorkloadOptions};
+use raft_kv_core::PlantedBug;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use raft_kv_core::PlantedBug;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -84,8 +84,9 @@ impl RunReport {
         } else {
             "ok".to_string()
         };
-        let converged =
-            self.converged_after.map_or("never".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
+        let converged = self
+            .converged_after
+            .map_or("never".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
         format!(
             "seed {}: {} nodes, {} clients, {} keys, {} ops ({} indeterminate), {}s of faults: {}; converged after {converged}; {}",
             self.seed,
@@ -136,20 +137,16 @@ async fn simulate(opts: RunOptions) -> RunReport {
     let recorder = Recorder::new(start);
     let mut clients = Vec::new();
     for id in 0..workload.clients {
-        let mut task = ClientTask::new(
-            id,
-            cluster.ids(),
-            workload.clone(),
-            rng.gen(),
-            recorder.clone(),
-        );
+        let mut task =
+            ClientTask::new(id, cluster.ids(), workload.clone(), rng.gen(), recorder.clone());
         clients.push(cluster.client.spawn(async move {
             task.run_until(heal_at + AFTER_HEAL).await;
             task.complete_one_by(heal_at + LIVENESS_WITHIN).await
         }));
     }
 
-    let mut nemesis = Nemesis::new(&cluster, swarm.clone(), StdRng::seed_from_u64(rng.gen()), start);
+    let mut nemesis =
+        Nemesis::new(&cluster, swarm.clone(), StdRng::seed_from_u64(rng.gen()), start);
     nemesis.run_until(heal_at).await;
     nemesis.heal();
     let schedule = std::mem::take(&mut nemesis.schedule);

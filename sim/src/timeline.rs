@@ -327,6 +327,7 @@ mod tests {
             ret,
             call: call_ms * 1_000_000,
             complete: complete_ms.map(|ms| ms * 1_000_000),
+            after: None,
         }
     }
 

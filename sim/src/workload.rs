@@ -6,9 +6,9 @@
 use crate::client::{Client, ClientError, Value};
 use crate::cluster::redis_addr;
 use crate::history::{Op, Operation, Ret};
+use raft_kv_core::NodeId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use raft_kv_core::NodeId;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -22,7 +22,8 @@ pub struct WorkloadOptions {
     /// How long a client waits for one reply before it gives up (indeterminate).
     pub reply_timeout: Duration,
     /// Probability that a step sends a pipeline of 2-3 commands in one write. Operations of
-    /// one pipeline share their invocation time, so the checker treats them as concurrent.
+    /// one pipeline share their invocation time; `Operation::after` tells the checker their
+    /// order.
     pub pipeline: f64,
 }
 
@@ -43,10 +44,13 @@ impl Recorder {
         self.start.elapsed().as_nanos() as u64
     }
 
-    fn record(&self, mut op: Operation) {
+    /// Records `op` under the next id, which it returns.
+    fn record(&self, mut op: Operation) -> usize {
         let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
-        op.id = ops.len();
+        let id = ops.len();
+        op.id = id;
         ops.push(op);
+        id
     }
 
     pub fn history(&self) -> Vec<Operation> {
@@ -178,6 +182,8 @@ impl ClientTask {
         let sent = conn.send(&cmds).await;
         let mut broken = sent.is_err();
         let mut any_determinate = false;
+        // The last operation of this pipeline that completed: the next must follow it.
+        let mut previous: Option<usize> = None;
         for (op, key) in ops {
             let reply = if broken { Err(ClientError::Closed) } else { conn.read().await };
             let complete = self.recorder.now();
@@ -197,8 +203,9 @@ impl ClientTask {
                     (Ret::Unknown, None)
                 }
             };
-            any_determinate |= complete.is_some();
-            self.recorder.record(Operation {
+            let determinate = complete.is_some();
+            any_determinate |= determinate;
+            let id = self.recorder.record(Operation {
                 id: 0,
                 client: self.id,
                 node: node.0,
@@ -207,7 +214,11 @@ impl ClientTask {
                 ret,
                 call,
                 complete,
+                after: if determinate { previous } else { None },
             });
+            if determinate {
+                previous = Some(id);
+            }
             if matches!(&reply, Ok(Value::Err(e)) if e.starts_with("CLUSTERDOWN")) {
                 // This node cannot reach a quorum; the next operation tries another.
                 broken = true;

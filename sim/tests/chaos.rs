@@ -53,8 +53,12 @@ fn write_artifacts(r: &RunReport, label: &str) -> PathBuf {
     for s in &r.schedule {
         text.push_str(&format!("  {s}\n"));
     }
-    let highlight: Vec<usize> =
-        r.check.failure.as_ref().map(|f| f.history.iter().map(|o| o.id).collect()).unwrap_or_default();
+    let highlight: Vec<usize> = r
+        .check
+        .failure
+        .as_ref()
+        .map(|f| f.history.iter().map(|o| o.id).collect())
+        .unwrap_or_default();
     if let Some(f) = &r.check.failure {
         text.push_str(&format!("\nminimal failing history of key {}:\n", f.key));
         text.push_str(&timeline::render_text(&f.history));
@@ -62,11 +66,17 @@ fn write_artifacts(r: &RunReport, label: &str) -> PathBuf {
     let _ = std::fs::write(dir.join("report.txt"), text);
     let _ = std::fs::write(dir.join("history.txt"), timeline::render_text(&r.history));
     let title = format!("raft-kv simulation seed {}: {}", r.seed, r.summary());
-    let _ = std::fs::write(dir.join("history.html"), timeline::render_html(&title, &r.history, &highlight));
+    let _ = std::fs::write(
+        dir.join("history.html"),
+        timeline::render_html(&title, &r.history, &highlight),
+    );
     if let Some(f) = &r.check.failure {
         let title = format!("seed {}: minimal failing history of key {}", r.seed, f.key);
         let ids: Vec<usize> = f.history.iter().map(|o| o.id).collect();
-        let _ = std::fs::write(dir.join("minimal.html"), timeline::render_html(&title, &f.history, &ids));
+        let _ = std::fs::write(
+            dir.join("minimal.html"),
+            timeline::render_html(&title, &f.history, &ids),
+        );
     }
     dir
 }
@@ -117,7 +127,8 @@ fn run_many_with_totals(
     planted: Option<PlantedBug>,
     stop_at_first: bool,
 ) -> (Vec<RunReport>, Totals) {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(seeds.len().max(1));
+    let threads =
+        std::thread::available_parallelism().map_or(2, |n| n.get()).min(seeds.len().max(1));
     let next = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
@@ -191,7 +202,9 @@ fn chaos_histories_are_linearizable_and_invariants_hold() {
             .map_or(0, |d| d.as_nanos() as u64);
         nanos % 1_000_000_000 * 1000
     });
-    println!("chaos: {count} seeds from {base} (SIM_SEED_BASE={base} SIM_SEEDS={count} repeats this)");
+    println!(
+        "chaos: {count} seeds from {base} (SIM_SEED_BASE={base} SIM_SEEDS={count} repeats this)"
+    );
     let started = Instant::now();
     let (failures, totals) = run_many_with_totals((base..base + count).collect(), None, false);
     let secs = started.elapsed().as_secs_f64();
@@ -240,7 +253,9 @@ fn assert_caught(bug: PlantedBug) {
     let started = Instant::now();
     let failures = run_many((base..base + max).collect(), Some(bug), true);
     let Some(first) = failures.first() else {
-        panic!("planted bug {bug:?} survived {max} seeds from {base}: the simulation cannot see it");
+        panic!(
+            "planted bug {bug:?} survived {max} seeds from {base}: the simulation cannot see it"
+        );
     };
     let label = format!("planted-{bug:?}-");
     let _ = write_artifacts(first, &label);
@@ -267,8 +282,12 @@ fn planted_ack_before_sync_is_caught() {
     assert_caught(PlantedBug::AckBeforeSync);
 }
 
-
 #[test]
 fn planted_retry_applied_twice_is_caught() {
     assert_caught(PlantedBug::RetryAppliedTwice);
+}
+
+#[test]
+fn planted_pipeline_reads_overtaking_writes_are_caught() {
+    assert_caught(PlantedBug::PipelineReadsOvertakeWrites);
 }
