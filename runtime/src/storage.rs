@@ -47,6 +47,38 @@ pub trait Storage: Send + 'static {
     fn key_count(&self) -> Result<u64, StorageError>;
 }
 
+/// Checks what a storage loaded before the node trusts it: the log is contiguous from index 1
+/// with terms that never decrease, the applied index is within it, and no entry has a term
+/// above the stored current term. Every `Storage` runs this on load.
+pub fn validate(restored: &RestoredState) -> Result<(), StorageError> {
+    let entries = &restored.entries;
+    for (i, e) in entries.iter().enumerate() {
+        let expected = LogIndex(i as u64 + 1);
+        if e.index != expected {
+            return Err(StorageError::Corrupt(format!(
+                "log is not contiguous: expected entry {expected}, found {}",
+                e.index
+            )));
+        }
+        if i > 0 && entries[i - 1].term > e.term {
+            return Err(StorageError::Corrupt(format!("log terms decrease at entry {}", e.index)));
+        }
+    }
+    if restored.applied.0 > entries.len() as u64 {
+        return Err(StorageError::Corrupt(format!(
+            "applied index {} is beyond the last log entry {}",
+            restored.applied,
+            entries.len()
+        )));
+    }
+    if entries.last().is_some_and(|e| e.term > restored.hard_state.term) {
+        return Err(StorageError::Corrupt(
+            "the log has a term above the stored current term".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// In-memory storage that keeps what was written apart from what was synced, like a disk
 /// under a page cache: `persist` writes and syncs (everything written before it too, as one
 /// RocksDB WAL fsync does), `apply` only writes. `crash` then loses exactly the unsynced
@@ -187,11 +219,13 @@ impl MemStorage {
 impl Storage for MemStorage {
     fn load(&mut self) -> Result<RestoredState, StorageError> {
         let s = self.state();
-        Ok(RestoredState {
+        let restored = RestoredState {
             hard_state: s.written.hard_state,
             entries: s.written.entries.clone(),
             applied: s.written.applied,
-        })
+        };
+        validate(&restored)?;
+        Ok(restored)
     }
 
     fn persist(
@@ -199,8 +233,21 @@ impl Storage for MemStorage {
         hard_state: Option<HardState>,
         append: Option<(LogIndex, &[Entry])>,
     ) -> Result<(), StorageError> {
+        let mut s = self.state();
+        if let Some((from, entries)) = append {
+            // RocksDB keys entries by index; here they sit by position, so refuse what would
+            // misplace them (a gap, or entries out of order) instead of storing it.
+            let len = s.written.entries.len() as u64;
+            let in_order = entries.iter().enumerate().all(|(i, e)| e.index.0 == from.0 + i as u64);
+            if from.0 == 0 || from.0 > len + 1 || !in_order {
+                return Err(StorageError::Corrupt(format!(
+                    "append of {} entries at {from} to a log of {len} leaves a gap or is out of order",
+                    entries.len()
+                )));
+            }
+        }
         let append = append.map(|(from, e)| (from, e.to_vec()));
-        self.state().write(Write::Persist { hard_state, append }, true);
+        s.write(Write::Persist { hard_state, append }, true);
         Ok(())
     }
 
@@ -218,8 +265,14 @@ impl Storage for MemStorage {
     }
 
     fn next_incarnation(&mut self) -> Result<u64, StorageError> {
-        // Written and synced at once (RocksDB: a synced put in the meta column family).
+        // Written and synced at once (RocksDB: a synced put in the meta column family, which
+        // makes every earlier write durable too).
         let mut s = self.state();
+        if !s.never_sync {
+            for w in std::mem::take(&mut s.unsynced) {
+                s.synced.write(&w);
+            }
+        }
         s.incarnation += 1;
         Ok(s.incarnation)
     }
@@ -245,6 +298,10 @@ mod tests {
     use super::*;
     use raft_kv_core::Term;
 
+    fn term1() -> HardState {
+        HardState { term: Term(1), ..HardState::default() }
+    }
+
     fn entry(i: u64) -> Entry {
         Entry { index: LogIndex(i), term: Term(1), data: vec![i as u8] }
     }
@@ -252,7 +309,7 @@ mod tests {
     #[test]
     fn a_crash_keeps_synced_writes_and_loses_the_unsynced_suffix() {
         let mut s = MemStorage::new();
-        s.persist(None, Some((LogIndex(1), &[entry(1), entry(2)]))).unwrap();
+        s.persist(Some(term1()), Some((LogIndex(1), &[entry(1), entry(2)]))).unwrap();
         s.apply(LogIndex(1), &[Mutation::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
         s.apply(LogIndex(2), &[Mutation::Put(b"b".to_vec(), b"2".to_vec())]).unwrap();
         assert_eq!(s.get(b"b").unwrap(), Some(b"2".to_vec()));
@@ -267,10 +324,19 @@ mod tests {
     fn a_sync_makes_earlier_writes_durable_too() {
         let mut s = MemStorage::new();
         s.apply(LogIndex(1), &[Mutation::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
-        s.persist(None, Some((LogIndex(1), &[entry(1)]))).unwrap();
+        s.persist(Some(term1()), Some((LogIndex(1), &[entry(1)]))).unwrap();
         assert_eq!(s.unsynced_writes(), 0);
         s.crash(0);
         assert_eq!(s.get(b"a").unwrap(), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn an_append_that_would_leave_a_gap_is_refused_and_changes_nothing() {
+        let mut s = MemStorage::new();
+        s.persist(Some(term1()), Some((LogIndex(1), &[entry(1)]))).unwrap();
+        assert!(s.persist(None, Some((LogIndex(3), &[entry(3)]))).is_err());
+        assert!(s.persist(None, Some((LogIndex(2), &[entry(3)]))).is_err());
+        assert_eq!(s.load().unwrap().entries.len(), 1);
     }
 
     #[test]

@@ -154,33 +154,17 @@ impl Storage for RocksStorage {
             let (k, v) = item.map_err(io)?;
             let entry = codec::decode::<Entry>(&v)
                 .map_err(|e| StorageError::Corrupt(format!("log entry: {e}")))?;
-            let expected = LogIndex(entries.len() as u64 + 1);
-            if *k != log_key(entry.index) || entry.index != expected {
+            if *k != log_key(entry.index) {
                 return Err(StorageError::Corrupt(format!(
-                    "log is not contiguous: expected entry {expected}, found {}",
-                    entry.index
-                )));
-            }
-            if entries.last().is_some_and(|p: &Entry| p.term > entry.term) {
-                return Err(StorageError::Corrupt(format!(
-                    "log terms decrease at entry {}",
+                    "log entry {} is stored under another index",
                     entry.index
                 )));
             }
             entries.push(entry);
         }
-        if applied.0 > entries.len() as u64 {
-            return Err(StorageError::Corrupt(format!(
-                "applied index {applied} is beyond the last log entry {}",
-                entries.len()
-            )));
-        }
-        if entries.last().is_some_and(|e| e.term > hard_state.term) {
-            return Err(StorageError::Corrupt(
-                "the log has a term above the stored current term".into(),
-            ));
-        }
-        Ok(RestoredState { hard_state, entries, applied })
+        let restored = RestoredState { hard_state, entries, applied };
+        raft_kv_runtime::storage::validate(&restored)?;
+        Ok(restored)
     }
 
     fn persist(

@@ -196,6 +196,7 @@ impl SimCluster {
     /// cache).
     pub fn kill(&self, id: NodeId) {
         self.handle.kill(self.nodes[&id].id());
+        self.invariants.forget_status(id);
         self.down.lock().unwrap().insert(id);
         self.paused.lock().unwrap().remove(&id);
     }

@@ -62,6 +62,10 @@ impl NetFaults {
         self.state().cut.insert((from, to));
     }
 
+    pub fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
+        self.state().cut.contains(&(from, to))
+    }
+
     pub fn uncut(&self, from: NodeId, to: NodeId) {
         self.state().cut.remove(&(from, to));
     }

@@ -131,6 +131,16 @@ impl Invariants {
         st.status.values().filter(|s| s.role == Role::Leader).max_by_key(|s| s.term).map(|s| s.id)
     }
 
+    /// Whether `node` last reported leading `term`.
+    pub fn leads(&self, node: NodeId, term: Term) -> bool {
+        self.state().status.get(&node).is_some_and(|s| s.role == Role::Leader && s.term == term)
+    }
+
+    /// Forgets what a stopped node last reported, so it is not taken for a leader.
+    pub fn forget_status(&self, node: NodeId) {
+        self.state().status.remove(&node);
+    }
+
     /// The leader of the highest term any node reported leading, with that term.
     pub fn leader_with_term(&self) -> Option<(Term, NodeId)> {
         self.state().leaders.iter().next_back().map(|(t, id)| (*t, *id))

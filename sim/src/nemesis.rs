@@ -185,7 +185,7 @@ impl<'a> Nemesis<'a> {
             let wait = Duration::from_micros(self.rng.gen_range(mean / 2..mean * 3 / 2));
             let next = Instant::now() + wait;
             if next >= until {
-                tokio::time::sleep_until(until).await;
+                self.sleep_until(until).await;
                 return;
             }
             self.sleep_until(next).await;
@@ -196,18 +196,34 @@ impl<'a> Nemesis<'a> {
     }
 
     /// Sleeps, but while leader churn is on, wakes every `CHURN_POLL` to crash new leaders.
+    /// Sleeps until `next`, undoing each fault when its time is up, and while leader churn is
+    /// on, waking every `CHURN_POLL` to crash new leaders.
     async fn sleep_until(&mut self, next: Instant) {
-        while self.active.iter().any(|(_, a)| matches!(a, Active::Churn)) && Instant::now() < next {
-            tokio::time::sleep(CHURN_POLL).await;
-            self.churn();
+        loop {
+            let churning = self.active.iter().any(|(_, a)| matches!(a, Active::Churn));
+            let mut wake = next;
+            if let Some(end) = self.active.iter().map(|(t, _)| *t).min() {
+                wake = wake.min(end);
+            }
+            if churning {
+                wake = wake.min(Instant::now() + CHURN_POLL);
+            }
+            tokio::time::sleep_until(wake).await;
             self.expire(false);
+            if churning {
+                self.churn();
+            }
+            if Instant::now() >= next {
+                return;
+            }
         }
-        tokio::time::sleep_until(next).await;
     }
 
     fn churn(&mut self) {
         let Some((term, leader)) = self.cluster.invariants.leader_with_term() else { return };
-        if self.cluster.is_down(leader) {
+        // The leader of the highest term may have been crashed already and come back as a
+        // follower: only a node that still says it leads that term is a target.
+        if self.cluster.is_down(leader) || !self.cluster.invariants.leads(leader, term) {
             return;
         }
         match self.churn_target {
@@ -308,6 +324,9 @@ impl<'a> Nemesis<'a> {
             }
             Kind::OneWay => {
                 let (a, b) = (ids[0], ids[1]);
+                if c.faults.is_cut(a, b) {
+                    return;
+                }
                 c.faults.cut(a, b);
                 let until = self.until();
                 self.active.push((until, Active::Cut(a, b)));

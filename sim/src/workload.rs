@@ -9,6 +9,7 @@ use crate::history::{Op, Operation, Ret};
 use raft_kv_core::NodeId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -182,8 +183,9 @@ impl ClientTask {
         let sent = conn.send(&cmds).await;
         let mut broken = sent.is_err();
         let mut any_determinate = false;
-        // The last operation of this pipeline that completed: the next must follow it.
-        let mut previous: Option<usize> = None;
+        // Per key, the last operation of this pipeline that completed: the next one on that
+        // key must follow it (the checker sees one key at a time).
+        let mut previous: BTreeMap<String, usize> = BTreeMap::new();
         for (op, key) in ops {
             let reply = if broken { Err(ClientError::Closed) } else { conn.read().await };
             let complete = self.recorder.now();
@@ -209,15 +211,15 @@ impl ClientTask {
                 id: 0,
                 client: self.id,
                 node: node.0,
-                key,
                 op,
                 ret,
                 call,
                 complete,
-                after: if determinate { previous } else { None },
+                after: if determinate { previous.get(&key).copied() } else { None },
+                key: key.clone(),
             });
             if determinate {
-                previous = Some(id);
+                previous.insert(key, id);
             }
             if matches!(&reply, Ok(Value::Err(e)) if e.starts_with("CLUSTERDOWN")) {
                 // This node cannot reach a quorum; the next operation tries another.

@@ -115,13 +115,12 @@ struct Totals {
     unknown: Vec<u64>,
     /// The slowest convergence after the clients stopped, and its seed.
     slowest_convergence: (f64, u64),
+    /// Seeds whose simulation panicked (a node's storage refused a write, an assertion in
+    /// the core...), with the panic message: failures too.
+    panicked: Vec<(u64, String)>,
 }
 
 /// Runs `seeds` on every core; returns the failing reports.
-fn run_many(seeds: Vec<u64>, planted: Option<PlantedBug>, stop_at_first: bool) -> Vec<RunReport> {
-    run_many_with_totals(seeds, planted, stop_at_first).0
-}
-
 fn run_many_with_totals(
     seeds: Vec<u64>,
     planted: Option<PlantedBug>,
@@ -144,7 +143,24 @@ fn run_many_with_totals(
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&seed) = seeds.get(i) else { return };
-                let r = run(&options(seed, planted));
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&options(seed, planted))
+                }));
+                let r = match outcome {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let msg = e
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        totals.lock().unwrap().panicked.push((seed, msg));
+                        if stop_at_first {
+                            stop.store(1, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                };
                 {
                     let mut t = totals.lock().unwrap();
                     t.runs += 1;
@@ -227,9 +243,18 @@ fn chaos_histories_are_linearizable_and_invariants_hold() {
             &totals.unknown[..totals.unknown.len().min(10)]
         );
     }
-    if !failures.is_empty() {
-        let text: Vec<String> = failures.iter().map(|r| explain(r, "")).collect();
-        panic!("{} of {count} seeds failed:\n{}", failures.len(), text.join("\n"));
+    if !failures.is_empty() || !totals.panicked.is_empty() {
+        let mut text: Vec<String> = failures.iter().map(|r| explain(r, "")).collect();
+        for (seed, msg) in &totals.panicked {
+            text.push(format!(
+                "PANICKED seed {seed}: {msg}\n  replay: SIM_SEED={seed} ./scripts/sim.sh"
+            ));
+        }
+        panic!(
+            "{} of {count} seeds failed:\n{}",
+            failures.len() + totals.panicked.len(),
+            text.join("\n")
+        );
     }
 }
 
@@ -251,7 +276,11 @@ fn assert_caught(bug: PlantedBug) {
     let base = env_u64("SIM_PLANTED_BASE").unwrap_or(1);
     let max = env_u64("SIM_PLANTED_SEEDS").unwrap_or(PLANTED_SEEDS_MAX);
     let started = Instant::now();
-    let failures = run_many((base..base + max).collect(), Some(bug), true);
+    let (failures, totals) = run_many_with_totals((base..base + max).collect(), Some(bug), true);
+    if let Some((seed, msg)) = totals.panicked.first() {
+        println!("planted {bug:?}: caught at seed {seed}, which panicked: {msg}");
+        return;
+    }
     let Some(first) = failures.first() else {
         panic!(
             "planted bug {bug:?} survived {max} seeds from {base}: the simulation cannot see it"
