@@ -111,12 +111,21 @@ const BAR: f64 = 18.0;
 /// Room to the right of the last completion, where indeterminate operations end.
 const OPEN_END: f64 = 40.0;
 
-/// Where things go: lanes by client, x by simulated time.
+/// Where things go: lanes by client, x by the order of events, as in Porcupine's pictures: every
+/// distinct invocation or completion time gets a column, so short operations far apart in time
+/// stay readable and the order of events is exact. Ticks give the simulated time.
 struct Layout {
+    /// Each client's first row; a client gets several rows where its operations overlap (a
+    /// pipeline).
     lanes: BTreeMap<usize, usize>,
+    /// The row of each operation, by id.
+    rows: BTreeMap<usize, usize>,
+    rows_total: usize,
     keys: BTreeMap<String, usize>,
-    start: u64,
-    span: u64,
+    /// Distinct event times, ascending.
+    points: Vec<u64>,
+    /// Width of one column.
+    step: f64,
     plot: f64,
 }
 
@@ -124,21 +133,67 @@ impl Layout {
     fn new(history: &[Operation]) -> Self {
         let clients: BTreeSet<usize> = history.iter().map(|op| op.client).collect();
         let keys: BTreeSet<&str> = history.iter().map(|op| op.key.as_str()).collect();
-        let start = history.iter().map(|op| op.call).min().unwrap_or(0);
-        let end =
-            history.iter().map(|op| op.complete.unwrap_or(op.call).max(op.call)).max().unwrap_or(0);
-        let mut per_client: BTreeMap<usize, usize> = BTreeMap::new();
-        for op in history {
-            *per_client.entry(op.client).or_default() += 1;
-        }
-        let busiest = per_client.values().copied().max().unwrap_or(0);
-        Self {
-            lanes: clients.into_iter().enumerate().map(|(lane, client)| (client, lane)).collect(),
+        let mut points: Vec<u64> = history
+            .iter()
+            .flat_map(|op| [Some(op.call), op.complete.map(|c| c.max(op.call))])
+            .flatten()
+            .collect();
+        points.sort_unstable();
+        points.dedup();
+        // Wide columns for short histories (a minimal failing one fits its labels), narrower
+        // ones for long histories, within a bounded picture.
+        let step = if points.len() <= 60 {
+            120.0
+        } else {
+            (60_000.0 / points.len() as f64).clamp(8.0, 40.0)
+        };
+        let mut layout = Self {
+            lanes: BTreeMap::new(),
+            rows: BTreeMap::new(),
+            rows_total: 0,
             keys: keys.into_iter().enumerate().map(|(i, key)| (key.to_string(), i)).collect(),
-            start,
-            span: end.saturating_sub(start).max(1),
-            // Roughly one label's width per operation of the busiest client, within bounds.
-            plot: (busiest as f64 * 60.0).clamp(800.0, 16_000.0),
+            plot: (points.len() as f64 * step).max(200.0),
+            points,
+            step,
+        };
+        for client in clients {
+            layout.place(client, history);
+        }
+        layout
+    }
+
+    /// Gives each of `client`'s operations the first of its rows free at its call. An
+    /// indeterminate operation holds its row only for its first column: it is drawn to the
+    /// right edge, underneath the client's later operations.
+    fn place(&mut self, client: usize, history: &[Operation]) {
+        let mut ops: Vec<&Operation> = history.iter().filter(|op| op.client == client).collect();
+        ops.sort_by_key(|op| (op.call, op.id));
+        let first = self.rows_total;
+        // The last column each row is busy until.
+        let mut busy: Vec<usize> = Vec::new();
+        for op in ops {
+            let start = self.rank(op.call);
+            let end = match op.complete {
+                Some(c) if !indeterminate(op) => self.rank(c.max(op.call)),
+                _ => start,
+            };
+            let row = match busy.iter().position(|&until| until < start) {
+                Some(row) => row,
+                None => {
+                    busy.push(0);
+                    busy.len() - 1
+                }
+            };
+            busy[row] = end;
+            self.rows.insert(op.id, first + row);
+        }
+        self.lanes.insert(client, first);
+        self.rows_total = first + busy.len().max(1);
+    }
+
+    fn rank(&self, t: u64) -> usize {
+        match self.points.binary_search(&t) {
+            Ok(i) | Err(i) => i,
         }
     }
 
@@ -147,11 +202,12 @@ impl Layout {
     }
 
     fn height(&self) -> f64 {
-        TOP + self.lanes.len() as f64 * LANE + 10.0
+        TOP + self.rows_total as f64 * LANE + 10.0
     }
 
+    /// The left edge of the column of time `t`.
     fn x(&self, t: u64) -> f64 {
-        LEFT + t.saturating_sub(self.start) as f64 / self.span as f64 * self.plot
+        LEFT + self.rank(t) as f64 * self.step
     }
 
     fn colour(&self, key: &str) -> &'static str {
@@ -159,37 +215,20 @@ impl Layout {
         PALETTE[i % PALETTE.len()]
     }
 
-    /// Time ticks at a round step (1, 2 or 5 times a power of ten, in ms), about ten of them.
+    /// About twenty ticks, each at an event column, labelled with its simulated time.
     fn axis(&self, svg: &mut String) {
-        let span_ms = self.span as f64 / 1e6;
-        let rough = span_ms / 10.0;
-        let magnitude = 10f64.powf(rough.log10().floor());
-        let step = [1.0, 2.0, 5.0, 10.0]
-            .iter()
-            .map(|m| m * magnitude)
-            .find(|&s| s >= rough)
-            .unwrap_or(10.0 * magnitude);
-        if !step.is_finite() || step <= 0.0 {
-            return;
-        }
-        let start_ms = self.start as f64 / 1e6;
-        let first = (start_ms / step).ceil() * step;
+        let every = self.points.len().div_ceil(20).max(1);
         let bottom = self.height() - 10.0;
-        // Bounded: at extreme times the floating-point step may not advance the tick.
-        for i in 0..=20 {
-            let tick = first + f64::from(i) * step;
-            if tick > start_ms + span_ms + step * 1e-9 {
-                break;
-            }
-            let x = LEFT + (tick - start_ms) / span_ms * self.plot;
+        for (rank, t) in self.points.iter().enumerate().step_by(every) {
+            let x = LEFT + rank as f64 * self.step;
             let _ = writeln!(
                 svg,
-                r#"<line class="tick" x1="{x}" y1="{y0}" x2="{x}" y2="{bottom}"/><text class="tick-label" x="{x}" y="{ty}" text-anchor="middle">{label}ms</text>"#,
+                r#"<line class="tick" x1="{x}" y1="{y0}" x2="{x}" y2="{bottom}"/><text class="tick-label" x="{x}" y="{ty}" text-anchor="start">{label}ms</text>"#,
                 x = fmt_px(x),
                 y0 = fmt_px(TOP - 8.0),
                 bottom = fmt_px(bottom),
                 ty = fmt_px(TOP - 12.0),
-                label = trim_number(tick),
+                label = trim_number((*t as f64 / 1e3).round() / 1e3),
             );
         }
     }
@@ -206,12 +245,13 @@ impl Layout {
     }
 
     fn bar(&self, svg: &mut String, op: &Operation, highlight: &BTreeSet<usize>) {
-        let lane = self.lanes.get(&op.client).copied().unwrap_or(0);
-        let y = TOP + lane as f64 * LANE;
+        let row = self.rows.get(&op.id).copied().unwrap_or(0);
+        let y = TOP + row as f64 * LANE;
         let x0 = self.x(op.call);
         let indeterminate = indeterminate(op);
         let x1 = match op.complete {
-            Some(complete) if !indeterminate => self.x(complete.max(op.call)),
+            // To the end of its completion's column.
+            Some(complete) if !indeterminate => self.x(complete.max(op.call)) + self.step * 0.9,
             _ => LEFT + self.plot + OPEN_END,
         };
         let width = (x1 - x0).max(2.0);
