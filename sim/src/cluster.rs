@@ -267,10 +267,27 @@ impl SimCluster {
         }
     }
 
-    /// Ends every fault: partitions and message faults healed, clocks true, paused nodes
-    /// resumed, stopped nodes restarted.
+    /// Cuts the clients off from node `id` (both directions): their requests and replies
+    /// wait in the network until `reconnect_clients`.
+    pub fn cut_clients(&self, id: NodeId) {
+        let net = NetSim::current();
+        net.clog_link(self.client.id(), self.nodes[&id].id());
+        net.clog_link(self.nodes[&id].id(), self.client.id());
+    }
+
+    pub fn reconnect_clients(&self, id: NodeId) {
+        let net = NetSim::current();
+        net.unclog_link(self.client.id(), self.nodes[&id].id());
+        net.unclog_link(self.nodes[&id].id(), self.client.id());
+    }
+
+    /// Ends every fault: partitions, client cuts and message faults healed, clocks true,
+    /// paused nodes resumed, stopped nodes restarted.
     pub fn heal_all(&self) {
         self.heal_partitions();
+        for &id in self.nodes.keys() {
+            self.reconnect_clients(id);
+        }
         self.faults.heal();
         for c in self.clocks.values() {
             c.set_rate(1.0);

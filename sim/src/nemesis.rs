@@ -27,6 +27,8 @@ pub struct Swarm {
     /// Message loss, delay (reordering) and duplication.
     pub messages: bool,
     pub clock_skew: bool,
+    /// Clients cut off from a node (their requests and replies wait in the network).
+    pub client_cuts: bool,
     /// Leader churn: every new leader is crashed a few milliseconds after it appears, so
     /// terms pile up with partly replicated entries (where Figure 8's trap lives).
     pub leader_churn: bool,
@@ -47,6 +49,7 @@ impl Swarm {
             messages: rng.gen_bool(0.5),
             clock_skew: rng.gen_bool(0.5),
             leader_churn: rng.gen_bool(0.3),
+            client_cuts: rng.gen_bool(0.3),
             interval: Duration::from_millis(rng.gen_range(100..1500)),
             fault_max: Duration::from_millis(rng.gen_range(300..4000)),
         };
@@ -67,6 +70,7 @@ impl Swarm {
             messages: false,
             clock_skew: false,
             leader_churn: false,
+            client_cuts: false,
             interval: Duration::from_secs(1),
             fault_max: Duration::from_secs(1),
         }
@@ -83,6 +87,7 @@ impl Swarm {
             (self.messages, Kind::Messages),
             (self.clock_skew, Kind::Skew),
             (self.leader_churn, Kind::Churn),
+            (self.client_cuts, Kind::ClientCut),
         ];
         for (on, kind) in flags {
             if on {
@@ -116,6 +121,7 @@ enum Kind {
     Messages,
     Skew,
     Churn,
+    ClientCut,
 }
 
 /// A fault in force, undone at `until`.
@@ -127,6 +133,7 @@ enum Active {
     Messages,
     Skew(NodeId),
     Churn,
+    ClientCut(NodeId),
 }
 
 pub struct Nemesis<'a> {
@@ -291,6 +298,10 @@ impl<'a> Nemesis<'a> {
                 self.churn_target = None;
                 self.log("leader churn off".into());
             }
+            Active::ClientCut(id) => {
+                c.reconnect_clients(id);
+                self.log(format!("clients reach node {id} again"));
+            }
         }
     }
 
@@ -380,6 +391,16 @@ impl<'a> Nemesis<'a> {
                     chaos.delay,
                     chaos.delay_max.as_millis()
                 ));
+            }
+            Kind::ClientCut => {
+                let id = ids[0];
+                if self.active.iter().any(|(_, a)| matches!(a, Active::ClientCut(n) if *n == id)) {
+                    return;
+                }
+                c.cut_clients(id);
+                let until = self.until();
+                self.active.push((until, Active::ClientCut(id)));
+                self.log(format!("clients cut off from node {id}"));
             }
             Kind::Churn => {
                 if self.active.iter().any(|(_, a)| matches!(a, Active::Churn)) {

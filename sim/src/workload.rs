@@ -105,14 +105,67 @@ fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
     Outcome::Done(ret)
 }
 
-fn args(op: &Op, key: &str) -> Vec<Vec<u8>> {
-    let k = key.as_bytes().to_vec();
-    match op {
-        Op::Get => vec![b"GET".to_vec(), k],
-        Op::Set(v) => vec![b"SET".to_vec(), k, v.as_bytes().to_vec()],
-        Op::Del => vec![b"DEL".to_vec(), k],
-        Op::Incr => vec![b"INCR".to_vec(), k],
-        Op::Append(v) => vec![b"APPEND".to_vec(), k, v.as_bytes().to_vec()],
+/// One command on the wire. MSET and MGET touch several keys at once; the history records
+/// them as one operation per key (a projection: each key's part must be linearizable, though
+/// the atomicity across keys is not checked).
+#[derive(Clone, Debug)]
+enum Cmd {
+    One(Op, String),
+    MSet(Vec<(String, String)>),
+    MGet(Vec<String>),
+}
+
+impl Cmd {
+    fn argv(&self) -> Vec<Vec<u8>> {
+        let b = |s: &str| s.as_bytes().to_vec();
+        match self {
+            Cmd::One(op, key) => match op {
+                Op::Get => vec![b("GET"), b(key)],
+                Op::Set(v) => vec![b("SET"), b(key), b(v)],
+                Op::Del => vec![b("DEL"), b(key)],
+                Op::Incr => vec![b("INCR"), b(key)],
+                Op::Append(v) => vec![b("APPEND"), b(key), b(v)],
+            },
+            Cmd::MSet(pairs) => {
+                let mut argv = vec![b("MSET")];
+                for (k, v) in pairs {
+                    argv.push(b(k));
+                    argv.push(b(v));
+                }
+                argv
+            }
+            Cmd::MGet(keys) => {
+                let mut argv = vec![b("MGET")];
+                argv.extend(keys.iter().map(|k| b(k)));
+                argv
+            }
+        }
+    }
+
+    /// The per-key operations of the command and how `reply` classifies each.
+    fn outcomes(&self, reply: &Result<Value, ClientError>) -> Vec<(String, Op, Outcome)> {
+        match self {
+            Cmd::One(op, key) => vec![(key.clone(), op.clone(), classify(op, reply))],
+            Cmd::MSet(pairs) => {
+                let outcome = |v: &str| classify(&Op::Set(v.to_string()), reply);
+                pairs.iter().map(|(k, v)| (k.clone(), Op::Set(v.clone()), outcome(v))).collect()
+            }
+            Cmd::MGet(keys) => {
+                let per_key: Vec<Outcome> = match reply {
+                    Ok(Value::Array(items)) if items.len() == keys.len() => {
+                        items.iter().map(|v| classify(&Op::Get, &Ok(v.clone()))).collect()
+                    }
+                    Ok(Value::Err(_)) | Err(_) => {
+                        keys.iter().map(|_| classify(&Op::Get, reply)).collect()
+                    }
+                    Ok(v) => {
+                        let what = format!("MGET of {} keys was answered {v:?}", keys.len());
+                        keys.iter().map(|_| Outcome::Invalid(what.clone())).collect()
+                    }
+                };
+                keys.iter().cloned().zip(per_key).map(|(k, o)| (k, Op::Get, o)).collect()
+            }
+        }
     }
 }
 
@@ -150,22 +203,53 @@ impl ClientTask {
         }
     }
 
-    /// Issues one random operation, or now and then a pipeline of several; true if one
+    fn random_key(&mut self) -> String {
+        format!("k{}", self.rng.gen_range(0..self.opts.keys.max(1)))
+    }
+
+    /// Two distinct keys when there are two, for MSET and MGET.
+    fn two_keys(&mut self) -> Vec<String> {
+        let a = self.random_key();
+        let b = self.random_key();
+        if a == b {
+            vec![a]
+        } else {
+            vec![a, b]
+        }
+    }
+
+    fn random_cmd(&mut self) -> Cmd {
+        match self.rng.gen_range(0..100) {
+            0..=4 => {
+                let keys = self.two_keys();
+                let pairs = keys
+                    .into_iter()
+                    .map(|k| {
+                        self.seq += 1;
+                        (k, format!("{}.{}", self.id, self.seq))
+                    })
+                    .collect();
+                Cmd::MSet(pairs)
+            }
+            5..=9 => Cmd::MGet(self.two_keys()),
+            _ => {
+                let op = self.random_op();
+                Cmd::One(op, self.random_key())
+            }
+        }
+    }
+
+    /// Issues one random command, or now and then a pipeline of several; true if one
     /// completed with a determinate result.
     pub async fn step(&mut self) -> bool {
         let n = if self.rng.gen_bool(self.opts.pipeline) { self.rng.gen_range(2..=3) } else { 1 };
-        let ops = (0..n)
-            .map(|_| {
-                let op = self.random_op();
-                (op, format!("k{}", self.rng.gen_range(0..self.opts.keys.max(1))))
-            })
-            .collect();
-        self.issue_all(ops).await
+        let cmds = (0..n).map(|_| self.random_cmd()).collect();
+        self.issue_all(cmds).await
     }
 
-    /// Sends `ops` in one pipeline on the current connection (opening one first if needed)
+    /// Sends `cmds` in one pipeline on the current connection (opening one first if needed)
     /// and records each with its own completion. True if any completed determinately.
-    async fn issue_all(&mut self, ops: Vec<(Op, String)>) -> bool {
+    async fn issue_all(&mut self, cmds: Vec<Cmd>) -> bool {
         if self.conn.is_none() {
             let node = self.nodes[self.rng.gen_range(0..self.nodes.len())];
             match Client::connect(redis_addr(node), self.opts.reply_timeout).await {
@@ -178,15 +262,15 @@ impl ClientTask {
         }
         let Some((node, conn)) = self.conn.as_mut() else { return false };
         let node = *node;
-        let cmds: Vec<Vec<Vec<u8>>> = ops.iter().map(|(op, key)| args(op, key)).collect();
+        let wire: Vec<Vec<Vec<u8>>> = cmds.iter().map(Cmd::argv).collect();
         let call = self.recorder.now();
-        let sent = conn.send(&cmds).await;
+        let sent = conn.send(&wire).await;
         let mut broken = sent.is_err();
         let mut any_determinate = false;
         // Per key, the last operation of this pipeline that completed: the next one on that
         // key must follow it (the checker sees one key at a time).
         let mut previous: BTreeMap<String, usize> = BTreeMap::new();
-        for (op, key) in ops {
+        for cmd in cmds {
             let reply = if broken { Err(ClientError::Closed) } else { conn.read().await };
             let complete = self.recorder.now();
             if reply.is_err() {
@@ -194,32 +278,34 @@ impl ClientTask {
                 // request, and the rest of the pipeline is unanswered.
                 broken = true;
             }
-            let (ret, complete) = match classify(&op, &reply) {
-                Outcome::Done(ret) => (ret, Some(complete)),
-                Outcome::Unknown => (Ret::Unknown, None),
-                Outcome::NotApplied => continue,
-                Outcome::Invalid(what) => {
-                    let what = format!("client {} on node {node}: {what}", self.id);
-                    self.recorder.invalid.lock().unwrap_or_else(|p| p.into_inner()).push(what);
-                    broken = true;
-                    (Ret::Unknown, None)
+            for (key, op, outcome) in cmd.outcomes(&reply) {
+                let (ret, complete) = match outcome {
+                    Outcome::Done(ret) => (ret, Some(complete)),
+                    Outcome::Unknown => (Ret::Unknown, None),
+                    Outcome::NotApplied => continue,
+                    Outcome::Invalid(what) => {
+                        let what = format!("client {} on node {node}: {what}", self.id);
+                        self.recorder.invalid.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+                        broken = true;
+                        (Ret::Unknown, None)
+                    }
+                };
+                let determinate = complete.is_some();
+                any_determinate |= determinate;
+                let id = self.recorder.record(Operation {
+                    id: 0,
+                    client: self.id,
+                    node: node.0,
+                    op,
+                    ret,
+                    call,
+                    complete,
+                    after: if determinate { previous.get(&key).copied() } else { None },
+                    key: key.clone(),
+                });
+                if determinate {
+                    previous.insert(key, id);
                 }
-            };
-            let determinate = complete.is_some();
-            any_determinate |= determinate;
-            let id = self.recorder.record(Operation {
-                id: 0,
-                client: self.id,
-                node: node.0,
-                op,
-                ret,
-                call,
-                complete,
-                after: if determinate { previous.get(&key).copied() } else { None },
-                key: key.clone(),
-            });
-            if determinate {
-                previous.insert(key, id);
             }
             if matches!(&reply, Ok(Value::Err(e)) if e.starts_with("CLUSTERDOWN")) {
                 // This node cannot reach a quorum; the next operation tries another.
