@@ -305,8 +305,10 @@ impl<'a> Nemesis<'a> {
         }
     }
 
-    fn until(&mut self) -> Instant {
-        Instant::now() + self.fault_length()
+    /// Keeps `fault` in force for a random fault length.
+    fn hold(&mut self, fault: Active) {
+        let until = Instant::now() + self.fault_length();
+        self.active.push((until, fault));
     }
 
     fn inject(&mut self, kind: Kind) {
@@ -329,8 +331,7 @@ impl<'a> Nemesis<'a> {
                 }
                 let groups = self.partition_groups(&ids);
                 c.partition(&groups);
-                let until = self.until();
-                self.active.push((until, Active::Partition));
+                self.hold(Active::Partition);
                 self.log(format!("partition {groups:?}"));
             }
             Kind::OneWay => {
@@ -339,8 +340,7 @@ impl<'a> Nemesis<'a> {
                     return;
                 }
                 c.faults.cut(a, b);
-                let until = self.until();
-                self.active.push((until, Active::Cut(a, b)));
+                self.hold(Active::Cut(a, b));
                 self.log(format!("cut link {a}->{b}"));
             }
             Kind::Crash | Kind::Kill => {
@@ -356,14 +356,12 @@ impl<'a> Nemesis<'a> {
                     c.kill(id);
                     self.log(format!("kill node {id}"));
                 }
-                let until = self.until();
-                self.active.push((until, Active::Down(id)));
+                self.hold(Active::Down(id));
             }
             Kind::Pause => {
                 let Some(&id) = up.first() else { return };
                 c.pause(id);
-                let until = self.until();
-                self.active.push((until, Active::Paused(id)));
+                self.hold(Active::Paused(id));
                 self.log(format!("pause node {id}"));
             }
             Kind::Messages => {
@@ -382,8 +380,7 @@ impl<'a> Nemesis<'a> {
                     }),
                 };
                 c.faults.set_chaos(chaos);
-                let until = self.until();
-                self.active.push((until, Active::Messages));
+                self.hold(Active::Messages);
                 self.log(format!(
                     "message faults: loss {:.2} duplicate {:.2} delay {:.2} up to {}ms",
                     chaos.loss,
@@ -398,23 +395,20 @@ impl<'a> Nemesis<'a> {
                     return;
                 }
                 c.cut_clients(id);
-                let until = self.until();
-                self.active.push((until, Active::ClientCut(id)));
+                self.hold(Active::ClientCut(id));
                 self.log(format!("clients cut off from node {id}"));
             }
             Kind::Churn => {
                 if self.active.iter().any(|(_, a)| matches!(a, Active::Churn)) {
                     return;
                 }
-                let until = self.until();
-                self.active.push((until, Active::Churn));
+                self.hold(Active::Churn);
                 self.log("leader churn on".into());
             }
             Kind::Skew => {
                 let id = ids[0];
                 self.skew(id);
-                let until = self.until();
-                self.active.push((until, Active::Skew(id)));
+                self.hold(Active::Skew(id));
             }
         }
     }
