@@ -188,6 +188,17 @@ impl SimCluster {
         }
     }
 
+    /// Stops every node and the client host, so their tasks (and everything they hold) are
+    /// dropped before the runtime is: tasks still pending when a madsim runtime is dropped
+    /// are never freed.
+    pub async fn shutdown(&self) {
+        for node in self.nodes.values() {
+            self.handle.kill(node.id());
+        }
+        self.handle.kill(self.client.id());
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+
     pub fn ids(&self) -> Vec<NodeId> {
         self.nodes.keys().copied().collect()
     }

@@ -168,6 +168,7 @@ async fn simulate(opts: RunOptions) -> RunReport {
     }
     let history = recorder.history();
     cluster.invariants.fold(&history);
+    cluster.shutdown().await;
     let check = check::check(&history, &opts.check);
     RunReport {
         seed,
