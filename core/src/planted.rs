@@ -21,16 +21,6 @@ pub enum PlantedBug {
     PipelineReadsOvertakeWrites,
 }
 
-impl PlantedBug {
-    pub const ALL: [PlantedBug; 5] = [
-        PlantedBug::VoteWithoutLogCheck,
-        PlantedBug::FollowerLocalReads,
-        PlantedBug::AckBeforeSync,
-        PlantedBug::RetryAppliedTwice,
-        PlantedBug::PipelineReadsOvertakeWrites,
-    ];
-}
-
 /// Whether `bug` is planted in this build and run.
 pub fn active(planted: Option<PlantedBug>, bug: PlantedBug) -> bool {
     cfg!(madsim) && planted == Some(bug)

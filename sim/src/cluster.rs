@@ -103,6 +103,17 @@ pub struct SimCluster {
     paused: Mutex<BTreeSet<NodeId>>,
 }
 
+/// Stops every node and the client host when the cluster goes: a madsim runtime dropped with
+/// tasks still pending never frees them, nor what they hold (about 1 MB per chaos run).
+impl Drop for SimCluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values() {
+            self.handle.kill(node.id());
+        }
+        self.handle.kill(self.client.id());
+    }
+}
+
 impl SimCluster {
     /// Starts `n` healthy nodes; `seed` derives every node's RNG seed.
     pub fn start(n: u64, seed: u64) -> SimCluster {
@@ -186,17 +197,6 @@ impl SimCluster {
             down: Mutex::new(BTreeSet::new()),
             paused: Mutex::new(BTreeSet::new()),
         }
-    }
-
-    /// Stops every node and the client host, so their tasks (and everything they hold) are
-    /// dropped before the runtime is: tasks still pending when a madsim runtime is dropped
-    /// are never freed.
-    pub async fn shutdown(&self) {
-        for node in self.nodes.values() {
-            self.handle.kill(node.id());
-        }
-        self.handle.kill(self.client.id());
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 
     pub fn ids(&self) -> Vec<NodeId> {

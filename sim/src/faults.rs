@@ -31,9 +31,6 @@ struct State {
     chaos: MessageChaos,
     /// (from, to): messages on these links are dropped.
     cut: BTreeSet<(NodeId, NodeId)>,
-    dropped: u64,
-    delayed: u64,
-    duplicated: u64,
 }
 
 impl NetFaults {
@@ -43,9 +40,6 @@ impl NetFaults {
                 rng: StdRng::seed_from_u64(seed),
                 chaos: MessageChaos::default(),
                 cut: BTreeSet::new(),
-                dropped: 0,
-                delayed: 0,
-                duplicated: 0,
             }),
         }
     }
@@ -76,19 +70,12 @@ impl NetFaults {
         s.chaos = MessageChaos::default();
         s.cut.clear();
     }
-
-    /// (dropped, delayed, duplicated) messages so far.
-    pub fn counts(&self) -> (u64, u64, u64) {
-        let s = self.state();
-        (s.dropped, s.delayed, s.duplicated)
-    }
 }
 
 impl MessageFaults for NetFaults {
     fn fate(&self, m: &Message) -> Fate {
         let mut s = self.state();
         if s.cut.contains(&(m.from, m.to)) {
-            s.dropped += 1;
             return Fate::Drop;
         }
         let c = s.chaos;
@@ -99,13 +86,10 @@ impl MessageFaults for NetFaults {
         let delay_max_us = c.delay_max.as_micros().max(1) as u64;
         let after = Duration::from_micros(s.rng.gen_range(0..delay_max_us));
         if roll < c.loss {
-            s.dropped += 1;
             Fate::Drop
         } else if roll < c.loss + c.duplicate {
-            s.duplicated += 1;
             Fate::Duplicate(after)
         } else if roll < c.loss + c.duplicate + c.delay {
-            s.delayed += 1;
             Fate::Delay(after)
         } else {
             Fate::Deliver

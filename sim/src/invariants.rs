@@ -125,25 +125,15 @@ impl Invariants {
         }
     }
 
-    /// The node that most recently claimed leadership in the highest term, if any.
-    pub fn likely_leader(&self) -> Option<NodeId> {
+    /// Among running nodes, the one whose last report is leading the highest term, with it.
+    pub fn leader(&self) -> Option<(Term, NodeId)> {
         let st = self.state();
-        st.status.values().filter(|s| s.role == Role::Leader).max_by_key(|s| s.term).map(|s| s.id)
-    }
-
-    /// Whether `node` last reported leading `term`.
-    pub fn leads(&self, node: NodeId, term: Term) -> bool {
-        self.state().status.get(&node).is_some_and(|s| s.role == Role::Leader && s.term == term)
+        st.status.values().filter(|s| s.role == Role::Leader).map(|s| (s.term, s.id)).max()
     }
 
     /// Forgets what a stopped node last reported, so it is not taken for a leader.
     pub fn forget_status(&self, node: NodeId) {
         self.state().status.remove(&node);
-    }
-
-    /// The leader of the highest term any node reported leading, with that term.
-    pub fn leader_with_term(&self) -> Option<(Term, NodeId)> {
-        self.state().leaders.iter().next_back().map(|(t, id)| (*t, *id))
     }
 
     pub fn violations(&self) -> Vec<String> {
@@ -161,10 +151,6 @@ impl Invariants {
 
     pub fn trace_hash(&self) -> u64 {
         self.state().trace
-    }
-
-    pub fn highest_applied(&self) -> LogIndex {
-        self.state().applied.keys().next_back().copied().unwrap_or_default()
     }
 }
 

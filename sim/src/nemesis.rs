@@ -227,12 +227,8 @@ impl<'a> Nemesis<'a> {
     }
 
     fn churn(&mut self) {
-        let Some((term, leader)) = self.cluster.invariants.leader_with_term() else { return };
-        // The leader of the highest term may have been crashed already and come back as a
-        // follower: only a node that still says it leads that term is a target.
-        if self.cluster.is_down(leader) || !self.cluster.invariants.leads(leader, term) {
-            return;
-        }
+        // A crashed node's last report is forgotten, so this is a running leader.
+        let Some((term, leader)) = self.cluster.invariants.leader() else { return };
         match self.churn_target {
             Some((t, id, at)) if t == term && id == leader => {
                 if Instant::now() >= at {
@@ -318,7 +314,7 @@ impl<'a> Nemesis<'a> {
         let mut up: Vec<NodeId> =
             ids.iter().copied().filter(|id| !c.is_down(*id) && !c.paused().contains(id)).collect();
         // Half the time a crash, kill or pause hits the leader: its faults matter most.
-        if let Some(leader) = c.invariants.likely_leader() {
+        if let Some((_, leader)) = c.invariants.leader() {
             if self.rng.gen_bool(0.5) && up.contains(&leader) {
                 up.retain(|id| *id != leader);
                 up.insert(0, leader);
@@ -433,7 +429,7 @@ impl<'a> Nemesis<'a> {
                 vec![shuffled[..cut].to_vec(), shuffled[cut..].to_vec()]
             }
             1 => {
-                let leader = self.cluster.invariants.likely_leader().unwrap_or(shuffled[0]);
+                let leader = self.cluster.invariants.leader().map_or(shuffled[0], |(_, id)| id);
                 let rest = shuffled.iter().copied().filter(|id| *id != leader).collect();
                 vec![vec![leader], rest]
             }

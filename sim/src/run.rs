@@ -58,8 +58,6 @@ pub struct RunReport {
     pub check: check::Report,
     /// A hash of every status change, apply, nemesis action and operation, in order.
     pub trace_hash: u64,
-    /// (dropped, delayed, duplicated) Raft messages.
-    pub message_faults: (u64, u64, u64),
     /// How long after the clients finished every node held the same state.
     pub converged_after: Option<Duration>,
 }
@@ -168,7 +166,6 @@ async fn simulate(opts: RunOptions) -> RunReport {
     }
     let history = recorder.history();
     cluster.invariants.fold(&history);
-    cluster.shutdown().await;
     let check = check::check(&history, &opts.check);
     RunReport {
         seed,
@@ -182,7 +179,6 @@ async fn simulate(opts: RunOptions) -> RunReport {
         violations: cluster.invariants.violations(),
         check,
         trace_hash: cluster.invariants.trace_hash(),
-        message_faults: cluster.faults.counts(),
         converged_after,
     }
 }
