@@ -12,5 +12,8 @@ pub mod types;
 
 pub use message::{Message, MessageBody};
 pub use planted::PlantedBug;
-pub use raft::{Config, Input, RaftNode, ReadState, Ready, Rejection, RestoredState, Role, Status};
-pub use types::{Entry, HardState, LogIndex, NodeId, Term};
+pub use raft::{
+    Config, Input, RaftNode, ReadState, Ready, Rejection, RestoredState, Role, SnapshotAck,
+    SnapshotChunk, Status,
+};
+pub use types::{Entry, HardState, LogIndex, NodeId, SnapshotMeta, Term};

@@ -1,13 +1,16 @@
 //! The in-memory view of one node's Raft log: entries, commit and apply positions, and which
 //! suffix changed since it was last handed to storage. Touches nothing outside itself.
 
-use crate::types::{Entry, LogIndex, Term};
+use crate::types::{Entry, LogIndex, SnapshotMeta, Term};
 
 #[derive(Debug)]
 pub struct RaftLog {
-    /// Index and term of the entry just before `entries[0]`: (0, 0) for a log that starts at 1.
+    /// Index and term of the entry just before `entries[0]`: (0, 0) for a log that starts at 1,
+    /// else the snapshot the log was compacted to.
     offset: LogIndex,
     offset_term: Term,
+    /// Sum of `size_bytes` over `entries`, for the snapshot threshold.
+    bytes: usize,
     /// Invariant: `entries[i].index == offset + 1 + i`, terms never decrease along the log.
     entries: Vec<Entry>,
     /// Highest index known committed. Invariant: `offset <= commit <= last_index()`, never
@@ -35,9 +38,11 @@ impl RaftLog {
         for (i, e) in entries.iter().enumerate() {
             assert_eq!(e.index.0, offset.0 + 1 + i as u64, "restored log is not contiguous");
         }
+        let bytes = entries.iter().map(Entry::size_bytes).sum();
         let mut log = RaftLog {
             offset,
             offset_term,
+            bytes,
             entries,
             commit: applied,
             applied,
@@ -47,6 +52,47 @@ impl RaftLog {
         log.persisted = log.last_index();
         assert!(applied >= offset && applied <= log.last_index(), "applied index outside the log");
         log
+    }
+
+    /// The snapshot the log starts after: entries up to it are compacted away.
+    pub fn snapshot(&self) -> SnapshotMeta {
+        SnapshotMeta { index: self.offset, term: self.offset_term }
+    }
+
+    /// Bytes of the entries held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Drops the entries up to `index`, which must be applied and durable: the state machine
+    /// now stands for them.
+    pub fn compact(&mut self, index: LogIndex) -> SnapshotMeta {
+        assert!(index <= self.applied, "compaction past the applied index");
+        assert!(index <= self.persisted_index(), "compaction past the durable log");
+        if index <= self.offset {
+            return self.snapshot();
+        }
+        let term = self.term(index).expect("held");
+        let n = (index.0 - self.offset.0) as usize;
+        self.bytes -= self.entries[..n].iter().map(Entry::size_bytes).sum::<usize>();
+        self.entries.drain(..n);
+        self.offset = index;
+        self.offset_term = term;
+        self.snapshot()
+    }
+
+    /// Replaces the whole log with a snapshot received from the leader: the state machine is
+    /// the snapshot's, and the log starts after it.
+    pub fn restore_snapshot(&mut self, meta: SnapshotMeta) {
+        assert!(meta.index > self.commit, "a snapshot must be ahead of the commit index");
+        self.entries.clear();
+        self.bytes = 0;
+        self.offset = meta.index;
+        self.offset_term = meta.term;
+        self.commit = meta.index;
+        self.applied = meta.index;
+        self.persisted = meta.index;
+        self.unstable_from = None;
     }
 
     pub fn last_index(&self) -> LogIndex {
@@ -109,6 +155,7 @@ impl RaftLog {
         assert_eq!(entry.index, self.last_index().next(), "append leaves a gap");
         assert!(entry.term >= self.last_term(), "append with a lower term");
         self.mark_unstable(entry.index);
+        self.bytes += entry.size_bytes();
         self.entries.push(entry);
     }
 
@@ -137,6 +184,7 @@ impl RaftLog {
                 Some(_) => {
                     assert!(e.index > self.commit, "conflict at committed index {}", e.index);
                     let pos = self.position(e.index);
+                    self.bytes -= self.entries[pos..].iter().map(Entry::size_bytes).sum::<usize>();
                     self.entries.truncate(pos);
                     self.persisted = self.persisted.min(e.index.prev());
                 }
@@ -144,6 +192,7 @@ impl RaftLog {
                 None => {}
             }
             self.mark_unstable(e.index);
+            self.bytes += entries[i..].iter().map(Entry::size_bytes).sum::<usize>();
             self.entries.extend_from_slice(&entries[i..]);
             break;
         }
@@ -225,6 +274,7 @@ impl RaftLog {
         assert!(self.applied <= self.commit);
         assert!(self.commit <= self.last_index());
         assert!(self.commit >= self.offset);
+        debug_assert_eq!(self.bytes, self.entries.iter().map(Entry::size_bytes).sum::<usize>());
         let mut term = self.offset_term;
         for (i, e) in self.entries.iter().enumerate() {
             assert_eq!(e.index.0, self.offset.0 + 1 + i as u64);

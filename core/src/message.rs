@@ -1,7 +1,7 @@
 //! Messages exchanged between Raft nodes. The runtime carries them over the network; the core
 //! only produces and consumes them.
 
-use crate::types::{Entry, LogIndex, NodeId, Term};
+use crate::types::{Entry, LogIndex, NodeId, SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +69,22 @@ pub enum MessageBody {
         ids: Vec<u64>,
         index: LogIndex,
     },
+    /// Chunk `seq` (from 0) of the leader's state machine at `meta`, for a follower whose next
+    /// entries the leader has compacted away. The leader's runtime reads and sends the chunks;
+    /// `data` is opaque to consensus.
+    SnapshotChunk {
+        meta: SnapshotMeta,
+        seq: u64,
+        data: Vec<u8>,
+        last: bool,
+    },
+    /// The follower stored the chunks of `meta` before `next_seq`. `finished`: it needs no more
+    /// of this snapshot (installed, or already past it).
+    SnapshotAck {
+        meta: SnapshotMeta,
+        next_seq: u64,
+        finished: bool,
+    },
 }
 
 impl MessageBody {
@@ -85,6 +101,8 @@ impl MessageBody {
             MessageBody::Propose { .. } => "Propose",
             MessageBody::ReadIndex { .. } => "ReadIndex",
             MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",
+            MessageBody::SnapshotChunk { .. } => "SnapshotChunk",
+            MessageBody::SnapshotAck { .. } => "SnapshotAck",
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum PlantedBug {
     /// A connection submits a pipelined read without waiting for the writes before it to
     /// be answered, so the read can miss its own connection's write (a bug this project had).
     PipelineReadsOvertakeWrites,
+    /// A follower installing a snapshot drops the client sessions in it, so a write retried
+    /// after the install is no longer recognised as a duplicate and applies twice there.
+    SnapshotDropsSessions,
 }
 
 /// Whether `bug` is planted in this build and run.

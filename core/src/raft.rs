@@ -8,7 +8,7 @@
 
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
-use crate::types::{Entry, HardState, LogIndex, NodeId, Term};
+use crate::types::{Entry, HardState, LogIndex, NodeId, SnapshotMeta, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -33,6 +33,13 @@ pub struct Config {
     pub uncommitted_entries_max: u64,
     /// Read requests queued at a leader awaiting confirmation.
     pub pending_reads_max: usize,
+    /// The log is compacted once this many applied entries, or this many bytes of entries,
+    /// have accumulated since the last compaction.
+    pub snapshot_entries: u64,
+    pub snapshot_bytes: usize,
+    /// Applied entries kept after a compaction, so a follower slightly behind catches up from
+    /// the log instead of a snapshot.
+    pub snapshot_keep_entries: u64,
     /// Seeds the election-jitter RNG; the runtime chooses it.
     pub seed: u64,
     /// A deliberate bug for the simulation to catch; ignored outside simulation builds.
@@ -52,6 +59,9 @@ impl Config {
             apply_batch_max: 1024,
             uncommitted_entries_max: 20_000,
             pending_reads_max: 100_000,
+            snapshot_entries: 100_000,
+            snapshot_bytes: 64 << 20,
+            snapshot_keep_entries: 1_000,
             seed,
             planted: None,
         }
@@ -77,6 +87,8 @@ impl Config {
             || self.apply_batch_max == 0
             || self.uncommitted_entries_max == 0
             || self.pending_reads_max == 0
+            || self.snapshot_entries == 0
+            || self.snapshot_bytes == 0
         {
             return Err(ConfigError("batch and queue limits must be at least 1".into()));
         }
@@ -127,6 +139,37 @@ pub enum Input {
         index: LogIndex,
         term: Term,
     },
+    /// The runtime stored the chunks of the snapshot `meta` from `from` before `next_seq`.
+    SnapshotChunkStored {
+        from: NodeId,
+        meta: SnapshotMeta,
+        next_seq: u64,
+    },
+    /// The runtime stored every chunk of the snapshot `meta`; the core decides whether it is
+    /// installed (`Ready::install_snapshot`).
+    SnapshotReceived {
+        from: NodeId,
+        meta: SnapshotMeta,
+    },
+}
+
+/// A snapshot chunk for the runtime to store (follower side).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    pub from: NodeId,
+    pub meta: SnapshotMeta,
+    pub seq: u64,
+    pub data: Vec<u8>,
+    pub last: bool,
+}
+
+/// A follower's acknowledgement of snapshot chunks, for the runtime that sends them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotAck {
+    pub from: NodeId,
+    pub meta: SnapshotMeta,
+    pub next_seq: u64,
+    pub finished: bool,
 }
 
 /// Why a proposal or read was not taken; the runtime may retry later.
@@ -150,6 +193,9 @@ pub struct ReadState {
 /// The outputs of one or more steps, in the order they must be handled.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Ready {
+    /// First of all: replace the state machine and the whole stored log with the received
+    /// snapshot, durably. The core's log already starts after it.
+    pub install_snapshot: Option<SnapshotMeta>,
     /// Persist before sending any message.
     pub hard_state: Option<HardState>,
     /// Delete stored entries from this index on, then write these; persist before sending.
@@ -157,16 +203,32 @@ pub struct Ready {
     pub messages: Vec<Message>,
     /// Apply in order after persisting.
     pub committed: Vec<Entry>,
+    /// After applying: make the applied state durable and delete the stored log up to this
+    /// snapshot's index (the core already dropped those entries).
+    pub compact: Option<SnapshotMeta>,
+    /// After applying: stream the state machine, which now stands at the given snapshot, to
+    /// each of these followers (their next entries are compacted away). Replaces an earlier
+    /// transfer to the same follower.
+    pub send_snapshots: Vec<(NodeId, SnapshotMeta)>,
+    /// Acknowledgements for the snapshot transfers this leader runs.
+    pub snapshot_acks: Vec<SnapshotAck>,
+    /// Received chunks to store; report each with `Input::SnapshotChunkStored`.
+    pub snapshot_chunks: Vec<SnapshotChunk>,
     pub reads: Vec<ReadState>,
     pub rejected: Vec<(u64, Rejection)>,
 }
 
 impl Ready {
     pub fn is_empty(&self) -> bool {
-        self.hard_state.is_none()
+        self.install_snapshot.is_none()
+            && self.hard_state.is_none()
             && self.append.is_none()
             && self.messages.is_empty()
             && self.committed.is_empty()
+            && self.compact.is_none()
+            && self.send_snapshots.is_empty()
+            && self.snapshot_acks.is_empty()
+            && self.snapshot_chunks.is_empty()
             && self.reads.is_empty()
             && self.rejected.is_empty()
     }
@@ -178,6 +240,10 @@ enum ReplicationState {
     Probe { paused: bool },
     /// Optimistic pipelining, at most `inflight_appends_max` messages in flight.
     Replicate,
+    /// The follower needs entries the log no longer holds: a snapshot is being streamed to it.
+    /// `idle_heartbeats` counts heartbeat intervals without an acknowledgement; too many and
+    /// the transfer starts over.
+    Snapshot { meta: SnapshotMeta, idle_heartbeats: u32 },
 }
 
 /// The leader's view of one follower (Figure 2 "volatile state on leaders").
@@ -203,6 +269,9 @@ struct Progress {
 }
 
 const STALLED_HEARTBEATS_MAX: u32 = 3;
+
+/// Heartbeat intervals without a snapshot acknowledgement before a transfer starts over.
+const SNAPSHOT_IDLE_HEARTBEATS_MAX: u32 = 20;
 
 /// A read waiting at the leader for a quorum to confirm leadership.
 #[derive(Clone, Copy, Debug)]
@@ -242,12 +311,20 @@ pub struct RaftNode {
     msgs: Vec<Message>,
     reads: Vec<ReadState>,
     rejected: Vec<(u64, Rejection)>,
+    install_snapshot: Option<SnapshotMeta>,
+    /// Leader only: followers that need a snapshot, sent with the next `ready`.
+    snapshot_wanted: Vec<NodeId>,
+    snapshot_acks: Vec<SnapshotAck>,
+    snapshot_chunks: Vec<SnapshotChunk>,
 }
 
 /// What a node restores from storage at start-up.
 #[derive(Clone, Debug, Default)]
 pub struct RestoredState {
     pub hard_state: HardState,
+    /// The snapshot the stored log starts after.
+    pub snapshot: SnapshotMeta,
+    /// The log from `snapshot.index + 1` on.
     pub entries: Vec<Entry>,
     pub applied: LogIndex,
 }
@@ -262,6 +339,7 @@ pub struct Status {
     pub commit_index: LogIndex,
     pub applied_index: LogIndex,
     pub last_index: LogIndex,
+    pub snapshot_index: LogIndex,
 }
 
 impl RaftNode {
@@ -272,7 +350,15 @@ impl RaftNode {
                 return Err(ConfigError(format!("stored vote for unknown node {v}")));
             }
         }
-        let log = RaftLog::restore(LogIndex(0), Term(0), restored.entries, restored.applied);
+        if restored.applied < restored.snapshot.index {
+            return Err(ConfigError("stored applied index is below the stored snapshot".into()));
+        }
+        let log = RaftLog::restore(
+            restored.snapshot.index,
+            restored.snapshot.term,
+            restored.entries,
+            restored.applied,
+        );
         if log.last_term() > restored.hard_state.term {
             return Err(ConfigError("stored log has a term above the stored current term".into()));
         }
@@ -298,6 +384,10 @@ impl RaftNode {
             msgs: Vec::new(),
             reads: Vec::new(),
             rejected: Vec::new(),
+            install_snapshot: None,
+            snapshot_wanted: Vec::new(),
+            snapshot_acks: Vec::new(),
+            snapshot_chunks: Vec::new(),
             cfg,
         };
         node.reset_election_timer();
@@ -321,6 +411,7 @@ impl RaftNode {
             commit_index: self.log.commit_index(),
             applied_index: self.log.applied_index(),
             last_index: self.log.last_index(),
+            snapshot_index: self.log.snapshot().index,
         }
     }
 
@@ -344,7 +435,40 @@ impl RaftNode {
                     self.maybe_commit();
                 }
             }
+            Input::SnapshotChunkStored { from, meta, next_seq } => {
+                if self.leader == Some(from) {
+                    let body = MessageBody::SnapshotAck { meta, next_seq, finished: false };
+                    self.send(from, body);
+                }
+            }
+            Input::SnapshotReceived { from, meta } => self.snapshot_received(from, meta),
         }
+    }
+
+    /// Every chunk of `meta` is stored: install it unless the log got there meanwhile.
+    fn snapshot_received(&mut self, from: NodeId, meta: SnapshotMeta) {
+        if self.role != Role::Follower || self.leader != Some(from) {
+            return; // its leader is gone; a new one will send what it needs
+        }
+        if meta.index > self.log.commit_index() {
+            self.log.restore_snapshot(meta);
+            self.install_snapshot = Some(meta);
+        }
+        self.answer_snapshot(from, meta);
+    }
+
+    /// Tells the leader streaming `meta` that this node holds the state up to its index (or
+    /// further), so transfer and probing are over.
+    fn answer_snapshot(&mut self, to: NodeId, meta: SnapshotMeta) {
+        let next_seq = u64::MAX;
+        self.send(to, MessageBody::SnapshotAck { meta, next_seq, finished: true });
+        let body = MessageBody::AppendEntriesResponse {
+            success: true,
+            index: self.log.commit_index(),
+            hint: LogIndex(0),
+            hint_term: Term(0),
+        };
+        self.send(to, body);
     }
 
     /// Collects everything the runtime must do now; see the module comment for the order.
@@ -392,14 +516,46 @@ impl RaftNode {
             self.persisted_hard_state = hs;
             hs
         });
+        let append = self.log.take_unstable();
+        let committed = self.log.take_committed(self.cfg.apply_batch_max);
+        // The runtime streams the state machine as it stands after applying `committed`.
+        let applied = self.log.applied_index();
+        let at = SnapshotMeta { index: applied, term: self.log.term(applied).expect("held") };
+        let mut send_snapshots = Vec::new();
+        for peer in std::mem::take(&mut self.snapshot_wanted) {
+            if let Some(pr) = self.progress.get_mut(&peer) {
+                pr.state = ReplicationState::Snapshot { meta: at, idle_heartbeats: 0 };
+                send_snapshots.push((peer, at));
+            }
+        }
         Ready {
+            install_snapshot: self.install_snapshot.take(),
             hard_state,
-            append: self.log.take_unstable(),
+            append,
             messages: std::mem::take(&mut self.msgs),
-            committed: self.log.take_committed(self.cfg.apply_batch_max),
+            committed,
+            compact: self.maybe_compact(),
+            send_snapshots,
+            snapshot_acks: std::mem::take(&mut self.snapshot_acks),
+            snapshot_chunks: std::mem::take(&mut self.snapshot_chunks),
             reads: std::mem::take(&mut self.reads),
             rejected: std::mem::take(&mut self.rejected),
         }
+    }
+
+    /// Compacts the log once enough applied entries or bytes have piled up since the last
+    /// compaction, keeping `snapshot_keep_entries` applied entries for followers just behind.
+    fn maybe_compact(&mut self) -> Option<SnapshotMeta> {
+        let snapshot = self.log.snapshot();
+        let applied = self.log.applied_index();
+        let due = applied.0 - snapshot.index.0 >= self.cfg.snapshot_entries
+            || self.log.bytes() >= self.cfg.snapshot_bytes;
+        if !due {
+            return None;
+        }
+        let to = LogIndex(applied.0.saturating_sub(self.cfg.snapshot_keep_entries))
+            .min(self.log.persisted_index());
+        (to > snapshot.index).then(|| self.log.compact(to))
     }
 
     // ---- time -------------------------------------------------------------------------------
@@ -501,6 +657,7 @@ impl RaftNode {
         self.leader = leader;
         self.reset_election_timer();
         self.progress.clear();
+        self.snapshot_wanted.clear();
         if was_leader {
             for r in std::mem::take(&mut self.pending_reads) {
                 self.reject_read(r.id, r.from, Rejection::LeadershipLost);
@@ -624,7 +781,9 @@ impl RaftNode {
                 }
                 MessageBody::PreVote { .. } => {}
                 MessageBody::PreVoteResponse { granted: true } => {}
-                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::SnapshotChunk { .. } => {
                     self.become_follower(m.term, Some(m.from));
                 }
                 _ => self.become_follower(m.term, None),
@@ -632,7 +791,9 @@ impl RaftNode {
         } else if m.term < self.term {
             match m.body {
                 // A stale leader learns our term from the response and steps down.
-                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::SnapshotChunk { .. } => {
                     let body = MessageBody::AppendEntriesResponse {
                         success: false,
                         index: LogIndex(0),
@@ -706,6 +867,29 @@ impl RaftNode {
                 for id in ids {
                     self.reads.push(ReadState { id, index });
                 }
+            }
+            MessageBody::SnapshotChunk { meta, seq, data, last } => {
+                self.accept_leader(m.from);
+                if meta.index <= self.log.commit_index() {
+                    self.answer_snapshot(m.from, meta);
+                } else {
+                    let chunk = SnapshotChunk { from: m.from, meta, seq, data, last };
+                    self.snapshot_chunks.push(chunk);
+                }
+            }
+            MessageBody::SnapshotAck { meta, next_seq, finished } => {
+                if self.role != Role::Leader {
+                    return;
+                }
+                let Some(pr) = self.progress.get_mut(&m.from) else { return };
+                pr.recent_active = true;
+                if let ReplicationState::Snapshot { meta: sending, idle_heartbeats } = &mut pr.state
+                {
+                    if *sending == meta {
+                        *idle_heartbeats = 0;
+                    }
+                }
+                self.snapshot_acks.push(SnapshotAck { from: m.from, meta, next_seq, finished });
             }
         }
     }
@@ -790,6 +974,7 @@ impl RaftNode {
             return;
         }
         let leader_last = self.log.last_index();
+        let log_start = self.log.snapshot().index;
         let better = if success {
             None
         } else {
@@ -806,7 +991,13 @@ impl RaftNode {
             while pr.inflight.front().is_some_and(|i| *i <= index) {
                 pr.inflight.pop_front();
             }
-            if matches!(pr.state, ReplicationState::Probe { .. }) {
+            let resume = match pr.state {
+                ReplicationState::Probe { .. } => true,
+                // Installed (or already past it): replicate from the log again.
+                ReplicationState::Snapshot { .. } => pr.match_index >= log_start,
+                ReplicationState::Replicate => false,
+            };
+            if resume {
                 pr.state = ReplicationState::Replicate;
                 pr.inflight.clear();
                 pr.next_index = pr.match_index.next();
@@ -817,11 +1008,18 @@ impl RaftNode {
             match pr.state {
                 ReplicationState::Replicate if index <= pr.match_index => return, // stale
                 ReplicationState::Probe { .. } if index != pr.next_index.prev() => return, // stale
+                ReplicationState::Snapshot { .. } => return, // from before the transfer
                 _ => {}
             }
             pr.state = ReplicationState::Probe { paused: false };
             pr.inflight.clear();
-            pr.next_index = better.next().max(pr.match_index.next()).min(leader_last.next());
+            pr.next_index = if index <= log_start || hint < log_start {
+                // The follower's log does not reach the start of ours: the entries it lacks
+                // are compacted, so the next send finds no `prev` and streams a snapshot.
+                log_start.max(pr.match_index.next())
+            } else {
+                better.next().max(pr.match_index.next()).min(leader_last.next())
+            };
         }
     }
 
@@ -840,10 +1038,19 @@ impl RaftNode {
     }
 
     /// Pipelined appends whose acknowledgements stopped coming were lost (or their
-    /// acknowledgements were): fall back to probing from the last known match.
+    /// acknowledgements were): fall back to probing from the last known match. A snapshot
+    /// transfer that stopped being acknowledged starts over the same way.
     fn detect_lost_appends(&mut self) {
         let last = self.log.last_index();
         for pr in self.progress.values_mut() {
+            if let ReplicationState::Snapshot { idle_heartbeats, .. } = &mut pr.state {
+                *idle_heartbeats += 1;
+                if *idle_heartbeats >= SNAPSHOT_IDLE_HEARTBEATS_MAX {
+                    pr.state = ReplicationState::Probe { paused: false };
+                    pr.next_index = pr.match_index.next();
+                }
+                continue;
+            }
             if pr.state != ReplicationState::Replicate {
                 continue;
             }
@@ -874,12 +1081,21 @@ impl RaftNode {
             ReplicationState::Replicate => {
                 pr.next_index <= last && pr.inflight.len() < max_inflight
             }
+            ReplicationState::Snapshot { .. } => false,
         };
         if !allowed {
             return false;
         }
         let prev = pr.next_index.prev();
-        let prev_term = self.log.term(prev).expect("the leader's log holds every index");
+        let Some(prev_term) = self.log.term(prev) else {
+            // Compacted away: the follower gets a snapshot instead (its meta is set in `ready`).
+            debug_assert!(prev < self.log.snapshot().index);
+            pr.state =
+                ReplicationState::Snapshot { meta: SnapshotMeta::default(), idle_heartbeats: 0 };
+            pr.inflight.clear();
+            self.snapshot_wanted.push(peer);
+            return false;
+        };
         let entries = self.log.entries_from(
             pr.next_index,
             self.cfg.append_entries_max,
@@ -893,6 +1109,7 @@ impl RaftNode {
                 pr.next_index = last_sent.next();
                 pr.inflight.push_back(last_sent);
             }
+            ReplicationState::Snapshot { .. } => unreachable!("not allowed to append"),
         }
         let body = MessageBody::AppendEntries {
             prev_log_index: prev,

@@ -71,3 +71,13 @@ pub struct HardState {
     pub term: Term,
     pub voted_for: Option<NodeId>,
 }
+
+/// The point a snapshot of the state machine was taken at: it holds every entry up to `index`,
+/// whose term is `term`. The log before it may be compacted away.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct SnapshotMeta {
+    pub index: LogIndex,
+    pub term: Term,
+}

@@ -7,7 +7,7 @@
 
 use raft_kv_core::{
     Config, Entry, HardState, Input, LogIndex, Message, MessageBody, NodeId, RaftNode, ReadState,
-    Ready, Rejection, RestoredState, Role, Term,
+    Ready, Rejection, RestoredState, Role, SnapshotMeta, Term,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -47,7 +47,22 @@ fn restored(term: u64, voted_for: Option<u64>, terms: &[u64]) -> RestoredState {
         hard_state: HardState { term: Term(term), voted_for: voted_for.map(NodeId) },
         entries: log_of_terms(terms),
         applied: LogIndex(0),
+        snapshot: SnapshotMeta::default(),
     }
+}
+
+/// A snapshot chunk of the harness's state machine: one applied entry per chunk.
+fn encode_entry(e: &Entry) -> Vec<u8> {
+    let mut out = e.index.0.to_be_bytes().to_vec();
+    out.extend_from_slice(&e.term.0.to_be_bytes());
+    out.extend_from_slice(&e.data);
+    out
+}
+
+fn decode_entry(b: &[u8]) -> Entry {
+    let index = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+    let term = u64::from_be_bytes(b[8..16].try_into().expect("8 bytes"));
+    Entry { index: LogIndex(index), term: Term(term), data: b[16..].to_vec() }
 }
 
 fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
@@ -58,11 +73,18 @@ fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
 struct Peer {
     node: RaftNode,
     hard_state: HardState,
-    /// The durable log: `stored[i].index == i + 1`.
+    /// The durable log: `stored[i].index == stored_after + 1 + i`.
     stored: Vec<Entry>,
+    /// The durable snapshot the stored log starts after.
+    stored_after: SnapshotMeta,
     applied_index: LogIndex,
-    /// Entries applied since start, in order.
+    /// Entries applied since start, in order (not those installed from a snapshot).
     applied: Vec<Entry>,
+    /// The state machine: every entry up to `applied_index`, applied or installed.
+    sm: Vec<Entry>,
+    /// Snapshot chunks received so far, and of which snapshot.
+    staging: Vec<Entry>,
+    staging_meta: Option<SnapshotMeta>,
     /// Reads released by the node but not yet applied up to their index.
     reads_waiting: Vec<ReadState>,
     reads_served: Vec<ReadState>,
@@ -88,6 +110,21 @@ struct Cluster {
     committed: BTreeMap<LogIndex, Entry>,
 }
 
+fn stored_entry(peer: &Peer, index: LogIndex) -> Option<&Entry> {
+    let i = index.0.checked_sub(peer.stored_after.index.0 + 1)?;
+    peer.stored.get(i as usize)
+}
+
+/// Two stored logs end at the same index and agree wherever both hold an entry.
+fn logs_agree(a: &Peer, b: &Peer) -> bool {
+    let last = |p: &Peer| p.stored_after.index.0 + p.stored.len() as u64;
+    if last(a) != last(b) {
+        return false;
+    }
+    let from = a.stored_after.index.0.max(b.stored_after.index.0) + 1;
+    (from..=last(a)).all(|i| stored_entry(a, LogIndex(i)) == stored_entry(b, LogIndex(i)))
+}
+
 impl Cluster {
     fn new(voters_count: u64) -> Cluster {
         Cluster::restored(vec![RestoredState::default(); voters_count as usize], |_| {})
@@ -110,15 +147,23 @@ impl Cluster {
             let mut cfg = config(id.0, voters_count);
             tune(&mut cfg);
             let node = RaftNode::new(cfg, state.clone()).expect("valid config and state");
-            for e in &state.entries[..state.applied.0 as usize] {
+            // A restored snapshot at (i, t) stands for entries 1..=i of term t.
+            let snap = state.snapshot;
+            let mut sm: Vec<Entry> = (1..=snap.index.0).map(|i| entry(i, snap.term.0)).collect();
+            sm.extend_from_slice(&state.entries[..(state.applied.0 - snap.index.0) as usize]);
+            for e in &sm {
                 cluster.record_committed(e);
             }
             let peer = Peer {
                 node,
                 hard_state: state.hard_state,
+                sm,
                 stored: state.entries,
+                stored_after: snap,
                 applied_index: state.applied,
                 applied: Vec::new(),
+                staging: Vec::new(),
+                staging_meta: None,
                 reads_waiting: Vec::new(),
                 reads_served: Vec::new(),
                 rejected: Vec::new(),
@@ -165,13 +210,14 @@ impl Cluster {
         let live: Vec<NodeId> =
             self.ids().into_iter().filter(|id| !self.down.contains(id)).collect();
         let leader = self.peers[&live[0]].node.status().leader?;
-        let leader_stored = &self.peers.get(&leader)?.stored;
+        let leader_peer = self.peers.get(&leader)?;
         let all = live.iter().all(|id| {
             let st = self.peers[id].node.status();
             st.leader == Some(leader)
                 && st.commit_index >= LogIndex(commit)
                 && st.applied_index == st.commit_index
-                && &self.peers[id].stored == leader_stored
+                && self.peers[id].sm == leader_peer.sm
+                && logs_agree(&self.peers[id], leader_peer)
         });
         all.then_some(leader)
     }
@@ -240,10 +286,35 @@ impl Cluster {
             }
             peer.hard_state = hs;
         }
+        // 0. Install a received snapshot: state machine and log replaced.
+        if let Some(meta) = ready.install_snapshot {
+            assert_eq!(
+                peer.staging_meta,
+                Some(meta),
+                "node {id}: installs a snapshot not received"
+            );
+            assert_eq!(peer.staging.len() as u64, meta.index.0, "node {id}: snapshot incomplete");
+            assert!(meta.index > peer.applied_index, "node {id}: snapshot behind its state");
+            peer.sm = std::mem::take(&mut peer.staging);
+            peer.staging_meta = None;
+            peer.applied_index = meta.index;
+            peer.stored.clear();
+            peer.stored_after = meta;
+            peer.commit_checked = peer.commit_checked.max(meta.index);
+            let installed = peer.sm.clone();
+            for e in &installed {
+                self.record_committed(e);
+            }
+        }
+        let peer = self.peers.get_mut(&id).expect("known node");
         if let Some((from, entries)) = &ready.append {
             assert!(*from > peer.commit_checked, "node {id}: overwrites committed index {from}");
-            assert!(from.0 >= 1 && from.0 <= peer.stored.len() as u64 + 1, "append leaves a gap");
-            peer.stored.truncate(from.0 as usize - 1);
+            let offset = peer.stored_after.index.0;
+            assert!(
+                from.0 > offset && from.0 <= offset + peer.stored.len() as u64 + 1,
+                "append leaves a gap"
+            );
+            peer.stored.truncate((from.0 - offset) as usize - 1);
             for (i, e) in entries.iter().enumerate() {
                 assert_eq!(e.index.0, from.0 + i as u64, "node {id}: append not contiguous");
                 assert!(e.term <= peer.hard_state.term, "node {id}: entry above the stored term");
@@ -251,9 +322,15 @@ impl Cluster {
             peer.stored.extend(entries.iter().cloned());
         }
         let st = peer.node.status();
-        assert_eq!(st.last_index.0, peer.stored.len() as u64, "node {id}: storage lags the log");
-        let newly_committed =
-            peer.stored[peer.commit_checked.0 as usize..st.commit_index.0 as usize].to_vec();
+        let offset = peer.stored_after.index.0;
+        assert_eq!(
+            st.last_index.0,
+            offset + peer.stored.len() as u64,
+            "node {id}: storage lags the log"
+        );
+        let newly_committed = peer.stored
+            [(peer.commit_checked.0 - offset) as usize..(st.commit_index.0 - offset) as usize]
+            .to_vec();
         peer.commit_checked = st.commit_index;
         for e in &newly_committed {
             self.record_committed(e);
@@ -274,7 +351,8 @@ impl Cluster {
                     assert_eq!(peer.hard_state.voted_for, Some(m.to), "vote sent before durable");
                 }
                 MessageBody::AppendEntriesResponse { success: true, index, .. } => {
-                    assert!(index.0 as usize <= peer.stored.len(), "ack of entries not durable");
+                    let durable = peer.stored_after.index.0 + peer.stored.len() as u64;
+                    assert!(index.0 <= durable, "ack of entries not durable");
                     assert!(m.term <= peer.hard_state.term);
                 }
                 _ => assert!(m.term <= peer.hard_state.term, "node {id}: term sent before durable"),
@@ -288,14 +366,53 @@ impl Cluster {
         let peer = self.peers.get_mut(&id).expect("known node");
         for e in &ready.committed {
             assert_eq!(e.index, peer.applied_index.next(), "node {id}: apply out of order");
-            assert_eq!(
-                &peer.stored[e.index.0 as usize - 1],
-                e,
-                "node {id}: applies unstored entry"
-            );
+            assert_eq!(stored_entry(peer, e.index), Some(e), "node {id}: applies unstored entry");
             assert_eq!(self.committed.get(&e.index), Some(e), "node {id}: applies uncommitted");
             peer.applied_index = e.index;
             peer.applied.push(e.clone());
+            peer.sm.push(e.clone());
+        }
+
+        // 3b. Compact: the state machine stands for the entries up to the snapshot.
+        if let Some(meta) = ready.compact {
+            assert!(meta.index <= peer.applied_index, "node {id}: compacts unapplied entries");
+            assert!(meta.index > peer.stored_after.index, "node {id}: compaction goes backwards");
+            assert_eq!(stored_entry(peer, meta.index).map(|e| e.term), Some(meta.term));
+            let n = (meta.index.0 - peer.stored_after.index.0) as usize;
+            peer.stored.drain(..n);
+            peer.stored_after = meta;
+        }
+
+        // 3c. Stream the state machine to followers whose entries are compacted away: one
+        // chunk per entry, all at once (the harness has no flow control).
+        let term = peer.node.status().term;
+        for (to, meta) in &ready.send_snapshots {
+            assert_eq!(meta.index, peer.applied_index, "node {id}: snapshot of another state");
+            let count = peer.sm.len();
+            for (seq, e) in peer.sm.iter().enumerate() {
+                let body = MessageBody::SnapshotChunk {
+                    meta: *meta,
+                    seq: seq as u64,
+                    data: encode_entry(e),
+                    last: seq + 1 == count,
+                };
+                let m = Message { from: id, to: *to, term, body };
+                self.sent.push(m.clone());
+                self.queue.push_back(m);
+            }
+        }
+
+        // 3d. Store received chunks, in order.
+        let mut stored_chunks = Vec::new();
+        for c in &ready.snapshot_chunks {
+            if c.seq == 0 {
+                peer.staging.clear();
+                peer.staging_meta = Some(c.meta);
+            }
+            if peer.staging_meta == Some(c.meta) && c.seq == peer.staging.len() as u64 {
+                peer.staging.push(decode_entry(&c.data));
+                stored_chunks.push((c.from, c.meta, peer.staging.len() as u64, c.last));
+            }
         }
 
         // 4. Serve reads once applied up to their index.
@@ -307,10 +424,16 @@ impl Cluster {
         peer.reads_waiting = later;
         peer.rejected.extend(ready.rejected.iter().copied());
 
-        // 5. Report the write durable.
+        // 5. Report the write durable, and the chunks stored.
         if let Some((_, entries)) = &ready.append {
             if let Some(last) = entries.last() {
                 self.step_id(id, Input::Persisted { index: last.index, term: last.term });
+            }
+        }
+        for (from, meta, next_seq, last) in stored_chunks {
+            self.step_id(id, Input::SnapshotChunkStored { from, meta, next_seq });
+            if last {
+                self.step_id(id, Input::SnapshotReceived { from, meta });
             }
         }
     }
@@ -994,4 +1117,165 @@ fn a_lost_append_while_pipelining_is_resent_after_heartbeats_show_no_progress_5_
     assert!(caught_up, "node 2 never received the lost entry");
     assert_eq!(c.peer(2).applied[1], Entry { index: LogIndex(2), term, data: b"x".to_vec() });
     assert_eq!(c.status(1).term, term, "recovering must not cost an election");
+}
+
+// ---- log compaction and snapshots (§7) ------------------------------------------------------
+
+fn compacting(cfg: &mut Config) {
+    cfg.snapshot_entries = 4;
+    cfg.snapshot_keep_entries = 0;
+}
+
+fn propose_on(c: &mut Cluster, leader: u64, from: u64, count: u64) {
+    for i in from..from + count {
+        c.step(leader, Input::Propose { id: i, data: format!("v{i}").into_bytes() });
+        c.process(leader);
+        c.settle();
+    }
+}
+
+fn installs(c: &mut Cluster, id: u64) -> Vec<SnapshotMeta> {
+    c.take_readies(id).iter().filter_map(|r| r.install_snapshot).collect()
+}
+
+#[test]
+fn every_node_compacts_its_applied_log_past_the_threshold_7() {
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], compacting);
+    c.elect_and_converge(1);
+    propose_on(&mut c, 1, 1, 10);
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(11).is_some()));
+    for id in 1..=3 {
+        let p = c.peer(id);
+        assert!(p.stored_after.index.0 >= 8, "node {id} compacted to {:?}", p.stored_after);
+        assert_eq!(p.node.status().snapshot_index, p.stored_after.index);
+        assert_eq!(p.sm.len(), 11, "node {id}: the state machine keeps everything");
+    }
+    assert!(installs(&mut c, 2).is_empty(), "followers in step need no snapshot");
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_installs_a_snapshot_and_rejoins_7() {
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], compacting);
+    c.elect_and_converge(1);
+    c.crash(3);
+    propose_on(&mut c, 1, 1, 12);
+    let leader_start = c.peer(1).stored_after.index;
+    assert!(leader_start.0 >= 8, "the leader compacted to {leader_start}");
+    assert_eq!(c.peer(3).sm.len(), 1, "node 3 holds only the no-op");
+
+    c.down.clear();
+    assert!(c.run_until(8 * ELECTION_TICKS, |c| c.converged(13).is_some()));
+    assert_eq!(c.peer(3).sm, c.peer(1).sm, "node 3's state machine is the leader's");
+    let installed = installs(&mut c, 3);
+    assert_eq!(installed.len(), 1, "one snapshot installed: {installed:?}");
+    assert!(installed[0].index >= leader_start);
+    assert!(c.peer(3).applied.len() < 13, "node 3 did not apply every entry itself");
+
+    // It keeps replicating from the log afterwards.
+    propose_on(&mut c, 1, 100, 2);
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(15).is_some()));
+    assert_eq!(c.peer(3).sm, c.peer(1).sm);
+}
+
+#[test]
+fn a_snapshot_transfer_cut_off_midway_starts_over_7() {
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], compacting);
+    c.elect_and_converge(1);
+    c.crash(3);
+    propose_on(&mut c, 1, 1, 12);
+    c.down.clear();
+    // Node 3 answers heartbeats, the leader starts streaming, and every chunk after the first
+    // is lost.
+    let mut chunks = 0;
+    for _ in 0..6 * ELECTION_TICKS {
+        for id in c.ids() {
+            c.step_id(id, Input::Tick);
+            c.process_id(id);
+        }
+        for _ in 0..SETTLE_ROUNDS_MAX {
+            let lost =
+                |m: &Message| matches!(&m.body, MessageBody::SnapshotChunk { seq, .. } if *seq > 0);
+            let before = c.queue.len();
+            c.queue.retain(|m| !lost(m));
+            chunks += before - c.queue.len();
+            if c.queue.is_empty() {
+                break;
+            }
+            c.deliver_round();
+        }
+    }
+    assert!(chunks > 0, "a transfer was started and cut");
+    let started =
+        |c: &Cluster| c.peer(1).readies.iter().map(|r| r.send_snapshots.len()).sum::<usize>();
+    assert!(started(&c) >= 2, "the stalled transfer started over ({} starts)", started(&c));
+    assert_eq!(c.peer(3).sm.len(), 1, "nothing installed from a partial snapshot");
+
+    // With the network whole again, the next attempt completes.
+    assert!(c.run_until(30 * ELECTION_TICKS, |c| c.converged(13).is_some()));
+    assert_eq!(c.peer(3).sm, c.peer(1).sm);
+}
+
+#[test]
+fn a_snapshot_the_follower_already_holds_is_not_installed_7() {
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], compacting);
+    c.elect_and_converge(1);
+    propose_on(&mut c, 1, 1, 6);
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(7).is_some()));
+    let term = c.status(1).term.0;
+    // A chunk of an old snapshot, delayed in the network, arrives after the follower caught up.
+    let meta = SnapshotMeta { index: LogIndex(3), term: Term(term) };
+    let body =
+        MessageBody::SnapshotChunk { meta, seq: 0, data: encode_entry(&noop(1, term)), last: true };
+    c.deliver(msg(1, 2, term, body));
+    assert!(installs(&mut c, 2).is_empty());
+    let answered = c.queue.iter().any(|m| {
+        m.from == NodeId(2) && matches!(m.body, MessageBody::SnapshotAck { finished: true, .. })
+    });
+    assert!(answered, "the leader is told the follower needs no more of it");
+    c.settle();
+    assert_eq!(c.converged(7), Some(NodeId(1)));
+}
+
+#[test]
+fn a_node_restarts_from_its_snapshot_and_the_log_after_it_7() {
+    let entries: Vec<Entry> = (6..=8).map(|i| entry(i, 2)).collect();
+    let state = RestoredState {
+        hard_state: HardState { term: Term(2), voted_for: None },
+        snapshot: SnapshotMeta { index: LogIndex(5), term: Term(1) },
+        entries,
+        applied: LogIndex(6),
+    };
+    let node = RaftNode::new(config(1, 3), state.clone()).expect("valid");
+    let st = node.status();
+    assert_eq!(
+        (st.snapshot_index, st.applied_index, st.commit_index, st.last_index),
+        (LogIndex(5), LogIndex(6), LogIndex(6), LogIndex(8))
+    );
+    node.check_invariants();
+
+    let below = RestoredState { applied: LogIndex(4), ..state };
+    assert!(RaftNode::new(config(1, 3), below).is_err(), "applied below the snapshot is refused");
+}
+
+#[test]
+fn a_new_leader_streams_a_snapshot_to_a_follower_whose_log_ends_before_its_own_7() {
+    // Nodes 1 and 2 compacted to index 5; node 3 lost its log. Node 1's first probe of node 3
+    // is rejected with a hint before the compacted prefix, which must lead to a snapshot, not
+    // to probing index 5 forever.
+    let compacted = RestoredState {
+        hard_state: HardState { term: Term(2), voted_for: None },
+        snapshot: SnapshotMeta { index: LogIndex(5), term: Term(1) },
+        entries: (6..=8).map(|i| entry(i, 2)).collect(),
+        applied: LogIndex(6),
+    };
+    let empty = RestoredState {
+        hard_state: HardState { term: Term(2), voted_for: None },
+        ..RestoredState::default()
+    };
+    let mut c = Cluster::restored(vec![compacted.clone(), compacted, empty], |_| {});
+    c.elect(1);
+    assert!(c.run_until(8 * ELECTION_TICKS, |c| c.converged(9).is_some()));
+    assert_eq!(installs(&mut c, 3).len(), 1);
+    assert_eq!(c.peer(3).sm, c.peer(1).sm);
+    assert_eq!(c.peer(3).sm.len(), 9);
 }

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod command;
 pub mod node;
 pub mod resp;
+pub mod snapshot;
 pub mod storage;
 pub mod transport;
 

@@ -5,6 +5,7 @@
 
 use crate::codec::{self, Proposal};
 use crate::command::{AdminCommand, ReadCommand, Reply};
+use crate::snapshot::{Incoming, Outgoing, SnapshotTuning};
 use crate::storage::{Storage, StorageError};
 use crate::transport::PeerSender;
 use bytes::Bytes;
@@ -49,6 +50,7 @@ pub struct NodeTuning {
     pub inputs_per_batch_max: usize,
     /// Client requests waiting for consensus at once; more are refused with BUSY.
     pub pending_requests_max: usize,
+    pub snapshot: SnapshotTuning,
 }
 
 impl Default for NodeTuning {
@@ -58,6 +60,7 @@ impl Default for NodeTuning {
             request_timeout: Duration::from_secs(5),
             inputs_per_batch_max: 4096,
             pending_requests_max: 100_000,
+            snapshot: SnapshotTuning::default(),
         }
     }
 }
@@ -111,6 +114,9 @@ pub struct NodeTask<S: Storage> {
     info_static: String,
     /// Told every role, term or leader change (the simulation checks invariants with it).
     on_status: Option<StatusHook>,
+    /// Snapshots this leader streams to followers, and the one this follower receives.
+    outgoing: Outgoing,
+    incoming: Incoming,
 }
 
 /// A callback on every change of a node's role, term or leader.
@@ -132,7 +138,6 @@ impl<S: Storage> NodeTask<S> {
             raft,
             storage,
             peers,
-            tuning,
             incarnation,
             // Request ids are unique across runs too, so a reply to an earlier run's request
             // (a ReadIndexResponse still in flight) can never match a new one.
@@ -148,6 +153,9 @@ impl<S: Storage> NodeTask<S> {
             last_leader: None,
             info_static,
             on_status: None,
+            outgoing: Outgoing::new(tuning.snapshot.clone()),
+            incoming: Incoming::default(),
+            tuning,
         }
     }
 
@@ -215,6 +223,10 @@ impl<S: Storage> NodeTask<S> {
         if self.last_status != Some(now) {
             info!(node = %self.id, term = %s.term, role = s.role.name(), leader = ?s.leader.map(|l| l.0), "raft state changed");
             self.last_status = Some(now);
+            if s.role != Role::Leader && self.outgoing.active() > 0 {
+                info!(node = %self.id, transfers = self.outgoing.active(), "no longer leader; snapshot transfers stopped");
+                self.outgoing.clear();
+            }
             if let Some(hook) = &self.on_status {
                 hook(&s);
             }
@@ -294,6 +306,9 @@ impl<S: Storage> NodeTask<S> {
     }
 
     fn on_tick(&mut self) {
+        if self.outgoing.active() > 0 {
+            self.outgoing.on_tick(&self.peers, self.raft.status().term);
+        }
         let now = Instant::now();
         while let Some(&(deadline, id)) = self.deadlines.front() {
             if deadline > now {
@@ -333,7 +348,26 @@ impl<S: Storage> NodeTask<S> {
     }
 
     fn handle_one_ready(&mut self, rd: Ready) -> Result<(), StorageError> {
-        let Ready { hard_state, append, messages, committed, reads, rejected } = rd;
+        let Ready {
+            install_snapshot,
+            hard_state,
+            append,
+            messages,
+            committed,
+            compact,
+            send_snapshots,
+            snapshot_acks,
+            snapshot_chunks,
+            reads,
+            rejected,
+        } = rd;
+        // 0. A received snapshot replaces the state machine and the log, durably.
+        if let Some(meta) = install_snapshot {
+            self.storage.install_snapshot(meta)?;
+            info!(node = %self.id, index = %meta.index, term = %meta.term, "snapshot installed");
+            self.applied = meta.index;
+            self.settle_writes_in_snapshot()?;
+        }
         // 1. Durable before anything that depends on it leaves this node.
         if hard_state.is_some() || append.is_some() {
             let append_ref = append.as_ref().map(|(from, e)| (*from, e.as_slice()));
@@ -344,9 +378,24 @@ impl<S: Storage> NodeTask<S> {
             debug!(node = %self.id, to = %m.to, term = %m.term, kind = m.body.name(), "send");
             self.peers.send(m);
         }
-        // 3. Apply.
+        // 3. Apply, then compact the log the state machine now stands for, then stream that
+        // state to followers that need it.
         for entry in committed {
             self.apply(entry.index, &entry.data)?;
+        }
+        if let Some(meta) = compact {
+            self.storage.compact(meta)?;
+            debug!(node = %self.id, index = %meta.index, "log compacted");
+        }
+        let term = self.raft.status().term;
+        for (to, meta) in send_snapshots {
+            self.outgoing.start(&self.storage, &self.peers, self.id, term, to, meta)?;
+        }
+        for ack in snapshot_acks {
+            self.outgoing.on_ack(&self.peers, term, ack)?;
+        }
+        for chunk in snapshot_chunks {
+            self.incoming.on_chunk(&mut self.storage, &mut self.raft, chunk)?;
         }
         // 4. Reads, served once applied far enough.
         for r in reads {
@@ -383,6 +432,25 @@ impl<S: Storage> NodeTask<S> {
         Ok(())
     }
 
+    /// The node skipped applying the entries a snapshot covers, so it cannot tell which of its
+    /// pending writes they held: those up to the last request of this run the snapshot's
+    /// session records were applied or overtaken, and get an indeterminate answer. Later ones
+    /// are still ahead in the log or not in it, and stay pending.
+    fn settle_writes_in_snapshot(&mut self) -> Result<(), StorageError> {
+        let Some(session) = self.storage.session(self.id.0)? else { return Ok(()) };
+        if session.incarnation != self.incarnation {
+            return Ok(());
+        }
+        let covered: Vec<u64> =
+            self.writes.range(..=session.last_request).map(|(id, _)| *id).collect();
+        for id in covered {
+            let w = self.writes.remove(&id).expect("listed");
+            let msg = "TIMEOUT this node caught up from a snapshot; the write may or may not have been applied";
+            let _ = w.reply.send(Reply::error(msg));
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, index: LogIndex, data: &[u8]) -> Result<(), StorageError> {
         if data.is_empty() {
             // A new leader's no-op.
@@ -390,6 +458,7 @@ impl<S: Storage> NodeTask<S> {
         } else {
             match codec::decode::<Proposal>(data) {
                 Ok(p) => {
+                    tracing::trace!(node = %self.id, index = %index, origin = %p.origin, incarnation = p.incarnation, request = p.request, command = ?p.command, "apply");
                     let mine = p.origin == self.id && p.incarnation == self.incarnation;
                     let session = self.storage.session(p.origin.0)?;
                     let admitted = if planted::active(
@@ -482,8 +551,16 @@ impl<S: Storage> NodeTask<S> {
     }
 
     fn info(&self) -> Reply {
-        let Status { id, role, term, leader, commit_index, applied_index, last_index } =
-            self.raft.status();
+        let Status {
+            id,
+            role,
+            term,
+            leader,
+            commit_index,
+            applied_index,
+            last_index,
+            snapshot_index,
+        } = self.raft.status();
         let keys = match self.storage.key_count() {
             Ok(n) => n,
             Err(e) => {
@@ -493,9 +570,10 @@ impl<S: Storage> NodeTask<S> {
         };
         let leader = leader.map_or("none".to_string(), |l| l.to_string());
         let text = format!(
-            "{}\r\n# Raft\r\nnode_id:{id}\r\nrole:{}\r\nterm:{term}\r\nleader_id:{leader}\r\ncommit_index:{commit_index}\r\napplied_index:{applied_index}\r\nlast_log_index:{last_index}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n",
+            "{}\r\n# Raft\r\nnode_id:{id}\r\nrole:{}\r\nterm:{term}\r\nleader_id:{leader}\r\ncommit_index:{commit_index}\r\napplied_index:{applied_index}\r\nlast_log_index:{last_index}\r\nsnapshot_index:{snapshot_index}\r\nsnapshot_transfers_sending:{}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n",
             self.info_static,
             role.name(),
+            self.outgoing.active(),
         );
         Reply::Bulk(Bytes::from(text))
     }

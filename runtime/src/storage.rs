@@ -2,7 +2,8 @@
 //! server implements it on RocksDB; `MemStorage` here serves the simulation and tests.
 
 use raft_kv_core::kv::{Key, Mutation, Session, Value};
-use raft_kv_core::{Entry, HardState, LogIndex, RestoredState};
+use raft_kv_core::{Entry, HardState, LogIndex, RestoredState, SnapshotMeta};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -45,31 +46,82 @@ pub trait Storage: Send + 'static {
 
     /// Number of keys, for INFO.
     fn key_count(&self) -> Result<u64, StorageError>;
+
+    /// A consistent view of the applied state (keys and client sessions) as it stands now,
+    /// read in chunks while writes go on.
+    fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError>;
+
+    /// Makes the applied state durable and deletes the log up to `meta.index`, which is
+    /// applied; a restart then begins from `meta` and the log after it.
+    fn compact(&mut self, meta: SnapshotMeta) -> Result<(), StorageError>;
+
+    /// Stores received snapshot items aside, `first` discarding what an earlier transfer left.
+    fn stage_snapshot(&mut self, first: bool, items: &[SnapshotItem]) -> Result<(), StorageError>;
+
+    /// Replaces the applied state with the staged snapshot and the whole log with `meta`,
+    /// durably and atomically: after a crash the node holds either its old state or the
+    /// snapshot, never a mixture.
+    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), StorageError>;
 }
 
-/// Checks what a storage loaded before the node trusts it: the log is contiguous from index 1
-/// with terms that never decrease, the applied index is within it, and no entry has a term
-/// above the stored current term. Every `Storage` runs this on load.
+/// One record of a snapshot stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotItem {
+    Kv(Key, Value),
+    Session(u64, Session),
+}
+
+impl SnapshotItem {
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            SnapshotItem::Kv(k, v) => k.len() + v.len() + 16,
+            SnapshotItem::Session(..) => 24,
+        }
+    }
+}
+
+/// Reads one snapshot in order, chunk by chunk; memory stays bounded by the chunk size.
+pub trait SnapshotReader: Send {
+    /// The applied index of the state being read.
+    fn applied(&self) -> LogIndex;
+    /// About `bytes_max` of the next items (at least one, if any remain); empty at the end.
+    fn next_chunk(&mut self, bytes_max: usize) -> Result<Vec<SnapshotItem>, StorageError>;
+    /// Roughly how many bytes the whole snapshot holds, for progress logs.
+    fn size_hint(&self) -> u64;
+}
+
+/// Checks what a storage loaded before the node trusts it: the log is contiguous from just
+/// after the snapshot with terms that never decrease, the applied index is between the
+/// snapshot and the log's end, and no entry has a term above the stored current term. Every
+/// `Storage` runs this on load.
 pub fn validate(restored: &RestoredState) -> Result<(), StorageError> {
     let entries = &restored.entries;
+    let start = restored.snapshot.index.0;
     for (i, e) in entries.iter().enumerate() {
-        let expected = LogIndex(i as u64 + 1);
+        let expected = LogIndex(start + i as u64 + 1);
         if e.index != expected {
             return Err(StorageError::Corrupt(format!(
                 "log is not contiguous: expected entry {expected}, found {}",
                 e.index
             )));
         }
-        if i > 0 && entries[i - 1].term > e.term {
+        let before = if i > 0 { entries[i - 1].term } else { restored.snapshot.term };
+        if before > e.term {
             return Err(StorageError::Corrupt(format!("log terms decrease at entry {}", e.index)));
         }
     }
-    if restored.applied.0 > entries.len() as u64 {
+    let last = start + entries.len() as u64;
+    if restored.applied.0 > last || restored.applied.0 < start {
         return Err(StorageError::Corrupt(format!(
-            "applied index {} is beyond the last log entry {}",
+            "applied index {} is outside the log, which holds {}..={last} after snapshot {start}",
             restored.applied,
-            entries.len()
+            start + 1,
         )));
+    }
+    if restored.snapshot.term > restored.hard_state.term {
+        return Err(StorageError::Corrupt(
+            "the snapshot has a term above the stored current term".into(),
+        ));
     }
     if entries.last().is_some_and(|e| e.term > restored.hard_state.term) {
         return Err(StorageError::Corrupt(
@@ -105,10 +157,14 @@ struct MemState {
 #[derive(Clone, Default, Debug)]
 struct Image {
     hard_state: HardState,
+    /// The log starts after it: `entries[i].index == snapshot.index + 1 + i`.
+    snapshot: SnapshotMeta,
     entries: Vec<Entry>,
     applied: LogIndex,
     kv: BTreeMap<Key, Value>,
     sessions: BTreeMap<u64, Session>,
+    /// Snapshot items received, not yet installed.
+    staged: Vec<SnapshotItem>,
 }
 
 /// One atomic write (a RocksDB write batch).
@@ -116,6 +172,9 @@ struct Image {
 enum Write {
     Persist { hard_state: Option<HardState>, append: Option<(LogIndex, Vec<Entry>)> },
     Apply { index: LogIndex, mutations: Vec<Mutation> },
+    Compact { meta: SnapshotMeta },
+    Stage { first: bool, items: Vec<SnapshotItem> },
+    Install { meta: SnapshotMeta },
 }
 
 impl Image {
@@ -126,10 +185,38 @@ impl Image {
                     self.hard_state = *hs;
                 }
                 if let Some((from, entries)) = append {
-                    let keep = (from.0.saturating_sub(1) as usize).min(self.entries.len());
-                    self.entries.truncate(keep);
+                    let keep = from.0.saturating_sub(self.snapshot.index.0 + 1) as usize;
+                    self.entries.truncate(keep.min(self.entries.len()));
                     self.entries.extend_from_slice(entries);
                 }
+            }
+            Write::Compact { meta } => {
+                let n = (meta.index.0 - self.snapshot.index.0) as usize;
+                self.entries.drain(..n.min(self.entries.len()));
+                self.snapshot = *meta;
+            }
+            Write::Stage { first, items } => {
+                if *first {
+                    self.staged.clear();
+                }
+                self.staged.extend_from_slice(items);
+            }
+            Write::Install { meta } => {
+                self.kv.clear();
+                self.sessions.clear();
+                for item in std::mem::take(&mut self.staged) {
+                    match item {
+                        SnapshotItem::Kv(k, v) => {
+                            self.kv.insert(k, v);
+                        }
+                        SnapshotItem::Session(origin, s) => {
+                            self.sessions.insert(origin, s);
+                        }
+                    }
+                }
+                self.entries.clear();
+                self.snapshot = *meta;
+                self.applied = meta.index;
             }
             Write::Apply { index, mutations } => {
                 for m in mutations {
@@ -192,8 +279,13 @@ impl MemStorage {
     /// The written log entry at `index`, if any.
     pub fn entry(&self, index: LogIndex) -> Option<Entry> {
         let s = self.state();
-        let i = index.0.checked_sub(1)? as usize;
+        let i = index.0.checked_sub(s.written.snapshot.index.0 + 1)? as usize;
         s.written.entries.get(i).cloned()
+    }
+
+    /// The snapshot the written log starts after.
+    pub fn snapshot_meta(&self) -> SnapshotMeta {
+        self.state().written.snapshot
     }
 
     /// Simulates a power loss of a stopped node: of the unsynced writes, only the first
@@ -221,6 +313,7 @@ impl Storage for MemStorage {
         let s = self.state();
         let restored = RestoredState {
             hard_state: s.written.hard_state,
+            snapshot: s.written.snapshot,
             entries: s.written.entries.clone(),
             applied: s.written.applied,
         };
@@ -237,9 +330,10 @@ impl Storage for MemStorage {
         if let Some((from, entries)) = append {
             // RocksDB keys entries by index; here they sit by position, so refuse what would
             // misplace them (a gap, or entries out of order) instead of storing it.
-            let len = s.written.entries.len() as u64;
+            let start = s.written.snapshot.index.0;
+            let len = start + s.written.entries.len() as u64;
             let in_order = entries.iter().enumerate().all(|(i, e)| e.index.0 == from.0 + i as u64);
-            if from.0 == 0 || from.0 > len + 1 || !in_order {
+            if from.0 <= start || from.0 > len + 1 || !in_order {
                 return Err(StorageError::Corrupt(format!(
                     "append of {} entries at {from} to a log of {len} leaves a gap or is out of order",
                     entries.len()
@@ -290,6 +384,71 @@ impl Storage for MemStorage {
 
     fn key_count(&self) -> Result<u64, StorageError> {
         Ok(self.state().written.kv.len() as u64)
+    }
+
+    fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError> {
+        let s = self.state();
+        let kv = s.written.kv.iter().map(|(k, v)| SnapshotItem::Kv(k.clone(), v.clone()));
+        let sessions = s.written.sessions.iter().map(|(o, x)| SnapshotItem::Session(*o, *x));
+        let items: Vec<SnapshotItem> = kv.chain(sessions).collect();
+        let size = items.iter().map(|i| i.size_bytes() as u64).sum();
+        Ok(Box::new(MemSnapshot { applied: s.written.applied, items: items.into(), size }))
+    }
+
+    fn compact(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        let mut s = self.state();
+        let w = &s.written;
+        let held = meta.index > w.snapshot.index
+            && meta.index <= w.applied
+            && meta.index.0 <= w.snapshot.index.0 + w.entries.len() as u64;
+        if !held {
+            return Err(StorageError::Corrupt(format!(
+                "compaction to {} outside the applied log (snapshot {}, applied {})",
+                meta.index, w.snapshot.index, w.applied
+            )));
+        }
+        s.write(Write::Compact { meta }, true);
+        Ok(())
+    }
+
+    fn stage_snapshot(&mut self, first: bool, items: &[SnapshotItem]) -> Result<(), StorageError> {
+        self.state().write(Write::Stage { first, items: items.to_vec() }, false);
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        self.state().write(Write::Install { meta }, true);
+        Ok(())
+    }
+}
+
+/// A copy of the state taken at once: the simulation's data is small.
+struct MemSnapshot {
+    applied: LogIndex,
+    items: std::collections::VecDeque<SnapshotItem>,
+    size: u64,
+}
+
+impl SnapshotReader for MemSnapshot {
+    fn applied(&self) -> LogIndex {
+        self.applied
+    }
+
+    fn next_chunk(&mut self, bytes_max: usize) -> Result<Vec<SnapshotItem>, StorageError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(item) = self.items.front() {
+            if !out.is_empty() && bytes + item.size_bytes() > bytes_max {
+                break;
+            }
+            bytes += item.size_bytes();
+            out.push(self.items.pop_front().expect("checked"));
+        }
+        Ok(out)
+    }
+
+    fn size_hint(&self) -> u64 {
+        self.size
     }
 }
 

@@ -86,6 +86,11 @@ pub struct PeerSender {
 }
 
 impl PeerSender {
+    /// The node these messages come from.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
     pub fn send(&self, m: Message) {
         let Some(q) = self.queues.get(&m.to) else {
             warn!(node = %self.id, to = %m.to, "message for an unknown peer dropped");

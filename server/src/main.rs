@@ -41,6 +41,20 @@ struct Args {
     /// Largest argument a client may send (Redis's proto-max-bulk-len).
     #[arg(long, default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1..=(512 << 20)))]
     max_bulk_bytes: u64,
+    /// Compact the log (the state machine stands for it) once this many entries have been
+    /// applied since the last compaction.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_entries: u64,
+    /// ... or once the log holds this many bytes.
+    #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..=(1 << 40)))]
+    snapshot_bytes: u64,
+    /// Applied entries kept after a compaction, so a follower slightly behind catches up from
+    /// the log rather than from a snapshot.
+    #[arg(long, default_value_t = 1_000)]
+    snapshot_keep_entries: u64,
+    /// Bytes of state per snapshot chunk sent to a follower (one message each; 4 in flight).
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=(16 << 20)))]
+    snapshot_chunk_bytes: u64,
 }
 
 #[cfg(not(madsim))]
@@ -99,7 +113,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rocks::RocksStorage::open(&data_dir, rocks::Identity { cluster_id, node_id: args.id })?;
 
     let voters = raft_addrs.keys().copied().collect();
-    let raft = raft_kv_core::Config::new(id, voters, rand::random());
+    let mut raft = raft_kv_core::Config::new(id, voters, rand::random());
+    raft.snapshot_entries = args.snapshot_entries;
+    raft.snapshot_bytes = args.snapshot_bytes as usize;
+    raft.snapshot_keep_entries = args.snapshot_keep_entries;
     let mut opts = raft_kv_runtime::NodeOptions::new(
         raft,
         raft_addrs,
@@ -108,6 +125,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     opts.tuning.tick = Duration::from_millis(args.tick_ms);
     opts.tuning.request_timeout = Duration::from_millis(args.request_timeout_ms);
+    opts.tuning.snapshot.chunk_bytes = args.snapshot_chunk_bytes as usize;
     opts.client.limits.bulk_bytes_max = args.max_bulk_bytes as usize;
     opts.client.limits.request_bytes_max =
         opts.client.limits.request_bytes_max.max(2 * args.max_bulk_bytes as usize);

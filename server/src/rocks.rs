@@ -1,31 +1,51 @@
-//! RocksDB storage for a node: column families for the Raft log, Raft metadata and the KV data.
-//! Log and hard-state writes are synced before `persist` returns; applying an entry writes its
-//! KV changes and the applied index in one atomic batch. Every byte read back is validated:
-//! a corrupt or foreign data directory is refused with a clear error, never a panic.
+//! RocksDB storage for a node: column families for the Raft log, Raft metadata, the KV data
+//! and a staging area for snapshots being received. Log and hard-state writes are synced before
+//! `persist` returns; applying an entry writes its KV changes and the applied index in one
+//! atomic batch. Snapshots are read from a RocksDB snapshot (a consistent view that does not
+//! stop writes) and installed with a redo record, so a crash mid-install finishes it on restart.
+//! Every byte read back is validated: a corrupt or foreign data directory is refused with a
+//! clear error, never a panic.
 
 use raft_kv_core::kv::{Key, Mutation, Session, Value};
-use raft_kv_core::{Entry, HardState, LogIndex, RestoredState};
+use raft_kv_core::{Entry, HardState, LogIndex, RestoredState, SnapshotMeta};
 use raft_kv_runtime::codec;
-use raft_kv_runtime::storage::{Storage, StorageError};
+use raft_kv_runtime::storage::{SnapshotItem, SnapshotReader, Storage, StorageError};
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, SnapshotWithThreadMode,
+    WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const CF_LOG: &str = "raft_log";
 const CF_META: &str = "raft_meta";
 const CF_KV: &str = "kv";
+/// Received snapshot items, keyed `k<key>` and `s<origin>`, until installed.
+const CF_STAGE: &str = "snapshot_staging";
 
 const KEY_IDENTITY: &[u8] = b"identity";
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_APPLIED: &[u8] = b"applied_index";
 const KEY_INCARNATION: &[u8] = b"incarnation";
+/// The snapshot the stored log starts after.
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// Present while a snapshot install is under way: the redo record.
+const KEY_INSTALLING: &[u8] = b"installing";
+
+const SESSION_PREFIX: &[u8] = b"session/";
+/// Bytes copied from staging per write batch while installing.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
 fn session_key(origin: u64) -> Vec<u8> {
-    let mut k = b"session/".to_vec();
+    let mut k = SESSION_PREFIX.to_vec();
     k.extend_from_slice(&origin.to_be_bytes());
     k
+}
+
+fn session_origin(key: &[u8]) -> Option<u64> {
+    let raw: [u8; 8] = key.strip_prefix(SESSION_PREFIX)?.try_into().ok()?;
+    Some(u64::from_be_bytes(raw))
 }
 
 /// Which node of which cluster a data directory belongs to; written once when it is created.
@@ -48,7 +68,7 @@ pub enum OpenError {
 }
 
 pub struct RocksStorage {
-    db: DB,
+    db: Arc<DB>,
     sync: WriteOptions,
     nosync: WriteOptions,
 }
@@ -90,13 +110,14 @@ impl RocksStorage {
                 }
             }
         }
-        let cfs =
-            [CF_LOG, CF_META, CF_KV].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        // The staging family is created when missing (directories of earlier versions lack it).
+        let cfs = [CF_LOG, CF_META, CF_KV, CF_STAGE]
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)
             .map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        let storage = RocksStorage { db, sync, nosync: WriteOptions::default() };
+        let storage = RocksStorage { db: Arc::new(db), sync, nosync: WriteOptions::default() };
         let corrupt = |reason: String| OpenError::Corrupt { path: path.to_owned(), reason };
         match storage
             .db
@@ -129,26 +150,97 @@ impl RocksStorage {
     fn cf(&self, name: &str) -> &ColumnFamily {
         self.db.cf_handle(name).expect("column families are checked at open")
     }
-}
 
-impl Storage for RocksStorage {
-    fn load(&mut self) -> Result<RestoredState, StorageError> {
-        let meta = self.cf(CF_META);
-        let hard_state = match self.db.get_cf(meta, KEY_HARD_STATE).map_err(io)? {
-            Some(b) => codec::decode::<HardState>(&b)
-                .map_err(|e| StorageError::Corrupt(format!("hard state: {e}")))?,
-            None => HardState::default(),
-        };
-        let applied = match self.db.get_cf(meta, KEY_APPLIED).map_err(io)? {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &str,
+    ) -> Result<Option<T>, StorageError> {
+        match self.db.get_cf(self.cf(CF_META), key).map_err(io)? {
+            Some(b) => codec::decode(&b)
+                .map(Some)
+                .map_err(|e| StorageError::Corrupt(format!("{what}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn applied(&self) -> Result<LogIndex, StorageError> {
+        match self.db.get_cf(self.cf(CF_META), KEY_APPLIED).map_err(io)? {
             Some(b) => {
                 let raw: [u8; 8] = b
                     .as_slice()
                     .try_into()
                     .map_err(|_| StorageError::Corrupt("applied index is not 8 bytes".into()))?;
-                LogIndex(u64::from_be_bytes(raw))
+                Ok(LogIndex(u64::from_be_bytes(raw)))
             }
-            None => LogIndex(0),
-        };
+            None => Ok(LogIndex(0)),
+        }
+    }
+
+    /// Deletes every key of a column family (in `batch`), whatever bytes the keys hold.
+    fn clear_cf(&self, batch: &mut WriteBatch, name: &str) -> Result<(), StorageError> {
+        let cf = self.cf(name);
+        let mut it = self.db.raw_iterator_cf(cf);
+        it.seek_to_last();
+        it.status().map_err(io)?;
+        if let Some(last) = it.key() {
+            batch.delete_range_cf(cf, &b""[..], last);
+            batch.delete_cf(cf, last);
+        }
+        Ok(())
+    }
+
+    /// Replaces the KV data and the sessions with the staged snapshot and the log with `meta`.
+    /// Idempotent: run again from the start after a crash (the staging is kept until the
+    /// last, synced batch).
+    fn finish_install(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        self.clear_cf(&mut batch, CF_KV)?;
+        let meta_cf = self.cf(CF_META);
+        let mut end = SESSION_PREFIX.to_vec();
+        *end.last_mut().expect("non-empty") += 1;
+        batch.delete_range_cf(meta_cf, SESSION_PREFIX, &end);
+        let mut bytes = 0;
+        for item in self.db.iterator_cf(self.cf(CF_STAGE), IteratorMode::Start) {
+            let (k, v) = item.map_err(io)?;
+            match k.split_first() {
+                Some((b'k', key)) => batch.put_cf(self.cf(CF_KV), key, &v),
+                Some((b's', origin)) => {
+                    let origin: [u8; 8] = origin.try_into().map_err(|_| {
+                        StorageError::Corrupt("staged session key is not 8 bytes".into())
+                    })?;
+                    batch.put_cf(meta_cf, session_key(u64::from_be_bytes(origin)), &v)
+                }
+                _ => return Err(StorageError::Corrupt("unknown staged snapshot record".into())),
+            }
+            bytes += k.len() + v.len();
+            if bytes >= INSTALL_BATCH_BYTES {
+                self.db.write_opt(std::mem::take(&mut batch), &self.nosync).map_err(io)?;
+                bytes = 0;
+            }
+        }
+        batch.put_cf(meta_cf, KEY_APPLIED, meta.index.0.to_be_bytes());
+        batch.put_cf(meta_cf, KEY_SNAPSHOT, codec::encode(&meta));
+        let log = self.cf(CF_LOG);
+        batch.delete_range_cf(log, log_key(LogIndex(0)), log_key(LogIndex(u64::MAX)));
+        batch.delete_cf(log, log_key(LogIndex(u64::MAX)));
+        self.clear_cf(&mut batch, CF_STAGE)?;
+        batch.delete_cf(meta_cf, KEY_INSTALLING);
+        self.db.write_opt(batch, &self.sync).map_err(io)
+    }
+}
+
+impl Storage for RocksStorage {
+    fn load(&mut self) -> Result<RestoredState, StorageError> {
+        if let Some(meta) = self.get_meta::<SnapshotMeta>(KEY_INSTALLING, "install record")? {
+            tracing::info!(index = %meta.index, "finishing a snapshot install interrupted by a crash");
+            self.finish_install(meta)?;
+        }
+        let hard_state =
+            self.get_meta::<HardState>(KEY_HARD_STATE, "hard state")?.unwrap_or_default();
+        let snapshot = self.get_meta::<SnapshotMeta>(KEY_SNAPSHOT, "snapshot record")?;
+        let snapshot = snapshot.unwrap_or_default();
+        let applied = self.applied()?;
         let mut entries = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::Start) {
             let (k, v) = item.map_err(io)?;
@@ -162,7 +254,7 @@ impl Storage for RocksStorage {
             }
             entries.push(entry);
         }
-        let restored = RestoredState { hard_state, entries, applied };
+        let restored = RestoredState { hard_state, snapshot, entries, applied };
         raft_kv_runtime::storage::validate(&restored)?;
         Ok(restored)
     }
@@ -254,6 +346,160 @@ impl Storage for RocksStorage {
             .map_err(io)?
             .unwrap_or(0))
     }
+
+    fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError> {
+        let size = self
+            .db
+            .property_int_value_cf(self.cf(CF_KV), "rocksdb.estimate-live-data-size")
+            .map_err(io)?
+            .unwrap_or(0);
+        let view = View::new(self.db.clone(), |db| db.snapshot());
+        let applied = match view.borrow_dependent().get_cf(self.cf(CF_META), KEY_APPLIED) {
+            Ok(Some(b)) => LogIndex(u64::from_be_bytes(
+                b.as_slice()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("applied index is not 8 bytes".into()))?,
+            )),
+            Ok(None) => LogIndex(0),
+            Err(e) => return Err(io(e)),
+        };
+        Ok(Box::new(RocksSnapshot { view, applied, size, phase: Phase::Kv, after: None }))
+    }
+
+    fn compact(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        let applied = self.applied()?;
+        if meta.index > applied {
+            return Err(StorageError::Corrupt(format!(
+                "compaction to {} past the applied index {applied}",
+                meta.index
+            )));
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf(CF_LOG), log_key(LogIndex(0)), log_key(meta.index.next()));
+        batch.put_cf(self.cf(CF_META), KEY_SNAPSHOT, codec::encode(&meta));
+        // Synced: the WAL is written in order, so the unsynced applies before it (the state
+        // that stands for the deleted entries) become durable with it.
+        self.db.write_opt(batch, &self.sync).map_err(io)
+    }
+
+    fn stage_snapshot(&mut self, first: bool, items: &[SnapshotItem]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        if first {
+            self.clear_cf(&mut batch, CF_STAGE)?;
+        }
+        let stage = self.cf(CF_STAGE);
+        for item in items {
+            match item {
+                SnapshotItem::Kv(k, v) => {
+                    let mut key = Vec::with_capacity(k.len() + 1);
+                    key.push(b'k');
+                    key.extend_from_slice(k);
+                    batch.put_cf(stage, key, v);
+                }
+                SnapshotItem::Session(origin, session) => {
+                    let mut key = vec![b's'];
+                    key.extend_from_slice(&origin.to_be_bytes());
+                    batch.put_cf(stage, key, codec::encode(session));
+                }
+            }
+        }
+        self.db.write_opt(batch, &self.nosync).map_err(io)
+    }
+
+    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), KEY_INSTALLING, codec::encode(&meta));
+        self.db.write_opt(batch, &self.sync).map_err(io)?;
+        self.finish_install(meta)
+    }
+}
+
+type DbSnapshot<'a> = SnapshotWithThreadMode<'a, DB>;
+
+self_cell::self_cell!(
+    /// A RocksDB snapshot together with the database it pins.
+    struct View {
+        owner: Arc<DB>,
+        #[covariant]
+        dependent: DbSnapshot,
+    }
+);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Kv,
+    Sessions,
+    Done,
+}
+
+/// Reads the KV family, then the sessions, from one RocksDB snapshot, resuming each chunk
+/// after the last key read.
+struct RocksSnapshot {
+    view: View,
+    applied: LogIndex,
+    size: u64,
+    phase: Phase,
+    after: Option<Vec<u8>>,
+}
+
+impl SnapshotReader for RocksSnapshot {
+    fn applied(&self) -> LogIndex {
+        self.applied
+    }
+
+    fn size_hint(&self) -> u64 {
+        self.size
+    }
+
+    fn next_chunk(&mut self, bytes_max: usize) -> Result<Vec<SnapshotItem>, StorageError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while self.phase != Phase::Done && (out.is_empty() || bytes < bytes_max) {
+            let db = self.view.borrow_owner();
+            let snap = self.view.borrow_dependent();
+            let (cf, prefix): (&str, &[u8]) = match self.phase {
+                Phase::Kv => (CF_KV, b""),
+                Phase::Sessions => (CF_META, SESSION_PREFIX),
+                Phase::Done => unreachable!(),
+            };
+            let cf = db.cf_handle(cf).expect("column families are checked at open");
+            let start = self.after.clone().unwrap_or_else(|| prefix.to_vec());
+            let mut it = snap.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward));
+            let mut phase_done = true;
+            for item in it.by_ref() {
+                let (k, v) = item.map_err(io)?;
+                if self.after.as_deref() == Some(&*k) {
+                    continue;
+                }
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                let item = match self.phase {
+                    Phase::Kv => SnapshotItem::Kv(k.to_vec(), v.to_vec()),
+                    _ => {
+                        let origin = session_origin(&k).ok_or_else(|| {
+                            StorageError::Corrupt("session key is not 8 bytes".into())
+                        })?;
+                        let s = codec::decode(&v)
+                            .map_err(|e| StorageError::Corrupt(format!("session record: {e}")))?;
+                        SnapshotItem::Session(origin, s)
+                    }
+                };
+                bytes += item.size_bytes();
+                out.push(item);
+                self.after = Some(k.to_vec());
+                if bytes >= bytes_max {
+                    phase_done = false;
+                    break;
+                }
+            }
+            if phase_done {
+                self.after = None;
+                self.phase = if self.phase == Phase::Kv { Phase::Sessions } else { Phase::Done };
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -318,5 +564,144 @@ mod tests {
         }
         let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
         assert!(matches!(s.load(), Err(StorageError::Corrupt(_))));
+    }
+
+    fn put(k: &str, v: &str) -> Mutation {
+        Mutation::Put(k.as_bytes().to_vec(), v.as_bytes().to_vec())
+    }
+
+    fn session(n: u64) -> Session {
+        Session { incarnation: 1, last_request: n }
+    }
+
+    fn read_all(s: &RocksStorage, chunk_bytes: usize) -> (Vec<SnapshotItem>, usize) {
+        let mut r = s.snapshot_reader().unwrap();
+        let (mut items, mut chunks) = (Vec::new(), 0);
+        for _ in 0..10_000 {
+            let c = r.next_chunk(chunk_bytes).unwrap();
+            if c.is_empty() {
+                return (items, chunks);
+            }
+            chunks += 1;
+            items.extend(c);
+        }
+        panic!("the reader never ends");
+    }
+
+    #[test]
+    fn a_compacted_log_restarts_from_its_snapshot_and_the_entries_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
+            let hs = HardState { term: Term(2), voted_for: None };
+            let entries: Vec<Entry> = (1..=6).map(|i| entry(i, 2)).collect();
+            s.persist(Some(hs), Some((LogIndex(1), &entries))).unwrap();
+            for i in 1..=4 {
+                s.apply(LogIndex(i), &[put(&format!("k{i}"), "v")]).unwrap();
+            }
+            assert!(s.compact(SnapshotMeta { index: LogIndex(5), term: Term(2) }).is_err());
+            s.compact(SnapshotMeta { index: LogIndex(3), term: Term(2) }).unwrap();
+        }
+        let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
+        let r = s.load().unwrap();
+        assert_eq!(r.snapshot, SnapshotMeta { index: LogIndex(3), term: Term(2) });
+        assert_eq!(r.entries, (4..=6).map(|i| entry(i, 2)).collect::<Vec<_>>());
+        assert_eq!(r.applied, LogIndex(4));
+        assert_eq!(s.get(b"k4").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn a_snapshot_reader_streams_a_consistent_view_in_bounded_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
+        let muts: Vec<Mutation> = (0..100)
+            .map(|i| put(&format!("key{i:03}"), &"x".repeat(50)))
+            .chain([Mutation::Session(7, session(3)), Mutation::Session(9, session(4))])
+            .collect();
+        s.apply(LogIndex(1), &muts).unwrap();
+        let mut r = s.snapshot_reader().unwrap();
+        assert_eq!(r.applied(), LogIndex(1));
+        let first = r.next_chunk(200).unwrap();
+        // Writes after the view was taken are not in it.
+        s.apply(LogIndex(2), &[put("key000", "changed"), put("zzz", "new")]).unwrap();
+        let mut items = first;
+        let mut chunks = 1;
+        loop {
+            let c = r.next_chunk(200).unwrap();
+            if c.is_empty() {
+                break;
+            }
+            assert!(c.iter().map(SnapshotItem::size_bytes).sum::<usize>() < 200 + 100);
+            items.extend(c);
+            chunks += 1;
+        }
+        assert!(chunks >= 20, "{chunks} chunks");
+        let expected: Vec<SnapshotItem> = (0..100)
+            .map(|i| {
+                SnapshotItem::Kv(format!("key{i:03}").into_bytes(), "x".repeat(50).into_bytes())
+            })
+            .chain([SnapshotItem::Session(7, session(3)), SnapshotItem::Session(9, session(4))])
+            .collect();
+        assert_eq!(items, expected);
+        let (now, _) = read_all(&s, 1 << 20);
+        assert!(now.contains(&SnapshotItem::Kv(b"zzz".to_vec(), b"new".to_vec())));
+    }
+
+    #[test]
+    fn an_installed_snapshot_replaces_state_and_log_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SnapshotMeta { index: LogIndex(10), term: Term(3) };
+        {
+            let mut s = RocksStorage::open(dir.path(), id(2)).unwrap();
+            let hs = HardState { term: Term(3), voted_for: None };
+            s.persist(Some(hs), Some((LogIndex(1), &[entry(1, 1), entry(2, 1)]))).unwrap();
+            s.apply(LogIndex(1), &[put("old", "1"), Mutation::Session(5, session(1))]).unwrap();
+            s.stage_snapshot(true, &[SnapshotItem::Kv(b"stale".to_vec(), b"x".to_vec())]).unwrap();
+            // A new transfer starts over.
+            s.stage_snapshot(true, &[SnapshotItem::Kv(b"a".to_vec(), b"1".to_vec())]).unwrap();
+            s.stage_snapshot(false, &[SnapshotItem::Session(6, session(9))]).unwrap();
+            s.install_snapshot(meta).unwrap();
+            assert_eq!(s.get(b"old").unwrap(), None);
+            assert_eq!(s.get(b"stale").unwrap(), None);
+            assert_eq!(s.get(b"a").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(s.session(5).unwrap(), None);
+            assert_eq!(s.session(6).unwrap(), Some(session(9)));
+        }
+        let mut s = RocksStorage::open(dir.path(), id(2)).unwrap();
+        let r = s.load().unwrap();
+        assert_eq!((r.snapshot, r.applied, r.entries.len()), (meta, LogIndex(10), 0));
+        let (items, _) = read_all(&s, 1 << 20);
+        assert_eq!(
+            items,
+            vec![
+                SnapshotItem::Kv(b"a".to_vec(), b"1".to_vec()),
+                SnapshotItem::Session(6, session(9))
+            ]
+        );
+    }
+
+    #[test]
+    fn an_install_cut_short_by_a_crash_is_finished_on_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SnapshotMeta { index: LogIndex(4), term: Term(1) };
+        {
+            let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
+            s.persist(
+                Some(HardState { term: Term(1), voted_for: None }),
+                Some((LogIndex(1), &[entry(1, 1)])),
+            )
+            .unwrap();
+            s.apply(LogIndex(1), &[put("old", "1")]).unwrap();
+            s.stage_snapshot(true, &[SnapshotItem::Kv(b"new".to_vec(), b"2".to_vec())]).unwrap();
+            // The redo record is durable; the process dies before the copy.
+            let mut batch = WriteBatch::default();
+            batch.put_cf(s.cf(CF_META), KEY_INSTALLING, codec::encode(&meta));
+            s.db.write_opt(batch, &s.sync).unwrap();
+        }
+        let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
+        let r = s.load().unwrap();
+        assert_eq!((r.snapshot, r.applied), (meta, LogIndex(4)));
+        assert_eq!(s.get(b"old").unwrap(), None);
+        assert_eq!(s.get(b"new").unwrap(), Some(b"2".to_vec()));
     }
 }

@@ -173,3 +173,83 @@ fn a_follower_that_fell_behind_never_serves_a_stale_read() {
     s.read_exact(&mut reply).unwrap();
     assert_eq!(&reply, b"$3\r\nnew\r\n", "{:?}", String::from_utf8_lossy(&reply));
 }
+
+/// A field of node `id`'s INFO.
+fn info_field(c: &Cluster, id: usize, field: &str) -> Option<u64> {
+    let mut con = c.try_conn(id)?;
+    let info: String = redis::cmd("INFO").query(&mut con).ok()?;
+    let line = info.lines().find(|l| l.starts_with(&format!("{field}:")))?;
+    line[field.len() + 1..].trim().parse().ok()
+}
+
+const COMPACTING: &[&str] = &[
+    "--snapshot-entries",
+    "50",
+    "--snapshot-keep-entries",
+    "10",
+    "--snapshot-chunk-bytes",
+    "4096",
+];
+
+#[test]
+fn a_wiped_node_catches_up_from_a_snapshot_streamed_in_chunks() {
+    let mut c = Cluster::start_with(3, COMPACTING);
+    c.kill(3);
+    let mut con = c.conn(1);
+    // About 300 KB of state: many chunks of 4 KB.
+    let value = "v".repeat(1000);
+    for i in 0..300 {
+        let _: () = con.set(format!("key{i}"), format!("{i}:{value}")).unwrap();
+    }
+    let leader = c.leader(1).expect("a leader");
+    let compacted = info_field(&c, leader, "snapshot_index").unwrap();
+    assert!(compacted > 200, "the leader compacted its log to {compacted}");
+
+    // Node 3 loses its disk and comes back empty.
+    std::fs::remove_dir_all(c.data_dir(3)).unwrap();
+    c.start_node(3);
+    let applied = info_field(&c, leader, "applied_index").unwrap();
+    let caught_up = wait_until(Duration::from_secs(30), || {
+        (info_field(&c, 3, "applied_index")? >= applied).then_some(())
+    });
+    assert!(caught_up.is_some(), "node 3 did not catch up to {applied}");
+    assert!(info_field(&c, 3, "snapshot_index").unwrap() >= compacted, "installed a snapshot");
+
+    // Reads through node 3 are served from its own state machine (after ReadIndex), so it
+    // holds every key. Node 2 is stopped so node 3's acknowledgements are needed too.
+    c.kill(2);
+    c.wait_writable();
+    let mut con = c.conn(3);
+    for i in (0..300).step_by(7) {
+        let v: String = con.get(format!("key{i}")).unwrap();
+        assert_eq!(v, format!("{i}:{value}"), "key{i}");
+    }
+}
+
+#[test]
+fn nodes_restart_from_snapshot_and_log_after_compaction() {
+    let mut c = Cluster::start_with(3, COMPACTING);
+    let mut con = c.conn(2);
+    for i in 0..240 {
+        let _: () = con.set(format!("k{i}"), i).unwrap();
+        let _: i64 = con.incr("counter", 1).unwrap();
+    }
+    for id in 1..=3 {
+        let s = info_field(&c, id, "snapshot_index").unwrap();
+        assert!(s > 0, "node {id} compacted (snapshot_index {s})");
+    }
+    for id in 1..=3 {
+        c.kill(id);
+    }
+    for id in 1..=3 {
+        c.start_node(id);
+    }
+    c.wait_writable();
+    let mut con = c.conn(3);
+    let counter: i64 = con.get("counter").unwrap();
+    assert_eq!(counter, 240);
+    for i in (0..240).step_by(11) {
+        let v: i64 = con.get(format!("k{i}")).unwrap();
+        assert_eq!(v, i);
+    }
+}

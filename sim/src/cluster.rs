@@ -7,6 +7,7 @@ use crate::invariants::{CheckedStorage, Invariants};
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
 use raft_kv_core::{NodeId, PlantedBug};
+use raft_kv_runtime::snapshot::SnapshotTuning;
 use raft_kv_runtime::storage::MemStorage;
 use raft_kv_runtime::{NodeOptions, SimHooks};
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,6 +40,11 @@ pub struct ClusterOptions {
     /// Entries per AppendEntries; small values split catch-up into many messages.
     pub append_entries_max: usize,
     pub inflight_appends_max: usize,
+    /// Log compaction thresholds and snapshot streaming; tiny values make nodes compact and
+    /// install snapshots all the time.
+    pub snapshot_entries: u64,
+    pub snapshot_keep_entries: u64,
+    pub snapshot: SnapshotTuning,
 }
 
 impl ClusterOptions {
@@ -51,6 +57,9 @@ impl ClusterOptions {
             request_timeout: Duration::from_secs(5),
             append_entries_max: raft.append_entries_max,
             inflight_appends_max: raft.inflight_appends_max,
+            snapshot_entries: raft.snapshot_entries,
+            snapshot_keep_entries: raft.snapshot_keep_entries,
+            snapshot: SnapshotTuning::default(),
         }
     }
 }
@@ -162,9 +171,12 @@ impl SimCluster {
                     raft.planted = opts.planted;
                     raft.append_entries_max = opts.append_entries_max;
                     raft.inflight_appends_max = opts.inflight_appends_max;
+                    raft.snapshot_entries = opts.snapshot_entries;
+                    raft.snapshot_keep_entries = opts.snapshot_keep_entries;
                     let mut node_opts =
                         NodeOptions::new(raft, addrs.clone(), addrs[&id], redis_addr(id));
                     node_opts.tuning.request_timeout = opts.request_timeout;
+                    node_opts.tuning.snapshot = opts.snapshot.clone();
                     node_opts.client.planted = opts.planted;
                     node_opts.transport.faults = Some(faults.clone());
                     let clock = clock.clone();

@@ -5,13 +5,17 @@
 //!   entry at i (a stale node may hold a conflicting entry it has not applied: that is normal);
 //! - Leader Completeness: a node that becomes leader holds every entry applied anywhere so far;
 //! - State Machine Safety: every node's apply of index i applies the same entry and produces
-//!   the same mutations.
+//!   the same mutations;
+//! - snapshots: a node compacts its log, or installs a snapshot, only at an index applied
+//!   somewhere with the same term.
 //!
 //! It also folds every observation into a trace hash, so two runs of one seed can be compared.
 
 use raft_kv_core::kv::{Key, Mutation, Session, Value};
-use raft_kv_core::{Entry, HardState, LogIndex, NodeId, RestoredState, Role, Status, Term};
-use raft_kv_runtime::storage::{MemStorage, Storage, StorageError};
+use raft_kv_core::{
+    Entry, HardState, LogIndex, NodeId, RestoredState, Role, SnapshotMeta, Status, Term,
+};
+use raft_kv_runtime::storage::{MemStorage, SnapshotItem, SnapshotReader, Storage, StorageError};
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -43,6 +47,8 @@ struct State {
     storages: BTreeMap<NodeId, MemStorage>,
     violations: Vec<String>,
     trace: u64,
+    compactions: u64,
+    installs: u64,
 }
 
 fn digest<T: Hash>(t: &T) -> u64 {
@@ -67,7 +73,10 @@ impl State {
     /// node can still win an old term late, so entries committed since are not required.)
     fn check_leader_completeness(&mut self, node: NodeId, term: Term) {
         let Some(storage) = self.storages.get(&node).cloned() else { return };
-        let missing = self.committed.iter().find(|(i, (t, d))| {
+        // Entries up to the node's snapshot are in its state machine (checked when it was
+        // taken or installed).
+        let start = storage.snapshot_meta().index;
+        let missing = self.committed.range(start.next()..).find(|(i, (t, d))| {
             self.committed_by.get(*i).is_some_and(|by| *by < term)
                 && storage.entry(**i).is_none_or(|e| e.term != *t || digest(&e.data) != *d)
         });
@@ -76,6 +85,21 @@ impl State {
                 "leader completeness: node {node} became leader of term {term} without committed index {i} (term {t})"
             );
             self.violation(msg);
+        }
+    }
+
+    /// A snapshot at `meta` stands for the applied log up to its index.
+    fn check_snapshot(&mut self, node: NodeId, meta: SnapshotMeta, what: &str) {
+        match self.committed.get(&meta.index) {
+            Some(&(term, _)) if term == meta.term => {}
+            Some(&(term, _)) => self.violation(format!(
+                "node {node} {what} a snapshot at index {} of term {}, but term {term} was committed there",
+                meta.index, meta.term
+            )),
+            None => self.violation(format!(
+                "node {node} {what} a snapshot at index {}, which no node applied",
+                meta.index
+            )),
         }
     }
 
@@ -151,6 +175,12 @@ impl Invariants {
 
     pub fn trace_hash(&self) -> u64 {
         self.state().trace
+    }
+
+    /// (log compactions, snapshots installed) so far, on all nodes.
+    pub fn snapshot_counts(&self) -> (u64, u64) {
+        let st = self.state();
+        (st.compactions, st.installs)
     }
 }
 
@@ -250,5 +280,43 @@ impl Storage for CheckedStorage {
 
     fn key_count(&self) -> Result<u64, StorageError> {
         self.inner.key_count()
+    }
+
+    fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError> {
+        self.inner.snapshot_reader()
+    }
+
+    fn compact(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        {
+            let mut st = self.invariants.state();
+            st.check_snapshot(self.node, meta, "compacted its log to");
+            st.compactions += 1;
+            st.fold(&("compact", self.node.0, meta));
+        }
+        self.inner.compact(meta)
+    }
+
+    fn stage_snapshot(&mut self, first: bool, items: &[SnapshotItem]) -> Result<(), StorageError> {
+        self.inner.stage_snapshot(first, items)
+    }
+
+    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        {
+            let mut st = self.invariants.state();
+            st.check_snapshot(self.node, meta, "installed");
+            let applied = st.applied_max.get(&self.node).copied().unwrap_or_default();
+            if meta.index <= self.inner.applied() {
+                st.violation(format!(
+                    "node {} installed a snapshot at {} over its state applied to {}",
+                    self.node,
+                    meta.index,
+                    self.inner.applied()
+                ));
+            }
+            st.installs += 1;
+            st.fold(&("install", self.node.0, meta));
+            st.applied_max.insert(self.node, applied.max(meta.index));
+        }
+        self.inner.install_snapshot(meta)
     }
 }

@@ -12,6 +12,7 @@ use crate::history::{Operation, Ret};
 use crate::nemesis::{Nemesis, Swarm};
 use crate::workload::{ClientTask, Recorder, WorkloadOptions};
 use raft_kv_core::PlantedBug;
+use raft_kv_runtime::snapshot::SnapshotTuning;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -60,6 +61,11 @@ pub struct RunReport {
     pub trace_hash: u64,
     /// How long after the clients finished every node held the same state.
     pub converged_after: Option<Duration>,
+    /// Replication and snapshot settings the seed chose.
+    pub config: String,
+    /// Log compactions and snapshot installs on all nodes.
+    pub compactions: u64,
+    pub installs: u64,
 }
 
 impl RunReport {
@@ -86,7 +92,7 @@ impl RunReport {
             .converged_after
             .map_or("never".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
         format!(
-            "seed {}: {} nodes, {} clients, {} keys, {} ops ({} indeterminate), {}s of faults: {}; converged after {converged}; {}",
+            "seed {}: {} nodes, {} clients, {} keys, {} ops ({} indeterminate), {}s of faults: {}; {}; {} compactions, {} snapshots installed; converged after {converged}; {}",
             self.seed,
             self.nodes,
             self.clients,
@@ -95,6 +101,9 @@ impl RunReport {
             self.indeterminate(),
             self.fault_phase.as_secs(),
             self.swarm,
+            self.config,
+            self.compactions,
+            self.installs,
             verdict
         )
     }
@@ -121,14 +130,38 @@ async fn simulate(opts: RunOptions) -> RunReport {
         reply_timeout: request_timeout + Duration::from_secs(1),
         pipeline: *[0.0, 0.05].choose(&mut rng).expect("not empty"),
     };
-    let cluster = SimCluster::start_with(ClusterOptions {
+    let cluster_opts = ClusterOptions {
         nodes,
         seed,
         planted: opts.planted,
         request_timeout,
         append_entries_max: *[1, 2, 4, 16, 512].choose(&mut rng).expect("not empty"),
         inflight_appends_max: *[1, 4, 64].choose(&mut rng).expect("not empty"),
-    });
+        // Most seeds compact every few entries, so lagging and restarted nodes catch up from
+        // snapshots streamed in many small chunks.
+        snapshot_entries: *[4, 16, 64, 100_000].choose(&mut rng).expect("not empty"),
+        snapshot_keep_entries: *[0, 2, 10].choose(&mut rng).expect("not empty"),
+        snapshot: SnapshotTuning {
+            chunk_bytes: *[40, 300, 1 << 16].choose(&mut rng).expect("not empty"),
+            window: rng.gen_range(1..=4),
+            resend_after: Duration::from_millis(*[100, 500].choose(&mut rng).expect("not empty")),
+            resends_max: 5,
+        },
+    };
+    let mut cluster_opts = cluster_opts;
+    if std::env::var("SIM_NO_COMPACT").is_ok() {
+        cluster_opts.snapshot_entries = 100_000;
+    }
+    let config = format!(
+        "appends of {} x{}, compact every {} keeping {}, chunks of {} B x{}",
+        cluster_opts.append_entries_max,
+        cluster_opts.inflight_appends_max,
+        cluster_opts.snapshot_entries,
+        cluster_opts.snapshot_keep_entries,
+        cluster_opts.snapshot.chunk_bytes,
+        cluster_opts.snapshot.window
+    );
+    let cluster = SimCluster::start_with(cluster_opts);
 
     let start = Instant::now();
     let heal_at = start + fault_phase;
@@ -167,7 +200,11 @@ async fn simulate(opts: RunOptions) -> RunReport {
     let history = recorder.history();
     cluster.invariants.fold(&history);
     let check = check::check(&history, &opts.check);
+    let (compactions, installs) = cluster.invariants.snapshot_counts();
     RunReport {
+        config,
+        compactions,
+        installs,
         seed,
         nodes,
         clients: workload.clients,

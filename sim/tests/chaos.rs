@@ -115,6 +115,10 @@ struct Totals {
     unknown: Vec<u64>,
     /// The slowest convergence after the clients stopped, and its seed.
     slowest_convergence: (f64, u64),
+    compactions: u64,
+    installs: u64,
+    /// Runs in which some node installed a snapshot.
+    runs_with_installs: u64,
     /// Seeds whose simulation panicked (a node's storage refused a write, an assertion in
     /// the core...), with the panic message: failures too.
     panicked: Vec<(u64, String)>,
@@ -166,6 +170,9 @@ fn run_many_with_totals(
                     t.runs += 1;
                     t.ops += r.history.len() as u64;
                     t.indeterminate += r.indeterminate() as u64;
+                    t.compactions += r.compactions;
+                    t.installs += r.installs;
+                    t.runs_with_installs += (r.installs > 0) as u64;
                     if !r.check.unknown_keys.is_empty() {
                         t.unknown.push(seed);
                     }
@@ -234,6 +241,10 @@ fn chaos_histories_are_linearizable_and_invariants_hold() {
     println!(
         "chaos: slowest convergence after the clients stopped: {:.1}s (seed {})",
         totals.slowest_convergence.0, totals.slowest_convergence.1
+    );
+    println!(
+        "chaos: {} log compactions; {} snapshots installed, in {} of the seeds",
+        totals.compactions, totals.installs, totals.runs_with_installs
     );
     if !totals.unknown.is_empty() {
         // Not a failure: the search ran out of budget. Replay these with a larger budget.
@@ -314,6 +325,11 @@ fn planted_ack_before_sync_is_caught() {
 #[test]
 fn planted_retry_applied_twice_is_caught() {
     assert_caught(PlantedBug::RetryAppliedTwice);
+}
+
+#[test]
+fn planted_snapshot_dropping_sessions_is_caught() {
+    assert_caught(PlantedBug::SnapshotDropsSessions);
 }
 
 #[test]

@@ -1,0 +1,290 @@
+//! Streaming snapshots between runtimes. The core decides who needs a snapshot and when one is
+//! installed; this module moves the bytes: the leader reads its state machine chunk by chunk
+//! from a consistent storage view and keeps a small window of chunks in flight, resending them
+//! when acknowledgements stop; the follower stores chunks aside in order and reports them to its
+//! core. Memory on both sides is bounded by the chunk size times the window.
+
+use crate::codec;
+use crate::storage::{SnapshotItem, SnapshotReader, Storage, StorageError};
+use crate::transport::PeerSender;
+use raft_kv_core::{
+    planted, Input, Message, MessageBody, NodeId, PlantedBug, RaftNode, SnapshotAck, SnapshotChunk,
+    SnapshotMeta, Term,
+};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// Flow control of outgoing snapshots.
+#[derive(Clone, Debug)]
+pub struct SnapshotTuning {
+    /// Bytes of state per chunk (one Raft message each).
+    pub chunk_bytes: usize,
+    /// Chunks sent and not yet acknowledged, per follower.
+    pub window: usize,
+    /// Unacknowledged chunks are sent again after this long without progress.
+    pub resend_after: Duration,
+    /// A transfer that resent this many times in a row without progress is dropped; the
+    /// leader's core starts a new one.
+    pub resends_max: u32,
+}
+
+impl Default for SnapshotTuning {
+    fn default() -> Self {
+        SnapshotTuning {
+            chunk_bytes: 1 << 20,
+            window: 4,
+            resend_after: Duration::from_secs(1),
+            resends_max: 5,
+        }
+    }
+}
+
+/// How often a transfer logs its progress.
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(1);
+
+struct Transfer {
+    meta: SnapshotMeta,
+    reader: Box<dyn SnapshotReader>,
+    /// The chunk after the last one read, so each chunk knows whether it is the last.
+    ahead: Option<Vec<u8>>,
+    next_seq: u64,
+    exhausted: bool,
+    /// Sent and unacknowledged: (seq, data, last).
+    window: VecDeque<(u64, Vec<u8>, bool)>,
+    bytes_sent: u64,
+    size_hint: u64,
+    last_progress: Instant,
+    last_log: Instant,
+    resends: u32,
+    started: Instant,
+}
+
+impl Transfer {
+    fn read(&mut self, chunk_bytes: usize) -> Result<Option<Vec<u8>>, StorageError> {
+        if self.exhausted {
+            return Ok(None);
+        }
+        let items = self.reader.next_chunk(chunk_bytes)?;
+        if items.is_empty() {
+            self.exhausted = true;
+            return Ok(None);
+        }
+        Ok(Some(codec::encode(&items)))
+    }
+}
+
+/// The leader's outgoing transfers, one per follower at most.
+#[derive(Default)]
+pub struct Outgoing {
+    tuning: SnapshotTuning,
+    transfers: BTreeMap<NodeId, Transfer>,
+}
+
+impl Outgoing {
+    pub fn new(tuning: SnapshotTuning) -> Outgoing {
+        Outgoing { tuning, transfers: BTreeMap::new() }
+    }
+
+    pub fn active(&self) -> usize {
+        self.transfers.len()
+    }
+
+    /// Starts streaming the state machine, which stands at `meta`, to `to`; replaces an earlier
+    /// transfer to it.
+    pub fn start<S: Storage>(
+        &mut self,
+        storage: &S,
+        peers: &PeerSender,
+        from: NodeId,
+        term: Term,
+        to: NodeId,
+        meta: SnapshotMeta,
+    ) -> Result<(), StorageError> {
+        let reader = storage.snapshot_reader()?;
+        if reader.applied() != meta.index {
+            // The core asks for the state it just handed out for applying; anything else is a
+            // bug in the runtime, and the core will ask again.
+            warn!(node = %from, to = %to, want = %meta.index, have = %reader.applied(), "snapshot view is at another index; transfer not started");
+            return Ok(());
+        }
+        let now = Instant::now();
+        let size_hint = reader.size_hint();
+        info!(node = %from, to = %to, index = %meta.index, term = %meta.term, bytes = size_hint, "snapshot transfer started");
+        let mut t = Transfer {
+            meta,
+            reader,
+            ahead: None,
+            next_seq: 0,
+            exhausted: false,
+            window: VecDeque::new(),
+            bytes_sent: 0,
+            size_hint,
+            last_progress: now,
+            last_log: now,
+            resends: 0,
+            started: now,
+        };
+        t.ahead = t.read(self.tuning.chunk_bytes)?;
+        if t.ahead.is_none() {
+            // An empty state machine is one empty chunk.
+            t.ahead = Some(codec::encode(&Vec::<SnapshotItem>::new()));
+        }
+        self.transfers.insert(to, t);
+        self.fill(peers, from, term, to)
+    }
+
+    /// Sends chunks until the window is full or the snapshot is all sent.
+    fn fill(
+        &mut self,
+        peers: &PeerSender,
+        from: NodeId,
+        term: Term,
+        to: NodeId,
+    ) -> Result<(), StorageError> {
+        let chunk_bytes = self.tuning.chunk_bytes;
+        let window = self.tuning.window;
+        let Some(t) = self.transfers.get_mut(&to) else { return Ok(()) };
+        while t.window.len() < window {
+            let Some(data) = t.ahead.take() else { break };
+            t.ahead = t.read(chunk_bytes)?;
+            let last = t.ahead.is_none();
+            let seq = t.next_seq;
+            t.next_seq += 1;
+            t.bytes_sent += data.len() as u64;
+            send_chunk(peers, from, term, to, t.meta, seq, data.clone(), last);
+            t.window.push_back((seq, data, last));
+        }
+        let now = Instant::now();
+        if now.duration_since(t.last_log) >= PROGRESS_LOG_EVERY {
+            t.last_log = now;
+            info!(node = %from, to = %to, index = %t.meta.index, sent_bytes = t.bytes_sent, total_bytes = t.size_hint, "snapshot transfer in progress");
+        }
+        Ok(())
+    }
+
+    /// A follower acknowledged chunks.
+    pub fn on_ack(
+        &mut self,
+        peers: &PeerSender,
+        term: Term,
+        ack: SnapshotAck,
+    ) -> Result<(), StorageError> {
+        let from = peers.id();
+        let Some(t) = self.transfers.get_mut(&ack.from) else { return Ok(()) };
+        if t.meta != ack.meta {
+            return Ok(()); // about an earlier transfer
+        }
+        if ack.finished {
+            let t = self.transfers.remove(&ack.from).expect("checked");
+            info!(node = %from, to = %ack.from, index = %t.meta.index, sent_bytes = t.bytes_sent, elapsed_ms = t.started.elapsed().as_millis() as u64, "snapshot transfer finished");
+            return Ok(());
+        }
+        while t.window.front().is_some_and(|(seq, _, _)| *seq < ack.next_seq) {
+            t.window.pop_front();
+            t.last_progress = Instant::now();
+            t.resends = 0;
+        }
+        self.fill(peers, from, term, ack.from)
+    }
+
+    /// Resends stalled windows and drops transfers that stopped making progress.
+    pub fn on_tick(&mut self, peers: &PeerSender, term: Term) {
+        let now = Instant::now();
+        let from = peers.id();
+        let mut dropped = Vec::new();
+        for (to, t) in self.transfers.iter_mut() {
+            if now.duration_since(t.last_progress) < self.tuning.resend_after {
+                continue;
+            }
+            if t.resends >= self.tuning.resends_max {
+                dropped.push(*to);
+                continue;
+            }
+            t.resends += 1;
+            t.last_progress = now;
+            debug!(node = %from, to = %to, chunks = t.window.len(), "resending snapshot chunks");
+            for (seq, data, last) in &t.window {
+                send_chunk(peers, from, term, *to, t.meta, *seq, data.clone(), *last);
+            }
+        }
+        for to in dropped {
+            warn!(node = %from, to = %to, "snapshot transfer stopped making progress; dropped");
+            self.transfers.remove(&to);
+        }
+    }
+
+    /// Leadership was lost: every transfer stops.
+    pub fn clear(&mut self) {
+        self.transfers.clear();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_chunk(
+    peers: &PeerSender,
+    from: NodeId,
+    term: Term,
+    to: NodeId,
+    meta: SnapshotMeta,
+    seq: u64,
+    data: Vec<u8>,
+    last: bool,
+) {
+    let body = MessageBody::SnapshotChunk { meta, seq, data, last };
+    peers.send(Message { from, to, term, body });
+}
+
+/// The follower's side: chunks of one snapshot, stored in order.
+#[derive(Default)]
+pub struct Incoming {
+    current: Option<(NodeId, SnapshotMeta, u64)>,
+}
+
+impl Incoming {
+    /// Stores `chunk` if it is the next one expected, and tells the core.
+    pub fn on_chunk<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        raft: &mut RaftNode,
+        chunk: SnapshotChunk,
+    ) -> Result<(), StorageError> {
+        let SnapshotChunk { from, meta, seq, data, last } = chunk;
+        let expected = match self.current {
+            _ if seq == 0 => 0,
+            Some((f, m, next)) if f == from && m == meta => next,
+            _ => return Ok(()), // a transfer this node did not see start: wait for a restart
+        };
+        if seq != expected {
+            if seq < expected {
+                // A resent chunk already stored: the acknowledgement was lost.
+                let next_seq = expected;
+                raft.step(Input::SnapshotChunkStored { from, meta, next_seq });
+            }
+            return Ok(());
+        }
+        let items: Vec<SnapshotItem> = match codec::decode(&data) {
+            Ok(items) => items,
+            Err(e) => {
+                warn!(node = %raft.id(), from = %from, seq, error = %e, "snapshot chunk cannot be decoded; ignored");
+                return Ok(());
+            }
+        };
+        let items = if planted::active(raft.config().planted, PlantedBug::SnapshotDropsSessions) {
+            items.into_iter().filter(|i| matches!(i, SnapshotItem::Kv(..))).collect()
+        } else {
+            items
+        };
+        storage.stage_snapshot(seq == 0, &items)?;
+        let next_seq = seq + 1;
+        self.current = Some((from, meta, next_seq));
+        raft.step(Input::SnapshotChunkStored { from, meta, next_seq });
+        if last {
+            self.current = None;
+            info!(node = %raft.id(), from = %from, index = %meta.index, chunks = next_seq, "snapshot received");
+            raft.step(Input::SnapshotReceived { from, meta });
+        }
+        Ok(())
+    }
+}
