@@ -24,10 +24,13 @@ pub enum MessageBody {
     PreVoteResponse {
         granted: bool,
     },
-    /// RequestVote RPC (§5.2, §5.4.1).
+    /// RequestVote RPC (§5.2, §5.4.1). `transfer`: the candidate campaigns because the leader
+    /// handed leadership to it (thesis §3.10), so voters that still hear from that leader vote
+    /// anyway.
     RequestVote {
         last_log_index: LogIndex,
         last_log_term: Term,
+        transfer: bool,
     },
     RequestVoteResponse {
         granted: bool,
@@ -85,6 +88,12 @@ pub enum MessageBody {
         next_seq: u64,
         finished: bool,
     },
+    /// A follower asks the leader to hand leadership to `to`.
+    TransferLeader {
+        to: NodeId,
+    },
+    /// The leader tells a caught-up follower to start an election now (thesis §3.10).
+    TimeoutNow,
 }
 
 impl MessageBody {
@@ -103,6 +112,8 @@ impl MessageBody {
             MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",
             MessageBody::SnapshotChunk { .. } => "SnapshotChunk",
             MessageBody::SnapshotAck { .. } => "SnapshotAck",
+            MessageBody::TransferLeader { .. } => "TransferLeader",
+            MessageBody::TimeoutNow => "TimeoutNow",
         }
     }
 }

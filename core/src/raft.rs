@@ -134,6 +134,12 @@ pub enum Input {
     Read {
         id: u64,
     },
+    /// Hand leadership to `to` (forwarded to the leader if this node is not it). The new
+    /// leader shows in `status()`; a transfer that does not finish within an election timeout
+    /// is abandoned.
+    TransferLeader {
+        to: NodeId,
+    },
     /// Storage made the log durable up to `index`, whose entry has `term`.
     Persisted {
         index: LogIndex,
@@ -181,6 +187,8 @@ pub enum Rejection {
     LeadershipLost,
     /// Too much uncommitted work is queued.
     Busy,
+    /// The leader is handing leadership over; retry with the next leader.
+    Transferring,
 }
 
 /// A read that became safe: serve it from state applied up to at least `index`.
@@ -314,6 +322,9 @@ pub struct RaftNode {
     install_snapshot: Option<SnapshotMeta>,
     /// Leader only: followers that need a snapshot, sent with the next `ready`.
     snapshot_wanted: Vec<NodeId>,
+    /// Leader only: the node leadership is being handed to, ticks since the transfer began,
+    /// and whether it was told to campaign.
+    transfer: Option<(NodeId, u32, bool)>,
     snapshot_acks: Vec<SnapshotAck>,
     snapshot_chunks: Vec<SnapshotChunk>,
 }
@@ -386,6 +397,7 @@ impl RaftNode {
             rejected: Vec::new(),
             install_snapshot: None,
             snapshot_wanted: Vec::new(),
+            transfer: None,
             snapshot_acks: Vec::new(),
             snapshot_chunks: Vec::new(),
             cfg,
@@ -442,6 +454,43 @@ impl RaftNode {
                 }
             }
             Input::SnapshotReceived { from, meta } => self.snapshot_received(from, meta),
+            Input::TransferLeader { to } => self.transfer_leader(to),
+        }
+    }
+
+    // ---- leadership transfer (thesis §3.10) -------------------------------------------------
+
+    fn transfer_leader(&mut self, to: NodeId) {
+        match self.role {
+            Role::Leader => {
+                if to == self.cfg.id || !self.progress.contains_key(&to) {
+                    return;
+                }
+                if self.transfer.is_some_and(|(t, _, _)| t == to) {
+                    return;
+                }
+                self.transfer = Some((to, 0, false));
+                self.maybe_send_timeout_now(to);
+            }
+            _ => {
+                if let Some(leader) = self.leader {
+                    self.send(leader, MessageBody::TransferLeader { to });
+                }
+            }
+        }
+    }
+
+    /// Once the transferee holds the whole log, tells it to campaign (once per transfer).
+    fn maybe_send_timeout_now(&mut self, peer: NodeId) {
+        let Some((to, elapsed, false)) = self.transfer else { return };
+        if to != peer {
+            return;
+        }
+        let last = self.log.last_index();
+        let caught_up = self.progress.get(&to).is_some_and(|p| p.match_index == last);
+        if caught_up {
+            self.transfer = Some((to, elapsed, true));
+            self.send(to, MessageBody::TimeoutNow);
         }
     }
 
@@ -575,6 +624,11 @@ impl RaftNode {
                 self.detect_lost_appends();
                 self.broadcast_heartbeat();
             }
+            if let Some((to, elapsed, sent)) = self.transfer {
+                // Abandoned after an election timeout: the transferee is down or too slow.
+                self.transfer =
+                    (elapsed + 1 < self.cfg.election_ticks).then_some((to, elapsed + 1, sent));
+            }
             if self.election_elapsed >= self.cfg.election_ticks {
                 self.election_elapsed = 0;
                 self.check_quorum();
@@ -619,6 +673,10 @@ impl RaftNode {
     }
 
     fn campaign(&mut self) {
+        self.campaign_as(false);
+    }
+
+    fn campaign_as(&mut self, transfer: bool) {
         self.term = self.term.next();
         self.voted_for = Some(self.cfg.id);
         self.role = Role::Candidate;
@@ -633,6 +691,7 @@ impl RaftNode {
         let body = MessageBody::RequestVote {
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
+            transfer,
         };
         for peer in self.other_voters() {
             self.send(peer, body.clone());
@@ -658,6 +717,7 @@ impl RaftNode {
         self.reset_election_timer();
         self.progress.clear();
         self.snapshot_wanted.clear();
+        self.transfer = None;
         if was_leader {
             for r in std::mem::take(&mut self.pending_reads) {
                 self.reject_read(r.id, r.from, Rejection::LeadershipLost);
@@ -774,7 +834,7 @@ impl RaftNode {
         }
         if m.term > self.term {
             match m.body {
-                MessageBody::PreVote { .. } | MessageBody::RequestVote { .. }
+                MessageBody::PreVote { .. } | MessageBody::RequestVote { transfer: false, .. }
                     if self.in_leader_lease() =>
                 {
                     return;
@@ -814,7 +874,7 @@ impl RaftNode {
             MessageBody::PreVote { last_log_index, last_log_term } => {
                 self.handle_vote_request(&m, true, last_log_index, last_log_term)
             }
-            MessageBody::RequestVote { last_log_index, last_log_term } => {
+            MessageBody::RequestVote { last_log_index, last_log_term, .. } => {
                 self.handle_vote_request(&m, false, last_log_index, last_log_term)
             }
             MessageBody::PreVoteResponse { granted } => {
@@ -875,6 +935,17 @@ impl RaftNode {
                 } else {
                     let chunk = SnapshotChunk { from: m.from, meta, seq, data, last };
                     self.snapshot_chunks.push(chunk);
+                }
+            }
+            MessageBody::TransferLeader { to } => {
+                if self.role == Role::Leader {
+                    self.transfer_leader(to);
+                }
+            }
+            MessageBody::TimeoutNow => {
+                // Only the leader of our term sends it; a stale one is filtered above.
+                if self.role == Role::Follower && self.leader == Some(m.from) {
+                    self.campaign_as(true);
                 }
             }
             MessageBody::SnapshotAck { meta, next_seq, finished } => {
@@ -1003,6 +1074,7 @@ impl RaftNode {
                 pr.next_index = pr.match_index.next();
             }
             self.maybe_commit();
+            self.maybe_send_timeout_now(from);
         } else {
             let better = better.expect("computed for rejections");
             match pr.state {
@@ -1164,6 +1236,12 @@ impl RaftNode {
 
     fn propose_as(&mut self, id: Option<u64>, data: Vec<u8>) {
         match self.role {
+            Role::Leader if self.transfer.is_some() => {
+                // New entries would keep the transferee behind (thesis §3.10).
+                if let Some(id) = id {
+                    self.rejected.push((id, Rejection::Transferring));
+                }
+            }
             Role::Leader => {
                 let uncommitted = self.log.last_index().0 - self.log.commit_index().0;
                 if uncommitted >= self.cfg.uncommitted_entries_max {

@@ -605,7 +605,11 @@ fn a_less_up_to_date_log_cannot_win_an_election_5_4_1() {
             1,
             2,
             2,
-            MessageBody::RequestVote { last_log_index: LogIndex(1), last_log_term: Term(1) },
+            MessageBody::RequestVote {
+                last_log_index: LogIndex(1),
+                last_log_term: Term(1),
+                transfer: false,
+            },
         )),
     );
     c.process(2);
@@ -659,7 +663,11 @@ fn hard_state_is_persisted_in_the_same_ready_as_the_vote_messages_5_2() {
     // The first grant makes a quorum: the candidate's new term and self-vote travel in the same
     // Ready as its RequestVotes, so the runtime makes them durable before sending.
     c.deliver_round();
-    let vote = MessageBody::RequestVote { last_log_index: LogIndex(0), last_log_term: Term(0) };
+    let vote = MessageBody::RequestVote {
+        last_log_index: LogIndex(0),
+        last_log_term: Term(0),
+        transfer: false,
+    };
     let voted_for_1 = HardState { term: Term(1), voted_for: Some(NodeId(1)) };
     assert_eq!(
         c.take_readies(1),
@@ -1278,4 +1286,58 @@ fn a_new_leader_streams_a_snapshot_to_a_follower_whose_log_ends_before_its_own_7
     assert_eq!(installs(&mut c, 3).len(), 1);
     assert_eq!(c.peer(3).sm, c.peer(1).sm);
     assert_eq!(c.peer(3).sm.len(), 9);
+}
+
+// ---- leadership transfer (thesis §3.10) -----------------------------------------------------
+
+#[test]
+fn leadership_moves_to_the_chosen_follower_asked_through_any_node_3_10() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    let term = c.status(1).term;
+    // Asked through follower 2, which forwards to the leader.
+    c.step(2, Input::TransferLeader { to: NodeId(3) });
+    c.process(2);
+    c.settle();
+    assert_eq!(c.status(3).role, Role::Leader, "node 3 leads at once, without a timeout");
+    assert_eq!(c.status(3).term, term.next(), "one election, no pre-vote round");
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(2).is_some()));
+    assert_eq!(c.converged(2), Some(NodeId(3)));
+}
+
+#[test]
+fn a_transfer_first_brings_the_transferee_up_to_date_and_holds_new_proposals_3_10() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    c.cut_both(1, 3);
+    propose_on(&mut c, 1, 1, 3);
+    assert!(c.status(3).last_index < c.status(1).last_index);
+    c.step(1, Input::TransferLeader { to: NodeId(3) });
+    c.process(1);
+    // While handing over, the leader takes no new entries: they would keep node 3 behind.
+    c.step(1, Input::Propose { id: 99, data: b"late".to_vec() });
+    c.process(1);
+    assert_eq!(c.peer(1).rejected, vec![(99, Rejection::Transferring)]);
+    c.heal();
+    let moved = c.run_until(4 * ELECTION_TICKS, |c| c.status(3).role == Role::Leader);
+    assert!(moved, "node 3 took over once caught up");
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(5).is_some()));
+    let leader_log_has_all = (2..=4).all(|i| c.peer(3).sm.iter().any(|e| e.index == LogIndex(i)));
+    assert!(leader_log_has_all);
+}
+
+#[test]
+fn a_transfer_to_a_dead_node_is_abandoned_after_an_election_timeout_3_10() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    c.crash(3);
+    c.step(1, Input::TransferLeader { to: NodeId(3) });
+    c.process(1);
+    c.run_ticks(ELECTION_TICKS + 1);
+    assert_eq!(c.status(1).role, Role::Leader);
+    c.step(1, Input::Propose { id: 7, data: b"after".to_vec() });
+    c.process(1);
+    c.settle();
+    assert!(c.peer(1).rejected.is_empty(), "proposals are taken again");
+    assert!(c.run_until(2 * ELECTION_TICKS, |c| c.status(1).commit_index == LogIndex(2)));
 }

@@ -48,6 +48,8 @@ pub enum ReadCommand {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdminCommand {
     Info,
+    /// RAFT.TRANSFER-LEADER <id>: hand leadership to node `id`; answered once it leads.
+    TransferLeader(u64),
 }
 
 /// What a parsed client command asks for.
@@ -82,6 +84,7 @@ const COMMANDS: &[(&str, i32)] = &[
     ("command", -1),
     ("config", -2),
     ("info", -1),
+    ("raft.transfer-leader", 2),
     ("select", 2),
     ("client", -2),
     ("quit", -1),
@@ -179,6 +182,10 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         "command" => Request::Immediate(command_command(args)),
         "config" => Request::Immediate(config_command(args)),
         "info" => Request::Admin(AdminCommand::Info),
+        "raft.transfer-leader" => match parse_i64(&args[0]) {
+            Some(id) if id >= 1 => Request::Admin(AdminCommand::TransferLeader(id as u64)),
+            _ => Request::Immediate(Reply::error("ERR node id must be a positive integer")),
+        },
         "select" => match parse_i64(&args[0]) {
             Some(0) => Request::Immediate(Reply::ok()),
             Some(_) => Request::Immediate(Reply::error("ERR DB index is out of range")),

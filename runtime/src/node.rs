@@ -117,6 +117,8 @@ pub struct NodeTask<S: Storage> {
     /// Snapshots this leader streams to followers, and the one this follower receives.
     outgoing: Outgoing,
     incoming: Incoming,
+    /// RAFT.TRANSFER-LEADER requests: (target, deadline, reply), answered once the target leads.
+    transfers: Vec<(NodeId, Instant, oneshot::Sender<Reply>)>,
 }
 
 /// A callback on every change of a node's role, term or leader.
@@ -155,6 +157,7 @@ impl<S: Storage> NodeTask<S> {
             on_status: None,
             outgoing: Outgoing::new(tuning.snapshot.clone()),
             incoming: Incoming::default(),
+            transfers: Vec::new(),
             tuning,
         }
     }
@@ -223,6 +226,16 @@ impl<S: Storage> NodeTask<S> {
         if self.last_status != Some(now) {
             info!(node = %self.id, term = %s.term, role = s.role.name(), leader = ?s.leader.map(|l| l.0), "raft state changed");
             self.last_status = Some(now);
+            if !self.transfers.is_empty() {
+                let (done, waiting) = std::mem::take(&mut self.transfers)
+                    .into_iter()
+                    .partition(|(to, _, _)| s.leader == Some(*to));
+                self.transfers = waiting;
+                for (to, _, reply) in done {
+                    info!(node = %self.id, to = %to, term = %s.term, "leadership transfer finished");
+                    let _ = reply.send(Reply::ok());
+                }
+            }
             if s.role != Role::Leader && self.outgoing.active() > 0 {
                 info!(node = %self.id, transfers = self.outgoing.active(), "no longer leader; snapshot transfers stopped");
                 self.outgoing.clear();
@@ -268,6 +281,10 @@ impl<S: Storage> NodeTask<S> {
                 let _ = c.reply.send(self.info());
                 return;
             }
+            RequestKind::Admin(AdminCommand::TransferLeader(to)) => {
+                self.transfer_leader(NodeId(to), c.reply);
+                return;
+            }
             RequestKind::Write(cmd) => {
                 if cmd.size_bytes() > self.proposal_bytes_max {
                     let msg = format!(
@@ -305,7 +322,34 @@ impl<S: Storage> NodeTask<S> {
         self.deadlines.push_back((Instant::now() + self.tuning.request_timeout, id));
     }
 
+    fn transfer_leader(&mut self, to: NodeId, reply: oneshot::Sender<Reply>) {
+        let status = self.raft.status();
+        if !self.raft.config().voters.contains(&to) {
+            let _ = reply.send(Reply::error(format!("ERR node {to} is not a voting member")));
+        } else if status.leader == Some(to) {
+            let _ = reply.send(Reply::ok());
+        } else if status.leader.is_none() {
+            let msg = "CLUSTERDOWN no leader: the cluster cannot reach a quorum";
+            let _ = reply.send(Reply::error(msg));
+        } else {
+            info!(node = %self.id, to = %to, leader = ?status.leader.map(|l| l.0), "leadership transfer requested");
+            self.raft.step(Input::TransferLeader { to });
+            let deadline = Instant::now() + self.tuning.request_timeout;
+            self.transfers.push((to, deadline, reply));
+        }
+    }
+
     fn on_tick(&mut self) {
+        if !self.transfers.is_empty() {
+            let now = Instant::now();
+            let (late, waiting) =
+                std::mem::take(&mut self.transfers).into_iter().partition(|(_, d, _)| *d <= now);
+            self.transfers = waiting;
+            for (to, _, reply) in late {
+                let msg = format!("ERR leadership transfer to node {to} did not finish in time (is it running and caught up?)");
+                let _ = reply.send(Reply::error(msg));
+            }
+        }
         if self.outgoing.active() > 0 {
             self.outgoing.on_tick(&self.peers, self.raft.status().term);
         }
@@ -408,7 +452,9 @@ impl<S: Storage> NodeTask<S> {
         self.serve_applied_reads()?;
         for (id, why) in rejected {
             match why {
-                Rejection::NoLeader | Rejection::LeadershipLost => self.awaiting_leader.push(id),
+                Rejection::NoLeader | Rejection::LeadershipLost | Rejection::Transferring => {
+                    self.awaiting_leader.push(id)
+                }
                 Rejection::Busy => {
                     let msg = "BUSY too many requests in flight; retry later";
                     // A resubmitted write may already be in the log: it stays pending until it

@@ -253,3 +253,30 @@ fn nodes_restart_from_snapshot_and_log_after_compaction() {
         assert_eq!(v, i);
     }
 }
+
+#[test]
+fn raft_transfer_leader_hands_leadership_to_the_chosen_node() {
+    let c = Cluster::start(3);
+    let leader = c.leader(1).expect("a leader");
+    let target = if leader == 3 { 2 } else { 3 };
+    let via = 6 - leader - target; // the third node: asked through a follower
+    let mut con = c.conn(via);
+    let reply: String =
+        redis::cmd("RAFT.TRANSFER-LEADER").arg(target).query(&mut con).expect("transfer");
+    assert_eq!(reply, "OK");
+    for id in 1..=3 {
+        let seen = wait_until(Duration::from_secs(5), || (c.leader(id)? == target).then_some(()));
+        assert!(seen.is_some(), "node {id} follows node {target}");
+    }
+    let _: () = c.conn(leader).set("after-transfer", "1").unwrap();
+    let v: String = c.conn(target).get("after-transfer").unwrap();
+    assert_eq!(v, "1");
+
+    let err = redis::cmd("RAFT.TRANSFER-LEADER").arg(9).query::<String>(&mut con).unwrap_err();
+    assert_eq!(err.detail(), Some("node 9 is not a voting member"), "{err:?}");
+    let err = redis::cmd("RAFT.TRANSFER-LEADER").arg("x").query::<String>(&mut con).unwrap_err();
+    assert_eq!(err.detail(), Some("node id must be a positive integer"), "{err:?}");
+    // Asking for the node that already leads is a no-op.
+    let reply: String = redis::cmd("RAFT.TRANSFER-LEADER").arg(target).query(&mut con).unwrap();
+    assert_eq!(reply, "OK");
+}

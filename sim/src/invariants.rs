@@ -49,6 +49,8 @@ struct State {
     trace: u64,
     compactions: u64,
     installs: u64,
+    /// Leadership transfers asked for, and those answered OK.
+    transfers: (u64, u64),
 }
 
 fn digest<T: Hash>(t: &T) -> u64 {
@@ -175,6 +177,18 @@ impl Invariants {
 
     pub fn trace_hash(&self) -> u64 {
         self.state().trace
+    }
+
+    /// A leadership transfer was answered; `ok` if the target took over.
+    pub fn transfer_answered(&self, ok: bool) {
+        let mut st = self.state();
+        st.transfers.0 += 1;
+        st.transfers.1 += ok as u64;
+    }
+
+    /// (asked, succeeded) leadership transfers.
+    pub fn transfer_counts(&self) -> (u64, u64) {
+        self.state().transfers
     }
 
     /// (log compactions, snapshots installed) so far, on all nodes.

@@ -2,7 +2,8 @@
 //! kinds at random intensities, so across seeds every combination gets runs where it dominates
 //! and runs where it is absent. Every action is written to a schedule, printed on failure.
 
-use crate::cluster::SimCluster;
+use crate::client::{Client, Value};
+use crate::cluster::{redis_addr, SimCluster};
 use crate::faults::MessageChaos;
 use raft_kv_core::NodeId;
 use rand::rngs::StdRng;
@@ -32,6 +33,8 @@ pub struct Swarm {
     /// Leader churn: every new leader is crashed a few milliseconds after it appears, so
     /// terms pile up with partly replicated entries (where Figure 8's trap lives).
     pub leader_churn: bool,
+    /// RAFT.TRANSFER-LEADER sent to a random node for a random target.
+    pub transfers: bool,
     /// Mean time between nemesis actions.
     pub interval: Duration,
     /// How long a fault lasts, at most.
@@ -50,6 +53,7 @@ impl Swarm {
             clock_skew: rng.gen_bool(0.5),
             leader_churn: rng.gen_bool(0.3),
             client_cuts: rng.gen_bool(0.3),
+            transfers: rng.gen_bool(0.4),
             interval: Duration::from_millis(rng.gen_range(100..1500)),
             fault_max: Duration::from_millis(rng.gen_range(300..4000)),
         };
@@ -71,6 +75,7 @@ impl Swarm {
             clock_skew: false,
             leader_churn: false,
             client_cuts: false,
+            transfers: false,
             interval: Duration::from_secs(1),
             fault_max: Duration::from_secs(1),
         }
@@ -88,6 +93,7 @@ impl Swarm {
             (self.clock_skew, Kind::Skew),
             (self.leader_churn, Kind::Churn),
             (self.client_cuts, Kind::ClientCut),
+            (self.transfers, Kind::Transfer),
         ];
         for (on, kind) in flags {
             if on {
@@ -122,6 +128,7 @@ enum Kind {
     Skew,
     Churn,
     ClientCut,
+    Transfer,
 }
 
 /// A fault in force, undone at `until`.
@@ -405,6 +412,31 @@ impl<'a> Nemesis<'a> {
                 let id = ids[0];
                 self.skew(id);
                 self.hold(Active::Skew(id));
+            }
+            Kind::Transfer => {
+                let (via, to) = (ids[0], *ids.choose(&mut self.rng).expect("not empty"));
+                self.log(format!("ask node {via} to transfer leadership to node {to}"));
+                let invariants = c.invariants.clone();
+                c.client.spawn(async move {
+                    let timeout = Duration::from_secs(10);
+                    let Ok(mut con) = Client::connect(redis_addr(via), timeout).await else {
+                        return;
+                    };
+                    let to = to.0.to_string();
+                    match con.call(&[b"RAFT.TRANSFER-LEADER", to.as_bytes()]).await {
+                        Ok(Value::Ok(s)) if s == "OK" => invariants.transfer_answered(true),
+                        Ok(Value::Err(e))
+                            if e.starts_with("ERR leadership transfer")
+                                || e.starts_with("CLUSTERDOWN") =>
+                        {
+                            invariants.transfer_answered(false)
+                        }
+                        Ok(other) => invariants.report(format!(
+                            "RAFT.TRANSFER-LEADER {to} via node {via} answered {other:?}"
+                        )),
+                        Err(_) => {} // the node or the link went down
+                    }
+                });
             }
         }
     }

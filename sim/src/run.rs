@@ -66,6 +66,8 @@ pub struct RunReport {
     /// Log compactions and snapshot installs on all nodes.
     pub compactions: u64,
     pub installs: u64,
+    /// Leadership transfers answered, and those that succeeded.
+    pub transfers: (u64, u64),
 }
 
 impl RunReport {
@@ -148,10 +150,6 @@ async fn simulate(opts: RunOptions) -> RunReport {
             resends_max: 5,
         },
     };
-    let mut cluster_opts = cluster_opts;
-    if std::env::var("SIM_NO_COMPACT").is_ok() {
-        cluster_opts.snapshot_entries = 100_000;
-    }
     let config = format!(
         "appends of {} x{}, compact every {} keeping {}, chunks of {} B x{}",
         cluster_opts.append_entries_max,
@@ -205,6 +203,7 @@ async fn simulate(opts: RunOptions) -> RunReport {
         config,
         compactions,
         installs,
+        transfers: cluster.invariants.transfer_counts(),
         seed,
         nodes,
         clients: workload.clients,

@@ -119,6 +119,7 @@ struct Totals {
     installs: u64,
     /// Runs in which some node installed a snapshot.
     runs_with_installs: u64,
+    transfers: (u64, u64),
     /// Seeds whose simulation panicked (a node's storage refused a write, an assertion in
     /// the core...), with the panic message: failures too.
     panicked: Vec<(u64, String)>,
@@ -173,6 +174,8 @@ fn run_many_with_totals(
                     t.compactions += r.compactions;
                     t.installs += r.installs;
                     t.runs_with_installs += (r.installs > 0) as u64;
+                    t.transfers.0 += r.transfers.0;
+                    t.transfers.1 += r.transfers.1;
                     if !r.check.unknown_keys.is_empty() {
                         t.unknown.push(seed);
                     }
@@ -243,8 +246,8 @@ fn chaos_histories_are_linearizable_and_invariants_hold() {
         totals.slowest_convergence.0, totals.slowest_convergence.1
     );
     println!(
-        "chaos: {} log compactions; {} snapshots installed, in {} of the seeds",
-        totals.compactions, totals.installs, totals.runs_with_installs
+        "chaos: {} log compactions; {} snapshots installed, in {} of the seeds; {} leadership transfers answered, {} of them done",
+        totals.compactions, totals.installs, totals.runs_with_installs, totals.transfers.0, totals.transfers.1
     );
     if !totals.unknown.is_empty() {
         // Not a failure: the search ran out of budget. Replay these with a larger budget.
