@@ -10,6 +10,8 @@ pub mod planted;
 pub mod raft;
 pub mod types;
 
+pub use raft::lease_ticks_for_drift;
+
 pub use message::{Message, MessageBody};
 pub use planted::PlantedBug;
 pub use raft::{

@@ -22,6 +22,10 @@ pub enum PlantedBug {
     /// A follower installing a snapshot drops the client sessions in it, so a write retried
     /// after the install is no longer recognised as a duplicate and applies twice there.
     SnapshotDropsSessions,
+    /// The leader's lease lasts a whole election timeout, as if every clock ran at the same
+    /// rate: a follower with a faster clock can vote for a new leader while the old one still
+    /// serves reads from its lease.
+    LeaseIgnoresClockDrift,
 }
 
 /// Whether `bug` is planted in this build and run.

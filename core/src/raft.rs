@@ -40,6 +40,11 @@ pub struct Config {
     /// Applied entries kept after a compaction, so a follower slightly behind catches up from
     /// the log instead of a snapshot.
     pub snapshot_keep_entries: u64,
+    /// Leader leases (thesis §6.4.1): for this many ticks after a heartbeat round a quorum
+    /// acknowledged, the leader serves reads without another round. 0 turns leases off (every
+    /// read confirms leadership with ReadIndex). Must be below the election timeout scaled by
+    /// the worst clock-rate ratio between nodes: see `lease_ticks_for_drift`.
+    pub lease_ticks: u32,
     /// Seeds the election-jitter RNG; the runtime chooses it.
     pub seed: u64,
     /// A deliberate bug for the simulation to catch; ignored outside simulation builds.
@@ -62,6 +67,7 @@ impl Config {
             snapshot_entries: 100_000,
             snapshot_bytes: 64 << 20,
             snapshot_keep_entries: 1_000,
+            lease_ticks: 0,
             seed,
             planted: None,
         }
@@ -81,6 +87,9 @@ impl Config {
         if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
             return Err(ConfigError("election timeout must exceed the heartbeat interval".into()));
         }
+        if self.lease_ticks >= self.election_ticks {
+            return Err(ConfigError("a lease must be shorter than the election timeout".into()));
+        }
         if self.append_entries_max == 0
             || self.append_bytes_max == 0
             || self.inflight_appends_max == 0
@@ -94,6 +103,19 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The longest safe lease when any node's clock may run up to `max_rate_ratio` times as fast
+/// as any other's (1.0: perfect clocks). A follower that acknowledged a round refuses votes
+/// for at least `election_ticks - 1` of its own ticks after it; the leader counts from the
+/// start of the round and its tick count may lag real time by one tick, so the lease is
+/// `(election_ticks - 1) / ratio - 1` of the leader's ticks. None if that leaves nothing.
+pub fn lease_ticks_for_drift(election_ticks: u32, max_rate_ratio: f64) -> Option<u32> {
+    if !(max_rate_ratio >= 1.0 && max_rate_ratio.is_finite()) {
+        return None;
+    }
+    let ticks = ((election_ticks.saturating_sub(1)) as f64 / max_rate_ratio).floor() as u32;
+    ticks.checked_sub(1).filter(|t| *t > 0)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -310,6 +332,15 @@ pub struct RaftNode {
     /// Read rounds: a read registered in round r is confirmed when a quorum acks round >= r.
     read_round: u64,
     read_round_needed: bool,
+    /// Ticks since start: the leader's clock for leases.
+    ticks: u64,
+    /// Leader only: the tick each unconfirmed round started at (kept when leases are on).
+    round_started: VecDeque<(u64, u64)>,
+    /// Leader only: reads are served without a round while `ticks < lease_until`.
+    lease_until: u64,
+    /// Leader only: set once it told a node to campaign (a transfer): that node's vote
+    /// requests bypass the followers' wait, so no lease holds for the rest of the term.
+    lease_revoked: bool,
     pending_reads: VecDeque<PendingRead>,
     /// Reads that arrived before the leader committed an entry of its term (§6.4 step 1).
     reads_awaiting_commit: Vec<(u64, NodeId)>,
@@ -388,6 +419,10 @@ impl RaftNode {
             progress: BTreeMap::new(),
             read_round: 0,
             read_round_needed: false,
+            ticks: 0,
+            round_started: VecDeque::new(),
+            lease_until: 0,
+            lease_revoked: false,
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
             forward_proposals: Vec::new(),
@@ -490,6 +525,7 @@ impl RaftNode {
         let caught_up = self.progress.get(&to).is_some_and(|p| p.match_index == last);
         if caught_up {
             self.transfer = Some((to, elapsed, true));
+            self.lease_revoked = true;
             self.send(to, MessageBody::TimeoutNow);
         }
     }
@@ -525,7 +561,7 @@ impl RaftNode {
         if self.role == Role::Leader {
             if self.read_round_needed {
                 self.read_round_needed = false;
-                self.read_round += 1;
+                self.start_round();
                 self.broadcast_heartbeat();
             }
             let peers: Vec<NodeId> = self.progress.keys().copied().collect();
@@ -616,12 +652,17 @@ impl RaftNode {
     }
 
     fn tick(&mut self) {
+        self.ticks += 1;
         self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.role == Role::Leader {
             self.heartbeat_elapsed += 1;
             if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
                 self.heartbeat_elapsed = 0;
                 self.detect_lost_appends();
+                if self.lease_ticks() > 0 {
+                    // Every heartbeat is a round, so acknowledgements keep extending the lease.
+                    self.start_round();
+                }
                 self.broadcast_heartbeat();
             }
             if let Some((to, elapsed, sent)) = self.transfer {
@@ -718,6 +759,9 @@ impl RaftNode {
         self.progress.clear();
         self.snapshot_wanted.clear();
         self.transfer = None;
+        self.round_started.clear();
+        self.lease_until = 0;
+        self.lease_revoked = false;
         if was_leader {
             for r in std::mem::take(&mut self.pending_reads) {
                 self.reject_read(r.id, r.from, Rejection::LeadershipLost);
@@ -824,8 +868,48 @@ impl RaftNode {
 
     fn in_leader_lease(&self) -> bool {
         // Heard from a live leader within the minimum election timeout (thesis §4.2.3): ignore
-        // vote requests so a rejoining node cannot depose a healthy leader.
-        self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks
+        // vote requests so a rejoining node cannot depose a healthy leader. With leases on, a
+        // node that just started may have acknowledged a leader's lease before it stopped, so
+        // it waits one election timeout too.
+        let just_started = self.lease_ticks() > 0 && self.ticks < self.cfg.election_ticks as u64;
+        (self.leader.is_some() || just_started) && self.election_elapsed < self.cfg.election_ticks
+    }
+
+    // ---- leases (thesis §6.4.1) -------------------------------------------------------------
+
+    fn lease_ticks(&self) -> u32 {
+        if crate::planted::active(self.cfg.planted, crate::PlantedBug::LeaseIgnoresClockDrift)
+            && self.cfg.lease_ticks > 0
+        {
+            return self.cfg.election_ticks;
+        }
+        self.cfg.lease_ticks
+    }
+
+    fn start_round(&mut self) {
+        self.read_round += 1;
+        if self.lease_ticks() > 0 {
+            self.round_started.push_back((self.read_round, self.ticks));
+        }
+    }
+
+    /// The leader may serve a read now without a round: it holds a lease, and it committed an
+    /// entry of its term, so its commit index is the latest.
+    fn lease_valid(&self) -> bool {
+        self.role == Role::Leader
+            && self.lease_ticks() > 0
+            && !self.lease_revoked
+            && self.ticks < self.lease_until
+            && self.log.term(self.log.commit_index()) == Some(self.term)
+    }
+
+    /// Remaining lease ticks, for INFO (0: none).
+    pub fn lease_remaining(&self) -> u64 {
+        if self.lease_valid() {
+            self.lease_until - self.ticks
+        } else {
+            0
+        }
     }
 
     fn step_message(&mut self, m: Message) {
@@ -1273,6 +1357,13 @@ impl RaftNode {
                     >= self.cfg.pending_reads_max
                 {
                     self.reject_read(id, from, Rejection::Busy);
+                } else if self.lease_valid() {
+                    let index = self.log.commit_index();
+                    if from == self.cfg.id {
+                        self.reads.push(ReadState { id, index });
+                    } else {
+                        self.send(from, MessageBody::ReadIndexResponse { ids: vec![id], index });
+                    }
                 } else if self.log.term(self.log.commit_index()) != Some(self.term) {
                     self.reads_awaiting_commit.push((id, from));
                 } else {
@@ -1304,6 +1395,10 @@ impl RaftNode {
         rounds.push(u64::MAX); // the leader confirms itself
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed = rounds[self.quorum() - 1];
+        while self.round_started.front().is_some_and(|(r, _)| *r <= confirmed) {
+            let (_, started) = self.round_started.pop_front().expect("checked");
+            self.lease_until = self.lease_until.max(started + self.lease_ticks() as u64);
+        }
         let mut remote: BTreeMap<NodeId, (Vec<u64>, LogIndex)> = BTreeMap::new();
         while self.pending_reads.front().is_some_and(|r| r.round <= confirmed) {
             let r = self.pending_reads.pop_front().expect("checked");

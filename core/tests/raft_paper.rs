@@ -1341,3 +1341,112 @@ fn a_transfer_to_a_dead_node_is_abandoned_after_an_election_timeout_3_10() {
     assert!(c.peer(1).rejected.is_empty(), "proposals are taken again");
     assert!(c.run_until(2 * ELECTION_TICKS, |c| c.status(1).commit_index == LogIndex(2)));
 }
+
+// ---- leader leases (thesis §6.4.1) ----------------------------------------------------------
+
+fn leasing(cfg: &mut Config) {
+    cfg.lease_ticks = raft_kv_core::lease_ticks_for_drift(ELECTION_TICKS, 1.0).expect("fits");
+}
+
+fn read_released_at_once(c: &mut Cluster, id: u64, read: u64) -> bool {
+    c.step(id, Input::Read { id: read });
+    c.process(id);
+    c.peer(id).reads_served.iter().chain(&c.peer(id).reads_waiting).any(|r| r.id == read)
+}
+
+#[test]
+fn the_lease_of_a_drift_bound_is_shorter_than_the_election_timeout() {
+    use raft_kv_core::lease_ticks_for_drift as lease;
+    assert_eq!(lease(50, 1.0), Some(48));
+    assert_eq!(lease(50, 2.0), Some(23));
+    assert_eq!(lease(50, 4.0), Some(11));
+    assert_eq!(lease(50, 0.5), None, "a ratio below 1 is meaningless");
+    assert_eq!(lease(50, f64::NAN), None);
+    assert_eq!(lease(2, 1.0), None, "nothing left");
+    let mut cfg = config(1, 3);
+    cfg.lease_ticks = ELECTION_TICKS;
+    assert!(cfg.validate().is_err());
+}
+
+/// A 3-node cluster with leases, converged on whichever node won (with leases on, fresh nodes
+/// refuse votes for their first election timeout, so every node must tick): (leader, the
+/// other two).
+fn leasing_cluster() -> (Cluster, u64, u64, u64) {
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], leasing);
+    assert!(c.run_until(20 * ELECTION_TICKS, |c| c.converged(1).is_some()), "no leader");
+    let l = c.converged(1).expect("converged").0;
+    let others: Vec<u64> = (1..=3).filter(|i| *i != l).collect();
+    (c, l, others[0], others[1])
+}
+
+#[test]
+fn a_leader_holding_a_lease_serves_reads_without_a_round_6_4_1() {
+    let (mut c, l, f, _) = leasing_cluster();
+    c.run_ticks(HEARTBEAT_TICKS);
+    let sent_before = c.sent.len();
+    assert!(read_released_at_once(&mut c, l, 1), "released without a round");
+    assert_eq!(c.sent.len(), sent_before, "no heartbeat was needed");
+    // A follower's read is answered from the lease too.
+    c.step(f, Input::Read { id: 2 });
+    c.process(f);
+    c.settle();
+    assert!(c.peer(f).reads_served.iter().any(|r| r.id == 2));
+}
+
+#[test]
+fn an_isolated_leader_stops_serving_lease_reads_before_anyone_else_can_lead_6_4_1() {
+    let (mut c, l, f, g) = leasing_cluster();
+    c.run_ticks(HEARTBEAT_TICKS);
+    c.isolate(l);
+    let lease = c.peer(l).node.lease_remaining();
+    assert!(lease > 0 && lease <= ELECTION_TICKS as u64);
+    for _ in 0..lease {
+        assert_ne!(c.status(f).role, Role::Leader, "a new leader while the lease holds");
+        assert_ne!(c.status(g).role, Role::Leader, "a new leader while the lease holds");
+        c.tick_all();
+    }
+    assert_eq!(c.peer(l).node.lease_remaining(), 0);
+    assert!(!read_released_at_once(&mut c, l, 3), "the expired lease answers nothing");
+    let new = c.run_until(8 * ELECTION_TICKS, |c| {
+        c.status(f).role == Role::Leader || c.status(g).role == Role::Leader
+    });
+    assert!(new, "the others elect a new leader");
+    assert!(!c.peer(l).reads_served.iter().any(|r| r.id == 3));
+}
+
+#[test]
+fn a_leadership_transfer_revokes_the_lease_3_10_6_4_1() {
+    let (mut c, l, f, g) = leasing_cluster();
+    c.run_ticks(HEARTBEAT_TICKS);
+    assert!(c.peer(l).node.lease_remaining() > 0);
+    c.cut_both(f, g);
+    c.step(l, Input::TransferLeader { to: NodeId(f) });
+    c.process(l);
+    assert_eq!(c.peer(l).node.lease_remaining(), 0, "node {f} may win any moment now");
+}
+
+#[test]
+fn with_leases_a_restarted_node_votes_only_after_an_election_timeout_6_4_1() {
+    let mut cfg = config(2, 3);
+    leasing(&mut cfg);
+    let mut node = RaftNode::new(cfg, RestoredState::default()).expect("valid");
+    let vote = MessageBody::RequestVote {
+        last_log_index: LogIndex(0),
+        last_log_term: Term(0),
+        transfer: false,
+    };
+    node.step(Input::Message(msg(1, 2, 1, vote.clone())));
+    let ready = node.ready();
+    assert!(ready.messages.is_empty(), "ignored: it may have acked a lease before restarting");
+    for _ in 0..ELECTION_TICKS {
+        node.step(Input::Tick);
+    }
+    node.ready();
+    node.step(Input::Message(msg(1, 2, 1, vote)));
+    let granted = node
+        .ready()
+        .messages
+        .iter()
+        .any(|m| m.body == MessageBody::RequestVoteResponse { granted: true });
+    assert!(granted);
+}

@@ -52,6 +52,7 @@ pub async fn accept_loop(
     cfg: ClientConfig,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.clients_max));
+    let mut next_conn: u64 = 0;
     loop {
         let (mut stream, addr) = match listener.accept().await {
             Ok(s) => s,
@@ -68,8 +69,10 @@ pub async fn accept_loop(
         };
         let node = node.clone();
         let cfg = cfg.clone();
+        next_conn += 1;
+        let conn = next_conn;
         tokio::spawn(async move {
-            serve(stream, node, cfg).await;
+            serve(stream, node, cfg, conn).await;
             drop(permit);
             debug!(%addr, "client disconnected");
         });
@@ -83,7 +86,7 @@ enum Phase {
     Writes,
 }
 
-async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: ClientConfig) {
+async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: ClientConfig, conn: u64) {
     // Without TCP_NODELAY a pipelining client waits on Nagle's algorithm for every reply batch.
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = tokio::io::split(stream);
@@ -118,7 +121,7 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
                     if next_phase.is_some() {
                         phase = next_phase;
                     }
-                    let (pending, quit) = dispatch(request, &node);
+                    let (pending, quit) = dispatch(request, &node, conn);
                     if tx.send(pending).await.is_err() {
                         break 'conn;
                     }
@@ -144,7 +147,7 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
 }
 
 /// Turns one request into its (eventual) reply; true if the connection should close after it.
-fn dispatch(request: Request, node: &mpsc::Sender<ClientRequest>) -> (Pending, bool) {
+fn dispatch(request: Request, node: &mpsc::Sender<ClientRequest>, conn: u64) -> (Pending, bool) {
     let kind = match request {
         Request::Immediate(r) => return (Pending::Ready(r), false),
         Request::Quit => return (Pending::Ready(Reply::ok()), true),
@@ -153,7 +156,7 @@ fn dispatch(request: Request, node: &mpsc::Sender<ClientRequest>) -> (Pending, b
         Request::Admin(c) => RequestKind::Admin(c),
     };
     let (reply, rx) = oneshot::channel();
-    match node.try_send(ClientRequest { kind, reply }) {
+    match node.try_send(ClientRequest { kind, reply, conn }) {
         Ok(()) => (Pending::Waiting(rx), false),
         Err(mpsc::error::TrySendError::Full(_)) => (
             Pending::Ready(Reply::error("BUSY the node's request queue is full; retry later")),

@@ -13,7 +13,7 @@ use raft_kv_core::kv::{self, KvRead, Mutation, Value};
 use raft_kv_core::{
     planted, Input, LogIndex, Message, NodeId, PlantedBug, RaftNode, Ready, Rejection, Role, Status,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +24,8 @@ use tracing::{debug, error, info, warn};
 pub struct ClientRequest {
     pub kind: RequestKind,
     pub reply: oneshot::Sender<Reply>,
+    /// The client connection it came from: its reads are served in the order it sent them.
+    pub conn: u64,
 }
 
 pub enum RequestKind {
@@ -38,6 +40,9 @@ pub const KEYS_RESULT_MAX: usize = 1_000_000;
 /// Rounds of `ready` handled per loop iteration; each round can only be caused by the previous
 /// one (a persisted ack that commits, a commit that releases reads), so a few suffice.
 const READY_ROUNDS_MAX: usize = 8;
+
+/// Overdue ticks stepped at once after a stall; a longer stall resumes ticking from there.
+const TICK_CATCH_UP_MAX: usize = 100_000;
 
 /// Timing and limits of the node task.
 #[derive(Clone, Debug)]
@@ -74,6 +79,7 @@ struct PendingWrite {
 }
 
 struct PendingRead {
+    conn: u64,
     cmd: ReadCommand,
     reply: oneshot::Sender<Reply>,
 }
@@ -105,6 +111,10 @@ pub struct NodeTask<S: Storage> {
     awaiting_leader: Vec<u64>,
     /// Confirmed reads waiting for the apply index to reach theirs.
     reads_awaiting_apply: BTreeMap<LogIndex, Vec<u64>>,
+    /// Reads that may be served, waiting for reads their connection sent before them.
+    reads_ready: BTreeSet<u64>,
+    /// Unanswered reads of each client connection.
+    conn_reads: BTreeMap<u64, BTreeSet<u64>>,
     /// (deadline, request) in arrival order, so deadlines are ascending.
     deadlines: VecDeque<(Instant, u64)>,
     applied: LogIndex,
@@ -149,6 +159,8 @@ impl<S: Storage> NodeTask<S> {
             reads: BTreeMap::new(),
             awaiting_leader: Vec::new(),
             reads_awaiting_apply: BTreeMap::new(),
+            reads_ready: BTreeSet::new(),
+            conn_reads: BTreeMap::new(),
             deadlines: VecDeque::new(),
             applied,
             last_status: None,
@@ -193,6 +205,16 @@ impl<S: Storage> NodeTask<S> {
                     Some(c) => self.on_client(c),
                     None => return Ok(()),
                 },
+            }
+            // Ticks that fell due while the task was busy or stalled come first: a lease must
+            // never be judged by a clock that lags.
+            for _ in 0..TICK_CATCH_UP_MAX {
+                if Instant::now() < next_tick {
+                    break;
+                }
+                next_tick += tick_period();
+                self.raft.step(Input::Tick);
+                self.on_tick();
             }
             // Group commit: everything already queued joins this batch.
             for _ in 0..self.tuning.inputs_per_batch_max {
@@ -316,7 +338,8 @@ impl<S: Storage> NodeTask<S> {
                     return;
                 }
                 self.raft.step(Input::Read { id });
-                self.reads.insert(id, PendingRead { cmd, reply: c.reply });
+                self.reads.insert(id, PendingRead { conn: c.conn, cmd, reply: c.reply });
+                self.conn_reads.entry(c.conn).or_default().insert(id);
             }
         }
         self.deadlines.push_back((Instant::now() + self.tuning.request_timeout, id));
@@ -369,7 +392,7 @@ impl<S: Storage> NodeTask<S> {
                 };
                 let _ = w.reply.send(Reply::error(msg));
             }
-            if let Some(r) = self.reads.remove(&id) {
+            if let Some(r) = self.take_read(id) {
                 let msg = if no_leader {
                     "CLUSTERDOWN no leader: the cluster cannot reach a quorum"
                 } else {
@@ -381,6 +404,8 @@ impl<S: Storage> NodeTask<S> {
     }
 
     fn handle_ready(&mut self) -> Result<(), StorageError> {
+        // Reads that timed out may have held up ready ones.
+        self.release_reads()?;
         for _ in 0..READY_ROUNDS_MAX {
             let rd = self.raft.ready();
             if rd.is_empty() {
@@ -439,7 +464,12 @@ impl<S: Storage> NodeTask<S> {
             self.outgoing.on_ack(&self.peers, term, ack)?;
         }
         for chunk in snapshot_chunks {
-            self.incoming.on_chunk(&mut self.storage, &mut self.raft, chunk)?;
+            if self.incoming.on_chunk(&mut self.storage, &mut self.raft, chunk)? {
+                // A snapshot is complete and its install comes with the next ready: later
+                // chunks (resends, or a newer transfer starting over) would change what is
+                // staged under it. They are dropped; their senders resend or start over.
+                break;
+            }
         }
         // 4. Reads, served once applied far enough.
         for r in reads {
@@ -463,7 +493,7 @@ impl<S: Storage> NodeTask<S> {
                         let w = self.writes.remove(&id).expect("checked");
                         let _ = w.reply.send(Reply::error(msg));
                     }
-                    if let Some(r) = self.reads.remove(&id) {
+                    if let Some(r) = self.take_read(id) {
                         let _ = r.reply.send(Reply::error(msg));
                     }
                 }
@@ -562,11 +592,47 @@ impl<S: Storage> NodeTask<S> {
         Ok(())
     }
 
+    /// The read may be served: it is confirmed and applied far enough. It is, once every read
+    /// submitted before it was (`release_reads`).
     fn serve_read(&mut self, id: u64) -> Result<(), StorageError> {
-        let Some(r) = self.reads.remove(&id) else { return Ok(()) };
-        let reply = self.execute_read(&r.cmd)?;
-        let _ = r.reply.send(reply);
+        if self.reads.contains_key(&id) {
+            self.reads_ready.insert(id);
+        }
+        self.release_reads()
+    }
+
+    /// Serves ready reads, each after the reads its connection sent before it. Reads are
+    /// confirmed out of order (a lease answers at once while an earlier read waits for its
+    /// round; a late answer comes from a deposed leader), and each is served from the state
+    /// applied when it is served: out of order, a pipelined read could see an older state
+    /// than the read before it.
+    fn release_reads(&mut self) -> Result<(), StorageError> {
+        let ready: Vec<u64> = self.reads_ready.iter().copied().collect();
+        for id in ready {
+            let Some(conn) = self.reads.get(&id).map(|r| r.conn) else {
+                self.reads_ready.remove(&id);
+                continue;
+            };
+            let first = self.conn_reads.get(&conn).and_then(|s| s.first()).copied();
+            if first == Some(id) {
+                let r = self.take_read(id).expect("listed");
+                let reply = self.execute_read(&r.cmd)?;
+                let _ = r.reply.send(reply);
+            }
+        }
         Ok(())
+    }
+
+    fn take_read(&mut self, id: u64) -> Option<PendingRead> {
+        let r = self.reads.remove(&id)?;
+        self.reads_ready.remove(&id);
+        if let Some(ids) = self.conn_reads.get_mut(&r.conn) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.conn_reads.remove(&r.conn);
+            }
+        }
+        Some(r)
     }
 
     fn execute_read(&self, cmd: &ReadCommand) -> Result<Reply, StorageError> {
@@ -616,10 +682,12 @@ impl<S: Storage> NodeTask<S> {
         };
         let leader = leader.map_or("none".to_string(), |l| l.to_string());
         let text = format!(
-            "{}\r\n# Raft\r\nnode_id:{id}\r\nrole:{}\r\nterm:{term}\r\nleader_id:{leader}\r\ncommit_index:{commit_index}\r\napplied_index:{applied_index}\r\nlast_log_index:{last_index}\r\nsnapshot_index:{snapshot_index}\r\nsnapshot_transfers_sending:{}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n",
+            "{}\r\n# Raft\r\nnode_id:{id}\r\nrole:{}\r\nterm:{term}\r\nleader_id:{leader}\r\ncommit_index:{commit_index}\r\napplied_index:{applied_index}\r\nlast_log_index:{last_index}\r\nsnapshot_index:{snapshot_index}\r\nsnapshot_transfers_sending:{}\r\nread_mode:{}\r\nlease_remaining_ticks:{}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n",
             self.info_static,
             role.name(),
             self.outgoing.active(),
+            if self.raft.config().lease_ticks > 0 { "lease" } else { "readindex" },
+            self.raft.lease_remaining(),
         );
         Reply::Bulk(Bytes::from(text))
     }

@@ -243,18 +243,20 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Stores `chunk` if it is the next one expected, and tells the core.
+    /// Stores `chunk` if it is the next one expected, and tells the core. True if it completed
+    /// a snapshot: the staging must not change until the core's answer (an install or not) is
+    /// handled.
     pub fn on_chunk<S: Storage>(
         &mut self,
         storage: &mut S,
         raft: &mut RaftNode,
         chunk: SnapshotChunk,
-    ) -> Result<(), StorageError> {
+    ) -> Result<bool, StorageError> {
         let SnapshotChunk { from, meta, seq, data, last } = chunk;
         let expected = match self.current {
             _ if seq == 0 => 0,
             Some((f, m, next)) if f == from && m == meta => next,
-            _ => return Ok(()), // a transfer this node did not see start: wait for a restart
+            _ => return Ok(false), // a transfer this node did not see start: wait for a restart
         };
         if seq != expected {
             if seq < expected {
@@ -262,13 +264,13 @@ impl Incoming {
                 let next_seq = expected;
                 raft.step(Input::SnapshotChunkStored { from, meta, next_seq });
             }
-            return Ok(());
+            return Ok(false);
         }
         let items: Vec<SnapshotItem> = match codec::decode(&data) {
             Ok(items) => items,
             Err(e) => {
                 warn!(node = %raft.id(), from = %from, seq, error = %e, "snapshot chunk cannot be decoded; ignored");
-                return Ok(());
+                return Ok(false);
             }
         };
         let items = if planted::active(raft.config().planted, PlantedBug::SnapshotDropsSessions) {
@@ -285,6 +287,6 @@ impl Incoming {
             info!(node = %raft.id(), from = %from, index = %meta.index, chunks = next_seq, "snapshot received");
             raft.step(Input::SnapshotReceived { from, meta });
         }
-        Ok(())
+        Ok(last)
     }
 }

@@ -55,6 +55,18 @@ struct Args {
     /// Bytes of state per snapshot chunk sent to a follower (one message each; 4 in flight).
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=(16 << 20)))]
     snapshot_chunk_bytes: u64,
+    /// Serve reads from a leader lease (no round trip to a quorum per read), assuming no
+    /// node's clock runs more than this fraction faster than another's (0.05: 5%). Without
+    /// it every read confirms leadership with ReadIndex.
+    #[arg(long, value_parser = parse_drift)]
+    lease_max_clock_drift: Option<f64>,
+}
+
+fn parse_drift(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(d) if (0.0..=1.0).contains(&d) => Ok(d),
+        _ => Err(format!("'{s}' is not a fraction between 0 and 1 (0.05 means 5%)")),
+    }
 }
 
 #[cfg(not(madsim))]
@@ -117,6 +129,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     raft.snapshot_entries = args.snapshot_entries;
     raft.snapshot_bytes = args.snapshot_bytes as usize;
     raft.snapshot_keep_entries = args.snapshot_keep_entries;
+    if let Some(drift) = args.lease_max_clock_drift {
+        raft.lease_ticks = raft_kv_core::lease_ticks_for_drift(raft.election_ticks, 1.0 + drift)
+            .context("--lease-max-clock-drift leaves no lease at all")?;
+    }
     let mut opts = raft_kv_runtime::NodeOptions::new(
         raft,
         raft_addrs,

@@ -23,6 +23,13 @@ fn bad_flags_are_refused_clearly() {
     let (ok, err) = run(&["--id", "1", "--cluster", "127.0.0.1:1,127.0.0.1:1", "--port", "1"]);
     assert!(!ok);
     assert!(err.contains("twice"), "{err}");
+    let one = ["--id", "1", "--cluster", "127.0.0.1:1", "--port", "1"];
+    let (ok, err) = run(&[&one[..], &["--lease-max-clock-drift", "5%"]].concat());
+    assert!(!ok);
+    assert!(err.contains("not a fraction between 0 and 1"), "{err}");
+    let (ok, err) = run(&[&one[..], &["--snapshot-entries", "0"]].concat());
+    assert!(!ok);
+    assert!(err.contains("--snapshot-entries"), "{err}");
 }
 
 #[test]

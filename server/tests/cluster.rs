@@ -280,3 +280,37 @@ fn raft_transfer_leader_hands_leadership_to_the_chosen_node() {
     let reply: String = redis::cmd("RAFT.TRANSFER-LEADER").arg(target).query(&mut con).unwrap();
     assert_eq!(reply, "OK");
 }
+
+fn info_text(c: &Cluster, id: usize) -> String {
+    let mut con = c.conn(id);
+    redis::cmd("INFO").query(&mut con).unwrap()
+}
+
+#[test]
+fn with_a_clock_drift_bound_the_leader_serves_reads_from_its_lease() {
+    let mut c = Cluster::start_with(3, &["--lease-max-clock-drift", "0.1"]);
+    let leader = c.leader(1).expect("a leader");
+    assert!(info_text(&c, leader).contains("read_mode:lease"));
+    let held = wait_until(Duration::from_secs(5), || {
+        (info_field(&c, leader, "lease_remaining_ticks")? > 0).then_some(())
+    });
+    assert!(held.is_some(), "the leader holds a lease");
+    let mut con = c.conn(leader);
+    let _: () = con.set("leased", "1").unwrap();
+    for id in 1..=3 {
+        let v: String = c.conn(id).get("leased").unwrap();
+        assert_eq!(v, "1", "node {id}");
+    }
+    // The leader goes; the next one takes over once its own lease is acknowledged.
+    c.kill(leader);
+    let other = if leader == 1 { 2 } else { 1 };
+    let v: Option<String> =
+        wait_until(Duration::from_secs(20), || c.try_conn(other)?.get("leased").ok());
+    assert_eq!(v.as_deref(), Some("1"));
+    let _: () = c.conn(other).set("leased", "2").unwrap();
+    let v: String = c.conn(other).get("leased").unwrap();
+    assert_eq!(v, "2");
+    // Without the flag every read goes through ReadIndex.
+    let plain = Cluster::start(1);
+    assert!(info_text(&plain, 1).contains("read_mode:readindex"));
+}

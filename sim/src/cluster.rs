@@ -45,6 +45,8 @@ pub struct ClusterOptions {
     pub snapshot_entries: u64,
     pub snapshot_keep_entries: u64,
     pub snapshot: SnapshotTuning,
+    /// Leader lease length in ticks; 0: ReadIndex for every read.
+    pub lease_ticks: u32,
 }
 
 impl ClusterOptions {
@@ -60,6 +62,7 @@ impl ClusterOptions {
             snapshot_entries: raft.snapshot_entries,
             snapshot_keep_entries: raft.snapshot_keep_entries,
             snapshot: SnapshotTuning::default(),
+            lease_ticks: 0,
         }
     }
 }
@@ -173,6 +176,7 @@ impl SimCluster {
                     raft.inflight_appends_max = opts.inflight_appends_max;
                     raft.snapshot_entries = opts.snapshot_entries;
                     raft.snapshot_keep_entries = opts.snapshot_keep_entries;
+                    raft.lease_ticks = opts.lease_ticks;
                     let mut node_opts =
                         NodeOptions::new(raft, addrs.clone(), addrs[&id], redis_addr(id));
                     node_opts.tuning.request_timeout = opts.request_timeout;

@@ -35,6 +35,10 @@ pub struct Swarm {
     pub leader_churn: bool,
     /// RAFT.TRANSFER-LEADER sent to a random node for a random target.
     pub transfers: bool,
+    /// Clock skew also shifts a clock's phase (a tick fires up to 200 ms late). Off when the
+    /// run uses leader leases: a lease assumes clocks whose rates differ by a bounded ratio,
+    /// and a late tick on the leader is a clock that stood still.
+    pub skew_phase: bool,
     /// Mean time between nemesis actions.
     pub interval: Duration,
     /// How long a fault lasts, at most.
@@ -54,6 +58,7 @@ impl Swarm {
             leader_churn: rng.gen_bool(0.3),
             client_cuts: rng.gen_bool(0.3),
             transfers: rng.gen_bool(0.4),
+            skew_phase: true,
             interval: Duration::from_millis(rng.gen_range(100..1500)),
             fault_max: Duration::from_millis(rng.gen_range(300..4000)),
         };
@@ -76,6 +81,7 @@ impl Swarm {
             leader_churn: false,
             client_cuts: false,
             transfers: false,
+            skew_phase: true,
             interval: Duration::from_secs(1),
             fault_max: Duration::from_secs(1),
         }
@@ -153,6 +159,10 @@ pub struct Nemesis<'a> {
     churn_target: Option<(raft_kv_core::Term, NodeId, Instant)>,
     pub schedule: Vec<String>,
 }
+
+/// Clock rates the skew nemesis draws from (relative to true time).
+pub const SKEW_RATE_MIN: f64 = 0.5;
+pub const SKEW_RATE_MAX: f64 = 2.0;
 
 /// How often the nemesis looks for a new leader during leader churn.
 const CHURN_POLL: Duration = Duration::from_millis(2);
@@ -408,11 +418,26 @@ impl<'a> Nemesis<'a> {
                 self.hold(Active::Churn);
                 self.log("leader churn on".into());
             }
-            Kind::Skew => {
-                let id = ids[0];
-                self.skew(id);
-                self.hold(Active::Skew(id));
-            }
+            Kind::Skew => match c.invariants.leader() {
+                // Half the time the worst case for a leader lease: the leader's clock at the
+                // slowest rate, every other clock at the fastest.
+                Some((_, leader)) if self.rng.gen_bool(0.5) => {
+                    let until = Instant::now() + self.fault_length();
+                    for id in c.ids() {
+                        let rate = if id == leader { SKEW_RATE_MIN } else { SKEW_RATE_MAX };
+                        c.clocks[&id].set_rate(rate);
+                        self.active.push((until, Active::Skew(id)));
+                    }
+                    self.log(format!(
+                        "clock of leader {leader} at {SKEW_RATE_MIN}x, every other clock at {SKEW_RATE_MAX}x"
+                    ));
+                }
+                _ => {
+                    let id = ids[0];
+                    self.skew(id);
+                    self.hold(Active::Skew(id));
+                }
+            },
             Kind::Transfer => {
                 let (via, to) = (ids[0], *ids.choose(&mut self.rng).expect("not empty"));
                 self.log(format!("ask node {via} to transfer leadership to node {to}"));
@@ -442,8 +467,9 @@ impl<'a> Nemesis<'a> {
     }
 
     fn skew(&mut self, id: NodeId) {
-        let rate = self.rng.gen_range(0.5..2.0);
+        let rate = self.rng.gen_range(SKEW_RATE_MIN..SKEW_RATE_MAX);
         let offset = Duration::from_micros(self.rng.gen_range(0..200_000));
+        let offset = if self.swarm.skew_phase { offset } else { Duration::ZERO };
         self.cluster.clocks[&id].set_rate(rate);
         self.cluster.clocks[&id].shift(offset);
         self.log(format!(

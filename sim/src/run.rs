@@ -11,7 +11,7 @@ use crate::cluster::{ClusterOptions, SimCluster};
 use crate::history::{Operation, Ret};
 use crate::nemesis::{Nemesis, Swarm};
 use crate::workload::{ClientTask, Recorder, WorkloadOptions};
-use raft_kv_core::PlantedBug;
+use raft_kv_core::{NodeId, PlantedBug};
 use raft_kv_runtime::snapshot::SnapshotTuning;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -28,6 +28,8 @@ pub const LIVENESS_WITHIN: Duration = Duration::from_secs(30);
 /// simulated time to drain them (seed 900116: 3209 messages in a 2.4 s partition, converged
 /// 21.7 s after its clients stopped).
 pub const CONVERGENCE_WITHIN: Duration = Duration::from_secs(60);
+/// The worst ratio between two nodes' clock rates under the skew nemesis.
+pub const SKEW_RATE_RATIO_MAX: f64 = crate::nemesis::SKEW_RATE_MAX / crate::nemesis::SKEW_RATE_MIN;
 /// Clients keep their random workload going this long after the heal.
 const AFTER_HEAL: Duration = Duration::from_secs(2);
 
@@ -122,7 +124,7 @@ async fn simulate(opts: RunOptions) -> RunReport {
     let seed = opts.seed;
     let mut rng = StdRng::seed_from_u64(seed);
     let nodes = if rng.gen_bool(0.5) { 3 } else { 5 };
-    let swarm = Swarm::choose(&mut rng);
+    let mut swarm = Swarm::choose(&mut rng);
     let request_timeout = Duration::from_millis(rng.gen_range(1000..5000));
     let fault_phase = Duration::from_secs(rng.gen_range(4..12));
     let workload = WorkloadOptions {
@@ -149,15 +151,26 @@ async fn simulate(opts: RunOptions) -> RunReport {
             resend_after: Duration::from_millis(*[100, 500].choose(&mut rng).expect("not empty")),
             resends_max: 5,
         },
+        // Half the seeds serve reads from leader leases, sized for the nemesis's worst clock
+        // skew: rates from 0.5x to 2x, so one clock may run 4 times as fast as another.
+        lease_ticks: if rng.gen_bool(0.5) {
+            let election_ticks =
+                raft_kv_core::Config::new(NodeId(1), vec![NodeId(1)], 0).election_ticks;
+            raft_kv_core::lease_ticks_for_drift(election_ticks, SKEW_RATE_RATIO_MAX).expect("fits")
+        } else {
+            0
+        },
     };
+    swarm.skew_phase = cluster_opts.lease_ticks == 0;
     let config = format!(
-        "appends of {} x{}, compact every {} keeping {}, chunks of {} B x{}",
+        "appends of {} x{}, compact every {} keeping {}, chunks of {} B x{}, lease {} ticks",
         cluster_opts.append_entries_max,
         cluster_opts.inflight_appends_max,
         cluster_opts.snapshot_entries,
         cluster_opts.snapshot_keep_entries,
         cluster_opts.snapshot.chunk_bytes,
-        cluster_opts.snapshot.window
+        cluster_opts.snapshot.window,
+        cluster_opts.lease_ticks
     );
     let cluster = SimCluster::start_with(cluster_opts);
 

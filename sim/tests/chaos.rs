@@ -336,6 +336,11 @@ fn planted_snapshot_dropping_sessions_is_caught() {
 }
 
 #[test]
+fn planted_lease_ignoring_clock_drift_is_caught() {
+    assert_caught(PlantedBug::LeaseIgnoresClockDrift);
+}
+
+#[test]
 fn planted_pipeline_reads_overtaking_writes_are_caught() {
     assert_caught(PlantedBug::PipelineReadsOvertakeWrites);
 }
