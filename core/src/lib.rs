@@ -15,7 +15,7 @@ pub use raft::lease_ticks_for_drift;
 pub use message::{Message, MessageBody};
 pub use planted::PlantedBug;
 pub use raft::{
-    Config, Input, RaftNode, ReadState, Ready, Rejection, RestoredState, Role, SnapshotAck,
-    SnapshotChunk, Status,
+    Config, FollowerStatus, Input, RaftNode, ReadState, Ready, Rejection, RestoredState, Role,
+    SnapshotAck, SnapshotChunk, Status,
 };
 pub use types::{Entry, HardState, LogIndex, NodeId, SnapshotMeta, Term};

@@ -371,6 +371,15 @@ pub struct RestoredState {
     pub applied: LogIndex,
 }
 
+/// How a leader sees one follower.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowerStatus {
+    pub id: NodeId,
+    pub match_index: LogIndex,
+    /// "probe" (finding where logs match), "replicate" or "snapshot" (receiving one).
+    pub state: &'static str,
+}
+
 /// A snapshot of a node's volatile state, for INFO, logs and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
@@ -443,6 +452,22 @@ impl RaftNode {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Leader only: each follower's replication state, for INFO.
+    pub fn followers(&self) -> Vec<FollowerStatus> {
+        self.progress
+            .iter()
+            .map(|(id, p)| FollowerStatus {
+                id: *id,
+                match_index: p.match_index,
+                state: match p.state {
+                    ReplicationState::Probe { .. } => "probe",
+                    ReplicationState::Replicate => "replicate",
+                    ReplicationState::Snapshot { .. } => "snapshot",
+                },
+            })
+            .collect()
     }
 
     pub fn id(&self) -> NodeId {

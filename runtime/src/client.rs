@@ -46,12 +46,13 @@ enum Pending {
     Waiting(oneshot::Receiver<Reply>),
 }
 
+/// Accepts clients, at most as many at once as `slots` has permits (`clients_max`).
 pub async fn accept_loop(
     listener: TcpListener,
     node: mpsc::Sender<ClientRequest>,
     cfg: ClientConfig,
+    slots: Arc<Semaphore>,
 ) {
-    let slots = Arc::new(Semaphore::new(cfg.clients_max));
     let mut next_conn: u64 = 0;
     loop {
         let (mut stream, addr) = match listener.accept().await {

@@ -45,9 +45,10 @@ pub enum ReadCommand {
 }
 
 /// Introspection answered by the node without consensus.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdminCommand {
-    Info,
+    /// INFO [section ...], the names lowercased; none: every section.
+    Info(Vec<String>),
     /// RAFT.TRANSFER-LEADER <id>: hand leadership to node `id`; answered once it leads.
     TransferLeader(u64),
 }
@@ -181,7 +182,9 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         "append" => Request::Write(Command::Append { key: a(0).to_vec(), value: a(1).to_vec() }),
         "command" => Request::Immediate(command_command(args)),
         "config" => Request::Immediate(config_command(args)),
-        "info" => Request::Admin(AdminCommand::Info),
+        "info" => Request::Admin(AdminCommand::Info(
+            args.iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect(),
+        )),
         "raft.transfer-leader" => match parse_i64(&args[0]) {
             Some(id) if id >= 1 => Request::Admin(AdminCommand::TransferLeader(id as u64)),
             _ => Request::Immediate(Reply::error("ERR node id must be a positive integer")),

@@ -141,29 +141,34 @@ pub async fn start<S: Storage>(
     let (peer_tx, peer_rx) = mpsc::channel(opts.peer_queue_max);
     let (client_tx, client_rx) = mpsc::channel(opts.client_queue_max);
     let peers = transport::start(opts.transport.clone(), raft_listener, &opts.raft_addrs, peer_tx);
-    tokio::spawn(client::accept_loop(redis_listener, client_tx, opts.client.clone()));
+    let client_slots = Arc::new(tokio::sync::Semaphore::new(opts.client.clients_max));
+    tokio::spawn(client::accept_loop(
+        redis_listener,
+        client_tx,
+        opts.client.clone(),
+        client_slots.clone(),
+    ));
 
-    let info_static = format!(
-        "# Server\r\nredis_version:7.0.0\r\nraft_kv_version:{}\r\ntcp_port:{}\r\nraft_addr:{}\r\n",
-        env!("CARGO_PKG_VERSION"),
-        redis_addr.port(),
-        raft_addr
-    );
+    let info = node::InfoContext {
+        server: format!(
+            "# Server\r\nredis_version:7.0.0\r\nraft_kv_version:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nraft_addr:{}\r\n",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            redis_addr.port(),
+            raft_addr
+        ),
+        raft_addrs: opts.raft_addrs.clone(),
+        client_slots,
+        clients_max: opts.client.clients_max,
+        started: tokio::time::Instant::now(),
+    };
     let tick = opts.tuning.tick;
     let tick_period = opts.hooks.tick_period.clone();
     // Half a frame: the entry, its encoding and the AppendEntries around it must fit in one.
     let proposal_bytes_max = opts.transport.frame_bytes_max / 2;
-    let task = NodeTask::new(
-        raft,
-        storage,
-        peers,
-        opts.tuning,
-        incarnation,
-        applied,
-        info_static,
-        proposal_bytes_max,
-    )
-    .with_status_hook(opts.hooks.on_status.clone());
+    let start = node::NodeStart { incarnation, applied, proposal_bytes_max, info };
+    let task = NodeTask::new(raft, storage, peers, opts.tuning, start)
+        .with_status_hook(opts.hooks.on_status.clone());
     let span = info_span!("node", node = opts.raft.id.0);
     let period = move || tick_period.as_ref().map_or(tick, |f| f());
     let task = tokio::spawn(task.run(peer_rx, client_rx, period).instrument(span));

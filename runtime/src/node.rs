@@ -121,7 +121,7 @@ pub struct NodeTask<S: Storage> {
     last_status: Option<(Role, raft_kv_core::Term, Option<NodeId>)>,
     /// The leader requests were last submitted to.
     last_leader: Option<(raft_kv_core::Term, NodeId)>,
-    info_static: String,
+    info: InfoContext,
     /// Told every role, term or leader change (the simulation checks invariants with it).
     on_status: Option<StatusHook>,
     /// Snapshots this leader streams to followers, and the one this follower receives.
@@ -134,17 +134,37 @@ pub struct NodeTask<S: Storage> {
 /// A callback on every change of a node's role, term or leader.
 pub type StatusHook = Arc<dyn Fn(&Status) + Send + Sync>;
 
+/// What a node task starts from besides its Raft node, storage and peers.
+pub struct NodeStart {
+    /// This run's number (`Storage::next_incarnation`).
+    pub incarnation: u64,
+    /// The applied index restored from storage.
+    pub applied: LogIndex,
+    /// Larger writes are refused: their log entry could not be sent to peers.
+    pub proposal_bytes_max: usize,
+    pub info: InfoContext,
+}
+
+/// What INFO reports beyond the Raft state.
+pub struct InfoContext {
+    /// The `# Server` section's fixed lines.
+    pub server: String,
+    pub raft_addrs: BTreeMap<NodeId, std::net::SocketAddr>,
+    /// Permits of the client accept loop: in use = connected clients.
+    pub client_slots: Arc<tokio::sync::Semaphore>,
+    pub clients_max: usize,
+    pub started: Instant,
+}
+
 impl<S: Storage> NodeTask<S> {
     pub fn new(
         raft: RaftNode,
         storage: S,
         peers: PeerSender,
         tuning: NodeTuning,
-        incarnation: u64,
-        applied: LogIndex,
-        info_static: String,
-        proposal_bytes_max: usize,
+        start: NodeStart,
     ) -> Self {
+        let NodeStart { incarnation, applied, proposal_bytes_max, info } = start;
         NodeTask {
             id: raft.id(),
             raft,
@@ -165,7 +185,7 @@ impl<S: Storage> NodeTask<S> {
             applied,
             last_status: None,
             last_leader: None,
-            info_static,
+            info,
             on_status: None,
             outgoing: Outgoing::new(tuning.snapshot.clone()),
             incoming: Incoming::default(),
@@ -299,8 +319,8 @@ impl<S: Storage> NodeTask<S> {
         let id = self.next_request;
         self.next_request += 1;
         match c.kind {
-            RequestKind::Admin(AdminCommand::Info) => {
-                let _ = c.reply.send(self.info());
+            RequestKind::Admin(AdminCommand::Info(sections)) => {
+                let _ = c.reply.send(self.info(&sections));
                 return;
             }
             RequestKind::Admin(AdminCommand::TransferLeader(to)) => {
@@ -662,7 +682,46 @@ impl<S: Storage> NodeTask<S> {
         })
     }
 
-    fn info(&self) -> Reply {
+    /// INFO: `# Server`, `# Clients`, `# Raft` and `# Keyspace`, or the named ones.
+    fn info(&self, sections: &[String]) -> Reply {
+        let all = sections.is_empty()
+            || sections.iter().any(|s| matches!(s.as_str(), "all" | "default" | "everything"));
+        let wanted = |name: &str| all || sections.iter().any(|s| s == name);
+        let mut out = String::new();
+        if wanted("server") {
+            out.push_str(&self.info.server);
+            let uptime = self.info.started.elapsed().as_secs();
+            out.push_str(&format!("uptime_in_seconds:{uptime}\r\n\r\n"));
+        }
+        if wanted("clients") {
+            let connected = self.info.clients_max - self.info.client_slots.available_permits();
+            out.push_str(&format!(
+                "# Clients\r\nconnected_clients:{connected}\r\nmaxclients:{}\r\nblocked_clients:0\r\npending_requests:{}\r\n\r\n",
+                self.info.clients_max,
+                self.writes.len() + self.reads.len()
+            ));
+        }
+        if wanted("raft") {
+            out.push_str(&self.info_raft());
+        }
+        if wanted("keyspace") {
+            let keys = match self.storage.key_count() {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(node = %self.id, error = %e, "key count for INFO failed");
+                    0
+                }
+            };
+            out.push_str("# Keyspace\r\n");
+            if keys > 0 {
+                out.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"));
+            }
+            out.push_str("\r\n");
+        }
+        Reply::Bulk(Bytes::from(out))
+    }
+
+    fn info_raft(&self) -> String {
         let Status {
             id,
             role,
@@ -673,22 +732,32 @@ impl<S: Storage> NodeTask<S> {
             last_index,
             snapshot_index,
         } = self.raft.status();
-        let keys = match self.storage.key_count() {
-            Ok(n) => n,
-            Err(e) => {
-                warn!(node = %self.id, error = %e, "key count for INFO failed");
-                0
-            }
-        };
-        let leader = leader.map_or("none".to_string(), |l| l.to_string());
-        let text = format!(
-            "{}\r\n# Raft\r\nnode_id:{id}\r\nrole:{}\r\nterm:{term}\r\nleader_id:{leader}\r\ncommit_index:{commit_index}\r\napplied_index:{applied_index}\r\nlast_log_index:{last_index}\r\nsnapshot_index:{snapshot_index}\r\nsnapshot_transfers_sending:{}\r\nread_mode:{}\r\nlease_remaining_ticks:{}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n",
-            self.info_static,
+        let addr = |n: NodeId| self.info.raft_addrs.get(&n).map_or("?".into(), |a| a.to_string());
+        let (leader_id, leader_addr) =
+            leader.map_or(("none".to_string(), String::new()), |l| (l.to_string(), addr(l)));
+        let cfg = self.raft.config();
+        let mut out = format!(
+            "# Raft\r\nnode_id:{id}\r\nrole:{}\r\nterm:{term}\r\nleader_id:{leader_id}\r\nleader_raft_addr:{leader_addr}\r\ncommit_index:{commit_index}\r\napplied_index:{applied_index}\r\nlast_log_index:{last_index}\r\nsnapshot_index:{snapshot_index}\r\nsnapshot_transfers_sending:{}\r\nread_mode:{}\r\nlease_remaining_ticks:{}\r\nmembers:{}\r\n",
             role.name(),
             self.outgoing.active(),
-            if self.raft.config().lease_ticks > 0 { "lease" } else { "readindex" },
+            if cfg.lease_ticks > 0 { "lease" } else { "readindex" },
             self.raft.lease_remaining(),
+            cfg.voters.len(),
         );
-        Reply::Bulk(Bytes::from(text))
+        // One line per member, as Redis lists replicas: the leader knows how far each is.
+        let followers = self.raft.followers();
+        for (i, m) in cfg.voters.iter().enumerate() {
+            let mut line = format!("member{i}:id={m},raft_addr={},role=voter", addr(*m));
+            if *m == id {
+                line.push_str(&format!(",match={last_index},lag=0,state=self"));
+            } else if let Some(f) = followers.iter().find(|f| f.id == *m) {
+                let lag = last_index.0.saturating_sub(f.match_index.0);
+                line.push_str(&format!(",match={},lag={lag},state={}", f.match_index, f.state));
+            }
+            out.push_str(&line);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        out
     }
 }

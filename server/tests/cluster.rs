@@ -314,3 +314,39 @@ fn with_a_clock_drift_bound_the_leader_serves_reads_from_its_lease() {
     let plain = Cluster::start(1);
     assert!(info_text(&plain, 1).contains("read_mode:readindex"));
 }
+
+#[test]
+fn info_reports_server_clients_raft_members_and_keyspace() {
+    let c = Cluster::start(3);
+    let leader = c.leader(1).expect("a leader");
+    let _: () = c.conn(leader).set("some-key", "v").unwrap();
+    let info = info_text(&c, leader);
+    for section in ["# Server", "# Clients", "# Raft", "# Keyspace"] {
+        assert!(info.contains(section), "{section} missing:\n{info}");
+    }
+    assert!(info.contains("role:leader"), "{info}");
+    assert!(info.contains(&format!("leader_id:{leader}")), "{info}");
+    assert!(info.contains(&format!("leader_raft_addr:127.0.0.1:{}", c.raft_ports[leader - 1])));
+    assert!(info.contains("members:3"), "{info}");
+    // The leader knows every follower's match index and lag.
+    let followers: Vec<&str> =
+        info.lines().filter(|l| l.contains(":id=") && !l.contains("state=self")).collect();
+    assert_eq!(followers.len(), 2, "{info}");
+    for f in followers {
+        assert!(f.contains("role=voter") && f.contains(",match=") && f.contains(",lag="), "{f}");
+    }
+    assert!(info.contains("connected_clients:"), "{info}");
+    assert!(info.contains("db0:keys="), "{info}");
+
+    // INFO <section> returns just that section.
+    let mut con = c.conn(leader);
+    let raft: String = redis::cmd("INFO").arg("raft").query(&mut con).unwrap();
+    assert!(raft.starts_with("# Raft") && !raft.contains("# Server"), "{raft}");
+    let clients: String = redis::cmd("INFO").arg("CLIENTS").query(&mut con).unwrap();
+    let n: u64 = clients
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("connected_clients");
+    assert!(n >= 1, "{clients}");
+}
