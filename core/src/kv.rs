@@ -11,11 +11,27 @@ pub type Value = Vec<u8>;
 /// A write that goes through the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Set { key: Key, value: Value },
-    Del { keys: Vec<Key> },
-    MSet { pairs: Vec<(Key, Value)> },
-    IncrBy { key: Key, delta: i64 },
-    Append { key: Key, value: Value },
+    Set {
+        key: Key,
+        value: Value,
+    },
+    Del {
+        keys: Vec<Key>,
+    },
+    MSet {
+        pairs: Vec<(Key, Value)>,
+    },
+    IncrBy {
+        key: Key,
+        delta: i64,
+    },
+    Append {
+        key: Key,
+        value: Value,
+    },
+    /// A cluster membership change: applied by the runtime (it changes who replicates), not
+    /// by `apply`.
+    Membership(crate::MembershipChange),
 }
 
 impl Command {
@@ -27,6 +43,7 @@ impl Command {
             Command::MSet { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
             Command::IncrBy { key, .. } => key.len() + 8,
             Command::Append { key, value } => key.len() + value.len(),
+            Command::Membership(_) => 64,
         }
     }
 }
@@ -46,6 +63,8 @@ pub enum Mutation {
     Delete(Key),
     /// The client session of an origin node (see `admit`).
     Session(u64, Session),
+    /// The cluster membership after an applied change.
+    Membership(crate::Membership),
 }
 
 /// Exactly-once application of retried writes (Raft paper §8, thesis §6.3). Each node proposes
@@ -123,6 +142,9 @@ pub fn apply<S: KvRead>(cmd: &Command, state: &S) -> Result<(Vec<Mutation>, Writ
                 None => (Vec::new(), WriteReply::Error(ERR_OVERFLOW.into())),
             }
         }
+        Command::Membership(_) => {
+            (Vec::new(), WriteReply::Error("ERR membership changes are applied by the node".into()))
+        }
         Command::Append { key, value } => {
             let mut new = state.get(key)?.unwrap_or_default();
             new.extend_from_slice(value);
@@ -181,7 +203,7 @@ mod tests {
                 match m {
                     Mutation::Put(k, v) => self.0.insert(k, v),
                     Mutation::Delete(k) => self.0.remove(&k),
-                    Mutation::Session(..) => None,
+                    Mutation::Session(..) | Mutation::Membership(_) => None,
                 };
             }
             reply

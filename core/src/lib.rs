@@ -18,4 +18,6 @@ pub use raft::{
     Config, FollowerStatus, Input, RaftNode, ReadState, Ready, Rejection, RestoredState, Role,
     SnapshotAck, SnapshotChunk, Status,
 };
-pub use types::{Entry, HardState, LogIndex, NodeId, SnapshotMeta, Term};
+pub use types::{
+    Entry, HardState, LogIndex, Membership, MembershipChange, NodeId, SnapshotMeta, Term,
+};

@@ -88,6 +88,10 @@ pub enum MessageBody {
         next_seq: u64,
         finished: bool,
     },
+    /// A follower forwards a membership change to the leader.
+    ProposeMembership {
+        data: Vec<u8>,
+    },
     /// A follower asks the leader to hand leadership to `to`.
     TransferLeader {
         to: NodeId,
@@ -112,6 +116,7 @@ impl MessageBody {
             MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",
             MessageBody::SnapshotChunk { .. } => "SnapshotChunk",
             MessageBody::SnapshotAck { .. } => "SnapshotAck",
+            MessageBody::ProposeMembership { .. } => "ProposeMembership",
             MessageBody::TransferLeader { .. } => "TransferLeader",
             MessageBody::TimeoutNow => "TimeoutNow",
         }

@@ -8,7 +8,7 @@
 
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
-use crate::types::{Entry, HardState, LogIndex, NodeId, SnapshotMeta, Term};
+use crate::types::{Entry, HardState, LogIndex, Membership, NodeId, SnapshotMeta, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -17,8 +17,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
-    /// Every voting member, this node included.
+    /// The voters a new cluster starts with (storage's membership, once there is one, wins).
     pub voters: Vec<NodeId>,
+    /// Learners the cluster starts with. Every node of a cluster must start from the same
+    /// voters and learners (the state machine replays membership changes from them), a node
+    /// that joins later included: it is not among them until it is added.
+    pub learners: Vec<NodeId>,
     /// Minimum election timeout; each timeout is drawn from [election_ticks, 2 * election_ticks).
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
@@ -56,6 +60,7 @@ impl Config {
         Config {
             id,
             voters,
+            learners: Vec::new(),
             election_ticks: 50,
             heartbeat_ticks: 5,
             append_entries_max: 512,
@@ -77,12 +82,14 @@ impl Config {
         if self.id.0 == 0 {
             return Err(ConfigError("node id must be at least 1".into()));
         }
-        if !self.voters.contains(&self.id) {
-            return Err(ConfigError(format!("node {} is not among the voters", self.id)));
-        }
-        let unique: BTreeSet<_> = self.voters.iter().collect();
-        if unique.len() != self.voters.len() || self.voters.iter().any(|v| v.0 == 0) {
-            return Err(ConfigError("voter ids must be distinct and at least 1".into()));
+        // A node joining a running cluster is not a member until the change that adds it
+        // applies, so `id` need not be among the voters or learners.
+        let unique: BTreeSet<_> = self.voters.iter().chain(&self.learners).collect();
+        let count = self.voters.len() + self.learners.len();
+        if unique.len() != count || unique.iter().any(|v| v.0 == 0) || self.voters.is_empty() {
+            return Err(ConfigError(
+                "member ids must be distinct and at least 1, with at least one voter".into(),
+            ));
         }
         if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
             return Err(ConfigError("election timeout must exceed the heartbeat interval".into()));
@@ -162,6 +169,15 @@ pub enum Input {
     TransferLeader {
         to: NodeId,
     },
+    /// A membership change (an encoded entry the runtime recognises when it applies it). At
+    /// most one is in the log unapplied; a leader takes one only after an entry of its term.
+    ProposeMembership {
+        id: u64,
+        data: Vec<u8>,
+    },
+    /// The runtime applied a membership change (or installed a snapshot holding one): the new
+    /// membership takes effect now.
+    MembershipApplied(Membership),
     /// Storage made the log durable up to `index`, whose entry has `term`.
     Persisted {
         index: LogIndex,
@@ -211,6 +227,9 @@ pub enum Rejection {
     Busy,
     /// The leader is handing leadership over; retry with the next leader.
     Transferring,
+    /// A membership change is still unapplied, or this leader has not yet committed an entry
+    /// of its term.
+    MembershipChangePending,
 }
 
 /// A read that became safe: serve it from state applied up to at least `index`.
@@ -351,6 +370,10 @@ pub struct RaftNode {
     reads: Vec<ReadState>,
     rejected: Vec<(u64, Rejection)>,
     install_snapshot: Option<SnapshotMeta>,
+    /// The applied membership: who votes, who receives the log.
+    membership: Membership,
+    /// The last index that may hold a membership change not yet applied (leader only).
+    pending_membership: LogIndex,
     /// Leader only: followers that need a snapshot, sent with the next `ready`.
     snapshot_wanted: Vec<NodeId>,
     /// Leader only: the node leadership is being handed to, ticks since the transfer began,
@@ -364,6 +387,8 @@ pub struct RaftNode {
 #[derive(Clone, Debug, Default)]
 pub struct RestoredState {
     pub hard_state: HardState,
+    /// The applied membership; None: the config's (a node that never applied a change).
+    pub membership: Option<Membership>,
     /// The snapshot the stored log starts after.
     pub snapshot: SnapshotMeta,
     /// The log from `snapshot.index + 1` on.
@@ -396,10 +421,13 @@ pub struct Status {
 impl RaftNode {
     pub fn new(cfg: Config, restored: RestoredState) -> Result<RaftNode, ConfigError> {
         cfg.validate()?;
-        if let Some(v) = restored.hard_state.voted_for {
-            if !cfg.voters.contains(&v) {
-                return Err(ConfigError(format!("stored vote for unknown node {v}")));
-            }
+        let membership = restored.membership.clone().unwrap_or_else(|| Membership {
+            voters: cfg.voters.iter().copied().collect(),
+            learners: cfg.learners.iter().copied().collect(),
+            addrs: Default::default(),
+        });
+        if membership.voters.is_empty() {
+            return Err(ConfigError("the stored membership has no voter".into()));
         }
         if restored.applied < restored.snapshot.index {
             return Err(ConfigError("stored applied index is below the stored snapshot".into()));
@@ -440,6 +468,8 @@ impl RaftNode {
             reads: Vec::new(),
             rejected: Vec::new(),
             install_snapshot: None,
+            membership,
+            pending_membership: LogIndex(0),
             snapshot_wanted: Vec::new(),
             transfer: None,
             snapshot_acks: Vec::new(),
@@ -488,7 +518,15 @@ impl RaftNode {
     }
 
     fn quorum(&self) -> usize {
-        self.cfg.voters.len() / 2 + 1
+        self.membership.voters.len() / 2 + 1
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    fn is_voter(&self) -> bool {
+        self.membership.is_voter(self.cfg.id)
     }
 
     fn hard_state(&self) -> HardState {
@@ -515,7 +553,75 @@ impl RaftNode {
             }
             Input::SnapshotReceived { from, meta } => self.snapshot_received(from, meta),
             Input::TransferLeader { to } => self.transfer_leader(to),
+            Input::ProposeMembership { id, data } => self.propose_membership(Some(id), data),
+            Input::MembershipApplied(m) => self.membership_applied(m),
         }
+    }
+
+    // ---- membership changes (thesis §4) -----------------------------------------------------
+
+    fn propose_membership(&mut self, id: Option<u64>, data: Vec<u8>) {
+        if self.role != Role::Leader {
+            match (self.leader, id) {
+                (Some(leader), Some(_)) => {
+                    // The origin learns the outcome when the entry applies, or times out.
+                    self.send(leader, MessageBody::ProposeMembership { data });
+                }
+                (None, Some(id)) => self.rejected.push((id, Rejection::NoLeader)),
+                (_, None) => {}
+            }
+            return;
+        }
+        if self.pending_membership > self.log.applied_index() {
+            if let Some(id) = id {
+                self.rejected.push((id, Rejection::MembershipChangePending));
+            }
+            return;
+        }
+        let before = self.log.last_index();
+        self.propose_as(id, data);
+        if self.log.last_index() > before {
+            self.pending_membership = self.log.last_index();
+        }
+    }
+
+    fn membership_applied(&mut self, m: Membership) {
+        if m == self.membership || m.voters.is_empty() {
+            return;
+        }
+        self.membership = m;
+        let me = self.cfg.id;
+        if self.role == Role::Leader {
+            let next = self.log.last_index().next();
+            self.progress.retain(|id, _| self.membership.contains(*id));
+            for id in self.membership.members().filter(|id| *id != me).collect::<Vec<_>>() {
+                self.progress.entry(id).or_insert_with(|| Self::new_progress(next));
+            }
+            if !self.is_voter() {
+                // Removed (thesis §4.2.2): the change is committed, so hand leadership to the
+                // most caught-up voter at once rather than leave the others to time out.
+                let best = self
+                    .voter_progress_ids()
+                    .max_by_key(|(id, p)| (p.match_index, std::cmp::Reverse(*id)))
+                    .map(|(id, _)| id);
+                if let Some(to) = best {
+                    self.send(to, MessageBody::TimeoutNow);
+                }
+                self.become_follower(self.term, None);
+            } else {
+                self.maybe_commit();
+                self.advance_reads();
+            }
+        } else if !self.is_voter() && matches!(self.role, Role::Candidate | Role::PreCandidate) {
+            self.become_follower(self.term, None);
+        }
+    }
+
+    fn voter_progress_ids(&self) -> impl Iterator<Item = (NodeId, &Progress)> {
+        self.progress
+            .iter()
+            .filter(|(id, _)| self.membership.is_voter(**id))
+            .map(|(id, p)| (*id, p))
     }
 
     // ---- leadership transfer (thesis §3.10) -------------------------------------------------
@@ -523,7 +629,7 @@ impl RaftNode {
     fn transfer_leader(&mut self, to: NodeId) {
         match self.role {
             Role::Leader => {
-                if to == self.cfg.id || !self.progress.contains_key(&to) {
+                if to == self.cfg.id || !self.membership.is_voter(to) {
                     return;
                 }
                 if self.transfer.is_some_and(|(t, _, _)| t == to) {
@@ -700,14 +806,23 @@ impl RaftNode {
                 self.check_quorum();
             }
         } else if self.election_elapsed >= self.randomized_election_ticks {
-            self.campaign_pre_vote();
+            if self.is_voter() {
+                self.campaign_pre_vote();
+            } else if self.leader.is_some() {
+                // A learner (or a node removed without hearing of it) that stopped hearing
+                // from its leader forgets it, so its clients are told there is none instead
+                // of waiting on requests forwarded into the void.
+                self.leader = None;
+                self.reset_election_timer();
+                self.fail_forwarded_work();
+            }
         }
     }
 
     /// Check-quorum: a leader that has not heard from a quorum for an election timeout steps
     /// down, so its clients fail fast and a partitioned leader stops serving.
     fn check_quorum(&mut self) {
-        let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+        let active = 1 + self.voter_progress().filter(|p| p.recent_active).count();
         for p in self.progress.values_mut() {
             p.recent_active = false;
         }
@@ -769,7 +884,26 @@ impl RaftNode {
     }
 
     fn other_voters(&self) -> Vec<NodeId> {
-        self.cfg.voters.iter().copied().filter(|v| *v != self.cfg.id).collect()
+        self.membership.voters.iter().copied().filter(|v| *v != self.cfg.id).collect()
+    }
+
+    fn new_progress(next_index: LogIndex) -> Progress {
+        Progress {
+            match_index: LogIndex(0),
+            next_index,
+            state: ReplicationState::Probe { paused: false },
+            inflight: VecDeque::new(),
+            recent_active: true,
+            read_round: 0,
+            match_at_heartbeat: LogIndex(0),
+            stalled_heartbeats: 0,
+            commit_sent: LogIndex(0),
+        }
+    }
+
+    /// The progress of the voters among the followers (learners do not count toward quorums).
+    fn voter_progress(&self) -> impl Iterator<Item = &Progress> {
+        self.progress.iter().filter(|(id, _)| self.membership.is_voter(**id)).map(|(_, p)| p)
     }
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
@@ -824,29 +958,19 @@ impl RaftNode {
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         let next_index = self.log.last_index().next();
+        let me = self.cfg.id;
         self.progress = self
-            .other_voters()
-            .into_iter()
-            .map(|p| {
-                (
-                    p,
-                    Progress {
-                        match_index: LogIndex(0),
-                        next_index,
-                        state: ReplicationState::Probe { paused: false },
-                        inflight: VecDeque::new(),
-                        recent_active: true,
-                        read_round: 0,
-                        match_at_heartbeat: LogIndex(0),
-                        stalled_heartbeats: 0,
-                        commit_sent: LogIndex(0),
-                    },
-                )
-            })
+            .membership
+            .members()
+            .filter(|p| *p != me)
+            .map(|p| (p, Self::new_progress(next_index)))
             .collect();
         // §5.4.2/§8: commit an entry of our own term, which commits everything before it and
-        // lets ReadIndex start.
+        // lets ReadIndex start. No membership change is taken before it applies (the fix to
+        // single-server changes in Ongaro's 2015 raft-dev post): the log may hold an
+        // unapplied one from an earlier term.
         self.log.append(Entry { index: next_index, term: self.term, data: Vec::new() });
+        self.pending_membership = next_index;
         self.maybe_commit();
     }
 
@@ -876,6 +1000,9 @@ impl RaftNode {
     }
 
     fn handle_vote_response(&mut self, from: NodeId, granted: bool) {
+        if !self.membership.is_voter(from) {
+            return;
+        }
         self.votes.insert(from, granted);
         let rejected = self.votes.values().filter(|g| !**g).count();
         if self.votes_granted() >= self.quorum() {
@@ -938,7 +1065,11 @@ impl RaftNode {
     }
 
     fn step_message(&mut self, m: Message) {
-        if m.to != self.cfg.id || !self.cfg.voters.contains(&m.from) || m.from == self.cfg.id {
+        // Messages from nodes outside this node's membership are processed too (thesis
+        // §4.2.3): a joining node hears from a leader that joined after the membership it
+        // applied, and a vote is granted by log and term alone; votes are counted only from
+        // voters, and only voters campaign.
+        if m.to != self.cfg.id || m.from == self.cfg.id || m.from.0 == 0 {
             return;
         }
         if m.term > self.term {
@@ -1046,6 +1177,11 @@ impl RaftNode {
                     self.snapshot_chunks.push(chunk);
                 }
             }
+            MessageBody::ProposeMembership { data } => {
+                if self.role == Role::Leader {
+                    self.propose_membership(None, data);
+                }
+            }
             MessageBody::TransferLeader { to } => {
                 if self.role == Role::Leader {
                     self.transfer_leader(to);
@@ -1053,7 +1189,7 @@ impl RaftNode {
             }
             MessageBody::TimeoutNow => {
                 // Only the leader of our term sends it; a stale one is filtered above.
-                if self.role == Role::Follower && self.leader == Some(m.from) {
+                if self.role == Role::Follower && self.leader == Some(m.from) && self.is_voter() {
                     self.campaign_as(true);
                 }
             }
@@ -1321,8 +1457,13 @@ impl RaftNode {
 
     /// §5.3/§5.4.2: commit the highest index stored on a quorum, only if it is of our term.
     fn maybe_commit(&mut self) {
-        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
-        matched.push(self.log.persisted_index());
+        let mut matched: Vec<LogIndex> = self.voter_progress().map(|p| p.match_index).collect();
+        if self.is_voter() {
+            matched.push(self.log.persisted_index());
+        }
+        if matched.len() < self.quorum() {
+            return;
+        }
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = matched[self.quorum() - 1];
         if candidate > self.log.commit_index() && self.log.term(candidate) == Some(self.term) {
@@ -1416,7 +1557,7 @@ impl RaftNode {
     }
 
     fn advance_reads(&mut self) {
-        let mut rounds: Vec<u64> = self.progress.values().map(|p| p.read_round).collect();
+        let mut rounds: Vec<u64> = self.voter_progress().map(|p| p.read_round).collect();
         rounds.push(u64::MAX); // the leader confirms itself
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed = rounds[self.quorum() - 1];

@@ -2,6 +2,7 @@
 //! Pure data: no behaviour beyond ordering and display.
 
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 macro_rules! id_newtype {
@@ -80,4 +81,82 @@ pub struct HardState {
 pub struct SnapshotMeta {
     pub index: LogIndex,
     pub term: Term,
+}
+
+/// Who is in the cluster: voters elect leaders and make up quorums; learners receive the log
+/// but do not vote. `addrs` holds each member's Raft address, opaque to consensus.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Membership {
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+    pub addrs: BTreeMap<NodeId, String>,
+}
+
+/// One single-server membership change (thesis §4.1): voters change by at most one at a time,
+/// so any majority of the old voters and any majority of the new ones share a node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// A new node, non-voting until promoted.
+    AddLearner { id: NodeId, addr: String },
+    /// A learner becomes a voter.
+    Promote { id: NodeId },
+    /// A voter or learner leaves.
+    Remove { id: NodeId },
+}
+
+impl Membership {
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id)
+    }
+
+    /// Every member, voters first.
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+
+    /// The membership after `change`, or why it cannot be made. Repeating a change that is
+    /// already in effect is no error.
+    pub fn apply(&self, change: &MembershipChange) -> Result<Membership, String> {
+        let mut next = self.clone();
+        match change {
+            MembershipChange::AddLearner { id, addr } => {
+                if id.0 == 0 {
+                    return Err("node ids start at 1".into());
+                }
+                if self.voters.contains(id) {
+                    return Err(format!("node {id} is already a voter"));
+                }
+                if let Some((other, _)) = self.addrs.iter().find(|(o, a)| *o != id && *a == addr) {
+                    return Err(format!("node {other} already has address {addr}"));
+                }
+                next.learners.insert(*id);
+                next.addrs.insert(*id, addr.clone());
+            }
+            MembershipChange::Promote { id } => {
+                if self.voters.contains(id) {
+                    return Ok(next);
+                }
+                if !next.learners.remove(id) {
+                    return Err(format!("node {id} is not a member"));
+                }
+                next.voters.insert(*id);
+            }
+            MembershipChange::Remove { id } => {
+                if !self.contains(*id) {
+                    return Err(format!("node {id} is not a member"));
+                }
+                if self.voters.len() == 1 && self.voters.contains(id) {
+                    return Err(format!("node {id} is the last voter"));
+                }
+                next.voters.remove(id);
+                next.learners.remove(id);
+                next.addrs.remove(id);
+            }
+        }
+        Ok(next)
+    }
 }

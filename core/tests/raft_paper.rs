@@ -6,8 +6,8 @@
 //! a limit.
 
 use raft_kv_core::{
-    Config, Entry, HardState, Input, LogIndex, Message, MessageBody, NodeId, RaftNode, ReadState,
-    Ready, Rejection, RestoredState, Role, SnapshotMeta, Term,
+    Config, Entry, HardState, Input, LogIndex, Membership, MembershipChange, Message, MessageBody,
+    NodeId, RaftNode, ReadState, Ready, Rejection, RestoredState, Role, SnapshotMeta, Term,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -45,6 +45,7 @@ fn log_of_terms(terms: &[u64]) -> Vec<Entry> {
 fn restored(term: u64, voted_for: Option<u64>, terms: &[u64]) -> RestoredState {
     RestoredState {
         hard_state: HardState { term: Term(term), voted_for: voted_for.map(NodeId) },
+        membership: None,
         entries: log_of_terms(terms),
         applied: LogIndex(0),
         snapshot: SnapshotMeta::default(),
@@ -85,6 +86,8 @@ struct Peer {
     /// Snapshot chunks received so far, and of which snapshot.
     staging: Vec<Entry>,
     staging_meta: Option<SnapshotMeta>,
+    /// The membership the node started with; membership entries change it when applied.
+    initial: Membership,
     /// Reads released by the node but not yet applied up to their index.
     reads_waiting: Vec<ReadState>,
     reads_served: Vec<ReadState>,
@@ -108,6 +111,41 @@ struct Cluster {
     leaders: BTreeMap<Term, NodeId>,
     /// The entry committed at each index, on whichever node first committed it (§5.4.3).
     committed: BTreeMap<LogIndex, Entry>,
+}
+
+/// The harness's encoding of a membership change entry: `conf add 4`, `conf promote 4`,
+/// `conf remove 2`.
+fn conf_entry(change: &MembershipChange) -> Vec<u8> {
+    match change {
+        MembershipChange::AddLearner { id, .. } => format!("conf add {id}"),
+        MembershipChange::Promote { id } => format!("conf promote {id}"),
+        MembershipChange::Remove { id } => format!("conf remove {id}"),
+    }
+    .into_bytes()
+}
+
+fn decode_conf(data: &[u8]) -> Option<MembershipChange> {
+    let text = std::str::from_utf8(data).ok()?.strip_prefix("conf ")?;
+    let (op, id) = text.split_once(' ')?;
+    let id = NodeId(id.parse().ok()?);
+    Some(match op {
+        "add" => MembershipChange::AddLearner { id, addr: format!("n{id}") },
+        "promote" => MembershipChange::Promote { id },
+        "remove" => MembershipChange::Remove { id },
+        _ => return None,
+    })
+}
+
+/// The membership after applying the changes among `entries` to `m`.
+fn fold_membership(mut m: Membership, entries: &[Entry]) -> Membership {
+    for e in entries {
+        if let Some(c) = decode_conf(&e.data) {
+            if let Ok(next) = m.apply(&c) {
+                m = next;
+            }
+        }
+    }
+    m
 }
 
 fn stored_entry(peer: &Peer, index: LogIndex) -> Option<&Entry> {
@@ -146,6 +184,26 @@ impl Cluster {
             let id = NodeId(i as u64 + 1);
             let mut cfg = config(id.0, voters_count);
             tune(&mut cfg);
+            cluster.add_peer(id, cfg, state);
+        }
+        cluster
+    }
+
+    /// A new node `id`, not yet a member, of a cluster that started with `voters_count` voters.
+    fn join(&mut self, id: u64, voters_count: u64, tune: impl Fn(&mut Config)) {
+        let mut cfg = config(id, voters_count);
+        tune(&mut cfg);
+        self.add_peer(NodeId(id), cfg, RestoredState::default());
+    }
+
+    fn add_peer(&mut self, id: NodeId, cfg: Config, state: RestoredState) {
+        let cluster = self;
+        {
+            let initial = Membership {
+                voters: cfg.voters.iter().copied().collect(),
+                learners: cfg.learners.iter().copied().collect(),
+                addrs: Default::default(),
+            };
             let node = RaftNode::new(cfg, state.clone()).expect("valid config and state");
             // A restored snapshot at (i, t) stands for entries 1..=i of term t.
             let snap = state.snapshot;
@@ -164,6 +222,7 @@ impl Cluster {
                 applied: Vec::new(),
                 staging: Vec::new(),
                 staging_meta: None,
+                initial,
                 reads_waiting: Vec::new(),
                 reads_served: Vec::new(),
                 rejected: Vec::new(),
@@ -173,7 +232,6 @@ impl Cluster {
             cluster.peers.insert(id, peer);
             cluster.check(id);
         }
-        cluster
     }
 
     fn ids(&self) -> Vec<NodeId> {
@@ -372,6 +430,17 @@ impl Cluster {
             peer.applied.push(e.clone());
             peer.sm.push(e.clone());
         }
+        let mut memberships = Vec::new();
+        if let Some(meta) = ready.install_snapshot {
+            memberships.push((meta.index, fold_membership(peer.initial.clone(), &peer.sm)));
+        }
+        for e in &ready.committed {
+            if decode_conf(&e.data).is_some() {
+                let upto: Vec<Entry> =
+                    peer.sm.iter().take_while(|x| x.index <= e.index).cloned().collect();
+                memberships.push((e.index, fold_membership(peer.initial.clone(), &upto)));
+            }
+        }
 
         // 3b. Compact: the state machine stands for the entries up to the snapshot.
         if let Some(meta) = ready.compact {
@@ -429,6 +498,9 @@ impl Cluster {
             if let Some(last) = entries.last() {
                 self.step_id(id, Input::Persisted { index: last.index, term: last.term });
             }
+        }
+        for (_, m) in memberships {
+            self.step_id(id, Input::MembershipApplied(m));
         }
         for (from, meta, next_seq, last) in stored_chunks {
             self.step_id(id, Input::SnapshotChunkStored { from, meta, next_seq });
@@ -1249,6 +1321,7 @@ fn a_node_restarts_from_its_snapshot_and_the_log_after_it_7() {
     let entries: Vec<Entry> = (6..=8).map(|i| entry(i, 2)).collect();
     let state = RestoredState {
         hard_state: HardState { term: Term(2), voted_for: None },
+        membership: None,
         snapshot: SnapshotMeta { index: LogIndex(5), term: Term(1) },
         entries,
         applied: LogIndex(6),
@@ -1272,6 +1345,7 @@ fn a_new_leader_streams_a_snapshot_to_a_follower_whose_log_ends_before_its_own_7
     // to probing index 5 forever.
     let compacted = RestoredState {
         hard_state: HardState { term: Term(2), voted_for: None },
+        membership: None,
         snapshot: SnapshotMeta { index: LogIndex(5), term: Term(1) },
         entries: (6..=8).map(|i| entry(i, 2)).collect(),
         applied: LogIndex(6),
@@ -1449,4 +1523,155 @@ fn with_leases_a_restarted_node_votes_only_after_an_election_timeout_6_4_1() {
         .iter()
         .any(|m| m.body == MessageBody::RequestVoteResponse { granted: true });
     assert!(granted);
+}
+
+// ---- membership changes (thesis §4) ---------------------------------------------------------
+
+fn change(c: &mut Cluster, via: u64, id: u64, what: &MembershipChange) {
+    c.step(via, Input::ProposeMembership { id, data: conf_entry(what) });
+    c.process(via);
+    c.settle();
+}
+
+fn add(id: u64) -> MembershipChange {
+    MembershipChange::AddLearner { id: NodeId(id), addr: format!("n{id}") }
+}
+
+fn voters(c: &Cluster, id: u64) -> Vec<u64> {
+    c.peer(id).node.membership().voters.iter().map(|v| v.0).collect()
+}
+
+#[test]
+fn a_learner_receives_the_log_but_neither_votes_nor_counts_toward_commit_4_2_1() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    c.join(4, 3, |_| {});
+    change(&mut c, 1, 100, &add(4));
+    propose_on(&mut c, 1, 1, 2);
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(4).is_some()));
+    assert_eq!(c.peer(4).sm, c.peer(1).sm, "the learner holds the whole state");
+    assert_eq!(voters(&c, 4), vec![1, 2, 3]);
+    assert!(c.peer(1).node.membership().learners.contains(&NodeId(4)));
+    // Two of three voters commit without the learner; the learner never campaigns.
+    c.crash(3);
+    c.crash(4);
+    propose_on(&mut c, 1, 10, 1);
+    assert_eq!(c.status(1).commit_index, LogIndex(5));
+    c.down.remove(&NodeId(4));
+    c.isolate(4);
+    c.run_ticks(6 * ELECTION_TICKS);
+    assert_eq!(c.status(4).role, Role::Follower, "a learner never campaigns");
+    assert_eq!(c.status(4).term, c.status(1).term);
+}
+
+#[test]
+fn a_promoted_learner_votes_and_counts_and_only_one_change_is_pending_at_once_4_1() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    c.join(4, 3, |_| {});
+    // Two changes in a row: the second waits for the first to apply.
+    c.step(1, Input::ProposeMembership { id: 100, data: conf_entry(&add(4)) });
+    c.step(
+        1,
+        Input::ProposeMembership {
+            id: 101,
+            data: conf_entry(&MembershipChange::Promote { id: NodeId(4) }),
+        },
+    );
+    c.process(1);
+    assert_eq!(c.peer(1).rejected, vec![(101, Rejection::MembershipChangePending)]);
+    c.settle();
+    change(&mut c, 1, 102, &MembershipChange::Promote { id: NodeId(4) });
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(3).is_some()));
+    for id in 1..=4 {
+        assert_eq!(voters(&c, id), vec![1, 2, 3, 4], "node {id}");
+    }
+    // Four voters: a commit needs three of them.
+    c.crash(3);
+    c.crash(4);
+    c.step(1, Input::Propose { id: 7, data: b"needs 3 of 4".to_vec() });
+    c.process(1);
+    c.run_ticks(2 * HEARTBEAT_TICKS);
+    assert_eq!(c.status(1).commit_index, LogIndex(3), "1 and 2 are not a quorum of 4");
+    c.down.remove(&NodeId(4));
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.status(1).commit_index == LogIndex(4)));
+}
+
+#[test]
+fn a_removed_leader_hands_over_at_once_and_the_rest_carry_on_4_2_2() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    let term = c.status(1).term;
+    change(&mut c, 2, 100, &MembershipChange::Remove { id: NodeId(1) });
+    let new = c.run_until(2 * ELECTION_TICKS, |c| {
+        c.status(2).role == Role::Leader || c.status(3).role == Role::Leader
+    });
+    assert!(new, "a remaining voter took over");
+    let leader = if c.status(2).role == Role::Leader { 2 } else { 3 };
+    assert_eq!(c.status(leader).term, term.next(), "handed over, not timed out");
+    assert_eq!(voters(&c, leader), vec![2, 3]);
+    assert_ne!(c.status(1).role, Role::Leader);
+    // The old leader never campaigns again, and the two left commit on their own.
+    c.crash(1);
+    propose_on(&mut c, leader, 1, 1);
+    let other = 5 - leader;
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.peer(other).sm.len() == c.peer(leader).sm.len()));
+}
+
+#[test]
+fn a_new_leader_takes_no_membership_change_before_its_first_entry_applies() {
+    let mut c = Cluster::new(3);
+    // Node 1 wins, but only votes get through: its no-op stays uncommitted.
+    let votes = |m: &Message| {
+        matches!(
+            m.body,
+            MessageBody::PreVote { .. }
+                | MessageBody::PreVoteResponse { .. }
+                | MessageBody::RequestVote { .. }
+                | MessageBody::RequestVoteResponse { .. }
+        )
+    };
+    for _ in 0..4 * ELECTION_TICKS {
+        c.tick(1);
+        for _ in 0..4 {
+            c.deliver_matching(votes);
+        }
+        if c.status(1).role == Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(c.status(1).role, Role::Leader);
+    assert_eq!(c.status(1).commit_index, LogIndex(0));
+    c.join(4, 3, |_| {});
+    c.step(1, Input::ProposeMembership { id: 1, data: conf_entry(&add(4)) });
+    c.process(1);
+    assert_eq!(c.peer(1).rejected, vec![(1, Rejection::MembershipChangePending)]);
+}
+
+#[test]
+fn membership_changes_that_cannot_apply_are_refused() {
+    let m = Membership {
+        voters: [NodeId(1), NodeId(2)].into(),
+        learners: [NodeId(3)].into(),
+        addrs: [(NodeId(1), "a".into()), (NodeId(2), "b".into()), (NodeId(3), "c".into())].into(),
+    };
+    let err = |c: MembershipChange| m.apply(&c).unwrap_err();
+    assert_eq!(
+        err(MembershipChange::AddLearner { id: NodeId(1), addr: "x".into() }),
+        "node 1 is already a voter"
+    );
+    assert_eq!(
+        err(MembershipChange::AddLearner { id: NodeId(4), addr: "b".into() }),
+        "node 2 already has address b"
+    );
+    assert_eq!(err(MembershipChange::Promote { id: NodeId(9) }), "node 9 is not a member");
+    assert_eq!(err(MembershipChange::Remove { id: NodeId(9) }), "node 9 is not a member");
+    let one = m.apply(&MembershipChange::Remove { id: NodeId(2) }).unwrap();
+    assert_eq!(
+        one.apply(&MembershipChange::Remove { id: NodeId(1) }).unwrap_err(),
+        "node 1 is the last voter"
+    );
+    let promoted = m.apply(&MembershipChange::Promote { id: NodeId(3) }).unwrap();
+    assert_eq!(promoted.voters.len(), 3);
+    assert_eq!(promoted.apply(&MembershipChange::Promote { id: NodeId(3) }).unwrap(), promoted);
 }

@@ -58,6 +58,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 pub struct Hello {
     pub cluster_id: u64,
     pub from: NodeId,
+    /// The caller's Raft address, so a node that does not know it yet can answer.
+    pub addr: Option<String>,
 }
 
 /// One frame on a peer connection.

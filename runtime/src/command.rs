@@ -51,6 +51,10 @@ pub enum AdminCommand {
     Info(Vec<String>),
     /// RAFT.TRANSFER-LEADER <id>: hand leadership to node `id`; answered once it leads.
     TransferLeader(u64),
+    /// RAFT.NODE ADD <id> <raft-addr>: a new learner, promoted once it caught up.
+    NodeAdd { id: u64, addr: std::net::SocketAddr },
+    /// RAFT.NODE REMOVE <id>.
+    NodeRemove(u64),
 }
 
 /// What a parsed client command asks for.
@@ -86,6 +90,7 @@ const COMMANDS: &[(&str, i32)] = &[
     ("config", -2),
     ("info", -1),
     ("raft.transfer-leader", 2),
+    ("raft.node", -2),
     ("select", 2),
     ("client", -2),
     ("quit", -1),
@@ -185,6 +190,10 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         "info" => Request::Admin(AdminCommand::Info(
             args.iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect(),
         )),
+        "raft.node" => Request::Admin(match raft_node_command(args) {
+            Ok(c) => c,
+            Err(reply) => return Request::Immediate(reply),
+        }),
         "raft.transfer-leader" => match parse_i64(&args[0]) {
             Some(id) if id >= 1 => Request::Admin(AdminCommand::TransferLeader(id as u64)),
             _ => Request::Immediate(Reply::error("ERR node id must be a positive integer")),
@@ -197,6 +206,29 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         "client" => Request::Immediate(client_command(args)),
         "quit" => Request::Quit,
         _ => unreachable!("every name in COMMANDS has a branch"),
+    }
+}
+
+fn raft_node_command(args: &[Bytes]) -> Result<AdminCommand, Reply> {
+    let id = |b: &Bytes| match parse_i64(b) {
+        Some(id) if id >= 1 => Ok(id as u64),
+        _ => Err(Reply::error("ERR node id must be a positive integer")),
+    };
+    match (subcommand(args).as_str(), args.len()) {
+        ("add", 3) => {
+            let addr = String::from_utf8_lossy(&args[2]);
+            let addr = addr.parse().map_err(|_| {
+                Reply::error(format!(
+                    "ERR '{}' is not a Raft address (host:port)",
+                    sanitize(&args[2])
+                ))
+            })?;
+            Ok(AdminCommand::NodeAdd { id: id(&args[1])?, addr })
+        }
+        ("remove", 2) => Ok(AdminCommand::NodeRemove(id(&args[1])?)),
+        ("add", _) => Err(wrong_arity("raft.node|add")),
+        ("remove", _) => Err(wrong_arity("raft.node|remove")),
+        _ => Err(unknown_subcommand("raft.node", &args[0])),
     }
 }
 

@@ -132,7 +132,21 @@ pub async fn start<S: Storage>(
     let redis_addr = redis_listener.local_addr().unwrap_or(opts.redis_listen);
 
     let incarnation = storage.next_incarnation()?;
-    let restored = storage.load()?;
+    let mut restored = storage.load()?;
+    if restored.membership.is_none() {
+        // A node that never applied a membership change starts from its command line.
+        restored.membership = Some(raft_kv_core::Membership {
+            voters: opts.raft.voters.iter().copied().collect(),
+            learners: opts.raft.learners.iter().copied().collect(),
+            addrs: opts.raft_addrs.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+        });
+    }
+    let peer_addrs: BTreeMap<NodeId, SocketAddr> = restored
+        .membership
+        .iter()
+        .flat_map(|m| m.addrs.iter())
+        .filter_map(|(id, a)| Some((*id, a.parse().ok()?)))
+        .collect();
     let applied = restored.applied;
     info!(node = %opts.raft.id, term = %restored.hard_state.term, applied = %applied,
         log_entries = restored.entries.len(), incarnation, "restored from storage");
@@ -140,7 +154,12 @@ pub async fn start<S: Storage>(
 
     let (peer_tx, peer_rx) = mpsc::channel(opts.peer_queue_max);
     let (client_tx, client_rx) = mpsc::channel(opts.client_queue_max);
-    let peers = transport::start(opts.transport.clone(), raft_listener, &opts.raft_addrs, peer_tx);
+    let mut transport_cfg = opts.transport.clone();
+    if transport_cfg.advertise.is_none() {
+        transport_cfg.advertise =
+            Some(opts.raft_addrs.get(&opts.raft.id).copied().unwrap_or(raft_addr));
+    }
+    let peers = transport::start(transport_cfg, raft_listener, &peer_addrs, peer_tx);
     let client_slots = Arc::new(tokio::sync::Semaphore::new(opts.client.clients_max));
     tokio::spawn(client::accept_loop(
         redis_listener,
@@ -161,6 +180,7 @@ pub async fn start<S: Storage>(
         client_slots,
         clients_max: opts.client.clients_max,
         started: tokio::time::Instant::now(),
+        cluster_id: opts.transport.cluster_id,
     };
     let tick = opts.tuning.tick;
     let tick_period = opts.hooks.tick_period.clone();

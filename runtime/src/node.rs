@@ -11,7 +11,8 @@ use crate::transport::PeerSender;
 use bytes::Bytes;
 use raft_kv_core::kv::{self, KvRead, Mutation, Value};
 use raft_kv_core::{
-    planted, Input, LogIndex, Message, NodeId, PlantedBug, RaftNode, Ready, Rejection, Role, Status,
+    planted, Input, LogIndex, Membership, MembershipChange, Message, NodeId, PlantedBug, RaftNode,
+    Ready, Rejection, Role, Status,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -40,6 +41,9 @@ pub const KEYS_RESULT_MAX: usize = 1_000_000;
 /// Rounds of `ready` handled per loop iteration; each round can only be caused by the previous
 /// one (a persisted ack that commits, a commit that releases reads), so a few suffice.
 const READY_ROUNDS_MAX: usize = 8;
+
+/// A learner within this many entries of the commit index is promoted to voter.
+const PROMOTE_LAG_MAX: u64 = 100;
 
 /// Overdue ticks stepped at once after a stall; a longer stall resumes ticking from there.
 const TICK_CATCH_UP_MAX: usize = 100_000;
@@ -75,6 +79,8 @@ struct PendingWrite {
     /// Submitted to the core more than once (after a leader change or a missing leader): an
     /// earlier copy may be in some log, so any failure is indeterminate.
     resubmitted: bool,
+    /// A membership change (proposed with `Input::ProposeMembership`).
+    membership: bool,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -129,6 +135,8 @@ pub struct NodeTask<S: Storage> {
     incoming: Incoming,
     /// RAFT.TRANSFER-LEADER requests: (target, deadline, reply), answered once the target leads.
     transfers: Vec<(NodeId, Instant, oneshot::Sender<Reply>)>,
+    /// The leader proposes no promotion before this (one at a time).
+    promote_after: Instant,
 }
 
 /// A callback on every change of a node's role, term or leader.
@@ -154,6 +162,7 @@ pub struct InfoContext {
     pub client_slots: Arc<tokio::sync::Semaphore>,
     pub clients_max: usize,
     pub started: Instant,
+    pub cluster_id: u64,
 }
 
 impl<S: Storage> NodeTask<S> {
@@ -190,6 +199,7 @@ impl<S: Storage> NodeTask<S> {
             outgoing: Outgoing::new(tuning.snapshot.clone()),
             incoming: Incoming::default(),
             transfers: Vec::new(),
+            promote_after: Instant::now(),
             tuning,
         }
     }
@@ -300,7 +310,12 @@ impl<S: Storage> NodeTask<S> {
         for id in ids {
             if let Some(w) = self.writes.get_mut(&id) {
                 w.resubmitted = true;
-                self.raft.step(Input::Propose { id, data: w.data.clone() });
+                let data = w.data.clone();
+                self.raft.step(if w.membership {
+                    Input::ProposeMembership { id, data }
+                } else {
+                    Input::Propose { id, data }
+                });
                 resubmitted = true;
             } else if self.reads.contains_key(&id) {
                 self.raft.step(Input::Read { id });
@@ -316,9 +331,25 @@ impl<S: Storage> NodeTask<S> {
             let _ = c.reply.send(Reply::error("BUSY too many requests in flight; retry later"));
             return;
         }
+        let member = self.raft.membership().contains(self.id);
+        if !member && matches!(c.kind, RequestKind::Read(_) | RequestKind::Write(_)) {
+            let msg = "CLUSTERDOWN this node is not a member of the cluster (yet or any more)";
+            let _ = c.reply.send(Reply::error(msg));
+            return;
+        }
         let id = self.next_request;
         self.next_request += 1;
         match c.kind {
+            RequestKind::Admin(AdminCommand::NodeAdd { id: node, addr }) => {
+                let change =
+                    MembershipChange::AddLearner { id: NodeId(node), addr: addr.to_string() };
+                info!(node = %self.id, add = node, %addr, "membership change requested");
+                self.propose_membership(id, change, c.reply);
+            }
+            RequestKind::Admin(AdminCommand::NodeRemove(node)) => {
+                info!(node = %self.id, remove = node, "membership change requested");
+                self.propose_membership(id, MembershipChange::Remove { id: NodeId(node) }, c.reply);
+            }
             RequestKind::Admin(AdminCommand::Info(sections)) => {
                 let _ = c.reply.send(self.info(&sections));
                 return;
@@ -344,7 +375,9 @@ impl<S: Storage> NodeTask<S> {
                     command: cmd,
                 });
                 self.raft.step(Input::Propose { id, data: data.clone() });
-                self.writes.insert(id, PendingWrite { data, reply: c.reply, resubmitted: false });
+                let w =
+                    PendingWrite { data, reply: c.reply, resubmitted: false, membership: false };
+                self.writes.insert(id, w);
             }
             RequestKind::Read(cmd) => {
                 let planted = self.raft.config().planted;
@@ -365,9 +398,77 @@ impl<S: Storage> NodeTask<S> {
         self.deadlines.push_back((Instant::now() + self.tuning.request_timeout, id));
     }
 
+    /// Proposes a membership change as request `id` of this node's session; the reply comes
+    /// when it applies (or fails to).
+    fn propose_membership(
+        &mut self,
+        id: u64,
+        change: MembershipChange,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        let data = codec::encode(&Proposal {
+            origin: self.id,
+            incarnation: self.incarnation,
+            request: id,
+            command: kv::Command::Membership(change),
+        });
+        self.raft.step(Input::ProposeMembership { id, data: data.clone() });
+        self.writes.insert(id, PendingWrite { data, reply, resubmitted: false, membership: true });
+    }
+
+    /// The leader promotes a learner once it holds the log up to the commit index (less a
+    /// little, so a busy cluster does not keep it a learner forever).
+    fn maybe_promote_learner(&mut self) {
+        let now = Instant::now();
+        if now < self.promote_after || self.writes.values().any(|w| w.membership) {
+            return;
+        }
+        let status = self.raft.status();
+        if status.role != Role::Leader {
+            return;
+        }
+        let learners = &self.raft.membership().learners;
+        let commit = status.commit_index.0;
+        let ready = self
+            .raft
+            .followers()
+            .into_iter()
+            .find(|f| learners.contains(&f.id) && f.match_index.0 + PROMOTE_LAG_MAX >= commit);
+        let Some(f) = ready else { return };
+        self.promote_after = now + self.tuning.request_timeout;
+        info!(node = %self.id, learner = %f.id, match_index = %f.match_index, commit, "learner caught up; promoting it to voter");
+        let id = self.next_request;
+        self.next_request += 1;
+        let (reply, _) = oneshot::channel();
+        self.propose_membership(id, MembershipChange::Promote { id: f.id }, reply);
+        self.deadlines.push_back((now + self.tuning.request_timeout, id));
+    }
+
+    /// A membership change applied (or came with a snapshot): the core and the transport
+    /// follow it.
+    fn membership_changed(&mut self, m: Membership) {
+        if &m == self.raft.membership() {
+            return;
+        }
+        info!(node = %self.id, voters = ?m.voters.iter().map(|v| v.0).collect::<Vec<_>>(), learners = ?m.learners.iter().map(|v| v.0).collect::<Vec<_>>(), "membership changed");
+        let mut peers = BTreeMap::new();
+        for (id, addr) in &m.addrs {
+            match addr.parse() {
+                Ok(a) => {
+                    peers.insert(*id, a);
+                }
+                Err(_) => {
+                    error!(node = %self.id, peer = %id, addr, "member address cannot be parsed; no messages to it")
+                }
+            }
+        }
+        self.peers.set_peers(&peers);
+        self.raft.step(Input::MembershipApplied(m));
+    }
+
     fn transfer_leader(&mut self, to: NodeId, reply: oneshot::Sender<Reply>) {
         let status = self.raft.status();
-        if !self.raft.config().voters.contains(&to) {
+        if !self.raft.membership().is_voter(to) {
             let _ = reply.send(Reply::error(format!("ERR node {to} is not a voting member")));
         } else if status.leader == Some(to) {
             let _ = reply.send(Reply::ok());
@@ -383,6 +484,7 @@ impl<S: Storage> NodeTask<S> {
     }
 
     fn on_tick(&mut self) {
+        self.maybe_promote_learner();
         if !self.transfers.is_empty() {
             let now = Instant::now();
             let (late, waiting) =
@@ -456,6 +558,9 @@ impl<S: Storage> NodeTask<S> {
             info!(node = %self.id, index = %meta.index, term = %meta.term, "snapshot installed");
             self.applied = meta.index;
             self.settle_writes_in_snapshot()?;
+            if let Some(m) = self.storage.membership()? {
+                self.membership_changed(m);
+            }
         }
         // 1. Durable before anything that depends on it leaves this node.
         if hard_state.is_some() || append.is_some() {
@@ -504,6 +609,13 @@ impl<S: Storage> NodeTask<S> {
             match why {
                 Rejection::NoLeader | Rejection::LeadershipLost | Rejection::Transferring => {
                     self.awaiting_leader.push(id)
+                }
+                Rejection::MembershipChangePending => {
+                    if self.writes.get(&id).is_some_and(|w| !w.resubmitted) {
+                        let w = self.writes.remove(&id).expect("checked");
+                        let msg = "BUSY another membership change is in progress; retry later";
+                        let _ = w.reply.send(Reply::error(msg));
+                    }
                 }
                 Rejection::Busy => {
                     let msg = "BUSY too many requests in flight; retry later";
@@ -567,13 +679,32 @@ impl<S: Storage> NodeTask<S> {
                     };
                     match admitted {
                         Some(session) => {
-                            let (mut mutations, reply) =
-                                kv::apply(&p.command, &Applied(&self.storage))?;
+                            let (mut mutations, reply, membership) = match &p.command {
+                                kv::Command::Membership(change) => {
+                                    match self.raft.membership().apply(change) {
+                                        Ok(next) => (
+                                            vec![Mutation::Membership(next.clone())],
+                                            Reply::ok(),
+                                            Some(next),
+                                        ),
+                                        Err(e) => {
+                                            (Vec::new(), Reply::error(format!("ERR {e}")), None)
+                                        }
+                                    }
+                                }
+                                command => {
+                                    let (m, r) = kv::apply(command, &Applied(&self.storage))?;
+                                    (m, r.into(), None)
+                                }
+                            };
                             mutations.push(Mutation::Session(p.origin.0, session));
                             self.storage.apply(index, &mutations)?;
+                            if let Some(next) = membership {
+                                self.membership_changed(next);
+                            }
                             if let Some(w) = mine.then(|| self.writes.remove(&p.request)).flatten()
                             {
-                                let _ = w.reply.send(reply.into());
+                                let _ = w.reply.send(reply);
                             }
                         }
                         None => {
@@ -732,25 +863,31 @@ impl<S: Storage> NodeTask<S> {
             last_index,
             snapshot_index,
         } = self.raft.status();
-        let addr = |n: NodeId| self.info.raft_addrs.get(&n).map_or("?".into(), |a| a.to_string());
+        let membership = self.raft.membership();
+        let addr = |n: NodeId| match membership.addrs.get(&n) {
+            Some(a) => a.clone(),
+            None => self.info.raft_addrs.get(&n).map_or("?".into(), |a| a.to_string()),
+        };
         let (leader_id, leader_addr) =
             leader.map_or(("none".to_string(), String::new()), |l| (l.to_string(), addr(l)));
         let cfg = self.raft.config();
         let mut out = format!(
-            "# Raft\r\nnode_id:{id}\r\nrole:{}\r\nterm:{term}\r\nleader_id:{leader_id}\r\nleader_raft_addr:{leader_addr}\r\ncommit_index:{commit_index}\r\napplied_index:{applied_index}\r\nlast_log_index:{last_index}\r\nsnapshot_index:{snapshot_index}\r\nsnapshot_transfers_sending:{}\r\nread_mode:{}\r\nlease_remaining_ticks:{}\r\nmembers:{}\r\n",
+            "# Raft\r\ncluster_id:{:x}\r\nnode_id:{id}\r\nrole:{}\r\nterm:{term}\r\nleader_id:{leader_id}\r\nleader_raft_addr:{leader_addr}\r\ncommit_index:{commit_index}\r\napplied_index:{applied_index}\r\nlast_log_index:{last_index}\r\nsnapshot_index:{snapshot_index}\r\nsnapshot_transfers_sending:{}\r\nread_mode:{}\r\nlease_remaining_ticks:{}\r\nmembers:{}\r\n",
+            self.info.cluster_id,
             role.name(),
             self.outgoing.active(),
             if cfg.lease_ticks > 0 { "lease" } else { "readindex" },
             self.raft.lease_remaining(),
-            cfg.voters.len(),
+            membership.voters.len() + membership.learners.len(),
         );
         // One line per member, as Redis lists replicas: the leader knows how far each is.
         let followers = self.raft.followers();
-        for (i, m) in cfg.voters.iter().enumerate() {
-            let mut line = format!("member{i}:id={m},raft_addr={},role=voter", addr(*m));
-            if *m == id {
+        for (i, m) in membership.members().enumerate() {
+            let role = if membership.is_voter(m) { "voter" } else { "learner" };
+            let mut line = format!("member{i}:id={m},raft_addr={},role={role}", addr(m));
+            if m == id {
                 line.push_str(&format!(",match={last_index},lag=0,state=self"));
-            } else if let Some(f) = followers.iter().find(|f| f.id == *m) {
+            } else if let Some(f) = followers.iter().find(|f| f.id == m) {
                 let lag = last_index.0.saturating_sub(f.match_index.0);
                 line.push_str(&format!(",match={},lag={lag},state={}", f.match_index, f.state));
             }

@@ -2,7 +2,7 @@
 //! server implements it on RocksDB; `MemStorage` here serves the simulation and tests.
 
 use raft_kv_core::kv::{Key, Mutation, Session, Value};
-use raft_kv_core::{Entry, HardState, LogIndex, RestoredState, SnapshotMeta};
+use raft_kv_core::{Entry, HardState, LogIndex, Membership, RestoredState, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +37,9 @@ pub trait Storage: Send + 'static {
     /// The applied client session of `origin` (see `kv::admit`).
     fn session(&self, origin: u64) -> Result<Option<Session>, StorageError>;
 
+    /// The applied membership; None before the first change.
+    fn membership(&self) -> Result<Option<Membership>, StorageError>;
+
     /// Durably increments and returns this node's run counter: every start gets a number
     /// larger than any earlier start's, so its client sessions never collide with theirs.
     fn next_incarnation(&mut self) -> Result<u64, StorageError>;
@@ -69,6 +72,7 @@ pub trait Storage: Send + 'static {
 pub enum SnapshotItem {
     Kv(Key, Value),
     Session(u64, Session),
+    Membership(Membership),
 }
 
 impl SnapshotItem {
@@ -76,6 +80,7 @@ impl SnapshotItem {
         match self {
             SnapshotItem::Kv(k, v) => k.len() + v.len() + 16,
             SnapshotItem::Session(..) => 24,
+            SnapshotItem::Membership(m) => 64 + m.addrs.values().map(String::len).sum::<usize>(),
         }
     }
 }
@@ -163,6 +168,7 @@ struct Image {
     applied: LogIndex,
     kv: BTreeMap<Key, Value>,
     sessions: BTreeMap<u64, Session>,
+    membership: Option<Membership>,
     /// Snapshot items received, not yet installed.
     staged: Vec<SnapshotItem>,
 }
@@ -204,6 +210,7 @@ impl Image {
             Write::Install { meta } => {
                 self.kv.clear();
                 self.sessions.clear();
+                self.membership = None;
                 for item in std::mem::take(&mut self.staged) {
                     match item {
                         SnapshotItem::Kv(k, v) => {
@@ -212,6 +219,7 @@ impl Image {
                         SnapshotItem::Session(origin, s) => {
                             self.sessions.insert(origin, s);
                         }
+                        SnapshotItem::Membership(m) => self.membership = Some(m),
                     }
                 }
                 self.entries.clear();
@@ -230,6 +238,7 @@ impl Image {
                         Mutation::Session(origin, session) => {
                             self.sessions.insert(*origin, *session);
                         }
+                        Mutation::Membership(m) => self.membership = Some(m.clone()),
                     }
                 }
                 self.applied = *index;
@@ -313,6 +322,7 @@ impl Storage for MemStorage {
         let s = self.state();
         let restored = RestoredState {
             hard_state: s.written.hard_state,
+            membership: s.written.membership.clone(),
             snapshot: s.written.snapshot,
             entries: s.written.entries.clone(),
             applied: s.written.applied,
@@ -358,6 +368,10 @@ impl Storage for MemStorage {
         Ok(self.state().written.sessions.get(&origin).copied())
     }
 
+    fn membership(&self) -> Result<Option<Membership>, StorageError> {
+        Ok(self.state().written.membership.clone())
+    }
+
     fn next_incarnation(&mut self) -> Result<u64, StorageError> {
         // Written and synced at once (RocksDB: a synced put in the meta column family, which
         // makes every earlier write durable too).
@@ -390,7 +404,8 @@ impl Storage for MemStorage {
         let s = self.state();
         let kv = s.written.kv.iter().map(|(k, v)| SnapshotItem::Kv(k.clone(), v.clone()));
         let sessions = s.written.sessions.iter().map(|(o, x)| SnapshotItem::Session(*o, *x));
-        let items: Vec<SnapshotItem> = kv.chain(sessions).collect();
+        let membership = s.written.membership.clone().map(SnapshotItem::Membership);
+        let items: Vec<SnapshotItem> = kv.chain(sessions).chain(membership).collect();
         let size = items.iter().map(|i| i.size_bytes() as u64).sum();
         Ok(Box::new(MemSnapshot { applied: s.written.applied, items: items.into(), size }))
     }

@@ -9,7 +9,7 @@ use futures::{SinkExt, StreamExt};
 use raft_kv_core::{Message, NodeId};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -46,6 +46,8 @@ pub struct TransportConfig {
     pub reconnect_backoff_max: Duration,
     /// None in production.
     pub faults: Option<Arc<dyn MessageFaults>>,
+    /// The address peers reach this node at, told in the hello.
+    pub advertise: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for TransportConfig {
@@ -70,6 +72,7 @@ impl TransportConfig {
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(1),
             faults: None,
+            advertise: None,
         }
     }
 }
@@ -81,8 +84,15 @@ const FRAMES_PER_FLUSH_MAX: usize = 256;
 #[derive(Clone)]
 pub struct PeerSender {
     id: NodeId,
-    queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    peers: Arc<Mutex<Peers>>,
     faults: Option<Arc<dyn MessageFaults>>,
+    cfg: TransportConfig,
+}
+
+#[derive(Default)]
+struct Peers {
+    queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    addrs: BTreeMap<NodeId, SocketAddr>,
 }
 
 impl PeerSender {
@@ -91,11 +101,46 @@ impl PeerSender {
         self.id
     }
 
+    fn peers(&self) -> std::sync::MutexGuard<'_, Peers> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows a membership change: new members get a sender task and a member whose address
+    /// changed is reconnected. Removed members keep theirs: this node's applied membership
+    /// may lag the cluster's (a member it thinks removed may be back, and lead), and the core
+    /// sends nothing to a node it does not replicate to anyway.
+    pub fn set_peers(&self, members: &BTreeMap<NodeId, SocketAddr>) {
+        let mut p = self.peers();
+        for (&peer, &addr) in members {
+            self.add(&mut p, peer, addr);
+        }
+    }
+
+    /// A peer introduced itself with its address.
+    fn learn(&self, peer: NodeId, addr: SocketAddr) {
+        let mut p = self.peers();
+        if !p.queues.contains_key(&peer) {
+            self.add(&mut p, peer, addr);
+        }
+    }
+
+    fn add(&self, p: &mut Peers, peer: NodeId, addr: SocketAddr) {
+        if peer == self.id || p.addrs.get(&peer) == Some(&addr) {
+            return;
+        }
+        info!(node = %self.id, peer = %peer, %addr, "peer added");
+        let (tx, rx) = mpsc::channel(self.cfg.peer_queue_max);
+        p.queues.insert(peer, tx);
+        p.addrs.insert(peer, addr);
+        tokio::spawn(send_loop(self.cfg.clone(), peer, addr, rx));
+    }
+
     pub fn send(&self, m: Message) {
-        let Some(q) = self.queues.get(&m.to) else {
+        let Some(q) = self.peers().queues.get(&m.to).cloned() else {
             warn!(node = %self.id, to = %m.to, "message for an unknown peer dropped");
             return;
         };
+        let q = &q;
         let fate = self.faults.as_ref().map_or(Fate::Deliver, |f| f.fate(&m));
         match fate {
             Fate::Deliver => self.enqueue(q, m),
@@ -135,17 +180,15 @@ pub fn start(
     peers: &BTreeMap<NodeId, SocketAddr>,
     inbound: mpsc::Sender<Message>,
 ) -> PeerSender {
-    tokio::spawn(accept_loop(cfg.clone(), listener, inbound));
-    let mut queues = BTreeMap::new();
-    for (&peer, &addr) in peers {
-        if peer == cfg.id {
-            continue;
-        }
-        let (tx, rx) = mpsc::channel(cfg.peer_queue_max);
-        queues.insert(peer, tx);
-        tokio::spawn(send_loop(cfg.clone(), peer, addr, rx));
-    }
-    PeerSender { id: cfg.id, queues, faults: cfg.faults.clone() }
+    let sender = PeerSender {
+        id: cfg.id,
+        peers: Arc::new(Mutex::new(Peers::default())),
+        faults: cfg.faults.clone(),
+        cfg: cfg.clone(),
+    };
+    sender.set_peers(peers);
+    tokio::spawn(accept_loop(cfg, listener, inbound, sender.clone()));
+    sender
 }
 
 async fn send_loop(
@@ -174,8 +217,11 @@ async fn send_loop(
         };
         let _ = stream.set_nodelay(true);
         let mut framed = FramedWrite::new(stream, codec(cfg.frame_bytes_max));
-        let hello =
-            codec::encode(&PeerFrame::Hello(Hello { cluster_id: cfg.cluster_id, from: cfg.id }));
+        let hello = codec::encode(&PeerFrame::Hello(Hello {
+            cluster_id: cfg.cluster_id,
+            from: cfg.id,
+            addr: cfg.advertise.map(|a| a.to_string()),
+        }));
         if framed.send(Bytes::from(hello)).await.is_err() {
             continue;
         }
@@ -208,12 +254,23 @@ async fn send_loop(
     }
 }
 
-async fn accept_loop(cfg: TransportConfig, listener: TcpListener, inbound: mpsc::Sender<Message>) {
+async fn accept_loop(
+    cfg: TransportConfig,
+    listener: TcpListener,
+    inbound: mpsc::Sender<Message>,
+    peers: PeerSender,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(receive_loop(cfg.clone(), stream, from, inbound.clone()));
+                tokio::spawn(receive_loop(
+                    cfg.clone(),
+                    stream,
+                    from,
+                    inbound.clone(),
+                    peers.clone(),
+                ));
             }
             Err(e) => {
                 warn!(node = %cfg.id, error = %e, "accepting a peer connection failed");
@@ -228,11 +285,19 @@ async fn receive_loop(
     stream: TcpStream,
     addr: SocketAddr,
     inbound: mpsc::Sender<Message>,
+    peers: PeerSender,
 ) {
     let mut frames = FramedRead::new(stream, codec(cfg.frame_bytes_max));
     let peer = match frames.next().await {
         Some(Ok(bytes)) => match codec::decode::<PeerFrame>(&bytes) {
-            Ok(PeerFrame::Hello(h)) if h.cluster_id == cfg.cluster_id => h.from,
+            Ok(PeerFrame::Hello(h)) if h.cluster_id == cfg.cluster_id => {
+                // A node that joined after this one's membership was last applied is reached
+                // at the address it gives.
+                if let Some(a) = h.addr.as_deref().and_then(|a| a.parse().ok()) {
+                    peers.learn(h.from, a);
+                }
+                h.from
+            }
             Ok(PeerFrame::Hello(h)) => {
                 warn!(node = %cfg.id, %addr, their_cluster = h.cluster_id, our_cluster = cfg.cluster_id,
                     "peer belongs to another cluster (different --cluster list); connection refused");

@@ -7,7 +7,7 @@
 //! clear error, never a panic.
 
 use raft_kv_core::kv::{Key, Mutation, Session, Value};
-use raft_kv_core::{Entry, HardState, LogIndex, RestoredState, SnapshotMeta};
+use raft_kv_core::{Entry, HardState, LogIndex, Membership, RestoredState, SnapshotMeta};
 use raft_kv_runtime::codec;
 use raft_kv_runtime::storage::{SnapshotItem, SnapshotReader, Storage, StorageError};
 use rocksdb::{
@@ -32,6 +32,8 @@ const KEY_INCARNATION: &[u8] = b"incarnation";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 /// Present while a snapshot install is under way: the redo record.
 const KEY_INSTALLING: &[u8] = b"installing";
+/// The applied membership, once a change was applied.
+const KEY_MEMBERSHIP: &[u8] = b"membership";
 
 const SESSION_PREFIX: &[u8] = b"session/";
 /// Bytes copied from staging per write batch while installing.
@@ -200,6 +202,7 @@ impl RocksStorage {
         let mut end = SESSION_PREFIX.to_vec();
         *end.last_mut().expect("non-empty") += 1;
         batch.delete_range_cf(meta_cf, SESSION_PREFIX, &end);
+        batch.delete_cf(meta_cf, KEY_MEMBERSHIP);
         let mut bytes = 0;
         for item in self.db.iterator_cf(self.cf(CF_STAGE), IteratorMode::Start) {
             let (k, v) = item.map_err(io)?;
@@ -211,6 +214,7 @@ impl RocksStorage {
                     })?;
                     batch.put_cf(meta_cf, session_key(u64::from_be_bytes(origin)), &v)
                 }
+                Some((b'm', [])) => batch.put_cf(meta_cf, KEY_MEMBERSHIP, &v),
                 _ => return Err(StorageError::Corrupt("unknown staged snapshot record".into())),
             }
             bytes += k.len() + v.len();
@@ -241,6 +245,7 @@ impl Storage for RocksStorage {
         let snapshot = self.get_meta::<SnapshotMeta>(KEY_SNAPSHOT, "snapshot record")?;
         let snapshot = snapshot.unwrap_or_default();
         let applied = self.applied()?;
+        let membership = self.get_meta::<Membership>(KEY_MEMBERSHIP, "membership record")?;
         let mut entries = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::Start) {
             let (k, v) = item.map_err(io)?;
@@ -254,7 +259,7 @@ impl Storage for RocksStorage {
             }
             entries.push(entry);
         }
-        let restored = RestoredState { hard_state, snapshot, entries, applied };
+        let restored = RestoredState { hard_state, membership, snapshot, entries, applied };
         raft_kv_runtime::storage::validate(&restored)?;
         Ok(restored)
     }
@@ -289,6 +294,9 @@ impl Storage for RocksStorage {
                 Mutation::Session(origin, session) => {
                     batch.put_cf(self.cf(CF_META), session_key(*origin), codec::encode(session))
                 }
+                Mutation::Membership(m) => {
+                    batch.put_cf(self.cf(CF_META), KEY_MEMBERSHIP, codec::encode(m))
+                }
             }
         }
         batch.put_cf(self.cf(CF_META), KEY_APPLIED, index.0.to_be_bytes());
@@ -306,6 +314,10 @@ impl Storage for RocksStorage {
                 .map_err(|e| StorageError::Corrupt(format!("session record: {e}"))),
             None => Ok(None),
         }
+    }
+
+    fn membership(&self) -> Result<Option<Membership>, StorageError> {
+        self.get_meta(KEY_MEMBERSHIP, "membership record")
     }
 
     fn next_incarnation(&mut self) -> Result<u64, StorageError> {
@@ -401,6 +413,7 @@ impl Storage for RocksStorage {
                     key.extend_from_slice(&origin.to_be_bytes());
                     batch.put_cf(stage, key, codec::encode(session));
                 }
+                SnapshotItem::Membership(m) => batch.put_cf(stage, b"m", codec::encode(m)),
             }
         }
         self.db.write_opt(batch, &self.nosync).map_err(io)
@@ -429,6 +442,7 @@ self_cell::self_cell!(
 enum Phase {
     Kv,
     Sessions,
+    Membership,
     Done,
 }
 
@@ -457,10 +471,22 @@ impl SnapshotReader for RocksSnapshot {
         while self.phase != Phase::Done && (out.is_empty() || bytes < bytes_max) {
             let db = self.view.borrow_owner();
             let snap = self.view.borrow_dependent();
+            if self.phase == Phase::Membership {
+                let meta = db.cf_handle(CF_META).expect("column families are checked at open");
+                if let Some(b) = snap.get_cf(meta, KEY_MEMBERSHIP).map_err(io)? {
+                    let m = codec::decode(&b)
+                        .map_err(|e| StorageError::Corrupt(format!("membership record: {e}")))?;
+                    let item = SnapshotItem::Membership(m);
+                    bytes += item.size_bytes();
+                    out.push(item);
+                }
+                self.phase = Phase::Done;
+                continue;
+            }
             let (cf, prefix): (&str, &[u8]) = match self.phase {
                 Phase::Kv => (CF_KV, b""),
                 Phase::Sessions => (CF_META, SESSION_PREFIX),
-                Phase::Done => unreachable!(),
+                Phase::Membership | Phase::Done => unreachable!("handled above"),
             };
             let cf = db.cf_handle(cf).expect("column families are checked at open");
             let start = self.after.clone().unwrap_or_else(|| prefix.to_vec());
@@ -495,7 +521,8 @@ impl SnapshotReader for RocksSnapshot {
             }
             if phase_done {
                 self.after = None;
-                self.phase = if self.phase == Phase::Kv { Phase::Sessions } else { Phase::Done };
+                self.phase =
+                    if self.phase == Phase::Kv { Phase::Sessions } else { Phase::Membership };
             }
         }
         Ok(out)

@@ -8,7 +8,7 @@ use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
 use raft_kv_core::{NodeId, PlantedBug};
 use raft_kv_runtime::snapshot::SnapshotTuning;
-use raft_kv_runtime::storage::MemStorage;
+use raft_kv_runtime::storage::{MemStorage, Storage};
 use raft_kv_runtime::{NodeOptions, SimHooks};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -32,7 +32,10 @@ pub fn redis_addr(id: NodeId) -> SocketAddr {
 
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
+    /// Voters at the start.
     pub nodes: u64,
+    /// Further hosts, running but not members: the nemesis adds them with RAFT.NODE ADD.
+    pub spares: u64,
     pub seed: u64,
     pub planted: Option<PlantedBug>,
     /// How long a node waits for consensus before answering a request with an error.
@@ -54,6 +57,7 @@ impl ClusterOptions {
         let raft = raft_kv_core::Config::new(NodeId(1), vec![NodeId(1)], 0);
         ClusterOptions {
             nodes,
+            spares: 0,
             seed,
             planted: None,
             request_timeout: Duration::from_secs(5),
@@ -103,6 +107,7 @@ impl SkewClock {
 }
 
 pub struct SimCluster {
+    pub initial_voters: Vec<NodeId>,
     pub handle: Handle,
     pub nodes: BTreeMap<NodeId, NodeHandle>,
     pub storages: BTreeMap<NodeId, MemStorage>,
@@ -134,9 +139,11 @@ impl SimCluster {
 
     pub fn start_with(opts: ClusterOptions) -> SimCluster {
         let handle = Handle::current();
-        let addrs: BTreeMap<NodeId, SocketAddr> = (1..=opts.nodes)
+        let addrs: BTreeMap<NodeId, SocketAddr> = (1..=opts.nodes + opts.spares)
             .map(|i| (NodeId(i), SocketAddr::new(node_ip(NodeId(i)), RAFT_PORT)))
             .collect();
+        let voters: Vec<NodeId> = (1..=opts.nodes).map(NodeId).collect();
+        let cluster_id = 0x5151_0000 ^ opts.seed;
         let faults = Arc::new(NetFaults::new(opts.seed ^ 0xfa17));
         let invariants = Invariants::new();
         let mut nodes = BTreeMap::new();
@@ -153,6 +160,7 @@ impl SimCluster {
             invariants.register(id, storage.clone());
             clocks.insert(id, clock.clone());
             let addrs = addrs.clone();
+            let voters = voters.clone();
             let faults = faults.clone();
             let invariants = invariants.clone();
             let opts = opts.clone();
@@ -168,17 +176,27 @@ impl SimCluster {
                         invariants: invariants.clone(),
                     };
                     let run = restarts.fetch_add(1, Ordering::Relaxed);
-                    let voters = addrs.keys().copied().collect();
-                    let mut raft =
-                        raft_kv_core::Config::new(id, voters, opts.seed ^ (id.0 << 32) ^ run);
+                    let mut raft = raft_kv_core::Config::new(
+                        id,
+                        voters.clone(),
+                        opts.seed ^ (id.0 << 32) ^ run,
+                    );
+                    // Every node, spares included, starts from the same membership: the
+                    // voters. A spare is no member until RAFT.NODE ADD applies.
+                    let known: BTreeMap<NodeId, SocketAddr> = addrs
+                        .iter()
+                        .filter(|(n, _)| voters.contains(n))
+                        .map(|(n, a)| (*n, *a))
+                        .collect();
                     raft.planted = opts.planted;
                     raft.append_entries_max = opts.append_entries_max;
                     raft.inflight_appends_max = opts.inflight_appends_max;
                     raft.snapshot_entries = opts.snapshot_entries;
                     raft.snapshot_keep_entries = opts.snapshot_keep_entries;
                     raft.lease_ticks = opts.lease_ticks;
-                    let mut node_opts =
-                        NodeOptions::new(raft, addrs.clone(), addrs[&id], redis_addr(id));
+                    let mut node_opts = NodeOptions::new(raft, known, addrs[&id], redis_addr(id));
+                    // One cluster id for members and spares alike.
+                    node_opts.transport.cluster_id = cluster_id;
                     node_opts.tuning.request_timeout = opts.request_timeout;
                     node_opts.tuning.snapshot = opts.snapshot.clone();
                     node_opts.client.planted = opts.planted;
@@ -203,6 +221,7 @@ impl SimCluster {
         let client =
             handle.create_node().name("client").ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1))).build();
         SimCluster {
+            initial_voters: voters,
             handle,
             nodes,
             storages,
@@ -217,6 +236,17 @@ impl SimCluster {
 
     pub fn ids(&self) -> Vec<NodeId> {
         self.nodes.keys().copied().collect()
+    }
+
+    /// The membership the leader (else the lowest running node) applied.
+    pub fn membership(&self) -> raft_kv_core::Membership {
+        let from = self.invariants.leader().map(|(_, id)| id);
+        let from = from.or_else(|| self.ids().into_iter().find(|id| !self.is_down(*id)));
+        let stored = from.and_then(|id| self.storages[&id].membership().ok().flatten());
+        stored.unwrap_or_else(|| raft_kv_core::Membership {
+            voters: self.initial_voters.iter().copied().collect(),
+            ..Default::default()
+        })
     }
 
     /// Stops the node at once, keeping all it wrote (a process kill: the OS keeps the page

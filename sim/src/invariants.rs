@@ -51,6 +51,8 @@ struct State {
     installs: u64,
     /// Leadership transfers asked for, and those answered OK.
     transfers: (u64, u64),
+    /// Membership changes answered, and those answered OK.
+    memberships: (u64, u64),
 }
 
 fn digest<T: Hash>(t: &T) -> u64 {
@@ -186,6 +188,18 @@ impl Invariants {
         st.transfers.1 += ok as u64;
     }
 
+    /// A membership change was answered; `ok` if it applied.
+    pub fn membership_answered(&self, ok: bool) {
+        let mut st = self.state();
+        st.memberships.0 += 1;
+        st.memberships.1 += ok as u64;
+    }
+
+    /// (answered, applied) membership changes.
+    pub fn membership_counts(&self) -> (u64, u64) {
+        self.state().memberships
+    }
+
     /// (asked, succeeded) leadership transfers.
     pub fn transfer_counts(&self) -> (u64, u64) {
         self.state().transfers
@@ -282,6 +296,10 @@ impl Storage for CheckedStorage {
 
     fn session(&self, origin: u64) -> Result<Option<Session>, StorageError> {
         self.inner.session(origin)
+    }
+
+    fn membership(&self) -> Result<Option<raft_kv_core::Membership>, StorageError> {
+        self.inner.membership()
     }
 
     fn next_incarnation(&mut self) -> Result<u64, StorageError> {

@@ -35,6 +35,9 @@ pub struct Swarm {
     pub leader_churn: bool,
     /// RAFT.TRANSFER-LEADER sent to a random node for a random target.
     pub transfers: bool,
+    /// RAFT.NODE ADD of a spare host, or RAFT.NODE REMOVE of a member (the leader too), sent
+    /// to a random node.
+    pub membership: bool,
     /// Clock skew also shifts a clock's phase (a tick fires up to 200 ms late). Off when the
     /// run uses leader leases: a lease assumes clocks whose rates differ by a bounded ratio,
     /// and a late tick on the leader is a clock that stood still.
@@ -58,6 +61,7 @@ impl Swarm {
             leader_churn: rng.gen_bool(0.3),
             client_cuts: rng.gen_bool(0.3),
             transfers: rng.gen_bool(0.4),
+            membership: rng.gen_bool(0.4),
             skew_phase: true,
             interval: Duration::from_millis(rng.gen_range(100..1500)),
             fault_max: Duration::from_millis(rng.gen_range(300..4000)),
@@ -81,6 +85,7 @@ impl Swarm {
             leader_churn: false,
             client_cuts: false,
             transfers: false,
+            membership: false,
             skew_phase: true,
             interval: Duration::from_secs(1),
             fault_max: Duration::from_secs(1),
@@ -100,6 +105,7 @@ impl Swarm {
             (self.leader_churn, Kind::Churn),
             (self.client_cuts, Kind::ClientCut),
             (self.transfers, Kind::Transfer),
+            (self.membership, Kind::Membership),
         ];
         for (on, kind) in flags {
             if on {
@@ -135,6 +141,7 @@ enum Kind {
     Churn,
     ClientCut,
     Transfer,
+    Membership,
 }
 
 /// A fault in force, undone at `until`.
@@ -431,6 +438,18 @@ impl<'a> Nemesis<'a> {
                     self.log(format!(
                         "clock of leader {leader} at {SKEW_RATE_MIN}x, every other clock at {SKEW_RATE_MAX}x"
                     ));
+                    // And half the time the rest of a lease attack: the slow leader cut off
+                    // from its peers (not from clients) while the fast ones elect another.
+                    let partitioned =
+                        self.active.iter().any(|(_, a)| matches!(a, Active::Partition));
+                    if !partitioned && self.rng.gen_bool(0.5) {
+                        let rest: Vec<NodeId> =
+                            c.ids().into_iter().filter(|id| *id != leader).collect();
+                        let groups = vec![vec![leader], rest];
+                        c.partition(&groups);
+                        self.active.push((until, Active::Partition));
+                        self.log(format!("partition {groups:?}"));
+                    }
                 }
                 _ => {
                     let id = ids[0];
@@ -438,6 +457,54 @@ impl<'a> Nemesis<'a> {
                     self.hold(Active::Skew(id));
                 }
             },
+            Kind::Membership => {
+                let m = c.membership();
+                let outsiders: Vec<NodeId> =
+                    ids.iter().copied().filter(|id| !m.contains(*id)).collect();
+                // Grow while there is a spare, shrink while more voters than at the start.
+                let grow = !outsiders.is_empty()
+                    && (m.voters.len() <= c.initial_voters.len() || self.rng.gen_bool(0.5));
+                let args: Vec<String> = if grow {
+                    let id = outsiders[0];
+                    let addr = std::net::SocketAddr::new(
+                        crate::cluster::node_ip(id),
+                        crate::cluster::RAFT_PORT,
+                    );
+                    vec!["ADD".into(), id.0.to_string(), addr.to_string()]
+                } else if m.voters.len() + m.learners.len() > c.initial_voters.len() {
+                    let mut members: Vec<NodeId> = m.members().collect();
+                    members.shuffle(&mut self.rng);
+                    vec!["REMOVE".into(), members[0].0.to_string()]
+                } else {
+                    return;
+                };
+                let via = ids[0];
+                self.log(format!("ask node {via}: RAFT.NODE {}", args.join(" ")));
+                let invariants = c.invariants.clone();
+                c.client.spawn(async move {
+                    let timeout = Duration::from_secs(10);
+                    let Ok(mut con) = Client::connect(redis_addr(via), timeout).await else {
+                        return;
+                    };
+                    let mut argv: Vec<&[u8]> = vec![b"RAFT.NODE"];
+                    argv.extend(args.iter().map(|a| a.as_bytes()));
+                    match con.call(&argv).await {
+                        Ok(Value::Ok(s)) if s == "OK" => invariants.membership_answered(true),
+                        Ok(Value::Err(e))
+                            if ["ERR node", "BUSY", "CLUSTERDOWN", "TIMEOUT", "TRYAGAIN"]
+                                .iter()
+                                .any(|p| e.starts_with(p)) =>
+                        {
+                            invariants.membership_answered(false)
+                        }
+                        Ok(other) => invariants.report(format!(
+                            "RAFT.NODE {} via node {via} answered {other:?}",
+                            args.join(" ")
+                        )),
+                        Err(_) => {}
+                    }
+                });
+            }
             Kind::Transfer => {
                 let (via, to) = (ids[0], *ids.choose(&mut self.rng).expect("not empty"));
                 self.log(format!("ask node {via} to transfer leadership to node {to}"));
@@ -452,6 +519,7 @@ impl<'a> Nemesis<'a> {
                         Ok(Value::Ok(s)) if s == "OK" => invariants.transfer_answered(true),
                         Ok(Value::Err(e))
                             if e.starts_with("ERR leadership transfer")
+                                || e.starts_with("ERR node")
                                 || e.starts_with("CLUSTERDOWN") =>
                         {
                             invariants.transfer_answered(false)

@@ -16,6 +16,7 @@ use raft_kv_runtime::snapshot::SnapshotTuning;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -70,6 +71,8 @@ pub struct RunReport {
     pub installs: u64,
     /// Leadership transfers answered, and those that succeeded.
     pub transfers: (u64, u64),
+    /// Membership changes answered, and those applied.
+    pub memberships: (u64, u64),
 }
 
 impl RunReport {
@@ -127,8 +130,10 @@ async fn simulate(opts: RunOptions) -> RunReport {
     let mut swarm = Swarm::choose(&mut rng);
     let request_timeout = Duration::from_millis(rng.gen_range(1000..5000));
     let fault_phase = Duration::from_secs(rng.gen_range(4..12));
+    let clients = rng.gen_range(2..=6);
     let workload = WorkloadOptions {
-        clients: rng.gen_range(2..=6),
+        clients,
+        readers: rng.gen_range(0..=clients / 2),
         keys: rng.gen_range(1..=4),
         think_max: Duration::from_millis(rng.gen_range(1..60)),
         reply_timeout: request_timeout + Duration::from_secs(1),
@@ -136,6 +141,8 @@ async fn simulate(opts: RunOptions) -> RunReport {
     };
     let cluster_opts = ClusterOptions {
         nodes,
+        // Runs with membership changes get two hosts that are not members yet.
+        spares: if swarm.membership { 2 } else { 0 },
         seed,
         planted: opts.planted,
         request_timeout,
@@ -162,6 +169,11 @@ async fn simulate(opts: RunOptions) -> RunReport {
         },
     };
     swarm.skew_phase = cluster_opts.lease_ticks == 0;
+    if cluster_opts.lease_ticks > 0 && rng.gen_bool(0.5) {
+        // Half the lease seeds get what attacks a lease: skewed clocks and partitions.
+        swarm.clock_skew = true;
+        swarm.partitions = true;
+    }
     let config = format!(
         "appends of {} x{}, compact every {} keeping {}, chunks of {} B x{}, lease {} ticks",
         cluster_opts.append_entries_max,
@@ -217,6 +229,7 @@ async fn simulate(opts: RunOptions) -> RunReport {
         compactions,
         installs,
         transfers: cluster.invariants.transfer_counts(),
+        memberships: cluster.invariants.membership_counts(),
         seed,
         nodes,
         clients: workload.clients,
@@ -238,10 +251,14 @@ async fn converge(cluster: &SimCluster) -> Option<Duration> {
     let start = Instant::now();
     let deadline = start + CONVERGENCE_WITHIN;
     loop {
-        let applied: Vec<_> = cluster.storages.values().map(|s| s.applied()).collect();
+        // Nodes removed (or never added) stop receiving the log: only members must agree.
+        let members = cluster.membership();
+        let storages: BTreeMap<_, _> =
+            cluster.storages.iter().filter(|(id, _)| members.contains(**id)).collect();
+        let applied: Vec<_> = storages.values().map(|s| s.applied()).collect();
         let same_index = applied.windows(2).all(|w| w[0] == w[1]);
         if same_index {
-            let states: Vec<_> = cluster.storages.values().map(|s| s.snapshot_kv()).collect();
+            let states: Vec<_> = storages.values().map(|s| s.snapshot_kv()).collect();
             if states.windows(2).all(|w| w[0] == w[1]) {
                 return Some(start.elapsed());
             }
@@ -252,11 +269,8 @@ async fn converge(cluster: &SimCluster) -> Option<Duration> {
             return None;
         }
         if Instant::now() >= deadline {
-            let by_node: Vec<String> = cluster
-                .storages
-                .iter()
-                .map(|(id, s)| format!("node {id}: {}", s.applied()))
-                .collect();
+            let by_node: Vec<String> =
+                storages.iter().map(|(id, s)| format!("node {id}: {}", s.applied())).collect();
             cluster.invariants.report(format!(
                 "convergence: nodes did not reach the same applied index within {}s of the heal: {}",
                 CONVERGENCE_WITHIN.as_secs(),

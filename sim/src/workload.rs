@@ -26,6 +26,9 @@ pub struct WorkloadOptions {
     /// one pipeline share their invocation time; `Operation::after` tells the checker their
     /// order.
     pub pipeline: f64,
+    /// Clients 0..readers only read (GET, MGET), as in read-mostly deployments: they keep
+    /// reading through a leader change instead of blocking on a write.
+    pub readers: usize,
 }
 
 /// The shared record of every operation.
@@ -219,6 +222,13 @@ impl ClientTask {
     }
 
     fn random_cmd(&mut self) -> Cmd {
+        if self.id < self.opts.readers {
+            return if self.rng.gen_bool(0.1) {
+                Cmd::MGet(self.two_keys())
+            } else {
+                Cmd::One(Op::Get, self.random_key())
+            };
+        }
         match self.rng.gen_range(0..100) {
             0..=4 => {
                 let keys = self.two_keys();

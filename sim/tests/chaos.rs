@@ -120,6 +120,7 @@ struct Totals {
     /// Runs in which some node installed a snapshot.
     runs_with_installs: u64,
     transfers: (u64, u64),
+    memberships: (u64, u64),
     /// Seeds whose simulation panicked (a node's storage refused a write, an assertion in
     /// the core...), with the panic message: failures too.
     panicked: Vec<(u64, String)>,
@@ -176,6 +177,8 @@ fn run_many_with_totals(
                     t.runs_with_installs += (r.installs > 0) as u64;
                     t.transfers.0 += r.transfers.0;
                     t.transfers.1 += r.transfers.1;
+                    t.memberships.0 += r.memberships.0;
+                    t.memberships.1 += r.memberships.1;
                     if !r.check.unknown_keys.is_empty() {
                         t.unknown.push(seed);
                     }
@@ -246,8 +249,14 @@ fn chaos_histories_are_linearizable_and_invariants_hold() {
         totals.slowest_convergence.0, totals.slowest_convergence.1
     );
     println!(
-        "chaos: {} log compactions; {} snapshots installed, in {} of the seeds; {} leadership transfers answered, {} of them done",
-        totals.compactions, totals.installs, totals.runs_with_installs, totals.transfers.0, totals.transfers.1
+        "chaos: {} log compactions; {} snapshots installed, in {} of the seeds; {} leadership transfers answered, {} of them done; {} membership changes answered, {} of them applied",
+        totals.compactions,
+        totals.installs,
+        totals.runs_with_installs,
+        totals.transfers.0,
+        totals.transfers.1,
+        totals.memberships.0,
+        totals.memberships.1
     );
     if !totals.unknown.is_empty() {
         // Not a failure: the search ran out of budget. Replay these with a larger budget.
