@@ -880,6 +880,13 @@ impl<S: Storage> NodeTask<S> {
             self.raft.lease_remaining(),
             membership.voters.len() + membership.learners.len(),
         );
+        // The voters the cluster started with: a joining node starts from them too.
+        let bootstrap: Vec<String> = cfg
+            .voters
+            .iter()
+            .filter_map(|v| self.info.raft_addrs.get(v).map(|a| format!("{v}={a}")))
+            .collect();
+        out.push_str(&format!("bootstrap_voters:{}\r\n", bootstrap.join(",")));
         // One line per member, as Redis lists replicas: the leader knows how far each is.
         let followers = self.raft.followers();
         for (i, m) in membership.members().enumerate() {

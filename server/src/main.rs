@@ -17,12 +17,19 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "raft-kv", version)]
 struct Args {
-    /// This node's id: its 1-based position in --cluster.
+    /// This node's id: its 1-based position in --cluster, or with --join any id not in use.
     #[arg(long)]
     id: u64,
-    /// Raft addresses of every node, comma-separated, in id order.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Raft addresses of the nodes a new cluster starts with, comma-separated, in id order.
+    #[arg(long, value_delimiter = ',', required_unless_present = "join", conflicts_with = "join")]
     cluster: Vec<SocketAddr>,
+    /// Join a running cluster through the Redis address of one of its members: this node
+    /// asks it to add it (RAFT.NODE ADD), catches up as a learner and is promoted to voter.
+    #[arg(long, requires = "raft_addr")]
+    join: Option<String>,
+    /// This node's Raft address (with --join; otherwise its entry in --cluster).
+    #[arg(long)]
+    raft_addr: Option<SocketAddr>,
     /// Port for Redis clients.
     #[arg(long)]
     port: u16,
@@ -94,8 +101,110 @@ fn main() {
     // The binary runs on real tokio only; the simulation drives the runtime directly.
 }
 
+/// What a joining node learns from a member: the cluster's id and the voters it started
+/// with (every node replays membership changes from the same start).
+#[cfg(not(madsim))]
+struct ClusterInfo {
+    cluster_id: u64,
+    bootstrap: BTreeMap<NodeId, SocketAddr>,
+}
+
+#[cfg(not(madsim))]
+async fn cluster_info(member: &str) -> anyhow::Result<ClusterInfo> {
+    let info = redis_call(member, &["INFO", "raft"]).await?;
+    let field = |name: &str| {
+        info.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).map(str::trim).with_context(
+            || format!("{member} answered INFO without {name}; is it a raft-kv node?"),
+        )
+    };
+    let cluster_id = u64::from_str_radix(field("cluster_id")?, 16)
+        .with_context(|| format!("{member} reported a malformed cluster_id"))?;
+    let mut bootstrap = BTreeMap::new();
+    for pair in field("bootstrap_voters")?.split(',') {
+        let (id, addr) = pair.split_once('=').context("malformed bootstrap_voters")?;
+        let id = NodeId(id.parse().context("malformed bootstrap_voters")?);
+        bootstrap.insert(id, addr.parse().context("malformed bootstrap_voters")?);
+    }
+    Ok(ClusterInfo { cluster_id, bootstrap })
+}
+
+/// One command to a Redis server; the reply as text, an error reply as an error.
+#[cfg(not(madsim))]
+async fn redis_call(addr: &str, args: &[&str]) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 16 * 1024];
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                bail!("{addr} closed the connection");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(reply) = parse_reply(&buf)? {
+                return Ok(reply);
+            }
+            if buf.len() > 16 << 20 {
+                bail!("{addr} sent an oversized reply");
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), io)
+        .await
+        .with_context(|| format!("{addr} did not answer within 30 s"))?
+}
+
+/// A complete simple, error or bulk reply, or None if more bytes are needed.
+#[cfg(not(madsim))]
+fn parse_reply(buf: &[u8]) -> anyhow::Result<Option<String>> {
+    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+    let line = String::from_utf8_lossy(&buf[1..end]).into_owned();
+    match buf.first() {
+        Some(b'+') => Ok(Some(line)),
+        Some(b'-') => bail!("{line}"),
+        Some(b'$') => {
+            let len: usize = line.parse().context("malformed bulk reply")?;
+            let start = end + 2;
+            if buf.len() < start + len + 2 {
+                return Ok(None);
+            }
+            Ok(Some(String::from_utf8_lossy(&buf[start..start + len]).into_owned()))
+        }
+        _ => bail!("unexpected reply: {line}"),
+    }
+}
+
+/// Asks `member` to add this node, retrying while another membership change is in progress.
+#[cfg(not(madsim))]
+async fn request_join(member: &str, id: u64, raft_addr: SocketAddr) -> anyhow::Result<()> {
+    let (id_s, addr_s) = (id.to_string(), raft_addr.to_string());
+    for _ in 0..60 {
+        match redis_call(member, &["RAFT.NODE", "ADD", &id_s, &addr_s]).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains("already a voter") => return Ok(()),
+            Err(e) if e.to_string().starts_with("BUSY") || e.to_string().starts_with("TIMEOUT") => {
+                tracing::info!(error = %e, "join not taken yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.context(format!("{member} refused to add node {id}"))),
+        }
+    }
+    bail!("{member} kept refusing to add node {id}")
+}
+
 #[cfg(not(madsim))]
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(member) = args.join.clone() {
+        return run_joining(args, member).await;
+    }
     let n = args.cluster.len() as u64;
     if args.id == 0 || args.id > n {
         bail!(
@@ -115,12 +224,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let id = NodeId(args.id);
     let own = raft_addrs[&id];
+    let cluster_id = raft_kv_runtime::cluster_id(&raft_addrs);
+    serve(args, id, raft_addrs, cluster_id, own, None).await
+}
+
+/// Starts a node that joins a running cluster through `member`.
+#[cfg(not(madsim))]
+async fn run_joining(args: Args, member: String) -> anyhow::Result<()> {
+    let raft_addr = args.raft_addr.context("--join needs --raft-addr")?;
+    if args.id == 0 {
+        bail!("--id must be at least 1");
+    }
+    let info = cluster_info(&member).await?;
+    if info.bootstrap.contains_key(&NodeId(args.id))
+        && info.bootstrap[&NodeId(args.id)] != raft_addr
+    {
+        bail!(
+            "--id {} is one of the cluster's first nodes, at {}",
+            args.id,
+            info.bootstrap[&NodeId(args.id)]
+        );
+    }
+    let id = NodeId(args.id);
+    serve(args, id, info.bootstrap, info.cluster_id, raft_addr, Some((member, raft_addr))).await
+}
+
+/// Opens the data directory and runs the node until it is stopped.
+#[cfg(not(madsim))]
+async fn serve(
+    args: Args,
+    id: NodeId,
+    raft_addrs: BTreeMap<NodeId, SocketAddr>,
+    cluster_id: u64,
+    own: SocketAddr,
+    join: Option<(String, SocketAddr)>,
+) -> anyhow::Result<()> {
     let data_dir =
         args.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("data/node{}", args.id)));
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
 
-    let cluster_id = raft_kv_runtime::cluster_id(&raft_addrs);
     let storage =
         rocks::RocksStorage::open(&data_dir, rocks::Identity { cluster_id, node_id: args.id })?;
 
@@ -139,6 +282,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         SocketAddr::new(args.bind, own.port()),
         SocketAddr::new(args.bind, args.port),
     );
+    opts.transport.cluster_id = cluster_id;
+    opts.transport.advertise = Some(own);
     opts.tuning.tick = Duration::from_millis(args.tick_ms);
     opts.tuning.request_timeout = Duration::from_millis(args.request_timeout_ms);
     opts.tuning.snapshot.chunk_bytes = args.snapshot_chunk_bytes as usize;
@@ -148,6 +293,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let node = raft_kv_runtime::start(opts, storage).await?;
     tracing::info!(node = args.id, data_dir = %data_dir.display(), redis = %node.redis_addr, raft = %node.raft_addr, "raft-kv ready");
+    if let Some((member, raft_addr)) = join {
+        request_join(&member, args.id, raft_addr).await?;
+        tracing::info!(node = args.id, via = %member, "added to the cluster as a learner; promoted to voter once caught up");
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;

@@ -30,6 +30,19 @@ fn bad_flags_are_refused_clearly() {
     let (ok, err) = run(&[&one[..], &["--snapshot-entries", "0"]].concat());
     assert!(!ok);
     assert!(err.contains("--snapshot-entries"), "{err}");
+    let (ok, err) = run(&["--id", "4", "--join", "127.0.0.1:1", "--port", "1"]);
+    assert!(!ok);
+    assert!(err.contains("--raft-addr"), "{err}");
+    let (ok, err) =
+        run(&[&one[..], &["--join", "127.0.0.1:1", "--raft-addr", "127.0.0.1:2"]].concat());
+    assert!(!ok);
+    assert!(err.contains("cannot be used with"), "{err}");
+    let closed = free_ports(1)[0];
+    let member = format!("127.0.0.1:{closed}");
+    let (ok, err) =
+        run(&["--id", "4", "--join", &member, "--raft-addr", "127.0.0.1:2", "--port", "1"]);
+    assert!(!ok);
+    assert!(err.contains(&format!("cannot connect to {member}")), "{err}");
 }
 
 #[test]
