@@ -101,6 +101,16 @@ pub enum MessageBody {
 }
 
 impl MessageBody {
+    /// A successful AppendEntries answer: the log matches the leader's up to `index`.
+    pub fn append_accepted(index: LogIndex) -> MessageBody {
+        MessageBody::AppendEntriesResponse {
+            success: true,
+            index,
+            hint: LogIndex(0),
+            hint_term: Term(0),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             MessageBody::PreVote { .. } => "PreVote",

@@ -678,12 +678,7 @@ impl RaftNode {
     fn answer_snapshot(&mut self, to: NodeId, meta: SnapshotMeta) {
         let next_seq = u64::MAX;
         self.send(to, MessageBody::SnapshotAck { meta, next_seq, finished: true });
-        let body = MessageBody::AppendEntriesResponse {
-            success: true,
-            index: self.log.commit_index(),
-            hint: LogIndex(0),
-            hint_term: Term(0),
-        };
+        let body = MessageBody::append_accepted(self.log.commit_index());
         self.send(to, body);
     }
 
@@ -1234,12 +1229,7 @@ impl RaftNode {
             // stale part of the message is skipped.
             let skip = (self.log.commit_index().0 - prev.0) as usize;
             if skip >= entries.len() {
-                let body = MessageBody::AppendEntriesResponse {
-                    success: true,
-                    index: self.log.commit_index(),
-                    hint: LogIndex(0),
-                    hint_term: Term(0),
-                };
+                let body = MessageBody::append_accepted(self.log.commit_index());
                 self.send(from, body);
                 return;
             }
@@ -1256,12 +1246,7 @@ impl RaftNode {
         let body = match self.log.maybe_append(prev, prev_term, entries) {
             Some(last_new) => {
                 self.log.commit_to(leader_commit.min(last_new));
-                MessageBody::AppendEntriesResponse {
-                    success: true,
-                    index: last_new,
-                    hint: LogIndex(0),
-                    hint_term: Term(0),
-                }
+                MessageBody::append_accepted(last_new)
             }
             None => {
                 let hint = self
