@@ -5,6 +5,8 @@
 #   redis-aof      redis-server with appendfsync always (durable, like raft-kv)
 #   raft-kv-lead   the leader of a local 3-node raft-kv cluster (every write replicated + fsynced)
 #   raft-kv-foll   a follower of it (writes forwarded, reads confirmed with the leader)
+#   lease-lead     the leader of a second cluster started with --lease-max-clock-drift 0.05
+#   lease-foll     a follower of it (reads answered from the leader's lease, no quorum round)
 # and prints throughput, p50 and p99 with ratios against redis. Loopback only; stops by itself.
 # BENCH_PROFILE=dev uses the debug build (faster to build, slower to run). N=100000 by default.
 set -euo pipefail
@@ -35,9 +37,13 @@ redis-server --port 64781 --save '' --appendonly yes --appendfsync always --dir 
   --appendfilename aof --logfile "$work/redis-aof.log" &
 pids+=($!)
 cluster=127.0.0.1:14791,127.0.0.1:14792,127.0.0.1:14793
+lease_cluster=127.0.0.1:14801,127.0.0.1:14802,127.0.0.1:14803
 for id in 1 2 3; do
   RUST_LOG=warn "$bin" --id $id --cluster $cluster --port 6479$id --data-dir "$work/node$id" \
     >"$work/node$id.log" 2>&1 &
+  pids+=($!)
+  RUST_LOG=warn "$bin" --id $id --cluster $lease_cluster --port 6480$id \
+    --data-dir "$work/lease$id" --lease-max-clock-drift 0.05 >"$work/lease$id.log" 2>&1 &
   pids+=($!)
 done
 
@@ -49,9 +55,11 @@ wait_ok() { # port: wait (bounded) until a SET succeeds
   echo "bench: port $1 never accepted a write" >&2
   exit 1
 }
-for p in 64780 64781 64791 64792 64793; do wait_ok $p; done
-leader=$(redis-cli -p 64791 info | tr -d '\r' | sed -n 's/^leader_id://p')
+for p in 64780 64781 64791 64792 64793 64801 64802 64803; do wait_ok $p; done
+leader=$(redis-cli -p 64791 info raft | tr -d '\r' | sed -n 's/^leader_id://p')
 follower=$(( leader % 3 + 1 ))
+lease_leader=$(redis-cli -p 64801 info raft | tr -d '\r' | sed -n 's/^leader_id://p')
+lease_follower=$(( lease_leader % 3 + 1 ))
 
 declare -A rps p50 p99
 run() { # name port pipeline
@@ -65,8 +73,10 @@ run() { # name port pipeline
     p99["$1,$3,$test"]=${p99v//\"/}
   done <<<"$out"
 }
-targets=(redis redis-aof raft-kv-lead raft-kv-foll)
-declare -A port=([redis]=64780 [redis-aof]=64781 [raft-kv-lead]=$((64790 + leader)) [raft-kv-foll]=$((64790 + follower)))
+targets=(redis redis-aof raft-kv-lead raft-kv-foll lease-lead lease-foll)
+declare -A port=([redis]=64780 [redis-aof]=64781 [raft-kv-lead]=$((64790 + leader))
+  [raft-kv-foll]=$((64790 + follower)) [lease-lead]=$((64800 + lease_leader))
+  [lease-foll]=$((64800 + lease_follower)))
 for pl in 1 16; do
   for t in "${targets[@]}"; do run "$t" "${port[$t]}" "$pl"; done
 done
