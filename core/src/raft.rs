@@ -319,8 +319,10 @@ struct Progress {
 
 const STALLED_HEARTBEATS_MAX: u32 = 3;
 
-/// Heartbeat intervals without a snapshot acknowledgement before a transfer starts over.
-const SNAPSHOT_IDLE_HEARTBEATS_MAX: u32 = 20;
+/// Heartbeat intervals without a snapshot acknowledgement before a transfer starts over: 6 s
+/// at the default timing, longer than the runtime's resends of a stalled window (5 x 1 s), so
+/// a slow link is given time and a dropped transfer is restarted.
+const SNAPSHOT_IDLE_HEARTBEATS_MAX: u32 = 120;
 
 /// A read waiting at the leader for a quorum to confirm leadership.
 #[derive(Clone, Copy, Debug)]
@@ -591,6 +593,9 @@ impl RaftNode {
         }
         self.membership = m;
         let me = self.cfg.id;
+        if self.transfer.is_some_and(|(to, _, _)| !self.membership.is_voter(to)) {
+            self.transfer = None;
+        }
         if self.role == Role::Leader {
             let next = self.log.last_index().next();
             self.progress.retain(|id, _| self.membership.contains(*id));
@@ -666,7 +671,12 @@ impl RaftNode {
         if self.role != Role::Follower || self.leader != Some(from) {
             return; // its leader is gone; a new one will send what it needs
         }
-        if meta.index > self.log.commit_index() {
+        if self.log.term(meta.index) == Some(meta.term) {
+            // The log already holds the snapshot's last entry, and maybe entries after it
+            // that this node acknowledged: keep them (Figure 13, step 6), the snapshot only
+            // tells that its index is committed.
+            self.log.commit_to(meta.index);
+        } else if meta.index > self.log.commit_index() {
             self.log.restore_snapshot(meta);
             self.install_snapshot = Some(meta);
         }
@@ -1165,7 +1175,10 @@ impl RaftNode {
             }
             MessageBody::SnapshotChunk { meta, seq, data, last } => {
                 self.accept_leader(m.from);
-                if meta.index <= self.log.commit_index() {
+                if self.log.term(meta.index) == Some(meta.term) {
+                    self.log.commit_to(meta.index);
+                    self.answer_snapshot(m.from, meta);
+                } else if meta.index <= self.log.commit_index() {
                     self.answer_snapshot(m.from, meta);
                 } else {
                     let chunk = SnapshotChunk { from: m.from, meta, seq, data, last };
@@ -1224,6 +1237,13 @@ impl RaftNode {
         entries: &[Entry],
         leader_commit: LogIndex,
     ) {
+        // Entries must follow `prev` one by one; anything else is a malformed message (the
+        // log's arithmetic relies on it), dropped rather than trusted.
+        let contiguous =
+            entries.iter().enumerate().all(|(i, e)| e.index.0 == prev.0 + 1 + i as u64);
+        if !contiguous {
+            return;
+        }
         if prev < self.log.commit_index() {
             // Everything up to our commit index matches the leader's log (Log Matching), so the
             // stale part of the message is skipped.

@@ -254,8 +254,9 @@ impl Incoming {
     ) -> Result<bool, StorageError> {
         let SnapshotChunk { from, meta, seq, data, last } = chunk;
         let expected = match self.current {
-            _ if seq == 0 => 0,
+            // A resent first chunk of the transfer under way is a duplicate, not a restart.
             Some((f, m, next)) if f == from && m == meta => next,
+            _ if seq == 0 => 0,
             _ => return Ok(false), // a transfer this node did not see start: wait for a restart
         };
         if seq != expected {

@@ -203,6 +203,9 @@ async fn send_loop(
         let stream = match TcpStream::connect(addr).await {
             Ok(s) => s,
             Err(e) => {
+                if rx.is_closed() {
+                    return; // replaced (the peer's address changed)
+                }
                 debug!(node = %cfg.id, peer = %peer, %addr, error = %e, "connect failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(cfg.reconnect_backoff_max);

@@ -189,7 +189,16 @@ async fn request_join(member: &str, id: u64, raft_addr: SocketAddr) -> anyhow::R
     for _ in 0..60 {
         match redis_call(member, &["RAFT.NODE", "ADD", &id_s, &addr_s]).await {
             Ok(_) => return Ok(()),
-            Err(e) if e.to_string().contains("already a voter") => return Ok(()),
+            // Refused because the id is taken: by this very node (a restart that lost the
+            // membership record) only if the address is ours.
+            Err(e) if e.to_string().contains("already a voter") => {
+                let members = redis_call(member, &["INFO", "raft"]).await?;
+                let ours = format!(":id={id},raft_addr={raft_addr},");
+                if members.lines().any(|l| l.contains(&ours)) {
+                    return Ok(());
+                }
+                bail!("node id {id} is already a voter at another address; pick an unused id");
+            }
             Err(e) if e.to_string().starts_with("BUSY") || e.to_string().starts_with("TIMEOUT") => {
                 tracing::info!(error = %e, "join not taken yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -235,18 +244,40 @@ async fn run_joining(args: Args, member: String) -> anyhow::Result<()> {
     if args.id == 0 {
         bail!("--id must be at least 1");
     }
+    let id = NodeId(args.id);
+    let data_dir = data_dir(&args);
+    // A node that joined before restarts from what its data directory remembers, whether or
+    // not the member it joined through is up; it asks to be added only if it is not a member.
+    if let Some(j) = rocks::RocksStorage::joined(&data_dir)? {
+        if j.identity.node_id != args.id {
+            bail!(
+                "data directory {} belongs to node {}, not {}",
+                data_dir.display(),
+                j.identity.node_id,
+                args.id
+            );
+        }
+        let mut bootstrap = BTreeMap::new();
+        for (id, addr) in &j.bootstrap {
+            bootstrap.insert(NodeId(*id), addr.parse().context("stored bootstrap address")?);
+        }
+        let join = (!j.member).then_some((member, raft_addr));
+        return serve(args, id, bootstrap, j.identity.cluster_id, raft_addr, join).await;
+    }
     let info = cluster_info(&member).await?;
-    if info.bootstrap.contains_key(&NodeId(args.id))
-        && info.bootstrap[&NodeId(args.id)] != raft_addr
-    {
+    if info.bootstrap.contains_key(&id) {
         bail!(
-            "--id {} is one of the cluster's first nodes, at {}",
+            "--id {} is one of the ids the cluster started with (node at {}); pick an unused id",
             args.id,
-            info.bootstrap[&NodeId(args.id)]
+            info.bootstrap[&id]
         );
     }
-    let id = NodeId(args.id);
     serve(args, id, info.bootstrap, info.cluster_id, raft_addr, Some((member, raft_addr))).await
+}
+
+#[cfg(not(madsim))]
+fn data_dir(args: &Args) -> PathBuf {
+    args.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("data/node{}", args.id)))
 }
 
 /// Opens the data directory and runs the node until it is stopped.
@@ -259,13 +290,16 @@ async fn serve(
     own: SocketAddr,
     join: Option<(String, SocketAddr)>,
 ) -> anyhow::Result<()> {
-    let data_dir =
-        args.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("data/node{}", args.id)));
+    let data_dir = data_dir(&args);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
 
-    let storage =
+    let mut storage =
         rocks::RocksStorage::open(&data_dir, rocks::Identity { cluster_id, node_id: args.id })?;
+    if join.is_some() {
+        let bootstrap = raft_addrs.iter().map(|(id, a)| (id.0, a.to_string())).collect();
+        storage.remember_bootstrap(&bootstrap)?;
+    }
 
     let voters = raft_addrs.keys().copied().collect();
     let mut raft = raft_kv_core::Config::new(id, voters, rand::random());

@@ -34,6 +34,8 @@ const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_INSTALLING: &[u8] = b"installing";
 /// The applied membership, once a change was applied.
 const KEY_MEMBERSHIP: &[u8] = b"membership";
+/// The voters the cluster started with, as a joining node learned them (raft address by id).
+const KEY_BOOTSTRAP: &[u8] = b"bootstrap";
 
 const SESSION_PREFIX: &[u8] = b"session/";
 /// Bytes copied from staging per write batch while installing.
@@ -67,6 +69,13 @@ pub enum OpenError {
     Foreign { path: PathBuf, found_node: u64, found_cluster: u64, node: u64, cluster: u64 },
     #[error("data directory {path} is not a raft-kv data directory or is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+}
+
+/// See `RocksStorage::joined`.
+pub struct Joined {
+    pub identity: Identity,
+    pub bootstrap: std::collections::BTreeMap<u64, String>,
+    pub member: bool,
 }
 
 pub struct RocksStorage {
@@ -147,6 +156,47 @@ impl RocksStorage {
             }
         }
         Ok(storage)
+    }
+
+    /// What a data directory says about a node that joined: its identity, the cluster's
+    /// starting voters, and whether its applied membership includes it. None if the
+    /// directory holds no raft-kv database, or one of a node that did not join.
+    pub fn joined(path: &Path) -> Result<Option<Joined>, OpenError> {
+        if !path.join("CURRENT").exists() {
+            return Ok(None);
+        }
+        let opts = Options::default();
+        let cfs = [CF_LOG, CF_META, CF_KV, CF_STAGE];
+        let db = DB::open_cf_for_read_only(&opts, path, cfs, false)
+            .map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
+        let corrupt = |reason: String| OpenError::Corrupt { path: path.to_owned(), reason };
+        let meta = db.cf_handle(CF_META).ok_or_else(|| corrupt("no raft_meta".into()))?;
+        let get = |key: &[u8]| db.get_cf(meta, key).map_err(|e| corrupt(e.to_string()));
+        let Some(identity) = get(KEY_IDENTITY)? else { return Ok(None) };
+        let identity: Identity =
+            codec::decode(&identity).map_err(|e| corrupt(format!("identity record: {e}")))?;
+        let Some(bootstrap) = get(KEY_BOOTSTRAP)? else { return Ok(None) };
+        let bootstrap =
+            codec::decode(&bootstrap).map_err(|e| corrupt(format!("bootstrap record: {e}")))?;
+        let member = match get(KEY_MEMBERSHIP)? {
+            Some(b) => {
+                let m: Membership =
+                    codec::decode(&b).map_err(|e| corrupt(format!("membership record: {e}")))?;
+                m.contains(raft_kv_core::NodeId(identity.node_id))
+            }
+            None => false,
+        };
+        Ok(Some(Joined { identity, bootstrap, member }))
+    }
+
+    /// Records the cluster's starting voters (a joining node's first start).
+    pub fn remember_bootstrap(
+        &mut self,
+        bootstrap: &std::collections::BTreeMap<u64, String>,
+    ) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), KEY_BOOTSTRAP, codec::encode(bootstrap));
+        self.db.write_opt(batch, &self.sync).map_err(io)
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {

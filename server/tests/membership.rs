@@ -204,3 +204,60 @@ fn a_wiped_node_is_removed_and_rejoins_catching_up_from_a_snapshot() {
         assert_eq!(v, Some(i), "key{i}");
     }
 }
+
+#[test]
+fn a_joined_node_restarts_from_its_data_directory_without_the_member_it_joined_through() {
+    let mut c = Cluster::start(3);
+    let n4 = join(&c, 4, 3, &[]);
+    let promoted = wait_until(Duration::from_secs(30), || {
+        (members(leader_port(&c))?.0 == vec![1, 2, 3, 4]).then_some(())
+    });
+    assert!(promoted.is_some());
+    let _: () = c.conn(1).set("before", "1").unwrap();
+    // Node 4 stops; the node it joined through is gone when it comes back.
+    let port = n4.redis_port;
+    let raft_port = find_raft_port(&c, 4);
+    drop(n4);
+    c.kill(3);
+    let back = Command::new(BIN)
+        .args(["--id", "4", "--join"])
+        .arg(format!("127.0.0.1:{}", c.redis_ports[2]))
+        .arg("--raft-addr")
+        .arg(format!("127.0.0.1:{raft_port}"))
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--data-dir")
+        .arg(c.dir.path().join("joiner4"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Joiner { redis_port: port, child: back };
+    let v: Option<String> = wait_until(Duration::from_secs(20), || {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+        let mut con = client.get_connection_with_timeout(Duration::from_secs(2)).ok()?;
+        con.get("before").ok()
+    });
+    assert_eq!(v.as_deref(), Some("1"), "node 4 is back, serving with nodes 1 and 2");
+    // An id the cluster started with cannot join.
+    let out = Command::new(BIN)
+        .args(["--id", "2", "--join"])
+        .arg(format!("127.0.0.1:{}", c.redis_ports[0]))
+        .args(["--raft-addr", "127.0.0.1:1", "--port", "1", "--data-dir"])
+        .arg(c.dir.path().join("bad"))
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("one of the ids the cluster started with"), "{err}");
+}
+
+/// The Raft address node `id` has, as the leader's INFO lists it.
+fn find_raft_port(c: &Cluster, id: u64) -> u16 {
+    let info = info_of(leader_port(c)).unwrap();
+    let line = info.lines().find(|l| l.contains(&format!(":id={id},"))).unwrap();
+    let addr = line.split("raft_addr=").nth(1).unwrap().split(',').next().unwrap();
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
