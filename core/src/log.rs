@@ -1,7 +1,7 @@
 //! The in-memory view of one node's Raft log: entries, commit and apply positions, and which
 //! suffix changed since it was last handed to storage. Touches nothing outside itself.
 
-use crate::types::{Entry, LogIndex, SnapshotMeta, Term};
+use crate::types::{Entry, LogIndex, Membership, SnapshotMeta, Term};
 
 #[derive(Debug)]
 pub struct RaftLog {
@@ -11,6 +11,10 @@ pub struct RaftLog {
     offset_term: Term,
     /// Sum of `size_bytes` over `entries`, for the snapshot threshold.
     bytes: usize,
+    /// The membership before the first membership entry held (at or after `offset`).
+    base_membership: Membership,
+    /// Indexes of the membership entries held, ascending: the last one is in effect.
+    membership_entries: Vec<LogIndex>,
     /// Invariant: `entries[i].index == offset + 1 + i`, terms never decrease along the log.
     entries: Vec<Entry>,
     /// Highest index known committed. Invariant: `offset <= commit <= last_index()`, never
@@ -34,15 +38,20 @@ impl RaftLog {
         offset_term: Term,
         entries: Vec<Entry>,
         applied: LogIndex,
+        base_membership: Membership,
     ) -> Self {
         for (i, e) in entries.iter().enumerate() {
             assert_eq!(e.index.0, offset.0 + 1 + i as u64, "restored log is not contiguous");
         }
         let bytes = entries.iter().map(Entry::size_bytes).sum();
+        let membership_entries =
+            entries.iter().filter(|e| e.membership.is_some()).map(|e| e.index).collect();
         let mut log = RaftLog {
             offset,
             offset_term,
             bytes,
+            base_membership,
+            membership_entries,
             entries,
             commit: applied,
             applied,
@@ -52,6 +61,34 @@ impl RaftLog {
         log.persisted = log.last_index();
         assert!(applied >= offset && applied <= log.last_index(), "applied index outside the log");
         log
+    }
+
+    /// The membership in effect: that of the last membership entry held, else the base.
+    pub fn membership(&self) -> &Membership {
+        match self.membership_entries.last() {
+            Some(i) => {
+                let e = &self.entries[self.position(*i)];
+                e.membership.as_ref().expect("listed as a membership entry")
+            }
+            None => &self.base_membership,
+        }
+    }
+
+    /// The index of the last membership entry held (0 if none).
+    pub fn last_membership_index(&self) -> LogIndex {
+        self.membership_entries.last().copied().unwrap_or_default()
+    }
+
+    /// The membership a snapshot just installed holds (the log is empty after it).
+    pub fn set_base_membership(&mut self, m: Membership) {
+        debug_assert!(self.membership_entries.is_empty());
+        self.base_membership = m;
+    }
+
+    fn note_appended(&mut self, entries: &[Entry]) {
+        for e in entries.iter().filter(|e| e.membership.is_some()) {
+            self.membership_entries.push(e.index);
+        }
     }
 
     /// The snapshot the log starts after: entries up to it are compacted away.
@@ -73,6 +110,12 @@ impl RaftLog {
             return self.snapshot();
         }
         let term = self.term(index).expect("held");
+        // The membership in effect at `index` becomes the base.
+        if let Some(last) = self.membership_entries.iter().rev().find(|i| **i <= index) {
+            let e = &self.entries[self.position(*last)];
+            self.base_membership = e.membership.clone().expect("listed as a membership entry");
+        }
+        self.membership_entries.retain(|i| *i > index);
         let n = (index.0 - self.offset.0) as usize;
         self.bytes -= self.entries[..n].iter().map(Entry::size_bytes).sum::<usize>();
         self.entries.drain(..n);
@@ -86,6 +129,7 @@ impl RaftLog {
     pub fn restore_snapshot(&mut self, meta: SnapshotMeta) {
         assert!(meta.index > self.commit, "a snapshot must be ahead of the commit index");
         self.entries.clear();
+        self.membership_entries.clear();
         self.bytes = 0;
         self.offset = meta.index;
         self.offset_term = meta.term;
@@ -156,6 +200,7 @@ impl RaftLog {
         assert!(entry.term >= self.last_term(), "append with a lower term");
         self.mark_unstable(entry.index);
         self.bytes += entry.size_bytes();
+        self.note_appended(std::slice::from_ref(&entry));
         self.entries.push(entry);
     }
 
@@ -186,6 +231,7 @@ impl RaftLog {
                     let pos = self.position(e.index);
                     self.bytes -= self.entries[pos..].iter().map(Entry::size_bytes).sum::<usize>();
                     self.entries.truncate(pos);
+                    self.membership_entries.retain(|i| *i < e.index);
                     self.persisted = self.persisted.min(e.index.prev());
                 }
                 None if e.index <= self.offset => continue,
@@ -193,6 +239,7 @@ impl RaftLog {
             }
             self.mark_unstable(e.index);
             self.bytes += entries[i..].iter().map(Entry::size_bytes).sum::<usize>();
+            self.note_appended(&entries[i..]);
             self.entries.extend_from_slice(&entries[i..]);
             break;
         }
@@ -289,12 +336,12 @@ mod tests {
     use super::*;
 
     fn e(index: u64, term: u64) -> Entry {
-        Entry { index: LogIndex(index), term: Term(term), data: vec![index as u8] }
+        Entry::new(LogIndex(index), Term(term), vec![index as u8])
     }
 
     fn log_with(terms: &[u64]) -> RaftLog {
         let entries = terms.iter().enumerate().map(|(i, t)| e(i as u64 + 1, *t)).collect();
-        RaftLog::restore(LogIndex(0), Term(0), entries, LogIndex(0))
+        RaftLog::restore(LogIndex(0), Term(0), entries, LogIndex(0), Membership::default())
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub enum MessageBody {
     },
     /// A follower forwards a membership change to the leader.
     ProposeMembership {
+        change: crate::MembershipChange,
         data: Vec<u8>,
     },
     /// A follower asks the leader to hand leadership to `to`.

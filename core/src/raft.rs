@@ -8,7 +8,9 @@
 
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
-use crate::types::{Entry, HardState, LogIndex, Membership, NodeId, SnapshotMeta, Term};
+use crate::types::{
+    Entry, HardState, LogIndex, Membership, MembershipChange, NodeId, SnapshotMeta, Term,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -169,15 +171,17 @@ pub enum Input {
     TransferLeader {
         to: NodeId,
     },
-    /// A membership change (an encoded entry the runtime recognises when it applies it). At
-    /// most one is in the log unapplied; a leader takes one only after an entry of its term.
+    /// A membership change; `data` is the entry's payload for the runtime (its client session
+    /// and reply). The leader computes the new membership and carries it in the entry, where
+    /// it takes effect on every node that appends it. At most one is uncommitted at a time,
+    /// and a leader takes one only after an entry of its own term committed.
     ProposeMembership {
         id: u64,
+        change: MembershipChange,
         data: Vec<u8>,
     },
-    /// The runtime applied a membership change (or installed a snapshot holding one): the new
-    /// membership takes effect now.
-    MembershipApplied(Membership),
+    /// The snapshot just installed holds this membership (the log is empty after it).
+    SnapshotMembership(Membership),
     /// Storage made the log durable up to `index`, whose entry has `term`.
     Persisted {
         index: LogIndex,
@@ -227,9 +231,11 @@ pub enum Rejection {
     Busy,
     /// The leader is handing leadership over; retry with the next leader.
     Transferring,
-    /// A membership change is still unapplied, or this leader has not yet committed an entry
-    /// of its term.
+    /// A membership change is still uncommitted, or this leader has not yet committed an
+    /// entry of its term.
     MembershipChangePending,
+    /// The change does not apply to the current membership (removing a non-member...).
+    MembershipInvalid,
 }
 
 /// A read that became safe: serve it from state applied up to at least `index`.
@@ -372,9 +378,8 @@ pub struct RaftNode {
     reads: Vec<ReadState>,
     rejected: Vec<(u64, Rejection)>,
     install_snapshot: Option<SnapshotMeta>,
-    /// The applied membership: who votes, who receives the log.
-    membership: Membership,
-    /// The last index that may hold a membership change not yet applied (leader only).
+    /// Leader only: a membership change is taken only once the commit index reaches this
+    /// (its first entry, or the last membership entry).
     pending_membership: LogIndex,
     /// Leader only: followers that need a snapshot, sent with the next `ready`.
     snapshot_wanted: Vec<NodeId>,
@@ -389,7 +394,8 @@ pub struct RaftNode {
 #[derive(Clone, Debug, Default)]
 pub struct RestoredState {
     pub hard_state: HardState,
-    /// The applied membership; None: the config's (a node that never applied a change).
+    /// The membership of the applied state; None: the config's (a node that never applied a
+    /// change). Membership entries in the log after it override it.
     pub membership: Option<Membership>,
     /// The snapshot the stored log starts after.
     pub snapshot: SnapshotMeta,
@@ -439,6 +445,7 @@ impl RaftNode {
             restored.snapshot.term,
             restored.entries,
             restored.applied,
+            membership,
         );
         if log.last_term() > restored.hard_state.term {
             return Err(ConfigError("stored log has a term above the stored current term".into()));
@@ -470,7 +477,6 @@ impl RaftNode {
             reads: Vec::new(),
             rejected: Vec::new(),
             install_snapshot: None,
-            membership,
             pending_membership: LogIndex(0),
             snapshot_wanted: Vec::new(),
             transfer: None,
@@ -520,15 +526,16 @@ impl RaftNode {
     }
 
     fn quorum(&self) -> usize {
-        self.membership.voters.len() / 2 + 1
+        self.log.membership().voters.len() / 2 + 1
     }
 
+    /// The membership in effect: the last one in the log.
     pub fn membership(&self) -> &Membership {
-        &self.membership
+        self.log.membership()
     }
 
     fn is_voter(&self) -> bool {
-        self.membership.is_voter(self.cfg.id)
+        self.log.membership().is_voter(self.cfg.id)
     }
 
     fn hard_state(&self) -> HardState {
@@ -555,78 +562,113 @@ impl RaftNode {
             }
             Input::SnapshotReceived { from, meta } => self.snapshot_received(from, meta),
             Input::TransferLeader { to } => self.transfer_leader(to),
-            Input::ProposeMembership { id, data } => self.propose_membership(Some(id), data),
-            Input::MembershipApplied(m) => self.membership_applied(m),
+            Input::ProposeMembership { id, change, data } => {
+                self.propose_membership(Some(id), change, data)
+            }
+            Input::SnapshotMembership(m) => {
+                if self.log.last_membership_index() == LogIndex(0) && !m.voters.is_empty() {
+                    self.log.set_base_membership(m);
+                }
+            }
         }
     }
 
     // ---- membership changes (thesis §4) -----------------------------------------------------
 
-    fn propose_membership(&mut self, id: Option<u64>, data: Vec<u8>) {
+    fn propose_membership(&mut self, id: Option<u64>, change: MembershipChange, data: Vec<u8>) {
         if self.role != Role::Leader {
             match (self.leader, id) {
                 (Some(leader), Some(_)) => {
                     // The origin learns the outcome when the entry applies, or times out.
-                    self.send(leader, MessageBody::ProposeMembership { data });
+                    self.send(leader, MessageBody::ProposeMembership { change, data });
                 }
                 (None, Some(id)) => self.rejected.push((id, Rejection::NoLeader)),
                 (_, None) => {}
             }
             return;
         }
-        if self.pending_membership > self.log.applied_index() {
+        let reject = |node: &mut RaftNode, why| {
             if let Some(id) = id {
-                self.rejected.push((id, Rejection::MembershipChangePending));
+                node.rejected.push((id, why));
             }
-            return;
+        };
+        if self.pending_membership > self.log.commit_index() {
+            return reject(self, Rejection::MembershipChangePending);
         }
-        let before = self.log.last_index();
-        self.propose_as(id, data);
-        if self.log.last_index() > before {
-            self.pending_membership = self.log.last_index();
+        if self.transfer.is_some() {
+            return reject(self, Rejection::Transferring);
+        }
+        let Ok(next) = self.log.membership().apply(&change) else {
+            return reject(self, Rejection::MembershipInvalid);
+        };
+        let index = self.log.last_index().next();
+        let mut entry = Entry::new(index, self.term, data);
+        entry.membership = Some(next);
+        self.log.append(entry);
+        self.pending_membership = index;
+        self.membership_changed();
+        self.maybe_commit();
+    }
+
+    /// The leader's log took a new membership: new members get replicated to. A node that
+    /// left still is until the change commits and it was told so (`prune_progress`), so it
+    /// applies its own removal.
+    fn membership_changed(&mut self) {
+        let me = self.cfg.id;
+        let next = self.log.last_index().next();
+        let members: Vec<NodeId> = self.log.membership().members().collect();
+        for id in members.into_iter().filter(|id| *id != me) {
+            self.progress.entry(id).or_insert_with(|| Self::new_progress(next));
+        }
+        if self.transfer.is_some_and(|(to, _, _)| !self.log.membership().is_voter(to)) {
+            self.transfer = None;
         }
     }
 
-    fn membership_applied(&mut self, m: Membership) {
-        if m == self.membership || m.voters.is_empty() {
+    /// Stops replicating to nodes that left once their removal is committed and they were
+    /// told so (or, with `unresponsive`, once they stopped answering).
+    fn prune_progress(&mut self, unresponsive: bool) {
+        let removal = self.log.last_membership_index();
+        if self.log.commit_index() < removal {
             return;
         }
-        self.membership = m;
-        let me = self.cfg.id;
-        if self.transfer.is_some_and(|(to, _, _)| !self.membership.is_voter(to)) {
-            self.transfer = None;
+        let m = self.log.membership();
+        let gone: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|(id, p)| {
+                !m.contains(**id)
+                    && (p.commit_sent >= removal || (unresponsive && !p.recent_active))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.progress.remove(&id);
         }
-        if self.role == Role::Leader {
-            let next = self.log.last_index().next();
-            self.progress.retain(|id, _| self.membership.contains(*id));
-            for id in self.membership.members().filter(|id| *id != me).collect::<Vec<_>>() {
-                self.progress.entry(id).or_insert_with(|| Self::new_progress(next));
-            }
-            if !self.is_voter() {
-                // Removed (thesis §4.2.2): the change is committed, so hand leadership to the
-                // most caught-up voter at once rather than leave the others to time out.
-                let best = self
-                    .voter_progress_ids()
-                    .max_by_key(|(id, p)| (p.match_index, std::cmp::Reverse(*id)))
-                    .map(|(id, _)| id);
-                if let Some(to) = best {
-                    self.send(to, MessageBody::TimeoutNow);
-                }
-                self.become_follower(self.term, None);
-            } else {
-                self.maybe_commit();
-                self.advance_reads();
-            }
-        } else if !self.is_voter() && matches!(self.role, Role::Candidate | Role::PreCandidate) {
-            self.become_follower(self.term, None);
+    }
+
+    /// A leader that removed itself manages the cluster until the change commits (thesis
+    /// §4.2.2), then hands leadership to the most caught-up voter and steps down.
+    fn maybe_step_down_after_removal(&mut self) {
+        if self.role != Role::Leader
+            || self.is_voter()
+            || self.log.commit_index() < self.log.last_membership_index()
+        {
+            return;
         }
+        let best = self
+            .voter_progress_ids()
+            .max_by_key(|(id, p)| (p.match_index, std::cmp::Reverse(*id)))
+            .map(|(id, _)| id);
+        if let Some(to) = best {
+            self.send(to, MessageBody::TimeoutNow);
+        }
+        self.become_follower(self.term, None);
     }
 
     fn voter_progress_ids(&self) -> impl Iterator<Item = (NodeId, &Progress)> {
-        self.progress
-            .iter()
-            .filter(|(id, _)| self.membership.is_voter(**id))
-            .map(|(id, p)| (*id, p))
+        let m = self.log.membership();
+        self.progress.iter().filter(|(id, _)| m.is_voter(**id)).map(|(id, p)| (*id, p))
     }
 
     // ---- leadership transfer (thesis §3.10) -------------------------------------------------
@@ -634,7 +676,7 @@ impl RaftNode {
     fn transfer_leader(&mut self, to: NodeId) {
         match self.role {
             Role::Leader => {
-                if to == self.cfg.id || !self.membership.is_voter(to) {
+                if to == self.cfg.id || !self.log.membership().is_voter(to) {
                     return;
                 }
                 if self.transfer.is_some_and(|(t, _, _)| t == to) {
@@ -800,6 +842,7 @@ impl RaftNode {
                     self.start_round();
                 }
                 self.broadcast_heartbeat();
+                self.prune_progress(false);
             }
             if let Some((to, elapsed, sent)) = self.transfer {
                 // Abandoned after an election timeout: the transferee is down or too slow.
@@ -827,6 +870,7 @@ impl RaftNode {
     /// Check-quorum: a leader that has not heard from a quorum for an election timeout steps
     /// down, so its clients fail fast and a partitioned leader stops serving.
     fn check_quorum(&mut self) {
+        self.prune_progress(true);
         let active = 1 + self.voter_progress().filter(|p| p.recent_active).count();
         for p in self.progress.values_mut() {
             p.recent_active = false;
@@ -889,7 +933,7 @@ impl RaftNode {
     }
 
     fn other_voters(&self) -> Vec<NodeId> {
-        self.membership.voters.iter().copied().filter(|v| *v != self.cfg.id).collect()
+        self.log.membership().voters.iter().copied().filter(|v| *v != self.cfg.id).collect()
     }
 
     fn new_progress(next_index: LogIndex) -> Progress {
@@ -908,7 +952,8 @@ impl RaftNode {
 
     /// The progress of the voters among the followers (learners do not count toward quorums).
     fn voter_progress(&self) -> impl Iterator<Item = &Progress> {
-        self.progress.iter().filter(|(id, _)| self.membership.is_voter(**id)).map(|(_, p)| p)
+        let m = self.log.membership();
+        self.progress.iter().filter(|(id, _)| m.is_voter(**id)).map(|(_, p)| p)
     }
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
@@ -965,7 +1010,8 @@ impl RaftNode {
         let next_index = self.log.last_index().next();
         let me = self.cfg.id;
         self.progress = self
-            .membership
+            .log
+            .membership()
             .members()
             .filter(|p| *p != me)
             .map(|p| (p, Self::new_progress(next_index)))
@@ -974,7 +1020,7 @@ impl RaftNode {
         // lets ReadIndex start. No membership change is taken before it applies (the fix to
         // single-server changes in Ongaro's 2015 raft-dev post): the log may hold an
         // unapplied one from an earlier term.
-        self.log.append(Entry { index: next_index, term: self.term, data: Vec::new() });
+        self.log.append(Entry::new(next_index, self.term, Vec::new()));
         self.pending_membership = next_index;
         self.maybe_commit();
     }
@@ -1005,7 +1051,7 @@ impl RaftNode {
     }
 
     fn handle_vote_response(&mut self, from: NodeId, granted: bool) {
-        if !self.membership.is_voter(from) {
+        if !self.log.membership().is_voter(from) {
             return;
         }
         self.votes.insert(from, granted);
@@ -1185,9 +1231,9 @@ impl RaftNode {
                     self.snapshot_chunks.push(chunk);
                 }
             }
-            MessageBody::ProposeMembership { data } => {
+            MessageBody::ProposeMembership { change, data } => {
                 if self.role == Role::Leader {
-                    self.propose_membership(None, data);
+                    self.propose_membership(None, change, data);
                 }
             }
             MessageBody::TransferLeader { to } => {
@@ -1480,6 +1526,7 @@ impl RaftNode {
                 }
             }
             self.advance_reads();
+            self.maybe_step_down_after_removal();
         }
     }
 
@@ -1506,7 +1553,7 @@ impl RaftNode {
                     return;
                 }
                 let index = self.log.last_index().next();
-                self.log.append(Entry { index, term: self.term, data });
+                self.log.append(Entry::new(index, self.term, data));
                 // A single-voter cluster commits once its own write is persisted.
                 self.maybe_commit();
             }

@@ -56,12 +56,24 @@ pub struct Entry {
     pub index: LogIndex,
     pub term: Term,
     pub data: Vec<u8>,
+    /// A membership change: the membership from this entry on. It takes effect on every node
+    /// as soon as the entry is in its log, committed or not (thesis §4.1), and is undone if a
+    /// conflicting leader truncates it.
+    pub membership: Option<Membership>,
 }
 
 impl Entry {
+    pub fn new(index: LogIndex, term: Term, data: Vec<u8>) -> Entry {
+        Entry { index, term, data, membership: None }
+    }
+
     /// Bytes this entry adds to a message or batch, for size limits.
     pub fn size_bytes(&self) -> usize {
-        self.data.len() + 24
+        let m = self.membership.as_ref().map_or(0, |m| {
+            16 * (m.voters.len() + m.learners.len())
+                + m.addrs.values().map(|a| a.len() + 8).sum::<usize>()
+        });
+        self.data.len() + 24 + m
     }
 }
 

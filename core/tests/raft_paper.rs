@@ -31,11 +31,11 @@ fn config(id: u64, voters_count: u64) -> Config {
 /// Entry data is a function of (index, term), so logs that agree on both agree on the entry, as
 /// Log Matching requires of real logs.
 fn entry(index: u64, term: u64) -> Entry {
-    Entry { index: LogIndex(index), term: Term(term), data: vec![index as u8, term as u8] }
+    Entry::new(LogIndex(index), Term(term), vec![index as u8, term as u8])
 }
 
 fn noop(index: u64, term: u64) -> Entry {
-    Entry { index: LogIndex(index), term: Term(term), data: Vec::new() }
+    Entry::new(LogIndex(index), Term(term), Vec::new())
 }
 
 fn log_of_terms(terms: &[u64]) -> Vec<Entry> {
@@ -63,7 +63,7 @@ fn encode_entry(e: &Entry) -> Vec<u8> {
 fn decode_entry(b: &[u8]) -> Entry {
     let index = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
     let term = u64::from_be_bytes(b[8..16].try_into().expect("8 bytes"));
-    Entry { index: LogIndex(index), term: Term(term), data: b[16..].to_vec() }
+    Entry::new(LogIndex(index), Term(term), b[16..].to_vec())
 }
 
 fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
@@ -124,28 +124,9 @@ fn conf_entry(change: &MembershipChange) -> Vec<u8> {
     .into_bytes()
 }
 
-fn decode_conf(data: &[u8]) -> Option<MembershipChange> {
-    let text = std::str::from_utf8(data).ok()?.strip_prefix("conf ")?;
-    let (op, id) = text.split_once(' ')?;
-    let id = NodeId(id.parse().ok()?);
-    Some(match op {
-        "add" => MembershipChange::AddLearner { id, addr: format!("n{id}") },
-        "promote" => MembershipChange::Promote { id },
-        "remove" => MembershipChange::Remove { id },
-        _ => return None,
-    })
-}
-
-/// The membership after applying the changes among `entries` to `m`.
-fn fold_membership(mut m: Membership, entries: &[Entry]) -> Membership {
-    for e in entries {
-        if let Some(c) = decode_conf(&e.data) {
-            if let Ok(next) = m.apply(&c) {
-                m = next;
-            }
-        }
-    }
-    m
+/// The membership a state machine of `entries` holds: that of the last membership entry.
+fn membership_of(initial: &Membership, entries: &[Entry]) -> Membership {
+    entries.iter().rev().find_map(|e| e.membership.clone()).unwrap_or_else(|| initial.clone())
 }
 
 fn stored_entry(peer: &Peer, index: LogIndex) -> Option<&Entry> {
@@ -430,17 +411,8 @@ impl Cluster {
             peer.applied.push(e.clone());
             peer.sm.push(e.clone());
         }
-        let mut memberships = Vec::new();
-        if let Some(meta) = ready.install_snapshot {
-            memberships.push((meta.index, fold_membership(peer.initial.clone(), &peer.sm)));
-        }
-        for e in &ready.committed {
-            if decode_conf(&e.data).is_some() {
-                let upto: Vec<Entry> =
-                    peer.sm.iter().take_while(|x| x.index <= e.index).cloned().collect();
-                memberships.push((e.index, fold_membership(peer.initial.clone(), &upto)));
-            }
-        }
+        let installed_membership =
+            ready.install_snapshot.map(|_| membership_of(&peer.initial, &peer.sm));
 
         // 3b. Compact: the state machine stands for the entries up to the snapshot.
         if let Some(meta) = ready.compact {
@@ -499,8 +471,8 @@ impl Cluster {
                 self.step_id(id, Input::Persisted { index: last.index, term: last.term });
             }
         }
-        for (_, m) in memberships {
-            self.step_id(id, Input::MembershipApplied(m));
+        if let Some(m) = installed_membership {
+            self.step_id(id, Input::SnapshotMembership(m));
         }
         for (from, meta, next_seq, last) in stored_chunks {
             self.step_id(id, Input::SnapshotChunkStored { from, meta, next_seq });
@@ -1125,7 +1097,7 @@ fn a_single_node_commits_only_after_its_own_write_is_persisted_5_3() {
     let ready = step(&mut node, Input::Persisted { index: LogIndex(1), term: Term(1) });
     assert_eq!(ready, Ready { committed: vec![noop(1, 1)], ..Ready::default() });
 
-    let x = Entry { index: LogIndex(2), term: Term(1), data: b"x".to_vec() };
+    let x = Entry::new(LogIndex(2), Term(1), b"x".to_vec());
     let ready = step(&mut node, Input::Propose { id: 1, data: b"x".to_vec() });
     assert_eq!(ready, Ready { append: Some((LogIndex(2), vec![x.clone()])), ..Ready::default() });
     for _ in 0..3 * ELECTION_TICKS {
@@ -1171,8 +1143,7 @@ fn a_follower_forwards_proposals_and_a_leaderless_node_rejects_them_5_3() {
     );
     let applied = c.run_until(4 * ELECTION_TICKS, |c| c.converged(2).is_some());
     assert!(applied);
-    let expected =
-        vec![noop(1, term.0), Entry { index: LogIndex(2), term, data: b"set x 1".to_vec() }];
+    let expected = vec![noop(1, term.0), Entry::new(LogIndex(2), term, b"set x 1".to_vec())];
     for id in 1..=3 {
         assert_eq!(c.peer(id).applied, expected, "node {id}");
     }
@@ -1195,7 +1166,7 @@ fn a_lost_append_while_pipelining_is_resent_after_heartbeats_show_no_progress_5_
     // No further proposal comes: heartbeats alone must reveal the loss and resend the entry.
     let caught_up = c.run_until(4 * ELECTION_TICKS, |c| c.peer(2).applied.len() == 2);
     assert!(caught_up, "node 2 never received the lost entry");
-    assert_eq!(c.peer(2).applied[1], Entry { index: LogIndex(2), term, data: b"x".to_vec() });
+    assert_eq!(c.peer(2).applied[1], Entry::new(LogIndex(2), term, b"x".to_vec()));
     assert_eq!(c.status(1).term, term, "recovering must not cost an election");
 }
 
@@ -1529,7 +1500,7 @@ fn with_leases_a_restarted_node_votes_only_after_an_election_timeout_6_4_1() {
 // ---- membership changes (thesis §4) ---------------------------------------------------------
 
 fn change(c: &mut Cluster, via: u64, id: u64, what: &MembershipChange) {
-    c.step(via, Input::ProposeMembership { id, data: conf_entry(what) });
+    c.step(via, Input::ProposeMembership { id, change: what.clone(), data: conf_entry(what) });
     c.process(via);
     c.settle();
 }
@@ -1571,11 +1542,12 @@ fn a_promoted_learner_votes_and_counts_and_only_one_change_is_pending_at_once_4_
     c.elect_and_converge(1);
     c.join(4, 3, |_| {});
     // Two changes in a row: the second waits for the first to apply.
-    c.step(1, Input::ProposeMembership { id: 100, data: conf_entry(&add(4)) });
+    c.step(1, Input::ProposeMembership { id: 100, change: add(4), data: conf_entry(&add(4)) });
     c.step(
         1,
         Input::ProposeMembership {
             id: 101,
+            change: MembershipChange::Promote { id: NodeId(4) },
             data: conf_entry(&MembershipChange::Promote { id: NodeId(4) }),
         },
     );
@@ -1644,7 +1616,7 @@ fn a_new_leader_takes_no_membership_change_before_its_first_entry_applies() {
     assert_eq!(c.status(1).role, Role::Leader);
     assert_eq!(c.status(1).commit_index, LogIndex(0));
     c.join(4, 3, |_| {});
-    c.step(1, Input::ProposeMembership { id: 1, data: conf_entry(&add(4)) });
+    c.step(1, Input::ProposeMembership { id: 1, change: add(4), data: conf_entry(&add(4)) });
     c.process(1);
     assert_eq!(c.peer(1).rejected, vec![(1, Rejection::MembershipChangePending)]);
 }
@@ -1722,4 +1694,77 @@ fn append_entries_that_do_not_follow_prev_one_by_one_are_dropped() {
     };
     c.deliver(msg(1, 2, term, gap));
     assert_eq!(c.status(2).last_index, last, "nothing appended, no panic");
+}
+
+fn with_membership(mut e: Entry, voters: &[u64]) -> Entry {
+    e.membership = Some(Membership {
+        voters: voters.iter().map(|v| NodeId(*v)).collect(),
+        ..Membership::default()
+    });
+    e
+}
+
+#[test]
+fn a_restarted_node_counts_with_the_last_membership_in_its_log_not_the_applied_one_4_1() {
+    // Node 3 restarts having stored two removals it never applied (or lost the applies):
+    // it must campaign as a member of {1,2,3}, not of the five it last applied. Otherwise it
+    // could win with the removed nodes 4 and 5 while 1 leads {1,2,3}.
+    let entries = vec![
+        entry(1, 1),
+        with_membership(entry(2, 1), &[1, 2, 3, 4]),
+        with_membership(entry(3, 1), &[1, 2, 3]),
+    ];
+    let state = RestoredState {
+        hard_state: HardState { term: Term(1), voted_for: None },
+        membership: Some(Membership {
+            voters: (1..=5).map(NodeId).collect(),
+            ..Membership::default()
+        }),
+        entries,
+        applied: LogIndex(1),
+        snapshot: SnapshotMeta::default(),
+    };
+    let mut node = RaftNode::new(config(3, 5), state).expect("valid");
+    assert_eq!(node.membership().voters, [NodeId(1), NodeId(2), NodeId(3)].into());
+    // Campaigning, it asks only the voters of {1,2,3}.
+    for _ in 0..2 * ELECTION_TICKS {
+        node.step(Input::Tick);
+        let asked: BTreeSet<NodeId> = node
+            .ready()
+            .messages
+            .iter()
+            .filter(|m| matches!(m.body, MessageBody::PreVote { .. }))
+            .map(|m| m.to)
+            .collect();
+        if !asked.is_empty() {
+            assert_eq!(asked, [NodeId(1), NodeId(2)].into());
+            return;
+        }
+    }
+    panic!("node 3 never campaigned");
+}
+
+#[test]
+fn a_membership_entry_truncated_by_a_new_leader_is_undone_4_1() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    c.join(4, 3, |_| {});
+    // Node 1 appends "add 4" but only node 1 holds it; then node 2 leads and overwrites it.
+    c.isolate(1);
+    c.step(1, Input::ProposeMembership { id: 9, change: add(4), data: conf_entry(&add(4)) });
+    c.process(1);
+    assert!(c.peer(1).node.membership().learners.contains(&NodeId(4)));
+    c.crash(1);
+    c.heal();
+    let new = c.run_until(8 * ELECTION_TICKS, |c| {
+        c.status(2).role == Role::Leader || c.status(3).role == Role::Leader
+    });
+    assert!(new);
+    let leader = if c.status(2).role == Role::Leader { 2 } else { 3 };
+    propose_on(&mut c, leader, 1, 1);
+    c.down.remove(&NodeId(1));
+    assert!(c
+        .run_until(8 * ELECTION_TICKS, |c| c.peer(1).node.status().leader == Some(NodeId(leader))
+            && c.peer(1).node.status().last_index == c.peer(leader).node.status().last_index));
+    assert!(c.peer(1).node.membership().learners.is_empty(), "the truncated change is undone");
 }

@@ -80,7 +80,7 @@ struct PendingWrite {
     /// earlier copy may be in some log, so any failure is indeterminate.
     resubmitted: bool,
     /// A membership change (proposed with `Input::ProposeMembership`).
-    membership: bool,
+    membership: Option<MembershipChange>,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -137,6 +137,8 @@ pub struct NodeTask<S: Storage> {
     transfers: Vec<(NodeId, Instant, oneshot::Sender<Reply>)>,
     /// The leader proposes no promotion before this (one at a time).
     promote_after: Instant,
+    /// The membership the transport was last set up for.
+    known_membership: Membership,
 }
 
 /// A callback on every change of a node's role, term or leader.
@@ -200,6 +202,7 @@ impl<S: Storage> NodeTask<S> {
             incoming: Incoming::default(),
             transfers: Vec::new(),
             promote_after: Instant::now(),
+            known_membership: Membership::default(),
             tuning,
         }
     }
@@ -273,6 +276,7 @@ impl<S: Storage> NodeTask<S> {
     /// it; while a leader is known, requests refused for want of one go again. Reads are
     /// idempotent and writes are applied at most once (`kv::admit`). True if anything went.
     fn observe_status(&mut self) -> bool {
+        self.follow_membership();
         let s = self.raft.status();
         let now = (s.role, s.term, s.leader);
         if self.last_status != Some(now) {
@@ -311,10 +315,9 @@ impl<S: Storage> NodeTask<S> {
             if let Some(w) = self.writes.get_mut(&id) {
                 w.resubmitted = true;
                 let data = w.data.clone();
-                self.raft.step(if w.membership {
-                    Input::ProposeMembership { id, data }
-                } else {
-                    Input::Propose { id, data }
+                self.raft.step(match &w.membership {
+                    Some(change) => Input::ProposeMembership { id, change: change.clone(), data },
+                    None => Input::Propose { id, data },
                 });
                 resubmitted = true;
             } else if self.reads.contains_key(&id) {
@@ -345,10 +348,12 @@ impl<S: Storage> NodeTask<S> {
                     MembershipChange::AddLearner { id: NodeId(node), addr: addr.to_string() };
                 info!(node = %self.id, add = node, %addr, "membership change requested");
                 self.propose_membership(id, change, c.reply);
+                return;
             }
             RequestKind::Admin(AdminCommand::NodeRemove(node)) => {
                 info!(node = %self.id, remove = node, "membership change requested");
                 self.propose_membership(id, MembershipChange::Remove { id: NodeId(node) }, c.reply);
+                return;
             }
             RequestKind::Admin(AdminCommand::Info(sections)) => {
                 let _ = c.reply.send(self.info(&sections));
@@ -375,8 +380,7 @@ impl<S: Storage> NodeTask<S> {
                     command: cmd,
                 });
                 self.raft.step(Input::Propose { id, data: data.clone() });
-                let w =
-                    PendingWrite { data, reply: c.reply, resubmitted: false, membership: false };
+                let w = PendingWrite { data, reply: c.reply, resubmitted: false, membership: None };
                 self.writes.insert(id, w);
             }
             RequestKind::Read(cmd) => {
@@ -406,21 +410,27 @@ impl<S: Storage> NodeTask<S> {
         change: MembershipChange,
         reply: oneshot::Sender<Reply>,
     ) {
+        if let Err(e) = self.raft.membership().apply(&change) {
+            let _ = reply.send(Reply::error(format!("ERR {e}")));
+            return;
+        }
         let data = codec::encode(&Proposal {
             origin: self.id,
             incarnation: self.incarnation,
             request: id,
-            command: kv::Command::Membership(change),
+            command: kv::Command::Membership(change.clone()),
         });
-        self.raft.step(Input::ProposeMembership { id, data: data.clone() });
-        self.writes.insert(id, PendingWrite { data, reply, resubmitted: false, membership: true });
+        self.raft.step(Input::ProposeMembership { id, change: change.clone(), data: data.clone() });
+        let w = PendingWrite { data, reply, resubmitted: false, membership: Some(change) };
+        self.writes.insert(id, w);
+        self.deadlines.push_back((Instant::now() + self.tuning.request_timeout, id));
     }
 
     /// The leader promotes a learner once it holds the log up to the commit index (less a
     /// little, so a busy cluster does not keep it a learner forever).
     fn maybe_promote_learner(&mut self) {
         let now = Instant::now();
-        if now < self.promote_after || self.writes.values().any(|w| w.membership) {
+        if now < self.promote_after || self.writes.values().any(|w| w.membership.is_some()) {
             return;
         }
         let status = self.raft.status();
@@ -441,15 +451,15 @@ impl<S: Storage> NodeTask<S> {
         self.next_request += 1;
         let (reply, _) = oneshot::channel();
         self.propose_membership(id, MembershipChange::Promote { id: f.id }, reply);
-        self.deadlines.push_back((now + self.tuning.request_timeout, id));
     }
 
-    /// A membership change applied (or came with a snapshot): the core and the transport
-    /// follow it.
-    fn membership_changed(&mut self, m: Membership) {
-        if &m == self.raft.membership() {
+    /// The membership in effect (the last in the log) changed: log it, and let the transport
+    /// reach every member.
+    fn follow_membership(&mut self) {
+        if self.raft.membership() == &self.known_membership {
             return;
         }
+        let m = self.raft.membership().clone();
         info!(node = %self.id, voters = ?m.voters.iter().map(|v| v.0).collect::<Vec<_>>(), learners = ?m.learners.iter().map(|v| v.0).collect::<Vec<_>>(), "membership changed");
         let mut peers = BTreeMap::new();
         for (id, addr) in &m.addrs {
@@ -463,7 +473,7 @@ impl<S: Storage> NodeTask<S> {
             }
         }
         self.peers.set_peers(&peers);
-        self.raft.step(Input::MembershipApplied(m));
+        self.known_membership = m;
     }
 
     fn transfer_leader(&mut self, to: NodeId, reply: oneshot::Sender<Reply>) {
@@ -559,7 +569,7 @@ impl<S: Storage> NodeTask<S> {
             self.applied = meta.index;
             self.settle_writes_in_snapshot()?;
             if let Some(m) = self.storage.membership()? {
-                self.membership_changed(m);
+                self.raft.step(Input::SnapshotMembership(m));
             }
         }
         // 1. Durable before anything that depends on it leaves this node.
@@ -575,7 +585,7 @@ impl<S: Storage> NodeTask<S> {
         // 3. Apply, then compact the log the state machine now stands for, then stream that
         // state to followers that need it.
         for entry in committed {
-            self.apply(entry.index, &entry.data)?;
+            self.apply(&entry)?;
         }
         if let Some(meta) = compact {
             self.storage.compact(meta)?;
@@ -609,6 +619,12 @@ impl<S: Storage> NodeTask<S> {
             match why {
                 Rejection::NoLeader | Rejection::LeadershipLost | Rejection::Transferring => {
                     self.awaiting_leader.push(id)
+                }
+                Rejection::MembershipInvalid => {
+                    if let Some(w) = self.writes.remove(&id) {
+                        let msg = "ERR the membership change does not apply to the cluster's current membership";
+                        let _ = w.reply.send(Reply::error(msg));
+                    }
                 }
                 Rejection::MembershipChangePending => {
                     if self.writes.get(&id).is_some_and(|w| !w.resubmitted) {
@@ -659,10 +675,15 @@ impl<S: Storage> NodeTask<S> {
         Ok(())
     }
 
-    fn apply(&mut self, index: LogIndex, data: &[u8]) -> Result<(), StorageError> {
+    fn apply(&mut self, entry: &raft_kv_core::Entry) -> Result<(), StorageError> {
+        let (index, data) = (entry.index, entry.data.as_slice());
+        // A membership entry took effect when it was appended; the state machine records it
+        // whatever becomes of the request that carried it (a duplicate is still applied).
+        let membership: Vec<Mutation> =
+            entry.membership.iter().map(|m| Mutation::Membership(m.clone())).collect();
         if data.is_empty() {
             // A new leader's no-op.
-            self.storage.apply(index, &[])?;
+            self.storage.apply(index, &membership)?;
         } else {
             match codec::decode::<Proposal>(data) {
                 Ok(p) => {
@@ -679,29 +700,24 @@ impl<S: Storage> NodeTask<S> {
                     };
                     match admitted {
                         Some(session) => {
-                            let (mut mutations, reply, membership) = match &p.command {
-                                kv::Command::Membership(change) => {
-                                    match self.raft.membership().apply(change) {
-                                        Ok(next) => (
-                                            vec![Mutation::Membership(next.clone())],
-                                            Reply::ok(),
-                                            Some(next),
-                                        ),
-                                        Err(e) => {
-                                            (Vec::new(), Reply::error(format!("ERR {e}")), None)
-                                        }
-                                    }
-                                }
+                            let (mut mutations, reply) = match &p.command {
+                                // The membership the leader computed is in the entry: every
+                                // node applies the same one.
+                                kv::Command::Membership(_) => match &entry.membership {
+                                    Some(_) => (Vec::new(), Reply::ok()),
+                                    None => (
+                                        Vec::new(),
+                                        Reply::error("ERR the membership change was malformed"),
+                                    ),
+                                },
                                 command => {
                                     let (m, r) = kv::apply(command, &Applied(&self.storage))?;
-                                    (m, r.into(), None)
+                                    (m, r.into())
                                 }
                             };
+                            mutations.extend(membership);
                             mutations.push(Mutation::Session(p.origin.0, session));
                             self.storage.apply(index, &mutations)?;
-                            if let Some(next) = membership {
-                                self.membership_changed(next);
-                            }
                             if let Some(w) = mine.then(|| self.writes.remove(&p.request)).flatten()
                             {
                                 let _ = w.reply.send(reply);
@@ -710,11 +726,15 @@ impl<S: Storage> NodeTask<S> {
                         None => {
                             // A duplicate of an applied retry, or a request overtaken by a
                             // newer one: if it is still pending here, it was never applied.
-                            self.storage.apply(index, &[])?;
+                            // A membership change took effect anyway (see above).
+                            let took_effect = !membership.is_empty();
+                            self.storage.apply(index, &membership)?;
                             if let Some(w) = mine.then(|| self.writes.remove(&p.request)).flatten()
                             {
                                 let msg = "TRYAGAIN the write was not applied: a newer write from this node overtook it during a leader change";
-                                let _ = w.reply.send(Reply::error(msg));
+                                let reply =
+                                    if took_effect { Reply::ok() } else { Reply::error(msg) };
+                                let _ = w.reply.send(reply);
                             }
                         }
                     }
@@ -723,7 +743,7 @@ impl<S: Storage> NodeTask<S> {
                     // Every replica decodes the same bytes the same way, so skipping keeps
                     // them identical; it can only come from a build with another format.
                     error!(node = %self.id, index = %index, error = %e, "committed entry cannot be decoded; skipped");
-                    self.storage.apply(index, &[])?;
+                    self.storage.apply(index, &membership)?;
                 }
             }
         }

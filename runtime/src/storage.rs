@@ -477,7 +477,7 @@ mod tests {
     }
 
     fn entry(i: u64) -> Entry {
-        Entry { index: LogIndex(i), term: Term(1), data: vec![i as u8] }
+        Entry::new(LogIndex(i), Term(1), vec![i as u8])
     }
 
     #[test]

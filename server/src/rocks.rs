@@ -589,7 +589,7 @@ mod tests {
     }
 
     fn entry(i: u64, t: u64) -> Entry {
-        Entry { index: LogIndex(i), term: Term(t), data: vec![i as u8] }
+        Entry::new(LogIndex(i), Term(t), vec![i as u8])
     }
 
     #[test]

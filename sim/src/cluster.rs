@@ -238,11 +238,11 @@ impl SimCluster {
         self.nodes.keys().copied().collect()
     }
 
-    /// The membership the leader (else the lowest running node) applied.
+    /// The membership applied by the node that applied the most.
     pub fn membership(&self) -> raft_kv_core::Membership {
-        let from = self.invariants.leader().map(|(_, id)| id);
-        let from = from.or_else(|| self.ids().into_iter().find(|id| !self.is_down(*id)));
-        let stored = from.and_then(|id| self.storages[&id].membership().ok().flatten());
+        let from =
+            self.storages.iter().max_by_key(|(id, s)| (s.applied(), std::cmp::Reverse(**id)));
+        let stored = from.and_then(|(_, s)| s.membership().ok().flatten());
         stored.unwrap_or_else(|| raft_kv_core::Membership {
             voters: self.initial_voters.iter().copied().collect(),
             ..Default::default()

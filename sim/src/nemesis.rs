@@ -491,9 +491,16 @@ impl<'a> Nemesis<'a> {
                     match con.call(&argv).await {
                         Ok(Value::Ok(s)) if s == "OK" => invariants.membership_answered(true),
                         Ok(Value::Err(e))
-                            if ["ERR node", "BUSY", "CLUSTERDOWN", "TIMEOUT", "TRYAGAIN"]
-                                .iter()
-                                .any(|p| e.starts_with(p)) =>
+                            if [
+                                "ERR node",
+                                "ERR the membership change",
+                                "BUSY",
+                                "CLUSTERDOWN",
+                                "TIMEOUT",
+                                "TRYAGAIN",
+                            ]
+                            .iter()
+                            .any(|p| e.starts_with(p)) =>
                         {
                             invariants.membership_answered(false)
                         }
