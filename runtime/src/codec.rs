@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever any encoding below changes incompatibly.
-pub const FORMAT_VERSION: u8 = 1;
+/// 2: log entries carry a membership change, peer hellos the caller's address.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Decoding stops at this many bytes, whatever lengths the input claims.
 const DECODE_LIMIT_BYTES: usize = 1 << 30;
