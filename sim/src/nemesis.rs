@@ -458,59 +458,17 @@ impl<'a> Nemesis<'a> {
                 }
             },
             Kind::Membership => {
-                let m = c.membership();
-                let outsiders: Vec<NodeId> =
-                    ids.iter().copied().filter(|id| !m.contains(*id)).collect();
-                // Grow while there is a spare, shrink while more voters than at the start.
-                let grow = !outsiders.is_empty()
-                    && (m.voters.len() <= c.initial_voters.len() || self.rng.gen_bool(0.5));
-                let args: Vec<String> = if grow {
-                    let id = outsiders[0];
-                    let addr = std::net::SocketAddr::new(
-                        crate::cluster::node_ip(id),
-                        crate::cluster::RAFT_PORT,
-                    );
-                    vec!["ADD".into(), id.0.to_string(), addr.to_string()]
-                } else if m.voters.len() + m.learners.len() > c.initial_voters.len() {
-                    let mut members: Vec<NodeId> = m.members().collect();
-                    members.shuffle(&mut self.rng);
-                    vec!["REMOVE".into(), members[0].0.to_string()]
-                } else {
-                    return;
-                };
-                let via = ids[0];
-                self.log(format!("ask node {via}: RAFT.NODE {}", args.join(" ")));
-                let invariants = c.invariants.clone();
-                c.client.spawn(async move {
-                    let timeout = Duration::from_secs(10);
-                    let Ok(mut con) = Client::connect(redis_addr(via), timeout).await else {
-                        return;
-                    };
-                    let mut argv: Vec<&[u8]> = vec![b"RAFT.NODE"];
-                    argv.extend(args.iter().map(|a| a.as_bytes()));
-                    match con.call(&argv).await {
-                        Ok(Value::Ok(s)) if s == "OK" => invariants.membership_answered(true),
-                        Ok(Value::Err(e))
-                            if [
-                                "ERR node",
-                                "ERR the membership change",
-                                "BUSY",
-                                "CLUSTERDOWN",
-                                "TIMEOUT",
-                                "TRYAGAIN",
-                            ]
-                            .iter()
-                            .any(|p| e.starts_with(p)) =>
-                        {
-                            invariants.membership_answered(false)
-                        }
-                        Ok(other) => invariants.report(format!(
-                            "RAFT.NODE {} via node {via} answered {other:?}",
-                            args.join(" ")
-                        )),
-                        Err(_) => {}
-                    }
-                });
+                // Now and then a burst of two changes through two nodes at once, as racing
+                // operators or tools send them: the second must wait or be refused.
+                let burst = if self.rng.gen_bool(0.3) { 2 } else { 1 };
+                let mut m = c.membership();
+                for k in 0..burst {
+                    let Some((args, next)) = self.membership_action(&m, &ids) else { break };
+                    m = next;
+                    let via = ids[k % ids.len()];
+                    self.log(format!("ask node {via}: RAFT.NODE {}", args.join(" ")));
+                    send_membership(c, via, args);
+                }
             }
             Kind::Transfer => {
                 let (via, to) = (ids[0], *ids.choose(&mut self.rng).expect("not empty"));
@@ -539,6 +497,34 @@ impl<'a> Nemesis<'a> {
                 });
             }
         }
+    }
+
+    /// A membership change to ask for, and the membership it would give: grow while there is
+    /// a spare, shrink while there are more members than at the start.
+    fn membership_action(
+        &mut self,
+        m: &raft_kv_core::Membership,
+        ids: &[NodeId],
+    ) -> Option<(Vec<String>, raft_kv_core::Membership)> {
+        let outsiders: Vec<NodeId> = ids.iter().copied().filter(|id| !m.contains(*id)).collect();
+        let initial = self.cluster.initial_voters.len();
+        let grow = !outsiders.is_empty() && (m.voters.len() <= initial || self.rng.gen_bool(0.5));
+        let (args, change) = if grow {
+            let id = outsiders[0];
+            let addr =
+                std::net::SocketAddr::new(crate::cluster::node_ip(id), crate::cluster::RAFT_PORT);
+            let change = raft_kv_core::MembershipChange::AddLearner { id, addr: addr.to_string() };
+            (vec!["ADD".into(), id.0.to_string(), addr.to_string()], change)
+        } else if m.voters.len() + m.learners.len() > initial {
+            let mut members: Vec<NodeId> = m.members().collect();
+            members.shuffle(&mut self.rng);
+            let id = members[0];
+            (vec!["REMOVE".into(), id.0.to_string()], raft_kv_core::MembershipChange::Remove { id })
+        } else {
+            return None;
+        };
+        let next = m.apply(&change).unwrap_or_else(|_| m.clone());
+        Some((args, next))
     }
 
     fn skew(&mut self, id: NodeId) {
@@ -586,4 +572,26 @@ impl<'a> Nemesis<'a> {
         self.cluster.heal_all();
         self.log("heal everything".into());
     }
+}
+
+/// Sends RAFT.NODE `args` to node `via` from the client host and checks the answer's shape.
+fn send_membership(c: &SimCluster, via: NodeId, args: Vec<String>) {
+    let invariants = c.invariants.clone();
+    c.client.spawn(async move {
+        let timeout = Duration::from_secs(10);
+        let Ok(mut con) = Client::connect(redis_addr(via), timeout).await else { return };
+        let mut argv: Vec<&[u8]> = vec![b"RAFT.NODE"];
+        argv.extend(args.iter().map(|a| a.as_bytes()));
+        const EXPECTED: [&str; 6] =
+            ["ERR node", "ERR the membership change", "BUSY", "CLUSTERDOWN", "TIMEOUT", "TRYAGAIN"];
+        match con.call(&argv).await {
+            Ok(Value::Ok(s)) if s == "OK" => invariants.membership_answered(true),
+            Ok(Value::Err(e)) if EXPECTED.iter().any(|p| e.starts_with(p)) => {
+                invariants.membership_answered(false)
+            }
+            Ok(other) => invariants
+                .report(format!("RAFT.NODE {} via node {via} answered {other:?}", args.join(" "))),
+            Err(_) => {} // the node or the link went down
+        }
+    });
 }
