@@ -11,7 +11,9 @@ pub struct RaftLog {
     offset_term: Term,
     /// Sum of `size_bytes` over `entries`, for the snapshot threshold.
     bytes: usize,
-    /// The membership before the first membership entry held (at or after `offset`).
+    /// The membership at `offset`, or (after a restart) the applied one: either way what is
+    /// in effect when no membership entry after it is held. Entries up to the applied index
+    /// that are held agree with it, and are never truncated.
     base_membership: Membership,
     /// Indexes of the membership entries held, ascending: the last one is in effect.
     membership_entries: Vec<LogIndex>,
@@ -79,9 +81,8 @@ impl RaftLog {
         self.membership_entries.last().copied().unwrap_or_default()
     }
 
-    /// The membership a snapshot just installed holds (the log is empty after it).
+    /// The membership at the snapshot the log starts after (a snapshot just installed).
     pub fn set_base_membership(&mut self, m: Membership) {
-        debug_assert!(self.membership_entries.is_empty());
         self.base_membership = m;
     }
 

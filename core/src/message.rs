@@ -90,8 +90,15 @@ pub enum MessageBody {
     },
     /// A follower forwards a membership change to the leader.
     ProposeMembership {
+        id: u64,
         change: crate::MembershipChange,
         data: Vec<u8>,
+    },
+    /// The leader refused the forwarded membership change `id` (`pending`: another one is
+    /// uncommitted; else it does not apply to the membership).
+    MembershipRefused {
+        id: u64,
+        pending: bool,
     },
     /// A follower asks the leader to hand leadership to `to`.
     TransferLeader {
@@ -128,6 +135,7 @@ impl MessageBody {
             MessageBody::SnapshotChunk { .. } => "SnapshotChunk",
             MessageBody::SnapshotAck { .. } => "SnapshotAck",
             MessageBody::ProposeMembership { .. } => "ProposeMembership",
+            MessageBody::MembershipRefused { .. } => "MembershipRefused",
             MessageBody::TransferLeader { .. } => "TransferLeader",
             MessageBody::TimeoutNow => "TimeoutNow",
         }

@@ -563,10 +563,11 @@ impl RaftNode {
             Input::SnapshotReceived { from, meta } => self.snapshot_received(from, meta),
             Input::TransferLeader { to } => self.transfer_leader(to),
             Input::ProposeMembership { id, change, data } => {
-                self.propose_membership(Some(id), change, data)
+                self.propose_membership(id, None, change, data)
             }
             Input::SnapshotMembership(m) => {
-                if self.log.last_membership_index() == LogIndex(0) && !m.voters.is_empty() {
+                // The membership at the snapshot, which the log now starts after.
+                if !m.voters.is_empty() {
                     self.log.set_base_membership(m);
                 }
             }
@@ -575,21 +576,30 @@ impl RaftNode {
 
     // ---- membership changes (thesis §4) -----------------------------------------------------
 
-    fn propose_membership(&mut self, id: Option<u64>, change: MembershipChange, data: Vec<u8>) {
+    /// `from`: the node that forwarded it, told if it is refused (None: this node's own).
+    fn propose_membership(
+        &mut self,
+        id: u64,
+        from: Option<NodeId>,
+        change: MembershipChange,
+        data: Vec<u8>,
+    ) {
         if self.role != Role::Leader {
-            match (self.leader, id) {
-                (Some(leader), Some(_)) => {
-                    // The origin learns the outcome when the entry applies, or times out.
-                    self.send(leader, MessageBody::ProposeMembership { change, data });
+            match (self.leader, from) {
+                (Some(leader), None) => {
+                    // The origin learns the outcome when the entry applies, or is refused.
+                    self.send(leader, MessageBody::ProposeMembership { id, change, data });
                 }
-                (None, Some(id)) => self.rejected.push((id, Rejection::NoLeader)),
-                (_, None) => {}
+                (None, None) => self.rejected.push((id, Rejection::NoLeader)),
+                (_, Some(_)) => {} // forwarded to a node no longer leading: the origin retries
             }
             return;
         }
-        let reject = |node: &mut RaftNode, why| {
-            if let Some(id) = id {
-                node.rejected.push((id, why));
+        let reject = |node: &mut RaftNode, why| match from {
+            None => node.rejected.push((id, why)),
+            Some(to) => {
+                let pending = why != Rejection::MembershipInvalid;
+                node.send(to, MessageBody::MembershipRefused { id, pending });
             }
         };
         if self.pending_membership > self.log.commit_index() {
@@ -601,6 +611,9 @@ impl RaftNode {
         let Ok(next) = self.log.membership().apply(&change) else {
             return reject(self, Rejection::MembershipInvalid);
         };
+        if self.log.last_index().0 - self.log.commit_index().0 >= self.cfg.uncommitted_entries_max {
+            return reject(self, Rejection::Busy);
+        }
         let index = self.log.last_index().next();
         let mut entry = Entry::new(index, self.term, data);
         entry.membership = Some(next);
@@ -638,7 +651,8 @@ impl RaftNode {
             .iter()
             .filter(|(id, p)| {
                 !m.contains(**id)
-                    && (p.commit_sent >= removal || (unresponsive && !p.recent_active))
+                    && ((p.match_index >= removal && p.commit_sent >= removal)
+                        || (unresponsive && !p.recent_active))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -871,7 +885,8 @@ impl RaftNode {
     /// down, so its clients fail fast and a partitioned leader stops serving.
     fn check_quorum(&mut self) {
         self.prune_progress(true);
-        let active = 1 + self.voter_progress().filter(|p| p.recent_active).count();
+        let active =
+            self.is_voter() as usize + self.voter_progress().filter(|p| p.recent_active).count();
         for p in self.progress.values_mut() {
             p.recent_active = false;
         }
@@ -1231,10 +1246,18 @@ impl RaftNode {
                     self.snapshot_chunks.push(chunk);
                 }
             }
-            MessageBody::ProposeMembership { change, data } => {
+            MessageBody::ProposeMembership { id, change, data } => {
                 if self.role == Role::Leader {
-                    self.propose_membership(None, change, data);
+                    self.propose_membership(id, Some(m.from), change, data);
                 }
+            }
+            MessageBody::MembershipRefused { id, pending } => {
+                let why = if pending {
+                    Rejection::MembershipChangePending
+                } else {
+                    Rejection::MembershipInvalid
+                };
+                self.rejected.push((id, why));
             }
             MessageBody::TransferLeader { to } => {
                 if self.role == Role::Leader {
@@ -1610,7 +1633,13 @@ impl RaftNode {
 
     fn advance_reads(&mut self) {
         let mut rounds: Vec<u64> = self.voter_progress().map(|p| p.read_round).collect();
-        rounds.push(u64::MAX); // the leader confirms itself
+        if self.is_voter() {
+            // The leader confirms itself; one removing itself does not count (thesis §4.2.2).
+            rounds.push(u64::MAX);
+        }
+        if rounds.len() < self.quorum() {
+            return;
+        }
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed = rounds[self.quorum() - 1];
         while self.round_started.front().is_some_and(|(r, _)| *r <= confirmed) {

@@ -1768,3 +1768,20 @@ fn a_membership_entry_truncated_by_a_new_leader_is_undone_4_1() {
             && c.peer(1).node.status().last_index == c.peer(leader).node.status().last_index));
     assert!(c.peer(1).node.membership().learners.is_empty(), "the truncated change is undone");
 }
+
+#[test]
+fn a_leader_removing_itself_confirms_no_read_on_its_own_4_2_2() {
+    // Voters {1,2}; 1 leads and removes itself, so the voters become {2}. Until that commits
+    // 1 still leads, but only node 2 can confirm a read: 1 may no longer be the leader of
+    // anything (2 can win alone and take writes).
+    let mut c = Cluster::new(2);
+    c.elect_and_converge(1);
+    c.cut.insert((NodeId(2), NodeId(1)));
+    change(&mut c, 1, 100, &MembershipChange::Remove { id: NodeId(1) });
+    assert_eq!(c.status(1).role, Role::Leader, "the removal is not committed yet");
+    c.step(1, Input::Read { id: 7 });
+    c.process(1);
+    c.run_ticks(2 * HEARTBEAT_TICKS);
+    let released = c.peer(1).reads_served.iter().chain(&c.peer(1).reads_waiting).any(|r| r.id == 7);
+    assert!(!released, "a read confirmed by the leader alone");
+}

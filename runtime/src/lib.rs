@@ -141,16 +141,24 @@ pub async fn start<S: Storage>(
             addrs: opts.raft_addrs.iter().map(|(id, a)| (*id, a.to_string())).collect(),
         });
     }
-    let peer_addrs: BTreeMap<NodeId, SocketAddr> = restored
+    let bootstrap_addrs: Vec<(NodeId, String)> = restored
         .membership
         .iter()
         .flat_map(|m| m.addrs.iter())
-        .filter_map(|(id, a)| Some((*id, a.parse().ok()?)))
+        .map(|(id, a)| (*id, a.clone()))
         .collect();
     let applied = restored.applied;
     info!(node = %opts.raft.id, term = %restored.hard_state.term, applied = %applied,
         log_entries = restored.entries.len(), incarnation, "restored from storage");
     let raft = RaftNode::new(opts.raft.clone(), restored)?;
+    // Peers: every member of the membership in effect (the last in the log) and of the
+    // applied one.
+    let latest = raft.membership().addrs.iter().map(|(id, a)| (*id, a.clone()));
+    let peer_addrs: BTreeMap<NodeId, SocketAddr> = bootstrap_addrs
+        .into_iter()
+        .chain(latest)
+        .filter_map(|(id, a)| Some((id, a.parse().ok()?)))
+        .collect();
 
     let (peer_tx, peer_rx) = mpsc::channel(opts.peer_queue_max);
     let (client_tx, client_rx) = mpsc::channel(opts.client_queue_max);

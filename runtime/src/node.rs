@@ -410,9 +410,13 @@ impl<S: Storage> NodeTask<S> {
         change: MembershipChange,
         reply: oneshot::Sender<Reply>,
     ) {
-        if let Err(e) = self.raft.membership().apply(&change) {
-            let _ = reply.send(Reply::error(format!("ERR {e}")));
-            return;
+        // A leader knows the latest membership and answers a change that cannot apply at
+        // once; a follower's may lag, so it leaves the check to the leader.
+        if self.raft.status().role == Role::Leader {
+            if let Err(e) = self.raft.membership().apply(&change) {
+                let _ = reply.send(Reply::error(format!("ERR {e}")));
+                return;
+            }
         }
         let data = codec::encode(&Proposal {
             origin: self.id,
@@ -562,6 +566,8 @@ impl<S: Storage> NodeTask<S> {
             reads,
             rejected,
         } = rd;
+        // The transport must know a member the log just added before messages go to it.
+        self.follow_membership();
         // 0. A received snapshot replaces the state machine and the log, durably.
         if let Some(meta) = install_snapshot {
             self.storage.install_snapshot(meta)?;
@@ -621,7 +627,10 @@ impl<S: Storage> NodeTask<S> {
                     self.awaiting_leader.push(id)
                 }
                 Rejection::MembershipInvalid => {
-                    if let Some(w) = self.writes.remove(&id) {
+                    // A resubmitted change may be refused because its first copy took effect:
+                    // it stays pending until that copy applies here, or its deadline.
+                    if self.writes.get(&id).is_some_and(|w| !w.resubmitted) {
+                        let w = self.writes.remove(&id).expect("checked");
                         let msg = "ERR the membership change does not apply to the cluster's current membership";
                         let _ = w.reply.send(Reply::error(msg));
                     }
