@@ -76,6 +76,17 @@ impl RaftLog {
         }
     }
 
+    /// The membership before the last membership entry held.
+    pub fn previous_membership(&self) -> &Membership {
+        match self.membership_entries.len() {
+            0 | 1 => &self.base_membership,
+            n => {
+                let e = &self.entries[self.position(self.membership_entries[n - 2])];
+                e.membership.as_ref().expect("listed as a membership entry")
+            }
+        }
+    }
+
     /// The index of the last membership entry held (0 if none).
     pub fn last_membership_index(&self) -> LogIndex {
         self.membership_entries.last().copied().unwrap_or_default()

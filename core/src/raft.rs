@@ -868,7 +868,7 @@ impl RaftNode {
                 self.check_quorum();
             }
         } else if self.election_elapsed >= self.randomized_election_ticks {
-            if self.is_voter() {
+            if self.may_campaign() {
                 self.campaign_pre_vote();
             } else if self.leader.is_some() {
                 // A learner (or a node removed without hearing of it) that stopped hearing
@@ -943,8 +943,20 @@ impl RaftNode {
         }
     }
 
+    /// Granted votes of the voters of the membership in effect (a candidate removing itself
+    /// does not count its own).
     fn votes_granted(&self) -> usize {
-        self.votes.values().filter(|g| **g).count()
+        let m = self.log.membership();
+        self.votes.iter().filter(|(id, g)| **g && m.is_voter(**id)).count()
+    }
+
+    /// Voters campaign; so does a voter whose own removal is in its log but not committed: a
+    /// removed leader that stepped down before it committed may be the only node holding it,
+    /// and nobody else can win until it does (it then leads to commit it, and hands over).
+    fn may_campaign(&self) -> bool {
+        self.is_voter()
+            || (self.log.last_membership_index() > self.log.commit_index()
+                && self.log.previous_membership().is_voter(self.cfg.id))
     }
 
     fn other_voters(&self) -> Vec<NodeId> {

@@ -1785,3 +1785,22 @@ fn a_leader_removing_itself_confirms_no_read_on_its_own_4_2_2() {
     let released = c.peer(1).reads_served.iter().chain(&c.peer(1).reads_waiting).any(|r| r.id == 7);
     assert!(!released, "a read confirmed by the leader alone");
 }
+
+#[test]
+fn a_leader_that_stepped_down_before_its_removal_committed_still_gets_it_committed_4_2_2() {
+    // Voters {1,2}; 1 appends its own removal while cut off from 2, and steps down (check
+    // quorum). Only node 1 holds the change, and node 2 cannot win without node 1's vote
+    // (node 1's log is longer): node 1 must campaign once more to commit it.
+    let mut c = Cluster::new(2);
+    c.elect_and_converge(1);
+    c.cut_both(1, 2);
+    change(&mut c, 1, 100, &MembershipChange::Remove { id: NodeId(1) });
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.status(1).role != Role::Leader));
+    c.heal();
+    let done = c.run_until(20 * ELECTION_TICKS, |c| {
+        c.status(2).role == Role::Leader && voters(c, 2) == vec![2] && voters(c, 1) == vec![2]
+    });
+    assert!(done, "node 2 leads the one-voter cluster: {:?} {:?}", c.status(1), c.status(2));
+    propose_on(&mut c, 2, 1, 1);
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.status(2).commit_index == c.status(2).last_index));
+}
