@@ -20,11 +20,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 pub struct Config {
     pub id: NodeId,
     /// The voters a new cluster starts with (storage's membership, once there is one, wins).
+    /// Every node of a cluster must start from the same voters (the log's membership changes
+    /// apply on top of them), a node that joins later included: it is no member until added.
     pub voters: Vec<NodeId>,
-    /// Learners the cluster starts with. Every node of a cluster must start from the same
-    /// voters and learners (the state machine replays membership changes from them), a node
-    /// that joins later included: it is not among them until it is added.
-    pub learners: Vec<NodeId>,
     /// Minimum election timeout; each timeout is drawn from [election_ticks, 2 * election_ticks).
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
@@ -62,7 +60,6 @@ impl Config {
         Config {
             id,
             voters,
-            learners: Vec::new(),
             election_ticks: 50,
             heartbeat_ticks: 5,
             append_entries_max: 512,
@@ -85,10 +82,12 @@ impl Config {
             return Err(ConfigError("node id must be at least 1".into()));
         }
         // A node joining a running cluster is not a member until the change that adds it
-        // applies, so `id` need not be among the voters or learners.
-        let unique: BTreeSet<_> = self.voters.iter().chain(&self.learners).collect();
-        let count = self.voters.len() + self.learners.len();
-        if unique.len() != count || unique.iter().any(|v| v.0 == 0) || self.voters.is_empty() {
+        // applies, so `id` need not be among the voters.
+        let unique: BTreeSet<_> = self.voters.iter().collect();
+        if unique.len() != self.voters.len()
+            || unique.iter().any(|v| v.0 == 0)
+            || self.voters.is_empty()
+        {
             return Err(ConfigError(
                 "member ids must be distinct and at least 1, with at least one voter".into(),
             ));
@@ -431,8 +430,7 @@ impl RaftNode {
         cfg.validate()?;
         let membership = restored.membership.clone().unwrap_or_else(|| Membership {
             voters: cfg.voters.iter().copied().collect(),
-            learners: cfg.learners.iter().copied().collect(),
-            addrs: Default::default(),
+            ..Membership::default()
         });
         if membership.voters.is_empty() {
             return Err(ConfigError("the stored membership has no voter".into()));

@@ -182,8 +182,7 @@ impl Cluster {
         {
             let initial = Membership {
                 voters: cfg.voters.iter().copied().collect(),
-                learners: cfg.learners.iter().copied().collect(),
-                addrs: Default::default(),
+                ..Membership::default()
             };
             let node = RaftNode::new(cfg, state.clone()).expect("valid config and state");
             // A restored snapshot at (i, t) stands for entries 1..=i of term t.

@@ -137,8 +137,8 @@ pub async fn start<S: Storage>(
         // A node that never applied a membership change starts from its command line.
         restored.membership = Some(raft_kv_core::Membership {
             voters: opts.raft.voters.iter().copied().collect(),
-            learners: opts.raft.learners.iter().copied().collect(),
             addrs: opts.raft_addrs.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+            ..Default::default()
         });
     }
     let bootstrap_addrs: Vec<(NodeId, String)> = restored

@@ -276,7 +276,6 @@ impl<S: Storage> NodeTask<S> {
     /// it; while a leader is known, requests refused for want of one go again. Reads are
     /// idempotent and writes are applied at most once (`kv::admit`). True if anything went.
     fn observe_status(&mut self) -> bool {
-        self.follow_membership();
         let s = self.raft.status();
         let now = (s.role, s.term, s.leader);
         if self.last_status != Some(now) {

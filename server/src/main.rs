@@ -131,6 +131,8 @@ async fn cluster_info(member: &str) -> anyhow::Result<ClusterInfo> {
 /// One command to a Redis server; the reply as text, an error reply as an error.
 #[cfg(not(madsim))]
 async fn redis_call(addr: &str, args: &[&str]) -> anyhow::Result<String> {
+    use redis_protocol::resp2::decode::decode_bytes_mut;
+    use redis_protocol::resp2::types::BytesFrame;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let io = async {
         let mut s = tokio::net::TcpStream::connect(addr)
@@ -141,45 +143,30 @@ async fn redis_call(addr: &str, args: &[&str]) -> anyhow::Result<String> {
             req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
         s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
+        let mut buf = bytes::BytesMut::new();
         loop {
-            let mut chunk = [0u8; 16 * 1024];
-            let n = s.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("{addr} closed the connection");
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(reply) = parse_reply(&buf)? {
-                return Ok(reply);
+            if let Some((frame, _, _)) =
+                decode_bytes_mut(&mut buf).map_err(|e| anyhow::anyhow!("{addr}: {e}"))?
+            {
+                return match frame {
+                    BytesFrame::SimpleString(b) | BytesFrame::BulkString(b) => {
+                        Ok(String::from_utf8_lossy(&b).into_owned())
+                    }
+                    BytesFrame::Error(e) => Err(anyhow::anyhow!("{e}")),
+                    other => bail!("{addr} answered {other:?}"),
+                };
             }
             if buf.len() > 16 << 20 {
                 bail!("{addr} sent an oversized reply");
+            }
+            if s.read_buf(&mut buf).await? == 0 {
+                bail!("{addr} closed the connection");
             }
         }
     };
     tokio::time::timeout(Duration::from_secs(30), io)
         .await
         .with_context(|| format!("{addr} did not answer within 30 s"))?
-}
-
-/// A complete simple, error or bulk reply, or None if more bytes are needed.
-#[cfg(not(madsim))]
-fn parse_reply(buf: &[u8]) -> anyhow::Result<Option<String>> {
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
-    let line = String::from_utf8_lossy(&buf[1..end]).into_owned();
-    match buf.first() {
-        Some(b'+') => Ok(Some(line)),
-        Some(b'-') => bail!("{line}"),
-        Some(b'$') => {
-            let len: usize = line.parse().context("malformed bulk reply")?;
-            let start = end + 2;
-            if buf.len() < start + len + 2 {
-                return Ok(None);
-            }
-            Ok(Some(String::from_utf8_lossy(&buf[start..start + len]).into_owned()))
-        }
-        _ => bail!("unexpected reply: {line}"),
-    }
 }
 
 /// Asks `member` to add this node, retrying while another membership change is in progress.
