@@ -87,9 +87,11 @@ impl RaftLog {
         }
     }
 
-    /// The index of the last membership entry held (0 if none).
+    /// The index of the last membership entry held; if it was compacted away, the snapshot
+    /// index (the membership in effect is part of the state there). A node that holds the log
+    /// up to this index holds the membership in effect.
     pub fn last_membership_index(&self) -> LogIndex {
-        self.membership_entries.last().copied().unwrap_or_default()
+        self.membership_entries.last().copied().unwrap_or(self.offset)
     }
 
     /// The membership at the snapshot the log starts after (a snapshot just installed).

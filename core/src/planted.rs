@@ -26,6 +26,24 @@ pub enum PlantedBug {
     /// rate: a follower with a faster clock can vote for a new leader while the old one still
     /// serves reads from its lease.
     LeaseIgnoresClockDrift,
+    /// The leader accepts a membership change while the previous one (or its own first entry)
+    /// is still uncommitted; thesis §4.1 allows one at a time. Two single-server steps away
+    /// from the committed membership, the old and the new majorities need not overlap, and
+    /// both sides of a partition can commit.
+    MembershipChangesOverlap,
+}
+
+impl PlantedBug {
+    pub const ALL: [PlantedBug; 8] = [
+        PlantedBug::VoteWithoutLogCheck,
+        PlantedBug::FollowerLocalReads,
+        PlantedBug::AckBeforeSync,
+        PlantedBug::RetryAppliedTwice,
+        PlantedBug::PipelineReadsOvertakeWrites,
+        PlantedBug::SnapshotDropsSessions,
+        PlantedBug::LeaseIgnoresClockDrift,
+        PlantedBug::MembershipChangesOverlap,
+    ];
 }
 
 /// Whether `bug` is planted in this build and run.

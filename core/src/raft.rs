@@ -600,7 +600,12 @@ impl RaftNode {
                 node.send(to, MessageBody::MembershipRefused { id, pending });
             }
         };
-        if self.pending_membership > self.log.commit_index() {
+        if self.pending_membership > self.log.commit_index()
+            && !crate::planted::active(
+                self.cfg.planted,
+                crate::PlantedBug::MembershipChangesOverlap,
+            )
+        {
             return reject(self, Rejection::MembershipChangePending);
         }
         if self.transfer.is_some() {
@@ -1147,6 +1152,17 @@ impl RaftNode {
         // voters, and only voters campaign.
         if m.to != self.cfg.id || m.from == self.cfg.id || m.from.0 == 0 {
             return;
+        }
+        if self.role == Role::Leader
+            && matches!(m.body, MessageBody::PreVote { .. } | MessageBody::RequestVote { .. })
+            && !self.log.membership().contains(m.from)
+            && !self.progress.contains_key(&m.from)
+        {
+            // A node removed while cut off, and pruned as unresponsive, never heard of its
+            // removal: it still campaigns and its clients wait. Replicate to it again until it
+            // has learned (`prune_progress`).
+            let next = self.log.last_index().next();
+            self.progress.insert(m.from, Self::new_progress(next));
         }
         if m.term > self.term {
             match m.body {

@@ -54,16 +54,11 @@ fn restored(term: u64, voted_for: Option<u64>, terms: &[u64]) -> RestoredState {
 
 /// A snapshot chunk of the harness's state machine: one applied entry per chunk.
 fn encode_entry(e: &Entry) -> Vec<u8> {
-    let mut out = e.index.0.to_be_bytes().to_vec();
-    out.extend_from_slice(&e.term.0.to_be_bytes());
-    out.extend_from_slice(&e.data);
-    out
+    bincode::serde::encode_to_vec(e, bincode::config::standard()).expect("encodable")
 }
 
 fn decode_entry(b: &[u8]) -> Entry {
-    let index = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
-    let term = u64::from_be_bytes(b[8..16].try_into().expect("8 bytes"));
-    Entry::new(LogIndex(index), Term(term), b[16..].to_vec())
+    bincode::serde::decode_from_slice(b, bincode::config::standard()).expect("decodable").0
 }
 
 fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
@@ -1802,4 +1797,53 @@ fn a_leader_that_stepped_down_before_its_removal_committed_still_gets_it_committ
     assert!(done, "node 2 leads the one-voter cluster: {:?} {:?}", c.status(1), c.status(2));
     propose_on(&mut c, 2, 1, 1);
     assert!(c.run_until(4 * ELECTION_TICKS, |c| c.status(2).commit_index == c.status(2).last_index));
+}
+
+#[test]
+fn a_node_removed_while_cut_off_learns_its_removal_when_it_campaigns_4_2_3() {
+    removed_while_cut_off_learns_its_removal(false);
+}
+
+#[test]
+fn a_node_removed_while_cut_off_learns_its_removal_after_it_was_compacted_4_2_3_7() {
+    removed_while_cut_off_learns_its_removal(true);
+}
+
+fn removed_while_cut_off_learns_its_removal(compact: bool) {
+    let tune = |cfg: &mut Config| {
+        if compact {
+            compacting(cfg);
+        }
+    };
+    let mut c = Cluster::restored(vec![RestoredState::default(); 5], tune);
+    c.elect_and_converge(1);
+    c.isolate(5);
+    change(&mut c, 1, 100, &MembershipChange::Remove { id: NodeId(5) });
+    assert_eq!(voters(&c, 1), vec![1, 2, 3, 4]);
+    if compact {
+        // The removal entry is compacted away on the leader: node 5 must get a snapshot.
+        propose_on(&mut c, 1, 1, 8);
+        assert!(c.peer(1).stored_after.index.0 > 3, "compacted past the removal");
+    }
+    // Check-quorum rounds stop replicating to the unresponsive removed node.
+    c.run_ticks(4 * ELECTION_TICKS);
+    assert_eq!(voters(&c, 5), vec![1, 2, 3, 4, 5], "node 5 never heard of its removal");
+    c.heal();
+    // Node 5 campaigns (pre-vote) and the leader replicates its removal to it, without
+    // dropping it again before it has learned.
+    let replicating = |c: &Cluster| c.peer(1).node.followers().iter().any(|f| f.id == NodeId(5));
+    assert!(c.run_until(6 * ELECTION_TICKS, replicating), "node 5's campaign went unheard");
+    for _ in 0..6 * ELECTION_TICKS {
+        if voters(&c, 5) == vec![1, 2, 3, 4] {
+            break;
+        }
+        assert!(replicating(&c), "the leader stopped replicating before node 5 learned");
+        c.run_ticks(1);
+    }
+    assert_eq!(voters(&c, 5), vec![1, 2, 3, 4]);
+    let term = c.status(1).term;
+    c.run_ticks(4 * ELECTION_TICKS);
+    assert_eq!(c.status(1).role, Role::Leader);
+    assert_eq!(c.status(1).term, term);
+    assert_eq!(c.status(5).role, Role::Follower, "a removed node no longer campaigns");
 }

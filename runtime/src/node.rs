@@ -45,6 +45,10 @@ const READY_ROUNDS_MAX: usize = 8;
 /// A learner within this many entries of the commit index is promoted to voter.
 const PROMOTE_LAG_MAX: u64 = 100;
 
+/// After a promotion was proposed and answered, the next waits this long: a promotion
+/// refused (another change pending, a transfer running) is retried this often.
+const PROMOTE_RETRY: Duration = Duration::from_millis(200);
+
 /// Overdue ticks stepped at once after a stall; a longer stall resumes ticking from there.
 const TICK_CATCH_UP_MAX: usize = 100_000;
 
@@ -448,7 +452,7 @@ impl<S: Storage> NodeTask<S> {
             .into_iter()
             .find(|f| learners.contains(&f.id) && f.match_index.0 + PROMOTE_LAG_MAX >= commit);
         let Some(f) = ready else { return };
-        self.promote_after = now + self.tuning.request_timeout;
+        self.promote_after = now + PROMOTE_RETRY;
         info!(node = %self.id, learner = %f.id, match_index = %f.match_index, commit, "learner caught up; promoting it to voter");
         let id = self.next_request;
         self.next_request += 1;

@@ -112,13 +112,24 @@ impl Swarm {
                 k.push(kind);
             }
         }
+        // Membership changes weigh three: a run sees only a few actions of each kind, and the
+        // risky changes (two voters at once, from five) need a few changes before them.
+        if self.membership {
+            k.extend([Kind::Membership; 2]);
+        }
         k
     }
 }
 
 impl fmt::Display for Swarm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kinds: Vec<String> = self.kinds().iter().map(|k| format!("{k:?}")).collect();
+        let mut kinds: Vec<String> = Vec::new();
+        for k in self.kinds() {
+            let name = format!("{k:?}");
+            if !kinds.contains(&name) {
+                kinds.push(name);
+            }
+        }
         let kinds = if kinds.is_empty() { "none".to_string() } else { kinds.join(",") };
         write!(
             f,
@@ -154,6 +165,9 @@ enum Active {
     Skew(NodeId),
     Churn,
     ClientCut(NodeId),
+    /// Not a fault yet: at its time, the cluster is split the way membership changes from
+    /// the first membership to the second could go wrong (`split_after_changes`).
+    SplitAfterChanges(raft_kv_core::Membership, raft_kv_core::Membership),
 }
 
 pub struct Nemesis<'a> {
@@ -279,6 +293,9 @@ impl<'a> Nemesis<'a> {
             std::mem::take(&mut self.active).into_iter().partition(|(t, _)| all || *t <= now);
         self.active = keep;
         for (_, fault) in done {
+            if all && matches!(fault, Active::SplitAfterChanges(..)) {
+                continue; // healing everything: a split still to come is dropped
+            }
             self.undo(fault);
         }
     }
@@ -321,6 +338,16 @@ impl<'a> Nemesis<'a> {
             Active::ClientCut(id) => {
                 c.reconnect_clients(id);
                 self.log(format!("clients reach node {id} again"));
+            }
+            Active::SplitAfterChanges(from, to) => {
+                if self.active.iter().any(|(_, a)| matches!(a, Active::Partition)) {
+                    return;
+                }
+                let groups = self.split_after_changes(&from, &to);
+                c.partition(&groups);
+                self.hold(Active::Partition);
+                let (a, b) = (from.members().collect::<Vec<_>>(), to.members().collect::<Vec<_>>());
+                self.log(format!("partition {groups:?} after membership changes {a:?} -> {b:?}"));
             }
         }
     }
@@ -460,14 +487,23 @@ impl<'a> Nemesis<'a> {
             Kind::Membership => {
                 // Now and then a burst of two changes through two nodes at once, as racing
                 // operators or tools send them: the second must wait or be refused.
-                let burst = if self.rng.gen_bool(0.3) { 2 } else { 1 };
-                let mut m = c.membership();
+                let burst = if self.rng.gen_bool(0.5) { 2 } else { 1 };
+                let from = c.membership();
+                let mut m = from.clone();
                 for k in 0..burst {
-                    let Some((args, next)) = self.membership_action(&m, &ids) else { break };
+                    let Some((args, next)) = self.membership_action(&m, &ids, burst > 1) else {
+                        break;
+                    };
                     m = next;
                     let via = ids[k % ids.len()];
                     self.log(format!("ask node {via}: RAFT.NODE {}", args.join(" ")));
                     send_membership(c, via, args);
+                }
+                // Often a split soon after, while the changes (and the promotions of new
+                // learners) are still being appended.
+                if m != from && self.rng.gen_bool(if burst > 1 { 0.8 } else { 0.2 }) {
+                    let after = Duration::from_micros(self.rng.gen_range(2_000..50_000));
+                    self.active.push((Instant::now() + after, Active::SplitAfterChanges(from, m)));
                 }
             }
             Kind::Transfer => {
@@ -500,22 +536,31 @@ impl<'a> Nemesis<'a> {
     }
 
     /// A membership change to ask for, and the membership it would give: grow while there is
-    /// a spare, shrink while there are more members than at the start.
+    /// a spare, shrink while there are more members than at the start. In a `burst`, shrink
+    /// whenever it may.
     fn membership_action(
         &mut self,
         m: &raft_kv_core::Membership,
         ids: &[NodeId],
+        burst: bool,
     ) -> Option<(Vec<String>, raft_kv_core::Membership)> {
         let outsiders: Vec<NodeId> = ids.iter().copied().filter(|id| !m.contains(*id)).collect();
         let initial = self.cluster.initial_voters.len();
-        let grow = !outsiders.is_empty() && (m.voters.len() <= initial || self.rng.gen_bool(0.5));
+        let members = m.voters.len() + m.learners.len();
+        // A burst removes while it can: two voters at once is the riskiest change.
+        let grow = !outsiders.is_empty()
+            && if burst {
+                members <= initial
+            } else {
+                m.voters.len() <= initial || self.rng.gen_bool(0.5)
+            };
         let (args, change) = if grow {
             let id = outsiders[0];
             let addr =
                 std::net::SocketAddr::new(crate::cluster::node_ip(id), crate::cluster::RAFT_PORT);
             let change = raft_kv_core::MembershipChange::AddLearner { id, addr: addr.to_string() };
             (vec!["ADD".into(), id.0.to_string(), addr.to_string()], change)
-        } else if m.voters.len() + m.learners.len() > initial {
+        } else if members > initial {
             let mut members: Vec<NodeId> = m.members().collect();
             members.shuffle(&mut self.rng);
             let id = members[0];
@@ -525,6 +570,32 @@ impl<'a> Nemesis<'a> {
         };
         let next = m.apply(&change).unwrap_or_else(|_| m.clone());
         Some((args, next))
+    }
+
+    /// Splits the hosts after membership changes from `from` towards `to` (new learners
+    /// counted as the voters they will be promoted to): the leader with just a majority of `to`,
+    /// newcomers first, and everyone else on the other side. Any majority of `to` must share a
+    /// node with every majority of `from`'s voters only if the changes were made one at a
+    /// time; otherwise both sides can elect and commit.
+    fn split_after_changes(
+        &mut self,
+        from: &raft_kv_core::Membership,
+        to: &raft_kv_core::Membership,
+    ) -> Vec<Vec<NodeId>> {
+        let mut ids = self.cluster.ids();
+        ids.shuffle(&mut self.rng);
+        let leader = self.cluster.invariants.leader().map(|(_, id)| id);
+        let Some(leader) = leader.filter(|l| to.contains(*l)) else {
+            let cut = ids.len() / 2;
+            return vec![ids[..cut].to_vec(), ids[cut..].to_vec()];
+        };
+        let mut others: Vec<NodeId> = to.members().filter(|id| *id != leader).collect();
+        others.shuffle(&mut self.rng);
+        others.sort_by_key(|id| from.is_voter(*id)); // newcomers first (stable)
+        let mut side = vec![leader];
+        side.extend(others.into_iter().take(to.members().count() / 2));
+        let rest = ids.into_iter().filter(|id| !side.contains(id)).collect();
+        vec![side, rest]
     }
 
     fn skew(&mut self, id: NodeId) {

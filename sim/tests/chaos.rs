@@ -25,6 +25,13 @@ fn env_u64(name: &str) -> Option<u64> {
     }
 }
 
+/// `SIM_PLANTED=<bug>` (e.g. `LeaseIgnoresClockDrift`) replays a seed with that bug planted.
+fn planted_from_env() -> Option<PlantedBug> {
+    let name = std::env::var("SIM_PLANTED").ok()?;
+    let bug = PlantedBug::ALL.into_iter().find(|b| format!("{b:?}") == name);
+    Some(bug.unwrap_or_else(|| panic!("SIM_PLANTED={name:?} is none of {:?}", PlantedBug::ALL)))
+}
+
 /// The run options of `seed`; `SIM_CHECK_STEPS` raises the checker's budget per key.
 fn options(seed: u64, planted: Option<PlantedBug>) -> RunOptions {
     let mut o = RunOptions { planted, ..RunOptions::new(seed) };
@@ -216,7 +223,7 @@ fn chaos_histories_are_linearizable_and_invariants_hold() {
                 .with_ansi(false)
                 .try_init();
         }
-        let r = run(&options(seed, None));
+        let r = run(&options(seed, planted_from_env()));
         println!("{}", r.summary());
         for line in &r.schedule {
             println!("  {line}");
@@ -352,4 +359,9 @@ fn planted_lease_ignoring_clock_drift_is_caught() {
 #[test]
 fn planted_pipeline_reads_overtaking_writes_are_caught() {
     assert_caught(PlantedBug::PipelineReadsOvertakeWrites);
+}
+
+#[test]
+fn planted_membership_changes_overlapping_are_caught() {
+    assert_caught(PlantedBug::MembershipChangesOverlap);
 }
