@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing raft-kv needs on a Debian machine, if it is missing:
 # libclang (the RocksDB build), redis-tools (redis-cli, redis-benchmark) and redis-server (the
-# benchmark's reference). Safe to run repeatedly.
+# benchmark's reference, and the conformance test's). Safe to run repeatedly.
 set -euo pipefail
 need=()
 [[ -n $(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null | head -1) ]] || need+=(libclang-dev)

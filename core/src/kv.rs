@@ -11,9 +11,12 @@ pub type Value = Vec<u8>;
 /// A write that goes through the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// SET with its NX/XX condition and GET flag (GETSET is `SET key value GET`).
     Set {
         key: Key,
         value: Value,
+        cond: SetCond,
+        get: bool,
     },
     Del {
         keys: Vec<Key>,
@@ -21,28 +24,82 @@ pub enum Command {
     MSet {
         pairs: Vec<(Key, Value)>,
     },
+    /// MSETNX (and SETNX, with one pair): all or none, only if no key exists.
+    MSetNx {
+        pairs: Vec<(Key, Value)>,
+    },
+    GetDel {
+        key: Key,
+    },
     IncrBy {
         key: Key,
         delta: i64,
+    },
+    /// The increment as the client wrote it (a float is parsed at apply, identically on
+    /// every replica; it is checked when the command is parsed).
+    IncrByFloat {
+        key: Key,
+        delta: Vec<u8>,
     },
     Append {
         key: Key,
         value: Value,
     },
+    SetRange {
+        key: Key,
+        offset: u64,
+        value: Value,
+    },
+    /// RENAME, or RENAMENX with `nx`.
+    Rename {
+        from: Key,
+        to: Key,
+        nx: bool,
+    },
+    Copy {
+        from: Key,
+        to: Key,
+        replace: bool,
+    },
+    /// FLUSHDB / FLUSHALL: every key (not sessions or membership).
+    FlushAll,
     /// A cluster membership change: applied by the runtime (it changes who replicates), not
     /// by `apply`.
     Membership(crate::MembershipChange),
 }
 
+/// SET's condition on the key's existence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetCond {
+    Always,
+    /// NX: only if the key does not exist.
+    IfAbsent,
+    /// XX: only if it exists.
+    IfPresent,
+}
+
 impl Command {
+    /// A plain `SET key value`.
+    pub fn set(key: Key, value: Value) -> Command {
+        Command::Set { key, value, cond: SetCond::Always, get: false }
+    }
+
     /// Bytes of user data carried, for request size limits.
     pub fn size_bytes(&self) -> usize {
+        let pairs = |p: &[(Key, Value)]| p.iter().map(|(k, v)| k.len() + v.len()).sum();
         match self {
-            Command::Set { key, value } => key.len() + value.len(),
+            Command::Set { key, value, .. } => key.len() + value.len(),
             Command::Del { keys } => keys.iter().map(Vec::len).sum(),
-            Command::MSet { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            Command::MSet { pairs: p } | Command::MSetNx { pairs: p } => pairs(p),
+            Command::GetDel { key } => key.len(),
             Command::IncrBy { key, .. } => key.len() + 8,
+            Command::IncrByFloat { key, delta } => key.len() + delta.len(),
             Command::Append { key, value } => key.len() + value.len(),
+            Command::SetRange { key, value, .. } => key.len() + 8 + value.len(),
+            Command::Rename { from, to, .. } | Command::Copy { from, to, .. } => {
+                from.len() + to.len()
+            }
+            Command::FlushAll => 0,
             Command::Membership(_) => 64,
         }
     }
@@ -53,6 +110,9 @@ impl Command {
 pub enum WriteReply {
     Ok,
     Integer(i64),
+    Bulk(Vec<u8>),
+    /// A null bulk string (a condition that did not hold, a missing old value).
+    Null,
     Error(String),
 }
 
@@ -61,6 +121,8 @@ pub enum WriteReply {
 pub enum Mutation {
     Put(Key, Value),
     Delete(Key),
+    /// Every key goes (FLUSHALL); sessions and membership stay.
+    Clear,
     /// The client session of an origin node (see `admit`).
     Session(u64, Session),
     /// The cluster membership after an applied change.
@@ -99,16 +161,50 @@ pub trait KvRead {
 
 pub const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 pub const ERR_OVERFLOW: &str = "ERR increment or decrement would overflow";
+pub const ERR_NOT_FLOAT: &str = "ERR value is not a valid float";
+pub const ERR_NAN: &str = "ERR increment would produce NaN or Infinity";
+pub const ERR_NO_SUCH_KEY: &str = "ERR no such key";
+pub const ERR_STRING_TOO_LONG: &str =
+    "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
+
+/// Longest string a write may build (APPEND, SETRANGE), as Redis's default proto-max-bulk-len.
+pub const STRING_BYTES_MAX: u64 = 512 * 1024 * 1024;
+
+fn error(msg: &str) -> (Vec<Mutation>, WriteReply) {
+    (Vec::new(), WriteReply::Error(msg.into()))
+}
 
 /// Applies `cmd` to `state`. Later mutations in the list win over earlier ones for the same key.
 pub fn apply<S: KvRead>(cmd: &Command, state: &S) -> Result<(Vec<Mutation>, WriteReply), S::Error> {
     Ok(match cmd {
-        Command::Set { key, value } => {
-            (vec![Mutation::Put(key.clone(), value.clone())], WriteReply::Ok)
+        Command::Set { key, value, cond, get } => {
+            let old = state.get(key)?;
+            let holds = match cond {
+                SetCond::Always => true,
+                SetCond::IfAbsent => old.is_none(),
+                SetCond::IfPresent => old.is_some(),
+            };
+            let muts = if holds { vec![Mutation::Put(key.clone(), value.clone())] } else { vec![] };
+            let reply = match (get, old) {
+                (true, Some(v)) => WriteReply::Bulk(v),
+                (true, None) => WriteReply::Null,
+                (false, _) if holds => WriteReply::Ok,
+                (false, _) => WriteReply::Null,
+            };
+            (muts, reply)
         }
         Command::MSet { pairs } => {
             let muts = pairs.iter().map(|(k, v)| Mutation::Put(k.clone(), v.clone())).collect();
             (muts, WriteReply::Ok)
+        }
+        Command::MSetNx { pairs } => {
+            for (k, _) in pairs {
+                if state.get(k)?.is_some() {
+                    return Ok((Vec::new(), WriteReply::Integer(0)));
+                }
+            }
+            let muts = pairs.iter().map(|(k, v)| Mutation::Put(k.clone(), v.clone())).collect();
+            (muts, WriteReply::Integer(1))
         }
         Command::Del { keys } => {
             // Each distinct existing key counts once, as in Redis (`DEL a a` deletes 1).
@@ -126,12 +222,16 @@ pub fn apply<S: KvRead>(cmd: &Command, state: &S) -> Result<(Vec<Mutation>, Writ
             let n = muts.len() as i64;
             (muts, WriteReply::Integer(n))
         }
+        Command::GetDel { key } => match state.get(key)? {
+            Some(v) => (vec![Mutation::Delete(key.clone())], WriteReply::Bulk(v)),
+            None => (Vec::new(), WriteReply::Null),
+        },
         Command::IncrBy { key, delta } => {
             let current = match state.get(key)? {
                 None => 0,
                 Some(v) => match parse_i64(&v) {
                     Some(n) => n,
-                    None => return Ok((Vec::new(), WriteReply::Error(ERR_NOT_INTEGER.into()))),
+                    None => return Ok(error(ERR_NOT_INTEGER)),
                 },
             };
             match current.checked_add(*delta) {
@@ -139,19 +239,100 @@ pub fn apply<S: KvRead>(cmd: &Command, state: &S) -> Result<(Vec<Mutation>, Writ
                     vec![Mutation::Put(key.clone(), n.to_string().into_bytes())],
                     WriteReply::Integer(n),
                 ),
-                None => (Vec::new(), WriteReply::Error(ERR_OVERFLOW.into())),
+                None => error(ERR_OVERFLOW),
             }
         }
-        Command::Membership(_) => {
-            (Vec::new(), WriteReply::Error("ERR membership changes are applied by the node".into()))
+        Command::IncrByFloat { key, delta } => {
+            let current = match state.get(key)? {
+                None => 0.0,
+                Some(v) => match parse_f64(&v) {
+                    Some(n) => n,
+                    None => return Ok(error(ERR_NOT_FLOAT)),
+                },
+            };
+            let Some(delta) = parse_f64(delta) else { return Ok(error(ERR_NOT_FLOAT)) };
+            let n = current + delta;
+            if !n.is_finite() {
+                return Ok(error(ERR_NAN));
+            }
+            let text = format_f64(n).into_bytes();
+            (vec![Mutation::Put(key.clone(), text.clone())], WriteReply::Bulk(text))
         }
         Command::Append { key, value } => {
             let mut new = state.get(key)?.unwrap_or_default();
+            if new.len() as u64 + value.len() as u64 > STRING_BYTES_MAX {
+                return Ok(error(ERR_STRING_TOO_LONG));
+            }
             new.extend_from_slice(value);
             let len = new.len() as i64;
             (vec![Mutation::Put(key.clone(), new)], WriteReply::Integer(len))
         }
+        Command::SetRange { key, offset, value } => {
+            let old = state.get(key)?;
+            let len = old.as_ref().map_or(0, Vec::len);
+            if value.is_empty() {
+                return Ok((Vec::new(), WriteReply::Integer(len as i64)));
+            }
+            if offset.saturating_add(value.len() as u64) > STRING_BYTES_MAX {
+                return Ok(error(ERR_STRING_TOO_LONG));
+            }
+            let mut new = old.unwrap_or_default();
+            let end = *offset as usize + value.len();
+            if new.len() < end {
+                new.resize(end, 0);
+            }
+            new[*offset as usize..end].copy_from_slice(value);
+            let len = new.len() as i64;
+            (vec![Mutation::Put(key.clone(), new)], WriteReply::Integer(len))
+        }
+        Command::Rename { from, to, nx } => {
+            let Some(v) = state.get(from)? else { return Ok(error(ERR_NO_SUCH_KEY)) };
+            let ok = |nx: bool| if nx { WriteReply::Integer(1) } else { WriteReply::Ok };
+            if from == to {
+                let reply = if *nx { WriteReply::Integer(0) } else { WriteReply::Ok };
+                return Ok((Vec::new(), reply));
+            }
+            if *nx && state.get(to)?.is_some() {
+                return Ok((Vec::new(), WriteReply::Integer(0)));
+            }
+            (vec![Mutation::Delete(from.clone()), Mutation::Put(to.clone(), v)], ok(*nx))
+        }
+        Command::Copy { from, to, replace } => {
+            let Some(v) = state.get(from)? else { return Ok((Vec::new(), WriteReply::Integer(0))) };
+            if !replace && state.get(to)?.is_some() {
+                return Ok((Vec::new(), WriteReply::Integer(0)));
+            }
+            (vec![Mutation::Put(to.clone(), v)], WriteReply::Integer(1))
+        }
+        Command::FlushAll => (vec![Mutation::Clear], WriteReply::Ok),
+        Command::Membership(_) => {
+            (Vec::new(), WriteReply::Error("ERR membership changes are applied by the node".into()))
+        }
     })
+}
+
+/// Parses a float as Redis's `string2ld` accepts it: no spaces, not NaN, at most 5120 bytes.
+pub fn parse_f64(s: &[u8]) -> Option<f64> {
+    if s.is_empty() || s.len() > 5120 {
+        return None;
+    }
+    let text = std::str::from_utf8(s).ok()?;
+    if text.starts_with(|c: char| c.is_ascii_whitespace())
+        || text.ends_with(|c: char| c.is_ascii_whitespace())
+    {
+        return None;
+    }
+    let v: f64 = text.parse().ok()?;
+    (!v.is_nan()).then_some(v)
+}
+
+/// A float as INCRBYFLOAT answers it: plain decimal, no exponent, no trailing zeros. (Redis
+/// computes in `long double`; this is the shortest text that reads back as the same `f64`.)
+pub fn format_f64(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into(); // never "-0"
+    }
+    format!("{v}")
 }
 
 /// Parses an integer exactly as Redis's `string2ll`: optional '-', no '+', no spaces, no
@@ -203,6 +384,10 @@ mod tests {
                 match m {
                     Mutation::Put(k, v) => self.0.insert(k, v),
                     Mutation::Delete(k) => self.0.remove(&k),
+                    Mutation::Clear => {
+                        self.0.clear();
+                        None
+                    }
                     Mutation::Session(..) | Mutation::Membership(_) => None,
                 };
             }
@@ -239,12 +424,12 @@ mod tests {
         let mut m = Map::default();
         assert_eq!(m.run(Command::IncrBy { key: b("n"), delta: 5 }), WriteReply::Integer(5));
         assert_eq!(m.run(Command::IncrBy { key: b("n"), delta: -7 }), WriteReply::Integer(-2));
-        m.run(Command::Set { key: b("s"), value: b("01") });
+        m.run(Command::set(b("s"), b("01")));
         assert_eq!(
             m.run(Command::IncrBy { key: b("s"), delta: 1 }),
             WriteReply::Error(ERR_NOT_INTEGER.into())
         );
-        m.run(Command::Set { key: b("max"), value: i64::MAX.to_string().into_bytes() });
+        m.run(Command::set(b("max"), i64::MAX.to_string().into_bytes()));
         assert_eq!(
             m.run(Command::IncrBy { key: b("max"), delta: 1 }),
             WriteReply::Error(ERR_OVERFLOW.into())
@@ -273,7 +458,7 @@ mod tests {
     #[test]
     fn values_with_nul_bytes_are_kept_exactly() {
         let mut m = Map::default();
-        m.run(Command::Set { key: b("k\0ey"), value: vec![0, 1, 0, 255] });
+        m.run(Command::set(b("k\0ey"), vec![0, 1, 0, 255]));
         assert_eq!(m.0[&b("k\0ey")], vec![0, 1, 0, 255]);
     }
 }

@@ -7,7 +7,7 @@
 //! once every earlier write of the connection is answered (applied), and a write only once
 //! every earlier read is answered. So `SET k 1; GET k; SET k 2` pipelined reads 1, never 2.
 
-use crate::command::{self, Reply, Request};
+use crate::command::{self, ConnectionCommand, Reply, Request};
 use crate::node::{ClientRequest, RequestKind};
 use crate::resp::{self, RequestLimits};
 use bytes::BytesMut;
@@ -98,12 +98,25 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut submitted: u64 = 0;
     let mut phase: Option<Phase> = None;
+    let mut name: Option<bytes::Bytes> = None;
     'conn: loop {
         loop {
             match resp::next_request(&mut buf, &cfg.limits) {
                 Ok(Some(argv)) if argv.is_empty() => continue,
                 Ok(Some(argv)) => {
-                    let request = command::parse(argv);
+                    let request = match command::parse(argv) {
+                        Request::Connection(c) => Request::Immediate(match c {
+                            ConnectionCommand::ClientId => Reply::Integer(conn as i64),
+                            ConnectionCommand::ClientGetName => {
+                                name.clone().map_or(Reply::Null, Reply::Bulk)
+                            }
+                            ConnectionCommand::ClientSetName(n) => {
+                                name = (!n.is_empty()).then_some(n);
+                                Reply::ok()
+                            }
+                        }),
+                        other => other,
+                    };
                     let next_phase = match &request {
                         Request::Write(_) => Some(Phase::Writes),
                         Request::Read(_) => Some(Phase::Reads),
@@ -155,6 +168,8 @@ fn dispatch(request: Request, node: &mpsc::Sender<ClientRequest>, conn: u64) -> 
         Request::Write(c) => RequestKind::Write(c),
         Request::Read(c) => RequestKind::Read(c),
         Request::Admin(c) => RequestKind::Admin(c),
+        // Answered by the connection before it gets here.
+        Request::Connection(_) => return (Pending::Ready(Reply::error("ERR internal")), false),
     };
     let (reply, rx) = oneshot::channel();
     match node.try_send(ClientRequest { kind, reply, conn }) {

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped whenever any encoding below changes incompatibly.
 /// 2: log entries carry a membership change, peer hellos the caller's address.
-pub const FORMAT_VERSION: u8 = 2;
+/// 3: commands carry SET's options and the new string and keyspace writes.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Decoding stops at this many bytes, whatever lengths the input claims.
 const DECODE_LIMIT_BYTES: usize = 1 << 30;

@@ -2,7 +2,7 @@
 //! and the reply type the node produces. Pure functions; no I/O.
 
 use bytes::Bytes;
-use raft_kv_core::kv::{parse_i64, Command, WriteReply, ERR_NOT_INTEGER};
+use raft_kv_core::kv::{parse_f64, parse_i64, Command, SetCond, WriteReply, ERR_NOT_INTEGER};
 
 /// A reply in Redis terms; turned into RESP bytes in `resp`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +30,8 @@ impl From<WriteReply> for Reply {
         match r {
             WriteReply::Ok => Reply::ok(),
             WriteReply::Integer(n) => Reply::Integer(n),
+            WriteReply::Bulk(b) => Reply::Bulk(Bytes::from(b)),
+            WriteReply::Null => Reply::Null,
             WriteReply::Error(e) => Reply::Error(e),
         }
     }
@@ -40,8 +42,40 @@ impl From<WriteReply> for Reply {
 pub enum ReadCommand {
     Get(Bytes),
     MGet(Vec<Bytes>),
+    /// EXISTS and TOUCH: existing keys, each repeat counted.
     Exists(Vec<Bytes>),
     Keys(Bytes),
+    StrLen(Bytes),
+    /// GETRANGE / SUBSTR, with Redis's index rules (`get_range`).
+    GetRange {
+        key: Bytes,
+        start: i64,
+        end: i64,
+    },
+    Type(Bytes),
+    DbSize,
+}
+
+/// GETRANGE's slice of `v`: negative indexes count from the end, both ends inclusive and
+/// clamped, empty when start is past end (Redis 7's `getrangeCommand`).
+pub fn get_range(v: &[u8], start: i64, end: i64) -> Vec<u8> {
+    let len = v.len() as i64;
+    let (mut start, mut end) = (start, end);
+    if start < 0 {
+        start += len;
+    }
+    if end < 0 {
+        end += len;
+    }
+    start = start.max(0);
+    end = end.max(0);
+    if end >= len {
+        end = len - 1;
+    }
+    if len == 0 || start > end {
+        return Vec::new();
+    }
+    v[start as usize..=end as usize].to_vec()
 }
 
 /// Introspection answered by the node without consensus.
@@ -67,6 +101,16 @@ pub enum Request {
     Write(Command),
     Read(ReadCommand),
     Admin(AdminCommand),
+    /// About the connection itself (its name, id), answered by it.
+    Connection(ConnectionCommand),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectionCommand {
+    ClientId,
+    ClientGetName,
+    /// Checked: no spaces, newlines or other special characters.
+    ClientSetName(Bytes),
 }
 
 /// Every command this build knows, with Redis's arity convention (negative: at least that many
@@ -76,16 +120,34 @@ const COMMANDS: &[(&str, i32)] = &[
     ("echo", 2),
     ("get", 2),
     ("set", -3),
+    ("setnx", 3),
+    ("getset", 3),
+    ("getdel", 2),
     ("del", -2),
+    ("unlink", -2),
     ("exists", -2),
+    ("touch", -2),
     ("keys", 2),
+    ("type", 2),
+    ("dbsize", 1),
+    ("rename", 3),
+    ("renamenx", 3),
+    ("copy", -3),
+    ("flushdb", -1),
+    ("flushall", -1),
     ("mget", -2),
     ("mset", -3),
+    ("msetnx", -3),
     ("incr", 2),
     ("decr", 2),
     ("incrby", 3),
     ("decrby", 3),
+    ("incrbyfloat", 3),
     ("append", 3),
+    ("strlen", 2),
+    ("getrange", 4),
+    ("substr", 4),
+    ("setrange", 4),
     ("command", -1),
     ("config", -2),
     ("info", -1),
@@ -148,24 +210,74 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         "echo" => Request::Immediate(Reply::Bulk(a(0))),
         "get" => Request::Read(ReadCommand::Get(a(0))),
         "mget" => Request::Read(ReadCommand::MGet(args.to_vec())),
-        "exists" => Request::Read(ReadCommand::Exists(args.to_vec())),
+        "exists" | "touch" => Request::Read(ReadCommand::Exists(args.to_vec())),
         "keys" => Request::Read(ReadCommand::Keys(a(0))),
-        "set" => {
-            if args.len() > 2 {
-                // SET's options (EX, NX, GET...) are not supported yet; Redis answers an
-                // unknown option the same way.
-                return Request::Immediate(Reply::error("ERR syntax error"));
+        "type" => Request::Read(ReadCommand::Type(a(0))),
+        "dbsize" => Request::Read(ReadCommand::DbSize),
+        "strlen" => Request::Read(ReadCommand::StrLen(a(0))),
+        "getrange" | "substr" => match (parse_i64(&args[1]), parse_i64(&args[2])) {
+            (Some(start), Some(end)) => {
+                Request::Read(ReadCommand::GetRange { key: a(0), start, end })
             }
-            Request::Write(Command::Set { key: a(0).to_vec(), value: a(1).to_vec() })
+            _ => Request::Immediate(not_integer()),
+        },
+        "set" => match set_command(args) {
+            Ok(c) => Request::Write(c),
+            Err(reply) => Request::Immediate(reply),
+        },
+        "setnx" => Request::Write(Command::MSetNx { pairs: vec![(a(0).to_vec(), a(1).to_vec())] }),
+        "getset" => Request::Write(Command::Set {
+            key: a(0).to_vec(),
+            value: a(1).to_vec(),
+            cond: SetCond::Always,
+            get: true,
+        }),
+        "getdel" => Request::Write(Command::GetDel { key: a(0).to_vec() }),
+        "del" | "unlink" => {
+            Request::Write(Command::Del { keys: args.iter().map(|k| k.to_vec()).collect() })
         }
-        "del" => Request::Write(Command::Del { keys: args.iter().map(|k| k.to_vec()).collect() }),
-        "mset" => {
+        "mset" | "msetnx" => {
             if args.len() % 2 != 0 {
                 return Request::Immediate(wrong_arity(name));
             }
             let pairs = args.chunks(2).map(|p| (p[0].to_vec(), p[1].to_vec())).collect();
-            Request::Write(Command::MSet { pairs })
+            Request::Write(if name == "mset" {
+                Command::MSet { pairs }
+            } else {
+                Command::MSetNx { pairs }
+            })
         }
+        "rename" | "renamenx" => Request::Write(Command::Rename {
+            from: a(0).to_vec(),
+            to: a(1).to_vec(),
+            nx: name == "renamenx",
+        }),
+        "copy" => match copy_command(args) {
+            Ok(c) => Request::Write(c),
+            Err(reply) => Request::Immediate(reply),
+        },
+        "flushdb" | "flushall" => match args {
+            [] => Request::Write(Command::FlushAll),
+            [_] if matches!(subcommand(args).as_str(), "sync" | "async") => {
+                Request::Write(Command::FlushAll)
+            }
+            _ => Request::Immediate(syntax_error()),
+        },
+        "incrbyfloat" => {
+            if parse_f64(&args[1]).is_none() {
+                return Request::Immediate(Reply::error(raft_kv_core::kv::ERR_NOT_FLOAT));
+            }
+            Request::Write(Command::IncrByFloat { key: a(0).to_vec(), delta: a(1).to_vec() })
+        }
+        "setrange" => match parse_i64(&args[1]) {
+            None => Request::Immediate(not_integer()),
+            Some(n) if n < 0 => Request::Immediate(Reply::error("ERR offset is out of range")),
+            Some(n) => Request::Write(Command::SetRange {
+                key: a(0).to_vec(),
+                offset: n as u64,
+                value: a(2).to_vec(),
+            }),
+        },
         "incr" => Request::Write(Command::IncrBy { key: a(0).to_vec(), delta: 1 }),
         "decr" => Request::Write(Command::IncrBy { key: a(0).to_vec(), delta: -1 }),
         "incrby" | "decrby" => {
@@ -203,10 +315,57 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             Some(_) => Request::Immediate(Reply::error("ERR DB index is out of range")),
             None => Request::Immediate(not_integer()),
         },
-        "client" => Request::Immediate(client_command(args)),
+        "client" => match client_command(args) {
+            Ok(c) => Request::Connection(c),
+            Err(reply) => Request::Immediate(reply),
+        },
         "quit" => Request::Quit,
         _ => unreachable!("every name in COMMANDS has a branch"),
     }
+}
+
+fn syntax_error() -> Reply {
+    Reply::error("ERR syntax error")
+}
+
+/// SET key value [NX | XX] [GET]; the expiry options come with expiry support.
+fn set_command(args: &[Bytes]) -> Result<Command, Reply> {
+    let mut cond = SetCond::Always;
+    let mut get = false;
+    for opt in &args[2..] {
+        match opt.to_ascii_lowercase().as_slice() {
+            b"nx" if cond != SetCond::IfPresent => cond = SetCond::IfAbsent,
+            b"xx" if cond != SetCond::IfAbsent => cond = SetCond::IfPresent,
+            b"get" => get = true,
+            _ => return Err(syntax_error()),
+        }
+    }
+    Ok(Command::Set { key: args[0].to_vec(), value: args[1].to_vec(), cond, get })
+}
+
+/// COPY source destination [DB destination-db] [REPLACE]; only database 0 exists.
+fn copy_command(args: &[Bytes]) -> Result<Command, Reply> {
+    let mut replace = false;
+    let mut i = 2;
+    while i < args.len() {
+        match args[i].to_ascii_lowercase().as_slice() {
+            b"replace" => replace = true,
+            b"db" if i + 1 < args.len() => {
+                i += 1;
+                match parse_i64(&args[i]) {
+                    Some(0) => {}
+                    Some(_) => return Err(Reply::error("ERR DB index is out of range")),
+                    None => return Err(not_integer()),
+                }
+            }
+            _ => return Err(syntax_error()),
+        }
+        i += 1;
+    }
+    if args[0] == args[1] {
+        return Err(Reply::error("ERR source and destination objects are the same"));
+    }
+    Ok(Command::Copy { from: args[0].to_vec(), to: args[1].to_vec(), replace })
 }
 
 fn raft_node_command(args: &[Bytes]) -> Result<AdminCommand, Reply> {
@@ -276,11 +435,25 @@ fn config_command(args: &[Bytes]) -> Reply {
     }
 }
 
-/// `CLIENT SETNAME/SETINFO` are accepted (client libraries send them on connect).
-fn client_command(args: &[Bytes]) -> Reply {
-    match subcommand(args).as_str() {
-        "setname" | "setinfo" => Reply::ok(),
-        _ => unknown_subcommand("client", &args[0]),
+/// CLIENT ID, GETNAME, SETNAME; SETINFO is accepted (client libraries send it on connect).
+fn client_command(args: &[Bytes]) -> Result<ConnectionCommand, Reply> {
+    match (subcommand(args).as_str(), args.len()) {
+        ("id", 1) => Ok(ConnectionCommand::ClientId),
+        ("getname", 1) => Ok(ConnectionCommand::ClientGetName),
+        ("setname", 2) => {
+            // Redis allows printable ASCII but space.
+            if args[1].iter().any(|c| *c <= b' ' || *c > b'~') {
+                return Err(Reply::error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                ));
+            }
+            Ok(ConnectionCommand::ClientSetName(args[1].clone()))
+        }
+        ("setinfo", 3) => Err(Reply::ok()),
+        ("id" | "getname" | "setname" | "setinfo", _) => {
+            Err(wrong_arity(&format!("client|{}", subcommand(args))))
+        }
+        _ => Err(unknown_subcommand("client", &args[0])),
     }
 }
 
@@ -312,7 +485,8 @@ mod tests {
             "ERR unknown command 'foo', with args beginning with: 'a' 'b' "
         );
         assert_eq!(err(p(&["incrby", "k", "x"])), "ERR value is not an integer or out of range");
-        assert_eq!(err(p(&["set", "k", "v", "nx"])), "ERR syntax error");
+        assert_eq!(err(p(&["set", "k", "v", "nx", "xx"])), "ERR syntax error");
+        assert_eq!(err(p(&["set", "k", "v", "px"])), "ERR syntax error");
     }
 
     #[test]

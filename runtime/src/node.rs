@@ -834,6 +834,17 @@ impl<S: Storage> NodeTask<S> {
                 }
                 Reply::Integer(n)
             }
+            ReadCommand::StrLen(k) => {
+                Reply::Integer(self.storage.get(k)?.map_or(0, |v| v.len() as i64))
+            }
+            ReadCommand::GetRange { key, start, end } => {
+                let v = self.storage.get(key)?.unwrap_or_default();
+                Reply::Bulk(Bytes::from(crate::command::get_range(&v, *start, *end)))
+            }
+            ReadCommand::Type(k) => {
+                Reply::Simple(if self.storage.get(k)?.is_some() { "string" } else { "none" })
+            }
+            ReadCommand::DbSize => Reply::Integer(self.storage.key_count()? as i64),
             ReadCommand::Keys(pattern) => {
                 let keys = self.storage.keys(pattern, KEYS_RESULT_MAX + 1)?;
                 if keys.len() > KEYS_RESULT_MAX {

@@ -47,7 +47,7 @@ pub trait Storage: Send + 'static {
     /// Keys matching the Redis glob `pattern`, in key order, at most `limit`.
     fn keys(&self, pattern: &[u8], limit: usize) -> Result<Vec<Key>, StorageError>;
 
-    /// Number of keys, for INFO.
+    /// Number of keys, exact (DBSIZE, INFO).
     fn key_count(&self) -> Result<u64, StorageError>;
 
     /// A consistent view of the applied state (keys and client sessions) as it stands now,
@@ -235,6 +235,7 @@ impl Image {
                         Mutation::Delete(k) => {
                             self.kv.remove(k);
                         }
+                        Mutation::Clear => self.kv.clear(),
                         Mutation::Session(origin, session) => {
                             self.sessions.insert(*origin, *session);
                         }

@@ -341,6 +341,14 @@ impl Storage for RocksStorage {
             match m {
                 Mutation::Put(k, v) => batch.put_cf(kv, k, v),
                 Mutation::Delete(k) => batch.delete_cf(kv, k),
+                Mutation::Clear => {
+                    // Key by key: no range bound is above every possible key. O(keys), as
+                    // FLUSHALL is in Redis.
+                    for item in self.db.iterator_cf(kv, IteratorMode::Start) {
+                        let (k, _) = item.map_err(io)?;
+                        batch.delete_cf(kv, k);
+                    }
+                }
                 Mutation::Session(origin, session) => {
                     batch.put_cf(self.cf(CF_META), session_key(*origin), codec::encode(session))
                 }
@@ -401,12 +409,18 @@ impl Storage for RocksStorage {
         Ok(out)
     }
 
+    /// Exact, by iterating the keys: RocksDB's estimate-num-keys stays above zero after
+    /// deletes until a compaction, and DBSIZE must say 0 after FLUSHALL. O(keys).
     fn key_count(&self) -> Result<u64, StorageError> {
-        Ok(self
-            .db
-            .property_int_value_cf(self.cf(CF_KV), "rocksdb.estimate-num-keys")
-            .map_err(io)?
-            .unwrap_or(0))
+        let mut n = 0;
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_KV));
+        it.seek_to_first();
+        while it.valid() {
+            n += 1;
+            it.next();
+        }
+        it.status().map_err(io)?;
+        Ok(n)
     }
 
     fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError> {
