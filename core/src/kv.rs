@@ -11,12 +11,36 @@ pub type Value = Vec<u8>;
 /// A write that goes through the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// SET with its NX/XX condition and GET flag (GETSET is `SET key value GET`).
+    /// SET with its NX/XX condition, GET flag and expiry (GETSET is `SET key value GET`,
+    /// SETEX and PSETEX are SETs with an expiry).
     Set {
         key: Key,
         value: Value,
         cond: SetCond,
         get: bool,
+        expiry: Expiry,
+    },
+    /// GETEX with an option (without one it is a read).
+    GetEx {
+        key: Key,
+        expiry: Expiry,
+    },
+    /// EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT: `amount` seconds (or milliseconds with `millis`)
+    /// from the entry's time, or since the epoch with `absolute`.
+    Expire {
+        key: Key,
+        amount: i64,
+        millis: bool,
+        absolute: bool,
+        cond: ExpireCond,
+    },
+    Persist {
+        key: Key,
+    },
+    /// Proposed by the leader: deletes those of `keys` whose deadline passed at the entry's
+    /// time (checked again here: a key may have been set anew since).
+    ExpireDue {
+        keys: Vec<Key>,
     },
     Del {
         keys: Vec<Key>,
@@ -68,6 +92,35 @@ pub enum Command {
     Membership(crate::MembershipChange),
 }
 
+/// What a write does to a key's time to live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    /// The key no longer expires (SET without KEEPTTL, GETEX PERSIST).
+    Clear,
+    /// KEEPTTL: as before.
+    Keep,
+    /// This many milliseconds after the entry's time (EX, PX).
+    In(u64),
+    /// At this time, in milliseconds since the Unix epoch (EXAT, PXAT).
+    At(u64),
+}
+
+/// EXPIRE's NX / XX / GT / LT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpireCond {
+    Always,
+    /// NX: only if the key has no expiry.
+    NoExpiry,
+    /// XX: only if it has one.
+    HasExpiry,
+    /// GT: only if later than the current one (no expiry counts as infinitely late).
+    Later,
+    /// LT: only if earlier.
+    Earlier,
+    /// XX LT: only if it has one, and the new one is earlier.
+    HasExpiryAndEarlier,
+}
+
 /// SET's condition on the key's existence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetCond {
@@ -81,7 +134,7 @@ pub enum SetCond {
 impl Command {
     /// A plain `SET key value`.
     pub fn set(key: Key, value: Value) -> Command {
-        Command::Set { key, value, cond: SetCond::Always, get: false }
+        Command::Set { key, value, cond: SetCond::Always, get: false, expiry: Expiry::Clear }
     }
 
     /// Bytes of user data carried, for request size limits.
@@ -91,7 +144,11 @@ impl Command {
             Command::Set { key, value, .. } => key.len() + value.len(),
             Command::Del { keys } => keys.iter().map(Vec::len).sum(),
             Command::MSet { pairs: p } | Command::MSetNx { pairs: p } => pairs(p),
-            Command::GetDel { key } => key.len(),
+            Command::GetDel { key }
+            | Command::GetEx { key, .. }
+            | Command::Expire { key, .. }
+            | Command::Persist { key } => key.len() + 8,
+            Command::ExpireDue { keys } => keys.iter().map(Vec::len).sum(),
             Command::IncrBy { key, .. } => key.len() + 8,
             Command::IncrByFloat { key, delta } => key.len() + delta.len(),
             Command::Append { key, value } => key.len() + value.len(),
@@ -114,6 +171,79 @@ pub enum WriteReply {
     /// A null bulk string (a condition that did not hold, a missing old value).
     Null,
     Error(String),
+}
+
+/// A stored value: the string and when it expires (ms since the Unix epoch; None: never).
+/// Encoded as a type byte (0: string), a flags byte (1: has a deadline), the deadline (8 bytes,
+/// big-endian) if it has one, then the string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub value: Vec<u8>,
+    pub expires_at: Option<u64>,
+}
+
+impl Record {
+    pub fn string(value: Vec<u8>) -> Record {
+        Record { value, expires_at: None }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.value.len() + 10);
+        out.push(0);
+        match self.expires_at {
+            Some(t) => {
+                out.push(1);
+                out.extend_from_slice(&t.to_be_bytes());
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(&self.value);
+        out
+    }
+
+    /// The deadline of an encoded record, without copying its value.
+    pub fn deadline_of(b: &[u8]) -> Option<u64> {
+        match b {
+            [0, 1, rest @ ..] if rest.len() >= 8 => {
+                Some(u64::from_be_bytes(rest[..8].try_into().ok()?))
+            }
+            _ => None,
+        }
+    }
+
+    /// None for bytes that are no record of this build (never a panic).
+    pub fn decode(b: &[u8]) -> Option<Record> {
+        match b {
+            [0, 0, rest @ ..] => Some(Record::string(rest.to_vec())),
+            [0, 1, rest @ ..] if rest.len() >= 8 => {
+                let t = u64::from_be_bytes(rest[..8].try_into().ok()?);
+                Some(Record { value: rest[8..].to_vec(), expires_at: Some(t) })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the key still exists at `now`: Redis keeps a key through its deadline's
+    /// millisecond and drops it after.
+    pub fn live_at(&self, now: u64) -> bool {
+        self.expires_at.is_none_or(|t| now <= t)
+    }
+}
+
+/// Stored bytes that are no `Record`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a stored value is no record of this build")]
+pub struct NotARecord;
+
+/// The live record stored as `raw`, at time `now`: None if absent or expired.
+pub fn live(raw: Option<Value>, now: u64) -> Result<Option<Record>, NotARecord> {
+    match raw {
+        None => Ok(None),
+        Some(b) => {
+            let r = Record::decode(&b).ok_or(NotARecord)?;
+            Ok(r.live_at(now).then_some(r))
+        }
+    }
 }
 
 /// A change to the stored state machine.
@@ -157,6 +287,17 @@ pub fn admit(session: Option<Session>, incarnation: u64, request: u64) -> Option
 pub trait KvRead {
     type Error;
     fn get(&self, key: &[u8]) -> Result<Option<Value>, Self::Error>;
+    /// The error for a stored value that is no `Record`.
+    fn corrupt(key: &[u8]) -> Self::Error;
+}
+
+/// The live record of `key` at `now`.
+fn read<S: KvRead>(state: &S, key: &[u8], now: u64) -> Result<Option<Record>, S::Error> {
+    live(state.get(key)?, now).map_err(|NotARecord| S::corrupt(key))
+}
+
+fn put(key: &[u8], r: Record) -> Mutation {
+    Mutation::Put(key.to_vec(), r.encode())
 }
 
 pub const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
@@ -174,78 +315,124 @@ fn error(msg: &str) -> (Vec<Mutation>, WriteReply) {
     (Vec::new(), WriteReply::Error(msg.into()))
 }
 
-/// Applies `cmd` to `state`. Later mutations in the list win over earlier ones for the same key.
-pub fn apply<S: KvRead>(cmd: &Command, state: &S) -> Result<(Vec<Mutation>, WriteReply), S::Error> {
+/// The deadline `expiry` gives a key written at `now` that had `old` (its previous deadline).
+fn deadline(expiry: Expiry, now: u64, old: Option<u64>) -> Option<u64> {
+    match expiry {
+        Expiry::Clear => None,
+        Expiry::Keep => old,
+        Expiry::In(ms) => Some(now.saturating_add(ms)),
+        Expiry::At(t) => Some(t),
+    }
+}
+
+/// Writes `r` at `now`, or deletes the key if its deadline already passed (Redis sets and
+/// drops it at once: the write still succeeds).
+fn store(key: &[u8], r: Record, now: u64) -> Mutation {
+    if r.live_at(now) {
+        put(key, r)
+    } else {
+        Mutation::Delete(key.to_vec())
+    }
+}
+
+/// Applies `cmd` to `state` at `now` (the entry's time, `Entry::time`: every replica applies
+/// at the same time). Later mutations in the list win over earlier ones for the same key.
+pub fn apply<S: KvRead>(
+    cmd: &Command,
+    state: &S,
+    now: u64,
+) -> Result<(Vec<Mutation>, WriteReply), S::Error> {
     Ok(match cmd {
-        Command::Set { key, value, cond, get } => {
-            let old = state.get(key)?;
+        Command::Set { key, value, cond, get, expiry } => {
+            let old = read(state, key, now)?;
             let holds = match cond {
                 SetCond::Always => true,
                 SetCond::IfAbsent => old.is_none(),
                 SetCond::IfPresent => old.is_some(),
             };
-            let muts = if holds { vec![Mutation::Put(key.clone(), value.clone())] } else { vec![] };
+            let mut muts = Vec::new();
+            if holds {
+                let expires_at = deadline(*expiry, now, old.as_ref().and_then(|r| r.expires_at));
+                muts.push(store(key, Record { value: value.clone(), expires_at }, now));
+            }
             let reply = match (get, old) {
-                (true, Some(v)) => WriteReply::Bulk(v),
+                (true, Some(r)) => WriteReply::Bulk(r.value),
                 (true, None) => WriteReply::Null,
                 (false, _) if holds => WriteReply::Ok,
                 (false, _) => WriteReply::Null,
             };
             (muts, reply)
         }
+        Command::GetEx { key, expiry } => match read(state, key, now)? {
+            None => (Vec::new(), WriteReply::Null),
+            Some(r) => {
+                let expires_at = deadline(*expiry, now, r.expires_at);
+                let value = r.value.clone();
+                (
+                    vec![store(key, Record { value: r.value, expires_at }, now)],
+                    WriteReply::Bulk(value),
+                )
+            }
+        },
         Command::MSet { pairs } => {
-            let muts = pairs.iter().map(|(k, v)| Mutation::Put(k.clone(), v.clone())).collect();
+            let muts = pairs.iter().map(|(k, v)| put(k, Record::string(v.clone()))).collect();
             (muts, WriteReply::Ok)
         }
         Command::MSetNx { pairs } => {
             for (k, _) in pairs {
-                if state.get(k)?.is_some() {
+                if read(state, k, now)?.is_some() {
                     return Ok((Vec::new(), WriteReply::Integer(0)));
                 }
             }
-            let muts = pairs.iter().map(|(k, v)| Mutation::Put(k.clone(), v.clone())).collect();
+            let muts = pairs.iter().map(|(k, v)| put(k, Record::string(v.clone()))).collect();
             (muts, WriteReply::Integer(1))
         }
         Command::Del { keys } => {
-            // Each distinct existing key counts once, as in Redis (`DEL a a` deletes 1).
+            // Each distinct existing key counts once, as in Redis (`DEL a a` deletes 1). An
+            // expired key is deleted too, but not counted.
             let mut seen = BTreeMap::new();
             for k in keys {
                 if !seen.contains_key(k.as_slice()) {
-                    seen.insert(k.as_slice(), state.get(k)?.is_some());
+                    let stored = state.get(k)?.is_some();
+                    let live = stored && read(state, k, now)?.is_some();
+                    seen.insert(k.as_slice(), (stored, live));
                 }
             }
+            let n = seen.values().filter(|(_, live)| *live).count() as i64;
             let muts: Vec<Mutation> = seen
                 .iter()
-                .filter(|(_, exists)| **exists)
+                .filter(|(_, (stored, _))| *stored)
                 .map(|(k, _)| Mutation::Delete(k.to_vec()))
                 .collect();
-            let n = muts.len() as i64;
             (muts, WriteReply::Integer(n))
         }
-        Command::GetDel { key } => match state.get(key)? {
-            Some(v) => (vec![Mutation::Delete(key.clone())], WriteReply::Bulk(v)),
+        Command::GetDel { key } => match read(state, key, now)? {
+            Some(r) => (vec![Mutation::Delete(key.clone())], WriteReply::Bulk(r.value)),
             None => (Vec::new(), WriteReply::Null),
         },
         Command::IncrBy { key, delta } => {
-            let current = match state.get(key)? {
+            let old = read(state, key, now)?;
+            let current = match &old {
                 None => 0,
-                Some(v) => match parse_i64(&v) {
+                Some(r) => match parse_i64(&r.value) {
                     Some(n) => n,
                     None => return Ok(error(ERR_NOT_INTEGER)),
                 },
             };
             match current.checked_add(*delta) {
-                Some(n) => (
-                    vec![Mutation::Put(key.clone(), n.to_string().into_bytes())],
-                    WriteReply::Integer(n),
-                ),
+                Some(n) => {
+                    let expires_at = old.and_then(|r| r.expires_at);
+                    let r = Record { value: n.to_string().into_bytes(), expires_at };
+                    (vec![put(key, r)], WriteReply::Integer(n))
+                }
                 None => error(ERR_OVERFLOW),
             }
         }
         Command::IncrByFloat { key, delta } => {
-            let current = match state.get(key)? {
+            let old = read(state, key, now)?;
+            let current = match &old {
                 None => 0.0,
-                Some(v) => match parse_f64(&v) {
+                Some(r) => match parse_f64(&r.value) {
                     Some(n) => n,
                     None => return Ok(error(ERR_NOT_FLOAT)),
                 },
@@ -256,53 +443,107 @@ pub fn apply<S: KvRead>(cmd: &Command, state: &S) -> Result<(Vec<Mutation>, Writ
                 return Ok(error(ERR_NAN));
             }
             let text = format_f64(n).into_bytes();
-            (vec![Mutation::Put(key.clone(), text.clone())], WriteReply::Bulk(text))
+            let r = Record { value: text.clone(), expires_at: old.and_then(|r| r.expires_at) };
+            (vec![put(key, r)], WriteReply::Bulk(text))
         }
         Command::Append { key, value } => {
-            let mut new = state.get(key)?.unwrap_or_default();
-            if new.len() as u64 + value.len() as u64 > STRING_BYTES_MAX {
+            let mut r = read(state, key, now)?.unwrap_or(Record::string(Vec::new()));
+            if r.value.len() as u64 + value.len() as u64 > STRING_BYTES_MAX {
                 return Ok(error(ERR_STRING_TOO_LONG));
             }
-            new.extend_from_slice(value);
-            let len = new.len() as i64;
-            (vec![Mutation::Put(key.clone(), new)], WriteReply::Integer(len))
+            r.value.extend_from_slice(value);
+            let len = r.value.len() as i64;
+            (vec![put(key, r)], WriteReply::Integer(len))
         }
         Command::SetRange { key, offset, value } => {
-            let old = state.get(key)?;
-            let len = old.as_ref().map_or(0, Vec::len);
+            let old = read(state, key, now)?;
+            let len = old.as_ref().map_or(0, |r| r.value.len());
             if value.is_empty() {
                 return Ok((Vec::new(), WriteReply::Integer(len as i64)));
             }
             if offset.saturating_add(value.len() as u64) > STRING_BYTES_MAX {
                 return Ok(error(ERR_STRING_TOO_LONG));
             }
-            let mut new = old.unwrap_or_default();
+            let mut r = old.unwrap_or(Record::string(Vec::new()));
             let end = *offset as usize + value.len();
-            if new.len() < end {
-                new.resize(end, 0);
+            if r.value.len() < end {
+                r.value.resize(end, 0);
             }
-            new[*offset as usize..end].copy_from_slice(value);
-            let len = new.len() as i64;
-            (vec![Mutation::Put(key.clone(), new)], WriteReply::Integer(len))
+            r.value[*offset as usize..end].copy_from_slice(value);
+            let len = r.value.len() as i64;
+            (vec![put(key, r)], WriteReply::Integer(len))
         }
         Command::Rename { from, to, nx } => {
-            let Some(v) = state.get(from)? else { return Ok(error(ERR_NO_SUCH_KEY)) };
-            let ok = |nx: bool| if nx { WriteReply::Integer(1) } else { WriteReply::Ok };
+            let Some(r) = read(state, from, now)? else { return Ok(error(ERR_NO_SUCH_KEY)) };
             if from == to {
                 let reply = if *nx { WriteReply::Integer(0) } else { WriteReply::Ok };
                 return Ok((Vec::new(), reply));
             }
-            if *nx && state.get(to)?.is_some() {
+            if *nx && read(state, to, now)?.is_some() {
                 return Ok((Vec::new(), WriteReply::Integer(0)));
             }
-            (vec![Mutation::Delete(from.clone()), Mutation::Put(to.clone(), v)], ok(*nx))
+            let reply = if *nx { WriteReply::Integer(1) } else { WriteReply::Ok };
+            (vec![Mutation::Delete(from.clone()), put(to, r)], reply)
         }
         Command::Copy { from, to, replace } => {
-            let Some(v) = state.get(from)? else { return Ok((Vec::new(), WriteReply::Integer(0))) };
-            if !replace && state.get(to)?.is_some() {
+            let Some(r) = read(state, from, now)? else {
+                return Ok((Vec::new(), WriteReply::Integer(0)));
+            };
+            if !replace && read(state, to, now)?.is_some() {
                 return Ok((Vec::new(), WriteReply::Integer(0)));
             }
-            (vec![Mutation::Put(to.clone(), v)], WriteReply::Integer(1))
+            (vec![put(to, r)], WriteReply::Integer(1))
+        }
+        Command::Expire { key, amount, millis, absolute, cond } => {
+            let name = match (absolute, millis) {
+                (false, false) => "expire",
+                (false, true) => "pexpire",
+                (true, false) => "expireat",
+                (true, true) => "pexpireat",
+            };
+            let invalid = || error(&format!("ERR invalid expire time in '{name}' command"));
+            let ms = if *millis { Some(*amount) } else { amount.checked_mul(1000) };
+            let base = if *absolute { 0 } else { now as i64 };
+            // As Redis: an overflow is refused before the key is looked at.
+            let Some(when) = ms.and_then(|ms| ms.checked_add(base)) else {
+                return Ok(invalid());
+            };
+            let Some(r) = read(state, key, now)? else {
+                return Ok((Vec::new(), WriteReply::Integer(0)));
+            };
+            let allowed = match (cond, r.expires_at) {
+                (ExpireCond::Always, _) => true,
+                (ExpireCond::NoExpiry, current) => current.is_none(),
+                (ExpireCond::HasExpiry, current) => current.is_some(),
+                (ExpireCond::Later, current) => current.is_some_and(|c| when > c as i64),
+                (ExpireCond::Earlier, current) => current.is_none_or(|c| when < c as i64),
+                (ExpireCond::HasExpiryAndEarlier, current) => {
+                    current.is_some_and(|c| when < c as i64)
+                }
+            };
+            if !allowed {
+                return Ok((Vec::new(), WriteReply::Integer(0)));
+            }
+            if when <= now as i64 {
+                return Ok((vec![Mutation::Delete(key.clone())], WriteReply::Integer(1)));
+            }
+            let r = Record { value: r.value, expires_at: Some(when as u64) };
+            (vec![put(key, r)], WriteReply::Integer(1))
+        }
+        Command::Persist { key } => match read(state, key, now)? {
+            Some(r) if r.expires_at.is_some() => {
+                (vec![put(key, Record::string(r.value))], WriteReply::Integer(1))
+            }
+            _ => (Vec::new(), WriteReply::Integer(0)),
+        },
+        Command::ExpireDue { keys } => {
+            let mut muts = Vec::new();
+            for k in keys {
+                if state.get(k)?.is_some() && read(state, k, now)?.is_none() {
+                    muts.push(Mutation::Delete(k.clone()));
+                }
+            }
+            (muts, WriteReply::Ok)
         }
         Command::FlushAll => (vec![Mutation::Clear], WriteReply::Ok),
         Command::Membership(_) => {
@@ -375,11 +616,18 @@ mod tests {
         fn get(&self, key: &[u8]) -> Result<Option<Value>, Self::Error> {
             Ok(self.0.get(key).cloned())
         }
+        fn corrupt(key: &[u8]) -> Self::Error {
+            panic!("corrupt value at {key:?}")
+        }
     }
 
     impl Map {
         fn run(&mut self, cmd: Command) -> WriteReply {
-            let (muts, reply) = apply(&cmd, self).unwrap();
+            self.run_at(cmd, 1_000)
+        }
+
+        fn run_at(&mut self, cmd: Command, now: u64) -> WriteReply {
+            let (muts, reply) = apply(&cmd, self, now).unwrap();
             for m in muts {
                 match m {
                     Mutation::Put(k, v) => self.0.insert(k, v),
@@ -392,6 +640,16 @@ mod tests {
                 };
             }
             reply
+        }
+    }
+
+    impl Map {
+        fn value(&self, k: &[u8]) -> Vec<u8> {
+            Record::decode(&self.0[k]).expect("a record").value
+        }
+
+        fn record(&self, k: &[u8]) -> Option<Record> {
+            self.0.get(k).map(|b| Record::decode(b).expect("a record"))
         }
     }
 
@@ -434,7 +692,7 @@ mod tests {
             m.run(Command::IncrBy { key: b("max"), delta: 1 }),
             WriteReply::Error(ERR_OVERFLOW.into())
         );
-        assert_eq!(m.0[&b("max")], i64::MAX.to_string().into_bytes());
+        assert_eq!(m.value(b"max"), i64::MAX.to_string().into_bytes());
     }
 
     #[test]
@@ -452,13 +710,90 @@ mod tests {
         let mut m = Map::default();
         assert_eq!(m.run(Command::Append { key: b("a"), value: b("xy") }), WriteReply::Integer(2));
         assert_eq!(m.run(Command::Append { key: b("a"), value: b("z") }), WriteReply::Integer(3));
-        assert_eq!(m.0[&b("a")], b("xyz"));
+        assert_eq!(m.value(b"a"), b("xyz"));
     }
 
     #[test]
     fn values_with_nul_bytes_are_kept_exactly() {
         let mut m = Map::default();
         m.run(Command::set(b("k\0ey"), vec![0, 1, 0, 255]));
-        assert_eq!(m.0[&b("k\0ey")], vec![0, 1, 0, 255]);
+        assert_eq!(m.value(b"k\0ey"), vec![0, 1, 0, 255]);
+    }
+
+    #[test]
+    fn records_round_trip_and_foreign_bytes_are_refused() {
+        for r in [Record::string(b("v")), Record { value: vec![0, 1], expires_at: Some(7) }] {
+            assert_eq!(Record::decode(&r.encode()), Some(r));
+        }
+        for bad in [&b""[..], &[1, 0], &[0], &[0, 1, 1, 2], &[0, 2]] {
+            assert_eq!(Record::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn expiry_is_decided_at_the_entry_time_and_kept_or_cleared_as_redis_does() {
+        let mut m = Map::default();
+        let set = |expiry| Command::Set {
+            key: b("k"),
+            value: b("v"),
+            cond: SetCond::Always,
+            get: false,
+            expiry,
+        };
+        m.run_at(set(Expiry::In(100)), 1_000);
+        assert_eq!(m.record(b"k").unwrap().expires_at, Some(1_100));
+        // Alive through its deadline's millisecond, gone after.
+        assert_eq!(m.run_at(Command::GetDel { key: b("x") }, 1_100), WriteReply::Null);
+        assert_eq!(
+            m.run_at(Command::IncrBy { key: b("k"), delta: 1 }, 1_100),
+            WriteReply::Error(ERR_NOT_INTEGER.into())
+        );
+        assert_eq!(
+            m.run_at(
+                Command::Set {
+                    key: b("k"),
+                    value: b("v"),
+                    cond: SetCond::Always,
+                    get: true,
+                    expiry: Expiry::Keep
+                },
+                1_101
+            ),
+            WriteReply::Null,
+            "expired at 1101: GET sees no old value"
+        );
+        assert_eq!(m.record(b"k").unwrap().expires_at, None, "KEEPTTL of an expired key");
+        // INCR and APPEND keep the deadline; SET clears it.
+        m.run_at(Command::set(b("n"), b("1")), 0);
+        let expire = |amount, cond| Command::Expire {
+            key: b("n"),
+            amount,
+            millis: true,
+            absolute: false,
+            cond,
+        };
+        assert_eq!(m.run_at(expire(500, ExpireCond::Always), 1_000), WriteReply::Integer(1));
+        m.run_at(Command::IncrBy { key: b("n"), delta: 1 }, 1_001);
+        m.run_at(Command::Append { key: b("n"), value: b("0") }, 1_002);
+        assert_eq!(m.record(b"n").unwrap(), Record { value: b("20"), expires_at: Some(1_500) });
+        // GT needs a later deadline, LT an earlier one, NX none, XX one.
+        assert_eq!(m.run_at(expire(400, ExpireCond::Later), 1_000), WriteReply::Integer(0));
+        assert_eq!(m.run_at(expire(400, ExpireCond::Earlier), 1_000), WriteReply::Integer(1));
+        assert_eq!(m.run_at(expire(900, ExpireCond::NoExpiry), 1_000), WriteReply::Integer(0));
+        assert_eq!(m.run_at(Command::Persist { key: b("n") }, 1_000), WriteReply::Integer(1));
+        assert_eq!(m.run_at(expire(900, ExpireCond::HasExpiry), 1_000), WriteReply::Integer(0));
+        assert_eq!(m.run_at(expire(900, ExpireCond::Later), 1_000), WriteReply::Integer(0));
+        // A deadline already past deletes the key.
+        assert_eq!(m.run_at(expire(0, ExpireCond::Always), 1_000), WriteReply::Integer(1));
+        assert!(m.record(b"n").is_none());
+        // The leader's sweep deletes only keys still expired at its entry's time.
+        m.run_at(set(Expiry::In(10)), 0);
+        m.run_at(Command::set(b("p"), b("v")), 0);
+        let due = Command::ExpireDue { keys: vec![b("k"), b("p"), b("none")] };
+        m.run_at(due.clone(), 5);
+        assert!(m.record(b"k").is_some());
+        m.run_at(due, 11);
+        assert!(m.record(b"k").is_none());
+        assert!(m.record(b"p").is_some(), "a key without a deadline stays");
     }
 }

@@ -9,6 +9,7 @@ pub struct RaftLog {
     /// else the snapshot the log was compacted to.
     offset: LogIndex,
     offset_term: Term,
+    offset_time: u64,
     /// Sum of `size_bytes` over `entries`, for the snapshot threshold.
     bytes: usize,
     /// The membership at `offset`, or (after a restart) the applied one: either way what is
@@ -36,12 +37,12 @@ impl RaftLog {
     /// A log restored from storage. `applied` entries were already applied by the state machine,
     /// so they are also known committed.
     pub fn restore(
-        offset: LogIndex,
-        offset_term: Term,
+        snapshot: SnapshotMeta,
         entries: Vec<Entry>,
         applied: LogIndex,
         base_membership: Membership,
     ) -> Self {
+        let SnapshotMeta { index: offset, term: offset_term, time: offset_time } = snapshot;
         for (i, e) in entries.iter().enumerate() {
             assert_eq!(e.index.0, offset.0 + 1 + i as u64, "restored log is not contiguous");
         }
@@ -51,6 +52,7 @@ impl RaftLog {
         let mut log = RaftLog {
             offset,
             offset_term,
+            offset_time,
             bytes,
             base_membership,
             membership_entries,
@@ -107,7 +109,7 @@ impl RaftLog {
 
     /// The snapshot the log starts after: entries up to it are compacted away.
     pub fn snapshot(&self) -> SnapshotMeta {
-        SnapshotMeta { index: self.offset, term: self.offset_term }
+        SnapshotMeta { index: self.offset, term: self.offset_term, time: self.offset_time }
     }
 
     /// Bytes of the entries held.
@@ -124,6 +126,7 @@ impl RaftLog {
             return self.snapshot();
         }
         let term = self.term(index).expect("held");
+        let time = self.time(index).expect("held");
         // The membership in effect at `index` becomes the base.
         if let Some(last) = self.membership_entries.iter().rev().find(|i| **i <= index) {
             let e = &self.entries[self.position(*last)];
@@ -135,6 +138,7 @@ impl RaftLog {
         self.entries.drain(..n);
         self.offset = index;
         self.offset_term = term;
+        self.offset_time = time;
         self.snapshot()
     }
 
@@ -147,6 +151,7 @@ impl RaftLog {
         self.bytes = 0;
         self.offset = meta.index;
         self.offset_term = meta.term;
+        self.offset_time = meta.time;
         self.commit = meta.index;
         self.applied = meta.index;
         self.persisted = meta.index;
@@ -159,6 +164,22 @@ impl RaftLog {
 
     pub fn last_term(&self) -> Term {
         self.entries.last().map_or(self.offset_term, |e| e.term)
+    }
+
+    /// The time of the last entry (`Entry::time`): the floor of the next one's.
+    pub fn last_time(&self) -> u64 {
+        self.entries.last().map_or(self.offset_time, |e| e.time)
+    }
+
+    /// The time of the entry at `index`, or None if the log does not hold it.
+    pub fn time(&self, index: LogIndex) -> Option<u64> {
+        if index == self.offset {
+            return Some(self.offset_time);
+        }
+        if index < self.offset || index > self.last_index() {
+            return None;
+        }
+        Some(self.entries[(index.0 - self.offset.0 - 1) as usize].time)
     }
 
     pub fn commit_index(&self) -> LogIndex {
@@ -355,7 +376,7 @@ mod tests {
 
     fn log_with(terms: &[u64]) -> RaftLog {
         let entries = terms.iter().enumerate().map(|(i, t)| e(i as u64 + 1, *t)).collect();
-        RaftLog::restore(LogIndex(0), Term(0), entries, LogIndex(0), Membership::default())
+        RaftLog::restore(SnapshotMeta::default(), entries, LogIndex(0), Membership::default())
     }
 
     #[test]

@@ -31,10 +31,13 @@ pub enum PlantedBug {
     /// from the committed membership, the old and the new majorities need not overlap, and
     /// both sides of a partition can commit.
     MembershipChangesOverlap,
+    /// A node decides whether a key expired by its own clock when it serves a read, instead of
+    /// at the time of the log position it reads: nodes whose clocks differ disagree.
+    ExpiryByLocalClock,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::VoteWithoutLogCheck,
         PlantedBug::FollowerLocalReads,
         PlantedBug::AckBeforeSync,
@@ -43,6 +46,7 @@ impl PlantedBug {
         PlantedBug::SnapshotDropsSessions,
         PlantedBug::LeaseIgnoresClockDrift,
         PlantedBug::MembershipChangesOverlap,
+        PlantedBug::ExpiryByLocalClock,
     ];
 }
 

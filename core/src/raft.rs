@@ -154,6 +154,9 @@ impl Role {
 pub enum Input {
     /// Logical time advanced by one tick.
     Tick,
+    /// The runtime's wall clock, in milliseconds since the Unix epoch: the leader stamps the
+    /// entries it appends with it (`Entry::time`). Consensus never reads it.
+    Clock(u64),
     Message(Message),
     /// A client proposal; `id` comes back in `Ready::rejected` if it cannot be accepted here.
     Propose {
@@ -380,6 +383,8 @@ pub struct RaftNode {
     /// Leader only: a membership change is taken only once the commit index reaches this
     /// (its first entry, or the last membership entry).
     pending_membership: LogIndex,
+    /// The last `Input::Clock`.
+    clock_ms: u64,
     /// Leader only: followers that need a snapshot, sent with the next `ready`.
     snapshot_wanted: Vec<NodeId>,
     /// Leader only: the node leadership is being handed to, ticks since the transfer began,
@@ -438,13 +443,8 @@ impl RaftNode {
         if restored.applied < restored.snapshot.index {
             return Err(ConfigError("stored applied index is below the stored snapshot".into()));
         }
-        let log = RaftLog::restore(
-            restored.snapshot.index,
-            restored.snapshot.term,
-            restored.entries,
-            restored.applied,
-            membership,
-        );
+        let log =
+            RaftLog::restore(restored.snapshot, restored.entries, restored.applied, membership);
         if log.last_term() > restored.hard_state.term {
             return Err(ConfigError("stored log has a term above the stored current term".into()));
         }
@@ -476,6 +476,7 @@ impl RaftNode {
             rejected: Vec::new(),
             install_snapshot: None,
             pending_membership: LogIndex(0),
+            clock_ms: 0,
             snapshot_wanted: Vec::new(),
             transfer: None,
             snapshot_acks: Vec::new(),
@@ -543,6 +544,7 @@ impl RaftNode {
     pub fn step(&mut self, input: Input) {
         match input {
             Input::Tick => self.tick(),
+            Input::Clock(ms) => self.clock_ms = ms,
             Input::Message(m) => self.step_message(m),
             Input::Propose { id, data } => self.propose(id, data),
             Input::Read { id } => self.read(id, self.cfg.id),
@@ -570,6 +572,14 @@ impl RaftNode {
                 }
             }
         }
+    }
+
+    /// An entry this leader appends, stamped with its clock (never earlier than the log's
+    /// last entry, so times never go back along the log, whoever leads).
+    fn new_entry(&self, index: LogIndex, data: Vec<u8>) -> Entry {
+        let mut e = Entry::new(index, self.term, data);
+        e.time = self.clock_ms.max(self.log.last_time());
+        e
     }
 
     // ---- membership changes (thesis §4) -----------------------------------------------------
@@ -618,7 +628,7 @@ impl RaftNode {
             return reject(self, Rejection::Busy);
         }
         let index = self.log.last_index().next();
-        let mut entry = Entry::new(index, self.term, data);
+        let mut entry = self.new_entry(index, data);
         entry.membership = Some(next);
         self.log.append(entry);
         self.pending_membership = index;
@@ -800,7 +810,11 @@ impl RaftNode {
         let committed = self.log.take_committed(self.cfg.apply_batch_max);
         // The runtime streams the state machine as it stands after applying `committed`.
         let applied = self.log.applied_index();
-        let at = SnapshotMeta { index: applied, term: self.log.term(applied).expect("held") };
+        let at = SnapshotMeta {
+            index: applied,
+            term: self.log.term(applied).expect("held"),
+            time: self.log.time(applied).expect("held"),
+        };
         let mut send_snapshots = Vec::new();
         for peer in std::mem::take(&mut self.snapshot_wanted) {
             if let Some(pr) = self.progress.get_mut(&peer) {
@@ -1050,7 +1064,7 @@ impl RaftNode {
         // lets ReadIndex start. No membership change is taken before it applies (the fix to
         // single-server changes in Ongaro's 2015 raft-dev post): the log may hold an
         // unapplied one from an earlier term.
-        self.log.append(Entry::new(next_index, self.term, Vec::new()));
+        self.log.append(self.new_entry(next_index, Vec::new()));
         self.pending_membership = next_index;
         self.maybe_commit();
     }
@@ -1602,7 +1616,7 @@ impl RaftNode {
                     return;
                 }
                 let index = self.log.last_index().next();
-                self.log.append(Entry::new(index, self.term, data));
+                self.log.append(self.new_entry(index, data));
                 // A single-voter cluster commits once its own write is persisted.
                 self.maybe_commit();
             }

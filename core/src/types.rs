@@ -60,11 +60,15 @@ pub struct Entry {
     /// as soon as the entry is in its log, committed or not (thesis §4.1), and is undone if a
     /// conflicting leader truncates it.
     pub membership: Option<Membership>,
+    /// The leader's wall clock when it appended the entry, in milliseconds since the Unix
+    /// epoch, never below the time of the entry before it. The state machine applies the entry
+    /// at this time, so every replica decides expiry alike whatever its own clock says.
+    pub time: u64,
 }
 
 impl Entry {
     pub fn new(index: LogIndex, term: Term, data: Vec<u8>) -> Entry {
-        Entry { index, term, data, membership: None }
+        Entry { index, term, data, membership: None, time: 0 }
     }
 
     /// Bytes this entry adds to a message or batch, for size limits.
@@ -86,13 +90,15 @@ pub struct HardState {
 }
 
 /// The point a snapshot of the state machine was taken at: it holds every entry up to `index`,
-/// whose term is `term`. The log before it may be compacted away.
+/// whose term is `term` and time `time` (`Entry::time`). The log before it may be compacted
+/// away.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct SnapshotMeta {
     pub index: LogIndex,
     pub term: Term,
+    pub time: u64,
 }
 
 /// Who is in the cluster: voters elect leaders and make up quorums; learners receive the log

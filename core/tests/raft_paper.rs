@@ -1269,7 +1269,7 @@ fn a_snapshot_the_follower_already_holds_is_not_installed_7() {
     assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(7).is_some()));
     let term = c.status(1).term.0;
     // A chunk of an old snapshot, delayed in the network, arrives after the follower caught up.
-    let meta = SnapshotMeta { index: LogIndex(3), term: Term(term) };
+    let meta = SnapshotMeta { index: LogIndex(3), term: Term(term), time: 0 };
     let body =
         MessageBody::SnapshotChunk { meta, seq: 0, data: encode_entry(&noop(1, term)), last: true };
     c.deliver(msg(1, 2, term, body));
@@ -1288,7 +1288,7 @@ fn a_node_restarts_from_its_snapshot_and_the_log_after_it_7() {
     let state = RestoredState {
         hard_state: HardState { term: Term(2), voted_for: None },
         membership: None,
-        snapshot: SnapshotMeta { index: LogIndex(5), term: Term(1) },
+        snapshot: SnapshotMeta { index: LogIndex(5), term: Term(1), time: 0 },
         entries,
         applied: LogIndex(6),
     };
@@ -1312,7 +1312,7 @@ fn a_new_leader_streams_a_snapshot_to_a_follower_whose_log_ends_before_its_own_7
     let compacted = RestoredState {
         hard_state: HardState { term: Term(2), voted_for: None },
         membership: None,
-        snapshot: SnapshotMeta { index: LogIndex(5), term: Term(1) },
+        snapshot: SnapshotMeta { index: LogIndex(5), term: Term(1), time: 0 },
         entries: (6..=8).map(|i| entry(i, 2)).collect(),
         applied: LogIndex(6),
     };
@@ -1662,7 +1662,7 @@ fn a_snapshot_of_an_index_the_follower_holds_keeps_the_entries_after_it_7() {
     assert_eq!(c.status(2).last_index, LogIndex(6));
     assert!(c.status(2).commit_index < LogIndex(4));
     let term = c.status(1).term.0;
-    let meta = SnapshotMeta { index: LogIndex(4), term: Term(term) };
+    let meta = SnapshotMeta { index: LogIndex(4), term: Term(term), time: 0 };
     let body =
         MessageBody::SnapshotChunk { meta, seq: 0, data: encode_entry(&noop(1, term)), last: true };
     c.step(2, Input::Message(msg(1, 2, term, body)));

@@ -2,7 +2,9 @@
 //! and the reply type the node produces. Pure functions; no I/O.
 
 use bytes::Bytes;
-use raft_kv_core::kv::{parse_f64, parse_i64, Command, SetCond, WriteReply, ERR_NOT_INTEGER};
+use raft_kv_core::kv::{
+    parse_f64, parse_i64, Command, ExpireCond, Expiry, SetCond, WriteReply, ERR_NOT_INTEGER,
+};
 
 /// A reply in Redis terms; turned into RESP bytes in `resp`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +55,12 @@ pub enum ReadCommand {
         end: i64,
     },
     Type(Bytes),
+    /// TTL, PTTL (`millis`), EXPIRETIME, PEXPIRETIME (`absolute`).
+    Ttl {
+        key: Bytes,
+        millis: bool,
+        absolute: bool,
+    },
     DbSize,
 }
 
@@ -121,6 +129,18 @@ const COMMANDS: &[(&str, i32)] = &[
     ("get", 2),
     ("set", -3),
     ("setnx", 3),
+    ("setex", 4),
+    ("psetex", 4),
+    ("getex", -2),
+    ("expire", -3),
+    ("pexpire", -3),
+    ("expireat", -3),
+    ("pexpireat", -3),
+    ("persist", 2),
+    ("ttl", 2),
+    ("pttl", 2),
+    ("expiretime", 2),
+    ("pexpiretime", 2),
     ("getset", 3),
     ("getdel", 2),
     ("del", -2),
@@ -225,12 +245,41 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             Ok(c) => Request::Write(c),
             Err(reply) => Request::Immediate(reply),
         },
+        "setex" | "psetex" => {
+            let unit = if name == "setex" { b"ex".as_slice() } else { b"px".as_slice() };
+            match expiry_option(name, unit, &args[1]) {
+                Ok(expiry) => Request::Write(Command::Set {
+                    key: a(0).to_vec(),
+                    value: a(2).to_vec(),
+                    cond: SetCond::Always,
+                    get: false,
+                    expiry,
+                }),
+                Err(reply) => Request::Immediate(reply),
+            }
+        }
+        "getex" => match getex_command(args) {
+            Ok(Some(c)) => Request::Write(c),
+            Ok(None) => Request::Read(ReadCommand::Get(a(0))),
+            Err(reply) => Request::Immediate(reply),
+        },
+        "expire" | "pexpire" | "expireat" | "pexpireat" => match expire_command(name, args) {
+            Ok(c) => Request::Write(c),
+            Err(reply) => Request::Immediate(reply),
+        },
+        "persist" => Request::Write(Command::Persist { key: a(0).to_vec() }),
+        "ttl" | "pttl" | "expiretime" | "pexpiretime" => Request::Read(ReadCommand::Ttl {
+            key: a(0),
+            millis: name.starts_with('p'),
+            absolute: name.ends_with("time"),
+        }),
         "setnx" => Request::Write(Command::MSetNx { pairs: vec![(a(0).to_vec(), a(1).to_vec())] }),
         "getset" => Request::Write(Command::Set {
             key: a(0).to_vec(),
             value: a(1).to_vec(),
             cond: SetCond::Always,
             get: true,
+            expiry: Expiry::Clear,
         }),
         "getdel" => Request::Write(Command::GetDel { key: a(0).to_vec() }),
         "del" | "unlink" => {
@@ -328,19 +377,111 @@ fn syntax_error() -> Reply {
     Reply::error("ERR syntax error")
 }
 
-/// SET key value [NX | XX] [GET]; the expiry options come with expiry support.
+/// Relative deadlines past this many milliseconds are refused: Redis refuses a deadline that
+/// overflows a signed 64-bit millisecond count once the current time is added, and the current
+/// time stays below 2^42 ms until the year 2109.
+const RELATIVE_MS_MAX: i64 = i64::MAX - (1 << 42);
+
+/// The expiry an EX / PX / EXAT / PXAT option of `cmd` with `value` asks for.
+fn expiry_option(cmd: &str, unit: &[u8], value: &[u8]) -> Result<Expiry, Reply> {
+    let n = parse_i64(value).ok_or_else(not_integer)?;
+    let invalid = || Reply::error(format!("ERR invalid expire time in '{cmd}' command"));
+    let seconds = matches!(unit, b"ex" | b"exat");
+    if n <= 0 || (seconds && n > i64::MAX / 1000) {
+        return Err(invalid());
+    }
+    let ms = if seconds { n * 1000 } else { n };
+    match unit {
+        b"ex" | b"px" if ms > RELATIVE_MS_MAX => Err(invalid()),
+        b"ex" | b"px" => Ok(Expiry::In(ms as u64)),
+        _ => Ok(Expiry::At(ms as u64)),
+    }
+}
+
+/// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT t | PXAT t | KEEPTTL].
 fn set_command(args: &[Bytes]) -> Result<Command, Reply> {
     let mut cond = SetCond::Always;
     let mut get = false;
-    for opt in &args[2..] {
-        match opt.to_ascii_lowercase().as_slice() {
+    let mut expiry: Option<Expiry> = None;
+    let mut i = 2;
+    while i < args.len() {
+        let opt = args[i].to_ascii_lowercase();
+        match opt.as_slice() {
             b"nx" if cond != SetCond::IfPresent => cond = SetCond::IfAbsent,
             b"xx" if cond != SetCond::IfAbsent => cond = SetCond::IfPresent,
             b"get" => get = true,
+            b"keepttl" if matches!(expiry, None | Some(Expiry::Keep)) => {
+                expiry = Some(Expiry::Keep)
+            }
+            b"ex" | b"px" | b"exat" | b"pxat" if expiry.is_none() && i + 1 < args.len() => {
+                i += 1;
+                expiry = Some(expiry_option("set", &opt, &args[i])?);
+            }
             _ => return Err(syntax_error()),
         }
+        i += 1;
     }
-    Ok(Command::Set { key: args[0].to_vec(), value: args[1].to_vec(), cond, get })
+    let expiry = expiry.unwrap_or(Expiry::Clear);
+    Ok(Command::Set { key: args[0].to_vec(), value: args[1].to_vec(), cond, get, expiry })
+}
+
+/// GETEX key [EX s | PX ms | EXAT t | PXAT t | PERSIST]: None without an option (a read).
+fn getex_command(args: &[Bytes]) -> Result<Option<Command>, Reply> {
+    let mut expiry: Option<Expiry> = None;
+    let mut i = 1;
+    while i < args.len() {
+        let opt = args[i].to_ascii_lowercase();
+        match opt.as_slice() {
+            b"persist" if expiry.is_none() => expiry = Some(Expiry::Clear),
+            b"ex" | b"px" | b"exat" | b"pxat" if expiry.is_none() && i + 1 < args.len() => {
+                i += 1;
+                expiry = Some(expiry_option("getex", &opt, &args[i])?);
+            }
+            _ => return Err(syntax_error()),
+        }
+        i += 1;
+    }
+    Ok(expiry.map(|expiry| Command::GetEx { key: args[0].to_vec(), expiry }))
+}
+
+/// EXPIRE / PEXPIRE / EXPIREAT / PEXPIREAT key amount [NX | XX | GT | LT].
+fn expire_command(name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    let amount = parse_i64(&args[1]).ok_or_else(not_integer)?;
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for opt in &args[2..] {
+        match opt.to_ascii_lowercase().as_slice() {
+            b"nx" => nx = true,
+            b"xx" => xx = true,
+            b"gt" => gt = true,
+            b"lt" => lt = true,
+            _ => return Err(Reply::error(format!("ERR Unsupported option {}", sanitize(opt)))),
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(Reply::error(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if gt && lt {
+        return Err(Reply::error("ERR GT and LT options at the same time are not compatible"));
+    }
+    // XX with GT or LT: both must hold; GT and LT already require a deadline or treat none as
+    // infinite, so XX adds "has one".
+    let cond = match (nx, xx, gt, lt) {
+        (true, ..) => ExpireCond::NoExpiry,
+        (_, _, true, _) => ExpireCond::Later,
+        (_, true, _, true) => ExpireCond::HasExpiryAndEarlier,
+        (_, _, _, true) => ExpireCond::Earlier,
+        (_, true, ..) => ExpireCond::HasExpiry,
+        _ => ExpireCond::Always,
+    };
+    Ok(Command::Expire {
+        key: args[0].to_vec(),
+        amount,
+        millis: name.starts_with('p'),
+        absolute: name.ends_with("at"),
+        cond,
+    })
 }
 
 /// COPY source destination [DB destination-db] [REPLACE]; only database 0 exists.

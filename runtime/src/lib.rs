@@ -51,6 +51,9 @@ pub struct SimHooks {
     /// The length of each successive tick, called once per tick; None: `tuning.tick`. The
     /// simulation skews each node's clock rate and phase with it.
     pub tick_period: Option<Arc<dyn Fn() -> Duration + Send + Sync>>,
+    /// The node's wall clock in milliseconds since the Unix epoch; None: the system's. The
+    /// simulation offsets each node's.
+    pub wall_clock: Option<node::WallClock>,
     pub on_status: Option<StatusHook>,
 }
 
@@ -58,6 +61,7 @@ impl std::fmt::Debug for SimHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimHooks")
             .field("tick_period", &self.tick_period.is_some())
+            .field("wall_clock", &self.wall_clock.is_some())
             .field("on_status", &self.on_status.is_some())
             .finish()
     }
@@ -148,6 +152,12 @@ pub async fn start<S: Storage>(
         .map(|(id, a)| (*id, a.clone()))
         .collect();
     let applied = restored.applied;
+    // The time of the applied entry: in the log, or the snapshot's if that is where it ends.
+    let applied_time = restored
+        .entries
+        .iter()
+        .find(|e| e.index == applied)
+        .map_or(restored.snapshot.time, |e| e.time);
     info!(node = %opts.raft.id, term = %restored.hard_state.term, applied = %applied,
         log_entries = restored.entries.len(), incarnation, "restored from storage");
     let raft = RaftNode::new(opts.raft.clone(), restored)?;
@@ -194,9 +204,19 @@ pub async fn start<S: Storage>(
     let tick_period = opts.hooks.tick_period.clone();
     // Half a frame: the entry, its encoding and the AppendEntries around it must fit in one.
     let proposal_bytes_max = opts.transport.frame_bytes_max / 2;
-    let start = node::NodeStart { incarnation, applied, proposal_bytes_max, info };
-    let task = NodeTask::new(raft, storage, peers, opts.tuning, start)
+    let wall_clock =
+        opts.hooks.wall_clock.clone().unwrap_or_else(|| Arc::new(node::system_clock_ms));
+    let start = node::NodeStart {
+        incarnation,
+        applied,
+        applied_time,
+        proposal_bytes_max,
+        info,
+        wall_clock,
+    };
+    let mut task = NodeTask::new(raft, storage, peers, opts.tuning, start)
         .with_status_hook(opts.hooks.on_status.clone());
+    task.rebuild_deadlines()?;
     let span = info_span!("node", node = opts.raft.id.0);
     let period = move || tick_period.as_ref().map_or(tick, |f| f());
     let task = tokio::spawn(task.run(peer_rx, client_rx, period).instrument(span));

@@ -6,15 +6,15 @@
 use crate::codec::{self, Proposal};
 use crate::command::{AdminCommand, ReadCommand, Reply};
 use crate::snapshot::{Incoming, Outgoing, SnapshotTuning};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{SnapshotItem, Storage, StorageError};
 use crate::transport::PeerSender;
 use bytes::Bytes;
-use raft_kv_core::kv::{self, KvRead, Mutation, Value};
+use raft_kv_core::kv::{self, Key, KvRead, Mutation, Value};
 use raft_kv_core::{
     planted, Input, LogIndex, Membership, MembershipChange, Message, NodeId, PlantedBug, RaftNode,
     Ready, Rejection, Role, Status,
 };
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -48,6 +48,13 @@ const PROMOTE_LAG_MAX: u64 = 100;
 /// After a promotion was proposed and answered, the next waits this long: a promotion
 /// refused (another change pending, a transfer running) is retried this often.
 const PROMOTE_RETRY: Duration = Duration::from_millis(200);
+
+/// Expired keys one sweep entry deletes at most.
+const SWEEP_KEYS_MAX: usize = 256;
+
+/// While keys with a deadline exist, the leader keeps the log's time (`Entry::time`, at which
+/// reads decide expiry) at most this far behind its clock, with an empty sweep if need be.
+const LOG_TIME_LAG_MAX_MS: u64 = 100;
 
 /// Overdue ticks stepped at once after a stall; a longer stall resumes ticking from there.
 const TICK_CATCH_UP_MAX: usize = 100_000;
@@ -102,6 +109,16 @@ impl<S: Storage> KvRead for Applied<'_, S> {
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
         self.0.get(key)
     }
+    fn corrupt(key: &[u8]) -> StorageError {
+        corrupt_value(key)
+    }
+}
+
+fn corrupt_value(key: &[u8]) -> StorageError {
+    StorageError::Corrupt(format!(
+        "the value of key {:?} is no record",
+        String::from_utf8_lossy(key)
+    ))
 }
 
 pub struct NodeTask<S: Storage> {
@@ -143,20 +160,41 @@ pub struct NodeTask<S: Storage> {
     promote_after: Instant,
     /// The membership the transport was last set up for.
     known_membership: Membership,
+    wall_clock: WallClock,
+    /// Time of the last applied entry (`Entry::time`): expiry is decided at it.
+    applied_time: u64,
+    /// Keys with a deadline, by deadline, and each one's: the leader sweeps them.
+    deadlines_by_time: BTreeSet<(u64, Key)>,
+    key_deadlines: HashMap<Key, u64>,
+    /// The request id of the leader's sweep in flight.
+    sweep: Option<u64>,
 }
 
 /// A callback on every change of a node's role, term or leader.
 pub type StatusHook = Arc<dyn Fn(&Status) + Send + Sync>;
 
 /// What a node task starts from besides its Raft node, storage and peers.
+/// A wall clock: milliseconds since the Unix epoch.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system's wall clock, in milliseconds since the Unix epoch (0 before it).
+pub fn system_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 pub struct NodeStart {
     /// This run's number (`Storage::next_incarnation`).
     pub incarnation: u64,
-    /// The applied index restored from storage.
+    /// The applied index restored from storage, and its entry's time.
     pub applied: LogIndex,
+    pub applied_time: u64,
     /// Larger writes are refused: their log entry could not be sent to peers.
     pub proposal_bytes_max: usize,
     pub info: InfoContext,
+    /// Stamps the entries this node appends as leader (`Entry::time`).
+    pub wall_clock: WallClock,
 }
 
 /// What INFO reports beyond the Raft state.
@@ -179,7 +217,8 @@ impl<S: Storage> NodeTask<S> {
         tuning: NodeTuning,
         start: NodeStart,
     ) -> Self {
-        let NodeStart { incarnation, applied, proposal_bytes_max, info } = start;
+        let NodeStart { incarnation, applied, applied_time, proposal_bytes_max, info, wall_clock } =
+            start;
         NodeTask {
             id: raft.id(),
             raft,
@@ -207,6 +246,11 @@ impl<S: Storage> NodeTask<S> {
             transfers: Vec::new(),
             promote_after: Instant::now(),
             known_membership: Membership::default(),
+            wall_clock,
+            applied_time,
+            deadlines_by_time: BTreeSet::new(),
+            key_deadlines: HashMap::new(),
+            sweep: None,
             tuning,
         }
     }
@@ -225,6 +269,7 @@ impl<S: Storage> NodeTask<S> {
     ) -> Result<(), StorageError> {
         let mut next_tick = Instant::now() + tick_period();
         loop {
+            self.raft.step(Input::Clock((self.wall_clock)()));
             // `biased`: tokio's random branch order draws from a thread-local RNG that outlives
             // a simulation run, which would make runs of the same seed differ.
             tokio::select! {
@@ -243,6 +288,7 @@ impl<S: Storage> NodeTask<S> {
                     None => return Ok(()),
                 },
             }
+            self.raft.step(Input::Clock((self.wall_clock)()));
             // Ticks that fell due while the task was busy or stalled come first: a lease must
             // never be judged by a clock that lags.
             for _ in 0..TICK_CATCH_UP_MAX {
@@ -500,8 +546,99 @@ impl<S: Storage> NodeTask<S> {
         }
     }
 
+    /// Keeps the deadline index in step with applied mutations.
+    fn note_deadlines(&mut self, mutations: &[Mutation]) {
+        for m in mutations {
+            match m {
+                Mutation::Put(k, v) => {
+                    let new = kv::Record::deadline_of(v);
+                    let old = match new {
+                        Some(t) => self.key_deadlines.insert(k.clone(), t),
+                        None => self.key_deadlines.remove(k),
+                    };
+                    if let Some(old) = old {
+                        self.deadlines_by_time.remove(&(old, k.clone()));
+                    }
+                    if let Some(t) = new {
+                        self.deadlines_by_time.insert((t, k.clone()));
+                    }
+                }
+                Mutation::Delete(k) => {
+                    if let Some(old) = self.key_deadlines.remove(k) {
+                        self.deadlines_by_time.remove(&(old, k.clone()));
+                    }
+                }
+                Mutation::Clear => {
+                    self.key_deadlines.clear();
+                    self.deadlines_by_time.clear();
+                }
+                Mutation::Session(..) | Mutation::Membership(_) => {}
+            }
+        }
+    }
+
+    /// Rebuilds the deadline index from the applied state (at start, after a snapshot).
+    pub fn rebuild_deadlines(&mut self) -> Result<(), StorageError> {
+        self.key_deadlines.clear();
+        self.deadlines_by_time.clear();
+        let mut reader = self.storage.snapshot_reader()?;
+        loop {
+            let items = reader.next_chunk(1 << 20)?;
+            if items.is_empty() {
+                return Ok(());
+            }
+            let puts: Vec<Mutation> = items
+                .into_iter()
+                .filter_map(|i| match i {
+                    SnapshotItem::Kv(k, v) if kv::Record::deadline_of(&v).is_some() => {
+                        Some(Mutation::Put(k, v))
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.note_deadlines(&puts);
+        }
+    }
+
+    /// The leader deletes expired keys through the log, and keeps the log's time fresh while
+    /// keys with a deadline exist, one sweep entry at a time.
+    fn maybe_sweep(&mut self) {
+        if self.sweep.is_some_and(|id| self.writes.contains_key(&id)) {
+            return;
+        }
+        self.sweep = None;
+        if self.raft.status().role != Role::Leader || self.deadlines_by_time.is_empty() {
+            return;
+        }
+        let now = (self.wall_clock)();
+        let keys: Vec<Key> = self
+            .deadlines_by_time
+            .iter()
+            .take_while(|(t, _)| *t < now)
+            .take(SWEEP_KEYS_MAX)
+            .map(|(_, k)| k.clone())
+            .collect();
+        if keys.is_empty() && now <= self.applied_time + LOG_TIME_LAG_MAX_MS {
+            return;
+        }
+        let id = self.next_request;
+        self.next_request += 1;
+        let data = codec::encode(&Proposal {
+            origin: self.id,
+            incarnation: self.incarnation,
+            request: id,
+            command: kv::Command::ExpireDue { keys },
+        });
+        self.raft.step(Input::Propose { id, data: data.clone() });
+        let (reply, _) = oneshot::channel();
+        self.writes.insert(id, PendingWrite { data, reply, resubmitted: false, membership: None });
+        self.deadlines.push_back((Instant::now() + self.tuning.request_timeout, id));
+        self.sweep = Some(id);
+    }
+
     fn on_tick(&mut self) {
         self.maybe_promote_learner();
+        self.maybe_sweep();
         if !self.transfers.is_empty() {
             let now = Instant::now();
             let (late, waiting) =
@@ -576,6 +713,8 @@ impl<S: Storage> NodeTask<S> {
             self.storage.install_snapshot(meta)?;
             info!(node = %self.id, index = %meta.index, term = %meta.term, "snapshot installed");
             self.applied = meta.index;
+            self.applied_time = meta.time;
+            self.rebuild_deadlines()?;
             self.settle_writes_in_snapshot()?;
             if let Some(m) = self.storage.membership()? {
                 self.raft.step(Input::SnapshotMembership(m));
@@ -723,13 +862,15 @@ impl<S: Storage> NodeTask<S> {
                                     ),
                                 },
                                 command => {
-                                    let (m, r) = kv::apply(command, &Applied(&self.storage))?;
+                                    let (m, r) =
+                                        kv::apply(command, &Applied(&self.storage), entry.time)?;
                                     (m, r.into())
                                 }
                             };
                             mutations.extend(membership);
                             mutations.push(Mutation::Session(p.origin.0, session));
                             self.storage.apply(index, &mutations)?;
+                            self.note_deadlines(&mutations);
                             if let Some(w) = mine.then(|| self.writes.remove(&p.request)).flatten()
                             {
                                 let _ = w.reply.send(reply);
@@ -760,6 +901,7 @@ impl<S: Storage> NodeTask<S> {
             }
         }
         self.applied = index;
+        self.applied_time = entry.time;
         Ok(())
     }
 
@@ -818,39 +960,68 @@ impl<S: Storage> NodeTask<S> {
         Some(r)
     }
 
+    /// The live record of `key` as of the applied state: expiry is decided at the applied
+    /// entry's time, so every node agrees at every log position whatever its own clock.
+    fn read_record(&self, key: &[u8]) -> Result<Option<kv::Record>, StorageError> {
+        kv::live(self.storage.get(key)?, self.read_time()).map_err(|_| corrupt_value(key))
+    }
+
+    fn read_time(&self) -> u64 {
+        if planted::active(self.raft.config().planted, PlantedBug::ExpiryByLocalClock) {
+            return (self.wall_clock)();
+        }
+        self.applied_time
+    }
+
     fn execute_read(&self, cmd: &ReadCommand) -> Result<Reply, StorageError> {
-        let bulk = |v: Option<Value>| v.map_or(Reply::Null, |v| Reply::Bulk(Bytes::from(v)));
+        let bulk =
+            |r: Option<kv::Record>| r.map_or(Reply::Null, |r| Reply::Bulk(Bytes::from(r.value)));
+        let now = self.read_time();
         Ok(match cmd {
-            ReadCommand::Get(k) => bulk(self.storage.get(k)?),
+            ReadCommand::Get(k) => bulk(self.read_record(k)?),
             ReadCommand::MGet(keys) => Reply::Array(
-                keys.iter().map(|k| self.storage.get(k).map(bulk)).collect::<Result<_, _>>()?,
+                keys.iter().map(|k| self.read_record(k).map(bulk)).collect::<Result<_, _>>()?,
             ),
             ReadCommand::Exists(keys) => {
                 let mut n = 0;
                 for k in keys {
-                    if self.storage.get(k)?.is_some() {
+                    if self.read_record(k)?.is_some() {
                         n += 1;
                     }
                 }
                 Reply::Integer(n)
             }
             ReadCommand::StrLen(k) => {
-                Reply::Integer(self.storage.get(k)?.map_or(0, |v| v.len() as i64))
+                Reply::Integer(self.read_record(k)?.map_or(0, |r| r.value.len() as i64))
             }
             ReadCommand::GetRange { key, start, end } => {
-                let v = self.storage.get(key)?.unwrap_or_default();
+                let v = self.read_record(key)?.map(|r| r.value).unwrap_or_default();
                 Reply::Bulk(Bytes::from(crate::command::get_range(&v, *start, *end)))
             }
             ReadCommand::Type(k) => {
-                Reply::Simple(if self.storage.get(k)?.is_some() { "string" } else { "none" })
+                Reply::Simple(if self.read_record(k)?.is_some() { "string" } else { "none" })
             }
+            ReadCommand::Ttl { key, millis, absolute } => match self.read_record(key)? {
+                None => Reply::Integer(-2),
+                Some(kv::Record { expires_at: None, .. }) => Reply::Integer(-1),
+                Some(kv::Record { expires_at: Some(t), .. }) => {
+                    let ms = if *absolute { t } else { t.saturating_sub(now) } as i64;
+                    Reply::Integer(if *millis { ms } else { (ms + 500) / 1000 })
+                }
+            },
             ReadCommand::DbSize => Reply::Integer(self.storage.key_count()? as i64),
             ReadCommand::Keys(pattern) => {
-                let keys = self.storage.keys(pattern, KEYS_RESULT_MAX + 1)?;
+                let mut keys = self.storage.keys(pattern, KEYS_RESULT_MAX + 1)?;
                 if keys.len() > KEYS_RESULT_MAX {
                     Reply::error(format!("ERR KEYS would return more than {KEYS_RESULT_MAX} keys; use a narrower pattern"))
                 } else {
-                    Reply::Array(keys.into_iter().map(|k| Reply::Bulk(Bytes::from(k))).collect())
+                    let mut live = Vec::with_capacity(keys.len());
+                    for k in keys.drain(..) {
+                        if self.read_record(&k)?.is_some() {
+                            live.push(Reply::Bulk(Bytes::from(k)));
+                        }
+                    }
+                    Reply::Array(live)
                 }
             }
         })

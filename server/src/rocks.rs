@@ -690,12 +690,14 @@ mod tests {
             for i in 1..=4 {
                 s.apply(LogIndex(i), &[put(&format!("k{i}"), "v")]).unwrap();
             }
-            assert!(s.compact(SnapshotMeta { index: LogIndex(5), term: Term(2) }).is_err());
-            s.compact(SnapshotMeta { index: LogIndex(3), term: Term(2) }).unwrap();
+            assert!(s
+                .compact(SnapshotMeta { index: LogIndex(5), term: Term(2), time: 0 })
+                .is_err());
+            s.compact(SnapshotMeta { index: LogIndex(3), term: Term(2), time: 0 }).unwrap();
         }
         let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
         let r = s.load().unwrap();
-        assert_eq!(r.snapshot, SnapshotMeta { index: LogIndex(3), term: Term(2) });
+        assert_eq!(r.snapshot, SnapshotMeta { index: LogIndex(3), term: Term(2), time: 0 });
         assert_eq!(r.entries, (4..=6).map(|i| entry(i, 2)).collect::<Vec<_>>());
         assert_eq!(r.applied, LogIndex(4));
         assert_eq!(s.get(b"k4").unwrap(), Some(b"v".to_vec()));
@@ -741,7 +743,7 @@ mod tests {
     #[test]
     fn an_installed_snapshot_replaces_state_and_log_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = SnapshotMeta { index: LogIndex(10), term: Term(3) };
+        let meta = SnapshotMeta { index: LogIndex(10), term: Term(3), time: 0 };
         {
             let mut s = RocksStorage::open(dir.path(), id(2)).unwrap();
             let hs = HardState { term: Term(3), voted_for: None };
@@ -774,7 +776,7 @@ mod tests {
     #[test]
     fn an_install_cut_short_by_a_crash_is_finished_on_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = SnapshotMeta { index: LogIndex(4), term: Term(1) };
+        let meta = SnapshotMeta { index: LogIndex(4), term: Term(1), time: 0 };
         {
             let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
             s.persist(

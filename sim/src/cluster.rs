@@ -12,7 +12,7 @@ use raft_kv_runtime::storage::{MemStorage, Storage};
 use raft_kv_runtime::{NodeOptions, SimHooks};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,11 +78,18 @@ pub struct SkewClock {
     rate_ppm: AtomicU64,
     /// Added once to the next tick.
     offset_us: AtomicU64,
+    /// The node's wall clock (which stamps the entries it appends as leader) is this far
+    /// from the simulation's.
+    wall_offset_ms: AtomicI64,
 }
 
 impl SkewClock {
     fn new() -> Arc<SkewClock> {
-        Arc::new(SkewClock { rate_ppm: AtomicU64::new(1_000_000), offset_us: AtomicU64::new(0) })
+        Arc::new(SkewClock {
+            rate_ppm: AtomicU64::new(1_000_000),
+            offset_us: AtomicU64::new(0),
+            wall_offset_ms: AtomicI64::new(0),
+        })
     }
 
     /// From now on the node's ticks run `rate` times as fast as true time.
@@ -97,6 +104,17 @@ impl SkewClock {
     /// Delays the node's next tick by `offset`, shifting its clock's phase.
     pub fn shift(&self, offset: Duration) {
         self.offset_us.store(offset.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Sets the node's wall clock `ms` milliseconds ahead of true time (behind if negative).
+    pub fn set_wall_offset(&self, ms: i64) {
+        self.wall_offset_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The node's wall clock, in milliseconds since the Unix epoch (simulated: deterministic).
+    pub fn wall_ms(&self) -> u64 {
+        let now = raft_kv_runtime::node::system_clock_ms() as i64;
+        now.saturating_add(self.wall_offset_ms.load(Ordering::Relaxed)).max(0) as u64
     }
 
     fn next_period(&self) -> Duration {
@@ -204,7 +222,11 @@ impl SimCluster {
                     let clock = clock.clone();
                     let on_status = invariants.clone();
                     node_opts.hooks = SimHooks {
-                        tick_period: Some(Arc::new(move || clock.next_period())),
+                        tick_period: Some(Arc::new({
+                            let clock = clock.clone();
+                            move || clock.next_period()
+                        })),
+                        wall_clock: Some(Arc::new(move || clock.wall_ms())),
                         on_status: Some(Arc::new(move |s| on_status.on_status(s))),
                     };
                     async move {

@@ -602,10 +602,13 @@ impl<'a> Nemesis<'a> {
         let rate = self.rng.gen_range(SKEW_RATE_MIN..SKEW_RATE_MAX);
         let offset = Duration::from_micros(self.rng.gen_range(0..200_000));
         let offset = if self.swarm.skew_phase { offset } else { Duration::ZERO };
+        // Wall clocks (which stamp the log, and so decide expiry) up to 3 s apart.
+        let wall = self.rng.gen_range(-3_000..=3_000);
         self.cluster.clocks[&id].set_rate(rate);
         self.cluster.clocks[&id].shift(offset);
+        self.cluster.clocks[&id].set_wall_offset(wall);
         self.log(format!(
-            "clock of node {id}: rate {rate:.2}x, next tick +{}ms",
+            "clock of node {id}: rate {rate:.2}x, next tick +{}ms, wall {wall:+}ms",
             offset.as_millis()
         ));
     }

@@ -6,7 +6,7 @@
 
 use raft_kv_core::NodeId;
 use raft_kv_sim::client::{Client, Value};
-use raft_kv_sim::cluster::{redis_addr, SimCluster};
+use raft_kv_sim::cluster::{redis_addr, ClusterOptions, SimCluster};
 use std::time::Duration;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,7 +105,9 @@ async fn a_killed_leader_is_replaced_and_catches_up_after_restart() {
         })
         .await
         .unwrap();
-    assert_eq!(cluster.storages[&leader].snapshot_kv().get(b"a".as_slice()), Some(&b"2".to_vec()));
+    let stored = cluster.storages[&leader].snapshot_kv().get(b"a".as_slice()).cloned();
+    let value = stored.and_then(|v| raft_kv_core::kv::Record::decode(&v)).map(|r| r.value);
+    assert_eq!(value, Some(b"2".to_vec()));
 }
 
 #[madsim::test]
@@ -225,4 +227,75 @@ async fn increments_survive_leader_crashes_without_double_applying() {
         total >= acked && total <= acked + unknown,
         "counter {total}, acknowledged {acked}, indeterminate {unknown}: an increment was lost or applied twice"
     );
+}
+
+/// Keys with deadlines about a second away, written through every node, while the
+/// nodes' wall clocks are 3 s apart (the leader's true, one follower's ahead, one's behind).
+/// Reads go round the nodes one after another; once any read found a key gone, no later one
+/// may see it again. Returns what went wrong.
+async fn expiry_under_skewed_clocks(planted: Option<raft_kv_core::PlantedBug>) -> Vec<String> {
+    let mut opts = ClusterOptions::new(3, madsim::runtime::Handle::current().seed());
+    opts.planted = planted;
+    let cluster = SimCluster::start_with(opts);
+    let leader = cluster
+        .client
+        .spawn(async move {
+            call_until_ok(NodeId(1), &[b"SET", b"probe", b"1"], 50).await;
+            leader_of(NodeId(1)).await.expect("a leader is known after a commit")
+        })
+        .await
+        .unwrap();
+    let followers: Vec<NodeId> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
+    cluster.clocks[&followers[0]].set_wall_offset(3_000);
+    cluster.clocks[&followers[1]].set_wall_offset(-3_000);
+    let mut problems = cluster
+        .client
+        .spawn(async move {
+            let mut problems = Vec::new();
+            let keys: Vec<Vec<u8>> = (0..8).map(|i| format!("x{i}").into_bytes()).collect();
+            for (i, k) in keys.iter().enumerate() {
+                let px = (1000 + 100 * i).to_string();
+                let via = NodeId(i as u64 % 3 + 1);
+                call_until_ok(via, &[b"SET", k, b"v", b"PX", px.as_bytes()], 20).await;
+            }
+            let mut gone = vec![None; keys.len()];
+            let started = tokio::time::Instant::now();
+            while started.elapsed() < Duration::from_millis(3000) {
+                for (i, k) in keys.iter().enumerate() {
+                    for id in 1..=3 {
+                        let v = call_until_ok(NodeId(id), &[b"GET", k], 20).await;
+                        match (v, gone[i]) {
+                            (Value::Nil, None) => gone[i] = Some(NodeId(id)),
+                            (Value::Nil, Some(_)) => {}
+                            (Value::Bulk(_), Some(by)) => problems.push(format!(
+                                "key x{i}: node {id} still had it after node {by} answered it was gone"
+                            )),
+                            (Value::Bulk(_), None) => {}
+                            (other, _) => problems.push(format!("key x{i}: node {id} answered {other:?}")),
+                        }
+                    }
+                }
+            }
+            if let Some(i) = gone.iter().position(Option::is_none) {
+                problems.push(format!("key x{i} never expired"));
+            }
+            problems
+        })
+        .await
+        .unwrap();
+    problems.extend(cluster.invariants.violations());
+    problems
+}
+
+#[madsim::test]
+async fn expiry_agrees_on_every_node_whatever_its_clock() {
+    let problems = expiry_under_skewed_clocks(None).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[madsim::test]
+async fn planted_expiry_by_local_clock_is_caught() {
+    let problems =
+        expiry_under_skewed_clocks(Some(raft_kv_core::PlantedBug::ExpiryByLocalClock)).await;
+    assert!(!problems.is_empty(), "nodes deciding expiry by their own clocks went unnoticed");
 }
