@@ -2,6 +2,7 @@
 //! (mutations, reply). The runtime writes the mutations and the applied index atomically; no
 //! clock, randomness or I/O is read here, so every replica applying the same log agrees.
 
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -87,6 +88,28 @@ pub enum Command {
     },
     /// FLUSHDB / FLUSHALL: every key (not sessions or membership).
     FlushAll,
+    /// HSET (count of new fields), HMSET (`reply_ok`), HSETNX (`nx`, one pair).
+    HSet {
+        key: Key,
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        nx: bool,
+        reply_ok: bool,
+    },
+    HDel {
+        key: Key,
+        fields: Vec<Vec<u8>>,
+    },
+    HIncrBy {
+        key: Key,
+        field: Vec<u8>,
+        delta: i64,
+    },
+    /// The increment as the client wrote it (see `IncrByFloat`).
+    HIncrByFloat {
+        key: Key,
+        field: Vec<u8>,
+        delta: Vec<u8>,
+    },
     /// A cluster membership change: applied by the runtime (it changes who replicates), not
     /// by `apply`.
     Membership(crate::MembershipChange),
@@ -157,6 +180,10 @@ impl Command {
                 from.len() + to.len()
             }
             Command::FlushAll => 0,
+            Command::HSet { key, pairs: p, .. } => key.len() + pairs(p),
+            Command::HDel { key, fields } => key.len() + fields.iter().map(Vec::len).sum::<usize>(),
+            Command::HIncrBy { key, field, .. } => key.len() + field.len() + 8,
+            Command::HIncrByFloat { key, field, delta } => key.len() + field.len() + delta.len(),
             Command::Membership(_) => 64,
         }
     }
@@ -173,23 +200,46 @@ pub enum WriteReply {
     Error(String),
 }
 
-/// A stored value: the string and when it expires (ms since the Unix epoch; None: never).
-/// Encoded as a type byte (0: string), a flags byte (1: has a deadline), the deadline (8 bytes,
-/// big-endian) if it has one, then the string.
+/// A hash's fields in insertion order, as Redis keeps small hashes (its listpack encoding):
+/// HGETALL of a hash built the same way answers the same order.
+pub type Hash = IndexMap<Vec<u8>, Vec<u8>>;
+
+/// What a key holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Data {
+    Str(Vec<u8>),
+    Hash(Hash),
+}
+
+/// A stored value and when it expires (ms since the Unix epoch; None: never). Encoded as a
+/// type byte (0: string, 1: hash), a flags byte (1: has a deadline), the deadline (8 bytes,
+/// big-endian) if it has one, then the string, or each field and value of the hash as a 4-byte
+/// big-endian length and the bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    pub value: Vec<u8>,
+    pub data: Data,
     pub expires_at: Option<u64>,
 }
 
 impl Record {
     pub fn string(value: Vec<u8>) -> Record {
-        Record { value, expires_at: None }
+        Record { data: Data::Str(value), expires_at: None }
+    }
+
+    /// TYPE's answer.
+    pub fn type_name(&self) -> &'static str {
+        match self.data {
+            Data::Str(_) => "string",
+            Data::Hash(_) => "hash",
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.value.len() + 10);
-        out.push(0);
+        let mut out = Vec::new();
+        out.push(match self.data {
+            Data::Str(_) => 0,
+            Data::Hash(_) => 1,
+        });
         match self.expires_at {
             Some(t) => {
                 out.push(1);
@@ -197,14 +247,24 @@ impl Record {
             }
             None => out.push(0),
         }
-        out.extend_from_slice(&self.value);
+        match &self.data {
+            Data::Str(v) => out.extend_from_slice(v),
+            Data::Hash(h) => {
+                for (f, v) in h {
+                    for b in [f, v] {
+                        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                        out.extend_from_slice(b);
+                    }
+                }
+            }
+        }
         out
     }
 
-    /// The deadline of an encoded record, without copying its value.
+    /// The deadline of an encoded record, without decoding the rest.
     pub fn deadline_of(b: &[u8]) -> Option<u64> {
         match b {
-            [0, 1, rest @ ..] if rest.len() >= 8 => {
+            [0 | 1, 1, rest @ ..] if rest.len() >= 8 => {
                 Some(u64::from_be_bytes(rest[..8].try_into().ok()?))
             }
             _ => None,
@@ -213,14 +273,36 @@ impl Record {
 
     /// None for bytes that are no record of this build (never a panic).
     pub fn decode(b: &[u8]) -> Option<Record> {
-        match b {
-            [0, 0, rest @ ..] => Some(Record::string(rest.to_vec())),
-            [0, 1, rest @ ..] if rest.len() >= 8 => {
-                let t = u64::from_be_bytes(rest[..8].try_into().ok()?);
-                Some(Record { value: rest[8..].to_vec(), expires_at: Some(t) })
+        let (&tag, rest) = b.split_first()?;
+        let (&flags, rest) = rest.split_first()?;
+        let (expires_at, body) = match flags {
+            0 => (None, rest),
+            1 if rest.len() >= 8 => {
+                (Some(u64::from_be_bytes(rest[..8].try_into().ok()?)), &rest[8..])
             }
-            _ => None,
-        }
+            _ => return None,
+        };
+        let data = match tag {
+            0 => Data::Str(body.to_vec()),
+            1 => {
+                fn take(at: &mut &[u8]) -> Option<Vec<u8>> {
+                    let len = u32::from_be_bytes(at.get(..4)?.try_into().ok()?) as usize;
+                    let bytes = at.get(4..4usize.checked_add(len)?)?.to_vec();
+                    *at = &at[4 + len..];
+                    Some(bytes)
+                }
+                let mut h = Hash::new();
+                let mut at = body;
+                while !at.is_empty() {
+                    let f = take(&mut at)?;
+                    let v = take(&mut at)?;
+                    h.insert(f, v);
+                }
+                Data::Hash(h)
+            }
+            _ => return None,
+        };
+        Some(Record { data, expires_at })
     }
 
     /// Whether the key still exists at `now`: Redis keeps a key through its deadline's
@@ -305,6 +387,9 @@ pub const ERR_OVERFLOW: &str = "ERR increment or decrement would overflow";
 pub const ERR_NOT_FLOAT: &str = "ERR value is not a valid float";
 pub const ERR_NAN: &str = "ERR increment would produce NaN or Infinity";
 pub const ERR_NO_SUCH_KEY: &str = "ERR no such key";
+pub const ERR_WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+pub const ERR_HASH_NOT_INTEGER: &str = "ERR hash value is not an integer";
+pub const ERR_HASH_NOT_FLOAT: &str = "ERR hash value is not a float";
 pub const ERR_STRING_TOO_LONG: &str =
     "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
 
@@ -335,6 +420,51 @@ fn store(key: &[u8], r: Record, now: u64) -> Mutation {
     }
 }
 
+/// A live string's bytes and deadline, None if absent, or the WRONGTYPE reply.
+type StrRead = Result<Option<(Vec<u8>, Option<u64>)>, (Vec<Mutation>, WriteReply)>;
+
+fn read_str<S: KvRead>(state: &S, key: &[u8], now: u64) -> Result<StrRead, S::Error> {
+    Ok(match read(state, key, now)? {
+        None => Ok(None),
+        Some(Record { data: Data::Str(v), expires_at }) => Ok(Some((v, expires_at))),
+        Some(_) => Err(error(ERR_WRONGTYPE)),
+    })
+}
+
+/// A live hash and its deadline (empty and None if absent), or the WRONGTYPE reply.
+type HashRead = Result<(Hash, Option<u64>), (Vec<Mutation>, WriteReply)>;
+
+fn read_hash<S: KvRead>(state: &S, key: &[u8], now: u64) -> Result<HashRead, S::Error> {
+    Ok(match read(state, key, now)? {
+        None => Ok((Hash::new(), None)),
+        Some(Record { data: Data::Hash(h), expires_at }) => Ok((h, expires_at)),
+        Some(_) => Err(error(ERR_WRONGTYPE)),
+    })
+}
+
+/// Stores hash `h` (deleting the key when it is empty, as Redis does).
+fn store_hash(key: &[u8], h: Hash, expires_at: Option<u64>) -> Mutation {
+    if h.is_empty() {
+        Mutation::Delete(key.to_vec())
+    } else {
+        put(key, Record { data: Data::Hash(h), expires_at })
+    }
+}
+
+fn str_record(value: Vec<u8>, expires_at: Option<u64>) -> Record {
+    Record { data: Data::Str(value), expires_at }
+}
+
+/// Unwraps a typed read, or returns its WRONGTYPE reply from `apply`.
+macro_rules! typed {
+    ($read:expr) => {
+        match $read {
+            Ok(v) => v,
+            Err(reply) => return Ok(reply),
+        }
+    };
+}
+
 /// Applies `cmd` to `state` at `now` (the entry's time, `Entry::time`: every replica applies
 /// at the same time). Later mutations in the list win over earlier ones for the same key.
 pub fn apply<S: KvRead>(
@@ -345,6 +475,9 @@ pub fn apply<S: KvRead>(
     Ok(match cmd {
         Command::Set { key, value, cond, get, expiry } => {
             let old = read(state, key, now)?;
+            if *get && old.as_ref().is_some_and(|r| !matches!(r.data, Data::Str(_))) {
+                return Ok(error(ERR_WRONGTYPE));
+            }
             let holds = match cond {
                 SetCond::Always => true,
                 SetCond::IfAbsent => old.is_none(),
@@ -353,25 +486,21 @@ pub fn apply<S: KvRead>(
             let mut muts = Vec::new();
             if holds {
                 let expires_at = deadline(*expiry, now, old.as_ref().and_then(|r| r.expires_at));
-                muts.push(store(key, Record { value: value.clone(), expires_at }, now));
+                muts.push(store(key, str_record(value.clone(), expires_at), now));
             }
             let reply = match (get, old) {
-                (true, Some(r)) => WriteReply::Bulk(r.value),
-                (true, None) => WriteReply::Null,
+                (true, Some(Record { data: Data::Str(v), .. })) => WriteReply::Bulk(v),
+                (true, _) => WriteReply::Null,
                 (false, _) if holds => WriteReply::Ok,
                 (false, _) => WriteReply::Null,
             };
             (muts, reply)
         }
-        Command::GetEx { key, expiry } => match read(state, key, now)? {
+        Command::GetEx { key, expiry } => match typed!(read_str(state, key, now)?) {
             None => (Vec::new(), WriteReply::Null),
-            Some(r) => {
-                let expires_at = deadline(*expiry, now, r.expires_at);
-                let value = r.value.clone();
-                (
-                    vec![store(key, Record { value: r.value, expires_at }, now)],
-                    WriteReply::Bulk(value),
-                )
+            Some((v, old)) => {
+                let expires_at = deadline(*expiry, now, old);
+                (vec![store(key, str_record(v.clone(), expires_at), now)], WriteReply::Bulk(v))
             }
         },
         Command::MSet { pairs } => {
@@ -406,33 +535,32 @@ pub fn apply<S: KvRead>(
                 .collect();
             (muts, WriteReply::Integer(n))
         }
-        Command::GetDel { key } => match read(state, key, now)? {
-            Some(r) => (vec![Mutation::Delete(key.clone())], WriteReply::Bulk(r.value)),
+        Command::GetDel { key } => match typed!(read_str(state, key, now)?) {
+            Some((v, _)) => (vec![Mutation::Delete(key.clone())], WriteReply::Bulk(v)),
             None => (Vec::new(), WriteReply::Null),
         },
         Command::IncrBy { key, delta } => {
-            let old = read(state, key, now)?;
+            let old = typed!(read_str(state, key, now)?);
             let current = match &old {
                 None => 0,
-                Some(r) => match parse_i64(&r.value) {
+                Some((v, _)) => match parse_i64(v) {
                     Some(n) => n,
                     None => return Ok(error(ERR_NOT_INTEGER)),
                 },
             };
             match current.checked_add(*delta) {
                 Some(n) => {
-                    let expires_at = old.and_then(|r| r.expires_at);
-                    let r = Record { value: n.to_string().into_bytes(), expires_at };
+                    let r = str_record(n.to_string().into_bytes(), old.and_then(|(_, t)| t));
                     (vec![put(key, r)], WriteReply::Integer(n))
                 }
                 None => error(ERR_OVERFLOW),
             }
         }
         Command::IncrByFloat { key, delta } => {
-            let old = read(state, key, now)?;
+            let old = typed!(read_str(state, key, now)?);
             let current = match &old {
                 None => 0.0,
-                Some(r) => match parse_f64(&r.value) {
+                Some((v, _)) => match parse_f64(v) {
                     Some(n) => n,
                     None => return Ok(error(ERR_NOT_FLOAT)),
                 },
@@ -443,35 +571,35 @@ pub fn apply<S: KvRead>(
                 return Ok(error(ERR_NAN));
             }
             let text = format_f64(n).into_bytes();
-            let r = Record { value: text.clone(), expires_at: old.and_then(|r| r.expires_at) };
+            let r = str_record(text.clone(), old.and_then(|(_, t)| t));
             (vec![put(key, r)], WriteReply::Bulk(text))
         }
         Command::Append { key, value } => {
-            let mut r = read(state, key, now)?.unwrap_or(Record::string(Vec::new()));
-            if r.value.len() as u64 + value.len() as u64 > STRING_BYTES_MAX {
+            let (mut v, t) = typed!(read_str(state, key, now)?).unwrap_or_default();
+            if v.len() as u64 + value.len() as u64 > STRING_BYTES_MAX {
                 return Ok(error(ERR_STRING_TOO_LONG));
             }
-            r.value.extend_from_slice(value);
-            let len = r.value.len() as i64;
-            (vec![put(key, r)], WriteReply::Integer(len))
+            v.extend_from_slice(value);
+            let len = v.len() as i64;
+            (vec![put(key, str_record(v, t))], WriteReply::Integer(len))
         }
         Command::SetRange { key, offset, value } => {
-            let old = read(state, key, now)?;
-            let len = old.as_ref().map_or(0, |r| r.value.len());
+            let old = typed!(read_str(state, key, now)?);
+            let len = old.as_ref().map_or(0, |(v, _)| v.len());
             if value.is_empty() {
                 return Ok((Vec::new(), WriteReply::Integer(len as i64)));
             }
             if offset.saturating_add(value.len() as u64) > STRING_BYTES_MAX {
                 return Ok(error(ERR_STRING_TOO_LONG));
             }
-            let mut r = old.unwrap_or(Record::string(Vec::new()));
+            let (mut v, t) = old.unwrap_or_default();
             let end = *offset as usize + value.len();
-            if r.value.len() < end {
-                r.value.resize(end, 0);
+            if v.len() < end {
+                v.resize(end, 0);
             }
-            r.value[*offset as usize..end].copy_from_slice(value);
-            let len = r.value.len() as i64;
-            (vec![put(key, r)], WriteReply::Integer(len))
+            v[*offset as usize..end].copy_from_slice(value);
+            let len = v.len() as i64;
+            (vec![put(key, str_record(v, t))], WriteReply::Integer(len))
         }
         Command::Rename { from, to, nx } => {
             let Some(r) = read(state, from, now)? else { return Ok(error(ERR_NO_SUCH_KEY)) };
@@ -527,12 +655,12 @@ pub fn apply<S: KvRead>(
             if when <= now as i64 {
                 return Ok((vec![Mutation::Delete(key.clone())], WriteReply::Integer(1)));
             }
-            let r = Record { value: r.value, expires_at: Some(when as u64) };
+            let r = Record { expires_at: Some(when as u64), ..r };
             (vec![put(key, r)], WriteReply::Integer(1))
         }
         Command::Persist { key } => match read(state, key, now)? {
             Some(r) if r.expires_at.is_some() => {
-                (vec![put(key, Record::string(r.value))], WriteReply::Integer(1))
+                (vec![put(key, Record { expires_at: None, ..r })], WriteReply::Integer(1))
             }
             _ => (Vec::new(), WriteReply::Integer(0)),
         },
@@ -546,6 +674,59 @@ pub fn apply<S: KvRead>(
             (muts, WriteReply::Ok)
         }
         Command::FlushAll => (vec![Mutation::Clear], WriteReply::Ok),
+        Command::HSet { key, pairs, nx, reply_ok } => {
+            let (mut h, t) = typed!(read_hash(state, key, now)?);
+            let mut added = 0;
+            for (f, v) in pairs {
+                if *nx && h.contains_key(f) {
+                    return Ok((Vec::new(), WriteReply::Integer(0)));
+                }
+                if h.insert(f.clone(), v.clone()).is_none() {
+                    added += 1;
+                }
+            }
+            let reply = if *reply_ok { WriteReply::Ok } else { WriteReply::Integer(added) };
+            (vec![store_hash(key, h, t)], reply)
+        }
+        Command::HDel { key, fields } => {
+            let (mut h, t) = typed!(read_hash(state, key, now)?);
+            let removed = fields.iter().filter(|f| h.shift_remove(*f).is_some()).count() as i64;
+            if removed == 0 {
+                return Ok((Vec::new(), WriteReply::Integer(0)));
+            }
+            (vec![store_hash(key, h, t)], WriteReply::Integer(removed))
+        }
+        Command::HIncrBy { key, field, delta } => {
+            let (mut h, t) = typed!(read_hash(state, key, now)?);
+            let current = match h.get(field) {
+                None => 0,
+                Some(v) => match parse_i64(v) {
+                    Some(n) => n,
+                    None => return Ok(error(ERR_HASH_NOT_INTEGER)),
+                },
+            };
+            let Some(n) = current.checked_add(*delta) else { return Ok(error(ERR_OVERFLOW)) };
+            h.insert(field.clone(), n.to_string().into_bytes());
+            (vec![store_hash(key, h, t)], WriteReply::Integer(n))
+        }
+        Command::HIncrByFloat { key, field, delta } => {
+            let (mut h, t) = typed!(read_hash(state, key, now)?);
+            let current = match h.get(field) {
+                None => 0.0,
+                Some(v) => match parse_f64(v) {
+                    Some(n) => n,
+                    None => return Ok(error(ERR_HASH_NOT_FLOAT)),
+                },
+            };
+            let Some(delta) = parse_f64(delta) else { return Ok(error(ERR_NOT_FLOAT)) };
+            let n = current + delta;
+            if !n.is_finite() {
+                return Ok(error(ERR_NAN));
+            }
+            let text = format_f64(n).into_bytes();
+            h.insert(field.clone(), text.clone());
+            (vec![store_hash(key, h, t)], WriteReply::Bulk(text))
+        }
         Command::Membership(_) => {
             (Vec::new(), WriteReply::Error("ERR membership changes are applied by the node".into()))
         }
@@ -645,7 +826,10 @@ mod tests {
 
     impl Map {
         fn value(&self, k: &[u8]) -> Vec<u8> {
-            Record::decode(&self.0[k]).expect("a record").value
+            match Record::decode(&self.0[k]).expect("a record").data {
+                Data::Str(v) => v,
+                Data::Hash(_) => panic!("a hash"),
+            }
         }
 
         fn record(&self, k: &[u8]) -> Option<Record> {
@@ -722,10 +906,17 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_foreign_bytes_are_refused() {
-        for r in [Record::string(b("v")), Record { value: vec![0, 1], expires_at: Some(7) }] {
+        let mut h = Hash::new();
+        h.insert(b("f"), b("1"));
+        h.insert(b(""), b(""));
+        for r in [
+            Record::string(b("v")),
+            str_record(vec![0, 1], Some(7)),
+            Record { data: Data::Hash(h), expires_at: Some(9) },
+        ] {
             assert_eq!(Record::decode(&r.encode()), Some(r));
         }
-        for bad in [&b""[..], &[1, 0], &[0], &[0, 1, 1, 2], &[0, 2]] {
+        for bad in [&b""[..], &[2, 0], &[0], &[0, 1, 1, 2], &[0, 2], &[1, 0, 0, 0, 0, 9, 1]] {
             assert_eq!(Record::decode(bad), None, "{bad:?}");
         }
     }
@@ -775,7 +966,7 @@ mod tests {
         assert_eq!(m.run_at(expire(500, ExpireCond::Always), 1_000), WriteReply::Integer(1));
         m.run_at(Command::IncrBy { key: b("n"), delta: 1 }, 1_001);
         m.run_at(Command::Append { key: b("n"), value: b("0") }, 1_002);
-        assert_eq!(m.record(b"n").unwrap(), Record { value: b("20"), expires_at: Some(1_500) });
+        assert_eq!(m.record(b"n").unwrap(), str_record(b("20"), Some(1_500)));
         // GT needs a later deadline, LT an earlier one, NX none, XX one.
         assert_eq!(m.run_at(expire(400, ExpireCond::Later), 1_000), WriteReply::Integer(0));
         assert_eq!(m.run_at(expire(400, ExpireCond::Earlier), 1_000), WriteReply::Integer(1));

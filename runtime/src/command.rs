@@ -55,6 +55,29 @@ pub enum ReadCommand {
         end: i64,
     },
     Type(Bytes),
+    HGet {
+        key: Bytes,
+        field: Bytes,
+    },
+    HMGet {
+        key: Bytes,
+        fields: Vec<Bytes>,
+    },
+    HExists {
+        key: Bytes,
+        field: Bytes,
+    },
+    HLen(Bytes),
+    HStrLen {
+        key: Bytes,
+        field: Bytes,
+    },
+    /// HGETALL (both), HKEYS (`fields`), HVALS (`values`).
+    HGetAll {
+        key: Bytes,
+        fields: bool,
+        values: bool,
+    },
     /// TTL, PTTL (`millis`), EXPIRETIME, PEXPIRETIME (`absolute`).
     Ttl {
         key: Bytes,
@@ -155,6 +178,20 @@ const COMMANDS: &[(&str, i32)] = &[
     ("copy", -3),
     ("flushdb", -1),
     ("flushall", -1),
+    ("hset", -4),
+    ("hmset", -4),
+    ("hsetnx", 4),
+    ("hget", 3),
+    ("hmget", -3),
+    ("hdel", -3),
+    ("hexists", 3),
+    ("hlen", 2),
+    ("hstrlen", 3),
+    ("hgetall", 2),
+    ("hkeys", 2),
+    ("hvals", 2),
+    ("hincrby", 4),
+    ("hincrbyfloat", 4),
     ("mget", -2),
     ("mset", -3),
     ("msetnx", -3),
@@ -273,6 +310,54 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             millis: name.starts_with('p'),
             absolute: name.ends_with("time"),
         }),
+        "hset" | "hmset" => {
+            if args.len() % 2 != 1 {
+                return Request::Immediate(wrong_arity(name));
+            }
+            let pairs = args[1..].chunks(2).map(|p| (p[0].to_vec(), p[1].to_vec())).collect();
+            Request::Write(Command::HSet {
+                key: a(0).to_vec(),
+                pairs,
+                nx: false,
+                reply_ok: name == "hmset",
+            })
+        }
+        "hsetnx" => Request::Write(Command::HSet {
+            key: a(0).to_vec(),
+            pairs: vec![(a(1).to_vec(), a(2).to_vec())],
+            nx: true,
+            reply_ok: false,
+        }),
+        "hget" => Request::Read(ReadCommand::HGet { key: a(0), field: a(1) }),
+        "hmget" => Request::Read(ReadCommand::HMGet { key: a(0), fields: args[1..].to_vec() }),
+        "hdel" => Request::Write(Command::HDel {
+            key: a(0).to_vec(),
+            fields: args[1..].iter().map(|f| f.to_vec()).collect(),
+        }),
+        "hexists" => Request::Read(ReadCommand::HExists { key: a(0), field: a(1) }),
+        "hlen" => Request::Read(ReadCommand::HLen(a(0))),
+        "hstrlen" => Request::Read(ReadCommand::HStrLen { key: a(0), field: a(1) }),
+        "hgetall" | "hkeys" | "hvals" => Request::Read(ReadCommand::HGetAll {
+            key: a(0),
+            fields: name != "hvals",
+            values: name != "hkeys",
+        }),
+        "hincrby" => match parse_i64(&args[2]) {
+            Some(delta) => {
+                Request::Write(Command::HIncrBy { key: a(0).to_vec(), field: a(1).to_vec(), delta })
+            }
+            None => Request::Immediate(not_integer()),
+        },
+        "hincrbyfloat" => {
+            if parse_f64(&args[2]).is_none() {
+                return Request::Immediate(Reply::error(raft_kv_core::kv::ERR_NOT_FLOAT));
+            }
+            Request::Write(Command::HIncrByFloat {
+                key: a(0).to_vec(),
+                field: a(1).to_vec(),
+                delta: a(2).to_vec(),
+            })
+        }
         "setnx" => Request::Write(Command::MSetNx { pairs: vec![(a(0).to_vec(), a(1).to_vec())] }),
         "getset" => Request::Write(Command::Set {
             key: a(0).to_vec(),

@@ -973,15 +973,45 @@ impl<S: Storage> NodeTask<S> {
         self.applied_time
     }
 
+    /// A live string, None if absent, or the WRONGTYPE reply.
+    fn read_str(&self, key: &[u8]) -> Result<Result<Option<Vec<u8>>, Reply>, StorageError> {
+        Ok(match self.read_record(key)? {
+            None => Ok(None),
+            Some(kv::Record { data: kv::Data::Str(v), .. }) => Ok(Some(v)),
+            Some(_) => Err(Reply::error(kv::ERR_WRONGTYPE)),
+        })
+    }
+
+    /// A live hash (empty if absent), or the WRONGTYPE reply.
+    fn read_hash(&self, key: &[u8]) -> Result<Result<kv::Hash, Reply>, StorageError> {
+        Ok(match self.read_record(key)? {
+            None => Ok(kv::Hash::new()),
+            Some(kv::Record { data: kv::Data::Hash(h), .. }) => Ok(h),
+            Some(_) => Err(Reply::error(kv::ERR_WRONGTYPE)),
+        })
+    }
+
     fn execute_read(&self, cmd: &ReadCommand) -> Result<Reply, StorageError> {
-        let bulk =
-            |r: Option<kv::Record>| r.map_or(Reply::Null, |r| Reply::Bulk(Bytes::from(r.value)));
+        let bulk = |v: Option<Vec<u8>>| v.map_or(Reply::Null, |v| Reply::Bulk(Bytes::from(v)));
         let now = self.read_time();
+        macro_rules! typed {
+            ($read:expr) => {
+                match $read? {
+                    Ok(v) => v,
+                    Err(reply) => return Ok(reply),
+                }
+            };
+        }
         Ok(match cmd {
-            ReadCommand::Get(k) => bulk(self.read_record(k)?),
-            ReadCommand::MGet(keys) => Reply::Array(
-                keys.iter().map(|k| self.read_record(k).map(bulk)).collect::<Result<_, _>>()?,
-            ),
+            ReadCommand::Get(k) => bulk(typed!(self.read_str(k))),
+            ReadCommand::MGet(keys) => {
+                let mut out = Vec::with_capacity(keys.len());
+                for k in keys {
+                    // A key of another type reads as nil, as in Redis.
+                    out.push(bulk(self.read_str(k)?.unwrap_or(None)));
+                }
+                Reply::Array(out)
+            }
             ReadCommand::Exists(keys) => {
                 let mut n = 0;
                 for k in keys {
@@ -992,14 +1022,14 @@ impl<S: Storage> NodeTask<S> {
                 Reply::Integer(n)
             }
             ReadCommand::StrLen(k) => {
-                Reply::Integer(self.read_record(k)?.map_or(0, |r| r.value.len() as i64))
+                Reply::Integer(typed!(self.read_str(k)).map_or(0, |v| v.len() as i64))
             }
             ReadCommand::GetRange { key, start, end } => {
-                let v = self.read_record(key)?.map(|r| r.value).unwrap_or_default();
+                let v = typed!(self.read_str(key)).unwrap_or_default();
                 Reply::Bulk(Bytes::from(crate::command::get_range(&v, *start, *end)))
             }
             ReadCommand::Type(k) => {
-                Reply::Simple(if self.read_record(k)?.is_some() { "string" } else { "none" })
+                Reply::Simple(self.read_record(k)?.map_or("none", |r| r.type_name()))
             }
             ReadCommand::Ttl { key, millis, absolute } => match self.read_record(key)? {
                 None => Reply::Integer(-2),
@@ -1009,6 +1039,33 @@ impl<S: Storage> NodeTask<S> {
                     Reply::Integer(if *millis { ms } else { (ms + 500) / 1000 })
                 }
             },
+            ReadCommand::HGet { key, field } => {
+                bulk(typed!(self.read_hash(key)).shift_remove(field.as_ref()))
+            }
+            ReadCommand::HMGet { key, fields } => {
+                let h = typed!(self.read_hash(key));
+                Reply::Array(fields.iter().map(|f| bulk(h.get(f.as_ref()).cloned())).collect())
+            }
+            ReadCommand::HExists { key, field } => {
+                Reply::Integer(typed!(self.read_hash(key)).contains_key(field.as_ref()) as i64)
+            }
+            ReadCommand::HLen(key) => Reply::Integer(typed!(self.read_hash(key)).len() as i64),
+            ReadCommand::HStrLen { key, field } => Reply::Integer(
+                typed!(self.read_hash(key)).get(field.as_ref()).map_or(0, |v| v.len() as i64),
+            ),
+            ReadCommand::HGetAll { key, fields, values } => {
+                let h = typed!(self.read_hash(key));
+                let mut out = Vec::new();
+                for (f, v) in h {
+                    if *fields {
+                        out.push(Reply::Bulk(Bytes::from(f)));
+                    }
+                    if *values {
+                        out.push(Reply::Bulk(Bytes::from(v)));
+                    }
+                }
+                Reply::Array(out)
+            }
             ReadCommand::DbSize => Reply::Integer(self.storage.key_count()? as i64),
             ReadCommand::Keys(pattern) => {
                 let mut keys = self.storage.keys(pattern, KEYS_RESULT_MAX + 1)?;
