@@ -110,6 +110,8 @@ pub enum Command {
         field: Vec<u8>,
         delta: Vec<u8>,
     },
+    /// MULTI ... EXEC: every command in order, atomically, in one entry.
+    Multi(Vec<TxOp>),
     /// A cluster membership change: applied by the runtime (it changes who replicates), not
     /// by `apply`.
     Membership(crate::MembershipChange),
@@ -180,6 +182,13 @@ impl Command {
                 from.len() + to.len()
             }
             Command::FlushAll => 0,
+            Command::Multi(ops) => ops
+                .iter()
+                .map(|op| match op {
+                    TxOp::Write(c) => c.size_bytes(),
+                    TxOp::Query(_) | TxOp::Reply(_) => 64,
+                })
+                .sum(),
             Command::HSet { key, pairs: p, .. } => key.len() + pairs(p),
             Command::HDel { key, fields } => key.len() + fields.iter().map(Vec::len).sum::<usize>(),
             Command::HIncrBy { key, field, .. } => key.len() + field.len() + 8,
@@ -189,15 +198,74 @@ impl Command {
     }
 }
 
-/// The outcome of applying a write, as the client sees it.
+/// The outcome of a write or a query, as the client sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteReply {
     Ok,
+    /// A simple string other than OK (TYPE's `string`, PING's `PONG`).
+    Status(String),
     Integer(i64),
     Bulk(Vec<u8>),
     /// A null bulk string (a condition that did not hold, a missing old value).
     Null,
+    Array(Vec<WriteReply>),
     Error(String),
+}
+
+/// A read of the state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    Get(Key),
+    /// Keys of another type read as nil.
+    MGet(Vec<Key>),
+    /// EXISTS and TOUCH: existing keys, each repeat counted.
+    Exists(Vec<Key>),
+    StrLen(Key),
+    /// GETRANGE / SUBSTR, with Redis's index rules (`get_range`).
+    GetRange {
+        key: Key,
+        start: i64,
+        end: i64,
+    },
+    Type(Key),
+    /// TTL, PTTL (`millis`), EXPIRETIME, PEXPIRETIME (`absolute`).
+    Ttl {
+        key: Key,
+        millis: bool,
+        absolute: bool,
+    },
+    HGet {
+        key: Key,
+        field: Vec<u8>,
+    },
+    HMGet {
+        key: Key,
+        fields: Vec<Vec<u8>>,
+    },
+    HExists {
+        key: Key,
+        field: Vec<u8>,
+    },
+    HLen(Key),
+    HStrLen {
+        key: Key,
+        field: Vec<u8>,
+    },
+    /// HGETALL (both), HKEYS (`fields`), HVALS (`values`).
+    HGetAll {
+        key: Key,
+        fields: bool,
+        values: bool,
+    },
+}
+
+/// One command of a MULTI block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxOp {
+    Write(Command),
+    Query(Query),
+    /// A command whose reply does not depend on the data (PING, ECHO).
+    Reply(WriteReply),
 }
 
 /// A hash's fields in insertion order, as Redis keeps small hashes (its listpack encoding):
@@ -472,6 +540,43 @@ pub fn apply<S: KvRead>(
     state: &S,
     now: u64,
 ) -> Result<(Vec<Mutation>, WriteReply), S::Error> {
+    match cmd {
+        Command::Multi(ops) => apply_multi(ops, state, now),
+        other => apply_one(other, state, now),
+    }
+}
+
+/// MULTI ... EXEC: each command sees the ones before it (they write to an overlay of the
+/// state), and a command's error does not stop the others, as in Redis.
+fn apply_multi<S: KvRead>(
+    ops: &[TxOp],
+    state: &S,
+    now: u64,
+) -> Result<(Vec<Mutation>, WriteReply), S::Error> {
+    let mut overlay = Overlay { base: state, changes: BTreeMap::new(), cleared: false };
+    let mut muts = Vec::new();
+    let mut replies = Vec::with_capacity(ops.len());
+    for op in ops {
+        let reply = match op {
+            TxOp::Write(c) => {
+                let (m, r) = apply_one(c, &overlay, now)?;
+                overlay.record(&m);
+                muts.extend(m);
+                r
+            }
+            TxOp::Query(q) => query(q, &overlay, now)?,
+            TxOp::Reply(r) => r.clone(),
+        };
+        replies.push(reply);
+    }
+    Ok((muts, WriteReply::Array(replies)))
+}
+
+fn apply_one<S: KvRead>(
+    cmd: &Command,
+    state: &S,
+    now: u64,
+) -> Result<(Vec<Mutation>, WriteReply), S::Error> {
     Ok(match cmd {
         Command::Set { key, value, cond, get, expiry } => {
             let old = read(state, key, now)?;
@@ -727,8 +832,152 @@ pub fn apply<S: KvRead>(
             h.insert(field.clone(), text.clone());
             (vec![store_hash(key, h, t)], WriteReply::Bulk(text))
         }
+        Command::Multi(_) => error("ERR MULTI calls can not be nested"),
         Command::Membership(_) => {
             (Vec::new(), WriteReply::Error("ERR membership changes are applied by the node".into()))
+        }
+    })
+}
+
+/// The state as a MULTI block changed it so far.
+struct Overlay<'a, S> {
+    base: &'a S,
+    /// None: deleted.
+    changes: BTreeMap<Key, Option<Value>>,
+    /// A FLUSHALL ran: keys not in `changes` are gone.
+    cleared: bool,
+}
+
+impl<S: KvRead> Overlay<'_, S> {
+    fn record(&mut self, muts: &[Mutation]) {
+        for m in muts {
+            match m {
+                Mutation::Put(k, v) => {
+                    self.changes.insert(k.clone(), Some(v.clone()));
+                }
+                Mutation::Delete(k) => {
+                    self.changes.insert(k.clone(), None);
+                }
+                Mutation::Clear => {
+                    self.changes.clear();
+                    self.cleared = true;
+                }
+                Mutation::Session(..) | Mutation::Membership(_) => {}
+            }
+        }
+    }
+}
+
+impl<S: KvRead> KvRead for Overlay<'_, S> {
+    type Error = S::Error;
+    fn get(&self, key: &[u8]) -> Result<Option<Value>, S::Error> {
+        match self.changes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None if self.cleared => Ok(None),
+            None => self.base.get(key),
+        }
+    }
+    fn corrupt(key: &[u8]) -> S::Error {
+        S::corrupt(key)
+    }
+}
+
+/// GETRANGE's slice of `v`: negative indexes count from the end, both ends inclusive and
+/// clamped, empty when start is past end (Redis 7's `getrangeCommand`).
+pub fn get_range(v: &[u8], start: i64, end: i64) -> Vec<u8> {
+    let len = v.len() as i64;
+    let (mut start, mut end) = (start, end);
+    if start < 0 {
+        start += len;
+    }
+    if end < 0 {
+        end += len;
+    }
+    start = start.max(0);
+    end = end.max(0);
+    if end >= len {
+        end = len - 1;
+    }
+    if len == 0 || start > end {
+        return Vec::new();
+    }
+    v[start as usize..=end as usize].to_vec()
+}
+
+/// Answers `q` from `state` at `now`.
+pub fn query<S: KvRead>(q: &Query, state: &S, now: u64) -> Result<WriteReply, S::Error> {
+    let bulk = |v: Option<Vec<u8>>| v.map_or(WriteReply::Null, WriteReply::Bulk);
+    macro_rules! typed {
+        ($read:expr) => {
+            match $read {
+                Ok(v) => v,
+                Err((_, reply)) => return Ok(reply),
+            }
+        };
+    }
+    Ok(match q {
+        Query::Get(k) => bulk(typed!(read_str(state, k, now)?).map(|(v, _)| v)),
+        Query::MGet(keys) => {
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                let v = read_str(state, k, now)?.ok().flatten().map(|(v, _)| v);
+                out.push(bulk(v));
+            }
+            WriteReply::Array(out)
+        }
+        Query::Exists(keys) => {
+            let mut n = 0;
+            for k in keys {
+                if read(state, k, now)?.is_some() {
+                    n += 1;
+                }
+            }
+            WriteReply::Integer(n)
+        }
+        Query::StrLen(k) => {
+            WriteReply::Integer(typed!(read_str(state, k, now)?).map_or(0, |(v, _)| v.len() as i64))
+        }
+        Query::GetRange { key, start, end } => {
+            let (v, _) = typed!(read_str(state, key, now)?).unwrap_or_default();
+            WriteReply::Bulk(get_range(&v, *start, *end))
+        }
+        Query::Type(k) => {
+            WriteReply::Status(read(state, k, now)?.map_or("none", |r| r.type_name()).into())
+        }
+        Query::Ttl { key, millis, absolute } => match read(state, key, now)? {
+            None => WriteReply::Integer(-2),
+            Some(Record { expires_at: None, .. }) => WriteReply::Integer(-1),
+            Some(Record { expires_at: Some(t), .. }) => {
+                let ms = if *absolute { t } else { t.saturating_sub(now) } as i64;
+                WriteReply::Integer(if *millis { ms } else { (ms + 500) / 1000 })
+            }
+        },
+        Query::HGet { key, field } => {
+            bulk(typed!(read_hash(state, key, now)?).0.shift_remove(field.as_slice()))
+        }
+        Query::HMGet { key, fields } => {
+            let (h, _) = typed!(read_hash(state, key, now)?);
+            WriteReply::Array(fields.iter().map(|f| bulk(h.get(f).cloned())).collect())
+        }
+        Query::HExists { key, field } => {
+            WriteReply::Integer(typed!(read_hash(state, key, now)?).0.contains_key(field) as i64)
+        }
+        Query::HLen(key) => WriteReply::Integer(typed!(read_hash(state, key, now)?).0.len() as i64),
+        Query::HStrLen { key, field } => WriteReply::Integer(
+            typed!(read_hash(state, key, now)?).0.get(field).map_or(0, |v| v.len() as i64),
+        ),
+        Query::HGetAll { key, fields, values } => {
+            let (h, _) = typed!(read_hash(state, key, now)?);
+            let mut out = Vec::new();
+            for (f, v) in h {
+                if *fields {
+                    out.push(WriteReply::Bulk(f));
+                }
+                if *values {
+                    out.push(WriteReply::Bulk(v));
+                }
+            }
+            WriteReply::Array(out)
         }
     })
 }

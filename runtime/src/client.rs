@@ -7,10 +7,11 @@
 //! once every earlier write of the connection is answered (applied), and a write only once
 //! every earlier read is answered. So `SET k 1; GET k; SET k 2` pipelined reads 1, never 2.
 
-use crate::command::{self, ConnectionCommand, Reply, Request};
+use crate::command::{self, ConnectionCommand, ReadCommand, Reply, Request};
 use crate::node::{ClientRequest, RequestKind};
 use crate::resp::{self, RequestLimits};
 use bytes::BytesMut;
+use raft_kv_core::kv::{Command, TxOp};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -80,6 +81,35 @@ pub async fn accept_loop(
     }
 }
 
+/// Commands queued between MULTI and EXEC.
+#[derive(Default)]
+struct Transaction {
+    ops: Vec<TxOp>,
+    /// A command was refused while queueing: EXEC will discard the block (EXECABORT).
+    dirty: bool,
+}
+
+impl Transaction {
+    /// Queues `request`; the reply to send now (QUEUED, or the error that dirtied the block).
+    fn queue(&mut self, request: Request) -> Reply {
+        let op = match request {
+            Request::Write(c) => TxOp::Write(c),
+            Request::Read(ReadCommand::Query(q)) => TxOp::Query(q),
+            Request::Immediate(Reply::Error(e)) => {
+                self.dirty = true;
+                return Reply::Error(e);
+            }
+            Request::Immediate(r) => TxOp::Reply(r.into()),
+            Request::Read(_) | Request::Admin(_) | Request::Connection(_) | Request::Quit => {
+                self.dirty = true;
+                return Reply::error("ERR this command is not supported inside MULTI");
+            }
+        };
+        self.ops.push(op);
+        Reply::Simple("QUEUED")
+    }
+}
+
 /// Which kind of consensus request a connection has in flight.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -99,13 +129,45 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
     let mut submitted: u64 = 0;
     let mut phase: Option<Phase> = None;
     let mut name: Option<bytes::Bytes> = None;
+    let mut multi: Option<Transaction> = None;
     'conn: loop {
         loop {
             match resp::next_request(&mut buf, &cfg.limits) {
                 Ok(Some(argv)) if argv.is_empty() => continue,
                 Ok(Some(argv)) => {
-                    let request = match command::parse(argv) {
-                        Request::Connection(c) => Request::Immediate(match c {
+                    let request = match (command::parse(argv), multi.as_mut()) {
+                        (Request::Connection(ConnectionCommand::Multi), None) => {
+                            multi = Some(Transaction::default());
+                            Request::Immediate(Reply::ok())
+                        }
+                        (Request::Connection(ConnectionCommand::Multi), Some(_)) => {
+                            Request::Immediate(Reply::error("ERR MULTI calls can not be nested"))
+                        }
+                        (Request::Connection(ConnectionCommand::Exec), None) => {
+                            Request::Immediate(Reply::error("ERR EXEC without MULTI"))
+                        }
+                        (Request::Connection(ConnectionCommand::Discard), None) => {
+                            Request::Immediate(Reply::error("ERR DISCARD without MULTI"))
+                        }
+                        (Request::Connection(ConnectionCommand::Discard), Some(_)) => {
+                            multi = None;
+                            Request::Immediate(Reply::ok())
+                        }
+                        (Request::Connection(ConnectionCommand::Exec), Some(_)) => {
+                            let t = multi.take().unwrap_or_default();
+                            if t.dirty {
+                                Request::Immediate(Reply::error(
+                                    "EXECABORT Transaction discarded because of previous errors.",
+                                ))
+                            } else if t.ops.is_empty() {
+                                Request::Immediate(Reply::Array(Vec::new()))
+                            } else {
+                                Request::Write(Command::Multi(t.ops))
+                            }
+                        }
+                        (Request::Quit, _) => Request::Quit,
+                        (queued, Some(t)) => Request::Immediate(t.queue(queued)),
+                        (Request::Connection(c), None) => Request::Immediate(match c {
                             ConnectionCommand::ClientId => Reply::Integer(conn as i64),
                             ConnectionCommand::ClientGetName => {
                                 name.clone().map_or(Reply::Null, Reply::Bulk)
@@ -114,8 +176,11 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
                                 name = (!n.is_empty()).then_some(n);
                                 Reply::ok()
                             }
+                            ConnectionCommand::Multi
+                            | ConnectionCommand::Exec
+                            | ConnectionCommand::Discard => Reply::error("ERR internal"),
                         }),
-                        other => other,
+                        (other, None) => other,
                     };
                     let next_phase = match &request {
                         Request::Write(_) => Some(Phase::Writes),

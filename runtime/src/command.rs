@@ -3,13 +3,14 @@
 
 use bytes::Bytes;
 use raft_kv_core::kv::{
-    parse_f64, parse_i64, Command, ExpireCond, Expiry, SetCond, WriteReply, ERR_NOT_INTEGER,
+    parse_f64, parse_i64, Command, ExpireCond, Expiry, Query, SetCond, WriteReply, ERR_NOT_INTEGER,
 };
 
 /// A reply in Redis terms; turned into RESP bytes in `resp`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     Simple(&'static str),
+    Status(String),
     Error(String),
     Integer(i64),
     Bulk(Bytes),
@@ -27,13 +28,30 @@ impl Reply {
     }
 }
 
+impl From<Reply> for WriteReply {
+    fn from(r: Reply) -> WriteReply {
+        match r {
+            Reply::Simple("OK") => WriteReply::Ok,
+            Reply::Simple(s) => WriteReply::Status(s.to_string()),
+            Reply::Status(s) => WriteReply::Status(s),
+            Reply::Error(e) => WriteReply::Error(e),
+            Reply::Integer(n) => WriteReply::Integer(n),
+            Reply::Bulk(b) => WriteReply::Bulk(b.to_vec()),
+            Reply::Null => WriteReply::Null,
+            Reply::Array(items) => WriteReply::Array(items.into_iter().map(Into::into).collect()),
+        }
+    }
+}
+
 impl From<WriteReply> for Reply {
     fn from(r: WriteReply) -> Reply {
         match r {
             WriteReply::Ok => Reply::ok(),
+            WriteReply::Status(s) => Reply::Status(s),
             WriteReply::Integer(n) => Reply::Integer(n),
             WriteReply::Bulk(b) => Reply::Bulk(Bytes::from(b)),
             WriteReply::Null => Reply::Null,
+            WriteReply::Array(items) => Reply::Array(items.into_iter().map(Reply::from).collect()),
             WriteReply::Error(e) => Reply::Error(e),
         }
     }
@@ -42,71 +60,9 @@ impl From<WriteReply> for Reply {
 /// A read served from applied state once ReadIndex confirms it is current.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadCommand {
-    Get(Bytes),
-    MGet(Vec<Bytes>),
-    /// EXISTS and TOUCH: existing keys, each repeat counted.
-    Exists(Vec<Bytes>),
+    Query(Query),
     Keys(Bytes),
-    StrLen(Bytes),
-    /// GETRANGE / SUBSTR, with Redis's index rules (`get_range`).
-    GetRange {
-        key: Bytes,
-        start: i64,
-        end: i64,
-    },
-    Type(Bytes),
-    HGet {
-        key: Bytes,
-        field: Bytes,
-    },
-    HMGet {
-        key: Bytes,
-        fields: Vec<Bytes>,
-    },
-    HExists {
-        key: Bytes,
-        field: Bytes,
-    },
-    HLen(Bytes),
-    HStrLen {
-        key: Bytes,
-        field: Bytes,
-    },
-    /// HGETALL (both), HKEYS (`fields`), HVALS (`values`).
-    HGetAll {
-        key: Bytes,
-        fields: bool,
-        values: bool,
-    },
-    /// TTL, PTTL (`millis`), EXPIRETIME, PEXPIRETIME (`absolute`).
-    Ttl {
-        key: Bytes,
-        millis: bool,
-        absolute: bool,
-    },
     DbSize,
-}
-
-/// GETRANGE's slice of `v`: negative indexes count from the end, both ends inclusive and
-/// clamped, empty when start is past end (Redis 7's `getrangeCommand`).
-pub fn get_range(v: &[u8], start: i64, end: i64) -> Vec<u8> {
-    let len = v.len() as i64;
-    let (mut start, mut end) = (start, end);
-    if start < 0 {
-        start += len;
-    }
-    if end < 0 {
-        end += len;
-    }
-    start = start.max(0);
-    end = end.max(0);
-    if end >= len {
-        end = len - 1;
-    }
-    if len == 0 || start > end {
-        return Vec::new();
-    }
-    v[start as usize..=end as usize].to_vec()
 }
 
 /// Introspection answered by the node without consensus.
@@ -138,6 +94,9 @@ pub enum Request {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConnectionCommand {
+    Multi,
+    Exec,
+    Discard,
     ClientId,
     ClientGetName,
     /// Checked: no spaces, newlines or other special characters.
@@ -213,6 +172,9 @@ const COMMANDS: &[(&str, i32)] = &[
     ("select", 2),
     ("client", -2),
     ("quit", -1),
+    ("multi", 1),
+    ("exec", 1),
+    ("discard", 1),
 ];
 
 /// Redis's reply to a command name it does not know.
@@ -258,6 +220,9 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         return Request::Immediate(wrong_arity(name));
     }
     let a = |i: usize| args[i].clone();
+    let k = |i: usize| args[i].to_vec();
+    let keys = |args: &[Bytes]| args.iter().map(|a| a.to_vec()).collect::<Vec<_>>();
+    let query = |q: Query| Request::Read(ReadCommand::Query(q));
     match name {
         "ping" => match args.len() {
             0 => Request::Immediate(Reply::Simple("PONG")),
@@ -265,17 +230,15 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             _ => Request::Immediate(wrong_arity(name)),
         },
         "echo" => Request::Immediate(Reply::Bulk(a(0))),
-        "get" => Request::Read(ReadCommand::Get(a(0))),
-        "mget" => Request::Read(ReadCommand::MGet(args.to_vec())),
-        "exists" | "touch" => Request::Read(ReadCommand::Exists(args.to_vec())),
+        "get" => query(Query::Get(k(0))),
+        "mget" => query(Query::MGet(keys(args))),
+        "exists" | "touch" => query(Query::Exists(keys(args))),
         "keys" => Request::Read(ReadCommand::Keys(a(0))),
-        "type" => Request::Read(ReadCommand::Type(a(0))),
+        "type" => query(Query::Type(k(0))),
         "dbsize" => Request::Read(ReadCommand::DbSize),
-        "strlen" => Request::Read(ReadCommand::StrLen(a(0))),
+        "strlen" => query(Query::StrLen(k(0))),
         "getrange" | "substr" => match (parse_i64(&args[1]), parse_i64(&args[2])) {
-            (Some(start), Some(end)) => {
-                Request::Read(ReadCommand::GetRange { key: a(0), start, end })
-            }
+            (Some(start), Some(end)) => query(Query::GetRange { key: k(0), start, end }),
             _ => Request::Immediate(not_integer()),
         },
         "set" => match set_command(args) {
@@ -297,7 +260,7 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         }
         "getex" => match getex_command(args) {
             Ok(Some(c)) => Request::Write(c),
-            Ok(None) => Request::Read(ReadCommand::Get(a(0))),
+            Ok(None) => query(Query::Get(k(0))),
             Err(reply) => Request::Immediate(reply),
         },
         "expire" | "pexpire" | "expireat" | "pexpireat" => match expire_command(name, args) {
@@ -305,8 +268,8 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             Err(reply) => Request::Immediate(reply),
         },
         "persist" => Request::Write(Command::Persist { key: a(0).to_vec() }),
-        "ttl" | "pttl" | "expiretime" | "pexpiretime" => Request::Read(ReadCommand::Ttl {
-            key: a(0),
+        "ttl" | "pttl" | "expiretime" | "pexpiretime" => query(Query::Ttl {
+            key: k(0),
             millis: name.starts_with('p'),
             absolute: name.ends_with("time"),
         }),
@@ -328,20 +291,18 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             nx: true,
             reply_ok: false,
         }),
-        "hget" => Request::Read(ReadCommand::HGet { key: a(0), field: a(1) }),
-        "hmget" => Request::Read(ReadCommand::HMGet { key: a(0), fields: args[1..].to_vec() }),
+        "hget" => query(Query::HGet { key: k(0), field: k(1) }),
+        "hmget" => query(Query::HMGet { key: k(0), fields: keys(&args[1..]) }),
         "hdel" => Request::Write(Command::HDel {
             key: a(0).to_vec(),
             fields: args[1..].iter().map(|f| f.to_vec()).collect(),
         }),
-        "hexists" => Request::Read(ReadCommand::HExists { key: a(0), field: a(1) }),
-        "hlen" => Request::Read(ReadCommand::HLen(a(0))),
-        "hstrlen" => Request::Read(ReadCommand::HStrLen { key: a(0), field: a(1) }),
-        "hgetall" | "hkeys" | "hvals" => Request::Read(ReadCommand::HGetAll {
-            key: a(0),
-            fields: name != "hvals",
-            values: name != "hkeys",
-        }),
+        "hexists" => query(Query::HExists { key: k(0), field: k(1) }),
+        "hlen" => query(Query::HLen(k(0))),
+        "hstrlen" => query(Query::HStrLen { key: k(0), field: k(1) }),
+        "hgetall" | "hkeys" | "hvals" => {
+            query(Query::HGetAll { key: k(0), fields: name != "hvals", values: name != "hkeys" })
+        }
         "hincrby" => match parse_i64(&args[2]) {
             Some(delta) => {
                 Request::Write(Command::HIncrBy { key: a(0).to_vec(), field: a(1).to_vec(), delta })
@@ -454,6 +415,9 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             Err(reply) => Request::Immediate(reply),
         },
         "quit" => Request::Quit,
+        "multi" => Request::Connection(ConnectionCommand::Multi),
+        "exec" => Request::Connection(ConnectionCommand::Exec),
+        "discard" => Request::Connection(ConnectionCommand::Discard),
         _ => unreachable!("every name in COMMANDS has a branch"),
     }
 }

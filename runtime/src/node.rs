@@ -973,98 +973,10 @@ impl<S: Storage> NodeTask<S> {
         self.applied_time
     }
 
-    /// A live string, None if absent, or the WRONGTYPE reply.
-    fn read_str(&self, key: &[u8]) -> Result<Result<Option<Vec<u8>>, Reply>, StorageError> {
-        Ok(match self.read_record(key)? {
-            None => Ok(None),
-            Some(kv::Record { data: kv::Data::Str(v), .. }) => Ok(Some(v)),
-            Some(_) => Err(Reply::error(kv::ERR_WRONGTYPE)),
-        })
-    }
-
-    /// A live hash (empty if absent), or the WRONGTYPE reply.
-    fn read_hash(&self, key: &[u8]) -> Result<Result<kv::Hash, Reply>, StorageError> {
-        Ok(match self.read_record(key)? {
-            None => Ok(kv::Hash::new()),
-            Some(kv::Record { data: kv::Data::Hash(h), .. }) => Ok(h),
-            Some(_) => Err(Reply::error(kv::ERR_WRONGTYPE)),
-        })
-    }
-
     fn execute_read(&self, cmd: &ReadCommand) -> Result<Reply, StorageError> {
-        let bulk = |v: Option<Vec<u8>>| v.map_or(Reply::Null, |v| Reply::Bulk(Bytes::from(v)));
-        let now = self.read_time();
-        macro_rules! typed {
-            ($read:expr) => {
-                match $read? {
-                    Ok(v) => v,
-                    Err(reply) => return Ok(reply),
-                }
-            };
-        }
         Ok(match cmd {
-            ReadCommand::Get(k) => bulk(typed!(self.read_str(k))),
-            ReadCommand::MGet(keys) => {
-                let mut out = Vec::with_capacity(keys.len());
-                for k in keys {
-                    // A key of another type reads as nil, as in Redis.
-                    out.push(bulk(self.read_str(k)?.unwrap_or(None)));
-                }
-                Reply::Array(out)
-            }
-            ReadCommand::Exists(keys) => {
-                let mut n = 0;
-                for k in keys {
-                    if self.read_record(k)?.is_some() {
-                        n += 1;
-                    }
-                }
-                Reply::Integer(n)
-            }
-            ReadCommand::StrLen(k) => {
-                Reply::Integer(typed!(self.read_str(k)).map_or(0, |v| v.len() as i64))
-            }
-            ReadCommand::GetRange { key, start, end } => {
-                let v = typed!(self.read_str(key)).unwrap_or_default();
-                Reply::Bulk(Bytes::from(crate::command::get_range(&v, *start, *end)))
-            }
-            ReadCommand::Type(k) => {
-                Reply::Simple(self.read_record(k)?.map_or("none", |r| r.type_name()))
-            }
-            ReadCommand::Ttl { key, millis, absolute } => match self.read_record(key)? {
-                None => Reply::Integer(-2),
-                Some(kv::Record { expires_at: None, .. }) => Reply::Integer(-1),
-                Some(kv::Record { expires_at: Some(t), .. }) => {
-                    let ms = if *absolute { t } else { t.saturating_sub(now) } as i64;
-                    Reply::Integer(if *millis { ms } else { (ms + 500) / 1000 })
-                }
-            },
-            ReadCommand::HGet { key, field } => {
-                bulk(typed!(self.read_hash(key)).shift_remove(field.as_ref()))
-            }
-            ReadCommand::HMGet { key, fields } => {
-                let h = typed!(self.read_hash(key));
-                Reply::Array(fields.iter().map(|f| bulk(h.get(f.as_ref()).cloned())).collect())
-            }
-            ReadCommand::HExists { key, field } => {
-                Reply::Integer(typed!(self.read_hash(key)).contains_key(field.as_ref()) as i64)
-            }
-            ReadCommand::HLen(key) => Reply::Integer(typed!(self.read_hash(key)).len() as i64),
-            ReadCommand::HStrLen { key, field } => Reply::Integer(
-                typed!(self.read_hash(key)).get(field.as_ref()).map_or(0, |v| v.len() as i64),
-            ),
-            ReadCommand::HGetAll { key, fields, values } => {
-                let h = typed!(self.read_hash(key));
-                let mut out = Vec::new();
-                for (f, v) in h {
-                    if *fields {
-                        out.push(Reply::Bulk(Bytes::from(f)));
-                    }
-                    if *values {
-                        out.push(Reply::Bulk(Bytes::from(v)));
-                    }
-                }
-                Reply::Array(out)
+            ReadCommand::Query(q) => {
+                kv::query(q, &Applied(&self.storage), self.read_time())?.into()
             }
             ReadCommand::DbSize => Reply::Integer(self.storage.key_count()? as i64),
             ReadCommand::Keys(pattern) => {

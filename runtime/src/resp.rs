@@ -240,6 +240,7 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Bytes>> {
 fn to_frame(reply: Reply) -> BytesFrame {
     match reply {
         Reply::Simple(s) => BytesFrame::SimpleString(Bytes::from_static(s.as_bytes())),
+        Reply::Status(s) => BytesFrame::SimpleString(Bytes::from(s.into_bytes())),
         Reply::Error(e) => BytesFrame::Error(Str::from(e.replace(['\r', '\n'], " "))),
         Reply::Integer(n) => BytesFrame::Integer(n),
         Reply::Bulk(b) => BytesFrame::BulkString(b),

@@ -337,8 +337,13 @@ impl Storage for RocksStorage {
     fn apply(&mut self, index: LogIndex, mutations: &[Mutation]) -> Result<(), StorageError> {
         let kv = self.cf(CF_KV);
         let mut batch = WriteBatch::default();
-        for m in mutations {
+        // A Clear deletes the keys stored now; key writes listed before it (a MULTI block)
+        // are not stored yet and must not survive it: skip them.
+        let last_clear = mutations.iter().rposition(|m| matches!(m, Mutation::Clear));
+        for (i, m) in mutations.iter().enumerate() {
+            let cleared = last_clear.is_some_and(|c| i < c);
             match m {
+                Mutation::Put(..) | Mutation::Delete(_) | Mutation::Clear if cleared => {}
                 Mutation::Put(k, v) => batch.put_cf(kv, k, v),
                 Mutation::Delete(k) => batch.delete_cf(kv, k),
                 Mutation::Clear => {
@@ -604,6 +609,19 @@ mod tests {
 
     fn entry(i: u64, t: u64) -> Entry {
         Entry::new(LogIndex(i), Term(t), vec![i as u8])
+    }
+
+    #[test]
+    fn a_clear_drops_stored_keys_and_earlier_writes_of_its_batch_but_not_later_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
+        let put = |k: &str| Mutation::Put(k.as_bytes().to_vec(), b"v".to_vec());
+        s.apply(LogIndex(1), &[put("old")]).unwrap();
+        let session = Mutation::Session(1, raft_kv_core::kv::Session::default());
+        s.apply(LogIndex(2), &[put("before"), session, Mutation::Clear, put("after")]).unwrap();
+        assert_eq!(s.keys(b"*", 10).unwrap(), vec![b"after".to_vec()]);
+        assert_eq!(s.key_count().unwrap(), 1);
+        assert!(s.session(1).unwrap().is_some(), "sessions survive a clear");
     }
 
     #[test]

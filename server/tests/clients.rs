@@ -8,7 +8,7 @@ use redis::Commands;
 use std::process::Command;
 
 #[test]
-fn the_redis_crate_drives_strings_expiry_and_pipelines_through_a_follower() {
+fn the_redis_crate_drives_strings_hashes_expiry_and_pipelines_through_a_follower() {
     let c = Cluster::start(3);
     let leader = c.leader(1).expect("a leader");
     let follower = (1..=3).find(|i| *i != leader).unwrap();
@@ -51,6 +51,18 @@ fn the_redis_crate_drives_strings_expiry_and_pipelines_through_a_follower() {
     let replies: Vec<i64> = pipe.query(&mut con).unwrap();
     let want: Vec<i64> = (0..100).flat_map(|i| [i + 1, i]).collect();
     assert_eq!(replies, want);
+
+    // An atomic pipeline is MULTI ... EXEC: one log entry.
+    let (a, b, s): (i64, i64, String) = redis::pipe()
+        .atomic()
+        .incr("lib:tx", 1)
+        .incr("lib:tx", 1)
+        .hset("lib:txh", "f", "v")
+        .ignore()
+        .hget("lib:txh", "f")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((a, b, s.as_str()), (1, 2, "v"));
 }
 
 #[test]

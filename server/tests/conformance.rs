@@ -185,6 +185,13 @@ fn encode_value(b: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
         return Ok(i + 3);
     }
     match rest.first() {
+        Some(b'+') | Some(b'-') => {
+            // A simple string or an error inside an array: up to the next ',' or ']'.
+            let end = rest.iter().position(|c| *c == b',' || *c == b']').unwrap_or(rest.len());
+            out.extend_from_slice(rest[..end].trim_ascii_end());
+            out.extend_from_slice(b"\r\n");
+            Ok(i + end)
+        }
         Some(b'"') => {
             let mut s = Vec::new();
             let mut j = 1;
