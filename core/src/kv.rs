@@ -110,8 +110,12 @@ pub enum Command {
         field: Vec<u8>,
         delta: Vec<u8>,
     },
-    /// MULTI ... EXEC: every command in order, atomically, in one entry.
-    Multi(Vec<TxOp>),
+    /// MULTI ... EXEC: every command in order, atomically, in one entry, unless a `watched`
+    /// key no longer holds what WATCH read (its live record, encoded; None: absent).
+    Multi {
+        ops: Vec<TxOp>,
+        watched: Vec<(Key, Option<Vec<u8>>)>,
+    },
     /// A cluster membership change: applied by the runtime (it changes who replicates), not
     /// by `apply`.
     Membership(crate::MembershipChange),
@@ -182,13 +186,16 @@ impl Command {
                 from.len() + to.len()
             }
             Command::FlushAll => 0,
-            Command::Multi(ops) => ops
-                .iter()
-                .map(|op| match op {
-                    TxOp::Write(c) => c.size_bytes(),
-                    TxOp::Query(_) | TxOp::Reply(_) => 64,
-                })
-                .sum(),
+            Command::Multi { ops, watched } => {
+                watched.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum::<usize>()
+                    + ops
+                        .iter()
+                        .map(|op| match op {
+                            TxOp::Write(c) => c.size_bytes(),
+                            TxOp::Query(_) | TxOp::Reply(_) => 64,
+                        })
+                        .sum::<usize>()
+            }
             Command::HSet { key, pairs: p, .. } => key.len() + pairs(p),
             Command::HDel { key, fields } => key.len() + fields.iter().map(Vec::len).sum::<usize>(),
             Command::HIncrBy { key, field, .. } => key.len() + field.len() + 8,
@@ -209,6 +216,8 @@ pub enum WriteReply {
     /// A null bulk string (a condition that did not hold, a missing old value).
     Null,
     Array(Vec<WriteReply>),
+    /// A null array (EXEC aborted by WATCH).
+    NullArray,
     Error(String),
 }
 
@@ -257,6 +266,8 @@ pub enum Query {
         fields: bool,
         values: bool,
     },
+    /// WATCH: each key's `watch_value`, as bulk strings or nils.
+    Watch(Vec<Key>),
 }
 
 /// One command of a MULTI block.
@@ -541,7 +552,7 @@ pub fn apply<S: KvRead>(
     now: u64,
 ) -> Result<(Vec<Mutation>, WriteReply), S::Error> {
     match cmd {
-        Command::Multi(ops) => apply_multi(ops, state, now),
+        Command::Multi { ops, watched } => apply_multi(ops, watched, state, now),
         other => apply_one(other, state, now),
     }
 }
@@ -550,9 +561,15 @@ pub fn apply<S: KvRead>(
 /// state), and a command's error does not stop the others, as in Redis.
 fn apply_multi<S: KvRead>(
     ops: &[TxOp],
+    watched: &[(Key, Option<Vec<u8>>)],
     state: &S,
     now: u64,
 ) -> Result<(Vec<Mutation>, WriteReply), S::Error> {
+    for (k, then) in watched {
+        if watch_value(state, k, now)? != *then {
+            return Ok((Vec::new(), WriteReply::NullArray));
+        }
+    }
     let mut overlay = Overlay { base: state, changes: BTreeMap::new(), cleared: false };
     let mut muts = Vec::new();
     let mut replies = Vec::with_capacity(ops.len());
@@ -832,11 +849,20 @@ fn apply_one<S: KvRead>(
             h.insert(field.clone(), text.clone());
             (vec![store_hash(key, h, t)], WriteReply::Bulk(text))
         }
-        Command::Multi(_) => error("ERR MULTI calls can not be nested"),
+        Command::Multi { .. } => error("ERR MULTI calls can not be nested"),
         Command::Membership(_) => {
             (Vec::new(), WriteReply::Error("ERR membership changes are applied by the node".into()))
         }
     })
+}
+
+/// What WATCH remembers of `key`: its live record, encoded (None: absent or expired).
+pub fn watch_value<S: KvRead>(
+    state: &S,
+    key: &[u8],
+    now: u64,
+) -> Result<Option<Vec<u8>>, S::Error> {
+    Ok(read(state, key, now)?.map(|r| r.encode()))
 }
 
 /// The state as a MULTI block changed it so far.
@@ -916,6 +942,13 @@ pub fn query<S: KvRead>(q: &Query, state: &S, now: u64) -> Result<WriteReply, S:
         };
     }
     Ok(match q {
+        Query::Watch(keys) => {
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                out.push(bulk(watch_value(state, k, now)?));
+            }
+            WriteReply::Array(out)
+        }
         Query::Get(k) => bulk(typed!(read_str(state, k, now)?).map(|(v, _)| v)),
         Query::MGet(keys) => {
             let mut out = Vec::with_capacity(keys.len());

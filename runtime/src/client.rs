@@ -11,7 +11,7 @@ use crate::command::{self, ConnectionCommand, ReadCommand, Reply, Request};
 use crate::node::{ClientRequest, RequestKind};
 use crate::resp::{self, RequestLimits};
 use bytes::BytesMut;
-use raft_kv_core::kv::{Command, TxOp};
+use raft_kv_core::kv::{Command, Query, TxOp, WriteReply};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -130,6 +130,8 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
     let mut phase: Option<Phase> = None;
     let mut name: Option<bytes::Bytes> = None;
     let mut multi: Option<Transaction> = None;
+    // WATCHed keys and what they held then (`kv::watch_value`).
+    let mut watched: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
     'conn: loop {
         loop {
             match resp::next_request(&mut buf, &cfg.limits) {
@@ -151,18 +153,65 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
                         }
                         (Request::Connection(ConnectionCommand::Discard), Some(_)) => {
                             multi = None;
+                            watched.clear();
                             Request::Immediate(Reply::ok())
                         }
                         (Request::Connection(ConnectionCommand::Exec), Some(_)) => {
                             let t = multi.take().unwrap_or_default();
+                            let watched = std::mem::take(&mut watched);
                             if t.dirty {
                                 Request::Immediate(Reply::error(
                                     "EXECABORT Transaction discarded because of previous errors.",
                                 ))
-                            } else if t.ops.is_empty() {
+                            } else if t.ops.is_empty() && watched.is_empty() {
                                 Request::Immediate(Reply::Array(Vec::new()))
                             } else {
-                                Request::Write(Command::Multi(t.ops))
+                                Request::Write(Command::Multi { ops: t.ops, watched })
+                            }
+                        }
+                        (Request::Connection(ConnectionCommand::Watch(_)), Some(_)) => {
+                            Request::Immediate(Reply::error(
+                                "ERR WATCH inside MULTI is not allowed",
+                            ))
+                        }
+                        (Request::Connection(ConnectionCommand::Unwatch), Some(t)) => {
+                            // Queued, as in Redis; EXEC forgets the watches anyway.
+                            t.ops.push(TxOp::Reply(WriteReply::Ok));
+                            Request::Immediate(Reply::Simple("QUEUED"))
+                        }
+                        (Request::Connection(ConnectionCommand::Unwatch), None) => {
+                            watched.clear();
+                            Request::Immediate(Reply::ok())
+                        }
+                        (Request::Connection(ConnectionCommand::Watch(keys)), None) => {
+                            // Read what the keys hold now, after every earlier request of
+                            // the connection took effect; EXEC applies only if they still do.
+                            if answered.wait_for(|n| *n >= submitted).await.is_err() {
+                                break 'conn;
+                            }
+                            let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+                            let read = ReadCommand::Query(Query::Watch(keys.clone()));
+                            let reply = match dispatch(Request::Read(read), &node, conn).0 {
+                                Pending::Ready(r) => r,
+                                Pending::Waiting(rx) => rx.await.unwrap_or_else(|_| {
+                                    Reply::error("ERR the node is shutting down")
+                                }),
+                            };
+                            match reply {
+                                Reply::Array(values) if values.len() == keys.len() => {
+                                    for (k, v) in keys.into_iter().zip(values) {
+                                        let v = match v {
+                                            Reply::Bulk(b) => Some(b.to_vec()),
+                                            _ => None,
+                                        };
+                                        watched.push((k, v));
+                                    }
+                                    Request::Immediate(Reply::ok())
+                                }
+                                Reply::Error(e) => Request::Immediate(Reply::Error(e)),
+                                other => Request::Immediate(Reply::error(format!(
+                                    "ERR internal: WATCH read {other:?}"
+                                ))),
                             }
                         }
                         (Request::Quit, _) => Request::Quit,
@@ -178,7 +227,9 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
                             }
                             ConnectionCommand::Multi
                             | ConnectionCommand::Exec
-                            | ConnectionCommand::Discard => Reply::error("ERR internal"),
+                            | ConnectionCommand::Discard
+                            | ConnectionCommand::Watch(_)
+                            | ConnectionCommand::Unwatch => Reply::error("ERR internal"),
                         }),
                         (other, None) => other,
                     };

@@ -16,6 +16,8 @@ pub enum Reply {
     Bulk(Bytes),
     Null,
     Array(Vec<Reply>),
+    /// `*-1`: EXEC aborted by WATCH.
+    NullArray,
 }
 
 impl Reply {
@@ -39,6 +41,7 @@ impl From<Reply> for WriteReply {
             Reply::Bulk(b) => WriteReply::Bulk(b.to_vec()),
             Reply::Null => WriteReply::Null,
             Reply::Array(items) => WriteReply::Array(items.into_iter().map(Into::into).collect()),
+            Reply::NullArray => WriteReply::NullArray,
         }
     }
 }
@@ -52,6 +55,7 @@ impl From<WriteReply> for Reply {
             WriteReply::Bulk(b) => Reply::Bulk(Bytes::from(b)),
             WriteReply::Null => Reply::Null,
             WriteReply::Array(items) => Reply::Array(items.into_iter().map(Reply::from).collect()),
+            WriteReply::NullArray => Reply::NullArray,
             WriteReply::Error(e) => Reply::Error(e),
         }
     }
@@ -95,6 +99,8 @@ pub enum Request {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConnectionCommand {
     Multi,
+    Watch(Vec<Bytes>),
+    Unwatch,
     Exec,
     Discard,
     ClientId,
@@ -175,6 +181,8 @@ const COMMANDS: &[(&str, i32)] = &[
     ("multi", 1),
     ("exec", 1),
     ("discard", 1),
+    ("watch", -2),
+    ("unwatch", 1),
 ];
 
 /// Redis's reply to a command name it does not know.
@@ -418,6 +426,8 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         "multi" => Request::Connection(ConnectionCommand::Multi),
         "exec" => Request::Connection(ConnectionCommand::Exec),
         "discard" => Request::Connection(ConnectionCommand::Discard),
+        "watch" => Request::Connection(ConnectionCommand::Watch(args.to_vec())),
+        "unwatch" => Request::Connection(ConnectionCommand::Unwatch),
         _ => unreachable!("every name in COMMANDS has a branch"),
     }
 }

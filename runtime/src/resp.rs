@@ -246,11 +246,17 @@ fn to_frame(reply: Reply) -> BytesFrame {
         Reply::Bulk(b) => BytesFrame::BulkString(b),
         Reply::Null => BytesFrame::Null,
         Reply::Array(items) => BytesFrame::Array(items.into_iter().map(to_frame).collect()),
+        // RESP2 frames have no null array; `encode_reply` writes it itself.
+        Reply::NullArray => BytesFrame::Null,
     }
 }
 
 /// Appends the RESP2 encoding of `reply` to `out`.
 pub fn encode_reply(reply: Reply, out: &mut BytesMut) {
+    if reply == Reply::NullArray {
+        out.extend_from_slice(b"*-1\r\n");
+        return;
+    }
     extend_encode(out, &to_frame(reply), false).expect("encoding a well-formed frame cannot fail");
 }
 
