@@ -216,6 +216,8 @@ pub enum WriteReply {
     /// A null bulk string (a condition that did not hold, a missing old value).
     Null,
     Array(Vec<WriteReply>),
+    /// A map (RESP3); RESP2 sends it as a flat array of keys and values.
+    Map(Vec<(WriteReply, WriteReply)>),
     /// A null array (EXEC aborted by WATCH).
     NullArray,
     Error(String),
@@ -999,6 +1001,12 @@ pub fn query<S: KvRead>(q: &Query, state: &S, now: u64) -> Result<WriteReply, S:
         Query::HStrLen { key, field } => WriteReply::Integer(
             typed!(read_hash(state, key, now)?).0.get(field).map_or(0, |v| v.len() as i64),
         ),
+        Query::HGetAll { key, fields: true, values: true } => {
+            let (h, _) = typed!(read_hash(state, key, now)?);
+            WriteReply::Map(
+                h.into_iter().map(|(f, v)| (WriteReply::Bulk(f), WriteReply::Bulk(v))).collect(),
+            )
+        }
         Query::HGetAll { key, fields, values } => {
             let (h, _) = typed!(read_hash(state, key, now)?);
             let mut out = Vec::new();

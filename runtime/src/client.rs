@@ -10,12 +10,15 @@
 use crate::command::{self, ConnectionCommand, ReadCommand, Reply, Request};
 use crate::node::{ClientRequest, RequestKind};
 use crate::resp::{self, RequestLimits};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use raft_kv_core::kv::{Command, Query, TxOp, WriteReply};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 #[derive(Clone, Debug)]
@@ -26,6 +29,8 @@ pub struct ClientConfig {
     pub pipeline_depth_max: usize,
     /// A deliberate bug for the simulation; ignored outside simulation builds.
     pub planted: Option<raft_kv_core::PlantedBug>,
+    /// `--requirepass`: clients must AUTH (or HELLO ... AUTH) before anything else.
+    pub requirepass: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -35,6 +40,7 @@ impl Default for ClientConfig {
             clients_max: 10_000,
             pipeline_depth_max: 1024,
             planted: None,
+            requirepass: None,
         }
     }
 }
@@ -55,6 +61,7 @@ pub async fn accept_loop(
     slots: Arc<Semaphore>,
 ) {
     let mut next_conn: u64 = 0;
+    let registry = Registry::default();
     loop {
         let (mut stream, addr) = match listener.accept().await {
             Ok(s) => s,
@@ -73,12 +80,77 @@ pub async fn accept_loop(
         let cfg = cfg.clone();
         next_conn += 1;
         let conn = next_conn;
+        let laddr = stream.local_addr().ok();
+        let entry = ClientEntry { addr, laddr, name: None, since: Instant::now(), protocol: 2 };
+        registry.lock().expect("not poisoned").insert(conn, entry);
+        let registry = registry.clone();
         tokio::spawn(async move {
-            serve(stream, node, cfg, conn).await;
+            serve(stream, node, cfg, conn, registry.clone()).await;
+            registry.lock().expect("not poisoned").remove(&conn);
             drop(permit);
             debug!(%addr, "client disconnected");
         });
     }
+}
+
+/// The node's client connections, for CLIENT LIST and CLIENT INFO.
+type Registry = Arc<Mutex<BTreeMap<u64, ClientEntry>>>;
+
+struct ClientEntry {
+    addr: SocketAddr,
+    laddr: Option<SocketAddr>,
+    name: Option<Bytes>,
+    since: Instant,
+    protocol: u8,
+}
+
+impl ClientEntry {
+    /// One line of CLIENT LIST, in Redis's field=value form.
+    fn line(&self, id: u64, multi: Option<usize>) -> String {
+        let name = self.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned());
+        let laddr = self.laddr.map(|a| a.to_string()).unwrap_or_default();
+        format!(
+            "id={id} addr={} laddr={laddr} fd=-1 name={} age={} idle=0 flags={} db=0 sub=0 psub=0 ssub=0 multi={} user=default redir=-1 resp={}\n",
+            self.addr,
+            name.unwrap_or_default(),
+            self.since.elapsed().as_secs(),
+            if multi.is_some() { "x" } else { "N" },
+            multi.map_or(-1, |n| n as i64),
+            self.protocol
+        )
+    }
+}
+
+/// HELLO's reply: who this server is.
+fn hello_reply(conn: u64, protocol: u8) -> Reply {
+    let s = |v: &str| Reply::Bulk(Bytes::from(v.to_string()));
+    Reply::Map(vec![
+        (s("server"), s("redis")),
+        (s("version"), s("7.0.0")),
+        (s("proto"), Reply::Integer(protocol as i64)),
+        (s("id"), Reply::Integer(conn as i64)),
+        (s("mode"), s("standalone")),
+        (s("role"), s("master")),
+        (s("modules"), Reply::Array(Vec::new())),
+    ])
+}
+
+const NOAUTH: &str = "NOAUTH Authentication required.";
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// Checks AUTH's or HELLO AUTH's credentials against `--requirepass`.
+fn check_auth(
+    requirepass: &Option<String>,
+    user: Option<&[u8]>,
+    password: &[u8],
+) -> Result<(), Reply> {
+    let Some(expected) = requirepass else {
+        return Err(Reply::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"));
+    };
+    if user.is_some_and(|u| u != b"default") || password != expected.as_bytes() {
+        return Err(Reply::error(WRONGPASS));
+    }
+    Ok(())
 }
 
 /// Commands queued between MULTI and EXEC.
@@ -117,18 +189,27 @@ enum Phase {
     Writes,
 }
 
-async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: ClientConfig, conn: u64) {
+async fn serve(
+    stream: TcpStream,
+    node: mpsc::Sender<ClientRequest>,
+    cfg: ClientConfig,
+    conn: u64,
+    registry: Registry,
+) {
     // Without TCP_NODELAY a pipelining client waits on Nagle's algorithm for every reply batch.
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::channel::<Pending>(cfg.pipeline_depth_max);
+    // Each reply goes with the protocol (RESP2 or RESP3) the connection had chosen by then.
+    let (tx, rx) = mpsc::channel::<(Pending, u8)>(cfg.pipeline_depth_max);
     // The writer counts the replies it has taken, so the reader can wait for a phase to end.
     let (answered_tx, mut answered) = watch::channel(0u64);
     let writer = tokio::spawn(write_replies(wr, rx, answered_tx));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut submitted: u64 = 0;
     let mut phase: Option<Phase> = None;
-    let mut name: Option<bytes::Bytes> = None;
+    let mut name: Option<Bytes> = None;
+    let mut protocol: u8 = 2;
+    let mut authenticated = cfg.requirepass.is_none();
     let mut multi: Option<Transaction> = None;
     // WATCHed keys and what they held then (`kv::watch_value`).
     let mut watched: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
@@ -137,7 +218,77 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
             match resp::next_request(&mut buf, &cfg.limits) {
                 Ok(Some(argv)) if argv.is_empty() => continue,
                 Ok(Some(argv)) => {
-                    let request = match (command::parse(argv), multi.as_mut()) {
+                    let parsed = command::parse(argv);
+                    let allowed_before_auth = matches!(
+                        parsed,
+                        Request::Quit
+                            | Request::Connection(
+                                ConnectionCommand::Auth(..)
+                                    | ConnectionCommand::Hello { .. }
+                                    | ConnectionCommand::Reset
+                            )
+                    );
+                    let parsed = if authenticated || allowed_before_auth {
+                        parsed
+                    } else {
+                        Request::Immediate(Reply::error(NOAUTH))
+                    };
+                    let request = match (parsed, multi.as_mut()) {
+                        (Request::Connection(ConnectionCommand::Auth(user, password)), _) => {
+                            match check_auth(&cfg.requirepass, user.as_deref(), &password) {
+                                Ok(()) => {
+                                    authenticated = true;
+                                    Request::Immediate(Reply::ok())
+                                }
+                                Err(e) => Request::Immediate(e),
+                            }
+                        }
+                        (
+                            Request::Connection(ConnectionCommand::Hello {
+                                protocol: p,
+                                auth,
+                                name: n,
+                            }),
+                            _,
+                        ) => {
+                            let checked = match &auth {
+                                Some((u, pw)) => check_auth(&cfg.requirepass, Some(u), pw),
+                                None if authenticated => Ok(()),
+                                None => Err(Reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")),
+                            };
+                            match checked {
+                                Err(e) => Request::Immediate(e),
+                                Ok(()) if n.as_ref().is_some_and(|n| !command::valid_client_name(n)) => {
+                                    Request::Immediate(Reply::error("ERR Client names cannot contain spaces, newlines or special characters."))
+                                }
+                                Ok(()) => {
+                                    authenticated = true;
+                                    if let Some(p) = p {
+                                        protocol = p;
+                                    }
+                                    if let Some(n) = n {
+                                        name = (!n.is_empty()).then_some(n);
+                                    }
+                                    if let Some(e) = registry.lock().expect("not poisoned").get_mut(&conn) {
+                                        e.protocol = protocol;
+                                        e.name = name.clone();
+                                    }
+                                    Request::Immediate(hello_reply(conn, protocol))
+                                }
+                            }
+                        }
+                        (Request::Connection(ConnectionCommand::Reset), _) => {
+                            multi = None;
+                            watched.clear();
+                            name = None;
+                            protocol = 2;
+                            authenticated = cfg.requirepass.is_none();
+                            if let Some(e) = registry.lock().expect("not poisoned").get_mut(&conn) {
+                                e.protocol = 2;
+                                e.name = None;
+                            }
+                            Request::Immediate(Reply::Simple("RESET"))
+                        }
                         (Request::Connection(ConnectionCommand::Multi), None) => {
                             multi = Some(Transaction::default());
                             Request::Immediate(Reply::ok())
@@ -223,13 +374,33 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
                             }
                             ConnectionCommand::ClientSetName(n) => {
                                 name = (!n.is_empty()).then_some(n);
+                                if let Some(e) =
+                                    registry.lock().expect("not poisoned").get_mut(&conn)
+                                {
+                                    e.name = name.clone();
+                                }
                                 Reply::ok()
+                            }
+                            ConnectionCommand::ClientInfo => {
+                                let reg = registry.lock().expect("not poisoned");
+                                let line =
+                                    reg.get(&conn).map(|e| e.line(conn, None)).unwrap_or_default();
+                                Reply::Bulk(Bytes::from(line))
+                            }
+                            ConnectionCommand::ClientList => {
+                                let reg = registry.lock().expect("not poisoned");
+                                let text: String =
+                                    reg.iter().map(|(id, e)| e.line(*id, None)).collect();
+                                Reply::Bulk(Bytes::from(text))
                             }
                             ConnectionCommand::Multi
                             | ConnectionCommand::Exec
                             | ConnectionCommand::Discard
                             | ConnectionCommand::Watch(_)
-                            | ConnectionCommand::Unwatch => Reply::error("ERR internal"),
+                            | ConnectionCommand::Unwatch
+                            | ConnectionCommand::Auth(..)
+                            | ConnectionCommand::Hello { .. }
+                            | ConnectionCommand::Reset => Reply::error("ERR internal"),
                         }),
                         (other, None) => other,
                     };
@@ -252,7 +423,7 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
                         phase = next_phase;
                     }
                     let (pending, quit) = dispatch(request, &node, conn);
-                    if tx.send(pending).await.is_err() {
+                    if tx.send((pending, protocol)).await.is_err() {
                         break 'conn;
                     }
                     submitted += 1;
@@ -262,7 +433,7 @@ async fn serve(stream: TcpStream, node: mpsc::Sender<ClientRequest>, cfg: Client
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx.send(Pending::Ready(Reply::Error(e.0))).await;
+                    let _ = tx.send((Pending::Ready(Reply::Error(e.0)), protocol)).await;
                     break 'conn;
                 }
             }
@@ -302,13 +473,13 @@ fn dispatch(request: Request, node: &mpsc::Sender<ClientRequest>, conn: u64) -> 
 
 async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::Receiver<(Pending, u8)>,
     answered: watch::Sender<u64>,
 ) {
     let mut out = BytesMut::with_capacity(16 * 1024);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        while let Some(p) = next.take() {
+        while let Some((p, protocol)) = next.take() {
             let reply = match p {
                 Pending::Ready(r) => r,
                 Pending::Waiting(mut wait) => match wait.try_recv() {
@@ -326,7 +497,7 @@ async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
                 },
             };
             answered.send_modify(|n| *n += 1);
-            resp::encode_reply(reply, &mut out);
+            resp::encode_reply(reply, protocol, &mut out);
             if out.len() >= WRITE_BATCH_BYTES_MAX && flush(&mut wr, &mut out).await.is_err() {
                 return;
             }

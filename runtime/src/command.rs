@@ -16,6 +16,8 @@ pub enum Reply {
     Bulk(Bytes),
     Null,
     Array(Vec<Reply>),
+    /// A map in RESP3, a flat array of keys and values in RESP2.
+    Map(Vec<(Reply, Reply)>),
     /// `*-1`: EXEC aborted by WATCH.
     NullArray,
 }
@@ -42,6 +44,9 @@ impl From<Reply> for WriteReply {
             Reply::Null => WriteReply::Null,
             Reply::Array(items) => WriteReply::Array(items.into_iter().map(Into::into).collect()),
             Reply::NullArray => WriteReply::NullArray,
+            Reply::Map(pairs) => {
+                WriteReply::Map(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+            }
         }
     }
 }
@@ -56,6 +61,9 @@ impl From<WriteReply> for Reply {
             WriteReply::Null => Reply::Null,
             WriteReply::Array(items) => Reply::Array(items.into_iter().map(Reply::from).collect()),
             WriteReply::NullArray => Reply::NullArray,
+            WriteReply::Map(pairs) => {
+                Reply::Map(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+            }
             WriteReply::Error(e) => Reply::Error(e),
         }
     }
@@ -74,6 +82,10 @@ pub enum ReadCommand {
 pub enum AdminCommand {
     /// INFO [section ...], the names lowercased; none: every section.
     Info(Vec<String>),
+    /// CONFIG GET pattern [pattern ...].
+    ConfigGet(Vec<Bytes>),
+    /// CONFIG SET name value [name value ...], the names lowercased.
+    ConfigSet(Vec<(String, Bytes)>),
     /// RAFT.TRANSFER-LEADER <id>: hand leadership to node `id`; answered once it leads.
     TransferLeader(u64),
     /// RAFT.NODE ADD <id> <raft-addr>: a new learner, promoted once it caught up.
@@ -98,6 +110,17 @@ pub enum Request {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConnectionCommand {
+    /// HELLO [protover [AUTH username password] [SETNAME name]].
+    Hello {
+        protocol: Option<u8>,
+        auth: Option<(Bytes, Bytes)>,
+        name: Option<Bytes>,
+    },
+    /// AUTH [username] password.
+    Auth(Option<Bytes>, Bytes),
+    Reset,
+    ClientInfo,
+    ClientList,
     Multi,
     Watch(Vec<Bytes>),
     Unwatch,
@@ -182,6 +205,10 @@ const COMMANDS: &[(&str, i32)] = &[
     ("exec", 1),
     ("discard", 1),
     ("watch", -2),
+    ("hello", -1),
+    ("auth", -2),
+    ("reset", 1),
+    ("time", 1),
     ("unwatch", 1),
 ];
 
@@ -401,7 +428,7 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         }
         "append" => Request::Write(Command::Append { key: a(0).to_vec(), value: a(1).to_vec() }),
         "command" => Request::Immediate(command_command(args)),
-        "config" => Request::Immediate(config_command(args)),
+        "config" => config_command(args),
         "info" => Request::Admin(AdminCommand::Info(
             args.iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect(),
         )),
@@ -427,6 +454,27 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         "exec" => Request::Connection(ConnectionCommand::Exec),
         "discard" => Request::Connection(ConnectionCommand::Discard),
         "watch" => Request::Connection(ConnectionCommand::Watch(args.to_vec())),
+        "hello" => match hello_command(args) {
+            Ok(c) => Request::Connection(c),
+            Err(reply) => Request::Immediate(reply),
+        },
+        "auth" => match args {
+            [password] => Request::Connection(ConnectionCommand::Auth(None, password.clone())),
+            [user, password] => {
+                Request::Connection(ConnectionCommand::Auth(Some(user.clone()), password.clone()))
+            }
+            _ => Request::Immediate(syntax_error()),
+        },
+        "reset" => Request::Connection(ConnectionCommand::Reset),
+        "time" => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            Request::Immediate(Reply::Array(vec![
+                Reply::Bulk(Bytes::from(now.as_secs().to_string())),
+                Reply::Bulk(Bytes::from(now.subsec_micros().to_string())),
+            ]))
+        }
         "unwatch" => Request::Connection(ConnectionCommand::Unwatch),
         _ => unreachable!("every name in COMMANDS has a branch"),
     }
@@ -612,37 +660,89 @@ fn command_command(args: &[Bytes]) -> Reply {
     }
 }
 
-/// Parameters `CONFIG GET` reports, for tools such as redis-benchmark that probe them.
-const CONFIG: &[(&str, &str)] = &[("appendonly", "no"), ("databases", "1"), ("save", "")];
+/// Parameters CONFIG GET reports and CONFIG SET accepts, with their values at start: what
+/// clients and test harnesses probe. Setting one changes what CONFIG GET reports on that node
+/// and nothing else (raft-kv always fsyncs, never evicts, has one database).
+pub const CONFIG_DEFAULTS: &[(&str, &str)] = &[
+    ("appendfsync", "always"),
+    ("appendonly", "no"),
+    ("databases", "1"),
+    ("loglevel", "notice"),
+    ("maxmemory", "0"),
+    ("maxmemory-policy", "noeviction"),
+    ("save", ""),
+    ("slowlog-log-slower-than", "10000"),
+    ("slowlog-max-len", "128"),
+    ("timeout", "0"),
+];
 
-fn config_command(args: &[Bytes]) -> Reply {
-    match subcommand(args).as_str() {
-        "get" if args.len() >= 2 => {
-            let mut out = Vec::new();
-            for (k, v) in CONFIG {
-                if args[1..]
-                    .iter()
-                    .any(|p| raft_kv_core::glob::matches(&p.to_ascii_lowercase(), k.as_bytes()))
-                {
-                    out.push(Reply::Bulk(Bytes::from_static(k.as_bytes())));
-                    out.push(Reply::Bulk(Bytes::from_static(v.as_bytes())));
-                }
-            }
-            Reply::Array(out)
+fn config_command(args: &[Bytes]) -> Request {
+    match (subcommand(args).as_str(), args.len()) {
+        ("get", 2..) => Request::Admin(AdminCommand::ConfigGet(args[1..].to_vec())),
+        ("get", _) => Request::Immediate(wrong_arity("config|get")),
+        ("set", n) if n >= 3 && n % 2 == 1 => {
+            let pairs = args[1..]
+                .chunks(2)
+                .map(|p| (String::from_utf8_lossy(&p[0]).to_ascii_lowercase(), p[1].clone()))
+                .collect();
+            Request::Admin(AdminCommand::ConfigSet(pairs))
         }
-        "get" => wrong_arity("config|get"),
-        _ => unknown_subcommand("config", &args[0]),
+        ("set", _) => Request::Immediate(wrong_arity("config|set")),
+        ("resetstat", 1) => Request::Immediate(Reply::ok()),
+        ("rewrite", 1) => {
+            Request::Immediate(Reply::error("ERR The server is running without a config file"))
+        }
+        _ => Request::Immediate(unknown_subcommand("config", &args[0])),
     }
+}
+
+/// HELLO's arguments.
+fn hello_command(args: &[Bytes]) -> Result<ConnectionCommand, Reply> {
+    let Some((version, rest)) = args.split_first() else {
+        return Ok(ConnectionCommand::Hello { protocol: None, auth: None, name: None });
+    };
+    let protocol = match parse_i64(version) {
+        Some(v @ 2..=3) => v as u8,
+        Some(_) => return Err(Reply::error("NOPROTO unsupported protocol version")),
+        None => return Err(Reply::error("ERR Protocol version is not an integer or out of range")),
+    };
+    let (mut auth, mut name) = (None, None);
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i].to_ascii_lowercase().as_slice() {
+            b"auth" if i + 2 < rest.len() => {
+                auth = Some((rest[i + 1].clone(), rest[i + 2].clone()));
+                i += 3;
+            }
+            b"setname" if i + 1 < rest.len() => {
+                name = Some(rest[i + 1].clone());
+                i += 2;
+            }
+            _ => {
+                return Err(Reply::error(format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    sanitize(&rest[i])
+                )))
+            }
+        }
+    }
+    Ok(ConnectionCommand::Hello { protocol: Some(protocol), auth, name })
+}
+
+/// Whether `name` is a valid client name: printable ASCII but space.
+pub fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|c| *c > b' ' && *c <= b'~')
 }
 
 /// CLIENT ID, GETNAME, SETNAME; SETINFO is accepted (client libraries send it on connect).
 fn client_command(args: &[Bytes]) -> Result<ConnectionCommand, Reply> {
     match (subcommand(args).as_str(), args.len()) {
         ("id", 1) => Ok(ConnectionCommand::ClientId),
+        ("info", 1) => Ok(ConnectionCommand::ClientInfo),
+        ("list", 1) => Ok(ConnectionCommand::ClientList),
         ("getname", 1) => Ok(ConnectionCommand::ClientGetName),
         ("setname", 2) => {
-            // Redis allows printable ASCII but space.
-            if args[1].iter().any(|c| *c <= b' ' || *c > b'~') {
+            if !valid_client_name(&args[1]) {
                 return Err(Reply::error(
                     "ERR Client names cannot contain spaces, newlines or special characters.",
                 ));
@@ -650,7 +750,7 @@ fn client_command(args: &[Bytes]) -> Result<ConnectionCommand, Reply> {
             Ok(ConnectionCommand::ClientSetName(args[1].clone()))
         }
         ("setinfo", 3) => Err(Reply::ok()),
-        ("id" | "getname" | "setname" | "setinfo", _) => {
+        ("id" | "getname" | "setname" | "setinfo" | "info", _) => {
             Err(wrong_arity(&format!("client|{}", subcommand(args))))
         }
         _ => Err(unknown_subcommand("client", &args[0])),
@@ -703,10 +803,7 @@ mod tests {
         assert_eq!(p(&["keys", "*"]), Request::Read(ReadCommand::Keys(Bytes::from_static(b"*"))));
         assert_eq!(
             p(&["config", "get", "save"]),
-            Request::Immediate(Reply::Array(vec![
-                Reply::Bulk(Bytes::from_static(b"save")),
-                Reply::Bulk(Bytes::from_static(b""))
-            ]))
+            Request::Admin(AdminCommand::ConfigGet(vec![Bytes::from_static(b"save")]))
         );
     }
 }

@@ -168,6 +168,8 @@ pub struct NodeTask<S: Storage> {
     key_deadlines: HashMap<Key, u64>,
     /// The request id of the leader's sweep in flight.
     sweep: Option<u64>,
+    /// What CONFIG GET reports (CONFIG SET changes it): this node's only.
+    config: BTreeMap<String, Bytes>,
 }
 
 /// A callback on every change of a node's role, term or leader.
@@ -251,6 +253,10 @@ impl<S: Storage> NodeTask<S> {
             deadlines_by_time: BTreeSet::new(),
             key_deadlines: HashMap::new(),
             sweep: None,
+            config: crate::command::CONFIG_DEFAULTS
+                .iter()
+                .map(|(k, v)| (k.to_string(), Bytes::from_static(v.as_bytes())))
+                .collect(),
             tuning,
         }
     }
@@ -406,6 +412,32 @@ impl<S: Storage> NodeTask<S> {
             }
             RequestKind::Admin(AdminCommand::Info(sections)) => {
                 let _ = c.reply.send(self.info(&sections));
+                return;
+            }
+            RequestKind::Admin(AdminCommand::ConfigGet(patterns)) => {
+                let mut out = Vec::new();
+                for (k, v) in &self.config {
+                    let matches = patterns.iter().any(|p| {
+                        raft_kv_core::glob::matches(&p.to_ascii_lowercase(), k.as_bytes())
+                    });
+                    if matches {
+                        out.push((Reply::Bulk(Bytes::from(k.clone())), Reply::Bulk(v.clone())));
+                    }
+                }
+                let _ = c.reply.send(Reply::Map(out));
+                return;
+            }
+            RequestKind::Admin(AdminCommand::ConfigSet(pairs)) => {
+                let reply = match pairs.iter().find(|(k, _)| !self.config.contains_key(k)) {
+                    Some((k, _)) => Reply::error(format!(
+                        "ERR Unknown option or number of arguments for CONFIG SET - '{k}'"
+                    )),
+                    None => {
+                        self.config.extend(pairs);
+                        Reply::ok()
+                    }
+                };
+                let _ = c.reply.send(reply);
                 return;
             }
             RequestKind::Admin(AdminCommand::TransferLeader(to)) => {

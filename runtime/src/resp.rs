@@ -8,6 +8,8 @@ use redis_protocol::bytes_utils::Str;
 use redis_protocol::resp2::decode::decode_bytes_mut;
 use redis_protocol::resp2::encode::extend_encode;
 use redis_protocol::resp2::types::BytesFrame;
+use redis_protocol::resp3::encode::complete::extend_encode as extend_encode3;
+use redis_protocol::resp3::types::BytesFrame as Resp3Frame;
 
 /// Limits on what a client may send.
 #[derive(Clone, Copy, Debug)]
@@ -246,13 +248,46 @@ fn to_frame(reply: Reply) -> BytesFrame {
         Reply::Bulk(b) => BytesFrame::BulkString(b),
         Reply::Null => BytesFrame::Null,
         Reply::Array(items) => BytesFrame::Array(items.into_iter().map(to_frame).collect()),
+        Reply::Map(pairs) => BytesFrame::Array(
+            pairs.into_iter().flat_map(|(k, v)| [to_frame(k), to_frame(v)]).collect(),
+        ),
         // RESP2 frames have no null array; `encode_reply` writes it itself.
         Reply::NullArray => BytesFrame::Null,
     }
 }
 
-/// Appends the RESP2 encoding of `reply` to `out`.
-pub fn encode_reply(reply: Reply, out: &mut BytesMut) {
+fn to_frame3(reply: Reply) -> Resp3Frame {
+    match reply {
+        Reply::Simple(s) => {
+            Resp3Frame::SimpleString { data: Bytes::from_static(s.as_bytes()), attributes: None }
+        }
+        Reply::Status(s) => {
+            Resp3Frame::SimpleString { data: Bytes::from(s.into_bytes()), attributes: None }
+        }
+        Reply::Error(e) => Resp3Frame::SimpleError {
+            data: Str::from(e.replace(['\r', '\n'], " ")),
+            attributes: None,
+        },
+        Reply::Integer(n) => Resp3Frame::Number { data: n, attributes: None },
+        Reply::Bulk(b) => Resp3Frame::BlobString { data: b, attributes: None },
+        Reply::Null | Reply::NullArray => Resp3Frame::Null,
+        Reply::Array(items) => {
+            Resp3Frame::Array { data: items.into_iter().map(to_frame3).collect(), attributes: None }
+        }
+        Reply::Map(pairs) => Resp3Frame::Map {
+            data: pairs.into_iter().map(|(k, v)| (to_frame3(k), to_frame3(v))).collect(),
+            attributes: None,
+        },
+    }
+}
+
+/// Appends the encoding of `reply` in RESP `protocol` (2 or 3, as HELLO chose) to `out`.
+pub fn encode_reply(reply: Reply, protocol: u8, out: &mut BytesMut) {
+    if protocol >= 3 {
+        extend_encode3(out, &to_frame3(reply), false)
+            .expect("encoding a well-formed frame cannot fail");
+        return;
+    }
     if reply == Reply::NullArray {
         out.extend_from_slice(b"*-1\r\n");
         return;
@@ -341,11 +376,11 @@ mod tests {
     #[test]
     fn replies_encode_as_resp2() {
         let mut out = BytesMut::new();
-        encode_reply(Reply::Bulk(Bytes::from_static(b"a\0b")), &mut out);
-        encode_reply(Reply::Null, &mut out);
-        encode_reply(Reply::Integer(-3), &mut out);
-        encode_reply(Reply::error("ERR x"), &mut out);
-        encode_reply(Reply::Array(vec![Reply::ok()]), &mut out);
+        encode_reply(Reply::Bulk(Bytes::from_static(b"a\0b")), 2, &mut out);
+        encode_reply(Reply::Null, 2, &mut out);
+        encode_reply(Reply::Integer(-3), 2, &mut out);
+        encode_reply(Reply::error("ERR x"), 2, &mut out);
+        encode_reply(Reply::Array(vec![Reply::ok()]), 2, &mut out);
         assert_eq!(&out[..], b"$3\r\na\0b\r\n$-1\r\n:-3\r\n-ERR x\r\n*1\r\n+OK\r\n");
     }
 }

@@ -67,6 +67,10 @@ struct Args {
     /// it every read confirms leadership with ReadIndex.
     #[arg(long, value_parser = parse_drift)]
     lease_max_clock_drift: Option<f64>,
+    /// Clients must authenticate (AUTH <password>, or HELLO ... AUTH default <password>)
+    /// before any other command, as with Redis's requirepass.
+    #[arg(long)]
+    requirepass: Option<String>,
 }
 
 fn parse_drift(s: &str) -> Result<f64, String> {
@@ -80,6 +84,9 @@ fn parse_drift(s: &str) -> Result<f64, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(pw) = &args.requirepass {
+        let _ = CLUSTER_PASSWORD.set(pw.clone());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -128,6 +135,10 @@ async fn cluster_info(member: &str) -> anyhow::Result<ClusterInfo> {
     Ok(ClusterInfo { cluster_id, bootstrap })
 }
 
+/// `--requirepass`: the cluster's members want it too, so `--join` authenticates with it.
+#[cfg(not(madsim))]
+static CLUSTER_PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// One command to a Redis server; the reply as text, an error reply as an error.
 #[cfg(not(madsim))]
 async fn redis_call(addr: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -138,16 +149,35 @@ async fn redis_call(addr: &str, args: &[&str]) -> anyhow::Result<String> {
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
             .with_context(|| format!("cannot connect to {addr}"))?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        let mut commands: Vec<&[&str]> = Vec::new();
+        let auth;
+        if let Some(pw) = CLUSTER_PASSWORD.get() {
+            auth = ["AUTH", pw.as_str()];
+            commands.push(&auth);
+        }
+        commands.push(args);
+        let mut req = String::new();
+        for c in &commands {
+            req.push_str(&format!("*{}\r\n", c.len()));
+            for a in c.iter() {
+                req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+            }
         }
         s.write_all(req.as_bytes()).await?;
         let mut buf = bytes::BytesMut::new();
+        let mut replies_left = commands.len();
         loop {
             if let Some((frame, _, _)) =
                 decode_bytes_mut(&mut buf).map_err(|e| anyhow::anyhow!("{addr}: {e}"))?
             {
+                replies_left -= 1;
+                if replies_left > 0 {
+                    // AUTH's reply.
+                    if let BytesFrame::Error(e) = frame {
+                        bail!("{addr} refused the password: {e}");
+                    }
+                    continue;
+                }
                 return match frame {
                     BytesFrame::SimpleString(b) | BytesFrame::BulkString(b) => {
                         Ok(String::from_utf8_lossy(&b).into_owned())
@@ -309,6 +339,7 @@ async fn serve(
     opts.tuning.request_timeout = Duration::from_millis(args.request_timeout_ms);
     opts.tuning.snapshot.chunk_bytes = args.snapshot_chunk_bytes as usize;
     opts.client.limits.bulk_bytes_max = args.max_bulk_bytes as usize;
+    opts.client.requirepass = args.requirepass.clone();
     opts.client.limits.request_bytes_max =
         opts.client.limits.request_bytes_max.max(2 * args.max_bulk_bytes as usize);
 

@@ -137,3 +137,78 @@ fn malformed_or_oversized_requests_get_an_error_and_the_server_survives() {
     let back: Vec<u8> = redis::cmd("GET").arg("big").query(&mut c.conn(3)).unwrap();
     assert_eq!(back, big);
 }
+
+/// Reads until `buf` ends with `end`.
+fn read_until_ends_with(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while !got.ends_with(end) {
+        let n = s.read(&mut b).unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+    got
+}
+
+#[test]
+fn hello_3_switches_the_connection_to_resp3_replies_as_redis_7_sends_them() {
+    let c = Cluster::start(3);
+    let mut s = raw(&c, 2);
+    s.write_all(b"HELLO 3\r\n").unwrap();
+    let hello = read_until_ends_with(&mut s, b"$7\r\nmodules\r\n*0\r\n");
+    let hello = String::from_utf8_lossy(&hello);
+    assert!(hello.starts_with("%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"), "{hello:?}");
+    assert!(hello.contains("$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:"), "{hello:?}");
+    // Bytes as redis-server 7.0.15 sends them after HELLO 3.
+    let cases: &[(&[u8], &[u8])] = &[
+        (b"HSET r3 f v\r\n", b":1\r\n"),
+        (b"HGETALL r3\r\n", b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n"),
+        (b"GET missing\r\n", b"_\r\n"),
+        (b"CONFIG GET save\r\n", b"%1\r\n$4\r\nsave\r\n$0\r\n\r\n"),
+        (b"HMGET r3 f x\r\n", b"*2\r\n$1\r\nv\r\n_\r\n"),
+        (b"MULTI\r\n", b"+OK\r\n"),
+        (b"EXEC\r\n", b"*0\r\n"),
+    ];
+    for (req, want) in cases {
+        exchange(&mut s, req, want);
+    }
+    s.write_all(b"HELLO 2\r\n").unwrap();
+    let hello = read_until_ends_with(&mut s, b"$7\r\nmodules\r\n*0\r\n");
+    assert!(hello.starts_with(b"*14\r\n"), "{:?}", String::from_utf8_lossy(&hello));
+    exchange(&mut s, b"GET missing\r\n", b"$-1\r\n");
+}
+
+#[test]
+fn with_requirepass_only_auth_hello_quit_and_reset_work_before_authenticating() {
+    let c = Cluster::start_with(3, &["--requirepass", "s3cret"]);
+    let mut s = raw(&c, 1);
+    let noauth: &[u8] = b"-NOAUTH Authentication required.\r\n";
+    exchange(&mut s, b"GET k\r\n", noauth);
+    exchange(&mut s, b"PING\r\n", noauth);
+    exchange(&mut s, b"MULTI\r\n", noauth);
+    exchange(
+        &mut s,
+        b"AUTH wrong\r\n",
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    exchange(
+        &mut s,
+        b"AUTH someone s3cret\r\n",
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    exchange(&mut s, b"AUTH s3cret\r\n", b"+OK\r\n");
+    exchange(&mut s, b"SET k v\r\n", b"+OK\r\n");
+    exchange(&mut s, b"RESET\r\n", b"+RESET\r\n");
+    exchange(&mut s, b"GET k\r\n", noauth);
+    exchange(&mut s, b"AUTH default s3cret\r\n", b"+OK\r\n");
+    exchange(&mut s, b"GET k\r\n", b"$1\r\nv\r\n");
+    // HELLO authenticates and picks the protocol at once.
+    let mut s = raw(&c, 2);
+    s.write_all(b"HELLO 3 AUTH default s3cret SETNAME app\r\n").unwrap();
+    read_until_ends_with(&mut s, b"$7\r\nmodules\r\n*0\r\n");
+    exchange(&mut s, b"CLIENT GETNAME\r\n", b"$3\r\napp\r\n");
+    exchange(&mut s, b"GET nothing\r\n", b"_\r\n");
+    // The redis crate authenticates from the URL.
+    let v: String = redis::cmd("GET").arg("k").query(&mut c.conn(3)).unwrap();
+    assert_eq!(v, "v");
+}

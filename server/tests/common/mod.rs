@@ -118,18 +118,22 @@ impl Cluster {
         }
     }
 
+    /// The client URL of node `id`, with the `--requirepass` password if the cluster has one.
+    pub fn url(&self, id: usize) -> String {
+        let pass = self.extra_args.iter().position(|a| a == "--requirepass");
+        let auth = pass.map_or(String::new(), |i| format!(":{}@", self.extra_args[i + 1]));
+        format!("redis://{auth}127.0.0.1:{}/", self.redis_ports[id - 1])
+    }
+
     pub fn conn(&self, id: usize) -> redis::Connection {
-        let client =
-            redis::Client::open(format!("redis://127.0.0.1:{}/", self.redis_ports[id - 1]))
-                .unwrap();
+        let client = redis::Client::open(self.url(id)).unwrap();
         let con = client.get_connection_with_timeout(Duration::from_secs(5)).unwrap();
         con.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
         con
     }
 
     pub fn try_conn(&self, id: usize) -> Option<redis::Connection> {
-        let client =
-            redis::Client::open(format!("redis://127.0.0.1:{}/", self.redis_ports[id - 1])).ok()?;
+        let client = redis::Client::open(self.url(id)).ok()?;
         let con = client.get_connection_with_timeout(Duration::from_secs(2)).ok()?;
         con.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
         Some(con)
