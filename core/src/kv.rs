@@ -270,6 +270,11 @@ pub enum Query {
     },
     /// WATCH: each key's `watch_value`, as bulk strings or nils.
     Watch(Vec<Key>),
+    /// HSCAN: every field (matching `pattern`) at once, cursor 0.
+    HScan {
+        key: Key,
+        pattern: Option<Vec<u8>>,
+    },
 }
 
 /// One command of a MULTI block.
@@ -950,6 +955,17 @@ pub fn query<S: KvRead>(q: &Query, state: &S, now: u64) -> Result<WriteReply, S:
                 out.push(bulk(watch_value(state, k, now)?));
             }
             WriteReply::Array(out)
+        }
+        Query::HScan { key, pattern } => {
+            let (h, _) = typed!(read_hash(state, key, now)?);
+            let mut items = Vec::new();
+            for (f, v) in h {
+                if pattern.as_ref().is_none_or(|p| crate::glob::matches(p, &f)) {
+                    items.push(WriteReply::Bulk(f));
+                    items.push(WriteReply::Bulk(v));
+                }
+            }
+            WriteReply::Array(vec![WriteReply::Bulk(b"0".to_vec()), WriteReply::Array(items)])
         }
         Query::Get(k) => bulk(typed!(read_str(state, k, now)?).map(|(v, _)| v)),
         Query::MGet(keys) => {

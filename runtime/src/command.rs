@@ -75,6 +75,14 @@ pub enum ReadCommand {
     Query(Query),
     Keys(Bytes),
     DbSize,
+    /// SCAN cursor [MATCH pattern] [COUNT n] [TYPE type].
+    Scan {
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: usize,
+        type_name: Option<String>,
+    },
+    RandomKey,
 }
 
 /// Introspection answered by the node without consensus.
@@ -161,6 +169,9 @@ const COMMANDS: &[(&str, i32)] = &[
     ("keys", 2),
     ("type", 2),
     ("dbsize", 1),
+    ("scan", -2),
+    ("hscan", -3),
+    ("randomkey", 1),
     ("rename", 3),
     ("renamenx", 3),
     ("copy", -3),
@@ -271,6 +282,21 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         "keys" => Request::Read(ReadCommand::Keys(a(0))),
         "type" => query(Query::Type(k(0))),
         "dbsize" => Request::Read(ReadCommand::DbSize),
+        "randomkey" => Request::Read(ReadCommand::RandomKey),
+        "scan" => match scan_options(&args[0], &args[1..], true) {
+            Ok((cursor, pattern, count, type_name)) => {
+                Request::Read(ReadCommand::Scan { cursor, pattern, count, type_name })
+            }
+            Err(reply) => Request::Immediate(reply),
+        },
+        "hscan" => match scan_options(&args[1], &args[2..], false) {
+            // A hash is stored whole: one call returns every field, and cursor 0, as Redis
+            // does for small hashes.
+            Ok((_, pattern, _, _)) => {
+                query(Query::HScan { key: k(0), pattern: pattern.map(|p| p.to_vec()) })
+            }
+            Err(reply) => Request::Immediate(reply),
+        },
         "strlen" => query(Query::StrLen(k(0))),
         "getrange" | "substr" => match (parse_i64(&args[1]), parse_i64(&args[2])) {
             (Some(start), Some(end)) => query(Query::GetRange { key: k(0), start, end }),
@@ -478,6 +504,38 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         "unwatch" => Request::Connection(ConnectionCommand::Unwatch),
         _ => unreachable!("every name in COMMANDS has a branch"),
     }
+}
+
+/// SCAN's and HSCAN's cursor and options (TYPE for SCAN only).
+#[allow(clippy::type_complexity)]
+fn scan_options(
+    cursor: &[u8],
+    opts: &[Bytes],
+    with_type: bool,
+) -> Result<(u64, Option<Bytes>, usize, Option<String>), Reply> {
+    let cursor = std::str::from_utf8(cursor)
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+        .ok_or_else(|| Reply::error("ERR invalid cursor"))?;
+    let (mut pattern, mut count, mut type_name) = (None, 10usize, None);
+    let mut i = 0;
+    while i < opts.len() {
+        let value = opts.get(i + 1).ok_or_else(syntax_error)?;
+        match opts[i].to_ascii_lowercase().as_slice() {
+            b"match" => pattern = Some(value.clone()),
+            b"count" => match parse_i64(value) {
+                Some(n) if n >= 1 => count = n as usize,
+                Some(_) => return Err(syntax_error()),
+                None => return Err(not_integer()),
+            },
+            b"type" if with_type => {
+                type_name = Some(String::from_utf8_lossy(value).to_ascii_lowercase())
+            }
+            _ => return Err(syntax_error()),
+        }
+        i += 2;
+    }
+    Ok((cursor, pattern, count, type_name))
 }
 
 fn syntax_error() -> Reply {

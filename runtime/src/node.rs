@@ -49,6 +49,12 @@ const PROMOTE_LAG_MAX: u64 = 100;
 /// refused (another change pending, a transfer running) is retried this often.
 const PROMOTE_RETRY: Duration = Duration::from_millis(200);
 
+/// Keys one SCAN call examines at most, whatever its COUNT.
+const SCAN_COUNT_MAX: usize = 100_000;
+
+/// SCAN cursors a node remembers; the oldest are forgotten (and answered `invalid cursor`).
+const SCAN_CURSORS_MAX: usize = 10_000;
+
 /// Expired keys one sweep entry deletes at most.
 const SWEEP_KEYS_MAX: usize = 256;
 
@@ -170,6 +176,9 @@ pub struct NodeTask<S: Storage> {
     sweep: Option<u64>,
     /// What CONFIG GET reports (CONFIG SET changes it): this node's only.
     config: BTreeMap<String, Bytes>,
+    /// SCAN cursors handed out: where each walk stopped.
+    scan_cursors: BTreeMap<u64, Key>,
+    next_scan_cursor: u64,
 }
 
 /// A callback on every change of a node's role, term or leader.
@@ -257,6 +266,8 @@ impl<S: Storage> NodeTask<S> {
                 .iter()
                 .map(|(k, v)| (k.to_string(), Bytes::from_static(v.as_bytes())))
                 .collect(),
+            scan_cursors: BTreeMap::new(),
+            next_scan_cursor: 0,
             tuning,
         }
     }
@@ -1005,8 +1016,27 @@ impl<S: Storage> NodeTask<S> {
         self.applied_time
     }
 
-    fn execute_read(&self, cmd: &ReadCommand) -> Result<Reply, StorageError> {
+    fn execute_read(&mut self, cmd: &ReadCommand) -> Result<Reply, StorageError> {
         Ok(match cmd {
+            ReadCommand::Scan { cursor, pattern, count, type_name } => {
+                self.scan(*cursor, pattern.as_deref(), *count, type_name.as_deref())?
+            }
+            ReadCommand::RandomKey => {
+                // Seek to a random point of the key order; wrap to the start past the end.
+                let mut probe = [0u8; 8];
+                rand::Rng::fill(&mut rand::thread_rng(), &mut probe);
+                let mut found = Reply::Null;
+                for after in [Some(&probe[..]), None] {
+                    let batch = self.storage.scan(after, 64)?;
+                    if let Some((k, _)) = batch.iter().find(|(_, v)| {
+                        kv::live(Some(v.clone()), self.read_time()).ok().flatten().is_some()
+                    }) {
+                        found = Reply::Bulk(Bytes::from(k.clone()));
+                        break;
+                    }
+                }
+                found
+            }
             ReadCommand::Query(q) => {
                 kv::query(q, &Applied(&self.storage), self.read_time())?.into()
             }
@@ -1026,6 +1056,52 @@ impl<S: Storage> NodeTask<S> {
                 }
             }
         })
+    }
+
+    /// One SCAN step: about `count` stored keys after where `cursor` stopped (0: the start),
+    /// those live and matching returned, and the next cursor (0 at the end). Cursors are this
+    /// node's: the key each stopped at is remembered (the newest `SCAN_CURSORS_MAX`; a cursor
+    /// can be sent again), so a walk is stable however keys come and go, and returns every key
+    /// that exists throughout.
+    fn scan(
+        &mut self,
+        cursor: u64,
+        pattern: Option<&[u8]>,
+        count: usize,
+        type_name: Option<&str>,
+    ) -> Result<Reply, StorageError> {
+        let after = match cursor {
+            0 => None,
+            c => match self.scan_cursors.get(&c).cloned() {
+                Some(k) => Some(k),
+                None => return Ok(Reply::error("ERR invalid cursor")),
+            },
+        };
+        let batch = self.storage.scan(after.as_deref(), count.min(SCAN_COUNT_MAX))?;
+        let now = self.read_time();
+        let mut keys = Vec::new();
+        for (k, v) in &batch {
+            let Ok(Some(r)) = kv::live(Some(v.clone()), now) else { continue };
+            if pattern.is_some_and(|p| !raft_kv_core::glob::matches(p, k))
+                || type_name.is_some_and(|t| t != r.type_name())
+            {
+                continue;
+            }
+            keys.push(Reply::Bulk(Bytes::from(k.clone())));
+        }
+        let next = match batch.last() {
+            Some((last, _)) if batch.len() == count.min(SCAN_COUNT_MAX) => {
+                self.next_scan_cursor += 1;
+                let id = (self.id.0 << 40) | (self.next_scan_cursor & ((1 << 40) - 1));
+                self.scan_cursors.insert(id, last.clone());
+                while self.scan_cursors.len() > SCAN_CURSORS_MAX {
+                    self.scan_cursors.pop_first();
+                }
+                id
+            }
+            _ => 0,
+        };
+        Ok(Reply::Array(vec![Reply::Bulk(Bytes::from(next.to_string())), Reply::Array(keys)]))
     }
 
     /// INFO: `# Server`, `# Clients`, `# Raft` and `# Keyspace`, or the named ones.

@@ -50,6 +50,10 @@ pub trait Storage: Send + 'static {
     /// Number of keys, exact (DBSIZE, INFO).
     fn key_count(&self) -> Result<u64, StorageError>;
 
+    /// Up to `limit` keys and their values in key order, starting after `after` (from the
+    /// first with None): SCAN's walk, stable while keys come and go.
+    fn scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Key, Value)>, StorageError>;
+
     /// A consistent view of the applied state (keys and client sessions) as it stands now,
     /// read in chunks while writes go on.
     fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError>;
@@ -394,6 +398,21 @@ impl Storage for MemStorage {
             .filter(|k| raft_kv_core::glob::matches(pattern, k))
             .take(limit)
             .cloned()
+            .collect())
+    }
+
+    fn scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Key, Value)>, StorageError> {
+        use std::ops::Bound;
+        let s = self.state();
+        let from = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Unbounded,
+        };
+        Ok(s.written
+            .kv
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
 

@@ -414,6 +414,28 @@ impl Storage for RocksStorage {
         Ok(out)
     }
 
+    fn scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Key, Value)>, StorageError> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_KV));
+        match after {
+            Some(k) => {
+                it.seek(k);
+                if it.valid() && it.key() == Some(k) {
+                    it.next();
+                }
+            }
+            None => it.seek_to_first(),
+        }
+        let mut out = Vec::new();
+        while it.valid() && out.len() < limit {
+            if let (Some(k), Some(v)) = (it.key(), it.value()) {
+                out.push((k.to_vec(), v.to_vec()));
+            }
+            it.next();
+        }
+        it.status().map_err(io)?;
+        Ok(out)
+    }
+
     /// Exact, by iterating the keys: RocksDB's estimate-num-keys stays above zero after
     /// deletes until a compaction, and DBSIZE must say 0 after FLUSHALL. O(keys).
     fn key_count(&self) -> Result<u64, StorageError> {

@@ -88,3 +88,45 @@ fn redis_benchmark_runs_its_standard_tests_without_errors() {
     let errors = format!("{stdout}{stderr}");
     assert!(!errors.contains("ERR") && !errors.contains("Error"), "errors:\n{errors}");
 }
+
+#[test]
+fn a_scan_returns_every_key_that_exists_throughout_while_others_come_and_go() {
+    let c = Cluster::start(3);
+    let mut writer = c.conn(1);
+    let _: () = redis::cmd("FLUSHALL").query(&mut writer).unwrap();
+    for chunk in (0..600).collect::<Vec<u32>>().chunks(100) {
+        let pairs: Vec<(String, u32)> = chunk.iter().map(|i| (format!("st:{i:04}"), *i)).collect();
+        let _: () = writer.mset(&pairs).unwrap();
+    }
+    let mut reader = c.conn(2);
+    let mut cursor = "0".to_string();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut steps = 0;
+    loop {
+        let (next, keys): (String, Vec<String>) = redis::cmd("SCAN")
+            .arg(&cursor)
+            .arg("MATCH")
+            .arg("st:*")
+            .arg("COUNT")
+            .arg(37)
+            .query(&mut reader)
+            .unwrap();
+        seen.extend(keys);
+        // Between steps: every fifth key goes, and new ones arrive all over the key order.
+        let _: i64 = writer.del(format!("st:{:04}", steps * 5)).unwrap();
+        let _: () = writer.set(format!("st:{:04}x", steps * 7 % 600), 1).unwrap();
+        steps += 1;
+        assert!(steps < 100, "the walk does not end");
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    for i in (0..600).filter(|i| i % 5 != 0 || i / 5 >= steps) {
+        assert!(
+            seen.contains(&format!("st:{i:04}")),
+            "st:{i:04} existed throughout but was missed"
+        );
+    }
+    assert!(seen.iter().all(|k| k.starts_with("st:")));
+}

@@ -314,6 +314,10 @@ impl Storage for CheckedStorage {
         self.inner.key_count()
     }
 
+    fn scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Key, Value)>, StorageError> {
+        self.inner.scan(after, limit)
+    }
+
     fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError> {
         self.inner.snapshot_reader()
     }
