@@ -423,7 +423,7 @@ enum Need {
 /// The write an operation's output depends on, if absence does not explain it.
 fn need_of(op: &Operation) -> Option<Need> {
     match (&op.op, &op.ret) {
-        (Op::Get, Ret::Get(Some(v))) => Some(Need::Value(v.clone())),
+        (Op::Get | Op::GetSet(_), Ret::Get(Some(v))) => Some(Need::Value(v.clone())),
         (Op::Incr, Ret::Incr(Ok(n))) if *n != 1 => Some(Need::Value(n.wrapping_sub(1).to_string())),
         (Op::Incr, Ret::Incr(Err(()))) => Some(Need::NonInteger),
         (Op::Append(suffix), Ret::Append(len)) => {
@@ -444,7 +444,7 @@ fn enables(op: &Operation, need: &Need) -> bool {
         Need::Present => true,
     };
     match (&op.op, &op.ret) {
-        (Op::Set(v), _) => leaves(v),
+        (Op::Set(v) | Op::GetSet(v), _) => leaves(v),
         (Op::Incr, Ret::Incr(Ok(n))) => leaves(&n.to_string()),
         // Some integer: any length up to 20, never a non-integer.
         (Op::Incr, Ret::Unknown) => match need {
@@ -483,6 +483,7 @@ fn apply(value: Option<&str>, op: &Op) -> (Effect, Ret) {
     match op {
         Op::Get => (Effect::Unchanged, Ret::Get(value.map(str::to_string))),
         Op::Set(v) => (Effect::Becomes(Some(v.clone())), Ret::Set),
+        Op::GetSet(v) => (Effect::Becomes(Some(v.clone())), Ret::Get(value.map(str::to_string))),
         Op::Del if value.is_some() => (Effect::Becomes(None), Ret::Del(1)),
         Op::Del => (Effect::Unchanged, Ret::Del(0)),
         Op::Incr => {
@@ -1779,11 +1780,12 @@ mod tests {
             let call = clock[client] + rng.below(4);
             let complete = call + rng.below(6);
             clock[client] = complete + 1;
-            let op = match rng.below(6) {
+            let op = match rng.below(7) {
                 0 | 1 => Op::Get,
                 2 => Op::Set(["a", "1", "9223372036854775807"][rng.below(3) as usize].to_string()),
                 3 => Op::Del,
                 4 => Op::Incr,
+                5 => Op::GetSet(["a", "1"][rng.below(2) as usize].to_string()),
                 _ => Op::Append(["x", "2"][rng.below(2) as usize].to_string()),
             };
             ops.push(Operation {
@@ -1820,7 +1822,7 @@ mod tests {
                 }
                 1 => {
                     op.ret = match op.op {
-                        Op::Get => [Ret::Get(None), got("a"), got("1"), got("ax")]
+                        Op::Get | Op::GetSet(_) => [Ret::Get(None), got("a"), got("1"), got("ax")]
                             [rng.below(4) as usize]
                             .clone(),
                         Op::Set(_) => Ret::Set,

@@ -12,6 +12,9 @@ pub enum Op {
     Del,
     Incr,
     Append(String),
+    /// Sets a new value and returns the old one (GETSET, SET ... GET, or MULTI GET SET EXEC):
+    /// answered like a GET.
+    GetSet(String),
 }
 
 /// What the client saw.
@@ -62,6 +65,7 @@ impl fmt::Display for Op {
             Op::Del => write!(f, "DEL"),
             Op::Incr => write!(f, "INCR"),
             Op::Append(v) => write!(f, "APPEND {v}"),
+            Op::GetSet(v) => write!(f, "GETSET {v}"),
         }
     }
 }

@@ -309,6 +309,7 @@ fn label(op: &Operation) -> String {
         Op::Del => format!("DEL {}", op.key),
         Op::Incr => format!("INCR {}", op.key),
         Op::Append(v) => format!("APPEND {}+={v}", op.key),
+        Op::GetSet(v) => format!("GETSET {}={v}", op.key),
     };
     format!("{command} → {}", op.ret)
 }

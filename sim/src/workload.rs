@@ -96,9 +96,16 @@ fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
             _ => Outcome::Unknown,
         };
     }
+    // MULTI GET SET EXEC: EXEC's array holds GET's reply, then SET's.
+    let v = match (op, v) {
+        (Op::GetSet(_), Value::Array(items)) if items.len() == 2 => &items[0],
+        _ => v,
+    };
     let ret = match (op, v) {
-        (Op::Get, Value::Bulk(b)) => Ret::Get(Some(String::from_utf8_lossy(b).into_owned())),
-        (Op::Get, Value::Nil) => Ret::Get(None),
+        (Op::Get | Op::GetSet(_), Value::Bulk(b)) => {
+            Ret::Get(Some(String::from_utf8_lossy(b).into_owned()))
+        }
+        (Op::Get | Op::GetSet(_), Value::Nil) => Ret::Get(None),
         (Op::Set(_), Value::Ok(s)) if s == "OK" => Ret::Set,
         (Op::Del, Value::Int(n)) => Ret::Del(*n),
         (Op::Incr, Value::Int(n)) => Ret::Incr(Ok(*n)),
@@ -114,20 +121,46 @@ fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
 #[derive(Clone, Debug)]
 enum Cmd {
     One(Op, String),
+    /// GETSET in one of its three forms: GETSET, SET ... GET, MULTI GET SET EXEC.
+    GetSet {
+        key: String,
+        value: String,
+        form: u8,
+    },
     MSet(Vec<(String, String)>),
     MGet(Vec<String>),
 }
 
 impl Cmd {
+    /// The commands sent: one, or for MULTI ... EXEC several (the last reply is the one).
+    fn wire(&self) -> Vec<Vec<Vec<u8>>> {
+        let b = |s: &str| s.as_bytes().to_vec();
+        match self {
+            Cmd::GetSet { key, value, form: 0 } => vec![vec![b("GETSET"), b(key), b(value)]],
+            Cmd::GetSet { key, value, form: 1 } => {
+                vec![vec![b("SET"), b(key), b(value), b("GET")]]
+            }
+            Cmd::GetSet { key, value, .. } => vec![
+                vec![b("MULTI")],
+                vec![b("GET"), b(key)],
+                vec![b("SET"), b(key), b(value)],
+                vec![b("EXEC")],
+            ],
+            other => vec![other.argv()],
+        }
+    }
+
     fn argv(&self) -> Vec<Vec<u8>> {
         let b = |s: &str| s.as_bytes().to_vec();
         match self {
+            Cmd::GetSet { .. } => Vec::new(),
             Cmd::One(op, key) => match op {
                 Op::Get => vec![b("GET"), b(key)],
                 Op::Set(v) => vec![b("SET"), b(key), b(v)],
                 Op::Del => vec![b("DEL"), b(key)],
                 Op::Incr => vec![b("INCR"), b(key)],
                 Op::Append(v) => vec![b("APPEND"), b(key), b(v)],
+                Op::GetSet(v) => vec![b("GETSET"), b(key), b(v)],
             },
             Cmd::MSet(pairs) => {
                 let mut argv = vec![b("MSET")];
@@ -149,6 +182,10 @@ impl Cmd {
     fn outcomes(&self, reply: &Result<Value, ClientError>) -> Vec<(String, Op, Outcome)> {
         match self {
             Cmd::One(op, key) => vec![(key.clone(), op.clone(), classify(op, reply))],
+            Cmd::GetSet { key, value, .. } => {
+                let op = Op::GetSet(value.clone());
+                vec![(key.clone(), op.clone(), classify(&op, reply))]
+            }
             Cmd::MSet(pairs) => {
                 let outcome = |v: &str| classify(&Op::Set(v.to_string()), reply);
                 pairs.iter().map(|(k, v)| (k.clone(), Op::Set(v.clone()), outcome(v))).collect()
@@ -242,6 +279,11 @@ impl ClientTask {
                 Cmd::MSet(pairs)
             }
             5..=9 => Cmd::MGet(self.two_keys()),
+            10..=17 => {
+                self.seq += 1;
+                let value = format!("{}.{}", self.id, self.seq);
+                Cmd::GetSet { key: self.random_key(), value, form: self.rng.gen_range(0..3) }
+            }
             _ => {
                 let op = self.random_op();
                 Cmd::One(op, self.random_key())
@@ -272,7 +314,7 @@ impl ClientTask {
         }
         let Some((node, conn)) = self.conn.as_mut() else { return false };
         let node = *node;
-        let wire: Vec<Vec<Vec<u8>>> = cmds.iter().map(Cmd::argv).collect();
+        let wire: Vec<Vec<Vec<u8>>> = cmds.iter().flat_map(Cmd::wire).collect();
         let call = self.recorder.now();
         let sent = conn.send(&wire).await;
         let mut broken = sent.is_err();
@@ -281,7 +323,14 @@ impl ClientTask {
         // key must follow it (the checker sees one key at a time).
         let mut previous: BTreeMap<String, usize> = BTreeMap::new();
         for cmd in cmds {
-            let reply = if broken { Err(ClientError::Closed) } else { conn.read().await };
+            // A MULTI block answers +OK and +QUEUED first: the last reply is EXEC's.
+            let mut reply = Err(ClientError::Closed);
+            for _ in 0..cmd.wire().len() {
+                reply = if broken { Err(ClientError::Closed) } else { conn.read().await };
+                if reply.is_err() {
+                    broken = true;
+                }
+            }
             let complete = self.recorder.now();
             if reply.is_err() {
                 // The connection's state is unknown: a late reply must not answer a later
