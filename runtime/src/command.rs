@@ -220,6 +220,8 @@ const COMMANDS: &[(&str, i32)] = &[
     ("auth", -2),
     ("reset", 1),
     ("time", 1),
+    ("function", -2),
+    ("script", -2),
     ("unwatch", 1),
 ];
 
@@ -454,6 +456,7 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         }
         "append" => Request::Write(Command::Append { key: a(0).to_vec(), value: a(1).to_vec() }),
         "command" => Request::Immediate(command_command(args)),
+        "function" | "script" => Request::Immediate(function_command(name, args)),
         "config" => config_command(args),
         "info" => Request::Admin(AdminCommand::Info(
             args.iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect(),
@@ -707,14 +710,107 @@ fn unknown_subcommand(cmd: &str, sub: &[u8]) -> Reply {
 }
 
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS`: enough for redis-cli's start-up probe.
+/// Commands that only read the data (COMMAND INFO's `readonly` flag; the rest write or are
+/// about the connection or the node).
+const READ_ONLY: &[&str] = &[
+    "get",
+    "mget",
+    "exists",
+    "touch",
+    "keys",
+    "type",
+    "dbsize",
+    "strlen",
+    "getrange",
+    "substr",
+    "ttl",
+    "pttl",
+    "expiretime",
+    "pexpiretime",
+    "hget",
+    "hmget",
+    "hexists",
+    "hlen",
+    "hstrlen",
+    "hgetall",
+    "hkeys",
+    "hvals",
+    "scan",
+    "hscan",
+    "randomkey",
+];
+
+/// Where a command's keys are: first, last (-1: the end), step; 0, 0, 0 for none.
+fn key_positions(name: &str) -> (i64, i64, i64) {
+    match name {
+        "mset" | "msetnx" => (1, -1, 2),
+        "mget" | "del" | "unlink" | "exists" | "touch" | "watch" => (1, -1, 1),
+        "rename" | "renamenx" | "copy" => (1, 2, 1),
+        "ping" | "echo" | "command" | "config" | "info" | "select" | "client" | "quit"
+        | "multi" | "exec" | "discard" | "unwatch" | "hello" | "auth" | "reset" | "time"
+        | "dbsize" | "flushdb" | "flushall" | "scan" | "randomkey" | "keys" | "function"
+        | "script" => (0, 0, 0),
+        n if n.starts_with("raft.") => (0, 0, 0),
+        _ => (1, 1, 1),
+    }
+}
+
+/// COMMAND INFO's entry for `name`, in Redis 7's ten-element shape.
+fn command_info(name: &str, arity: i32) -> Reply {
+    let flag = if READ_ONLY.contains(&name) { "readonly" } else { "write" };
+    let (first, last, step) = key_positions(name);
+    Reply::Array(vec![
+        Reply::Bulk(Bytes::from(name.to_string())),
+        Reply::Integer(arity as i64),
+        Reply::Array(vec![Reply::Simple(flag)]),
+        Reply::Integer(first),
+        Reply::Integer(last),
+        Reply::Integer(step),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+    ])
+}
+
+/// COMMAND, COMMAND COUNT, COMMAND INFO. COMMAND DOCS is answered as Redis 6 answers it (no
+/// such subcommand): redis-cli then shows its own built-in hints for every command.
 fn command_command(args: &[Bytes]) -> Reply {
     if args.is_empty() {
-        return Reply::Array(Vec::new());
+        return Reply::Array(COMMANDS.iter().map(|(n, a)| command_info(n, *a)).collect());
     }
     match subcommand(args).as_str() {
         "count" => Reply::Integer(COMMANDS.len() as i64),
-        "docs" | "info" => Reply::Array(Vec::new()),
+        "info" if args.len() == 1 => {
+            Reply::Array(COMMANDS.iter().map(|(n, a)| command_info(n, *a)).collect())
+        }
+        "info" => Reply::Array(
+            args[1..]
+                .iter()
+                .map(|n| {
+                    let n = String::from_utf8_lossy(n).to_ascii_lowercase();
+                    COMMANDS
+                        .iter()
+                        .find(|(c, _)| *c == n)
+                        .map_or(Reply::Null, |(c, a)| command_info(c, *a))
+                })
+                .collect(),
+        ),
+        "docs" => Reply::error(
+            "ERR Unknown subcommand or wrong number of arguments for 'DOCS'. Try COMMAND HELP.",
+        ),
         _ => unknown_subcommand("command", &args[0]),
+    }
+}
+
+/// FUNCTION and SCRIPT: there are none to flush or list, so FLUSH and LIST answer as on an
+/// empty Redis (tools call them on start-up); the rest are refused.
+fn function_command(cmd: &str, args: &[Bytes]) -> Reply {
+    match (subcommand(args).as_str(), args.len()) {
+        ("flush", 1) => Reply::ok(),
+        ("flush", 2) if matches!(subcommand(&args[1..]).as_str(), "sync" | "async") => Reply::ok(),
+        ("list", _) if cmd == "function" => Reply::Array(Vec::new()),
+        _ => unknown_subcommand(cmd, &args[0]),
     }
 }
 

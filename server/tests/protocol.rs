@@ -67,7 +67,11 @@ fn replies_and_errors_are_byte_identical_to_redis() {
             b"*2\r\n$4\r\nMSET\r\n$1\r\na\r\n",
             b"-ERR wrong number of arguments for 'mset' command\r\n",
         ),
-        (b"*2\r\n$7\r\nCOMMAND\r\n$4\r\nDOCS\r\n", b"*0\r\n"),
+        (
+            b"*2\r\n$7\r\nCOMMAND\r\n$4\r\nDOCS\r\n",
+            b"-ERR Unknown subcommand or wrong number of arguments for 'DOCS'. Try COMMAND HELP.\r\n",
+        ),
+        (b"*3\r\n$7\r\nCOMMAND\r\n$4\r\nINFO\r\n$4\r\nnone\r\n", b"*1\r\n$-1\r\n"),
         (b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$4\r\nsave\r\n", b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n"),
     ];
     for (req, want) in cases {
