@@ -313,6 +313,8 @@ struct Progress {
     inflight: VecDeque<LogIndex>,
     /// Heard from since the last check-quorum.
     recent_active: bool,
+    /// Check-quorum rounds in a row it was not heard from.
+    silent_rounds: u32,
     /// Highest read round this follower acknowledged.
     read_round: u64,
     /// `match_index` at the previous heartbeat interval, and how many intervals in a row found
@@ -326,6 +328,12 @@ struct Progress {
 }
 
 const STALLED_HEARTBEATS_MAX: u32 = 3;
+
+/// Check-quorum rounds (election timeouts) a removed node may stay silent before the leader
+/// stops replicating to it (about 10 minutes at a 1 s timeout). Until then a node removed
+/// while cut off hears of its removal as soon as it is back: a learner never campaigns, so
+/// nothing else would tell it.
+const REMOVED_SILENT_ROUNDS_MAX: u32 = 600;
 
 /// Heartbeat intervals without a snapshot acknowledgement before a transfer starts over: 6 s
 /// at the default timing, longer than the runtime's resends of a stalled window (5 x 1 s), so
@@ -652,7 +660,7 @@ impl RaftNode {
     }
 
     /// Stops replicating to nodes that left once their removal is committed and they were
-    /// told so (or, with `unresponsive`, once they stopped answering).
+    /// told so (or, with `unresponsive`, once silent for `REMOVED_SILENT_ROUNDS_MAX` rounds).
     fn prune_progress(&mut self, unresponsive: bool) {
         let removal = self.log.last_membership_index();
         if self.log.commit_index() < removal {
@@ -665,7 +673,7 @@ impl RaftNode {
             .filter(|(id, p)| {
                 !m.contains(**id)
                     && ((p.match_index >= removal && p.commit_sent >= removal)
-                        || (unresponsive && !p.recent_active))
+                        || (unresponsive && p.silent_rounds >= REMOVED_SILENT_ROUNDS_MAX))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -905,6 +913,7 @@ impl RaftNode {
         let active =
             self.is_voter() as usize + self.voter_progress().filter(|p| p.recent_active).count();
         for p in self.progress.values_mut() {
+            p.silent_rounds = if p.recent_active { 0 } else { p.silent_rounds.saturating_add(1) };
             p.recent_active = false;
         }
         if active < self.quorum() {
@@ -987,6 +996,7 @@ impl RaftNode {
             state: ReplicationState::Probe { paused: false },
             inflight: VecDeque::new(),
             recent_active: true,
+            silent_rounds: 0,
             read_round: 0,
             match_at_heartbeat: LogIndex(0),
             stalled_heartbeats: 0,

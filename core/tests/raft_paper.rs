@@ -1825,13 +1825,16 @@ fn removed_while_cut_off_learns_its_removal(compact: bool) {
         propose_on(&mut c, 1, 1, 8);
         assert!(c.peer(1).stored_after.index.0 > 3, "compacted past the removal");
     }
-    // Check-quorum rounds stop replicating to the unresponsive removed node.
+    // The leader keeps trying a silent removed node for 600 check-quorum rounds, then stops.
+    let replicating = |c: &Cluster| c.peer(1).node.followers().iter().any(|f| f.id == NodeId(5));
     c.run_ticks(4 * ELECTION_TICKS);
+    assert!(replicating(&c), "dropped after 4 silent rounds");
+    c.run_ticks(600 * ELECTION_TICKS);
+    assert!(!replicating(&c), "still replicating after 600 silent rounds");
     assert_eq!(voters(&c, 5), vec![1, 2, 3, 4, 5], "node 5 never heard of its removal");
     c.heal();
     // Node 5 campaigns (pre-vote) and the leader replicates its removal to it, without
     // dropping it again before it has learned.
-    let replicating = |c: &Cluster| c.peer(1).node.followers().iter().any(|f| f.id == NodeId(5));
     assert!(c.run_until(6 * ELECTION_TICKS, replicating), "node 5's campaign went unheard");
     for _ in 0..6 * ELECTION_TICKS {
         if voters(&c, 5) == vec![1, 2, 3, 4] {
@@ -1846,4 +1849,23 @@ fn removed_while_cut_off_learns_its_removal(compact: bool) {
     assert_eq!(c.status(1).role, Role::Leader);
     assert_eq!(c.status(1).term, term);
     assert_eq!(c.status(5).role, Role::Follower, "a removed node no longer campaigns");
+}
+
+#[test]
+fn a_learner_removed_while_cut_off_learns_its_removal_when_back_4_2_3() {
+    // A learner never campaigns: only the leader's replication can tell it.
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    c.join(4, 3, |_| {});
+    change(&mut c, 1, 100, &add(4));
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.peer(4).node.membership().contains(NodeId(4))));
+    c.isolate(4);
+    change(&mut c, 1, 101, &MembershipChange::Remove { id: NodeId(4) });
+    c.run_ticks(20 * ELECTION_TICKS);
+    assert!(c.peer(4).node.membership().contains(NodeId(4)), "cut off: not told yet");
+    c.heal();
+    assert!(
+        c.run_until(6 * ELECTION_TICKS, |c| !c.peer(4).node.membership().contains(NodeId(4))),
+        "the removed learner never heard of its removal"
+    );
 }
