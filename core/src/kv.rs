@@ -541,6 +541,25 @@ fn str_record(value: Vec<u8>, expires_at: Option<u64>) -> Record {
     Record { data: Data::Str(value), expires_at }
 }
 
+/// INCRBYFLOAT's arithmetic: `current` (None: 0) plus `delta`, as text; `not_float` is the
+/// error for a current value that is no float.
+fn add_float(
+    current: Option<&[u8]>,
+    delta: &[u8],
+    not_float: &str,
+) -> Result<Vec<u8>, (Vec<Mutation>, WriteReply)> {
+    let current = match current {
+        None => 0.0,
+        Some(v) => parse_f64(v).ok_or_else(|| error(not_float))?,
+    };
+    let delta = parse_f64(delta).ok_or_else(|| error(ERR_NOT_FLOAT))?;
+    let n = current + delta;
+    if !n.is_finite() {
+        return Err(error(ERR_NAN));
+    }
+    Ok(format_f64(n).into_bytes())
+}
+
 /// Unwraps a typed read, or returns its WRONGTYPE reply from `apply`.
 macro_rules! typed {
     ($read:expr) => {
@@ -687,19 +706,11 @@ fn apply_one<S: KvRead>(
         }
         Command::IncrByFloat { key, delta } => {
             let old = typed!(read_str(state, key, now)?);
-            let current = match &old {
-                None => 0.0,
-                Some((v, _)) => match parse_f64(v) {
-                    Some(n) => n,
-                    None => return Ok(error(ERR_NOT_FLOAT)),
-                },
-            };
-            let Some(delta) = parse_f64(delta) else { return Ok(error(ERR_NOT_FLOAT)) };
-            let n = current + delta;
-            if !n.is_finite() {
-                return Ok(error(ERR_NAN));
-            }
-            let text = format_f64(n).into_bytes();
+            let text =
+                match add_float(old.as_ref().map(|(v, _)| v.as_slice()), delta, ERR_NOT_FLOAT) {
+                    Ok(text) => text,
+                    Err(reply) => return Ok(reply),
+                };
             let r = str_record(text.clone(), old.and_then(|(_, t)| t));
             (vec![put(key, r)], WriteReply::Bulk(text))
         }
@@ -840,19 +851,10 @@ fn apply_one<S: KvRead>(
         }
         Command::HIncrByFloat { key, field, delta } => {
             let (mut h, t) = typed!(read_hash(state, key, now)?);
-            let current = match h.get(field) {
-                None => 0.0,
-                Some(v) => match parse_f64(v) {
-                    Some(n) => n,
-                    None => return Ok(error(ERR_HASH_NOT_FLOAT)),
-                },
+            let text = match add_float(h.get(field).map(Vec::as_slice), delta, ERR_HASH_NOT_FLOAT) {
+                Ok(text) => text,
+                Err(reply) => return Ok(reply),
             };
-            let Some(delta) = parse_f64(delta) else { return Ok(error(ERR_NOT_FLOAT)) };
-            let n = current + delta;
-            if !n.is_finite() {
-                return Ok(error(ERR_NAN));
-            }
-            let text = format_f64(n).into_bytes();
             h.insert(field.clone(), text.clone());
             (vec![store_hash(key, h, t)], WriteReply::Bulk(text))
         }

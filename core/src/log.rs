@@ -176,10 +176,15 @@ impl RaftLog {
         if index == self.offset {
             return Some(self.offset_time);
         }
-        if index < self.offset || index > self.last_index() {
+        self.held(index).map(|e| e.time)
+    }
+
+    /// The entry at `index`, if held (not compacted, not past the end).
+    fn held(&self, index: LogIndex) -> Option<&Entry> {
+        if index <= self.offset || index > self.last_index() {
             return None;
         }
-        Some(self.entries[(index.0 - self.offset.0 - 1) as usize].time)
+        Some(&self.entries[(index.0 - self.offset.0 - 1) as usize])
     }
 
     pub fn commit_index(&self) -> LogIndex {
@@ -195,10 +200,7 @@ impl RaftLog {
         if index == self.offset {
             return Some(self.offset_term);
         }
-        if index < self.offset || index > self.last_index() {
-            return None;
-        }
-        Some(self.entries[(index.0 - self.offset.0 - 1) as usize].term)
+        self.held(index).map(|e| e.term)
     }
 
     fn position(&self, index: LogIndex) -> usize {
