@@ -121,6 +121,13 @@ fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
 #[derive(Clone, Debug)]
 enum Cmd {
     One(Op, String),
+    /// A hash field as a register: HGET, HSET, HDEL, HINCRBY (GET, SET, DEL, INCR) on field
+    /// `field` of hash `key`, recorded under the key `key/field`.
+    Hash {
+        op: Op,
+        key: String,
+        field: String,
+    },
     /// GETSET in one of its three forms: GETSET, SET ... GET, MULTI GET SET EXEC.
     GetSet {
         key: String,
@@ -154,6 +161,12 @@ impl Cmd {
         let b = |s: &str| s.as_bytes().to_vec();
         match self {
             Cmd::GetSet { .. } => Vec::new(),
+            Cmd::Hash { op, key, field } => match op {
+                Op::Get => vec![b("HGET"), b(key), b(field)],
+                Op::Set(v) => vec![b("HSET"), b(key), b(field), b(v)],
+                Op::Del => vec![b("HDEL"), b(key), b(field)],
+                _ => vec![b("HINCRBY"), b(key), b(field), b("1")],
+            },
             Cmd::One(op, key) => match op {
                 Op::Get => vec![b("GET"), b(key)],
                 Op::Set(v) => vec![b("SET"), b(key), b(v)],
@@ -185,6 +198,19 @@ impl Cmd {
             Cmd::GetSet { key, value, .. } => {
                 let op = Op::GetSet(value.clone());
                 vec![(key.clone(), op.clone(), classify(&op, reply))]
+            }
+            Cmd::Hash { op, key, field } => {
+                // HSET answers how many fields were new (0 or 1 here): as SET's OK for the
+                // register; HINCRBY's error names the hash.
+                let mapped = match (op, reply) {
+                    (Op::Set(_), Ok(Value::Int(0 | 1))) => Some(Ok(Value::Ok("OK".into()))),
+                    (Op::Incr, Ok(Value::Err(e))) if e.starts_with("ERR hash value is not") => {
+                        Some(Ok(Value::Err("ERR value is not an integer or out of range".into())))
+                    }
+                    _ => None,
+                };
+                let reply = mapped.as_ref().unwrap_or(reply);
+                vec![(format!("{key}/{field}"), op.clone(), classify(op, reply))]
             }
             Cmd::MSet(pairs) => {
                 let outcome = |v: &str| classify(&Op::Set(v.to_string()), reply);
@@ -247,6 +273,13 @@ impl ClientTask {
         format!("k{}", self.rng.gen_range(0..self.opts.keys.max(1)))
     }
 
+    /// `op` on a field of one of two hashes (fields as many as keys).
+    fn hash_cmd(&mut self, op: Op) -> Cmd {
+        let key = format!("h{}", self.rng.gen_range(0..2));
+        let field = format!("f{}", self.rng.gen_range(0..self.opts.keys.max(1)));
+        Cmd::Hash { op, key, field }
+    }
+
     /// Two distinct keys when there are two, for MSET and MGET.
     fn two_keys(&mut self) -> Vec<String> {
         let a = self.random_key();
@@ -260,10 +293,10 @@ impl ClientTask {
 
     fn random_cmd(&mut self) -> Cmd {
         if self.id < self.opts.readers {
-            return if self.rng.gen_bool(0.1) {
-                Cmd::MGet(self.two_keys())
-            } else {
-                Cmd::One(Op::Get, self.random_key())
+            return match self.rng.gen_range(0..10) {
+                0 => Cmd::MGet(self.two_keys()),
+                1 => self.hash_cmd(Op::Get),
+                _ => Cmd::One(Op::Get, self.random_key()),
             };
         }
         match self.rng.gen_range(0..100) {
@@ -279,6 +312,13 @@ impl ClientTask {
                 Cmd::MSet(pairs)
             }
             5..=9 => Cmd::MGet(self.two_keys()),
+            18..=29 => {
+                let op = match self.random_op() {
+                    Op::Append(v) | Op::GetSet(v) => Op::Set(v),
+                    op => op,
+                };
+                self.hash_cmd(op)
+            }
             10..=17 => {
                 self.seq += 1;
                 let value = format!("{}.{}", self.id, self.seq);
