@@ -263,3 +263,23 @@ fn find_raft_port(c: &Cluster, id: u64) -> u16 {
     let addr = line.split("raft_addr=").nth(1).unwrap().split(',').next().unwrap();
     addr.rsplit(':').next().unwrap().parse().unwrap()
 }
+
+#[test]
+fn a_node_joins_a_cluster_that_requires_a_password() {
+    let c = Cluster::start_with(3, &["--requirepass", "pw"]);
+    let _: () = c.conn(1).set("before-join", "v").unwrap();
+    let joiner = join(&c, 4, 2, &["--requirepass", "pw"]);
+    let url = format!("redis://:pw@127.0.0.1:{}/", joiner.redis_port);
+    // Node 4 is added (it had to authenticate to ask), catches up and serves reads.
+    let read = wait_until(Duration::from_secs(30), || {
+        let client = redis::Client::open(url.as_str()).ok()?;
+        let mut con = client.get_connection_with_timeout(Duration::from_secs(2)).ok()?;
+        con.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let info: String = redis::cmd("INFO").arg("raft").query(&mut con).ok()?;
+        if !info.lines().any(|l| l.contains(":id=4,") && l.contains("role=voter")) {
+            return None;
+        }
+        redis::cmd("GET").arg("before-join").query::<Option<String>>(&mut con).ok()?
+    });
+    assert_eq!(read.as_deref(), Some("v"), "the joined node never served the cluster's data");
+}
