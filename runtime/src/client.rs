@@ -7,7 +7,7 @@
 //! once every earlier write of the connection is answered (applied), and a write only once
 //! every earlier read is answered. So `SET k 1; GET k; SET k 2` pipelined reads 1, never 2.
 
-use crate::command::{self, ConnectionCommand, ReadCommand, Reply, Request};
+use crate::command::{self, ClientCommand, ConnectionCommand, ReadCommand, Reply, Request};
 use crate::node::{ClientRequest, RequestKind};
 use crate::resp::{self, RequestLimits};
 use bytes::{Bytes, BytesMut};
@@ -106,16 +106,14 @@ struct ClientEntry {
 
 impl ClientEntry {
     /// One line of CLIENT LIST, in Redis's field=value form.
-    fn line(&self, id: u64, multi: Option<usize>) -> String {
+    fn line(&self, id: u64) -> String {
         let name = self.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned());
         let laddr = self.laddr.map(|a| a.to_string()).unwrap_or_default();
         format!(
-            "id={id} addr={} laddr={laddr} fd=-1 name={} age={} idle=0 flags={} db=0 sub=0 psub=0 ssub=0 multi={} user=default redir=-1 resp={}\n",
+            "id={id} addr={} laddr={laddr} fd=-1 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 user=default redir=-1 resp={}\n",
             self.addr,
             name.unwrap_or_default(),
             self.since.elapsed().as_secs(),
-            if multi.is_some() { "x" } else { "N" },
-            multi.map_or(-1, |n| n as i64),
             self.protocol
         )
     }
@@ -157,13 +155,25 @@ fn check_auth(
 #[derive(Default)]
 struct Transaction {
     ops: Vec<TxOp>,
+    /// Bytes of keys and values queued (`Command::size_bytes`), bounded like a request.
+    bytes: usize,
     /// A command was refused while queueing: EXEC will discard the block (EXECABORT).
     dirty: bool,
 }
 
 impl Transaction {
     /// Queues `request`; the reply to send now (QUEUED, or the error that dirtied the block).
-    fn queue(&mut self, request: Request) -> Reply {
+    /// A block may hold at most `bytes_max` bytes of keys and values.
+    fn queue(&mut self, request: Request, bytes_max: usize) -> Reply {
+        let size = match &request {
+            Request::Write(c) => c.size_bytes(),
+            _ => 64,
+        };
+        if self.bytes + size > bytes_max {
+            self.dirty = true;
+            return Reply::error("ERR the MULTI block is larger than a request may be");
+        }
+        self.bytes += size;
         let op = match request {
             Request::Write(c) => TxOp::Write(c),
             Request::Read(ReadCommand::Query(q)) => TxOp::Query(q),
@@ -366,42 +376,38 @@ async fn serve(
                             }
                         }
                         (Request::Quit, _) => Request::Quit,
-                        (queued, Some(t)) => Request::Immediate(t.queue(queued)),
-                        (Request::Connection(c), None) => Request::Immediate(match c {
-                            ConnectionCommand::ClientId => Reply::Integer(conn as i64),
-                            ConnectionCommand::ClientGetName => {
-                                name.clone().map_or(Reply::Null, Reply::Bulk)
-                            }
-                            ConnectionCommand::ClientSetName(n) => {
-                                name = (!n.is_empty()).then_some(n);
-                                if let Some(e) =
-                                    registry.lock().expect("not poisoned").get_mut(&conn)
-                                {
-                                    e.name = name.clone();
+                        (queued, Some(t)) => {
+                            Request::Immediate(t.queue(queued, cfg.limits.request_bytes_max))
+                        }
+                        (Request::Connection(ConnectionCommand::Client(c)), None) => {
+                            Request::Immediate(match c {
+                                ClientCommand::Id => Reply::Integer(conn as i64),
+                                ClientCommand::GetName => {
+                                    name.clone().map_or(Reply::Null, Reply::Bulk)
                                 }
-                                Reply::ok()
-                            }
-                            ConnectionCommand::ClientInfo => {
-                                let reg = registry.lock().expect("not poisoned");
-                                let line =
-                                    reg.get(&conn).map(|e| e.line(conn, None)).unwrap_or_default();
-                                Reply::Bulk(Bytes::from(line))
-                            }
-                            ConnectionCommand::ClientList => {
-                                let reg = registry.lock().expect("not poisoned");
-                                let text: String =
-                                    reg.iter().map(|(id, e)| e.line(*id, None)).collect();
-                                Reply::Bulk(Bytes::from(text))
-                            }
-                            ConnectionCommand::Multi
-                            | ConnectionCommand::Exec
-                            | ConnectionCommand::Discard
-                            | ConnectionCommand::Watch(_)
-                            | ConnectionCommand::Unwatch
-                            | ConnectionCommand::Auth(..)
-                            | ConnectionCommand::Hello { .. }
-                            | ConnectionCommand::Reset => Reply::error("ERR internal"),
-                        }),
+                                ClientCommand::SetName(n) => {
+                                    name = (!n.is_empty()).then_some(n);
+                                    if let Some(e) =
+                                        registry.lock().expect("not poisoned").get_mut(&conn)
+                                    {
+                                        e.name = name.clone();
+                                    }
+                                    Reply::ok()
+                                }
+                                ClientCommand::Info => {
+                                    let reg = registry.lock().expect("not poisoned");
+                                    let line =
+                                        reg.get(&conn).map(|e| e.line(conn)).unwrap_or_default();
+                                    Reply::Bulk(Bytes::from(line))
+                                }
+                                ClientCommand::List => {
+                                    let reg = registry.lock().expect("not poisoned");
+                                    let text: String =
+                                        reg.iter().map(|(id, e)| e.line(*id)).collect();
+                                    Reply::Bulk(Bytes::from(text))
+                                }
+                            })
+                        }
                         (other, None) => other,
                     };
                     let next_phase = match &request {
@@ -517,4 +523,19 @@ async fn flush<W: tokio::io::AsyncWrite + Unpin>(
     wr.flush().await?;
     out.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_block_past_the_size_limit_is_refused_and_aborts() {
+        let mut t = Transaction::default();
+        let write = || Request::Write(Command::set(vec![b'k'; 10], vec![b'v'; 40]));
+        assert_eq!(t.queue(write(), 90), Reply::Simple("QUEUED"));
+        assert!(matches!(t.queue(write(), 90), Reply::Error(_)));
+        assert!(t.dirty, "EXEC must answer EXECABORT");
+        assert_eq!(t.ops.len(), 1);
+    }
 }

@@ -127,17 +127,23 @@ pub enum ConnectionCommand {
     /// AUTH [username] password.
     Auth(Option<Bytes>, Bytes),
     Reset,
-    ClientInfo,
-    ClientList,
     Multi,
     Watch(Vec<Bytes>),
     Unwatch,
     Exec,
     Discard,
-    ClientId,
-    ClientGetName,
+    Client(ClientCommand),
+}
+
+/// CLIENT's subcommands about this connection and the node's others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientCommand {
+    Id,
+    GetName,
     /// Checked: no spaces, newlines or other special characters.
-    ClientSetName(Bytes),
+    SetName(Bytes),
+    Info,
+    List,
 }
 
 /// Every command this build knows, with Redis's arity convention (negative: at least that many
@@ -475,7 +481,7 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             None => Request::Immediate(not_integer()),
         },
         "client" => match client_command(args) {
-            Ok(c) => Request::Connection(c),
+            Ok(c) => Request::Connection(ConnectionCommand::Client(c)),
             Err(reply) => Request::Immediate(reply),
         },
         "quit" => Request::Quit,
@@ -889,19 +895,19 @@ pub fn valid_client_name(name: &[u8]) -> bool {
 }
 
 /// CLIENT ID, GETNAME, SETNAME; SETINFO is accepted (client libraries send it on connect).
-fn client_command(args: &[Bytes]) -> Result<ConnectionCommand, Reply> {
+fn client_command(args: &[Bytes]) -> Result<ClientCommand, Reply> {
     match (subcommand(args).as_str(), args.len()) {
-        ("id", 1) => Ok(ConnectionCommand::ClientId),
-        ("info", 1) => Ok(ConnectionCommand::ClientInfo),
-        ("list", 1) => Ok(ConnectionCommand::ClientList),
-        ("getname", 1) => Ok(ConnectionCommand::ClientGetName),
+        ("id", 1) => Ok(ClientCommand::Id),
+        ("info", 1) => Ok(ClientCommand::Info),
+        ("list", 1) => Ok(ClientCommand::List),
+        ("getname", 1) => Ok(ClientCommand::GetName),
         ("setname", 2) => {
             if !valid_client_name(&args[1]) {
                 return Err(Reply::error(
                     "ERR Client names cannot contain spaces, newlines or special characters.",
                 ));
             }
-            Ok(ConnectionCommand::ClientSetName(args[1].clone()))
+            Ok(ClientCommand::SetName(args[1].clone()))
         }
         ("setinfo", 3) => Err(Reply::ok()),
         ("id" | "getname" | "setname" | "setinfo" | "info", _) => {

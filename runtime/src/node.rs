@@ -49,6 +49,9 @@ const PROMOTE_LAG_MAX: u64 = 100;
 /// refused (another change pending, a transfer running) is retried this often.
 const PROMOTE_RETRY: Duration = Duration::from_millis(200);
 
+/// Keys KEYS reads from storage at a time.
+const KEYS_BATCH: usize = 4096;
+
 /// Keys one SCAN call examines at most, whatever its COUNT.
 const SCAN_COUNT_MAX: usize = 100_000;
 
@@ -1003,12 +1006,14 @@ impl<S: Storage> NodeTask<S> {
         Some(r)
     }
 
-    /// The live record of `key` as of the applied state: expiry is decided at the applied
-    /// entry's time, so every node agrees at every log position whatever its own clock.
-    fn read_record(&self, key: &[u8]) -> Result<Option<kv::Record>, StorageError> {
-        kv::live(self.storage.get(key)?, self.read_time()).map_err(|_| corrupt_value(key))
+    /// The live record stored as `value` under `key`, as of the applied state (None if
+    /// expired); a value that is no record is a storage error.
+    fn live_record(&self, key: &[u8], value: &[u8]) -> Result<Option<kv::Record>, StorageError> {
+        kv::live(Some(value.to_vec()), self.read_time()).map_err(|_| corrupt_value(key))
     }
 
+    /// The time reads decide expiry at: the applied entry's (`Entry::time`), so every node
+    /// agrees at every log position whatever its own clock.
     fn read_time(&self) -> u64 {
         if planted::active(self.raft.config().planted, PlantedBug::ExpiryByLocalClock) {
             return (self.wall_clock)();
@@ -1026,13 +1031,12 @@ impl<S: Storage> NodeTask<S> {
                 let mut probe = [0u8; 8];
                 rand::Rng::fill(&mut rand::thread_rng(), &mut probe);
                 let mut found = Reply::Null;
-                for after in [Some(&probe[..]), None] {
-                    let batch = self.storage.scan(after, 64)?;
-                    if let Some((k, _)) = batch.iter().find(|(_, v)| {
-                        kv::live(Some(v.clone()), self.read_time()).ok().flatten().is_some()
-                    }) {
-                        found = Reply::Bulk(Bytes::from(k.clone()));
-                        break;
+                'search: for after in [Some(&probe[..]), None] {
+                    for (k, v) in self.storage.scan(after, 64)? {
+                        if self.live_record(&k, &v)?.is_some() {
+                            found = Reply::Bulk(Bytes::from(k));
+                            break 'search;
+                        }
                     }
                 }
                 found
@@ -1042,17 +1046,25 @@ impl<S: Storage> NodeTask<S> {
             }
             ReadCommand::DbSize => Reply::Integer(self.storage.key_count()? as i64),
             ReadCommand::Keys(pattern) => {
-                let mut keys = self.storage.keys(pattern, KEYS_RESULT_MAX + 1)?;
-                if keys.len() > KEYS_RESULT_MAX {
-                    Reply::error(format!("ERR KEYS would return more than {KEYS_RESULT_MAX} keys; use a narrower pattern"))
-                } else {
-                    let mut live = Vec::with_capacity(keys.len());
-                    for k in keys.drain(..) {
-                        if self.read_record(&k)?.is_some() {
-                            live.push(Reply::Bulk(Bytes::from(k)));
+                // The whole key space in batches, as SCAN walks it.
+                let mut live = Vec::new();
+                let mut after: Option<Key> = None;
+                loop {
+                    let batch = self.storage.scan(after.as_deref(), KEYS_BATCH)?;
+                    for (k, v) in &batch {
+                        if raft_kv_core::glob::matches(pattern, k)
+                            && self.live_record(k, v)?.is_some()
+                        {
+                            live.push(Reply::Bulk(Bytes::from(k.clone())));
                         }
                     }
-                    Reply::Array(live)
+                    if live.len() > KEYS_RESULT_MAX {
+                        break Reply::error(format!("ERR KEYS would return more than {KEYS_RESULT_MAX} keys; use a narrower pattern"));
+                    }
+                    match batch.last() {
+                        Some((k, _)) if batch.len() == KEYS_BATCH => after = Some(k.clone()),
+                        _ => break Reply::Array(live),
+                    }
                 }
             }
         })
@@ -1078,10 +1090,9 @@ impl<S: Storage> NodeTask<S> {
             },
         };
         let batch = self.storage.scan(after.as_deref(), count.min(SCAN_COUNT_MAX))?;
-        let now = self.read_time();
         let mut keys = Vec::new();
         for (k, v) in &batch {
-            let Ok(Some(r)) = kv::live(Some(v.clone()), now) else { continue };
+            let Some(r) = self.live_record(k, v)? else { continue };
             if pattern.is_some_and(|p| !raft_kv_core::glob::matches(p, k))
                 || type_name.is_some_and(|t| t != r.type_name())
             {

@@ -44,9 +44,6 @@ pub trait Storage: Send + 'static {
     /// larger than any earlier start's, so its client sessions never collide with theirs.
     fn next_incarnation(&mut self) -> Result<u64, StorageError>;
 
-    /// Keys matching the Redis glob `pattern`, in key order, at most `limit`.
-    fn keys(&self, pattern: &[u8], limit: usize) -> Result<Vec<Key>, StorageError>;
-
     /// Number of keys, exact (DBSIZE, INFO).
     fn key_count(&self) -> Result<u64, StorageError>;
 
@@ -388,17 +385,6 @@ impl Storage for MemStorage {
         }
         s.incarnation += 1;
         Ok(s.incarnation)
-    }
-
-    fn keys(&self, pattern: &[u8], limit: usize) -> Result<Vec<Key>, StorageError> {
-        let s = self.state();
-        Ok(s.written
-            .kv
-            .keys()
-            .filter(|k| raft_kv_core::glob::matches(pattern, k))
-            .take(limit)
-            .cloned()
-            .collect())
     }
 
     fn scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Key, Value)>, StorageError> {

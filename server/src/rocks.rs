@@ -400,20 +400,6 @@ impl Storage for RocksStorage {
         Ok(next)
     }
 
-    fn keys(&self, pattern: &[u8], limit: usize) -> Result<Vec<Key>, StorageError> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_KV), IteratorMode::Start) {
-            let (k, _) = item.map_err(io)?;
-            if raft_kv_core::glob::matches(pattern, &k) {
-                out.push(k.to_vec());
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
-    }
-
     fn scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Key, Value)>, StorageError> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_KV));
         match after {
@@ -641,7 +627,7 @@ mod tests {
         s.apply(LogIndex(1), &[put("old")]).unwrap();
         let session = Mutation::Session(1, raft_kv_core::kv::Session::default());
         s.apply(LogIndex(2), &[put("before"), session, Mutation::Clear, put("after")]).unwrap();
-        assert_eq!(s.keys(b"*", 10).unwrap(), vec![b"after".to_vec()]);
+        assert_eq!(s.scan(None, 10).unwrap(), vec![(b"after".to_vec(), b"v".to_vec())]);
         assert_eq!(s.key_count().unwrap(), 1);
         assert!(s.session(1).unwrap().is_some(), "sessions survive a clear");
     }
@@ -665,7 +651,8 @@ mod tests {
         assert_eq!(r.entries, vec![entry(1, 1), entry(2, 1), entry(3, 2)]);
         assert_eq!(r.applied, LogIndex(2));
         assert_eq!(s.get(b"k").unwrap(), Some(b"v\0".to_vec()));
-        assert_eq!(s.keys(b"*", 10).unwrap(), vec![b"k".to_vec()]);
+        assert_eq!(s.scan(None, 10).unwrap(), vec![(b"k".to_vec(), b"v\0".to_vec())]);
+        assert_eq!(s.scan(Some(b"k"), 10).unwrap(), vec![], "nothing after the last key");
     }
 
     #[test]

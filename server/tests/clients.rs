@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Cluster;
+use common::{wait_until, Cluster};
 use redis::Commands;
 use std::process::Command;
 
@@ -38,8 +38,10 @@ fn the_redis_crate_drives_strings_hashes_expiry_and_pipelines_through_a_follower
     assert!(con.persist::<_, bool>("lib:e").unwrap());
     assert_eq!(con.ttl::<_, i64>("lib:e").unwrap(), -1);
     let _: () = con.pset_ex("lib:gone", "v", 1).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    assert_eq!(con.get::<_, Option<String>>("lib:gone").unwrap(), None);
+    let gone = wait_until(std::time::Duration::from_secs(5), || {
+        con.get::<_, Option<String>>("lib:gone").unwrap().is_none().then_some(())
+    });
+    assert!(gone.is_some(), "a key set with PX 1 is still there after 5 s");
 
     // A pipeline: replies in order, each read after the writes before it.
     let mut pipe = redis::pipe();

@@ -15,7 +15,11 @@
 
 mod common;
 
+use bytes::{Bytes, BytesMut};
 use common::Cluster;
+use redis_protocol::resp2::decode::decode;
+use redis_protocol::resp2::encode::extend_encode;
+use redis_protocol::resp2::types::BytesFrame;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -109,36 +113,39 @@ fn split_args(line: &str) -> Result<Vec<Vec<u8>>, String> {
             i += 1;
             continue;
         }
-        let mut arg = Vec::new();
         if b[i] == b'"' {
-            i += 1;
-            loop {
-                match b.get(i) {
-                    None => return Err("unterminated quote".into()),
-                    Some(b'"') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(b'\\') => {
-                        let (byte, used) = unescape(&b[i + 1..])?;
-                        arg.push(byte);
-                        i += 1 + used;
-                    }
-                    Some(c) => {
-                        arg.push(*c);
-                        i += 1;
-                    }
-                }
-            }
+            let (arg, used) = quoted(&b[i..])?;
+            out.push(arg);
+            i += used;
         } else {
-            while i < b.len() && b[i] != b' ' {
-                arg.push(b[i]);
-                i += 1;
-            }
+            let end = b[i..].iter().position(|c| *c == b' ').map_or(b.len(), |n| i + n);
+            out.push(b[i..end].to_vec());
+            i = end;
         }
-        out.push(arg);
     }
     Ok(out)
+}
+
+/// The double-quoted string at the start of `b` (escapes resolved), and how many bytes it
+/// used, quotes included.
+fn quoted(b: &[u8]) -> Result<(Vec<u8>, usize), String> {
+    let mut s = Vec::new();
+    let mut j = 1;
+    loop {
+        match b.get(j) {
+            None => return Err("unterminated quote".into()),
+            Some(b'"') => return Ok((s, j + 1)),
+            Some(b'\\') => {
+                let (byte, used) = unescape(&b[j + 1..])?;
+                s.push(byte);
+                j += 1 + used;
+            }
+            Some(c) => {
+                s.push(*c);
+                j += 1;
+            }
+        }
+    }
 }
 
 /// One escape after a backslash: the byte, and how many bytes it used.
@@ -202,27 +209,11 @@ fn encode_value(b: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
             Ok(i + end)
         }
         Some(b'"') => {
-            let mut s = Vec::new();
-            let mut j = 1;
-            loop {
-                match rest.get(j) {
-                    None => return Err("unterminated bulk".into()),
-                    Some(b'"') => break,
-                    Some(b'\\') => {
-                        let (byte, used) = unescape(&rest[j + 1..])?;
-                        s.push(byte);
-                        j += 1 + used;
-                    }
-                    Some(c) => {
-                        s.push(*c);
-                        j += 1;
-                    }
-                }
-            }
+            let (s, used) = quoted(rest)?;
             out.extend_from_slice(format!("${}\r\n", s.len()).as_bytes());
             out.extend_from_slice(&s);
             out.extend_from_slice(b"\r\n");
-            Ok(i + j + 1)
+            Ok(i + used)
         }
         Some(b':') => {
             let end = rest.iter().position(|c| *c == b',' || *c == b']').unwrap_or(rest.len());
@@ -257,52 +248,25 @@ fn encode_value(b: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
 }
 
 fn encode_request(argv: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", argv.len()).into_bytes();
-    for a in argv {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+    let frame = BytesFrame::Array(
+        argv.iter().map(|a| BytesFrame::BulkString(Bytes::copy_from_slice(a))).collect(),
+    );
+    let mut out = BytesMut::new();
+    extend_encode(&mut out, &frame, false).expect("a well-formed frame");
+    out.to_vec()
 }
 
 /// Reads exactly one RESP2 reply, returning its raw bytes.
 fn read_reply(s: &mut TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
     loop {
-        if let Some(len) = complete_reply(buf) {
+        let framed = decode(buf).unwrap_or_else(|e| panic!("not RESP2: {e}"));
+        if let Some((_, len)) = framed {
             return buf.drain(..len).collect();
         }
         let mut chunk = [0u8; 4096];
         let n = s.read(&mut chunk).expect("reading a reply");
         assert!(n > 0, "connection closed before a whole reply arrived");
         buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// The length of the first complete reply in `b`, if there is one.
-fn complete_reply(b: &[u8]) -> Option<usize> {
-    let line_end = b.windows(2).position(|w| w == b"\r\n")?;
-    let head = &b[1..line_end];
-    let after = line_end + 2;
-    match b[0] {
-        b'+' | b'-' | b':' => Some(after),
-        b'$' => {
-            let n: i64 = std::str::from_utf8(head).ok()?.parse().ok()?;
-            if n < 0 {
-                return Some(after);
-            }
-            let end = after + n as usize + 2;
-            (b.len() >= end).then_some(end)
-        }
-        b'*' => {
-            let n: i64 = std::str::from_utf8(head).ok()?.parse().ok()?;
-            let mut at = after;
-            for _ in 0..n.max(0) {
-                at += complete_reply(&b[at..])?;
-            }
-            Some(at)
-        }
-        other => panic!("unexpected reply type byte {:?}", other as char),
     }
 }
 

@@ -306,10 +306,6 @@ impl Storage for CheckedStorage {
         self.inner.next_incarnation()
     }
 
-    fn keys(&self, pattern: &[u8], limit: usize) -> Result<Vec<Key>, StorageError> {
-        self.inner.keys(pattern, limit)
-    }
-
     fn key_count(&self) -> Result<u64, StorageError> {
         self.inner.key_count()
     }
