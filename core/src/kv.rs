@@ -188,13 +188,7 @@ impl Command {
             Command::FlushAll => 0,
             Command::Multi { ops, watched } => {
                 watched.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum::<usize>()
-                    + ops
-                        .iter()
-                        .map(|op| match op {
-                            TxOp::Write(c) => c.size_bytes(),
-                            TxOp::Query(_) | TxOp::Reply(_) => 64,
-                        })
-                        .sum::<usize>()
+                    + ops.iter().map(TxOp::size_bytes).sum::<usize>()
             }
             Command::HSet { key, pairs: p, .. } => key.len() + pairs(p),
             Command::HDel { key, fields } => key.len() + fields.iter().map(Vec::len).sum::<usize>(),
@@ -277,6 +271,51 @@ pub enum Query {
     },
 }
 
+impl WriteReply {
+    /// Bytes of data it carries, for size limits.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            WriteReply::Status(s) | WriteReply::Error(s) => s.len(),
+            WriteReply::Bulk(b) => b.len(),
+            WriteReply::Array(items) => items.iter().map(WriteReply::size_bytes).sum(),
+            WriteReply::Map(pairs) => {
+                pairs.iter().map(|(k, v)| k.size_bytes() + v.size_bytes()).sum()
+            }
+            WriteReply::Ok | WriteReply::Integer(_) | WriteReply::Null | WriteReply::NullArray => 8,
+        }
+    }
+}
+
+impl Query {
+    /// Bytes of keys and fields it carries, for size limits.
+    pub fn size_bytes(&self) -> usize {
+        let all = |v: &[Vec<u8>]| v.iter().map(Vec::len).sum::<usize>();
+        8 + match self {
+            Query::Get(k) | Query::StrLen(k) | Query::Type(k) | Query::HLen(k) => k.len(),
+            Query::GetRange { key, .. } | Query::Ttl { key, .. } | Query::HGetAll { key, .. } => {
+                key.len()
+            }
+            Query::MGet(keys) | Query::Exists(keys) | Query::Watch(keys) => all(keys),
+            Query::HGet { key, field }
+            | Query::HExists { key, field }
+            | Query::HStrLen { key, field } => key.len() + field.len(),
+            Query::HMGet { key, fields } => key.len() + all(fields),
+            Query::HScan { key, pattern } => key.len() + pattern.as_ref().map_or(0, Vec::len),
+        }
+    }
+}
+
+impl TxOp {
+    /// Bytes of data it carries, for size limits.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            TxOp::Write(c) => c.size_bytes(),
+            TxOp::Query(q) => q.size_bytes(),
+            TxOp::Reply(r) => r.size_bytes(),
+        }
+    }
+}
+
 /// One command of a MULTI block.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxOp {
@@ -288,7 +327,8 @@ pub enum TxOp {
 
 /// A hash's fields in insertion order, as Redis keeps small hashes (its listpack encoding):
 /// HGETALL of a hash built the same way answers the same order.
-pub type Hash = IndexMap<Vec<u8>, Vec<u8>>;
+/// Hashed with fixed keys: the core draws no OS randomness (`IndexMap`'s default would).
+pub type Hash = IndexMap<Vec<u8>, Vec<u8>, std::hash::BuildHasherDefault<std::hash::DefaultHasher>>;
 
 /// What a key holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,8 +348,9 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn string(value: Vec<u8>) -> Record {
-        Record { data: Data::Str(value), expires_at: None }
+    /// A string, expiring at `expires_at` (None: never).
+    pub fn string(value: Vec<u8>, expires_at: Option<u64>) -> Record {
+        Record { data: Data::Str(value), expires_at }
     }
 
     /// TYPE's answer.
@@ -377,7 +418,7 @@ impl Record {
                     *at = &at[4 + len..];
                     Some(bytes)
                 }
-                let mut h = Hash::new();
+                let mut h = Hash::default();
                 let mut at = body;
                 while !at.is_empty() {
                     let f = take(&mut at)?;
@@ -522,7 +563,7 @@ type HashRead = Result<(Hash, Option<u64>), (Vec<Mutation>, WriteReply)>;
 
 fn read_hash<S: KvRead>(state: &S, key: &[u8], now: u64) -> Result<HashRead, S::Error> {
     Ok(match read(state, key, now)? {
-        None => Ok((Hash::new(), None)),
+        None => Ok((Hash::default(), None)),
         Some(Record { data: Data::Hash(h), expires_at }) => Ok((h, expires_at)),
         Some(_) => Err(error(ERR_WRONGTYPE)),
     })
@@ -535,10 +576,6 @@ fn store_hash(key: &[u8], h: Hash, expires_at: Option<u64>) -> Mutation {
     } else {
         put(key, Record { data: Data::Hash(h), expires_at })
     }
-}
-
-fn str_record(value: Vec<u8>, expires_at: Option<u64>) -> Record {
-    Record { data: Data::Str(value), expires_at }
 }
 
 /// INCRBYFLOAT's arithmetic: `current` (None: 0) plus `delta`, as text; `not_float` is the
@@ -634,7 +671,7 @@ fn apply_one<S: KvRead>(
             let mut muts = Vec::new();
             if holds {
                 let expires_at = deadline(*expiry, now, old.as_ref().and_then(|r| r.expires_at));
-                muts.push(store(key, str_record(value.clone(), expires_at), now));
+                muts.push(store(key, Record::string(value.clone(), expires_at), now));
             }
             let reply = match (get, old) {
                 (true, Some(Record { data: Data::Str(v), .. })) => WriteReply::Bulk(v),
@@ -648,11 +685,11 @@ fn apply_one<S: KvRead>(
             None => (Vec::new(), WriteReply::Null),
             Some((v, old)) => {
                 let expires_at = deadline(*expiry, now, old);
-                (vec![store(key, str_record(v.clone(), expires_at), now)], WriteReply::Bulk(v))
+                (vec![store(key, Record::string(v.clone(), expires_at), now)], WriteReply::Bulk(v))
             }
         },
         Command::MSet { pairs } => {
-            let muts = pairs.iter().map(|(k, v)| put(k, Record::string(v.clone()))).collect();
+            let muts = pairs.iter().map(|(k, v)| put(k, Record::string(v.clone(), None))).collect();
             (muts, WriteReply::Ok)
         }
         Command::MSetNx { pairs } => {
@@ -661,7 +698,7 @@ fn apply_one<S: KvRead>(
                     return Ok((Vec::new(), WriteReply::Integer(0)));
                 }
             }
-            let muts = pairs.iter().map(|(k, v)| put(k, Record::string(v.clone()))).collect();
+            let muts = pairs.iter().map(|(k, v)| put(k, Record::string(v.clone(), None))).collect();
             (muts, WriteReply::Integer(1))
         }
         Command::Del { keys } => {
@@ -670,8 +707,9 @@ fn apply_one<S: KvRead>(
             let mut seen = BTreeMap::new();
             for k in keys {
                 if !seen.contains_key(k.as_slice()) {
-                    let stored = state.get(k)?.is_some();
-                    let live = stored && read(state, k, now)?.is_some();
+                    let raw = state.get(k)?;
+                    let stored = raw.is_some();
+                    let live = live(raw, now).map_err(|NotARecord| S::corrupt(k))?.is_some();
                     seen.insert(k.as_slice(), (stored, live));
                 }
             }
@@ -698,7 +736,7 @@ fn apply_one<S: KvRead>(
             };
             match current.checked_add(*delta) {
                 Some(n) => {
-                    let r = str_record(n.to_string().into_bytes(), old.and_then(|(_, t)| t));
+                    let r = Record::string(n.to_string().into_bytes(), old.and_then(|(_, t)| t));
                     (vec![put(key, r)], WriteReply::Integer(n))
                 }
                 None => error(ERR_OVERFLOW),
@@ -711,7 +749,7 @@ fn apply_one<S: KvRead>(
                     Ok(text) => text,
                     Err(reply) => return Ok(reply),
                 };
-            let r = str_record(text.clone(), old.and_then(|(_, t)| t));
+            let r = Record::string(text.clone(), old.and_then(|(_, t)| t));
             (vec![put(key, r)], WriteReply::Bulk(text))
         }
         Command::Append { key, value } => {
@@ -721,7 +759,7 @@ fn apply_one<S: KvRead>(
             }
             v.extend_from_slice(value);
             let len = v.len() as i64;
-            (vec![put(key, str_record(v, t))], WriteReply::Integer(len))
+            (vec![put(key, Record::string(v, t))], WriteReply::Integer(len))
         }
         Command::SetRange { key, offset, value } => {
             let old = typed!(read_str(state, key, now)?);
@@ -739,7 +777,7 @@ fn apply_one<S: KvRead>(
             }
             v[*offset as usize..end].copy_from_slice(value);
             let len = v.len() as i64;
-            (vec![put(key, str_record(v, t))], WriteReply::Integer(len))
+            (vec![put(key, Record::string(v, t))], WriteReply::Integer(len))
         }
         Command::Rename { from, to, nx } => {
             let Some(r) = read(state, from, now)? else { return Ok(error(ERR_NO_SUCH_KEY)) };
@@ -807,7 +845,9 @@ fn apply_one<S: KvRead>(
         Command::ExpireDue { keys } => {
             let mut muts = Vec::new();
             for k in keys {
-                if state.get(k)?.is_some() && read(state, k, now)?.is_none() {
+                let raw = state.get(k)?;
+                let stored = raw.is_some();
+                if stored && live(raw, now).map_err(|NotARecord| S::corrupt(k))?.is_none() {
                     muts.push(Mutation::Delete(k.clone()));
                 }
             }
@@ -1006,7 +1046,7 @@ pub fn query<S: KvRead>(q: &Query, state: &S, now: u64) -> Result<WriteReply, S:
             }
         },
         Query::HGet { key, field } => {
-            bulk(typed!(read_hash(state, key, now)?).0.shift_remove(field.as_slice()))
+            bulk(typed!(read_hash(state, key, now)?).0.get(field).cloned())
         }
         Query::HMGet { key, fields } => {
             let (h, _) = typed!(read_hash(state, key, now)?);
@@ -1214,12 +1254,12 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_foreign_bytes_are_refused() {
-        let mut h = Hash::new();
+        let mut h = Hash::default();
         h.insert(b("f"), b("1"));
         h.insert(b(""), b(""));
         for r in [
-            Record::string(b("v")),
-            str_record(vec![0, 1], Some(7)),
+            Record::string(b("v"), None),
+            Record::string(vec![0, 1], Some(7)),
             Record { data: Data::Hash(h), expires_at: Some(9) },
         ] {
             assert_eq!(Record::decode(&r.encode()), Some(r));
@@ -1274,7 +1314,7 @@ mod tests {
         assert_eq!(m.run_at(expire(500, ExpireCond::Always), 1_000), WriteReply::Integer(1));
         m.run_at(Command::IncrBy { key: b("n"), delta: 1 }, 1_001);
         m.run_at(Command::Append { key: b("n"), value: b("0") }, 1_002);
-        assert_eq!(m.record(b"n").unwrap(), str_record(b("20"), Some(1_500)));
+        assert_eq!(m.record(b"n").unwrap(), Record::string(b("20"), Some(1_500)));
         // GT needs a later deadline, LT an earlier one, NX none, XX one.
         assert_eq!(m.run_at(expire(400, ExpireCond::Later), 1_000), WriteReply::Integer(0));
         assert_eq!(m.run_at(expire(400, ExpireCond::Earlier), 1_000), WriteReply::Integer(1));

@@ -11,7 +11,7 @@ use crate::command::{self, ClientCommand, ConnectionCommand, ReadCommand, Reply,
 use crate::node::{ClientRequest, RequestKind};
 use crate::resp::{self, RequestLimits};
 use bytes::{Bytes, BytesMut};
-use raft_kv_core::kv::{Command, Query, TxOp, WriteReply};
+use raft_kv_core::kv::{Command, Query, TxOp};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -142,10 +142,18 @@ fn check_auth(
     user: Option<&[u8]>,
     password: &[u8],
 ) -> Result<(), Reply> {
+    if user.is_some_and(|u| u != b"default") {
+        return Err(Reply::error(WRONGPASS));
+    }
     let Some(expected) = requirepass else {
-        return Err(Reply::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"));
+        // Without a password the default user takes any (Redis's `nopass`); only the
+        // one-argument form is an error.
+        return match user {
+            Some(_) => Ok(()),
+            None => Err(Reply::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")),
+        };
     };
-    if user.is_some_and(|u| u != b"default") || password != expected.as_bytes() {
+    if password != expected.as_bytes() {
         return Err(Reply::error(WRONGPASS));
     }
     Ok(())
@@ -165,15 +173,6 @@ impl Transaction {
     /// Queues `request`; the reply to send now (QUEUED, or the error that dirtied the block).
     /// A block may hold at most `bytes_max` bytes of keys and values.
     fn queue(&mut self, request: Request, bytes_max: usize) -> Reply {
-        let size = match &request {
-            Request::Write(c) => c.size_bytes(),
-            _ => 64,
-        };
-        if self.bytes + size > bytes_max {
-            self.dirty = true;
-            return Reply::error("ERR the MULTI block is larger than a request may be");
-        }
-        self.bytes += size;
         let op = match request {
             Request::Write(c) => TxOp::Write(c),
             Request::Read(ReadCommand::Query(q)) => TxOp::Query(q),
@@ -187,6 +186,11 @@ impl Transaction {
                 return Reply::error("ERR this command is not supported inside MULTI");
             }
         };
+        if self.bytes + op.size_bytes() > bytes_max {
+            self.dirty = true;
+            return Reply::error("ERR the MULTI block is larger than a request may be");
+        }
+        self.bytes += op.size_bytes();
         self.ops.push(op);
         Reply::Simple("QUEUED")
     }
@@ -337,8 +341,8 @@ async fn serve(
                         }
                         (Request::Connection(ConnectionCommand::Unwatch), Some(t)) => {
                             // Queued, as in Redis; EXEC forgets the watches anyway.
-                            t.ops.push(TxOp::Reply(WriteReply::Ok));
-                            Request::Immediate(Reply::Simple("QUEUED"))
+                            let ok = Request::Immediate(Reply::ok());
+                            Request::Immediate(t.queue(ok, cfg.limits.request_bytes_max))
                         }
                         (Request::Connection(ConnectionCommand::Unwatch), None) => {
                             watched.clear();
@@ -360,14 +364,33 @@ async fn serve(
                             };
                             match reply {
                                 Reply::Array(values) if values.len() == keys.len() => {
+                                    // A key watched again keeps its first value, as in Redis.
+                                    // What EXEC carries is bounded like a request.
+                                    let mut next = watched.clone();
+                                    let mut seen: std::collections::BTreeSet<Vec<u8>> =
+                                        next.iter().map(|(k, _)| k.clone()).collect();
                                     for (k, v) in keys.into_iter().zip(values) {
+                                        if !seen.insert(k.clone()) {
+                                            continue;
+                                        }
                                         let v = match v {
                                             Reply::Bulk(b) => Some(b.to_vec()),
                                             _ => None,
                                         };
-                                        watched.push((k, v));
+                                        next.push((k, v));
                                     }
-                                    Request::Immediate(Reply::ok())
+                                    let bytes: usize = next
+                                        .iter()
+                                        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                                        .sum();
+                                    if bytes > cfg.limits.request_bytes_max {
+                                        Request::Immediate(Reply::error(
+                                            "ERR the watched keys hold more than a request may",
+                                        ))
+                                    } else {
+                                        watched = next;
+                                        Request::Immediate(Reply::ok())
+                                    }
                                 }
                                 Reply::Error(e) => Request::Immediate(Reply::Error(e)),
                                 other => Request::Immediate(Reply::error(format!(

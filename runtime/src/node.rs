@@ -181,6 +181,8 @@ pub struct NodeTask<S: Storage> {
     config: BTreeMap<String, Bytes>,
     /// SCAN cursors handed out: where each walk stopped.
     scan_cursors: BTreeMap<u64, Key>,
+    /// RANDOMKEY's choices: seeded from the node and its run, so a simulation replays them.
+    rng: rand::rngs::StdRng,
     next_scan_cursor: u64,
 }
 
@@ -233,8 +235,9 @@ impl<S: Storage> NodeTask<S> {
     ) -> Self {
         let NodeStart { incarnation, applied, applied_time, proposal_bytes_max, info, wall_clock } =
             start;
+        let id = raft.id();
         NodeTask {
-            id: raft.id(),
+            id,
             raft,
             storage,
             peers,
@@ -270,6 +273,7 @@ impl<S: Storage> NodeTask<S> {
                 .map(|(k, v)| (k.to_string(), Bytes::from_static(v.as_bytes())))
                 .collect(),
             scan_cursors: BTreeMap::new(),
+            rng: rand::SeedableRng::seed_from_u64(id.0 ^ incarnation.rotate_left(32)),
             next_scan_cursor: 0,
             tuning,
         }
@@ -289,26 +293,32 @@ impl<S: Storage> NodeTask<S> {
     ) -> Result<(), StorageError> {
         let mut next_tick = Instant::now() + tick_period();
         loop {
-            self.raft.step(Input::Clock((self.wall_clock)()));
             // `biased`: tokio's random branch order draws from a thread-local RNG that outlives
-            // a simulation run, which would make runs of the same seed differ.
+            // a simulation run, which would make runs of the same seed differ. Each branch
+            // first tells the core the time: entries appended now are stamped with it.
             tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(next_tick) => {
                     next_tick += tick_period();
+                    self.raft.step(Input::Clock((self.wall_clock)()));
                     self.raft.step(Input::Tick);
                     self.on_tick();
                 }
                 m = peer_rx.recv() => match m {
-                    Some(m) => self.raft.step(Input::Message(m)),
+                    Some(m) => {
+                        self.raft.step(Input::Clock((self.wall_clock)()));
+                        self.raft.step(Input::Message(m));
+                    }
                     None => return Ok(()),
                 },
                 c = client_rx.recv() => match c {
-                    Some(c) => self.on_client(c),
+                    Some(c) => {
+                        self.raft.step(Input::Clock((self.wall_clock)()));
+                        self.on_client(c);
+                    }
                     None => return Ok(()),
                 },
             }
-            self.raft.step(Input::Clock((self.wall_clock)()));
             // Ticks that fell due while the task was busy or stalled come first: a lease must
             // never be judged by a clock that lags.
             for _ in 0..TICK_CATCH_UP_MAX {
@@ -657,11 +667,17 @@ impl<S: Storage> NodeTask<S> {
             return;
         }
         let now = (self.wall_clock)();
+        // At most SWEEP_KEYS_MAX keys, and no more key bytes than one proposal may carry.
+        let mut bytes = 0;
         let keys: Vec<Key> = self
             .deadlines_by_time
             .iter()
             .take_while(|(t, _)| *t < now)
             .take(SWEEP_KEYS_MAX)
+            .take_while(|(_, k)| {
+                bytes += k.len();
+                bytes <= self.proposal_bytes_max / 2
+            })
             .map(|(_, k)| k.clone())
             .collect();
         if keys.is_empty() && now <= self.applied_time + LOG_TIME_LAG_MAX_MS {
@@ -1027,15 +1043,23 @@ impl<S: Storage> NodeTask<S> {
                 self.scan(*cursor, pattern.as_deref(), *count, type_name.as_deref())?
             }
             ReadCommand::RandomKey => {
-                // Seek to a random point of the key order; wrap to the start past the end.
+                // From a random point of the key order to the end, then from the start: the
+                // first live key.
                 let mut probe = [0u8; 8];
-                rand::Rng::fill(&mut rand::thread_rng(), &mut probe);
+                rand::Rng::fill(&mut self.rng, &mut probe);
                 let mut found = Reply::Null;
-                'search: for after in [Some(&probe[..]), None] {
-                    for (k, v) in self.storage.scan(after, 64)? {
-                        if self.live_record(&k, &v)?.is_some() {
-                            found = Reply::Bulk(Bytes::from(k));
-                            break 'search;
+                'search: for mut after in [Some(probe.to_vec()), None] {
+                    loop {
+                        let batch = self.storage.scan(after.as_deref(), 64)?;
+                        for (k, v) in &batch {
+                            if self.live_record(k, v)?.is_some() {
+                                found = Reply::Bulk(Bytes::from(k.clone()));
+                                break 'search;
+                            }
+                        }
+                        match batch.last() {
+                            Some((k, _)) if batch.len() == 64 => after = Some(k.clone()),
+                            _ => break,
                         }
                     }
                 }
@@ -1138,7 +1162,7 @@ impl<S: Storage> NodeTask<S> {
             out.push_str(&self.info_raft());
         }
         if wanted("keyspace") {
-            let keys = match self.storage.key_count() {
+            let keys = match self.storage.key_count_estimate() {
                 Ok(n) => n,
                 Err(e) => {
                     warn!(node = %self.id, error = %e, "key count for INFO failed");

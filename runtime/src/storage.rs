@@ -44,8 +44,13 @@ pub trait Storage: Send + 'static {
     /// larger than any earlier start's, so its client sessions never collide with theirs.
     fn next_incarnation(&mut self) -> Result<u64, StorageError>;
 
-    /// Number of keys, exact (DBSIZE, INFO).
+    /// Number of keys, exact (DBSIZE).
     fn key_count(&self) -> Result<u64, StorageError>;
+
+    /// Number of keys, perhaps estimated but cheap (INFO, which tools poll).
+    fn key_count_estimate(&self) -> Result<u64, StorageError> {
+        self.key_count()
+    }
 
     /// Up to `limit` keys and their values in key order, starting after `after` (from the
     /// first with None): SCAN's walk, stable while keys come and go.

@@ -346,14 +346,7 @@ impl Storage for RocksStorage {
                 Mutation::Put(..) | Mutation::Delete(_) | Mutation::Clear if cleared => {}
                 Mutation::Put(k, v) => batch.put_cf(kv, k, v),
                 Mutation::Delete(k) => batch.delete_cf(kv, k),
-                Mutation::Clear => {
-                    // Key by key: no range bound is above every possible key. O(keys), as
-                    // FLUSHALL is in Redis.
-                    for item in self.db.iterator_cf(kv, IteratorMode::Start) {
-                        let (k, _) = item.map_err(io)?;
-                        batch.delete_cf(kv, k);
-                    }
-                }
+                Mutation::Clear => self.clear_cf(&mut batch, CF_KV)?,
                 Mutation::Session(origin, session) => {
                     batch.put_cf(self.cf(CF_META), session_key(*origin), codec::encode(session))
                 }
@@ -420,6 +413,11 @@ impl Storage for RocksStorage {
         }
         it.status().map_err(io)?;
         Ok(out)
+    }
+
+    fn key_count_estimate(&self) -> Result<u64, StorageError> {
+        let n = self.db.property_int_value_cf(self.cf(CF_KV), "rocksdb.estimate-num-keys");
+        Ok(n.map_err(io)?.unwrap_or(0))
     }
 
     /// Exact, by iterating the keys: RocksDB's estimate-num-keys stays above zero after

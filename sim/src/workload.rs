@@ -98,7 +98,11 @@ fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
     }
     // MULTI GET SET EXEC: EXEC's array holds GET's reply, then SET's.
     let v = match (op, v) {
-        (Op::GetSet(_), Value::Array(items)) if items.len() == 2 => &items[0],
+        (Op::GetSet(_), Value::Array(items))
+            if items.len() == 2 && items[1] == Value::Ok("OK".into()) =>
+        {
+            &items[0]
+        }
         _ => v,
     };
     let ret = match (op, v) {
