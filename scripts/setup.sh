@@ -4,7 +4,10 @@
 # benchmark's reference, and the conformance test's). Safe to run repeatedly.
 set -euo pipefail
 need=()
-[[ -n $(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null | head -1) ]] || need+=(libclang-dev)
+# Only libclang-dev gives the unversioned libclang.so that clang-sys links (libclang-cpp, which
+# other packages bring, does not do).
+[[ -n $(ls /usr/lib/llvm-*/lib/libclang.so /usr/lib/*/libclang.so 2>/dev/null | head -1) ]] ||
+  need+=(libclang-dev)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v redis-server >/dev/null || need+=(redis-server)
 if ((${#need[@]})); then
