@@ -13,6 +13,10 @@ pub enum PlantedBug {
     /// Storage reports appends and votes durable without syncing them (the C++ raft-kv's
     /// never-fsync): a crash loses what the node already acknowledged.
     AckBeforeSync,
+    /// A node sends its messages before the WAL sync that covers its writes completes, as a
+    /// leader may, instead of only a leader's: a follower acknowledges entries (and a voter
+    /// its vote) that a crash can still take back.
+    AckBeforeSyncCompletes,
     /// Writes re-submitted after a leader change skip the session check (`kv::admit`), so a
     /// write that reached the old leader's log applies twice.
     RetryAppliedTwice,
@@ -37,10 +41,11 @@ pub enum PlantedBug {
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 9] = [
+    pub const ALL: [PlantedBug; 10] = [
         PlantedBug::VoteWithoutLogCheck,
         PlantedBug::FollowerLocalReads,
         PlantedBug::AckBeforeSync,
+        PlantedBug::AckBeforeSyncCompletes,
         PlantedBug::RetryAppliedTwice,
         PlantedBug::PipelineReadsOvertakeWrites,
         PlantedBug::SnapshotDropsSessions,

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod codec;
 pub mod command;
+pub mod durability;
 pub mod node;
 pub mod resp;
 pub mod snapshot;
@@ -55,6 +56,9 @@ pub struct SimHooks {
     /// simulation offsets each node's.
     pub wall_clock: Option<node::WallClock>,
     pub on_status: Option<StatusHook>,
+    /// The wait before each WAL sync (a disk's latency); None: none. The simulation draws
+    /// it, so crashes land between a write and its sync.
+    pub sync_delay: Option<durability::SyncDelay>,
 }
 
 impl std::fmt::Debug for SimHooks {
@@ -63,6 +67,7 @@ impl std::fmt::Debug for SimHooks {
             .field("tick_period", &self.tick_period.is_some())
             .field("wall_clock", &self.wall_clock.is_some())
             .field("on_status", &self.on_status.is_some())
+            .field("sync_delay", &self.sync_delay.is_some())
             .finish()
     }
 }
@@ -206,8 +211,17 @@ pub async fn start<S: Storage>(
     let proposal_bytes_max = opts.transport.frame_bytes_max / 2;
     let wall_clock =
         opts.hooks.wall_clock.clone().unwrap_or_else(|| Arc::new(node::system_clock_ms));
+    let (sync_request, sync_requests) = tokio::sync::watch::channel(0);
+    let (synced_tx, synced_rx) = mpsc::channel(4);
+    tokio::spawn(durability::sync_loop(
+        storage.log_sync(),
+        sync_requests,
+        synced_tx,
+        opts.hooks.sync_delay.clone(),
+    ));
     let start = node::NodeStart {
         incarnation,
+        durable: durability::Durability::new(sync_request, opts.tuning.held_messages_max),
         applied,
         applied_time,
         proposal_bytes_max,
@@ -219,7 +233,7 @@ pub async fn start<S: Storage>(
     task.rebuild_deadlines()?;
     let span = info_span!("node", node = opts.raft.id.0);
     let period = move || tick_period.as_ref().map_or(tick, |f| f());
-    let task = tokio::spawn(task.run(peer_rx, client_rx, period).instrument(span));
+    let task = tokio::spawn(task.run(peer_rx, client_rx, synced_rx, period).instrument(span));
     info!(node = %opts.raft.id, %redis_addr, %raft_addr, "node started");
     Ok(RunningNode { redis_addr, raft_addr, task })
 }

@@ -1,10 +1,12 @@
 //! The task that owns one Raft node: it collects every ready input (ticks, peer messages,
-//! client requests), steps the core with all of them, then handles the output batch once:
-//! one durable storage write for the whole batch (group commit), messages sent, committed
-//! entries applied, replies released. Everything else talks to it through bounded channels.
+//! client requests, finished syncs), steps the core with all of them, then handles the output
+//! batch once: one storage write for the whole batch, synced beside the task (group commit,
+//! see `durability`), messages sent, committed entries applied, replies released. Everything
+//! else talks to it through bounded channels.
 
 use crate::codec::{self, Proposal};
 use crate::command::{AdminCommand, ReadCommand, Reply};
+use crate::durability::Durability;
 use crate::snapshot::{Incoming, Outgoing, SnapshotTuning};
 use crate::storage::{SnapshotItem, Storage, StorageError};
 use crate::transport::PeerSender;
@@ -79,6 +81,9 @@ pub struct NodeTuning {
     pub inputs_per_batch_max: usize,
     /// Client requests waiting for consensus at once; more are refused with BUSY.
     pub pending_requests_max: usize,
+    /// Messages waiting for a WAL sync at once; past it the node takes no input until one
+    /// finishes.
+    pub held_messages_max: usize,
     pub snapshot: SnapshotTuning,
 }
 
@@ -89,6 +94,7 @@ impl Default for NodeTuning {
             request_timeout: Duration::from_secs(5),
             inputs_per_batch_max: 4096,
             pending_requests_max: 100_000,
+            held_messages_max: 65_536,
             snapshot: SnapshotTuning::default(),
         }
     }
@@ -134,6 +140,8 @@ pub struct NodeTask<S: Storage> {
     id: NodeId,
     raft: RaftNode,
     storage: S,
+    /// Which log writes are synced, and the messages waiting for them.
+    durable: Durability,
     peers: PeerSender,
     tuning: NodeTuning,
     /// Distinguishes this run's requests from a previous run's in the log.
@@ -203,6 +211,8 @@ pub fn system_clock_ms() -> u64 {
 pub struct NodeStart {
     /// This run's number (`Storage::next_incarnation`).
     pub incarnation: u64,
+    /// Tracks the writes the sync task (`durability::sync_loop`) makes durable.
+    pub durable: Durability,
     /// The applied index restored from storage, and its entry's time.
     pub applied: LogIndex,
     pub applied_time: u64,
@@ -233,13 +243,21 @@ impl<S: Storage> NodeTask<S> {
         tuning: NodeTuning,
         start: NodeStart,
     ) -> Self {
-        let NodeStart { incarnation, applied, applied_time, proposal_bytes_max, info, wall_clock } =
-            start;
+        let NodeStart {
+            incarnation,
+            durable,
+            applied,
+            applied_time,
+            proposal_bytes_max,
+            info,
+            wall_clock,
+        } = start;
         let id = raft.id();
         NodeTask {
             id,
             raft,
             storage,
+            durable,
             peers,
             incarnation,
             // Request ids are unique across runs too, so a reply to an earlier run's request
@@ -284,11 +302,13 @@ impl<S: Storage> NodeTask<S> {
         self
     }
 
-    /// Runs until both input channels close or storage fails.
+    /// Runs until both input channels close or storage fails. `synced` reports each sync
+    /// of the sync task (`durability::sync_loop`).
     pub async fn run(
         mut self,
         mut peer_rx: mpsc::Receiver<Message>,
         mut client_rx: mpsc::Receiver<ClientRequest>,
+        mut synced: mpsc::Receiver<Result<u64, StorageError>>,
         mut tick_period: impl FnMut() -> Duration,
     ) -> Result<(), StorageError> {
         let mut next_tick = Instant::now() + tick_period();
@@ -304,14 +324,22 @@ impl<S: Storage> NodeTask<S> {
                     self.raft.step(Input::Tick);
                     self.on_tick();
                 }
-                m = peer_rx.recv() => match m {
+                s = synced.recv() => match s {
+                    Some(write) => {
+                        self.raft.step(Input::Clock((self.wall_clock)()));
+                        self.on_synced(write?);
+                    }
+                    None => return Err(StorageError::Io("the WAL sync task stopped".into())),
+                },
+                // While too many messages wait for a sync, input waits in the channels.
+                m = peer_rx.recv(), if !self.durable.full() => match m {
                     Some(m) => {
                         self.raft.step(Input::Clock((self.wall_clock)()));
                         self.raft.step(Input::Message(m));
                     }
                     None => return Ok(()),
                 },
-                c = client_rx.recv() => match c {
+                c = client_rx.recv(), if !self.durable.full() => match c {
                     Some(c) => {
                         self.raft.step(Input::Clock((self.wall_clock)()));
                         self.on_client(c);
@@ -331,6 +359,9 @@ impl<S: Storage> NodeTask<S> {
             }
             // Group commit: everything already queued joins this batch.
             for _ in 0..self.tuning.inputs_per_batch_max {
+                if self.durable.full() {
+                    break;
+                }
                 let mut took = false;
                 if let Ok(m) = peer_rx.try_recv() {
                     self.raft.step(Input::Message(m));
@@ -782,16 +813,21 @@ impl<S: Storage> NodeTask<S> {
                 self.raft.step(Input::SnapshotMembership(m));
             }
         }
-        // 1. Durable before anything that depends on it leaves this node.
+        // 1. Written now, durable once the sync task syncs it (`on_synced`).
         if hard_state.is_some() || append.is_some() {
             let append_ref = append.as_ref().map(|(from, e)| (*from, e.as_slice()));
-            self.storage.persist(hard_state, append_ref)?;
+            self.storage.write_log(hard_state, append_ref)?;
+            let last = append.as_ref().and_then(|(_, e)| e.last()).map(|e| (e.index, e.term));
+            self.durable.wrote(last);
         }
-        // 2. Messages.
-        for m in messages {
-            debug!(node = %self.id, to = %m.to, term = %m.term, kind = m.body.name(), "send");
-            self.peers.send(m);
-        }
+        // 2. Messages: a leader's leave before its own write is durable (thesis §10.2.1; it
+        // counts itself in a quorum only once it is); any other node's wait for every write
+        // before them, since they may acknowledge what those writes hold.
+        let leader = hard_state.is_none() && self.raft.status().role == Role::Leader;
+        let planted =
+            planted::active(self.raft.config().planted, PlantedBug::AckBeforeSyncCompletes);
+        let now = self.durable.gate(messages, leader, planted);
+        self.send_messages(now);
         // 3. Apply, then compact the log the state machine now stands for, then stream that
         // state to followers that need it.
         for entry in committed {
@@ -860,13 +896,24 @@ impl<S: Storage> NodeTask<S> {
                 }
             }
         }
-        // 5. Tell the core what is durable now.
-        if let Some((_, entries)) = &append {
-            if let Some(last) = entries.last() {
-                self.raft.step(Input::Persisted { index: last.index, term: last.term });
-            }
-        }
         Ok(())
+    }
+
+    fn send_messages(&mut self, messages: Vec<Message>) {
+        for m in messages {
+            debug!(node = %self.id, to = %m.to, term = %m.term, kind = m.body.name(), "send");
+            self.peers.send(m);
+        }
+    }
+
+    /// The sync task made every write up to `write` durable: the core learns how far its log
+    /// is, and the messages that waited for it leave.
+    fn on_synced(&mut self, write: u64) {
+        let synced = self.durable.synced(write);
+        for (index, term) in synced.persisted {
+            self.raft.step(Input::Persisted { index, term });
+        }
+        self.send_messages(synced.released);
     }
 
     /// The node skipped applying the entries a snapshot covers, so it cannot tell which of its

@@ -20,13 +20,29 @@ pub trait Storage: Send + 'static {
     /// Everything needed to restart the node: hard state, log, applied index.
     fn load(&mut self) -> Result<RestoredState, StorageError>;
 
-    /// Makes `hard_state` and the log change durable before returning: entries from `from` on
-    /// are replaced by `entries`.
-    fn persist(
+    /// Writes `hard_state` and the log change (entries from `from` on are replaced by
+    /// `entries`) without waiting for the disk: they are durable once a `LogSync::sync` that
+    /// began after this returned has returned. Writes reach the disk in order, as RocksDB's
+    /// write-ahead log does: a crash keeps a prefix of them.
+    fn write_log(
         &mut self,
         hard_state: Option<HardState>,
         append: Option<(LogIndex, &[Entry])>,
     ) -> Result<(), StorageError>;
+
+    /// What makes the writes durable; the runtime calls it beside the node task, so the node
+    /// goes on stepping while the disk syncs.
+    fn log_sync(&self) -> Arc<dyn LogSync>;
+
+    /// `write_log`, then a sync: durable when it returns.
+    fn persist(
+        &mut self,
+        hard_state: Option<HardState>,
+        append: Option<(LogIndex, &[Entry])>,
+    ) -> Result<(), StorageError> {
+        self.write_log(hard_state, append)?;
+        self.log_sync().sync()
+    }
 
     /// Writes the mutations of entry `index` and records `index` as applied, atomically. Need
     /// not be durable: after a crash the log replays from the last applied index that survived.
@@ -71,6 +87,12 @@ pub trait Storage: Send + 'static {
     /// durably and atomically: after a crash the node holds either its old state or the
     /// snapshot, never a mixture.
     fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), StorageError>;
+}
+
+/// Makes every storage write made before the call durable (an fsync of the write-ahead log).
+/// Blocking; called off the node task, concurrently with its further writes.
+pub trait LogSync: Send + Sync + 'static {
+    fn sync(&self) -> Result<(), StorageError>;
 }
 
 /// One record of a snapshot stream.
@@ -143,8 +165,8 @@ pub fn validate(restored: &RestoredState) -> Result<(), StorageError> {
 }
 
 /// In-memory storage that keeps what was written apart from what was synced, like a disk
-/// under a page cache: `persist` writes and syncs (everything written before it too, as one
-/// RocksDB WAL fsync does), `apply` only writes. `crash` then loses exactly the unsynced
+/// under a page cache: `write_log` and `apply` only write, `LogSync::sync` syncs everything
+/// written before it (as one RocksDB WAL fsync does). `crash` then loses exactly the unsynced
 /// suffix, or part of it. The state sits behind an `Arc` so a harness keeps it across a
 /// simulated crash and restart of the node that uses it.
 #[derive(Clone, Default)]
@@ -161,7 +183,7 @@ struct MemState {
     /// Writes not yet synced, oldest first.
     unsynced: Vec<Write>,
     incarnation: u64,
-    /// `PlantedBug::AckBeforeSync`: `persist` returns without syncing.
+    /// `PlantedBug::AckBeforeSync`: a sync returns without syncing.
     never_sync: bool,
 }
 
@@ -258,11 +280,24 @@ impl MemState {
     fn write(&mut self, w: Write, sync: bool) {
         self.written.write(&w);
         self.unsynced.push(w);
-        if sync && !self.never_sync {
+        if sync {
+            self.sync();
+        }
+    }
+
+    fn sync(&mut self) {
+        if !self.never_sync {
             for w in std::mem::take(&mut self.unsynced) {
                 self.synced.write(&w);
             }
         }
+    }
+}
+
+impl LogSync for MemStorage {
+    fn sync(&self) -> Result<(), StorageError> {
+        self.state().sync();
+        Ok(())
     }
 }
 
@@ -271,7 +306,7 @@ impl MemStorage {
         MemStorage::default()
     }
 
-    /// Storage whose `persist` never syncs (`PlantedBug::AckBeforeSync`), for the simulation.
+    /// Storage whose syncs do nothing (`PlantedBug::AckBeforeSync`), for the simulation.
     pub fn never_syncing() -> MemStorage {
         let s = MemStorage::default();
         s.state().never_sync = true;
@@ -318,6 +353,18 @@ impl MemStorage {
         lost
     }
 
+    /// Whether entry `index` of `term` would survive a power loss now: it is synced, or
+    /// compacted into a synced snapshot.
+    pub fn synced_holds(&self, index: LogIndex, term: raft_kv_core::Term) -> bool {
+        let s = self.state();
+        let synced = &s.synced;
+        if index <= synced.snapshot.index {
+            return true;
+        }
+        let i = (index.0 - synced.snapshot.index.0 - 1) as usize;
+        synced.entries.get(i).is_some_and(|e| e.term == term)
+    }
+
     /// Writes not yet synced.
     pub fn unsynced_writes(&self) -> usize {
         self.state().unsynced.len()
@@ -338,7 +385,7 @@ impl Storage for MemStorage {
         Ok(restored)
     }
 
-    fn persist(
+    fn write_log(
         &mut self,
         hard_state: Option<HardState>,
         append: Option<(LogIndex, &[Entry])>,
@@ -358,8 +405,12 @@ impl Storage for MemStorage {
             }
         }
         let append = append.map(|(from, e)| (from, e.to_vec()));
-        s.write(Write::Persist { hard_state, append }, true);
+        s.write(Write::Persist { hard_state, append }, false);
         Ok(())
+    }
+
+    fn log_sync(&self) -> Arc<dyn LogSync> {
+        Arc::new(self.clone())
     }
 
     fn apply(&mut self, index: LogIndex, mutations: &[Mutation]) -> Result<(), StorageError> {
@@ -383,11 +434,7 @@ impl Storage for MemStorage {
         // Written and synced at once (RocksDB: a synced put in the meta column family, which
         // makes every earlier write durable too).
         let mut s = self.state();
-        if !s.never_sync {
-            for w in std::mem::take(&mut s.unsynced) {
-                s.synced.write(&w);
-            }
-        }
+        s.sync();
         s.incarnation += 1;
         Ok(s.incarnation)
     }
@@ -522,6 +569,18 @@ mod tests {
         assert!(s.persist(None, Some((LogIndex(3), &[entry(3)]))).is_err());
         assert!(s.persist(None, Some((LogIndex(2), &[entry(3)]))).is_err());
         assert_eq!(s.load().unwrap().entries.len(), 1);
+    }
+
+    #[test]
+    fn a_log_write_is_durable_only_once_a_later_sync_returns() {
+        let mut s = MemStorage::new();
+        let sync = s.log_sync();
+        s.write_log(Some(term1()), Some((LogIndex(1), &[entry(1)]))).unwrap();
+        sync.sync().unwrap();
+        s.write_log(None, Some((LogIndex(2), &[entry(2)]))).unwrap();
+        assert_eq!(s.load().unwrap().entries.len(), 2, "the node reads what it wrote");
+        s.crash(0);
+        assert_eq!(s.load().unwrap().entries, vec![entry(1)]);
     }
 
     #[test]

@@ -1,15 +1,16 @@
 //! RocksDB storage for a node: column families for the Raft log, Raft metadata, the KV data
-//! and a staging area for snapshots being received. Log and hard-state writes are synced before
-//! `persist` returns; applying an entry writes its KV changes and the applied index in one
-//! atomic batch. Snapshots are read from a RocksDB snapshot (a consistent view that does not
-//! stop writes) and installed with a redo record, so a crash mid-install finishes it on restart.
-//! Every byte read back is validated: a corrupt or foreign data directory is refused with a
+//! and a staging area for snapshots being received. Log and hard-state writes go to the
+//! write-ahead log unsynced and become durable with a WAL sync made beside the node task
+//! (`WalSync`); applying an entry writes its KV changes and the applied index in one atomic
+//! batch after them in the same WAL. Snapshots are read from a RocksDB snapshot (a consistent
+//! view that does not stop writes) and installed with a redo record, so a crash mid-install
+//! finishes it on restart. Every byte read back is validated: a corrupt or foreign data directory is refused with a
 //! clear error, never a panic.
 
 use raft_kv_core::kv::{Key, Mutation, Session, Value};
 use raft_kv_core::{Entry, HardState, LogIndex, Membership, RestoredState, SnapshotMeta};
 use raft_kv_runtime::codec;
-use raft_kv_runtime::storage::{SnapshotItem, SnapshotReader, Storage, StorageError};
+use raft_kv_runtime::storage::{LogSync, SnapshotItem, SnapshotReader, Storage, StorageError};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, SnapshotWithThreadMode,
     WriteBatch, WriteOptions, DB,
@@ -348,7 +349,7 @@ impl Storage for RocksStorage {
         Ok(restored)
     }
 
-    fn persist(
+    fn write_log(
         &mut self,
         hard_state: Option<HardState>,
         append: Option<(LogIndex, &[Entry])>,
@@ -373,9 +374,13 @@ impl Storage for RocksStorage {
             }
             last_log = new_last;
         }
-        self.db.write_opt(batch, &self.sync).map_err(io)?;
+        self.db.write_opt(batch, &self.nosync).map_err(io)?;
         self.last_log = last_log;
         Ok(())
+    }
+
+    fn log_sync(&self) -> Arc<dyn LogSync> {
+        Arc::new(WalSync(self.db.clone()))
     }
 
     fn apply(&mut self, index: LogIndex, mutations: &[Mutation]) -> Result<(), StorageError> {
@@ -543,6 +548,16 @@ impl Storage for RocksStorage {
         batch.put_cf(self.cf(CF_META), KEY_INSTALLING, codec::encode(&meta));
         self.db.write_opt(batch, &self.sync).map_err(io)?;
         self.finish_install(meta)
+    }
+}
+
+/// Syncs RocksDB's write-ahead log, which holds every column family's writes in order: the
+/// log appends and hard state, and the applies after them. Safe beside concurrent writes.
+struct WalSync(Arc<DB>);
+
+impl LogSync for WalSync {
+    fn sync(&self) -> Result<(), StorageError> {
+        self.0.flush_wal(true).map_err(io)
     }
 }
 
@@ -759,12 +774,11 @@ mod tests {
         {
             let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
             // Unsynced, to keep the test quick: what the bug piled up does not depend on it.
-            s.sync = WriteOptions::default();
-            s.persist(Some(HardState { term: Term(1), voted_for: None }), None).unwrap();
+            s.write_log(Some(HardState { term: Term(1), voted_for: None }), None).unwrap();
             let value = vec![b'x'; 100];
             for i in 1..=APPENDS {
                 let e = Entry::new(LogIndex(i), Term(1), value.clone());
-                s.persist(None, Some((LogIndex(i), std::slice::from_ref(&e)))).unwrap();
+                s.write_log(None, Some((LogIndex(i), std::slice::from_ref(&e)))).unwrap();
                 let key = format!("key:{:012}", i % 100_000).into_bytes();
                 let muts = [Mutation::Put(key, value.clone()), Mutation::Session(1, session(i))];
                 s.apply(LogIndex(i), &muts).unwrap();

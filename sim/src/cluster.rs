@@ -10,6 +10,8 @@ use raft_kv_core::{NodeId, PlantedBug};
 use raft_kv_runtime::snapshot::SnapshotTuning;
 use raft_kv_runtime::storage::{MemStorage, Storage};
 use raft_kv_runtime::{NodeOptions, SimHooks};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -50,6 +52,9 @@ pub struct ClusterOptions {
     pub snapshot: SnapshotTuning,
     /// Leader lease length in ticks; 0: ReadIndex for every read.
     pub lease_ticks: u32,
+    /// Each WAL sync first waits a uniform draw of up to this (a disk's latency), so crashes
+    /// land between writes and their syncs; 0: syncs start at once.
+    pub sync_delay_max: Duration,
 }
 
 impl ClusterOptions {
@@ -67,6 +72,7 @@ impl ClusterOptions {
             snapshot_keep_entries: raft.snapshot_keep_entries,
             snapshot: SnapshotTuning::default(),
             lease_ticks: 0,
+            sync_delay_max: Duration::ZERO,
         }
     }
 }
@@ -221,6 +227,17 @@ impl SimCluster {
                     node_opts.transport.faults = Some(faults.clone());
                     let clock = clock.clone();
                     let on_status = invariants.clone();
+                    let sync_delay: Option<raft_kv_runtime::durability::SyncDelay> =
+                        (!opts.sync_delay_max.is_zero()).then(|| {
+                            let max = opts.sync_delay_max;
+                            let rng = Mutex::new(StdRng::seed_from_u64(
+                                opts.seed ^ (id.0 << 48) ^ (run << 8) ^ 0x5c,
+                            ));
+                            Arc::new(move || {
+                                let mut rng = rng.lock().unwrap_or_else(|p| p.into_inner());
+                                max.mul_f64(rng.gen::<f64>())
+                            }) as raft_kv_runtime::durability::SyncDelay
+                        });
                     node_opts.hooks = SimHooks {
                         tick_period: Some(Arc::new({
                             let clock = clock.clone();
@@ -228,6 +245,7 @@ impl SimCluster {
                         })),
                         wall_clock: Some(Arc::new(move || clock.wall_ms())),
                         on_status: Some(Arc::new(move |s| on_status.on_status(s))),
+                        sync_delay,
                     };
                     async move {
                         let node =

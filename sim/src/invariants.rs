@@ -15,7 +15,9 @@ use raft_kv_core::kv::{Key, Mutation, Session, Value};
 use raft_kv_core::{
     Entry, HardState, LogIndex, NodeId, RestoredState, Role, SnapshotMeta, Status, Term,
 };
-use raft_kv_runtime::storage::{MemStorage, SnapshotItem, SnapshotReader, Storage, StorageError};
+use raft_kv_runtime::storage::{
+    LogSync, MemStorage, SnapshotItem, SnapshotReader, Storage, StorageError,
+};
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -225,7 +227,7 @@ impl Storage for CheckedStorage {
         self.inner.load()
     }
 
-    fn persist(
+    fn write_log(
         &mut self,
         hard_state: Option<HardState>,
         append: Option<(LogIndex, &[Entry])>,
@@ -251,7 +253,11 @@ impl Storage for CheckedStorage {
                 i += 1;
             }
         }
-        self.inner.persist(hard_state, append)
+        self.inner.write_log(hard_state, append)
+    }
+
+    fn log_sync(&self) -> Arc<dyn LogSync> {
+        self.inner.log_sync()
     }
 
     fn apply(&mut self, index: LogIndex, mutations: &[Mutation]) -> Result<(), StorageError> {

@@ -24,6 +24,9 @@ pub struct Swarm {
     pub crashes: bool,
     /// Process kill and restart (unsynced writes survive in the OS).
     pub kills: bool,
+    /// Every running node crashes at once (a power loss of the whole cluster), each losing
+    /// part of its unsynced writes: what a node acknowledged before its sync is gone.
+    pub power_loss: bool,
     pub pauses: bool,
     /// Message loss, delay (reordering) and duplication.
     pub messages: bool,
@@ -55,6 +58,7 @@ impl Swarm {
             one_way: rng.gen_bool(0.4),
             crashes: rng.gen_bool(0.5),
             kills: rng.gen_bool(0.3),
+            power_loss: rng.gen_bool(0.3),
             pauses: rng.gen_bool(0.3),
             messages: rng.gen_bool(0.5),
             clock_skew: rng.gen_bool(0.5),
@@ -79,6 +83,7 @@ impl Swarm {
             one_way: false,
             crashes: false,
             kills: false,
+            power_loss: false,
             pauses: false,
             messages: false,
             clock_skew: false,
@@ -99,6 +104,7 @@ impl Swarm {
             (self.one_way, Kind::OneWay),
             (self.crashes, Kind::Crash),
             (self.kills, Kind::Kill),
+            (self.power_loss, Kind::PowerLoss),
             (self.pauses, Kind::Pause),
             (self.messages, Kind::Messages),
             (self.clock_skew, Kind::Skew),
@@ -116,6 +122,10 @@ impl Swarm {
         // risky changes (two voters at once, from five) need a few changes before them.
         if self.membership {
             k.extend([Kind::Membership; 2]);
+        }
+        // A power loss needs a write in flight to find anything: it gets a second chance.
+        if self.power_loss {
+            k.push(Kind::PowerLoss);
         }
         k
     }
@@ -146,6 +156,7 @@ enum Kind {
     OneWay,
     Crash,
     Kill,
+    PowerLoss,
     Pause,
     Messages,
     Skew,
@@ -178,6 +189,8 @@ pub struct Nemesis<'a> {
     active: Vec<(Instant, Active)>,
     /// The last leader churn saw, and when it will crash it.
     churn_target: Option<(raft_kv_core::Term, NodeId, Instant)>,
+    /// A power loss waits for unsynced writes, until this time at most.
+    power_loss_at: Option<Instant>,
     pub schedule: Vec<String>,
 }
 
@@ -185,8 +198,12 @@ pub struct Nemesis<'a> {
 pub const SKEW_RATE_MIN: f64 = 0.5;
 pub const SKEW_RATE_MAX: f64 = 2.0;
 
-/// How often the nemesis looks for a new leader during leader churn.
+/// How often the nemesis looks for a new leader during leader churn, and for unsynced writes
+/// before a power loss.
 const CHURN_POLL: Duration = Duration::from_millis(2);
+
+/// A power loss waits at most this long for a committed entry synced on no majority.
+const POWER_LOSS_WAIT_MAX: Duration = Duration::from_millis(500);
 
 impl<'a> Nemesis<'a> {
     pub fn new(cluster: &'a SimCluster, swarm: Swarm, rng: StdRng, start: Instant) -> Self {
@@ -197,6 +214,7 @@ impl<'a> Nemesis<'a> {
             start,
             active: Vec::new(),
             churn_target: None,
+            power_loss_at: None,
             schedule: Vec::new(),
         }
     }
@@ -245,7 +263,8 @@ impl<'a> Nemesis<'a> {
     /// on, waking every `CHURN_POLL` to crash new leaders.
     async fn sleep_until(&mut self, next: Instant) {
         loop {
-            let churning = self.active.iter().any(|(_, a)| matches!(a, Active::Churn));
+            let churning = self.active.iter().any(|(_, a)| matches!(a, Active::Churn))
+                || self.power_loss_at.is_some();
             let mut wake = next;
             if let Some(end) = self.active.iter().map(|(t, _)| *t).min() {
                 wake = wake.min(end);
@@ -257,11 +276,45 @@ impl<'a> Nemesis<'a> {
             self.expire(false);
             if churning {
                 self.churn();
+                self.maybe_power_loss();
             }
             if Instant::now() >= next {
                 return;
             }
         }
+    }
+
+    /// Crashes every running node at once, each losing part of its unsynced writes, once a
+    /// committed entry is synced on no majority (or the wait is over); all come back
+    /// together.
+    fn maybe_power_loss(&mut self) {
+        let Some(deadline) = self.power_loss_at else { return };
+        let c = self.cluster;
+        let up: Vec<NodeId> =
+            c.ids().into_iter().filter(|id| !c.is_down(*id) && !c.paused().contains(id)).collect();
+        let unsynced: usize = up.iter().map(|id| c.storages[id].unsynced_writes()).sum();
+        // The moment to strike: the newest entry some node applied (so committed, perhaps
+        // acknowledged) is on disk on no majority. A correct node never lets that happen;
+        // then the loss strikes at the deadline.
+        let newest =
+            c.storages.values().filter_map(|s| s.entry(s.applied())).max_by_key(|e| e.index);
+        let exposed = newest.is_some_and(|e| {
+            let synced = c.storages.values().filter(|s| s.synced_holds(e.index, e.term)).count();
+            synced <= up.len() / 2
+        });
+        if !exposed && Instant::now() < deadline {
+            return;
+        }
+        self.power_loss_at = None;
+        let until = Instant::now() + self.fault_length();
+        let mut lost = 0;
+        for &id in &up {
+            let unsynced = c.storages[&id].unsynced_writes();
+            let survivors = self.rng.gen_range(0..=unsynced);
+            lost += c.crash(id, survivors);
+            self.active.push((until, Active::Down(id)));
+        }
+        self.log(format!("power loss of nodes {up:?} (lost {lost} of {unsynced} unsynced writes)"));
     }
 
     fn churn(&mut self) {
@@ -404,6 +457,13 @@ impl<'a> Nemesis<'a> {
                     self.log(format!("kill node {id}"));
                 }
                 self.hold(Active::Down(id));
+            }
+            Kind::PowerLoss => {
+                // Struck when a committed entry is on disk on no majority (or the wait
+                // ends): a power loss while the disks are idle tests little.
+                if self.power_loss_at.is_none() {
+                    self.power_loss_at = Some(Instant::now() + POWER_LOSS_WAIT_MAX);
+                }
             }
             Kind::Pause => {
                 let Some(&id) = up.first() else { return };
@@ -642,6 +702,7 @@ impl<'a> Nemesis<'a> {
 
     /// Ends every fault.
     pub fn heal(&mut self) {
+        self.power_loss_at = None;
         self.expire(true);
         self.cluster.heal_all();
         self.log("heal everything".into());

@@ -167,6 +167,10 @@ async fn simulate(opts: RunOptions) -> RunReport {
         } else {
             0
         },
+        // A disk's sync latency, so crashes fall between writes and their syncs.
+        sync_delay_max: Duration::from_micros(
+            *[0, 1_000, 5_000, 20_000, 50_000].choose(&mut rng).expect("not empty"),
+        ),
     };
     swarm.skew_phase = cluster_opts.lease_ticks == 0;
     if cluster_opts.lease_ticks > 0 && rng.gen_bool(0.5) {
@@ -175,14 +179,15 @@ async fn simulate(opts: RunOptions) -> RunReport {
         swarm.partitions = true;
     }
     let config = format!(
-        "appends of {} x{}, compact every {} keeping {}, chunks of {} B x{}, lease {} ticks",
+        "appends of {} x{}, compact every {} keeping {}, chunks of {} B x{}, lease {} ticks, syncs after up to {:?}",
         cluster_opts.append_entries_max,
         cluster_opts.inflight_appends_max,
         cluster_opts.snapshot_entries,
         cluster_opts.snapshot_keep_entries,
         cluster_opts.snapshot.chunk_bytes,
         cluster_opts.snapshot.window,
-        cluster_opts.lease_ticks
+        cluster_opts.lease_ticks,
+        cluster_opts.sync_delay_max
     );
     let cluster = SimCluster::start_with(cluster_opts);
 

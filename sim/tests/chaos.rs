@@ -342,6 +342,11 @@ fn planted_ack_before_sync_is_caught() {
 }
 
 #[test]
+fn planted_ack_before_sync_completes_is_caught() {
+    assert_caught(PlantedBug::AckBeforeSyncCompletes);
+}
+
+#[test]
 fn planted_retry_applied_twice_is_caught() {
     assert_caught(PlantedBug::RetryAppliedTwice);
 }

@@ -1,0 +1,208 @@
+//! Where a node's log writes become durable. The node task writes the hard state and log
+//! entries to storage without waiting for the disk and goes on stepping; a sync task beside it
+//! syncs the write-ahead log and reports which write it covered. Until then, every message
+//! that may claim what those writes hold (an AppendEntries acknowledgement, a vote, a
+//! candidate's own vote request) is held here, and the core hears `Input::Persisted` only for
+//! what is synced. A leader's own messages leave at once (Raft thesis §10.2.1): the leader
+//! counts itself in a commit quorum only once its entries are synced.
+
+use crate::storage::{LogSync, StorageError};
+use raft_kv_core::{LogIndex, Message, MessageBody, Term};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// The simulation's disk latency: the wait before each sync.
+pub type SyncDelay = Arc<dyn Fn() -> Duration + Send + Sync>;
+
+/// The node task's side: which writes are made, which are synced, and what waits for them.
+pub struct Durability {
+    /// Number of the last log write. Invariant: `synced <= written`.
+    written: u64,
+    /// Number of the last write a sync covered.
+    synced: u64,
+    /// The sync task reads the latest `written` here: requests coalesce.
+    request: watch::Sender<u64>,
+    /// The last entry of each unsynced write, by write number (ascending).
+    appended: VecDeque<(u64, LogIndex, Term)>,
+    /// Messages waiting for the write they were sent after (ascending).
+    held: VecDeque<(u64, Vec<Message>)>,
+    /// Messages held at once, at most; past it the node stops taking input until a sync
+    /// (the channels then push back on peers and clients).
+    held_max: usize,
+    held_len: usize,
+}
+
+/// A sync finished, covering every write up to `write`.
+pub struct Synced {
+    pub write: u64,
+    /// The log is durable up to each of these (the last entry of each covered write).
+    pub persisted: Vec<(LogIndex, Term)>,
+    /// Messages that may leave now, in the order they were made.
+    pub released: Vec<Message>,
+}
+
+impl Durability {
+    pub fn new(request: watch::Sender<u64>, held_max: usize) -> Durability {
+        Durability {
+            written: 0,
+            synced: 0,
+            request,
+            appended: VecDeque::new(),
+            held: VecDeque::new(),
+            held_max,
+            held_len: 0,
+        }
+    }
+
+    /// A write was made (`last`: the last entry it appended, if any); asks for a sync.
+    pub fn wrote(&mut self, last: Option<(LogIndex, Term)>) {
+        self.written += 1;
+        if let Some((index, term)) = last {
+            self.appended.push_back((self.written, index, term));
+        }
+        // The sync task ends only with the node task, so nobody listening is no error.
+        let _ = self.request.send(self.written);
+    }
+
+    /// Whether some write is not yet synced.
+    pub fn pending(&self) -> bool {
+        self.synced < self.written
+    }
+
+    /// Of the messages a node made, those that may leave now; the rest are held until every
+    /// write made so far is synced. `leader`: they come from a leader whose hard state did
+    /// not change with them (its term and vote are durable since it campaigned), so they
+    /// vouch for nothing unsynced. `planted`: `PlantedBug::AckBeforeSyncCompletes`.
+    pub fn gate(&mut self, messages: Vec<Message>, leader: bool, planted: bool) -> Vec<Message> {
+        if !self.pending() || leader || planted {
+            return messages;
+        }
+        let (held, now): (Vec<Message>, Vec<Message>) =
+            messages.into_iter().partition(vouches_for_storage);
+        if !held.is_empty() {
+            self.held_len += held.len();
+            match self.held.back_mut() {
+                Some((w, msgs)) if *w == self.written => msgs.extend(held),
+                _ => self.held.push_back((self.written, held)),
+            }
+        }
+        now
+    }
+
+    /// Too many messages wait for a sync to take more input.
+    pub fn full(&self) -> bool {
+        self.held_len >= self.held_max
+    }
+
+    /// The sync task reports `write` synced.
+    pub fn synced(&mut self, write: u64) -> Synced {
+        assert!(write <= self.written, "a sync reported write {write} of {}", self.written);
+        self.synced = self.synced.max(write);
+        let mut persisted = Vec::new();
+        while let Some(&(w, index, term)) = self.appended.front() {
+            if w > self.synced {
+                break;
+            }
+            self.appended.pop_front();
+            persisted.push((index, term));
+        }
+        let mut released = Vec::new();
+        while self.held.front().is_some_and(|(w, _)| *w <= self.synced) {
+            let (_, msgs) = self.held.pop_front().expect("checked");
+            self.held_len -= msgs.len();
+            released.extend(msgs);
+        }
+        Synced { write: self.synced, persisted, released }
+    }
+}
+
+/// Whether a message may vouch for what this node stored: an acknowledgement, a vote, a vote
+/// request (the candidate voted for itself), a snapshot acknowledgement. Work forwarded to
+/// the leader (proposals, read-index requests, membership and transfer requests) vouches for
+/// nothing and need not wait.
+fn vouches_for_storage(m: &Message) -> bool {
+    !matches!(
+        m.body,
+        MessageBody::Propose { .. }
+            | MessageBody::ReadIndex { .. }
+            | MessageBody::ProposeMembership { .. }
+            | MessageBody::TransferLeader { .. }
+    )
+}
+
+/// Syncs the storage whenever the node task made writes since the last sync, and reports the
+/// last write each sync covered. Ends when the node task does.
+pub async fn sync_loop(
+    sync: Arc<dyn LogSync>,
+    mut requests: watch::Receiver<u64>,
+    done: mpsc::Sender<Result<u64, StorageError>>,
+    delay: Option<SyncDelay>,
+) {
+    while requests.changed().await.is_ok() {
+        // Every write numbered up to `write` was made before this sync begins.
+        let write = *requests.borrow_and_update();
+        if let Some(delay) = &delay {
+            tokio::time::sleep(delay()).await;
+        }
+        let sync = sync.clone();
+        // A task in the simulation (where blocking is simulated time), a blocking-pool thread
+        // on tokio: the fsync never stalls the node task's thread.
+        #[allow(deprecated)]
+        let result = match tokio::task::spawn_blocking(move || sync.sync()).await {
+            Ok(r) => r.map(|()| write),
+            Err(e) => Err(StorageError::Io(format!("the WAL sync task failed: {e}"))),
+        };
+        let failed = result.is_err();
+        if done.send(result).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_kv_core::NodeId;
+
+    fn msg(n: u64) -> Message {
+        Message { from: NodeId(1), to: NodeId(n), term: Term(1), body: MessageBody::TimeoutNow }
+    }
+
+    #[test]
+    fn held_messages_leave_only_once_the_writes_before_them_are_synced() {
+        let (tx, rx) = watch::channel(0);
+        let mut d = Durability::new(tx, 100);
+        assert_eq!(d.gate(vec![msg(2)], false, false), vec![msg(2)], "nothing to wait for");
+        d.wrote(Some((LogIndex(3), Term(1))));
+        assert_eq!(d.gate(vec![msg(2)], false, false), vec![]);
+        assert_eq!(d.gate(vec![msg(4)], true, false), vec![msg(4)], "a leader's go now");
+        let forward = Message { body: MessageBody::Propose { proposals: vec![] }, ..msg(1) };
+        assert_eq!(d.gate(vec![forward.clone()], false, false), vec![forward]);
+        d.wrote(Some((LogIndex(5), Term(1))));
+        assert_eq!(d.gate(vec![msg(3)], false, false), vec![]);
+        assert_eq!(*rx.borrow(), 2, "the sync task sees the latest write");
+        let s = d.synced(1);
+        assert_eq!(s.persisted, vec![(LogIndex(3), Term(1))]);
+        assert_eq!(s.released, vec![msg(2)]);
+        assert!(d.pending());
+        let s = d.synced(2);
+        assert_eq!(s.persisted, vec![(LogIndex(5), Term(1))]);
+        assert_eq!(s.released, vec![msg(3)]);
+        assert!(!d.pending());
+    }
+
+    #[test]
+    fn a_full_hold_is_reported() {
+        let (tx, _rx) = watch::channel(0);
+        let mut d = Durability::new(tx, 2);
+        d.wrote(None);
+        d.gate(vec![msg(2)], false, false);
+        assert!(!d.full());
+        d.gate(vec![msg(3)], false, false);
+        assert!(d.full());
+        assert_eq!(d.synced(1).released.len(), 2);
+        assert!(!d.full());
+    }
+}
