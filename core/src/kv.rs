@@ -659,7 +659,10 @@ fn apply_one<S: KvRead>(
 ) -> Result<(Vec<Mutation>, WriteReply), S::Error> {
     Ok(match cmd {
         Command::Set { key, value, cond, get, expiry } => {
-            let old = read(state, key, now)?;
+            // A plain SET overwrites whatever is there: it need not read it (most writes are
+            // plain SETs, and a read costs a storage lookup on every replica).
+            let needs_old = *get || *cond != SetCond::Always || *expiry == Expiry::Keep;
+            let old = if needs_old { read(state, key, now)? } else { None };
             if *get && old.as_ref().is_some_and(|r| !matches!(r.data, Data::Str(_))) {
                 return Ok(error(ERR_WRONGTYPE));
             }

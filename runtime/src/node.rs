@@ -116,16 +116,57 @@ struct PendingRead {
     reply: oneshot::Sender<Reply>,
 }
 
-/// Read access for the KV state machine, over the node's storage.
-struct Applied<'a, S>(&'a S);
+/// Read access for the KV state machine: the node's storage, under the changes of the
+/// entries applied earlier in the same batch and not yet written.
+struct Applied<'a, S>(&'a S, Option<&'a ApplyBatch>);
 
 impl<S: Storage> KvRead for Applied<'_, S> {
     type Error = StorageError;
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        if let Some(batch) = self.1 {
+            if let Some(v) = batch.keys.get(key) {
+                return Ok(v.clone());
+            }
+            if batch.cleared {
+                return Ok(None);
+            }
+        }
         self.0.get(key)
     }
     fn corrupt(key: &[u8]) -> StorageError {
         corrupt_value(key)
+    }
+}
+
+/// The committed entries of one `Ready`, applied in memory and written to storage as one
+/// batch (`Storage::apply_batch`); their replies go once it is written.
+#[derive(Default)]
+struct ApplyBatch {
+    entries: Vec<(LogIndex, Vec<Mutation>)>,
+    /// What the batch did to each key so far (None: deleted), and whether it cleared them all.
+    keys: HashMap<Key, Option<Value>>,
+    cleared: bool,
+    replies: Vec<(oneshot::Sender<Reply>, Reply)>,
+}
+
+impl ApplyBatch {
+    fn push(&mut self, index: LogIndex, mutations: Vec<Mutation>) {
+        for m in &mutations {
+            match m {
+                Mutation::Put(k, v) => {
+                    self.keys.insert(k.clone(), Some(v.clone()));
+                }
+                Mutation::Delete(k) => {
+                    self.keys.insert(k.clone(), None);
+                }
+                Mutation::Clear => {
+                    self.keys.clear();
+                    self.cleared = true;
+                }
+                Mutation::Session(..) | Mutation::Membership(_) => {}
+            }
+        }
+        self.entries.push((index, mutations));
     }
 }
 
@@ -142,6 +183,9 @@ pub struct NodeTask<S: Storage> {
     storage: S,
     /// Which log writes are synced, and the messages waiting for them.
     durable: Durability,
+    /// The applied client sessions read so far, by origin node (`Storage::session`), kept as
+    /// the batches apply: every entry needs its origin's, and a storage read costs.
+    sessions: HashMap<u64, Option<kv::Session>>,
     peers: PeerSender,
     tuning: NodeTuning,
     /// Distinguishes this run's requests from a previous run's in the log.
@@ -258,6 +302,7 @@ impl<S: Storage> NodeTask<S> {
             raft,
             storage,
             durable,
+            sessions: HashMap::new(),
             peers,
             incarnation,
             // Request ids are unique across runs too, so a reply to an earlier run's request
@@ -804,6 +849,7 @@ impl<S: Storage> NodeTask<S> {
         // 0. A received snapshot replaces the state machine and the log, durably.
         if let Some(meta) = install_snapshot {
             self.storage.install_snapshot(meta)?;
+            self.sessions.clear();
             info!(node = %self.id, index = %meta.index, term = %meta.term, "snapshot installed");
             self.applied = meta.index;
             self.applied_time = meta.time;
@@ -830,8 +876,15 @@ impl<S: Storage> NodeTask<S> {
         self.send_messages(now);
         // 3. Apply, then compact the log the state machine now stands for, then stream that
         // state to followers that need it.
+        let mut batch = ApplyBatch::default();
         for entry in committed {
-            self.apply(&entry)?;
+            self.apply(&entry, &mut batch)?;
+        }
+        if !batch.entries.is_empty() {
+            self.storage.apply_batch(&batch.entries)?;
+        }
+        for (reply, r) in batch.replies {
+            let _ = reply.send(r);
         }
         if let Some(meta) = compact {
             self.storage.compact(meta)?;
@@ -935,7 +988,22 @@ impl<S: Storage> NodeTask<S> {
         Ok(())
     }
 
-    fn apply(&mut self, entry: &raft_kv_core::Entry) -> Result<(), StorageError> {
+    /// The applied session of `origin`, from the cache or storage.
+    fn session(&mut self, origin: u64) -> Result<Option<kv::Session>, StorageError> {
+        if let Some(s) = self.sessions.get(&origin) {
+            return Ok(*s);
+        }
+        let s = self.storage.session(origin)?;
+        self.sessions.insert(origin, s);
+        Ok(s)
+    }
+
+    /// Applies `entry` into `batch`, which the caller writes.
+    fn apply(
+        &mut self,
+        entry: &raft_kv_core::Entry,
+        batch: &mut ApplyBatch,
+    ) -> Result<(), StorageError> {
         let (index, data) = (entry.index, entry.data.as_slice());
         // A membership entry took effect when it was appended; the state machine records it
         // whatever becomes of the request that carried it (a duplicate is still applied).
@@ -943,13 +1011,13 @@ impl<S: Storage> NodeTask<S> {
             entry.membership.iter().map(|m| Mutation::Membership(m.clone())).collect();
         if data.is_empty() {
             // A new leader's no-op.
-            self.storage.apply(index, &membership)?;
+            batch.push(index, membership);
         } else {
             match codec::decode::<Proposal>(data) {
                 Ok(p) => {
                     tracing::trace!(node = %self.id, index = %index, origin = %p.origin, incarnation = p.incarnation, request = p.request, command = ?p.command, "apply");
                     let mine = p.origin == self.id && p.incarnation == self.incarnation;
-                    let session = self.storage.session(p.origin.0)?;
+                    let session = self.session(p.origin.0)?;
                     let admitted = if planted::active(
                         self.raft.config().planted,
                         PlantedBug::RetryAppliedTwice,
@@ -971,18 +1039,19 @@ impl<S: Storage> NodeTask<S> {
                                     ),
                                 },
                                 command => {
-                                    let (m, r) =
-                                        kv::apply(command, &Applied(&self.storage), entry.time)?;
+                                    let read = Applied(&self.storage, Some(&*batch));
+                                    let (m, r) = kv::apply(command, &read, entry.time)?;
                                     (m, r.into())
                                 }
                             };
                             mutations.extend(membership);
                             mutations.push(Mutation::Session(p.origin.0, session));
-                            self.storage.apply(index, &mutations)?;
+                            self.sessions.insert(p.origin.0, Some(session));
                             self.note_deadlines(&mutations);
+                            batch.push(index, mutations);
                             if let Some(w) = mine.then(|| self.writes.remove(&p.request)).flatten()
                             {
-                                let _ = w.reply.send(reply);
+                                batch.replies.push((w.reply, reply));
                             }
                         }
                         None => {
@@ -990,13 +1059,13 @@ impl<S: Storage> NodeTask<S> {
                             // newer one: if it is still pending here, it was never applied.
                             // A membership change took effect anyway (see above).
                             let took_effect = !membership.is_empty();
-                            self.storage.apply(index, &membership)?;
+                            batch.push(index, membership);
                             if let Some(w) = mine.then(|| self.writes.remove(&p.request)).flatten()
                             {
                                 let msg = "TRYAGAIN the write was not applied: a newer write from this node overtook it during a leader change";
                                 let reply =
                                     if took_effect { Reply::ok() } else { Reply::error(msg) };
-                                let _ = w.reply.send(reply);
+                                batch.replies.push((w.reply, reply));
                             }
                         }
                     }
@@ -1005,7 +1074,7 @@ impl<S: Storage> NodeTask<S> {
                     // Every replica decodes the same bytes the same way, so skipping keeps
                     // them identical; it can only come from a build with another format.
                     error!(node = %self.id, index = %index, error = %e, "committed entry cannot be decoded; skipped");
-                    self.storage.apply(index, &membership)?;
+                    batch.push(index, membership);
                 }
             }
         }
@@ -1113,7 +1182,7 @@ impl<S: Storage> NodeTask<S> {
                 found
             }
             ReadCommand::Query(q) => {
-                kv::query(q, &Applied(&self.storage), self.read_time())?.into()
+                kv::query(q, &Applied(&self.storage, None), self.read_time())?.into()
             }
             ReadCommand::DbSize => Reply::Integer(self.storage.key_count()? as i64),
             ReadCommand::Keys(pattern) => {

@@ -48,6 +48,14 @@ pub trait Storage: Send + 'static {
     /// not be durable: after a crash the log replays from the last applied index that survived.
     fn apply(&mut self, index: LogIndex, mutations: &[Mutation]) -> Result<(), StorageError>;
 
+    /// `apply` of several entries in order, as one atomic write where the storage can.
+    fn apply_batch(&mut self, entries: &[(LogIndex, Vec<Mutation>)]) -> Result<(), StorageError> {
+        for (index, mutations) in entries {
+            self.apply(*index, mutations)?;
+        }
+        Ok(())
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError>;
 
     /// The applied client session of `origin` (see `kv::admit`).

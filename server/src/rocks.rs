@@ -384,12 +384,21 @@ impl Storage for RocksStorage {
     }
 
     fn apply(&mut self, index: LogIndex, mutations: &[Mutation]) -> Result<(), StorageError> {
+        self.apply_batch(&[(index, mutations.to_vec())])
+    }
+
+    /// One write batch for all the entries: the applied index and their changes together.
+    fn apply_batch(&mut self, entries: &[(LogIndex, Vec<Mutation>)]) -> Result<(), StorageError> {
+        let Some((index, _)) = entries.last() else { return Ok(()) };
         let kv = self.cf(CF_KV);
         let mut batch = WriteBatch::default();
-        // A Clear deletes the keys stored now; key writes listed before it (a MULTI block)
-        // are not stored yet and must not survive it: skip them.
-        let last_clear = mutations.iter().rposition(|m| matches!(m, Mutation::Clear));
-        for (i, m) in mutations.iter().enumerate() {
+        let mutations = entries.iter().flat_map(|(_, m)| m);
+        // A Clear deletes the keys stored now; key writes listed before it (a MULTI block, or
+        // an earlier entry of the batch) are not stored yet and must not survive it: skip them.
+        let last_clear =
+            mutations.clone().enumerate().filter(|(_, m)| matches!(m, Mutation::Clear)).last();
+        let last_clear = last_clear.map(|(i, _)| i);
+        for (i, m) in mutations.enumerate() {
             let cleared = last_clear.is_some_and(|c| i < c);
             match m {
                 Mutation::Put(..) | Mutation::Delete(_) | Mutation::Clear if cleared => {}
