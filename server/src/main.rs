@@ -67,6 +67,11 @@ struct Args {
     /// it every read confirms leadership with ReadIndex.
     #[arg(long, value_parser = parse_drift)]
     lease_max_clock_drift: Option<f64>,
+    /// Threads that run client connections, peer links and the node [default: one per core].
+    /// Nodes sharing a machine (the Procfile's three) do best with 1 each: every thread more
+    /// is more context switches per request.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    worker_threads: Option<u64>,
     /// Clients must authenticate (AUTH <password>, or HELLO ... AUTH default <password>)
     /// before any other command, as with Redis's requirepass.
     #[arg(long)]
@@ -81,9 +86,24 @@ fn parse_drift(s: &str) -> Result<f64, String> {
 }
 
 #[cfg(not(madsim))]
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = args.worker_threads {
+        runtime.worker_threads(n as usize);
+    }
+    match runtime.build() {
+        Ok(rt) => rt.block_on(serve_main(args)),
+        Err(e) => {
+            eprintln!("raft-kv: error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(madsim))]
+async fn serve_main(args: Args) -> ExitCode {
     if let Some(pw) = &args.requirepass {
         let _ = CLUSTER_PASSWORD.set(pw.clone());
     }
