@@ -633,14 +633,14 @@ fn apply_multi<S: KvRead>(
             return Ok((Vec::new(), WriteReply::NullArray));
         }
     }
-    let mut overlay = Overlay { base: state, changes: BTreeMap::new(), cleared: false };
+    let mut overlay = Overlay { base: state, changes: PendingChanges::default() };
     let mut muts = Vec::new();
     let mut replies = Vec::with_capacity(ops.len());
     for op in ops {
         let reply = match op {
             TxOp::Write(c) => {
                 let (m, r) = apply_one(c, &overlay, now)?;
-                overlay.record(&m);
+                overlay.changes.record(&m);
                 muts.extend(m);
                 r
             }
@@ -917,17 +917,18 @@ pub fn watch_value<S: KvRead>(
     Ok(read(state, key, now)?.map(|r| r.encode()))
 }
 
-/// The state as a MULTI block changed it so far.
-struct Overlay<'a, S> {
-    base: &'a S,
+/// Key changes not yet in the state they apply to: a MULTI block's so far, or (in the
+/// runtime) those of the committed entries applied in one batch, before it is written.
+#[derive(Debug, Default)]
+pub struct PendingChanges {
     /// None: deleted.
     changes: BTreeMap<Key, Option<Value>>,
     /// A FLUSHALL ran: keys not in `changes` are gone.
     cleared: bool,
 }
 
-impl<S: KvRead> Overlay<'_, S> {
-    fn record(&mut self, muts: &[Mutation]) {
+impl PendingChanges {
+    pub fn record(&mut self, muts: &[Mutation]) {
         for m in muts {
             match m {
                 Mutation::Put(k, v) => {
@@ -944,14 +945,29 @@ impl<S: KvRead> Overlay<'_, S> {
             }
         }
     }
+
+    /// What the changes say `key` holds (None inside: absent); None when they leave it to
+    /// the state underneath.
+    pub fn lookup(&self, key: &[u8]) -> Option<Option<Value>> {
+        match self.changes.get(key) {
+            Some(v) => Some(v.clone()),
+            None if self.cleared => Some(None),
+            None => None,
+        }
+    }
+}
+
+/// The state as a MULTI block changed it so far.
+struct Overlay<'a, S> {
+    base: &'a S,
+    changes: PendingChanges,
 }
 
 impl<S: KvRead> KvRead for Overlay<'_, S> {
     type Error = S::Error;
     fn get(&self, key: &[u8]) -> Result<Option<Value>, S::Error> {
-        match self.changes.get(key) {
-            Some(v) => Ok(v.clone()),
-            None if self.cleared => Ok(None),
+        match self.changes.lookup(key) {
+            Some(v) => Ok(v),
             None => self.base.get(key),
         }
     }

@@ -2,9 +2,12 @@
 //! Understandable Consensus Algorithm", and Ongaro's thesis for pre-vote and ReadIndex).
 //!
 //! Sans-IO: the runtime feeds `Input`s through `step` and drains a `Ready` of outputs, handled in
-//! this order: persist the hard state and entries durably, then send the messages, then apply the
-//! committed entries, then serve the reads (once applied up to their index), then report
-//! `Input::Persisted`. No clock, I/O, threads or global randomness are touched here.
+//! this order: write the hard state and entries, then send the messages, then apply the
+//! committed entries, then serve the reads (once applied up to their index); it reports
+//! `Input::Persisted` once the writes are durable. Messages must wait until every write before
+//! them is durable, except a leader's when its hard state did not change (Raft thesis §10.2.1:
+//! a leader counts itself in a commit quorum only up to its persisted index). No clock, I/O,
+//! threads or global randomness are touched here.
 
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
@@ -253,9 +256,10 @@ pub struct Ready {
     /// First of all: replace the state machine and the whole stored log with the received
     /// snapshot, durably. The core's log already starts after it.
     pub install_snapshot: Option<SnapshotMeta>,
-    /// Persist before sending any message.
+    /// Durable before any message of this `Ready` leaves (see the module comment).
     pub hard_state: Option<HardState>,
-    /// Delete stored entries from this index on, then write these; persist before sending.
+    /// Delete stored entries from this index on, then write these; durable before sending,
+    /// but for a leader's messages (see the module comment).
     pub append: Option<(LogIndex, Vec<Entry>)>,
     pub messages: Vec<Message>,
     /// Apply in order after persisting.

@@ -123,15 +123,10 @@ struct Applied<'a, S>(&'a S, Option<&'a ApplyBatch>);
 impl<S: Storage> KvRead for Applied<'_, S> {
     type Error = StorageError;
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
-        if let Some(batch) = self.1 {
-            if let Some(v) = batch.keys.get(key) {
-                return Ok(v.clone());
-            }
-            if batch.cleared {
-                return Ok(None);
-            }
+        match self.1.and_then(|batch| batch.changes.lookup(key)) {
+            Some(v) => Ok(v),
+            None => self.0.get(key),
         }
-        self.0.get(key)
     }
     fn corrupt(key: &[u8]) -> StorageError {
         corrupt_value(key)
@@ -143,29 +138,14 @@ impl<S: Storage> KvRead for Applied<'_, S> {
 #[derive(Default)]
 struct ApplyBatch {
     entries: Vec<(LogIndex, Vec<Mutation>)>,
-    /// What the batch did to each key so far (None: deleted), and whether it cleared them all.
-    keys: HashMap<Key, Option<Value>>,
-    cleared: bool,
+    /// What the batch did to the keys so far.
+    changes: kv::PendingChanges,
     replies: Vec<(oneshot::Sender<Reply>, Reply)>,
 }
 
 impl ApplyBatch {
     fn push(&mut self, index: LogIndex, mutations: Vec<Mutation>) {
-        for m in &mutations {
-            match m {
-                Mutation::Put(k, v) => {
-                    self.keys.insert(k.clone(), Some(v.clone()));
-                }
-                Mutation::Delete(k) => {
-                    self.keys.insert(k.clone(), None);
-                }
-                Mutation::Clear => {
-                    self.keys.clear();
-                    self.cleared = true;
-                }
-                Mutation::Session(..) | Mutation::Membership(_) => {}
-            }
-        }
+        self.changes.record(&mutations);
         self.entries.push((index, mutations));
     }
 }
