@@ -22,6 +22,10 @@ pub struct Durability {
     written: u64,
     /// Number of the last write a sync covered.
     synced: u64,
+    /// Number of the last write that held a hard state (term, vote): until it is synced, not
+    /// even a leader's messages may leave (a single voter wins its election, and sends to its
+    /// learners, without waiting for anyone's vote).
+    hard_state_written: u64,
     /// The sync task reads the latest `written` here: requests coalesce.
     request: watch::Sender<u64>,
     /// The last entry of each unsynced write, by write number (ascending).
@@ -48,6 +52,7 @@ impl Durability {
         Durability {
             written: 0,
             synced: 0,
+            hard_state_written: 0,
             request,
             appended: VecDeque::new(),
             held: VecDeque::new(),
@@ -56,11 +61,24 @@ impl Durability {
         }
     }
 
-    /// A write was made (`last`: the last entry it appended, if any); asks for a sync.
-    pub fn wrote(&mut self, last: Option<(LogIndex, Term)>) {
+    /// A write was made: `hard_state` if it held one, `append` the first index it wrote (the
+    /// stored log is replaced from there) and its last entry. Asks for a sync.
+    pub fn wrote(
+        &mut self,
+        hard_state: bool,
+        append: Option<(LogIndex, Option<(LogIndex, Term)>)>,
+    ) {
         self.written += 1;
-        if let Some((index, term)) = last {
-            self.appended.push_back((self.written, index, term));
+        if hard_state {
+            self.hard_state_written = self.written;
+        }
+        if let Some((from, last)) = append {
+            // Entries from `from` on are replaced: a report of an earlier write must not
+            // vouch for them (the same index and term may be written again, unsynced).
+            self.appended.retain(|&(_, index, _)| index < from);
+            if let Some((index, term)) = last {
+                self.appended.push_back((self.written, index, term));
+            }
         }
         // The sync task ends only with the node task, so nobody listening is no error.
         let _ = self.request.send(self.written);
@@ -71,12 +89,19 @@ impl Durability {
         self.synced < self.written
     }
 
+    /// A snapshot install replaced the stored log, durably: no earlier write's report may
+    /// vouch for entries any more.
+    pub fn log_replaced(&mut self) {
+        self.appended.clear();
+    }
+
     /// Of the messages a node made, those that may leave now; the rest are held until every
-    /// write made so far is synced. `leader`: they come from a leader whose hard state did
-    /// not change with them (its term and vote are durable since it campaigned), so they
-    /// vouch for nothing unsynced. `planted`: `PlantedBug::AckBeforeSyncCompletes`.
+    /// write made so far is synced. `leader`: they come from a leader, which may send before
+    /// its entries are durable (it counts itself in a quorum only once they are), but not
+    /// before its term and vote are. `planted`: `PlantedBug::AckBeforeSyncCompletes`.
     pub fn gate(&mut self, messages: Vec<Message>, leader: bool, planted: bool) -> Vec<Message> {
-        if !self.pending() || leader || planted {
+        let leader_may_send = leader && self.synced >= self.hard_state_written;
+        if !self.pending() || leader_may_send || planted {
             return messages;
         }
         let (held, now): (Vec<Message>, Vec<Message>) =
@@ -175,12 +200,12 @@ mod tests {
         let (tx, rx) = watch::channel(0);
         let mut d = Durability::new(tx, 100);
         assert_eq!(d.gate(vec![msg(2)], false, false), vec![msg(2)], "nothing to wait for");
-        d.wrote(Some((LogIndex(3), Term(1))));
+        d.wrote(false, Some((LogIndex(1), Some((LogIndex(3), Term(1))))));
         assert_eq!(d.gate(vec![msg(2)], false, false), vec![]);
         assert_eq!(d.gate(vec![msg(4)], true, false), vec![msg(4)], "a leader's go now");
         let forward = Message { body: MessageBody::Propose { proposals: vec![] }, ..msg(1) };
         assert_eq!(d.gate(vec![forward.clone()], false, false), vec![forward]);
-        d.wrote(Some((LogIndex(5), Term(1))));
+        d.wrote(false, Some((LogIndex(4), Some((LogIndex(5), Term(1))))));
         assert_eq!(d.gate(vec![msg(3)], false, false), vec![]);
         assert_eq!(*rx.borrow(), 2, "the sync task sees the latest write");
         let s = d.synced(1);
@@ -194,10 +219,38 @@ mod tests {
     }
 
     #[test]
+    fn not_even_a_leader_sends_before_its_term_is_durable() {
+        // A single voter campaigns and leads in one step: its first messages (to learners)
+        // carry a term that is not on disk yet.
+        let (tx, _rx) = watch::channel(0);
+        let mut d = Durability::new(tx, 100);
+        d.wrote(true, Some((LogIndex(7), Some((LogIndex(7), Term(2))))));
+        d.wrote(false, Some((LogIndex(8), Some((LogIndex(8), Term(2))))));
+        assert_eq!(d.gate(vec![msg(2)], true, false), vec![]);
+        assert_eq!(d.synced(1).released, vec![], "held for every write before it");
+        assert_eq!(d.gate(vec![msg(3)], true, false), vec![msg(3)], "the term is durable now");
+        assert_eq!(d.synced(2).released, vec![msg(2)]);
+    }
+
+    #[test]
+    fn a_replaced_entry_is_not_vouched_for_by_an_earlier_write() {
+        let (tx, _rx) = watch::channel(0);
+        let mut d = Durability::new(tx, 100);
+        d.wrote(false, Some((LogIndex(5), Some((LogIndex(10), Term(1))))));
+        // Entries from 9 on are written again (the same index and term may come back).
+        d.wrote(false, Some((LogIndex(9), Some((LogIndex(10), Term(1))))));
+        assert_eq!(d.synced(1).persisted, vec![], "write 1 no longer vouches for 10");
+        assert_eq!(d.synced(2).persisted, vec![(LogIndex(10), Term(1))]);
+        d.wrote(false, Some((LogIndex(11), Some((LogIndex(12), Term(1))))));
+        d.log_replaced();
+        assert_eq!(d.synced(3).persisted, vec![]);
+    }
+
+    #[test]
     fn a_full_hold_is_reported() {
         let (tx, _rx) = watch::channel(0);
         let mut d = Durability::new(tx, 2);
-        d.wrote(None);
+        d.wrote(false, None);
         d.gate(vec![msg(2)], false, false);
         assert!(!d.full());
         d.gate(vec![msg(3)], false, false);

@@ -829,6 +829,7 @@ impl<S: Storage> NodeTask<S> {
         // 0. A received snapshot replaces the state machine and the log, durably.
         if let Some(meta) = install_snapshot {
             self.storage.install_snapshot(meta)?;
+            self.durable.log_replaced();
             self.sessions.clear();
             info!(node = %self.id, index = %meta.index, term = %meta.term, "snapshot installed");
             self.applied = meta.index;
@@ -843,13 +844,16 @@ impl<S: Storage> NodeTask<S> {
         if hard_state.is_some() || append.is_some() {
             let append_ref = append.as_ref().map(|(from, e)| (*from, e.as_slice()));
             self.storage.write_log(hard_state, append_ref)?;
-            let last = append.as_ref().and_then(|(_, e)| e.last()).map(|e| (e.index, e.term));
-            self.durable.wrote(last);
+            let appended = append
+                .as_ref()
+                .map(|(from, e)| (*from, e.last().map(|last| (last.index, last.term))));
+            self.durable.wrote(hard_state.is_some(), appended);
         }
-        // 2. Messages: a leader's leave before its own write is durable (thesis §10.2.1; it
-        // counts itself in a quorum only once it is); any other node's wait for every write
-        // before them, since they may acknowledge what those writes hold.
-        let leader = hard_state.is_none() && self.raft.status().role == Role::Leader;
+        // 2. Messages: a leader's leave before its own entries are durable (thesis §10.2.1; it
+        // counts itself in a quorum only once they are), though not before its term and vote
+        // are; any other node's wait for every write before them, since they may acknowledge
+        // what those writes hold (`Durability::gate`).
+        let leader = self.raft.status().role == Role::Leader;
         let planted =
             planted::active(self.raft.config().planted, PlantedBug::AckBeforeSyncCompletes);
         let now = self.durable.gate(messages, leader, planted);
