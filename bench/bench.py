@@ -6,6 +6,7 @@ Every process it starts is stopped by its PID when it ends; every loop is bounde
 """
 
 import csv
+import math
 import os
 import shutil
 import signal
@@ -292,7 +293,6 @@ def chart(med, m):
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
            f'font-family="sans-serif" font-size="11">',
            f'<rect width="{W}" height="{H}" fill="white"/>']
-    import math
 
     def x_of(c, x0):
         lo, hi = math.log10(clients[0]), math.log10(clients[-1])
