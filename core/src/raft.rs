@@ -5,9 +5,9 @@
 //! this order: write the hard state and entries, then send the messages, then apply the
 //! committed entries, then serve the reads (once applied up to their index); it reports
 //! `Input::Persisted` once the writes are durable. Messages must wait until every write before
-//! them is durable, except a leader's when its hard state did not change (Raft thesis §10.2.1:
-//! a leader counts itself in a commit quorum only up to its persisted index). No clock, I/O,
-//! threads or global randomness are touched here.
+//! them is durable, except a leader's once its term and vote are (Raft thesis §10.2.1: a leader
+//! counts itself in a commit quorum only up to its persisted index). No clock, I/O, threads or
+//! global randomness are touched here.
 
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};

@@ -28,7 +28,9 @@ pub struct Durability {
     hard_state_written: u64,
     /// The sync task reads the latest `written` here: requests coalesce.
     request: watch::Sender<u64>,
-    /// The last entry of each unsynced write, by write number (ascending).
+    /// The last entry of each unsynced write, by write number (ascending). Bounded by the
+    /// writes made between two syncs, each of which appends an entry the core still counts as
+    /// uncommitted work (it refuses proposals past its limit).
     appended: VecDeque<(u64, LogIndex, Term)>,
     /// Messages waiting for the write they were sent after (ascending).
     held: VecDeque<(u64, Vec<Message>)>,
@@ -38,9 +40,8 @@ pub struct Durability {
     held_len: usize,
 }
 
-/// A sync finished, covering every write up to `write`.
+/// What a finished sync made durable.
 pub struct Synced {
-    pub write: u64,
     /// The log is durable up to each of these (the last entry of each covered write).
     pub persisted: Vec<(LogIndex, Term)>,
     /// Messages that may leave now, in the order they were made.
@@ -139,7 +140,7 @@ impl Durability {
             self.held_len -= msgs.len();
             released.extend(msgs);
         }
-        Synced { write: self.synced, persisted, released }
+        Synced { persisted, released }
     }
 }
 
@@ -195,17 +196,27 @@ mod tests {
         Message { from: NodeId(1), to: NodeId(n), term: Term(1), body: MessageBody::TimeoutNow }
     }
 
+    /// A `Durability` holding at most `held_max` messages, and what its sync task would see.
+    fn durability(held_max: usize) -> (Durability, watch::Receiver<u64>) {
+        let (tx, rx) = watch::channel(0);
+        (Durability::new(tx, held_max), rx)
+    }
+
+    /// A write of entries `from..=last`, all of term 1.
+    fn append(from: u64, last: u64) -> Option<(LogIndex, Option<(LogIndex, Term)>)> {
+        Some((LogIndex(from), Some((LogIndex(last), Term(1)))))
+    }
+
     #[test]
     fn held_messages_leave_only_once_the_writes_before_them_are_synced() {
-        let (tx, rx) = watch::channel(0);
-        let mut d = Durability::new(tx, 100);
+        let (mut d, rx) = durability(100);
         assert_eq!(d.gate(vec![msg(2)], false, false), vec![msg(2)], "nothing to wait for");
-        d.wrote(false, Some((LogIndex(1), Some((LogIndex(3), Term(1))))));
+        d.wrote(false, append(1, 3));
         assert_eq!(d.gate(vec![msg(2)], false, false), vec![]);
         assert_eq!(d.gate(vec![msg(4)], true, false), vec![msg(4)], "a leader's go now");
         let forward = Message { body: MessageBody::Propose { proposals: vec![] }, ..msg(1) };
         assert_eq!(d.gate(vec![forward.clone()], false, false), vec![forward]);
-        d.wrote(false, Some((LogIndex(4), Some((LogIndex(5), Term(1))))));
+        d.wrote(false, append(4, 5));
         assert_eq!(d.gate(vec![msg(3)], false, false), vec![]);
         assert_eq!(*rx.borrow(), 2, "the sync task sees the latest write");
         let s = d.synced(1);
@@ -222,10 +233,9 @@ mod tests {
     fn not_even_a_leader_sends_before_its_term_is_durable() {
         // A single voter campaigns and leads in one step: its first messages (to learners)
         // carry a term that is not on disk yet.
-        let (tx, _rx) = watch::channel(0);
-        let mut d = Durability::new(tx, 100);
-        d.wrote(true, Some((LogIndex(7), Some((LogIndex(7), Term(2))))));
-        d.wrote(false, Some((LogIndex(8), Some((LogIndex(8), Term(2))))));
+        let (mut d, _rx) = durability(100);
+        d.wrote(true, append(7, 7));
+        d.wrote(false, append(8, 8));
         assert_eq!(d.gate(vec![msg(2)], true, false), vec![]);
         assert_eq!(d.synced(1).released, vec![], "held for every write before it");
         assert_eq!(d.gate(vec![msg(3)], true, false), vec![msg(3)], "the term is durable now");
@@ -234,22 +244,20 @@ mod tests {
 
     #[test]
     fn a_replaced_entry_is_not_vouched_for_by_an_earlier_write() {
-        let (tx, _rx) = watch::channel(0);
-        let mut d = Durability::new(tx, 100);
-        d.wrote(false, Some((LogIndex(5), Some((LogIndex(10), Term(1))))));
+        let (mut d, _rx) = durability(100);
+        d.wrote(false, append(5, 10));
         // Entries from 9 on are written again (the same index and term may come back).
-        d.wrote(false, Some((LogIndex(9), Some((LogIndex(10), Term(1))))));
+        d.wrote(false, append(9, 10));
         assert_eq!(d.synced(1).persisted, vec![], "write 1 no longer vouches for 10");
         assert_eq!(d.synced(2).persisted, vec![(LogIndex(10), Term(1))]);
-        d.wrote(false, Some((LogIndex(11), Some((LogIndex(12), Term(1))))));
+        d.wrote(false, append(11, 12));
         d.log_replaced();
         assert_eq!(d.synced(3).persisted, vec![]);
     }
 
     #[test]
     fn a_full_hold_is_reported() {
-        let (tx, _rx) = watch::channel(0);
-        let mut d = Durability::new(tx, 2);
+        let (mut d, _rx) = durability(2);
         d.wrote(false, None);
         d.gate(vec![msg(2)], false, false);
         assert!(!d.full());

@@ -4,8 +4,8 @@
 //! (`WalSync`); applying an entry writes its KV changes and the applied index in one atomic
 //! batch after them in the same WAL. Snapshots are read from a RocksDB snapshot (a consistent
 //! view that does not stop writes) and installed with a redo record, so a crash mid-install
-//! finishes it on restart. Every byte read back is validated: a corrupt or foreign data directory is refused with a
-//! clear error, never a panic.
+//! finishes it on restart. Every byte read back is validated: a corrupt or foreign data
+//! directory is refused with a clear error, never a panic.
 
 use raft_kv_core::kv::{Key, Mutation, Session, Value};
 use raft_kv_core::{Entry, HardState, LogIndex, Membership, RestoredState, SnapshotMeta};

@@ -258,23 +258,22 @@ impl<'a> Nemesis<'a> {
         }
     }
 
-    /// Sleeps, but while leader churn is on, wakes every `CHURN_POLL` to crash new leaders.
     /// Sleeps until `next`, undoing each fault when its time is up, and while leader churn is
-    /// on, waking every `CHURN_POLL` to crash new leaders.
+    /// on or a power loss waits for its moment, waking every `CHURN_POLL` to act.
     async fn sleep_until(&mut self, next: Instant) {
         loop {
-            let churning = self.active.iter().any(|(_, a)| matches!(a, Active::Churn))
+            let polling = self.active.iter().any(|(_, a)| matches!(a, Active::Churn))
                 || self.power_loss_at.is_some();
             let mut wake = next;
             if let Some(end) = self.active.iter().map(|(t, _)| *t).min() {
                 wake = wake.min(end);
             }
-            if churning {
+            if polling {
                 wake = wake.min(Instant::now() + CHURN_POLL);
             }
             tokio::time::sleep_until(wake).await;
             self.expire(false);
-            if churning {
+            if polling {
                 self.churn();
                 self.maybe_power_loss();
             }
@@ -294,13 +293,15 @@ impl<'a> Nemesis<'a> {
             c.ids().into_iter().filter(|id| !c.is_down(*id) && !c.paused().contains(id)).collect();
         let unsynced: usize = up.iter().map(|id| c.storages[id].unsynced_writes()).sum();
         // The moment to strike: the newest entry some node applied (so committed, perhaps
-        // acknowledged) is on disk on no majority. A correct node never lets that happen;
-        // then the loss strikes at the deadline.
+        // acknowledged) is on disk on fewer nodes than a majority of the voters. Correct nodes
+        // never let that happen (barring membership changes in flight); then the loss strikes
+        // at the deadline.
+        let majority = c.membership().voters.len() / 2 + 1;
         let newest =
             c.storages.values().filter_map(|s| s.entry(s.applied())).max_by_key(|e| e.index);
         let exposed = newest.is_some_and(|e| {
             let synced = c.storages.values().filter(|s| s.synced_holds(e.index, e.term)).count();
-            synced <= up.len() / 2
+            synced < majority
         });
         if !exposed && Instant::now() < deadline {
             return;
