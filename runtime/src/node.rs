@@ -768,7 +768,10 @@ impl<S: Storage> NodeTask<S> {
             }
         }
         if self.outgoing.active() > 0 {
-            self.outgoing.on_tick(&self.peers, self.raft.status().term);
+            match self.leader_term() {
+                Some(term) => self.outgoing.on_tick(&self.peers, term),
+                None => self.outgoing.clear(),
+            }
         }
         let now = Instant::now();
         while let Some(&(deadline, id)) = self.deadlines.front() {
@@ -874,12 +877,19 @@ impl<S: Storage> NodeTask<S> {
             self.storage.compact(meta)?;
             debug!(node = %self.id, index = %meta.index, "log compacted");
         }
-        let term = self.raft.status().term;
-        for (to, meta) in send_snapshots {
-            self.outgoing.start(&self.storage, &self.peers, self.id, term, to, meta)?;
-        }
-        for ack in snapshot_acks {
-            self.outgoing.on_ack(&self.peers, term, ack)?;
+        // Only a leader streams, stamped with its term: a node that stepped down in this batch
+        // (the core gathered these while it led) would send chunks under the new term, which
+        // the receiver takes for another leader of that term.
+        match self.leader_term() {
+            Some(term) => {
+                for (to, meta) in send_snapshots {
+                    self.outgoing.start(&self.storage, &self.peers, self.id, term, to, meta)?;
+                }
+                for ack in snapshot_acks {
+                    self.outgoing.on_ack(&self.peers, term, ack)?;
+                }
+            }
+            None => self.outgoing.clear(),
         }
         for chunk in snapshot_chunks {
             if self.incoming.on_chunk(&mut self.storage, &mut self.raft, chunk)? {
@@ -934,6 +944,12 @@ impl<S: Storage> NodeTask<S> {
             }
         }
         Ok(())
+    }
+
+    /// The term this node leads in, if it leads.
+    fn leader_term(&self) -> Option<raft_kv_core::Term> {
+        let s = self.raft.status();
+        (s.role == Role::Leader).then_some(s.term)
     }
 
     fn send_messages(&mut self, messages: Vec<Message>) {
