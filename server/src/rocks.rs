@@ -737,9 +737,8 @@ mod tests {
     fn a_batch_keeps_the_last_session_of_each_origin() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
-        let session = |o: u64, r: u64| {
-            Mutation::Session(o, Session { incarnation: 1, last_request: r })
-        };
+        let session =
+            |o: u64, r: u64| Mutation::Session(o, Session { incarnation: 1, last_request: r });
         let batch = [
             (LogIndex(1), vec![session(1, 5)]),
             (LogIndex(2), vec![session(2, 9)]),

@@ -1,0 +1,162 @@
+//! Where a committed entry changes the state machine: each entry of a `Ready` is decoded,
+//! admitted against its origin's session (a retry applies once) and run by `kv::apply` on the
+//! state the batch has made so far; the batch then lands as one storage write.
+
+use super::*;
+
+/// Read access for the KV state machine: the node's storage, under the changes of the
+/// entries applied earlier in the same batch and not yet written.
+pub(super) struct Applied<'a, S>(pub(super) &'a S, pub(super) Option<&'a ApplyBatch>);
+
+impl<S: Storage> KvRead for Applied<'_, S> {
+    type Error = StorageError;
+    fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        match self.1.and_then(|batch| batch.changes.lookup(key)) {
+            Some(v) => Ok(v),
+            None => self.0.get(key),
+        }
+    }
+    fn corrupt(key: &[u8]) -> StorageError {
+        corrupt_value(key)
+    }
+}
+
+/// The committed entries of one `Ready`, applied in memory and written to storage as one
+/// batch (`Storage::apply_batch`); their replies go once it is written.
+#[derive(Default)]
+pub(super) struct ApplyBatch {
+    pub(super) entries: Vec<(LogIndex, Vec<Mutation>)>,
+    /// What the batch did to the keys so far.
+    pub(super) changes: kv::PendingChanges,
+    pub(super) replies: Vec<(oneshot::Sender<Reply>, Reply)>,
+}
+
+impl ApplyBatch {
+    pub(super) fn push(&mut self, index: LogIndex, mutations: Vec<Mutation>) {
+        self.changes.record(&mutations);
+        self.entries.push((index, mutations));
+    }
+}
+
+pub(super) fn corrupt_value(key: &[u8]) -> StorageError {
+    StorageError::Corrupt(format!(
+        "the value of key {:?} is no record",
+        String::from_utf8_lossy(key)
+    ))
+}
+
+impl<S: Storage> NodeTask<S> {
+    /// The node skipped applying the entries a snapshot covers, so it cannot tell which of its
+    /// pending writes they held: those up to the last request of this run the snapshot's
+    /// session records were applied or overtaken, and get an indeterminate answer. Later ones
+    /// are still ahead in the log or not in it, and stay pending.
+    pub(super) fn settle_writes_in_snapshot(&mut self) -> Result<(), StorageError> {
+        let Some(session) = self.storage.session(self.id.0)? else { return Ok(()) };
+        if session.incarnation != self.incarnation {
+            return Ok(());
+        }
+        let covered: Vec<u64> =
+            self.writes.range(..=session.last_request).map(|(id, _)| *id).collect();
+        for id in covered {
+            let w = self.writes.remove(&id).expect("listed");
+            let msg = "TIMEOUT this node caught up from a snapshot; the write may or may not have been applied";
+            let _ = w.reply.send(Reply::error(msg));
+        }
+        Ok(())
+    }
+
+    /// The applied session of `origin`, from the cache or storage.
+    pub(super) fn session(&mut self, origin: u64) -> Result<Option<kv::Session>, StorageError> {
+        if let Some(s) = self.sessions.get(&origin) {
+            return Ok(*s);
+        }
+        let s = self.storage.session(origin)?;
+        self.sessions.insert(origin, s);
+        Ok(s)
+    }
+
+    /// Applies `entry` into `batch`, which the caller writes.
+    pub(super) fn apply(
+        &mut self,
+        entry: &raft_kv_core::Entry,
+        batch: &mut ApplyBatch,
+    ) -> Result<(), StorageError> {
+        let (index, data) = (entry.index, entry.data.as_slice());
+        // A membership entry took effect when it was appended; the state machine records it
+        // whatever becomes of the request that carried it (a duplicate is still applied).
+        let membership: Vec<Mutation> =
+            entry.membership.iter().map(|m| Mutation::Membership(m.clone())).collect();
+        if data.is_empty() {
+            // A new leader's no-op.
+            batch.push(index, membership);
+        } else {
+            match codec::decode::<Proposal>(data) {
+                Ok(p) => {
+                    tracing::trace!(node = %self.id, index = %index, origin = %p.origin, incarnation = p.incarnation, request = p.request, command = ?p.command, "apply");
+                    let mine = p.origin == self.id && p.incarnation == self.incarnation;
+                    let session = self.session(p.origin.0)?;
+                    let admitted = if planted::active(
+                        self.raft.config().planted,
+                        PlantedBug::RetryAppliedTwice,
+                    ) {
+                        Some(kv::Session { incarnation: p.incarnation, last_request: p.request })
+                    } else {
+                        kv::admit(session, p.incarnation, p.request)
+                    };
+                    match admitted {
+                        Some(session) => {
+                            let (mut mutations, reply) = match &p.command {
+                                // The membership the leader computed is in the entry: every
+                                // node applies the same one.
+                                kv::Command::Membership(_) => match &entry.membership {
+                                    Some(_) => (Vec::new(), Reply::ok()),
+                                    None => (
+                                        Vec::new(),
+                                        Reply::error("ERR the membership change was malformed"),
+                                    ),
+                                },
+                                command => {
+                                    let read = Applied(&self.storage, Some(&*batch));
+                                    let (m, r) = kv::apply(command, &read, entry.time)?;
+                                    (m, r.into())
+                                }
+                            };
+                            mutations.extend(membership);
+                            mutations.push(Mutation::Session(p.origin.0, session));
+                            self.sessions.insert(p.origin.0, Some(session));
+                            self.expiry.note(&mutations);
+                            batch.push(index, mutations);
+                            if let Some(w) = mine.then(|| self.writes.remove(&p.request)).flatten()
+                            {
+                                batch.replies.push((w.reply, reply));
+                            }
+                        }
+                        None => {
+                            // A duplicate of an applied retry, or a request overtaken by a
+                            // newer one: if it is still pending here, it was never applied.
+                            // A membership change took effect anyway (see above).
+                            let took_effect = !membership.is_empty();
+                            batch.push(index, membership);
+                            if let Some(w) = mine.then(|| self.writes.remove(&p.request)).flatten()
+                            {
+                                let msg = "TRYAGAIN the write was not applied: a newer write from this node overtook it during a leader change";
+                                let reply =
+                                    if took_effect { Reply::ok() } else { Reply::error(msg) };
+                                batch.replies.push((w.reply, reply));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Every replica decodes the same bytes the same way, so skipping keeps
+                    // them identical; it can only come from a build with another format.
+                    error!(node = %self.id, index = %index, error = %e, "committed entry cannot be decoded; skipped");
+                    batch.push(index, membership);
+                }
+            }
+        }
+        self.applied = index;
+        self.applied_time = entry.time;
+        Ok(())
+    }
+}

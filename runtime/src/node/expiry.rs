@@ -1,0 +1,126 @@
+//! Key expiry: the node indexes every key's deadline as entries apply; the leader deletes
+//! expired keys through the log, so every node removes them at the same log position.
+
+use super::*;
+
+/// Expired keys one sweep entry deletes at most.
+const SWEEP_KEYS_MAX: usize = 256;
+
+/// While keys with a deadline exist, the leader keeps the log's time (`Entry::time`, at which
+/// reads decide expiry) at most this far behind its clock, with an empty sweep if need be.
+const LOG_TIME_LAG_MAX_MS: u64 = 100;
+
+/// Every key's deadline, by key and by time, kept in step with the applied state.
+#[derive(Default)]
+pub(super) struct Expiry {
+    by_time: BTreeSet<(u64, Key)>,
+    by_key: HashMap<Key, u64>,
+    /// The request id of the leader's sweep in flight.
+    sweep: Option<u64>,
+}
+
+impl Expiry {
+    /// Keeps the index in step with applied mutations.
+    pub(super) fn note(&mut self, mutations: &[Mutation]) {
+        for m in mutations {
+            match m {
+                Mutation::Put(k, v) => {
+                    let new = kv::Record::deadline_of(v);
+                    let old = match new {
+                        Some(t) => self.by_key.insert(k.clone(), t),
+                        None => self.by_key.remove(k),
+                    };
+                    if let Some(old) = old {
+                        self.by_time.remove(&(old, k.clone()));
+                    }
+                    if let Some(t) = new {
+                        self.by_time.insert((t, k.clone()));
+                    }
+                }
+                Mutation::Delete(k) => {
+                    if let Some(old) = self.by_key.remove(k) {
+                        self.by_time.remove(&(old, k.clone()));
+                    }
+                }
+                Mutation::Clear => self.clear(),
+                Mutation::Session(..) | Mutation::Membership(_) => {}
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_key.clear();
+        self.by_time.clear();
+    }
+
+    /// Keys whose deadline is before `now`: at most SWEEP_KEYS_MAX, and no more key bytes
+    /// than `bytes_max`.
+    fn due(&self, now: u64, bytes_max: usize) -> Vec<Key> {
+        let mut bytes = 0;
+        self.by_time
+            .iter()
+            .take_while(|(t, _)| *t < now)
+            .take(SWEEP_KEYS_MAX)
+            .take_while(|(_, k)| {
+                bytes += k.len();
+                bytes <= bytes_max
+            })
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+}
+
+impl<S: Storage> NodeTask<S> {
+    /// Rebuilds the deadline index from the applied state (at start, after a snapshot).
+    pub fn rebuild_deadlines(&mut self) -> Result<(), StorageError> {
+        self.expiry.clear();
+        let mut reader = self.storage.snapshot_reader()?;
+        loop {
+            let items = reader.next_chunk(1 << 20)?;
+            if items.is_empty() {
+                return Ok(());
+            }
+            let puts: Vec<Mutation> = items
+                .into_iter()
+                .filter_map(|i| match i {
+                    SnapshotItem::Kv(k, v) if kv::Record::deadline_of(&v).is_some() => {
+                        Some(Mutation::Put(k, v))
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.expiry.note(&puts);
+        }
+    }
+
+    /// The leader deletes expired keys through the log, and keeps the log's time fresh while
+    /// keys with a deadline exist, one sweep entry at a time.
+    pub(super) fn maybe_sweep(&mut self) {
+        if self.expiry.sweep.is_some_and(|id| self.writes.contains_key(&id)) {
+            return;
+        }
+        self.expiry.sweep = None;
+        if self.raft.status().role != Role::Leader || self.expiry.by_time.is_empty() {
+            return;
+        }
+        let now = (self.wall_clock)();
+        // No more key bytes than one proposal may carry.
+        let keys = self.expiry.due(now, self.proposal_bytes_max / 2);
+        if keys.is_empty() && now <= self.applied_time + LOG_TIME_LAG_MAX_MS {
+            return;
+        }
+        let id = self.next_request;
+        self.next_request += 1;
+        let data = codec::encode(&Proposal {
+            origin: self.id,
+            incarnation: self.incarnation,
+            request: id,
+            command: kv::Command::ExpireDue { keys },
+        });
+        self.raft.step(Input::Propose { id, data: data.clone() });
+        let (reply, _) = oneshot::channel();
+        self.writes.insert(id, PendingWrite { data, reply, resubmitted: false, membership: None });
+        self.deadlines.push_back((Instant::now() + self.tuning.request_timeout, id));
+        self.expiry.sweep = Some(id);
+    }
+}

@@ -1,0 +1,662 @@
+//! The task that owns one Raft node: it collects every ready input (ticks, peer messages,
+//! client requests, finished syncs), steps the core with all of them, then handles the output
+//! batch once: one storage write for the whole batch, synced beside the task (group commit,
+//! see `durability`), messages sent, committed entries applied, replies released. Everything
+//! else talks to it through bounded channels.
+//!
+//! Where each part lives: this module runs the loop, takes client requests and hands each
+//! `Ready` out; when a log write is durable and which messages wait for it is
+//! `crate::durability`; how a committed entry changes the state machine is `apply`; where a
+//! read waits and is served is `reads`; key expiry is `expiry`; membership, leadership
+//! transfer, INFO and CONFIG are `admin`.
+
+mod admin;
+mod apply;
+mod expiry;
+mod reads;
+
+use apply::ApplyBatch;
+use expiry::Expiry;
+use reads::{PendingRead, ReadQueue};
+
+use crate::codec::{self, Proposal};
+use crate::command::{AdminCommand, ReadCommand, Reply};
+use crate::durability::Durability;
+use crate::snapshot::{Incoming, Outgoing, SnapshotTuning};
+use crate::storage::{SnapshotItem, Storage, StorageError};
+use crate::transport::PeerSender;
+use bytes::Bytes;
+use raft_kv_core::kv::{self, Key, KvRead, Mutation, Value};
+use raft_kv_core::{
+    planted, Input, LogIndex, Membership, MembershipChange, Message, NodeId, PlantedBug, RaftNode,
+    Ready, Rejection, Role, Status,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+/// A client request handed to the node task.
+pub struct ClientRequest {
+    pub kind: RequestKind,
+    pub reply: oneshot::Sender<Reply>,
+    /// The client connection it came from: its reads are served in the order it sent them.
+    pub conn: u64,
+}
+
+pub enum RequestKind {
+    Write(kv::Command),
+    Read(ReadCommand),
+    Admin(AdminCommand),
+}
+
+/// Rounds of `ready` handled per loop iteration; each round can only be caused by the previous
+/// one (a persisted ack that commits, a commit that releases reads), so a few suffice.
+const READY_ROUNDS_MAX: usize = 8;
+
+/// Overdue ticks stepped at once after a stall; a longer stall resumes ticking from there.
+const TICK_CATCH_UP_MAX: usize = 100_000;
+
+/// Timing and limits of the node task.
+#[derive(Clone, Debug)]
+pub struct NodeTuning {
+    /// Length of one core tick.
+    pub tick: Duration,
+    /// A client request not answered within this gets an error (indeterminate for writes).
+    pub request_timeout: Duration,
+    /// Inputs taken off the channels per loop iteration (the group-commit batch).
+    pub inputs_per_batch_max: usize,
+    /// Client requests waiting for consensus at once; more are refused with BUSY.
+    pub pending_requests_max: usize,
+    /// Messages waiting for a WAL sync at once; past it the node takes no input until one
+    /// finishes.
+    pub held_messages_max: usize,
+    pub snapshot: SnapshotTuning,
+}
+
+impl Default for NodeTuning {
+    fn default() -> Self {
+        NodeTuning {
+            tick: Duration::from_millis(10),
+            request_timeout: Duration::from_secs(5),
+            inputs_per_batch_max: 4096,
+            pending_requests_max: 100_000,
+            held_messages_max: 65_536,
+            snapshot: SnapshotTuning::default(),
+        }
+    }
+}
+
+struct PendingWrite {
+    data: Vec<u8>,
+    /// Submitted to the core more than once (after a leader change or a missing leader): an
+    /// earlier copy may be in some log, so any failure is indeterminate.
+    resubmitted: bool,
+    /// A membership change (proposed with `Input::ProposeMembership`).
+    membership: Option<MembershipChange>,
+    reply: oneshot::Sender<Reply>,
+}
+
+pub struct NodeTask<S: Storage> {
+    id: NodeId,
+    raft: RaftNode,
+    storage: S,
+    /// Which log writes are synced, and the messages waiting for them.
+    durable: Durability,
+    /// The applied client sessions read so far, by origin node (`Storage::session`), kept as
+    /// the batches apply: every entry needs its origin's, and a storage read costs.
+    sessions: HashMap<u64, Option<kv::Session>>,
+    peers: PeerSender,
+    tuning: NodeTuning,
+    /// Distinguishes this run's requests from a previous run's in the log.
+    incarnation: u64,
+    next_request: u64,
+    /// Larger writes are refused: their log entry could not be sent to peers.
+    proposal_bytes_max: usize,
+    writes: BTreeMap<u64, PendingWrite>,
+    /// Reads until they are served (`reads`).
+    reads: ReadQueue,
+    /// Requests refused for want of a leader, re-submitted once one is known.
+    awaiting_leader: Vec<u64>,
+    /// (deadline, request) in arrival order, so deadlines are ascending.
+    deadlines: VecDeque<(Instant, u64)>,
+    applied: LogIndex,
+    last_status: Option<(Role, raft_kv_core::Term, Option<NodeId>)>,
+    /// The leader requests were last submitted to.
+    last_leader: Option<(raft_kv_core::Term, NodeId)>,
+    info: InfoContext,
+    /// Told every role, term or leader change (the simulation checks invariants with it).
+    on_status: Option<StatusHook>,
+    /// Snapshots this leader streams to followers, and the one this follower receives.
+    outgoing: Outgoing,
+    incoming: Incoming,
+    /// RAFT.TRANSFER-LEADER requests: (target, deadline, reply), answered once the target leads.
+    transfers: Vec<(NodeId, Instant, oneshot::Sender<Reply>)>,
+    /// The leader proposes no promotion before this (one at a time).
+    promote_after: Instant,
+    /// The membership the transport was last set up for.
+    known_membership: Membership,
+    wall_clock: WallClock,
+    /// Time of the last applied entry (`Entry::time`): expiry is decided at it.
+    applied_time: u64,
+    /// Keys with a deadline: the leader sweeps them (`expiry`).
+    expiry: Expiry,
+    /// What CONFIG GET reports (CONFIG SET changes it): this node's only.
+    config: BTreeMap<String, Bytes>,
+    /// SCAN cursors handed out: where each walk stopped.
+    scan_cursors: BTreeMap<u64, Key>,
+    /// RANDOMKEY's choices: seeded from the node and its run, so a simulation replays them.
+    rng: rand::rngs::StdRng,
+    next_scan_cursor: u64,
+}
+
+/// A callback on every change of a node's role, term or leader.
+pub type StatusHook = Arc<dyn Fn(&Status) + Send + Sync>;
+
+/// What a node task starts from besides its Raft node, storage and peers.
+/// A wall clock: milliseconds since the Unix epoch.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system's wall clock, in milliseconds since the Unix epoch (0 before it).
+pub fn system_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub struct NodeStart {
+    /// This run's number (`Storage::next_incarnation`).
+    pub incarnation: u64,
+    /// Tracks the writes the sync task (`durability::sync_loop`) makes durable.
+    pub durable: Durability,
+    /// The applied index restored from storage, and its entry's time.
+    pub applied: LogIndex,
+    pub applied_time: u64,
+    /// Larger writes are refused: their log entry could not be sent to peers.
+    pub proposal_bytes_max: usize,
+    pub info: InfoContext,
+    /// Stamps the entries this node appends as leader (`Entry::time`).
+    pub wall_clock: WallClock,
+}
+
+/// What INFO reports beyond the Raft state.
+pub struct InfoContext {
+    /// The `# Server` section's fixed lines.
+    pub server: String,
+    pub raft_addrs: BTreeMap<NodeId, std::net::SocketAddr>,
+    /// Permits of the client accept loop: in use = connected clients.
+    pub client_slots: Arc<tokio::sync::Semaphore>,
+    pub clients_max: usize,
+    pub started: Instant,
+    pub cluster_id: u64,
+}
+impl<S: Storage> NodeTask<S> {
+    pub fn new(
+        raft: RaftNode,
+        storage: S,
+        peers: PeerSender,
+        tuning: NodeTuning,
+        start: NodeStart,
+    ) -> Self {
+        let NodeStart {
+            incarnation,
+            durable,
+            applied,
+            applied_time,
+            proposal_bytes_max,
+            info,
+            wall_clock,
+        } = start;
+        let id = raft.id();
+        NodeTask {
+            id,
+            raft,
+            storage,
+            durable,
+            sessions: HashMap::new(),
+            peers,
+            incarnation,
+            // Request ids are unique across runs too, so a reply to an earlier run's request
+            // (a ReadIndexResponse still in flight) can never match a new one.
+            next_request: incarnation << 40,
+            proposal_bytes_max,
+            writes: BTreeMap::new(),
+            reads: ReadQueue::default(),
+            awaiting_leader: Vec::new(),
+            deadlines: VecDeque::new(),
+            applied,
+            last_status: None,
+            last_leader: None,
+            info,
+            on_status: None,
+            outgoing: Outgoing::new(tuning.snapshot.clone()),
+            incoming: Incoming::default(),
+            transfers: Vec::new(),
+            promote_after: Instant::now(),
+            known_membership: Membership::default(),
+            wall_clock,
+            applied_time,
+            expiry: Expiry::default(),
+            config: crate::command::CONFIG_DEFAULTS
+                .iter()
+                .map(|(k, v)| (k.to_string(), Bytes::from_static(v.as_bytes())))
+                .collect(),
+            scan_cursors: BTreeMap::new(),
+            rng: rand::SeedableRng::seed_from_u64(id.0 ^ incarnation.rotate_left(32)),
+            next_scan_cursor: 0,
+            tuning,
+        }
+    }
+
+    pub fn with_status_hook(mut self, hook: Option<StatusHook>) -> Self {
+        self.on_status = hook;
+        self
+    }
+
+    /// Runs until both input channels close or storage fails. `synced` reports each sync
+    /// of the sync task (`durability::sync_loop`).
+    pub async fn run(
+        mut self,
+        mut peer_rx: mpsc::Receiver<Message>,
+        mut client_rx: mpsc::Receiver<ClientRequest>,
+        mut synced: mpsc::Receiver<Result<u64, StorageError>>,
+        mut tick_period: impl FnMut() -> Duration,
+    ) -> Result<(), StorageError> {
+        let mut next_tick = Instant::now() + tick_period();
+        loop {
+            // `biased`: tokio's random branch order draws from a thread-local RNG that outlives
+            // a simulation run, which would make runs of the same seed differ. Each branch
+            // first tells the core the time: entries appended now are stamped with it.
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(next_tick) => {
+                    next_tick += tick_period();
+                    self.raft.step(Input::Clock((self.wall_clock)()));
+                    self.raft.step(Input::Tick);
+                    self.on_tick();
+                }
+                s = synced.recv() => match s {
+                    Some(write) => {
+                        self.raft.step(Input::Clock((self.wall_clock)()));
+                        self.on_synced(write?);
+                    }
+                    None => return Err(StorageError::Io("the WAL sync task stopped".into())),
+                },
+                // While too many messages wait for a sync, input waits in the channels.
+                m = peer_rx.recv(), if !self.durable.full() => match m {
+                    Some(m) => {
+                        self.raft.step(Input::Clock((self.wall_clock)()));
+                        self.raft.step(Input::Message(m));
+                    }
+                    None => return Ok(()),
+                },
+                c = client_rx.recv(), if !self.durable.full() => match c {
+                    Some(c) => {
+                        self.raft.step(Input::Clock((self.wall_clock)()));
+                        self.on_client(c);
+                    }
+                    None => return Ok(()),
+                },
+            }
+            // Ticks that fell due while the task was busy or stalled come first: a lease must
+            // never be judged by a clock that lags.
+            for _ in 0..TICK_CATCH_UP_MAX {
+                if Instant::now() < next_tick {
+                    break;
+                }
+                next_tick += tick_period();
+                self.raft.step(Input::Tick);
+                self.on_tick();
+            }
+            // Group commit: everything already queued joins this batch.
+            for _ in 0..self.tuning.inputs_per_batch_max {
+                if self.durable.full() {
+                    break;
+                }
+                let mut took = false;
+                if let Ok(m) = peer_rx.try_recv() {
+                    self.raft.step(Input::Message(m));
+                    took = true;
+                }
+                if let Ok(c) = client_rx.try_recv() {
+                    self.on_client(c);
+                    took = true;
+                }
+                if !took {
+                    break;
+                }
+            }
+            self.handle_ready()?;
+            if self.observe_status() {
+                self.handle_ready()?;
+            }
+        }
+    }
+
+    /// Logs role changes and re-submits requests. When a new leader appears, every unanswered
+    /// request goes again, since requests forwarded to the old leader may have been lost with
+    /// it; while a leader is known, requests refused for want of one go again. Reads are
+    /// idempotent and writes are applied at most once (`kv::admit`). True if anything went.
+    fn observe_status(&mut self) -> bool {
+        let s = self.raft.status();
+        let now = (s.role, s.term, s.leader);
+        if self.last_status != Some(now) {
+            info!(node = %self.id, term = %s.term, role = s.role.name(), leader = ?s.leader.map(|l| l.0), "raft state changed");
+            self.last_status = Some(now);
+            if !self.transfers.is_empty() {
+                let (done, waiting) = std::mem::take(&mut self.transfers)
+                    .into_iter()
+                    .partition(|(to, _, _)| s.leader == Some(*to));
+                self.transfers = waiting;
+                for (to, _, reply) in done {
+                    info!(node = %self.id, to = %to, term = %s.term, "leadership transfer finished");
+                    let _ = reply.send(Reply::ok());
+                }
+            }
+            if s.role != Role::Leader && self.outgoing.active() > 0 {
+                info!(node = %self.id, transfers = self.outgoing.active(), "no longer leader; snapshot transfers stopped");
+                self.outgoing.clear();
+            }
+            if let Some(hook) = &self.on_status {
+                hook(&s);
+            }
+        }
+        let Some(leader) = s.leader else { return false };
+        let mut ids = if self.last_leader != Some((s.term, leader)) {
+            self.last_leader = Some((s.term, leader));
+            self.awaiting_leader.clear();
+            self.writes.keys().copied().chain(self.reads.ids()).collect()
+        } else {
+            std::mem::take(&mut self.awaiting_leader)
+        };
+        // Writes of one node must reach the log in request order (see `kv::admit`).
+        ids.sort_unstable();
+        let mut resubmitted = false;
+        for id in ids {
+            if let Some(w) = self.writes.get_mut(&id) {
+                w.resubmitted = true;
+                let data = w.data.clone();
+                self.raft.step(match &w.membership {
+                    Some(change) => Input::ProposeMembership { id, change: change.clone(), data },
+                    None => Input::Propose { id, data },
+                });
+                resubmitted = true;
+            } else if self.reads.contains(id) {
+                self.raft.step(Input::Read { id });
+                resubmitted = true;
+            }
+        }
+        resubmitted
+    }
+
+    fn on_client(&mut self, c: ClientRequest) {
+        let waiting = self.writes.len() + self.reads.len();
+        if waiting >= self.tuning.pending_requests_max && !matches!(c.kind, RequestKind::Admin(_)) {
+            let _ = c.reply.send(Reply::error("BUSY too many requests in flight; retry later"));
+            return;
+        }
+        let member = self.raft.membership().contains(self.id);
+        if !member && matches!(c.kind, RequestKind::Read(_) | RequestKind::Write(_)) {
+            let msg = "CLUSTERDOWN this node is not a member of the cluster (yet or any more)";
+            let _ = c.reply.send(Reply::error(msg));
+            return;
+        }
+        let id = self.next_request;
+        self.next_request += 1;
+        match c.kind {
+            RequestKind::Admin(cmd) => {
+                self.on_admin(id, cmd, c.reply);
+                return;
+            }
+            RequestKind::Write(cmd) => {
+                if cmd.size_bytes() > self.proposal_bytes_max {
+                    let msg = format!(
+                        "ERR the write is too large to replicate ({} bytes of keys and values, at most {})",
+                        cmd.size_bytes(),
+                        self.proposal_bytes_max
+                    );
+                    let _ = c.reply.send(Reply::error(msg));
+                    return;
+                }
+                let data = codec::encode(&Proposal {
+                    origin: self.id,
+                    incarnation: self.incarnation,
+                    request: id,
+                    command: cmd,
+                });
+                self.raft.step(Input::Propose { id, data: data.clone() });
+                let w = PendingWrite { data, reply: c.reply, resubmitted: false, membership: None };
+                self.writes.insert(id, w);
+            }
+            RequestKind::Read(cmd) => {
+                let planted = self.raft.config().planted;
+                if planted::active(planted, PlantedBug::FollowerLocalReads)
+                    && self.raft.status().role == Role::Follower
+                {
+                    let reply = self
+                        .execute_read(&cmd)
+                        .unwrap_or_else(|e| Reply::error(format!("ERR {e}")));
+                    let _ = c.reply.send(reply);
+                    return;
+                }
+                self.raft.step(Input::Read { id });
+                self.reads.insert(id, PendingRead { conn: c.conn, cmd, reply: c.reply });
+            }
+        }
+        self.deadlines.push_back((Instant::now() + self.tuning.request_timeout, id));
+    }
+
+    fn on_tick(&mut self) {
+        self.maybe_promote_learner();
+        self.maybe_sweep();
+        if !self.transfers.is_empty() {
+            let now = Instant::now();
+            let (late, waiting) =
+                std::mem::take(&mut self.transfers).into_iter().partition(|(_, d, _)| *d <= now);
+            self.transfers = waiting;
+            for (to, _, reply) in late {
+                let msg = format!("ERR leadership transfer to node {to} did not finish in time (is it running and caught up?)");
+                let _ = reply.send(Reply::error(msg));
+            }
+        }
+        if self.outgoing.active() > 0 {
+            match self.leader_term() {
+                Some(term) => self.outgoing.on_tick(&self.peers, term),
+                None => self.outgoing.clear(),
+            }
+        }
+        let now = Instant::now();
+        while let Some(&(deadline, id)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let no_leader = self.raft.status().leader.is_none();
+            if let Some(w) = self.writes.remove(&id) {
+                // Whatever happened, the write was handed to consensus: it may still commit.
+                let msg = if no_leader {
+                    "CLUSTERDOWN no leader: the cluster cannot reach a quorum; the write may or may not have been applied"
+                } else {
+                    "TIMEOUT the write was not confirmed in time; it may or may not have been applied"
+                };
+                let _ = w.reply.send(Reply::error(msg));
+            }
+            if let Some(r) = self.reads.take(id) {
+                let msg = if no_leader {
+                    "CLUSTERDOWN no leader: the cluster cannot reach a quorum"
+                } else {
+                    "TIMEOUT the read could not be confirmed by a quorum in time"
+                };
+                let _ = r.reply.send(Reply::error(msg));
+            }
+        }
+    }
+
+    fn handle_ready(&mut self) -> Result<(), StorageError> {
+        // Reads that timed out may have held up ready ones.
+        self.release_reads()?;
+        for _ in 0..READY_ROUNDS_MAX {
+            let rd = self.raft.ready();
+            if rd.is_empty() {
+                break;
+            }
+            self.handle_one_ready(rd)?;
+        }
+        Ok(())
+    }
+
+    fn handle_one_ready(&mut self, rd: Ready) -> Result<(), StorageError> {
+        let Ready {
+            install_snapshot,
+            hard_state,
+            append,
+            messages,
+            committed,
+            compact,
+            send_snapshots,
+            snapshot_acks,
+            snapshot_chunks,
+            reads,
+            rejected,
+        } = rd;
+        // The transport must know a member the log just added before messages go to it.
+        self.follow_membership();
+        // 0. A received snapshot replaces the state machine and the log, durably.
+        if let Some(meta) = install_snapshot {
+            self.storage.install_snapshot(meta)?;
+            self.durable.log_replaced();
+            self.sessions.clear();
+            info!(node = %self.id, index = %meta.index, term = %meta.term, "snapshot installed");
+            self.applied = meta.index;
+            self.applied_time = meta.time;
+            self.rebuild_deadlines()?;
+            self.settle_writes_in_snapshot()?;
+            if let Some(m) = self.storage.membership()? {
+                self.raft.step(Input::SnapshotMembership(m));
+            }
+        }
+        // 1. Written now, durable once the sync task syncs it (`on_synced`).
+        if hard_state.is_some() || append.is_some() {
+            let append_ref = append.as_ref().map(|(from, e)| (*from, e.as_slice()));
+            self.storage.write_log(hard_state, append_ref)?;
+            let appended = append
+                .as_ref()
+                .map(|(from, e)| (*from, e.last().map(|last| (last.index, last.term))));
+            self.durable.wrote(hard_state.is_some(), appended);
+        }
+        // 2. Messages: a leader's leave before its own entries are durable (thesis §10.2.1; it
+        // counts itself in a quorum only once they are), though not before its term and vote
+        // are; any other node's wait for every write before them, since they may acknowledge
+        // what those writes hold (`Durability::gate`).
+        let leader = self.raft.status().role == Role::Leader;
+        let planted =
+            planted::active(self.raft.config().planted, PlantedBug::AckBeforeSyncCompletes);
+        let now = self.durable.gate(messages, leader, planted);
+        self.send_messages(now);
+        // 3. Apply, then compact the log the state machine now stands for, then stream that
+        // state to followers that need it.
+        let mut batch = ApplyBatch::default();
+        for entry in committed {
+            self.apply(&entry, &mut batch)?;
+        }
+        if !batch.entries.is_empty() {
+            self.storage.apply_batch(&batch.entries)?;
+        }
+        for (reply, r) in batch.replies {
+            let _ = reply.send(r);
+        }
+        if let Some(meta) = compact {
+            self.storage.compact(meta)?;
+            debug!(node = %self.id, index = %meta.index, "log compacted");
+        }
+        // Only a leader streams, stamped with its term: a node that stepped down in this batch
+        // (the core gathered these while it led) would send chunks under the new term, which
+        // the receiver takes for another leader of that term.
+        match self.leader_term() {
+            Some(term) => {
+                for (to, meta) in send_snapshots {
+                    self.outgoing.start(&self.storage, &self.peers, self.id, term, to, meta)?;
+                }
+                for ack in snapshot_acks {
+                    self.outgoing.on_ack(&self.peers, term, ack)?;
+                }
+            }
+            None => self.outgoing.clear(),
+        }
+        for chunk in snapshot_chunks {
+            if self.incoming.on_chunk(&mut self.storage, &mut self.raft, chunk)? {
+                // A snapshot is complete and its install comes with the next ready: later
+                // chunks (resends, or a newer transfer starting over) would change what is
+                // staged under it. They are dropped; their senders resend or start over.
+                break;
+            }
+        }
+        // 4. Reads, served once applied far enough.
+        for r in reads {
+            self.reads.confirmed(r.id, r.index, self.applied);
+        }
+        self.reads.applied(self.applied);
+        self.release_reads()?;
+        for (id, why) in rejected {
+            match why {
+                Rejection::NoLeader | Rejection::LeadershipLost | Rejection::Transferring => {
+                    self.awaiting_leader.push(id)
+                }
+                Rejection::MembershipInvalid => {
+                    // A resubmitted change may be refused because its first copy took effect:
+                    // it stays pending until that copy applies here, or its deadline.
+                    if self.writes.get(&id).is_some_and(|w| !w.resubmitted) {
+                        let w = self.writes.remove(&id).expect("checked");
+                        let msg = "ERR the membership change does not apply to the cluster's current membership";
+                        let _ = w.reply.send(Reply::error(msg));
+                    }
+                }
+                Rejection::MembershipChangePending => {
+                    if self.writes.get(&id).is_some_and(|w| !w.resubmitted) {
+                        let w = self.writes.remove(&id).expect("checked");
+                        let msg = "BUSY another membership change is in progress; retry later";
+                        let _ = w.reply.send(Reply::error(msg));
+                    }
+                }
+                Rejection::Busy => {
+                    let msg = "BUSY too many requests in flight; retry later";
+                    // A resubmitted write may already be in the log: it stays pending until it
+                    // applies or its deadline gives the indeterminate answer.
+                    if self.writes.get(&id).is_some_and(|w| !w.resubmitted) {
+                        let w = self.writes.remove(&id).expect("checked");
+                        let _ = w.reply.send(Reply::error(msg));
+                    }
+                    if let Some(r) = self.reads.take(id) {
+                        let _ = r.reply.send(Reply::error(msg));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The term this node leads in, if it leads.
+    fn leader_term(&self) -> Option<raft_kv_core::Term> {
+        let s = self.raft.status();
+        (s.role == Role::Leader).then_some(s.term)
+    }
+
+    fn send_messages(&mut self, messages: Vec<Message>) {
+        for m in messages {
+            debug!(node = %self.id, to = %m.to, term = %m.term, kind = m.body.name(), "send");
+            self.peers.send(m);
+        }
+    }
+
+    /// The sync task made every write up to `write` durable: the core learns how far its log
+    /// is, and the messages that waited for it leave.
+    fn on_synced(&mut self, write: u64) {
+        let synced = self.durable.synced(write);
+        for (index, term) in synced.persisted {
+            self.raft.step(Input::Persisted { index, term });
+        }
+        self.send_messages(synced.released);
+    }
+}

@@ -1,0 +1,248 @@
+//! Where a read is served: reads wait until confirmed (ReadIndex or lease) and applied far
+//! enough, then run against the applied state in the order their connection sent them.
+
+use super::apply::{corrupt_value, Applied};
+use super::*;
+
+/// Most keys KEYS returns; past it the client is told to narrow the pattern.
+pub const KEYS_RESULT_MAX: usize = 1_000_000;
+
+/// Keys KEYS reads from storage at a time.
+const KEYS_BATCH: usize = 4096;
+
+/// Keys one SCAN call examines at most, whatever its COUNT.
+const SCAN_COUNT_MAX: usize = 100_000;
+
+/// SCAN cursors a node remembers; the oldest are forgotten (and answered `invalid cursor`).
+const SCAN_CURSORS_MAX: usize = 10_000;
+
+pub(super) struct PendingRead {
+    pub(super) conn: u64,
+    pub(super) cmd: ReadCommand,
+    pub(super) reply: oneshot::Sender<Reply>,
+}
+
+/// The reads this node accepted and has not answered. Each waits to be confirmed (its
+/// ReadIndex round, or the lease), then for the applied index to reach its read index, then
+/// for the reads its connection sent before it: reads are confirmed out of order (a lease
+/// answers at once while an earlier read waits for its round; a late answer comes from a
+/// deposed leader), and each is served from the state applied when it is served, so out of
+/// order a pipelined read could see an older state than the read before it.
+#[derive(Default)]
+pub(super) struct ReadQueue {
+    pending: BTreeMap<u64, PendingRead>,
+    /// Confirmed reads waiting for the apply index to reach theirs.
+    awaiting_apply: BTreeMap<LogIndex, Vec<u64>>,
+    /// Confirmed and applied far enough, waiting for earlier reads of their connection.
+    ready: BTreeSet<u64>,
+    /// Unanswered reads of each client connection.
+    by_conn: BTreeMap<u64, BTreeSet<u64>>,
+}
+
+impl ReadQueue {
+    pub(super) fn insert(&mut self, id: u64, read: PendingRead) {
+        self.by_conn.entry(read.conn).or_default().insert(id);
+        self.pending.insert(id, read);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub(super) fn contains(&self, id: u64) -> bool {
+        self.pending.contains_key(&id)
+    }
+
+    pub(super) fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pending.keys().copied()
+    }
+
+    /// Removes read `id` (answered, timed out or refused).
+    pub(super) fn take(&mut self, id: u64) -> Option<PendingRead> {
+        let r = self.pending.remove(&id)?;
+        self.ready.remove(&id);
+        if let Some(ids) = self.by_conn.get_mut(&r.conn) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_conn.remove(&r.conn);
+            }
+        }
+        Some(r)
+    }
+
+    /// Read `id` was confirmed at read index `index`; `applied` is the node's applied index.
+    pub(super) fn confirmed(&mut self, id: u64, index: LogIndex, applied: LogIndex) {
+        if index <= applied {
+            self.mark_ready(id);
+        } else {
+            self.awaiting_apply.entry(index).or_default().push(id);
+        }
+    }
+
+    /// The node applied up to `applied`: the reads confirmed at or below it may be served.
+    pub(super) fn applied(&mut self, applied: LogIndex) {
+        while let Some(entry) = self.awaiting_apply.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            for id in entry.remove() {
+                self.mark_ready(id);
+            }
+        }
+    }
+
+    fn mark_ready(&mut self, id: u64) {
+        if self.pending.contains_key(&id) {
+            self.ready.insert(id);
+        }
+    }
+
+    /// Takes the reads that may be served now, in the order to serve them: ready ones that
+    /// no earlier read of their connection holds up.
+    pub(super) fn take_servable(&mut self) -> Vec<PendingRead> {
+        let ready: Vec<u64> = self.ready.iter().copied().collect();
+        let mut out = Vec::new();
+        for id in ready {
+            let Some(conn) = self.pending.get(&id).map(|r| r.conn) else {
+                self.ready.remove(&id);
+                continue;
+            };
+            if self.by_conn.get(&conn).and_then(|s| s.first()) == Some(&id) {
+                out.push(self.take(id).expect("listed"));
+            }
+        }
+        out
+    }
+}
+
+impl<S: Storage> NodeTask<S> {
+    /// Serves every read that may be served now (`ReadQueue::take_servable`).
+    pub(super) fn release_reads(&mut self) -> Result<(), StorageError> {
+        for r in self.reads.take_servable() {
+            let reply = self.execute_read(&r.cmd)?;
+            let _ = r.reply.send(reply);
+        }
+        Ok(())
+    }
+
+    /// The live record stored as `value` under `key`, as of the applied state (None if
+    /// expired); a value that is no record is a storage error.
+    pub(super) fn live_record(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<kv::Record>, StorageError> {
+        kv::live(Some(value.to_vec()), self.read_time()).map_err(|_| corrupt_value(key))
+    }
+
+    /// The time reads decide expiry at: the applied entry's (`Entry::time`), so every node
+    /// agrees at every log position whatever its own clock.
+    pub(super) fn read_time(&self) -> u64 {
+        if planted::active(self.raft.config().planted, PlantedBug::ExpiryByLocalClock) {
+            return (self.wall_clock)();
+        }
+        self.applied_time
+    }
+
+    pub(super) fn execute_read(&mut self, cmd: &ReadCommand) -> Result<Reply, StorageError> {
+        Ok(match cmd {
+            ReadCommand::Scan { cursor, pattern, count, type_name } => {
+                self.scan(*cursor, pattern.as_deref(), *count, type_name.as_deref())?
+            }
+            ReadCommand::RandomKey => {
+                // From a random point of the key order to the end, then from the start: the
+                // first live key.
+                let mut probe = [0u8; 8];
+                rand::Rng::fill(&mut self.rng, &mut probe);
+                let mut found = Reply::Null;
+                'search: for mut after in [Some(probe.to_vec()), None] {
+                    loop {
+                        let batch = self.storage.scan(after.as_deref(), 64)?;
+                        for (k, v) in &batch {
+                            if self.live_record(k, v)?.is_some() {
+                                found = Reply::Bulk(Bytes::from(k.clone()));
+                                break 'search;
+                            }
+                        }
+                        match batch.last() {
+                            Some((k, _)) if batch.len() == 64 => after = Some(k.clone()),
+                            _ => break,
+                        }
+                    }
+                }
+                found
+            }
+            ReadCommand::Query(q) => {
+                kv::query(q, &Applied(&self.storage, None), self.read_time())?.into()
+            }
+            ReadCommand::DbSize => Reply::Integer(self.storage.key_count()? as i64),
+            ReadCommand::Keys(pattern) => {
+                // The whole key space in batches, as SCAN walks it.
+                let mut live = Vec::new();
+                let mut after: Option<Key> = None;
+                loop {
+                    let batch = self.storage.scan(after.as_deref(), KEYS_BATCH)?;
+                    for (k, v) in &batch {
+                        if raft_kv_core::glob::matches(pattern, k)
+                            && self.live_record(k, v)?.is_some()
+                        {
+                            live.push(Reply::Bulk(Bytes::from(k.clone())));
+                        }
+                    }
+                    if live.len() > KEYS_RESULT_MAX {
+                        break Reply::error(format!("ERR KEYS would return more than {KEYS_RESULT_MAX} keys; use a narrower pattern"));
+                    }
+                    match batch.last() {
+                        Some((k, _)) if batch.len() == KEYS_BATCH => after = Some(k.clone()),
+                        _ => break Reply::Array(live),
+                    }
+                }
+            }
+        })
+    }
+
+    /// One SCAN step: about `count` stored keys after where `cursor` stopped (0: the start),
+    /// those live and matching returned, and the next cursor (0 at the end). Cursors are this
+    /// node's: the key each stopped at is remembered (the newest `SCAN_CURSORS_MAX`; a cursor
+    /// can be sent again), so a walk is stable however keys come and go, and returns every key
+    /// that exists throughout.
+    pub(super) fn scan(
+        &mut self,
+        cursor: u64,
+        pattern: Option<&[u8]>,
+        count: usize,
+        type_name: Option<&str>,
+    ) -> Result<Reply, StorageError> {
+        let after = match cursor {
+            0 => None,
+            c => match self.scan_cursors.get(&c).cloned() {
+                Some(k) => Some(k),
+                None => return Ok(Reply::error("ERR invalid cursor")),
+            },
+        };
+        let batch = self.storage.scan(after.as_deref(), count.min(SCAN_COUNT_MAX))?;
+        let mut keys = Vec::new();
+        for (k, v) in &batch {
+            let Some(r) = self.live_record(k, v)? else { continue };
+            if pattern.is_some_and(|p| !raft_kv_core::glob::matches(p, k))
+                || type_name.is_some_and(|t| t != r.type_name())
+            {
+                continue;
+            }
+            keys.push(Reply::Bulk(Bytes::from(k.clone())));
+        }
+        let next = match batch.last() {
+            Some((last, _)) if batch.len() == count.min(SCAN_COUNT_MAX) => {
+                self.next_scan_cursor += 1;
+                let id = (self.id.0 << 40) | (self.next_scan_cursor & ((1 << 40) - 1));
+                self.scan_cursors.insert(id, last.clone());
+                while self.scan_cursors.len() > SCAN_CURSORS_MAX {
+                    self.scan_cursors.pop_first();
+                }
+                id
+            }
+            _ => 0,
+        };
+        Ok(Reply::Array(vec![Reply::Bulk(Bytes::from(next.to_string())), Reply::Array(keys)]))
+    }
+}
