@@ -106,6 +106,18 @@ pub enum MessageBody {
     },
     /// The leader tells a caught-up follower to start an election now (thesis §3.10).
     TimeoutNow,
+    /// A node that may have lost its disk (`Config::check_empty_start`) asks a voter where its
+    /// log ends and who the voters are. `nonce` is this run's, so an answer to a probe sent
+    /// before a restart is not taken for a new one. The answer carries the voter's term.
+    StateProbe {
+        nonce: u64,
+    },
+    StateProbeResponse {
+        nonce: u64,
+        last_index: LogIndex,
+        last_term: Term,
+        voters: Vec<NodeId>,
+    },
 }
 
 impl MessageBody {
@@ -138,6 +150,8 @@ impl MessageBody {
             MessageBody::MembershipRefused { .. } => "MembershipRefused",
             MessageBody::TransferLeader { .. } => "TransferLeader",
             MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::StateProbe { .. } => "StateProbe",
+            MessageBody::StateProbeResponse { .. } => "StateProbeResponse",
         }
     }
 }

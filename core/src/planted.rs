@@ -38,10 +38,14 @@ pub enum PlantedBug {
     /// A node decides whether a key expired by its own clock when it serves a read, instead of
     /// at the time of the log position it reads: nodes whose clocks differ disagree.
     ExpiryByLocalClock,
+    /// A node that comes back with a wiped disk votes at once (`Config::check_empty_start`
+    /// ignored): its empty log is up to date against any candidate, so a node missing writes
+    /// the wiped one had acknowledged can win and lose them.
+    WipedDiskVotes,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 10] = [
+    pub const ALL: [PlantedBug; 11] = [
         PlantedBug::VoteWithoutLogCheck,
         PlantedBug::FollowerLocalReads,
         PlantedBug::AckBeforeSync,
@@ -52,6 +56,7 @@ impl PlantedBug {
         PlantedBug::LeaseIgnoresClockDrift,
         PlantedBug::MembershipChangesOverlap,
         PlantedBug::ExpiryByLocalClock,
+        PlantedBug::WipedDiskVotes,
     ];
 }
 

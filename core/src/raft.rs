@@ -52,6 +52,14 @@ pub struct Config {
     /// read confirms leadership with ReadIndex). Must be below the election timeout scaled by
     /// the worst clock-rate ratio between nodes: see `lease_ticks_for_drift`.
     pub lease_ticks: u32,
+    /// A node that starts with an empty log cannot tell a new cluster from a disk that lost
+    /// what it had acknowledged (wiped or replaced under the same id), and its vote for a
+    /// candidate missing committed entries would lose them. So it neither votes nor
+    /// campaigns until it knows: every voter answered that its log is empty too (nothing was
+    /// ever committed; it then votes only in terms after theirs), or it learned that entries
+    /// exist and then caught up with a leader (`HardState::recovering`). Off only in tests of
+    /// other rules.
+    pub check_empty_start: bool,
     /// Seeds the election-jitter RNG; the runtime chooses it.
     pub seed: u64,
     /// A deliberate bug for the simulation to catch; ignored outside simulation builds.
@@ -75,6 +83,7 @@ impl Config {
             snapshot_bytes: 64 << 20,
             snapshot_keep_entries: 1_000,
             lease_ticks: 0,
+            check_empty_start: true,
             seed,
             planted: None,
         }
@@ -361,6 +370,16 @@ pub struct RaftNode {
     /// Invariant: never decreases; persisted (in `hard_state`) before any message of this term.
     term: Term,
     voted_for: Option<NodeId>,
+    /// Persisted with the term (`HardState::recovering`): this node lost what it had
+    /// acknowledged and may not vote or campaign until it caught up with a leader.
+    recovering: bool,
+    /// True while this node, started blank (no term, no log), does not know yet whether
+    /// entries exist: it takes part in no election (`Config::check_empty_start`).
+    fresh: bool,
+    /// While this node may have lost what it acknowledged: what it asked the voters.
+    probe: Option<Probe>,
+    /// A recovering node votes only for candidates whose log is at least this up-to-date.
+    vote_floor: Option<(Term, LogIndex)>,
     leader: Option<NodeId>,
     log: RaftLog,
     persisted_hard_state: HardState,
@@ -404,6 +423,18 @@ pub struct RaftNode {
     transfer: Option<(NodeId, u32, bool)>,
     snapshot_acks: Vec<SnapshotAck>,
     snapshot_chunks: Vec<SnapshotChunk>,
+}
+
+/// What a node that may have lost its disk asked the voters (`Config::check_empty_start`).
+#[derive(Clone, Debug)]
+struct Probe {
+    nonce: u64,
+    /// Every voter heard of: this node's membership's, and those the answers named.
+    voters: BTreeSet<NodeId>,
+    /// Where each answering voter's log ended: (last term, last index).
+    answers: BTreeMap<NodeId, (Term, LogIndex)>,
+    /// The highest term an answer carried.
+    term: Term,
 }
 
 /// What a node restores from storage at start-up.
@@ -465,6 +496,10 @@ impl RaftNode {
             role: Role::Follower,
             term: restored.hard_state.term,
             voted_for: restored.hard_state.voted_for,
+            recovering: restored.hard_state.recovering,
+            fresh: false,
+            probe: None,
+            vote_floor: None,
             leader: None,
             log,
             persisted_hard_state: restored.hard_state,
@@ -496,6 +531,19 @@ impl RaftNode {
             cfg,
         };
         node.reset_election_timer();
+        // Nothing on disk at all: a brand-new node, or one whose disk was wiped. (A node with a
+        // term but no log is neither: its disk is intact and it never acknowledged an entry.)
+        let blank = node.term == Term(0) && node.log.last_index() == LogIndex(0);
+        if node.cfg.check_empty_start && (node.recovering || blank) {
+            node.fresh = !node.recovering;
+            node.probe = Some(Probe {
+                nonce: node.rng.gen(),
+                voters: node.log.membership().voters.clone(),
+                answers: BTreeMap::new(),
+                term: Term(0),
+            });
+            node.probe_voters();
+        }
         Ok(node)
     }
 
@@ -550,7 +598,7 @@ impl RaftNode {
     }
 
     fn hard_state(&self) -> HardState {
-        HardState { term: self.term, voted_for: self.voted_for }
+        HardState { term: self.term, voted_for: self.voted_for, recovering: self.recovering }
     }
 
     pub fn step(&mut self, input: Input) {
@@ -800,7 +848,7 @@ impl RaftNode {
                 .map(|(p, _)| *p)
                 .collect();
             for peer in behind {
-                self.send_heartbeat(peer);
+                self.send_commit(peer);
             }
         } else if let Some(leader) = self.leader {
             if !self.forward_proposals.is_empty() {
@@ -875,6 +923,9 @@ impl RaftNode {
     fn tick(&mut self) {
         self.ticks += 1;
         self.election_elapsed = self.election_elapsed.saturating_add(1);
+        if self.probe.is_some() && self.ticks.is_multiple_of(u64::from(self.cfg.heartbeat_ticks)) {
+            self.probe_voters();
+        }
         if self.role == Role::Leader {
             self.heartbeat_elapsed += 1;
             if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
@@ -984,9 +1035,97 @@ impl RaftNode {
     /// removed leader that stepped down before it committed may be the only node holding it,
     /// and nobody else can win until it does (it then leads to commit it, and hands over).
     fn may_campaign(&self) -> bool {
+        if self.fresh || self.recovering {
+            return false;
+        }
         self.is_voter()
             || (self.log.last_membership_index() > self.log.commit_index()
                 && self.log.previous_membership().is_voter(self.cfg.id))
+    }
+
+    /// Whether this node may grant a vote to a candidate whose log ends at `last` (term,
+    /// index): a fresh node may not; a recovering one only to a candidate at least as
+    /// up-to-date as every voter was when it asked (`Probe`).
+    fn may_vote_for(&self, last: (Term, LogIndex)) -> bool {
+        if crate::planted::active(self.cfg.planted, crate::PlantedBug::WipedDiskVotes) {
+            return true;
+        }
+        if self.fresh {
+            return false;
+        }
+        if self.recovering {
+            return self.vote_floor.is_some_and(|floor| last >= floor);
+        }
+        true
+    }
+
+    /// A node that may have lost what it acknowledged asks every voter it knows of that has
+    /// not answered yet.
+    fn probe_voters(&mut self) {
+        let Some(p) = &self.probe else { return };
+        let waiting: Vec<NodeId> = p
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.cfg.id && !p.answers.contains_key(v))
+            .collect();
+        let nonce = p.nonce;
+        if waiting.is_empty() {
+            return self.probe_done();
+        }
+        for v in waiting {
+            self.send(v, MessageBody::StateProbe { nonce });
+        }
+    }
+
+    fn probe_answered(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        nonce: u64,
+        last: (Term, LogIndex),
+        voters: Vec<NodeId>,
+    ) {
+        let Some(p) = &mut self.probe else { return };
+        if nonce != p.nonce {
+            return;
+        }
+        p.answers.insert(from, last);
+        p.term = p.term.max(term);
+        p.voters.extend(voters);
+        let done = p.voters.iter().all(|v| *v == self.cfg.id || p.answers.contains_key(v));
+        if self.fresh && last.1 > LogIndex(0) {
+            self.start_recovering();
+        }
+        if done {
+            self.probe_done();
+        }
+    }
+
+    /// Every voter answered. This node may have voted before its disk was wiped, in a term no
+    /// later than the highest a voter reported (the candidate it voted for is one of them):
+    /// it takes that term as one it already voted in. If every log was empty, nothing was
+    /// ever committed and it lost nothing a vote could betray. Otherwise an entry committed
+    /// with its lost acknowledgement is on some other voter, whose log every candidate it
+    /// votes for must then be at least as up-to-date as (Leader Completeness, §5.4.3).
+    fn probe_done(&mut self) {
+        let Some(p) = self.probe.take() else { return };
+        if p.term > self.term {
+            self.become_follower(p.term, None);
+            self.voted_for = Some(self.cfg.id);
+        } else if p.term == self.term && self.voted_for.is_none() {
+            self.voted_for = Some(self.cfg.id);
+        }
+        self.fresh = false;
+        if self.recovering {
+            self.vote_floor = p.answers.values().copied().max().or(Some((Term(0), LogIndex(0))));
+        }
+    }
+
+    /// Entries exist, and this node may have lost some it acknowledged.
+    fn start_recovering(&mut self) {
+        self.fresh = false;
+        self.recovering = true;
     }
 
     fn other_voters(&self) -> Vec<NodeId> {
@@ -1095,7 +1234,7 @@ impl RaftNode {
             || (pre_vote && m.term > self.term);
         let log_ok = self.log.is_up_to_date(last_index, last_term)
             || crate::planted::active(self.cfg.planted, crate::PlantedBug::VoteWithoutLogCheck);
-        let granted = can_vote && log_ok;
+        let granted = can_vote && log_ok && self.may_vote_for((last_term, last_index));
         if pre_vote {
             let term = if granted { m.term } else { self.term };
             self.send_with_term(m.from, term, MessageBody::PreVoteResponse { granted });
@@ -1180,6 +1319,36 @@ impl RaftNode {
         // voters, and only voters campaign.
         if m.to != self.cfg.id || m.from == self.cfg.id || m.from.0 == 0 {
             return;
+        }
+        // Start-up probes are no Raft traffic: their terms change nothing.
+        match m.body {
+            MessageBody::StateProbe { nonce } => {
+                let body = MessageBody::StateProbeResponse {
+                    nonce,
+                    last_index: self.log.last_index(),
+                    last_term: self.log.last_term(),
+                    voters: self.log.membership().voters.iter().copied().collect(),
+                };
+                self.send(m.from, body);
+                return;
+            }
+            MessageBody::StateProbeResponse { nonce, last_index, last_term, voters } => {
+                return self.probe_answered(m.from, m.term, nonce, (last_term, last_index), voters);
+            }
+            MessageBody::AppendEntries { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::SnapshotChunk { .. }
+                if self.fresh =>
+            {
+                // A leader exists, so the cluster is no new one: this empty log lost what
+                // the node had (or it never had any), and it catches up before it votes.
+                self.start_recovering();
+            }
+            // Until it knows, a fresh node takes part in no election: it neither grants a vote
+            // nor adopts a term (a term on disk would make it look like an intact node that
+            // never acknowledged anything, after a crash).
+            _ if self.fresh => return,
+            _ => {}
         }
         if self.role == Role::Leader
             && matches!(m.body, MessageBody::PreVote { .. } | MessageBody::RequestVote { .. })
@@ -1269,8 +1438,8 @@ impl RaftNode {
             MessageBody::AppendEntriesResponse { success, index, hint, hint_term } => {
                 self.handle_append_response(m.from, success, index, hint, hint_term)
             }
-            MessageBody::HeartbeatResponse { read_round, .. } => {
-                self.handle_heartbeat_response(m.from, read_round)
+            MessageBody::HeartbeatResponse { read_round, last_log_index } => {
+                self.handle_heartbeat_response(m.from, read_round, last_log_index)
             }
             MessageBody::Propose { proposals } => {
                 for data in proposals {
@@ -1318,9 +1487,16 @@ impl RaftNode {
                     self.transfer_leader(to);
                 }
             }
+            // Answered before the term checks, above.
+            MessageBody::StateProbe { .. } | MessageBody::StateProbeResponse { .. } => {}
             MessageBody::TimeoutNow => {
                 // Only the leader of our term sends it; a stale one is filtered above.
-                if self.role == Role::Follower && self.leader == Some(m.from) && self.is_voter() {
+                if self.role == Role::Follower
+                    && self.leader == Some(m.from)
+                    && self.is_voter()
+                    && !self.fresh
+                    && !self.recovering
+                {
                     self.campaign_as(true);
                 }
             }
@@ -1389,6 +1565,18 @@ impl RaftNode {
         let body = match self.log.maybe_append(prev, prev_term, entries) {
             Some(last_new) => {
                 self.log.commit_to(leader_commit.min(last_new));
+                // Caught up: the log holds the leader's up to its commit index, and the entry
+                // there is of the leader's term, so every entry committed before this term
+                // (the leader holds them all) is here too. Written with the entries, the flag
+                // is durable only once they are, and a vote waits for that sync.
+                if self.recovering
+                    && leader_commit <= last_new
+                    && self.log.term(leader_commit) == Some(self.term)
+                {
+                    self.recovering = false;
+                    self.vote_floor = None;
+                    self.probe = None;
+                }
                 MessageBody::append_accepted(last_new)
             }
             None => {
@@ -1450,11 +1638,21 @@ impl RaftNode {
             self.maybe_send_timeout_now(from);
         } else {
             let better = better.expect("computed for rejections");
+            // Entries up to the match agree with ours (Log Matching), so a follower holding
+            // them answers a hint at or above it. Below it, the follower lost what it
+            // acknowledged (a wiped disk): that match counts for nothing now, however old
+            // the rejection looks.
+            let lost = hint < pr.match_index;
             match pr.state {
-                ReplicationState::Replicate if index <= pr.match_index => return, // stale
-                ReplicationState::Probe { .. } if index != pr.next_index.prev() => return, // stale
                 ReplicationState::Snapshot { .. } => return, // from before the transfer
+                ReplicationState::Replicate if index <= pr.match_index && !lost => return, // stale
+                ReplicationState::Probe { .. } if index != pr.next_index.prev() && !lost => {
+                    return; // stale
+                }
                 _ => {}
+            }
+            if lost {
+                pr.match_index = LogIndex(0);
             }
             pr.state = ReplicationState::Probe { paused: false };
             pr.inflight.clear();
@@ -1468,13 +1666,23 @@ impl RaftNode {
         }
     }
 
-    fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+    fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64, last: LogIndex) {
         if self.role != Role::Leader {
             return;
         }
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
         pr.read_round = pr.read_round.max(read_round);
+        if last < pr.match_index && !matches!(pr.state, ReplicationState::Snapshot { .. }) {
+            // Its log ends below what it acknowledged: it lost it (a wiped disk). Probe from
+            // its end; its match counts for nothing now. (A response overtaken by a later
+            // acknowledgement costs one probe.)
+            pr.match_index = LogIndex(0);
+            pr.state = ReplicationState::Probe { paused: false };
+            pr.inflight.clear();
+            pr.next_index = last.next();
+            return self.advance_reads();
+        }
         if let ReplicationState::Probe { .. } = pr.state {
             // A lost probe is retried once the follower is heard from again.
             pr.state = ReplicationState::Probe { paused: false };
@@ -1573,6 +1781,29 @@ impl RaftNode {
         let commit = commit.min(pr.match_index);
         pr.commit_sent = pr.commit_sent.max(commit);
         let body = MessageBody::Heartbeat { commit, read_round: self.read_round };
+        self.send(peer, body);
+    }
+
+    /// Tells a follower the commit index. One that holds the whole log gets it as an empty
+    /// AppendEntries carrying the leader's commit index itself: a node catching up after
+    /// losing its disk may vote again only once it holds the log up to that index (a
+    /// heartbeat's commit is capped at what the follower is known to hold, which tells it
+    /// nothing about what it lacks).
+    fn send_commit(&mut self, peer: NodeId) {
+        let last = self.log.last_index();
+        let commit = self.log.commit_index();
+        let pr = self.progress.get_mut(&peer).expect("progress for every peer");
+        if pr.match_index != last || !matches!(pr.state, ReplicationState::Replicate) {
+            return self.send_heartbeat(peer);
+        }
+        pr.commit_sent = pr.commit_sent.max(commit);
+        let prev_log_term = self.log.term(last).expect("the last entry is held");
+        let body = MessageBody::AppendEntries {
+            prev_log_index: last,
+            prev_log_term,
+            entries: Vec::new(),
+            leader_commit: commit,
+        };
         self.send(peer, body);
     }
 

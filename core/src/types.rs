@@ -87,6 +87,10 @@ impl Entry {
 pub struct HardState {
     pub term: Term,
     pub voted_for: Option<NodeId>,
+    /// This node's disk lost what it had acknowledged (it started empty in a cluster that
+    /// already existed): it neither votes nor campaigns until it holds every entry committed
+    /// before (`RaftNode`'s start-up). Durable, so a crash while catching up does not end it.
+    pub recovering: bool,
 }
 
 /// The point a snapshot of the state machine was taken at: it holds every entry up to `index`,

@@ -23,6 +23,8 @@ const QUEUE_MESSAGES_MAX: usize = 10_000;
 fn config(id: u64, voters_count: u64) -> Config {
     let voters = (1..=voters_count).map(NodeId).collect();
     let mut cfg = Config::new(NodeId(id), voters, 0x5eed_0000 + id);
+    // The start-up probe of an empty log has its own tests (`a_fresh_node_*`).
+    cfg.check_empty_start = false;
     cfg.election_ticks = ELECTION_TICKS;
     cfg.heartbeat_ticks = HEARTBEAT_TICKS;
     cfg
@@ -44,7 +46,11 @@ fn log_of_terms(terms: &[u64]) -> Vec<Entry> {
 
 fn restored(term: u64, voted_for: Option<u64>, terms: &[u64]) -> RestoredState {
     RestoredState {
-        hard_state: HardState { term: Term(term), voted_for: voted_for.map(NodeId) },
+        hard_state: HardState {
+            term: Term(term),
+            voted_for: voted_for.map(NodeId),
+            recovering: false,
+        },
         membership: None,
         entries: log_of_terms(terms),
         applied: LogIndex(0),
@@ -654,7 +660,7 @@ fn a_less_up_to_date_log_cannot_win_an_election_5_4_1() {
     assert_eq!(
         c.take_readies(2),
         vec![Ready {
-            hard_state: Some(HardState { term: Term(2), voted_for: None }),
+            hard_state: Some(HardState { term: Term(2), voted_for: None, recovering: false }),
             messages: vec![msg(2, 1, 2, MessageBody::RequestVoteResponse { granted: false })],
             ..Ready::default()
         }]
@@ -706,7 +712,7 @@ fn hard_state_is_persisted_in_the_same_ready_as_the_vote_messages_5_2() {
         last_log_term: Term(0),
         transfer: false,
     };
-    let voted_for_1 = HardState { term: Term(1), voted_for: Some(NodeId(1)) };
+    let voted_for_1 = HardState { term: Term(1), voted_for: Some(NodeId(1)), recovering: false };
     assert_eq!(
         c.take_readies(1),
         vec![Ready {
@@ -1079,7 +1085,11 @@ fn a_single_node_commits_only_after_its_own_write_is_persisted_5_3() {
     assert_eq!(
         became_leader,
         Some(Ready {
-            hard_state: Some(HardState { term: Term(1), voted_for: Some(NodeId(1)) }),
+            hard_state: Some(HardState {
+                term: Term(1),
+                voted_for: Some(NodeId(1)),
+                recovering: false
+            }),
             append: Some((LogIndex(1), vec![noop(1, 1)])),
             ..Ready::default()
         })
@@ -1286,7 +1296,7 @@ fn a_snapshot_the_follower_already_holds_is_not_installed_7() {
 fn a_node_restarts_from_its_snapshot_and_the_log_after_it_7() {
     let entries: Vec<Entry> = (6..=8).map(|i| entry(i, 2)).collect();
     let state = RestoredState {
-        hard_state: HardState { term: Term(2), voted_for: None },
+        hard_state: HardState { term: Term(2), voted_for: None, recovering: false },
         membership: None,
         snapshot: SnapshotMeta { index: LogIndex(5), term: Term(1), time: 0 },
         entries,
@@ -1310,14 +1320,14 @@ fn a_new_leader_streams_a_snapshot_to_a_follower_whose_log_ends_before_its_own_7
     // is rejected with a hint before the compacted prefix, which must lead to a snapshot, not
     // to probing index 5 forever.
     let compacted = RestoredState {
-        hard_state: HardState { term: Term(2), voted_for: None },
+        hard_state: HardState { term: Term(2), voted_for: None, recovering: false },
         membership: None,
         snapshot: SnapshotMeta { index: LogIndex(5), term: Term(1), time: 0 },
         entries: (6..=8).map(|i| entry(i, 2)).collect(),
         applied: LogIndex(6),
     };
     let empty = RestoredState {
-        hard_state: HardState { term: Term(2), voted_for: None },
+        hard_state: HardState { term: Term(2), voted_for: None, recovering: false },
         ..RestoredState::default()
     };
     let mut c = Cluster::restored(vec![compacted.clone(), compacted, empty], |_| {});
@@ -1709,7 +1719,7 @@ fn a_restarted_node_counts_with_the_last_membership_in_its_log_not_the_applied_o
         with_membership(entry(3, 1), &[1, 2, 3]),
     ];
     let state = RestoredState {
-        hard_state: HardState { term: Term(1), voted_for: None },
+        hard_state: HardState { term: Term(1), voted_for: None, recovering: false },
         membership: Some(Membership {
             voters: (1..=5).map(NodeId).collect(),
             ..Membership::default()
@@ -1868,4 +1878,102 @@ fn a_learner_removed_while_cut_off_learns_its_removal_when_back_4_2_3() {
         c.run_until(6 * ELECTION_TICKS, |c| !c.peer(4).node.membership().contains(NodeId(4))),
         "the removed learner never heard of its removal"
     );
+}
+
+// ---- start-up on an empty log (Config::check_empty_start) ------------------------------------
+
+fn checking_empty_start(cfg: &mut Config) {
+    cfg.check_empty_start = true;
+}
+
+fn sent_kind(c: &Cluster, from: u64, name: &str) -> usize {
+    c.sent.iter().filter(|m| m.from == NodeId(from) && m.body.name() == name).count()
+}
+
+#[test]
+fn a_blank_node_neither_campaigns_nor_votes_until_every_voter_says_its_log_is_empty() {
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], checking_empty_start);
+    c.crash(3);
+    c.run_ticks(10 * ELECTION_TICKS);
+    assert!(c.leaders_now().is_empty(), "a voter never answered: no election");
+    for id in 1..=2 {
+        assert_eq!(sent_kind(&c, id, "PreVote"), 0, "node {id} campaigned while fresh");
+        assert!(sent_kind(&c, id, "StateProbe") > 0, "node {id} asked the others");
+    }
+    // Node 3 starts: every log is empty, so nothing can have been lost.
+    c.down.remove(&NodeId(3));
+    let formed = c.run_until(20 * ELECTION_TICKS, |c| c.converged(1).is_some());
+    assert!(formed, "the new cluster formed once every voter answered");
+}
+
+#[test]
+fn a_voter_whose_disk_was_wiped_does_not_vote_until_it_caught_up_with_a_leader() {
+    // The scenario of issue 13: W commits on {1,3} while 2 lags; 3's disk is wiped and it
+    // restarts empty; 1 crashes; 2 campaigns. Had 3 voted for 2, W would be lost.
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], checking_empty_start);
+    let formed = c.run_until(20 * ELECTION_TICKS, |c| c.converged(1).is_some());
+    assert!(formed);
+    let leader = c.leaders_now()[0].0;
+    let (lagging, wiped) = match leader {
+        1 => (2, 3),
+        2 => (3, 1),
+        _ => (1, 2),
+    };
+    c.cut_both(leader, lagging);
+    propose_on(&mut c, leader, 1, 1);
+    let w = c.stored(leader).last().cloned().expect("W appended");
+    assert!(c.stored(wiped).contains(&w) && !c.stored(lagging).contains(&w));
+    assert!(
+        c.peer(leader).node.status().commit_index >= w.index,
+        "W committed on {{leader, wiped}}"
+    );
+
+    c.crash(wiped);
+    c.peers.remove(&NodeId(wiped));
+    let mut cfg = config(wiped, 3);
+    checking_empty_start(&mut cfg);
+    c.add_peer(NodeId(wiped), cfg, RestoredState::default());
+    c.down.remove(&NodeId(wiped));
+    c.crash(leader);
+    c.heal();
+    c.run_ticks(10 * ELECTION_TICKS);
+    for id in [lagging, wiped] {
+        assert_ne!(c.status(id).role, Role::Leader, "no leader without W (node {id})");
+    }
+    assert!(
+        c.peer(wiped).hard_state.recovering,
+        "the wiped node knows, durably, that it lost data"
+    );
+    assert_eq!(sent_kind(&c, wiped, "PreVote") + sent_kind(&c, wiped, "RequestVote"), 0);
+
+    // The node holding W comes back: it leads, the wiped node catches up and may vote again.
+    c.down.remove(&NodeId(leader));
+    let back = c.run_until(20 * ELECTION_TICKS, |c| {
+        !c.peer(wiped).hard_state.recovering && c.stored(wiped).contains(&w)
+    });
+    assert!(back, "the wiped node caught up and was released");
+    for id in 1..=3 {
+        assert!(c.stored(id).contains(&w) || id == lagging && c.status(id).last_index < w.index);
+    }
+    assert_eq!(c.leaders_now(), vec![NodeId(leader)], "only the node holding W could lead");
+}
+
+#[test]
+fn a_leader_stops_counting_a_follower_that_lost_its_log() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    propose_on(&mut c, 1, 1, 3);
+    let last = c.status(1).last_index;
+    assert_eq!(
+        c.peer(1).node.followers().iter().find(|f| f.id == NodeId(3)).unwrap().match_index,
+        last
+    );
+    // Node 3's disk is wiped; it comes back empty (without the start-up check, so only the
+    // leader's side is tested here).
+    c.crash(3);
+    c.peers.remove(&NodeId(3));
+    c.add_peer(NodeId(3), config(3, 3), RestoredState::default());
+    c.down.remove(&NodeId(3));
+    let caught_up = c.run_until(10 * ELECTION_TICKS, |c| c.stored(3).len() as u64 == last.0);
+    assert!(caught_up, "the leader noticed the empty log and sent it everything again");
 }

@@ -140,7 +140,12 @@ pub async fn start<S: Storage>(
     let raft_addr = raft_listener.local_addr().unwrap_or(opts.raft_listen);
     let redis_addr = redis_listener.local_addr().unwrap_or(opts.redis_listen);
 
-    let incarnation = storage.next_incarnation()?;
+    let wall_clock =
+        opts.hooks.wall_clock.clone().unwrap_or_else(|| Arc::new(node::system_clock_ms));
+    // Milliseconds of the wall clock: above the runs before a wipe of this disk too, as long
+    // as the clock did not go back (and if it did, the node moves past its old runs as soon as
+    // it applies one of their entries: `NodeTask::apply`).
+    let incarnation = storage.next_incarnation(wall_clock())?;
     let mut restored = storage.load()?;
     if restored.membership.is_none() {
         // A node that never applied a membership change starts from its command line.
@@ -209,8 +214,6 @@ pub async fn start<S: Storage>(
     let tick_period = opts.hooks.tick_period.clone();
     // Half a frame: the entry, its encoding and the AppendEntries around it must fit in one.
     let proposal_bytes_max = opts.transport.frame_bytes_max / 2;
-    let wall_clock =
-        opts.hooks.wall_clock.clone().unwrap_or_else(|| Arc::new(node::system_clock_ms));
     let (sync_request, sync_requests) = tokio::sync::watch::channel(0);
     let (synced_tx, synced_rx) = mpsc::channel(4);
     tokio::spawn(durability::sync_loop(

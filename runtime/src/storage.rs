@@ -64,9 +64,11 @@ pub trait Storage: Send + 'static {
     /// The applied membership; None before the first change.
     fn membership(&self) -> Result<Option<Membership>, StorageError>;
 
-    /// Durably increments and returns this node's run counter: every start gets a number
-    /// larger than any earlier start's, so its client sessions never collide with theirs.
-    fn next_incarnation(&mut self) -> Result<u64, StorageError>;
+    /// Durably advances and returns this node's run number: one above the stored one and at
+    /// least `at_least`. Every start gets a number larger than any earlier start's on this
+    /// disk, so its client sessions never collide with theirs; `at_least` (the wall clock)
+    /// keeps that when the disk was wiped and the count starts over.
+    fn next_incarnation(&mut self, at_least: u64) -> Result<u64, StorageError>;
 
     /// Number of keys, exact (DBSIZE).
     fn key_count(&self) -> Result<u64, StorageError>;
@@ -361,6 +363,14 @@ impl MemStorage {
         lost
     }
 
+    /// Simulates a stopped node whose disk was wiped (or replaced): everything it wrote is
+    /// gone, synced or not.
+    pub fn wipe(&self) {
+        let mut s = self.state();
+        let never_sync = s.never_sync;
+        *s = MemState { never_sync, ..MemState::default() };
+    }
+
     /// Whether entry `index` of `term` would survive a power loss now: it is synced, or
     /// compacted into a synced snapshot.
     pub fn synced_holds(&self, index: LogIndex, term: raft_kv_core::Term) -> bool {
@@ -371,6 +381,15 @@ impl MemStorage {
         }
         let i = (index.0 - synced.snapshot.index.0 - 1) as usize;
         synced.entries.get(i).is_some_and(|e| e.term == term)
+    }
+
+    /// Whether the node may vote by what it wrote: not blank (no term, no log: it may be a
+    /// wiped node still asking the others) and not recovering (`HardState::recovering`).
+    pub fn may_vote(&self) -> bool {
+        let s = self.state();
+        let w = &s.written;
+        let blank = w.hard_state.term.0 == 0 && w.entries.is_empty() && w.snapshot.index.0 == 0;
+        !blank && !w.hard_state.recovering
     }
 
     /// Writes not yet synced.
@@ -438,12 +457,12 @@ impl Storage for MemStorage {
         Ok(self.state().written.membership.clone())
     }
 
-    fn next_incarnation(&mut self) -> Result<u64, StorageError> {
+    fn next_incarnation(&mut self, at_least: u64) -> Result<u64, StorageError> {
         // Written and synced at once (RocksDB: a synced put in the meta column family, which
         // makes every earlier write durable too).
         let mut s = self.state();
         s.sync();
-        s.incarnation += 1;
+        s.incarnation = (s.incarnation + 1).max(at_least);
         Ok(s.incarnation)
     }
 

@@ -259,6 +259,26 @@ impl RocksStorage {
         }
     }
 
+    /// The stored hard state; one written before `HardState::recovering` existed reads as
+    /// not recovering.
+    fn hard_state(&self) -> Result<HardState, StorageError> {
+        #[derive(Deserialize)]
+        struct Before {
+            term: raft_kv_core::Term,
+            voted_for: Option<raft_kv_core::NodeId>,
+        }
+        let Some(b) = self.db.get_cf(self.cf(CF_META), KEY_HARD_STATE).map_err(io)? else {
+            return Ok(HardState::default());
+        };
+        match codec::decode::<HardState>(&b) {
+            Ok(hs) => Ok(hs),
+            Err(e) => match codec::decode::<Before>(&b) {
+                Ok(v) => Ok(HardState { term: v.term, voted_for: v.voted_for, recovering: false }),
+                Err(_) => Err(StorageError::Corrupt(format!("hard state: {e}"))),
+            },
+        }
+    }
+
     /// The last log entry's index as stored (0 when the log is empty).
     fn stored_last_log(&self) -> Result<LogIndex, StorageError> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_LOG));
@@ -351,8 +371,7 @@ impl Storage for RocksStorage {
             tracing::info!(index = %meta.index, "finishing a snapshot install interrupted by a crash");
             self.finish_install(meta)?;
         }
-        let hard_state =
-            self.get_meta::<HardState>(KEY_HARD_STATE, "hard state")?.unwrap_or_default();
+        let hard_state = self.hard_state()?;
         let snapshot = self.get_meta::<SnapshotMeta>(KEY_SNAPSHOT, "snapshot record")?;
         let snapshot = snapshot.unwrap_or_default();
         let applied = self.applied()?;
@@ -469,7 +488,7 @@ impl Storage for RocksStorage {
         self.get_meta(KEY_MEMBERSHIP, "membership record")
     }
 
-    fn next_incarnation(&mut self) -> Result<u64, StorageError> {
+    fn next_incarnation(&mut self, at_least: u64) -> Result<u64, StorageError> {
         let meta = self.cf(CF_META);
         let current = match self.db.get_cf(meta, KEY_INCARNATION).map_err(io)? {
             Some(b) => u64::from_be_bytes(
@@ -479,7 +498,7 @@ impl Storage for RocksStorage {
             ),
             None => 0,
         };
-        let next = current + 1;
+        let next = (current + 1).max(at_least);
         let mut batch = WriteBatch::default();
         batch.put_cf(meta, KEY_INCARNATION, next.to_be_bytes());
         self.db.write_opt(batch, &self.sync).map_err(io)?;
@@ -750,11 +769,42 @@ mod tests {
     }
 
     #[test]
+    fn a_hard_state_written_before_the_recovering_flag_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = RocksStorage::open(dir.path(), id(1)).unwrap();
+            #[derive(Serialize)]
+            struct Before {
+                term: Term,
+                voted_for: Option<raft_kv_core::NodeId>,
+            }
+            let old =
+                codec::encode(&Before { term: Term(4), voted_for: Some(raft_kv_core::NodeId(2)) });
+            s.db.put_cf(s.cf(CF_META), KEY_HARD_STATE, old).unwrap();
+        }
+        let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
+        let hs = s.load().unwrap().hard_state;
+        assert_eq!(
+            (hs.term, hs.voted_for, hs.recovering),
+            (Term(4), Some(raft_kv_core::NodeId(2)), false)
+        );
+        let recovering = HardState { term: Term(5), voted_for: None, recovering: true };
+        s.write_log(Some(recovering), None).unwrap();
+        drop(s);
+        let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
+        assert_eq!(s.load().unwrap().hard_state, recovering);
+    }
+
+    #[test]
     fn restart_restores_log_hard_state_and_applied_kv() {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
-            let hs = HardState { term: Term(2), voted_for: Some(raft_kv_core::NodeId(1)) };
+            let hs = HardState {
+                term: Term(2),
+                voted_for: Some(raft_kv_core::NodeId(1)),
+                recovering: false,
+            };
             s.persist(Some(hs), Some((LogIndex(1), &[entry(1, 1), entry(2, 1), entry(3, 2)])))
                 .unwrap();
             // A conflicting suffix replaces entries from 3 on.
@@ -775,7 +825,7 @@ mod tests {
     #[test]
     fn a_shorter_conflicting_suffix_drops_the_old_tail_also_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let hs = HardState { term: Term(3), voted_for: None };
+        let hs = HardState { term: Term(3), voted_for: None, recovering: false };
         {
             let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
             let old: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
@@ -834,7 +884,11 @@ mod tests {
         {
             let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
             // Unsynced, to keep the test quick: what the bug piled up does not depend on it.
-            s.write_log(Some(HardState { term: Term(1), voted_for: None }), None).unwrap();
+            s.write_log(
+                Some(HardState { term: Term(1), voted_for: None, recovering: false }),
+                None,
+            )
+            .unwrap();
             let value = vec![b'x'; 100];
             for i in 1..=APPENDS {
                 let e = Entry::new(LogIndex(i), Term(1), value.clone());
@@ -910,7 +964,7 @@ mod tests {
         {
             let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
             s.persist(
-                Some(HardState { term: Term(1), voted_for: None }),
+                Some(HardState { term: Term(1), voted_for: None, recovering: false }),
                 Some((LogIndex(1), &[entry(1, 1)])),
             )
             .unwrap();
@@ -947,7 +1001,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
-            let hs = HardState { term: Term(2), voted_for: None };
+            let hs = HardState { term: Term(2), voted_for: None, recovering: false };
             let entries: Vec<Entry> = (1..=6).map(|i| entry(i, 2)).collect();
             s.persist(Some(hs), Some((LogIndex(1), &entries))).unwrap();
             for i in 1..=4 {
@@ -1009,7 +1063,7 @@ mod tests {
         let meta = SnapshotMeta { index: LogIndex(10), term: Term(3), time: 0 };
         {
             let mut s = RocksStorage::open(dir.path(), id(2)).unwrap();
-            let hs = HardState { term: Term(3), voted_for: None };
+            let hs = HardState { term: Term(3), voted_for: None, recovering: false };
             s.persist(Some(hs), Some((LogIndex(1), &[entry(1, 1), entry(2, 1)]))).unwrap();
             s.apply(LogIndex(1), &[put("old", "1"), Mutation::Session(5, session(1))]).unwrap();
             s.stage_snapshot(true, &[SnapshotItem::Kv(b"stale".to_vec(), b"x".to_vec())]).unwrap();
@@ -1043,7 +1097,7 @@ mod tests {
         {
             let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
             s.persist(
-                Some(HardState { term: Term(1), voted_for: None }),
+                Some(HardState { term: Term(1), voted_for: None, recovering: false }),
                 Some((LogIndex(1), &[entry(1, 1)])),
             )
             .unwrap();

@@ -305,6 +305,13 @@ impl SimCluster {
         self.storages[&id].crash(survivors)
     }
 
+    /// Stops the node and wipes its disk: it restarts empty, under the same id.
+    pub fn wipe(&self, id: NodeId) {
+        self.kill(id);
+        self.storages[&id].wipe();
+        self.invariants.forget_disk(id);
+    }
+
     /// Starts a stopped node again (or kills and restarts a running one) from its storage.
     pub fn restart(&self, id: NodeId) {
         self.handle.restart(self.nodes[&id].id());

@@ -161,6 +161,12 @@ impl Invariants {
         st.status.values().filter(|s| s.role == Role::Leader).map(|s| (s.term, s.id)).max()
     }
 
+    /// A stopped node's disk was wiped: what it applied is gone with it (what other nodes
+    /// applied still binds them all).
+    pub fn forget_disk(&self, node: NodeId) {
+        self.state().applied_max.remove(&node);
+    }
+
     /// Forgets what a stopped node last reported, so it is not taken for a leader.
     pub fn forget_status(&self, node: NodeId) {
         self.state().status.remove(&node);
@@ -308,8 +314,8 @@ impl Storage for CheckedStorage {
         self.inner.membership()
     }
 
-    fn next_incarnation(&mut self) -> Result<u64, StorageError> {
-        self.inner.next_incarnation()
+    fn next_incarnation(&mut self, at_least: u64) -> Result<u64, StorageError> {
+        self.inner.next_incarnation(at_least)
     }
 
     fn key_count(&self) -> Result<u64, StorageError> {

@@ -24,6 +24,8 @@ pub struct Swarm {
     pub crashes: bool,
     /// Process kill and restart (unsynced writes survive in the OS).
     pub kills: bool,
+    /// A node's disk is wiped (replaced) and it restarts empty under its old id.
+    pub wipes: bool,
     /// Every running node crashes at once (a power loss of the whole cluster), each losing
     /// part of its unsynced writes: what a node acknowledged before its sync is gone.
     pub power_loss: bool,
@@ -59,6 +61,7 @@ impl Swarm {
             crashes: rng.gen_bool(0.5),
             kills: rng.gen_bool(0.3),
             power_loss: rng.gen_bool(0.3),
+            wipes: rng.gen_bool(0.2),
             pauses: rng.gen_bool(0.3),
             messages: rng.gen_bool(0.5),
             clock_skew: rng.gen_bool(0.5),
@@ -84,6 +87,7 @@ impl Swarm {
             crashes: false,
             kills: false,
             power_loss: false,
+            wipes: false,
             pauses: false,
             messages: false,
             clock_skew: false,
@@ -105,6 +109,7 @@ impl Swarm {
             (self.crashes, Kind::Crash),
             (self.kills, Kind::Kill),
             (self.power_loss, Kind::PowerLoss),
+            (self.wipes, Kind::Wipe),
             (self.pauses, Kind::Pause),
             (self.messages, Kind::Messages),
             (self.clock_skew, Kind::Skew),
@@ -157,6 +162,7 @@ enum Kind {
     Crash,
     Kill,
     PowerLoss,
+    Wipe,
     Pause,
     Messages,
     Skew,
@@ -459,6 +465,33 @@ impl<'a> Nemesis<'a> {
                 }
                 self.hold(Active::Down(id));
             }
+            Kind::Wipe => {
+                let Some(&id) = up.first() else { return };
+                // Only a wipe the cluster must survive: every committed entry stays on the
+                // disks of a majority of the voters without this one. A second wipe before
+                // the first node caught up could destroy the only copies; no system survives
+                // that.
+                let voters = c.membership().voters;
+                let majority = voters.len() / 2 + 1;
+                let newest = c
+                    .storages
+                    .values()
+                    .filter_map(|s| s.entry(s.applied()))
+                    .max_by_key(|e| e.index);
+                let held = newest.map_or(voters.len(), |e| {
+                    let holds = |v: &NodeId| c.storages[v].synced_holds(e.index, e.term);
+                    voters.iter().filter(|v| **v != id && holds(v)).count()
+                });
+                // Nor one that leaves fewer than a majority able to vote: a wiped node votes
+                // again only once a leader caught it up, and a leader needs a majority.
+                let voting = voters.iter().filter(|v| **v != id && c.storages[v].may_vote());
+                if held < majority || voting.count() < majority {
+                    return;
+                }
+                c.wipe(id);
+                self.log(format!("wipe node {id}'s disk"));
+                self.hold(Active::Down(id));
+            }
             Kind::PowerLoss => {
                 // Struck when a committed entry is on disk on no majority (or the wait
                 // ends): a power loss while the disks are idle tests little.
@@ -630,6 +663,16 @@ impl<'a> Nemesis<'a> {
             return None;
         };
         let next = m.apply(&change).unwrap_or_else(|_| m.clone());
+        // A node that came back with nothing on disk votes again only once a leader caught it
+        // up (`Config::check_empty_start`); a removal that leaves too few others able to vote
+        // could leave no majority to elect that leader, for good. Operators face the same
+        // rule: shrink the voters only while every one of them can vote.
+        if matches!(change, raft_kv_core::MembershipChange::Remove { .. }) {
+            let able = next.voters.iter().filter(|v| self.cluster.storages[v].may_vote()).count();
+            if able < next.voters.len() / 2 + 1 {
+                return None;
+            }
+        }
         Some((args, next))
     }
 

@@ -65,6 +65,18 @@ impl<S: Storage> NodeTask<S> {
         Ok(())
     }
 
+    /// The log holds a write of this node's from run `old`, later than this run's number:
+    /// the disk was wiped and the wall clock had gone back, so this run's writes would be taken
+    /// for an old run's and refused. Later requests go under a number above it; the pending
+    /// ones get their answer when they apply (refused as overtaken).
+    pub(super) fn outlive_run(&mut self, old: u64) -> Result<(), StorageError> {
+        let next = self.storage.next_incarnation(old + 1)?;
+        warn!(node = %self.id, old, run = self.incarnation, next, "this node's log holds writes of a later run than this one (a wiped disk and a clock that went back); continuing as run {next}");
+        self.incarnation = next;
+        self.next_request = first_request(next);
+        Ok(())
+    }
+
     /// The applied session of `origin`, from the cache or storage.
     pub(super) fn session(&mut self, origin: u64) -> Result<Option<kv::Session>, StorageError> {
         if let Some(s) = self.sessions.get(&origin) {
@@ -94,6 +106,9 @@ impl<S: Storage> NodeTask<S> {
                 Ok(p) => {
                     tracing::trace!(node = %self.id, index = %index, origin = %p.origin, incarnation = p.incarnation, request = p.request, command = ?p.command, "apply");
                     let mine = p.origin == self.id && p.incarnation == self.incarnation;
+                    if p.origin == self.id && p.incarnation > self.incarnation {
+                        self.outlive_run(p.incarnation)?;
+                    }
                     let session = self.session(p.origin.0)?;
                     let admitted = if planted::active(
                         self.raft.config().planted,

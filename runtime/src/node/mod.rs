@@ -145,11 +145,21 @@ pub struct NodeTask<S: Storage> {
     expiry: Expiry,
     /// What CONFIG GET reports (CONFIG SET changes it): this node's only.
     config: BTreeMap<String, Bytes>,
+    /// The last `HardState::recovering` written, to log when it changes.
+    recovering: bool,
     /// SCAN cursors handed out: where each walk stopped.
     scan_cursors: BTreeMap<u64, Key>,
     /// RANDOMKEY's choices: seeded from the node and its run, so a simulation replays them.
     rng: rand::rngs::StdRng,
     next_scan_cursor: u64,
+}
+
+/// The first request id of run `incarnation`. Ids differ between runs too (each run counts
+/// up from its own 2^40-wide range, repeating only after 2^24 runs, hours apart when
+/// incarnations are milliseconds), so a reply to an earlier run's request (a
+/// ReadIndexResponse still in flight) never matches a new one.
+fn first_request(incarnation: u64) -> u64 {
+    (incarnation & ((1 << 24) - 1)) << 40
 }
 
 /// A callback on every change of a node's role, term or leader.
@@ -218,9 +228,7 @@ impl<S: Storage> NodeTask<S> {
             sessions: HashMap::new(),
             peers,
             incarnation,
-            // Request ids are unique across runs too, so a reply to an earlier run's request
-            // (a ReadIndexResponse still in flight) can never match a new one.
-            next_request: incarnation << 40,
+            next_request: first_request(incarnation),
             proposal_bytes_max,
             writes: BTreeMap::new(),
             reads: ReadQueue::default(),
@@ -243,6 +251,7 @@ impl<S: Storage> NodeTask<S> {
                 .iter()
                 .map(|(k, v)| (k.to_string(), Bytes::from_static(v.as_bytes())))
                 .collect(),
+            recovering: false,
             scan_cursors: BTreeMap::new(),
             rng: rand::SeedableRng::seed_from_u64(id.0 ^ incarnation.rotate_left(32)),
             next_scan_cursor: 0,
@@ -535,6 +544,14 @@ impl<S: Storage> NodeTask<S> {
             self.settle_writes_in_snapshot()?;
             if let Some(m) = self.storage.membership()? {
                 self.raft.step(Input::SnapshotMembership(m));
+            }
+        }
+        if let Some(hs) = hard_state.filter(|hs| hs.recovering != self.recovering) {
+            self.recovering = hs.recovering;
+            if hs.recovering {
+                warn!(node = %self.id, term = %hs.term, "this node started with nothing on disk in a cluster that has data (a wiped or new disk): it votes only for up-to-date candidates and campaigns only once a leader has caught it up");
+            } else {
+                info!(node = %self.id, term = %hs.term, "caught up with the leader after starting with nothing on disk; voting as usual");
             }
         }
         // 1. Written now, durable once the sync task syncs it (`on_synced`).
