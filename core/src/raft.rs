@@ -380,6 +380,17 @@ pub struct RaftNode {
     probe: Option<Probe>,
     /// A recovering node votes only for candidates whose log is at least this up-to-date.
     vote_floor: Option<(Term, LogIndex)>,
+    /// (term, index): in that term, the leader's AppendEntries proved this log matches its
+    /// own up to the index.
+    verified: (Term, LogIndex),
+    /// This process started blank or recovering: a leader may still count acknowledgements
+    /// this node gave before it lost its disk (a stale match index), so a heartbeat's commit
+    /// is trusted only as far as `verified`, and heartbeat responses report that far.
+    started_suspect: bool,
+    /// A recovering node is released only by a leader of at least this term: the highest
+    /// term the voters reported, at least that of any entry committed with its lost
+    /// acknowledgements (an older, deposed leader may lack those entries).
+    release_term_min: Term,
     leader: Option<NodeId>,
     log: RaftLog,
     persisted_hard_state: HardState,
@@ -500,6 +511,9 @@ impl RaftNode {
             fresh: false,
             probe: None,
             vote_floor: None,
+            verified: (Term(0), LogIndex(0)),
+            started_suspect: false,
+            release_term_min: Term(0),
             leader: None,
             log,
             persisted_hard_state: restored.hard_state,
@@ -536,6 +550,7 @@ impl RaftNode {
         let blank = node.term == Term(0) && node.log.last_index() == LogIndex(0);
         if node.cfg.check_empty_start && (node.recovering || blank) {
             node.fresh = !node.recovering;
+            node.started_suspect = true;
             node.probe = Some(Probe {
                 nonce: node.rng.gen(),
                 voters: node.log.membership().voters.clone(),
@@ -1117,8 +1132,20 @@ impl RaftNode {
             self.voted_for = Some(self.cfg.id);
         }
         self.fresh = false;
+        self.release_term_min = p.term;
         if self.recovering {
             self.vote_floor = p.answers.values().copied().max().or(Some((Term(0), LogIndex(0))));
+        }
+    }
+
+    /// How far this node's log is known to match the current leader's. Its end, normally; for
+    /// a process that started blank or recovering, only what the leader's AppendEntries of
+    /// this term proved (`started_suspect`).
+    fn held_for_leader(&self) -> LogIndex {
+        match self.started_suspect {
+            false => self.log.last_index(),
+            true if self.verified.0 == self.term => self.verified.1.min(self.log.last_index()),
+            true => LogIndex(0),
         }
     }
 
@@ -1428,11 +1455,14 @@ impl RaftNode {
             }
             MessageBody::Heartbeat { commit, read_round } => {
                 self.accept_leader(m.from);
-                self.log.commit_to(commit.min(self.log.last_index()));
-                let body = MessageBody::HeartbeatResponse {
-                    read_round,
-                    last_log_index: self.log.last_index(),
-                };
+                // The leader caps the commit at what it knows this node holds; after a wipe
+                // that knowledge may be stale (entries from a deposed leader can sit where
+                // the committed ones were), so such a node commits only as far as this
+                // leader's AppendEntries proved, and reports that far: a leader whose match
+                // is above it starts over (`handle_heartbeat_response`).
+                let held = self.held_for_leader();
+                self.log.commit_to(commit.min(held));
+                let body = MessageBody::HeartbeatResponse { read_round, last_log_index: held };
                 self.send(m.from, body);
             }
             MessageBody::AppendEntriesResponse { success, index, hint, hint_term } => {
@@ -1565,11 +1595,17 @@ impl RaftNode {
         let body = match self.log.maybe_append(prev, prev_term, entries) {
             Some(last_new) => {
                 self.log.commit_to(leader_commit.min(last_new));
+                if self.verified.0 != self.term {
+                    self.verified = (self.term, LogIndex(0));
+                }
+                self.verified.1 = self.verified.1.max(last_new);
                 // Caught up: the log holds the leader's up to its commit index, and the entry
                 // there is of the leader's term, so every entry committed before this term
                 // (the leader holds them all) is here too. Written with the entries, the flag
                 // is durable only once they are, and a vote waits for that sync.
                 if self.recovering
+                    && self.probe.is_none()
+                    && self.term >= self.release_term_min
                     && leader_commit <= last_new
                     && self.log.term(leader_commit) == Some(self.term)
                 {
