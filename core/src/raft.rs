@@ -440,8 +440,12 @@ pub struct RaftNode {
 #[derive(Clone, Debug)]
 struct Probe {
     nonce: u64,
-    /// Every voter heard of: this node's membership's, and those the answers named.
+    /// The voters to hear from: those of the membership in the most up-to-date log that
+    /// answered (this node's own until one does). A voter removed long ago never answers,
+    /// so the voters of older memberships are not waited for.
     voters: BTreeSet<NodeId>,
+    /// The most up-to-date answer so far: (last term, last index).
+    newest: Option<(Term, LogIndex)>,
     /// Where each answering voter's log ended: (last term, last index).
     answers: BTreeMap<NodeId, (Term, LogIndex)>,
     /// The highest term an answer carried.
@@ -554,6 +558,7 @@ impl RaftNode {
             node.probe = Some(Probe {
                 nonce: node.rng.gen(),
                 voters: node.log.membership().voters.clone(),
+                newest: None,
                 answers: BTreeMap::new(),
                 term: Term(0),
             });
@@ -823,6 +828,11 @@ impl RaftNode {
         } else if meta.index > self.log.commit_index() {
             self.log.restore_snapshot(meta);
             self.install_snapshot = Some(meta);
+        }
+        // The leader's committed state up to `meta.index` is this node's now.
+        if self.log.commit_index() >= meta.index {
+            self.verified_to(meta.index);
+            self.maybe_release(meta.index);
         }
         self.answer_snapshot(from, meta);
     }
@@ -1107,7 +1117,10 @@ impl RaftNode {
         }
         p.answers.insert(from, last);
         p.term = p.term.max(term);
-        p.voters.extend(voters);
+        if p.newest.is_none_or(|newest| last > newest) {
+            p.newest = Some(last);
+            p.voters = voters.into_iter().collect();
+        }
         let done = p.voters.iter().all(|v| *v == self.cfg.id || p.answers.contains_key(v));
         if self.fresh && last.1 > LogIndex(0) {
             self.start_recovering();
@@ -1138,15 +1151,42 @@ impl RaftNode {
         }
     }
 
+    /// The current leader proved this log matches its own up to `index`.
+    fn verified_to(&mut self, index: LogIndex) {
+        if self.verified.0 != self.term {
+            self.verified = (self.term, LogIndex(0));
+        }
+        self.verified.1 = self.verified.1.max(index);
+    }
+
+    /// A recovering node caught up: its log holds the current leader's up to `committed`, a
+    /// committed index whose entry is of the leader's term, so every entry committed before
+    /// this term (the leader holds them all) is here too. Written with those entries, the
+    /// cleared flag is durable only once they are, and a vote waits for that sync.
+    fn maybe_release(&mut self, committed: LogIndex) {
+        if self.recovering
+            && self.probe.is_none()
+            && self.term >= self.release_term_min
+            && committed <= self.log.last_index()
+            && self.log.term(committed) == Some(self.term)
+        {
+            self.recovering = false;
+            self.vote_floor = None;
+        }
+    }
+
     /// How far this node's log is known to match the current leader's. Its end, normally; for
     /// a process that started blank or recovering, only what the leader's AppendEntries of
     /// this term proved (`started_suspect`).
     fn held_for_leader(&self) -> LogIndex {
+        // Committed entries match every current leader's log.
+        let committed = self.log.commit_index();
         match self.started_suspect {
             false => self.log.last_index(),
-            true if self.verified.0 == self.term => self.verified.1.min(self.log.last_index()),
-            true => LogIndex(0),
+            true if self.verified.0 == self.term => self.verified.1.max(committed),
+            true => committed,
         }
+        .min(self.log.last_index())
     }
 
     /// Entries exist, and this node may have lost some it acknowledged.
@@ -1595,23 +1635,9 @@ impl RaftNode {
         let body = match self.log.maybe_append(prev, prev_term, entries) {
             Some(last_new) => {
                 self.log.commit_to(leader_commit.min(last_new));
-                if self.verified.0 != self.term {
-                    self.verified = (self.term, LogIndex(0));
-                }
-                self.verified.1 = self.verified.1.max(last_new);
-                // Caught up: the log holds the leader's up to its commit index, and the entry
-                // there is of the leader's term, so every entry committed before this term
-                // (the leader holds them all) is here too. Written with the entries, the flag
-                // is durable only once they are, and a vote waits for that sync.
-                if self.recovering
-                    && self.probe.is_none()
-                    && self.term >= self.release_term_min
-                    && leader_commit <= last_new
-                    && self.log.term(leader_commit) == Some(self.term)
-                {
-                    self.recovering = false;
-                    self.vote_floor = None;
-                    self.probe = None;
+                self.verified_to(last_new);
+                if leader_commit <= last_new {
+                    self.maybe_release(leader_commit);
                 }
                 MessageBody::append_accepted(last_new)
             }
@@ -1689,6 +1715,7 @@ impl RaftNode {
             }
             if lost {
                 pr.match_index = LogIndex(0);
+                pr.commit_sent = LogIndex(0);
             }
             pr.state = ReplicationState::Probe { paused: false };
             pr.inflight.clear();
@@ -1714,6 +1741,7 @@ impl RaftNode {
             // its end; its match counts for nothing now. (A response overtaken by a later
             // acknowledgement costs one probe.)
             pr.match_index = LogIndex(0);
+            pr.commit_sent = LogIndex(0);
             pr.state = ReplicationState::Probe { paused: false };
             pr.inflight.clear();
             pr.next_index = last.next();

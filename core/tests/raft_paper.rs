@@ -1977,3 +1977,34 @@ fn a_leader_stops_counting_a_follower_that_lost_its_log() {
     let caught_up = c.run_until(10 * ELECTION_TICKS, |c| c.stored(3).len() as u64 == last.0);
     assert!(caught_up, "the leader noticed the empty log and sent it everything again");
 }
+
+#[test]
+fn a_wiped_node_caught_up_by_a_snapshot_is_released_and_stops_asking_for_more() {
+    let tune = |cfg: &mut Config| {
+        checking_empty_start(cfg);
+        compacting(cfg);
+    };
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], tune);
+    let formed = c.run_until(20 * ELECTION_TICKS, |c| c.converged(1).is_some());
+    assert!(formed);
+    let leader = c.leaders_now()[0].0;
+    let wiped = if leader == 3 { 2 } else { 3 };
+    propose_on(&mut c, leader, 1, 10);
+    c.crash(wiped);
+    c.peers.remove(&NodeId(wiped));
+    let mut cfg = config(wiped, 3);
+    tune(&mut cfg);
+    c.add_peer(NodeId(wiped), cfg, RestoredState::default());
+    c.down.remove(&NodeId(wiped));
+    let leader_last = c.status(leader).last_index;
+    let released = c.run_until(20 * ELECTION_TICKS, |c| {
+        c.status(wiped).applied_index == leader_last && !c.peer(wiped).hard_state.recovering
+    });
+    assert!(released, "caught up from a snapshot and released");
+    // Caught up, it is sent no snapshot again (its heartbeat responses report what the
+    // snapshot proved, so the leader keeps its match).
+    let installs_before = installs(&mut c, wiped).len();
+    assert!(installs_before >= 1, "it caught up through a snapshot");
+    c.run_ticks(5 * ELECTION_TICKS);
+    assert_eq!(installs(&mut c, wiped).len(), 0, "no snapshot after it caught up");
+}
