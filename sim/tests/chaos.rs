@@ -379,5 +379,5 @@ fn planted_membership_changes_overlapping_are_caught() {
 
 #[test]
 fn planted_wiped_disk_voting_is_caught() {
-    assert_caught_within(PlantedBug::WipedDiskVotes, 2500);
+    assert_caught_within(PlantedBug::WipedDiskVotes, 6000);
 }
