@@ -594,6 +594,15 @@ impl Cluster {
     fn crash(&mut self, id: u64) {
         self.down.insert(NodeId(id));
     }
+
+    /// Node `id`'s disk is wiped: it restarts blank under its id, with `tune`d config.
+    fn wipe(&mut self, id: u64, voters_count: u64, tune: impl Fn(&mut Config)) {
+        self.peers.remove(&NodeId(id));
+        let mut cfg = config(id, voters_count);
+        tune(&mut cfg);
+        self.add_peer(NodeId(id), cfg, RestoredState::default());
+        self.down.remove(&NodeId(id));
+    }
 }
 
 // ---- elections (§5.2, §5.4.1) ---------------------------------------------------------------
@@ -1928,12 +1937,7 @@ fn a_voter_whose_disk_was_wiped_does_not_vote_until_it_caught_up_with_a_leader()
         "W committed on {{leader, wiped}}"
     );
 
-    c.crash(wiped);
-    c.peers.remove(&NodeId(wiped));
-    let mut cfg = config(wiped, 3);
-    checking_empty_start(&mut cfg);
-    c.add_peer(NodeId(wiped), cfg, RestoredState::default());
-    c.down.remove(&NodeId(wiped));
+    c.wipe(wiped, 3, checking_empty_start);
     c.crash(leader);
     c.heal();
     c.run_ticks(10 * ELECTION_TICKS);
@@ -1970,10 +1974,7 @@ fn a_leader_stops_counting_a_follower_that_lost_its_log() {
     );
     // Node 3's disk is wiped; it comes back empty (without the start-up check, so only the
     // leader's side is tested here).
-    c.crash(3);
-    c.peers.remove(&NodeId(3));
-    c.add_peer(NodeId(3), config(3, 3), RestoredState::default());
-    c.down.remove(&NodeId(3));
+    c.wipe(3, 3, |_| {});
     let caught_up = c.run_until(10 * ELECTION_TICKS, |c| c.stored(3).len() as u64 == last.0);
     assert!(caught_up, "the leader noticed the empty log and sent it everything again");
 }
@@ -1990,12 +1991,7 @@ fn a_wiped_node_caught_up_by_a_snapshot_is_released_and_stops_asking_for_more() 
     let leader = c.leaders_now()[0].0;
     let wiped = if leader == 3 { 2 } else { 3 };
     propose_on(&mut c, leader, 1, 10);
-    c.crash(wiped);
-    c.peers.remove(&NodeId(wiped));
-    let mut cfg = config(wiped, 3);
-    tune(&mut cfg);
-    c.add_peer(NodeId(wiped), cfg, RestoredState::default());
-    c.down.remove(&NodeId(wiped));
+    c.wipe(wiped, 3, tune);
     let leader_last = c.status(leader).last_index;
     let released = c.run_until(20 * ELECTION_TICKS, |c| {
         c.status(wiped).applied_index == leader_last && !c.peer(wiped).hard_state.recovering
