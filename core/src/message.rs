@@ -117,6 +117,10 @@ pub enum MessageBody {
         last_index: LogIndex,
         last_term: Term,
         voters: Vec<NodeId>,
+        /// The addresses of those voters that the answering node's membership holds: a node
+        /// that restarted blank knows only the voters it was started with, and must reach
+        /// every current one to finish its probe.
+        addrs: Vec<(NodeId, String)>,
     },
 }
 

@@ -380,6 +380,9 @@ pub struct RaftNode {
     probe: Option<Probe>,
     /// A recovering node votes only for candidates whose log is at least this up-to-date.
     vote_floor: Option<(Term, LogIndex)>,
+    /// Voters' addresses learned from probe answers, for a node started blank or recovering
+    /// whose own membership does not name every current voter (`probe_addrs()`).
+    probe_addrs: BTreeMap<NodeId, String>,
     /// (term, index): in that term, the leader's AppendEntries proved this log matches its
     /// own up to the index.
     verified: (Term, LogIndex),
@@ -515,6 +518,7 @@ impl RaftNode {
             fresh: false,
             probe: None,
             vote_floor: None,
+            probe_addrs: BTreeMap::new(),
             verified: (Term(0), LogIndex(0)),
             started_suspect: false,
             release_term_min: Term(0),
@@ -565,6 +569,13 @@ impl RaftNode {
             node.probe_voters();
         }
         Ok(node)
+    }
+
+    /// Addresses of voters that probe answers named (empty unless this node started blank or
+    /// recovering): the runtime connects to them, since a probe waits for every voter and this
+    /// node's own membership may be older than the one they belong to.
+    pub fn probe_addrs(&self) -> &BTreeMap<NodeId, String> {
+        &self.probe_addrs
     }
 
     pub fn config(&self) -> &Config {
@@ -1110,6 +1121,7 @@ impl RaftNode {
         nonce: u64,
         last: (Term, LogIndex),
         voters: Vec<NodeId>,
+        addrs: Vec<(NodeId, String)>,
     ) {
         let Some(p) = &mut self.probe else { return };
         if nonce != p.nonce {
@@ -1120,6 +1132,13 @@ impl RaftNode {
         if p.newest.is_none_or(|newest| last > newest) {
             p.newest = Some(last);
             p.voters = voters.into_iter().collect();
+        }
+        // Any answer's addresses may name a voter this node has no address for (the newest
+        // answer's voters are among the newest membership's, or the older ones it came from).
+        for (id, addr) in addrs {
+            if id != self.cfg.id {
+                self.probe_addrs.entry(id).or_insert(addr);
+            }
         }
         let done = p.voters.iter().all(|v| *v == self.cfg.id || p.answers.contains_key(v));
         if self.fresh && last.1 > LogIndex(0) {
@@ -1390,17 +1409,24 @@ impl RaftNode {
         // Start-up probes are no Raft traffic: their terms change nothing.
         match m.body {
             MessageBody::StateProbe { nonce } => {
+                let ms = self.log.membership();
                 let body = MessageBody::StateProbeResponse {
                     nonce,
                     last_index: self.log.last_index(),
                     last_term: self.log.last_term(),
-                    voters: self.log.membership().voters.iter().copied().collect(),
+                    voters: ms.voters.iter().copied().collect(),
+                    addrs: ms
+                        .voters
+                        .iter()
+                        .filter_map(|v| Some((*v, ms.addrs.get(v)?.clone())))
+                        .collect(),
                 };
                 self.send(m.from, body);
                 return;
             }
-            MessageBody::StateProbeResponse { nonce, last_index, last_term, voters } => {
-                return self.probe_answered(m.from, m.term, nonce, (last_term, last_index), voters);
+            MessageBody::StateProbeResponse { nonce, last_index, last_term, voters, addrs } => {
+                let last = (last_term, last_index);
+                return self.probe_answered(m.from, m.term, nonce, last, voters, addrs);
             }
             MessageBody::AppendEntries { .. }
             | MessageBody::Heartbeat { .. }

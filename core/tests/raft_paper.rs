@@ -1916,6 +1916,59 @@ fn a_blank_node_neither_campaigns_nor_votes_until_every_voter_says_its_log_is_em
 }
 
 #[test]
+fn a_blank_node_learns_from_probe_answers_where_the_voters_it_never_knew_are() {
+    // Node 3 was started with voters {1,2,3}; nodes 4 and 5 joined since. Restarted blank, it
+    // must reach them too (a probe waits for every voter), and only an answer says where.
+    let mut cfg = config(3, 3);
+    checking_empty_start(&mut cfg);
+    let mut node = RaftNode::new(cfg, RestoredState::default()).expect("valid");
+    node.ready();
+    assert!(node.probe_addrs().is_empty());
+    let voters = vec![NodeId(1), NodeId(2), NodeId(3), NodeId(4), NodeId(5)];
+    let addrs: Vec<(NodeId, String)> =
+        voters.iter().map(|v| (*v, format!("10.0.0.{}:7000", v.0))).collect();
+    let nonce = node
+        .ready()
+        .messages
+        .into_iter()
+        .chain((0..HEARTBEAT_TICKS).flat_map(|_| {
+            node.step(Input::Tick);
+            node.ready().messages
+        }))
+        .find_map(|m| match m.body {
+            MessageBody::StateProbe { nonce } => Some(nonce),
+            _ => None,
+        })
+        .expect("the blank node probes");
+    node.step(Input::Message(msg(
+        1,
+        3,
+        4,
+        MessageBody::StateProbeResponse {
+            nonce,
+            last_index: LogIndex(9),
+            last_term: Term(4),
+            voters: voters.clone(),
+            addrs,
+        },
+    )));
+    let learned: Vec<u64> = node.probe_addrs().keys().map(|id| id.0).collect();
+    assert_eq!(learned, vec![1, 2, 4, 5], "every voter but itself, with its address");
+    assert_eq!(node.probe_addrs()[&NodeId(5)], "10.0.0.5:7000");
+    // The probe now waits for nodes 4 and 5 as well.
+    let mut asked = BTreeSet::new();
+    for _ in 0..HEARTBEAT_TICKS {
+        node.step(Input::Tick);
+        for m in node.ready().messages {
+            if matches!(m.body, MessageBody::StateProbe { .. }) {
+                asked.insert(m.to.0);
+            }
+        }
+    }
+    assert_eq!(asked, BTreeSet::from([2, 4, 5]), "asks every voter that has not answered");
+}
+
+#[test]
 fn a_voter_whose_disk_was_wiped_does_not_vote_until_it_caught_up_with_a_leader() {
     // The scenario of issue 13: W commits on {1,3} while 2 lags; 3's disk is wiped and it
     // restarts empty; 1 crashes; 2 campaigns. Had 3 voted for 2, W would be lost.

@@ -114,14 +114,23 @@ impl<S: Storage> NodeTask<S> {
 
     /// The membership in effect (the last in the log) changed: log it, and let the transport
     /// reach every member.
+    /// A node probing at start-up (it started blank or recovering) also reaches the voters
+    /// the probe answers named, which its own membership may not.
     pub(super) fn follow_membership(&mut self) {
-        if self.raft.membership() == &self.known_membership {
+        let probe_addrs = self.raft.probe_addrs();
+        if self.raft.membership() == &self.known_membership
+            && probe_addrs.len() == self.known_probe_addrs
+        {
             return;
         }
+        self.known_probe_addrs = probe_addrs.len();
         let m = self.raft.membership().clone();
-        info!(node = %self.id, voters = ?m.voters.iter().map(|v| v.0).collect::<Vec<_>>(), learners = ?m.learners.iter().map(|v| v.0).collect::<Vec<_>>(), "membership changed");
+        if m != self.known_membership {
+            info!(node = %self.id, voters = ?m.voters.iter().map(|v| v.0).collect::<Vec<_>>(), learners = ?m.learners.iter().map(|v| v.0).collect::<Vec<_>>(), "membership changed");
+        }
         let mut peers = BTreeMap::new();
-        for (id, addr) in &m.addrs {
+        let learned = probe_addrs.iter().filter(|(id, _)| !m.addrs.contains_key(id));
+        for (id, addr) in m.addrs.iter().chain(learned) {
             match addr.parse() {
                 Ok(a) => {
                     peers.insert(*id, a);

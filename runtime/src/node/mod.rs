@@ -138,6 +138,8 @@ pub struct NodeTask<S: Storage> {
     promote_after: Instant,
     /// The membership the transport was last set up for.
     known_membership: Membership,
+    /// How many probe-learned addresses the transport was given (`follow_membership`).
+    known_probe_addrs: usize,
     wall_clock: WallClock,
     /// Time of the last applied entry (`Entry::time`): expiry is decided at it.
     applied_time: u64,
@@ -244,6 +246,7 @@ impl<S: Storage> NodeTask<S> {
             transfers: Vec::new(),
             promote_after: Instant::now(),
             known_membership: Membership::default(),
+            known_probe_addrs: 0,
             wall_clock,
             applied_time,
             expiry: Expiry::default(),
