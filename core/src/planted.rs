@@ -42,10 +42,14 @@ pub enum PlantedBug {
     /// ignored): its empty log is up to date against any candidate, so a node missing writes
     /// the wiped one had acknowledged can win and lose them.
     WipedDiskVotes,
+    /// The leader judges its lease by its tick count alone (`Config::tick_us` ignored): after
+    /// its task stalled, or its timer fired late, the count lags real time and the lease
+    /// outlives the followers' promise not to vote.
+    LeaseByTicksAlone,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 11] = [
+    pub const ALL: [PlantedBug; 12] = [
         PlantedBug::VoteWithoutLogCheck,
         PlantedBug::FollowerLocalReads,
         PlantedBug::AckBeforeSync,
@@ -57,6 +61,7 @@ impl PlantedBug {
         PlantedBug::MembershipChangesOverlap,
         PlantedBug::ExpiryByLocalClock,
         PlantedBug::WipedDiskVotes,
+        PlantedBug::LeaseByTicksAlone,
     ];
 }
 

@@ -52,6 +52,12 @@ pub struct Config {
     /// read confirms leadership with ReadIndex). Must be below the election timeout scaled by
     /// the worst clock-rate ratio between nodes: see `lease_ticks_for_drift`.
     pub lease_ticks: u32,
+    /// The length of a tick in microseconds of the clock `Input::Now` reads. With leases on
+    /// and this set, a lease also ends once that clock passed `lease_ticks * tick_us` since
+    /// its round started, however far the tick count lags: a runtime that stalled (a slow
+    /// fsync, a long command) sees its overdue ticks only after the inputs queued meanwhile.
+    /// 0: leases are judged by ticks alone, for tests that drive no clock.
+    pub tick_us: u64,
     /// A node that starts with an empty log cannot tell a new cluster from a disk that lost
     /// what it had acknowledged (wiped or replaced under the same id), and its vote for a
     /// candidate missing committed entries would lose them. So it neither votes nor
@@ -83,6 +89,7 @@ impl Config {
             snapshot_bytes: 64 << 20,
             snapshot_keep_entries: 1_000,
             lease_ticks: 0,
+            tick_us: 0,
             check_empty_start: true,
             seed,
             planted: None,
@@ -143,6 +150,14 @@ pub fn lease_ticks_for_drift(election_ticks: u32, max_rate_ratio: f64) -> Option
 pub struct ConfigError(pub String);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VoteKind {
+    PreVote,
+    Vote,
+    /// A RequestVote sent on the leader's TimeoutNow (thesis §3.10).
+    Transfer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Follower,
     PreCandidate,
@@ -169,6 +184,11 @@ pub enum Input {
     /// The runtime's wall clock, in milliseconds since the Unix epoch: the leader stamps the
     /// entries it appends with it (`Entry::time`). Consensus never reads it.
     Clock(u64),
+    /// The node's monotonic clock, in microseconds from any origin (a smaller value than the
+    /// last is ignored): leases are judged against it (`Config::tick_us`). A runtime steps it
+    /// right before every input that may serve a read or start a lease round (`Read`,
+    /// `Message`, `Tick`), so a lease is never judged by a stale time.
+    Now(u64),
     Message(Message),
     /// A client proposal; `id` comes back in `Ready::rejected` if it cannot be accepted here.
     Propose {
@@ -406,12 +426,21 @@ pub struct RaftNode {
     /// Read rounds: a read registered in round r is confirmed when a quorum acks round >= r.
     read_round: u64,
     read_round_needed: bool,
+    /// The tick this node last accepted a leader's AppendEntries, heartbeat or snapshot chunk
+    /// at (with leases on, 0 from the start: it may have acknowledged a lease before it
+    /// restarted). For an election timeout after it, the node grants no vote but a
+    /// leadership transfer's (`in_leader_lease`), whatever term it learned meanwhile: a
+    /// leader's lease counts on that promise (thesis §6.4.1).
+    leader_heard_at: Option<u64>,
     /// Ticks since start: the leader's clock for leases.
     ticks: u64,
-    /// Leader only: the tick each unconfirmed round started at (kept when leases are on).
-    round_started: VecDeque<(u64, u64)>,
-    /// Leader only: reads are served without a round while `ticks < lease_until`.
+    /// Leader only: the tick and the time (`now_us`) each unconfirmed round started at (kept
+    /// when leases are on).
+    round_started: VecDeque<(u64, u64, u64)>,
+    /// Leader only: reads are served without a round while `ticks < lease_until` and, with a
+    /// clock (`Config::tick_us`), `now_us < lease_until_us`.
     lease_until: u64,
+    lease_until_us: u64,
     /// Leader only: set once it told a node to campaign (a transfer): that node's vote
     /// requests bypass the followers' wait, so no lease holds for the rest of the term.
     lease_revoked: bool,
@@ -430,6 +459,8 @@ pub struct RaftNode {
     pending_membership: LogIndex,
     /// The last `Input::Clock`.
     clock_ms: u64,
+    /// The latest `Input::Now`.
+    now_us: u64,
     /// Leader only: followers that need a snapshot, sent with the next `ready`.
     snapshot_wanted: Vec<NodeId>,
     /// Leader only: the node leadership is being handed to, ticks since the transfer began,
@@ -526,6 +557,7 @@ impl RaftNode {
             log,
             persisted_hard_state: restored.hard_state,
             election_elapsed: 0,
+            leader_heard_at: None,
             heartbeat_elapsed: 0,
             randomized_election_ticks: cfg.election_ticks,
             votes: BTreeMap::new(),
@@ -535,6 +567,7 @@ impl RaftNode {
             ticks: 0,
             round_started: VecDeque::new(),
             lease_until: 0,
+            lease_until_us: 0,
             lease_revoked: false,
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
@@ -546,6 +579,7 @@ impl RaftNode {
             install_snapshot: None,
             pending_membership: LogIndex(0),
             clock_ms: 0,
+            now_us: 0,
             snapshot_wanted: Vec::new(),
             transfer: None,
             snapshot_acks: Vec::new(),
@@ -553,6 +587,9 @@ impl RaftNode {
             cfg,
         };
         node.reset_election_timer();
+        if node.lease_ticks() > 0 {
+            node.leader_heard_at = Some(0);
+        }
         // Nothing on disk at all: a brand-new node, or one whose disk was wiped. (A node with a
         // term but no log is neither: its disk is intact and it never acknowledged an entry.)
         let blank = node.term == Term(0) && node.log.last_index() == LogIndex(0);
@@ -636,6 +673,7 @@ impl RaftNode {
         match input {
             Input::Tick => self.tick(),
             Input::Clock(ms) => self.clock_ms = ms,
+            Input::Now(us) => self.now_us = self.now_us.max(us),
             Input::Message(m) => self.step_message(m),
             Input::Propose { id, data } => self.propose(id, data),
             Input::Read { id } => self.read(id, self.cfg.id),
@@ -1253,6 +1291,7 @@ impl RaftNode {
         self.transfer = None;
         self.round_started.clear();
         self.lease_until = 0;
+        self.lease_until_us = 0;
         self.lease_revoked = false;
         if was_leader {
             for r in std::mem::take(&mut self.pending_reads) {
@@ -1311,13 +1350,17 @@ impl RaftNode {
     fn handle_vote_request(
         &mut self,
         m: &Message,
-        pre_vote: bool,
+        kind: VoteKind,
         last_index: LogIndex,
         last_term: Term,
     ) {
+        let pre_vote = kind == VoteKind::PreVote;
+        // A vote already given is given again; a new one waits out a leader's lease, unless
+        // that leader asked for it (a transfer revokes its lease).
+        let promised = kind != VoteKind::Transfer && self.in_leader_lease();
         let can_vote = self.voted_for == Some(m.from)
-            || (self.voted_for.is_none() && self.leader.is_none())
-            || (pre_vote && m.term > self.term);
+            || (self.voted_for.is_none() && self.leader.is_none() && !promised)
+            || (pre_vote && m.term > self.term && !promised);
         let log_ok = self.log.is_up_to_date(last_index, last_term)
             || crate::planted::active(self.cfg.planted, crate::PlantedBug::VoteWithoutLogCheck);
         let granted = can_vote && log_ok && self.may_vote_for((last_term, last_index));
@@ -1354,11 +1397,13 @@ impl RaftNode {
 
     fn in_leader_lease(&self) -> bool {
         // Heard from a live leader within the minimum election timeout (thesis §4.2.3): ignore
-        // vote requests so a rejoining node cannot depose a healthy leader. With leases on, a
-        // node that just started may have acknowledged a leader's lease before it stopped, so
-        // it waits one election timeout too.
-        let just_started = self.lease_ticks() > 0 && self.ticks < self.cfg.election_ticks as u64;
-        (self.leader.is_some() || just_started) && self.election_elapsed < self.cfg.election_ticks
+        // vote requests so a rejoining node cannot depose a healthy leader. With leases on this
+        // is also the promise a leader's lease rests on, so it holds whether or not this node
+        // still knows that leader: a higher term learned from a rejection or a response makes
+        // it forget the leader, not the promise. A node that just started may have
+        // acknowledged a lease before it stopped (`leader_heard_at`).
+        let timeout = u64::from(self.cfg.election_ticks);
+        self.leader_heard_at.is_some_and(|at| self.ticks < at + timeout)
     }
 
     // ---- leases (thesis §6.4.1) -------------------------------------------------------------
@@ -1375,7 +1420,7 @@ impl RaftNode {
     fn start_round(&mut self) {
         self.read_round += 1;
         if self.lease_ticks() > 0 {
-            self.round_started.push_back((self.read_round, self.ticks));
+            self.round_started.push_back((self.read_round, self.ticks, self.now_us));
         }
     }
 
@@ -1386,6 +1431,9 @@ impl RaftNode {
             && self.lease_ticks() > 0
             && !self.lease_revoked
             && self.ticks < self.lease_until
+            && (self.cfg.tick_us == 0
+                || self.now_us < self.lease_until_us
+                || crate::planted::active(self.cfg.planted, crate::PlantedBug::LeaseByTicksAlone))
             && self.log.term(self.log.commit_index()) == Some(self.term)
     }
 
@@ -1494,10 +1542,11 @@ impl RaftNode {
 
         match m.body {
             MessageBody::PreVote { last_log_index, last_log_term } => {
-                self.handle_vote_request(&m, true, last_log_index, last_log_term)
+                self.handle_vote_request(&m, VoteKind::PreVote, last_log_index, last_log_term)
             }
-            MessageBody::RequestVote { last_log_index, last_log_term, .. } => {
-                self.handle_vote_request(&m, false, last_log_index, last_log_term)
+            MessageBody::RequestVote { last_log_index, last_log_term, transfer } => {
+                let kind = if transfer { VoteKind::Transfer } else { VoteKind::Vote };
+                self.handle_vote_request(&m, kind, last_log_index, last_log_term)
             }
             MessageBody::PreVoteResponse { granted } => {
                 // A granted pre-vote carries the term we would campaign in.
@@ -1622,6 +1671,7 @@ impl RaftNode {
         debug_assert!(self.leader.is_none() || self.leader == Some(leader));
         self.leader = Some(leader);
         self.election_elapsed = 0;
+        self.leader_heard_at = Some(self.ticks);
     }
 
     fn handle_append(
@@ -2017,9 +2067,12 @@ impl RaftNode {
         }
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed = rounds[self.quorum() - 1];
-        while self.round_started.front().is_some_and(|(r, _)| *r <= confirmed) {
-            let (_, started) = self.round_started.pop_front().expect("checked");
-            self.lease_until = self.lease_until.max(started + self.lease_ticks() as u64);
+        while self.round_started.front().is_some_and(|(r, _, _)| *r <= confirmed) {
+            let (_, started, started_us) = self.round_started.pop_front().expect("checked");
+            let lease = u64::from(self.lease_ticks());
+            self.lease_until = self.lease_until.max(started + lease);
+            let lease_us = lease.saturating_mul(self.cfg.tick_us);
+            self.lease_until_us = self.lease_until_us.max(started_us.saturating_add(lease_us));
         }
         let mut remote: BTreeMap<NodeId, (Vec<u64>, LogIndex)> = BTreeMap::new();
         while self.pending_reads.front().is_some_and(|r| r.round <= confirmed) {

@@ -1474,6 +1474,70 @@ fn an_isolated_leader_stops_serving_lease_reads_before_anyone_else_can_lead_6_4_
 }
 
 #[test]
+fn a_higher_term_learned_from_a_rejection_does_not_cancel_a_promise_not_to_vote_6_4_1() {
+    // Issue 13.3, five nodes: F acks the leader's heartbeat (the leader's lease counts on F),
+    // then learns term T+1 from a pre-vote rejection, and C asks for its vote in T+1. Had F
+    // granted it, C could win with F and two others and commit while the old leader still
+    // served lease reads without C's writes.
+    let mut c = Cluster::restored(vec![RestoredState::default(); 5], leasing);
+    assert!(c.run_until(20 * ELECTION_TICKS, |c| c.converged(1).is_some()), "no leader");
+    let l = c.converged(1).expect("converged").0;
+    let others: Vec<u64> = (1..=5).filter(|i| *i != l).collect();
+    let (f, cand, rejecter) = (others[0], others[1], others[2]);
+    c.run_ticks(HEARTBEAT_TICKS);
+    assert!(c.peer(l).node.lease_remaining() > 0, "the leader holds a lease");
+    let t = c.status(f).term.0;
+    let last = c.stored(l).last().expect("the leader's first entry");
+    let (last_term, last_index) = (last.term, last.index);
+    c.step(
+        f,
+        Input::Message(msg(rejecter, f, t + 1, MessageBody::PreVoteResponse { granted: false })),
+    );
+    c.process(f);
+    assert_eq!(c.status(f).term.0, t + 1, "the higher term is adopted");
+    let sent_before = c.sent.len();
+    let vote = MessageBody::RequestVote {
+        last_log_index: last_index,
+        last_log_term: last_term,
+        transfer: false,
+    };
+    c.step(f, Input::Message(msg(cand, f, t + 1, vote)));
+    c.process(f);
+    let granted = c.sent[sent_before..].iter().any(|m| {
+        m.from == NodeId(f) && m.body == MessageBody::RequestVoteResponse { granted: true }
+    });
+    assert!(!granted, "node {f} voted while the lease it acknowledged may still hold");
+}
+
+#[test]
+fn a_lease_ends_by_the_clock_even_when_the_ticks_lag_6_4_1() {
+    // Issue 13.4: a leader whose task stalled sees its overdue ticks only after the reads
+    // queued meanwhile. The clock read at the moment of the read decides.
+    const TICK_US: u64 = 10_000;
+    let tune = |cfg: &mut Config| {
+        leasing(cfg);
+        cfg.tick_us = TICK_US;
+    };
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], tune);
+    assert!(c.run_until(20 * ELECTION_TICKS, |c| c.converged(1).is_some()), "no leader");
+    let l = c.converged(1).expect("converged").0;
+    // A round starts at time 0 (no clock stepped yet) and the followers acknowledge it.
+    c.run_ticks(HEARTBEAT_TICKS);
+    let lease = c.peer(l).node.lease_remaining();
+    assert!(lease > 0, "the leader holds a lease by its ticks");
+    let lease_ticks = c.peer(l).node.config().lease_ticks as u64;
+    c.step(l, Input::Now(lease_ticks * TICK_US - 1));
+    assert!(read_released_at_once(&mut c, l, 1), "within the lease by the clock too");
+    // The clock moved past the lease; not one tick was counted meanwhile.
+    c.step(l, Input::Now(lease_ticks * TICK_US + 2 * HEARTBEAT_TICKS as u64 * TICK_US));
+    assert_eq!(c.peer(l).node.lease_remaining(), 0, "INFO shows no lease either");
+    assert!(!read_released_at_once(&mut c, l, 2), "the lease ended by the clock");
+    // It is served after a round confirms leadership, as any read without a lease.
+    c.settle();
+    assert!(c.peer(l).reads_served.iter().chain(&c.peer(l).reads_waiting).any(|r| r.id == 2));
+}
+
+#[test]
 fn a_leadership_transfer_revokes_the_lease_3_10_6_4_1() {
     let (mut c, l, f, g) = leasing_cluster();
     c.run_ticks(HEARTBEAT_TICKS);

@@ -55,6 +55,9 @@ pub struct SimHooks {
     /// The node's wall clock in milliseconds since the Unix epoch; None: the system's. The
     /// simulation offsets each node's.
     pub wall_clock: Option<node::WallClock>,
+    /// The node's monotonic clock, which judges leases; None: the system's. The simulation
+    /// runs each node's at its clock's rate.
+    pub mono_clock: Option<node::MonoClock>,
     pub on_status: Option<StatusHook>,
     /// The wait before each WAL sync (a disk's latency); None: none. The simulation draws
     /// it, so crashes land between a write and its sync.
@@ -66,6 +69,7 @@ impl std::fmt::Debug for SimHooks {
         f.debug_struct("SimHooks")
             .field("tick_period", &self.tick_period.is_some())
             .field("wall_clock", &self.wall_clock.is_some())
+            .field("mono_clock", &self.mono_clock.is_some())
             .field("on_status", &self.on_status.is_some())
             .field("sync_delay", &self.sync_delay.is_some())
             .finish()
@@ -170,7 +174,12 @@ pub async fn start<S: Storage>(
         .map_or(restored.snapshot.time, |e| e.time);
     info!(node = %opts.raft.id, term = %restored.hard_state.term, applied = %applied,
         log_entries = restored.entries.len(), incarnation, "restored from storage");
-    let raft = RaftNode::new(opts.raft.clone(), restored)?;
+    let mut raft_cfg = opts.raft.clone();
+    if raft_cfg.tick_us == 0 {
+        // Leases are judged by the monotonic clock in units of this node's tick.
+        raft_cfg.tick_us = opts.tuning.tick.as_micros().max(1) as u64;
+    }
+    let raft = RaftNode::new(raft_cfg, restored)?;
     // Peers: every member of the membership in effect (the last in the log) and of the
     // applied one.
     let latest = raft.membership().addrs.iter().map(|(id, a)| (*id, a.clone()));
@@ -230,6 +239,7 @@ pub async fn start<S: Storage>(
         proposal_bytes_max,
         info,
         wall_clock,
+        mono_clock: opts.hooks.mono_clock.clone().unwrap_or_else(node::system_mono_clock),
     };
     let mut task = NodeTask::new(raft, storage, peers, opts.tuning, start)
         .with_status_hook(opts.hooks.on_status.clone());

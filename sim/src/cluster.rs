@@ -87,6 +87,9 @@ pub struct SkewClock {
     /// The node's wall clock (which stamps the entries it appends as leader) is this far
     /// from the simulation's.
     wall_offset_ms: AtomicI64,
+    /// The node's monotonic clock (which judges its leases) runs at `rate_ppm`: its reading
+    /// when the rate last changed, and the true time then.
+    mono_base: Mutex<Option<(madsim::time::Instant, f64)>>,
 }
 
 impl SkewClock {
@@ -95,12 +98,33 @@ impl SkewClock {
             rate_ppm: AtomicU64::new(1_000_000),
             offset_us: AtomicU64::new(0),
             wall_offset_ms: AtomicI64::new(0),
+            mono_base: Mutex::new(None),
         })
     }
 
     /// From now on the node's ticks run `rate` times as fast as true time.
     pub fn set_rate(&self, rate: f64) {
+        let mut base = self.mono_base.lock().unwrap_or_else(|p| p.into_inner());
+        let now = madsim::time::Instant::now();
+        *base = Some((now, self.mono_us_at(&mut base, now)));
         self.rate_ppm.store((rate * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// The node's monotonic clock in microseconds: true time scaled by the node's rate, so
+    /// its leases run as fast or as slow as its ticks. (The phase shift of `shift` delays
+    /// ticks only: a timer that fires late, as after a stalled task.)
+    pub fn mono_us(&self) -> u64 {
+        let mut base = self.mono_base.lock().unwrap_or_else(|p| p.into_inner());
+        self.mono_us_at(&mut base, madsim::time::Instant::now()) as u64
+    }
+
+    fn mono_us_at(
+        &self,
+        base: &mut Option<(madsim::time::Instant, f64)>,
+        now: madsim::time::Instant,
+    ) -> f64 {
+        let (since, at) = *base.get_or_insert((now, 0.0));
+        at + now.duration_since(since).as_secs_f64() * 1e6 * self.rate()
     }
 
     pub fn rate(&self) -> f64 {
@@ -243,7 +267,11 @@ impl SimCluster {
                             let clock = clock.clone();
                             move || clock.next_period()
                         })),
-                        wall_clock: Some(Arc::new(move || clock.wall_ms())),
+                        wall_clock: Some(Arc::new({
+                            let clock = clock.clone();
+                            move || clock.wall_ms()
+                        })),
+                        mono_clock: Some(Arc::new(move || clock.mono_us())),
                         on_status: Some(Arc::new(move |s| on_status.on_status(s))),
                         sync_delay,
                     };

@@ -43,10 +43,6 @@ pub struct Swarm {
     /// RAFT.NODE ADD of a spare host, or RAFT.NODE REMOVE of a member (the leader too), sent
     /// to a random node.
     pub membership: bool,
-    /// Clock skew also shifts a clock's phase (a tick fires up to 200 ms late). Off when the
-    /// run uses leader leases: a lease assumes clocks whose rates differ by a bounded ratio,
-    /// and a late tick on the leader is a clock that stood still.
-    pub skew_phase: bool,
     /// Mean time between nemesis actions.
     pub interval: Duration,
     /// How long a fault lasts, at most.
@@ -69,7 +65,6 @@ impl Swarm {
             client_cuts: rng.gen_bool(0.3),
             transfers: rng.gen_bool(0.4),
             membership: rng.gen_bool(0.4),
-            skew_phase: true,
             interval: Duration::from_millis(rng.gen_range(100..1500)),
             fault_max: Duration::from_millis(rng.gen_range(300..4000)),
         };
@@ -101,7 +96,6 @@ impl Swarm {
             client_cuts: false,
             transfers: false,
             membership: false,
-            skew_phase: true,
             interval: Duration::from_secs(1),
             fault_max: Duration::from_secs(1),
         }
@@ -209,6 +203,9 @@ pub struct Nemesis<'a> {
 /// Clock rates the skew nemesis draws from (relative to true time).
 pub const SKEW_RATE_MIN: f64 = 0.5;
 pub const SKEW_RATE_MAX: f64 = 2.0;
+
+/// The latest a skewed node's next tick may fire: two election timeouts of the simulation.
+const STALL_MAX_US: u64 = 1_000_000;
 
 /// How often the nemesis looks for a new leader during leader churn, and for unsynced writes
 /// before a power loss.
@@ -565,6 +562,16 @@ impl<'a> Nemesis<'a> {
                     self.log(format!(
                         "clock of leader {leader} at {SKEW_RATE_MIN}x, every other clock at {SKEW_RATE_MAX}x"
                     ));
+                    // Half the time the leader's timer also fires late, as after a stalled
+                    // task: its tick count lags its clock (issue 13.4).
+                    if self.rng.gen_bool(0.5) {
+                        let stall = Duration::from_micros(self.rng.gen_range(0..STALL_MAX_US));
+                        c.clocks[&leader].shift(stall);
+                        self.log(format!(
+                            "ticks of leader {leader} late by {}ms",
+                            stall.as_millis()
+                        ));
+                    }
                     // And half the time the rest of a lease attack: the slow leader cut off
                     // from its peers (not from clients) while the fast ones elect another.
                     let partitioned =
@@ -710,8 +717,11 @@ impl<'a> Nemesis<'a> {
 
     fn skew(&mut self, id: NodeId) {
         let rate = self.rng.gen_range(SKEW_RATE_MIN..SKEW_RATE_MAX);
-        let offset = Duration::from_micros(self.rng.gen_range(0..200_000));
-        let offset = if self.swarm.skew_phase { offset } else { Duration::ZERO };
+        // The clock's phase shifts too: its next tick fires late (now and then as late as
+        // after a stalled task), while its monotonic clock runs on. A leader judges its lease
+        // by that clock, so late ticks must not extend it (issue 13.4).
+        let max = if self.rng.gen_bool(0.3) { STALL_MAX_US } else { 200_000 };
+        let offset = Duration::from_micros(self.rng.gen_range(0..max));
         // Wall clocks (which stamp the log, and so decide expiry) up to 3 s apart.
         let wall = self.rng.gen_range(-3_000..=3_000);
         self.cluster.clocks[&id].set_rate(rate);

@@ -172,7 +172,6 @@ async fn simulate(opts: RunOptions) -> RunReport {
             *[0, 1_000, 5_000, 20_000, 50_000].choose(&mut rng).expect("not empty"),
         ),
     };
-    swarm.skew_phase = cluster_opts.lease_ticks == 0;
     if cluster_opts.lease_ticks > 0 && rng.gen_bool(0.5) {
         // Half the lease seeds get what attacks a lease: skewed clocks and partitions.
         swarm.clock_skew = true;

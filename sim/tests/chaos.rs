@@ -399,3 +399,8 @@ fn planted_membership_changes_overlapping_are_caught() {
 fn planted_wiped_disk_voting_is_caught() {
     assert_caught_within(PlantedBug::WipedDiskVotes, 6000);
 }
+
+#[test]
+fn planted_lease_by_ticks_alone_is_caught() {
+    assert_caught(PlantedBug::LeaseByTicksAlone);
+}

@@ -141,6 +141,7 @@ pub struct NodeTask<S: Storage> {
     /// How many probe-learned addresses the transport was given (`follow_membership`).
     known_probe_addrs: usize,
     wall_clock: WallClock,
+    mono_clock: MonoClock,
     /// Time of the last applied entry (`Entry::time`): expiry is decided at it.
     applied_time: u64,
     /// Keys with a deadline: the leader sweeps them (`expiry`).
@@ -171,6 +172,15 @@ pub type StatusHook = Arc<dyn Fn(&Status) + Send + Sync>;
 /// A wall clock: milliseconds since the Unix epoch.
 pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// A monotonic clock: microseconds from any origin, never decreasing.
+pub type MonoClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The process's monotonic clock, counted from its first call.
+pub fn system_mono_clock() -> MonoClock {
+    let origin = Instant::now();
+    Arc::new(move || origin.elapsed().as_micros() as u64)
+}
+
 /// The system's wall clock, in milliseconds since the Unix epoch (0 before it).
 pub fn system_clock_ms() -> u64 {
     std::time::SystemTime::now()
@@ -191,6 +201,8 @@ pub struct NodeStart {
     pub info: InfoContext,
     /// Stamps the entries this node appends as leader (`Entry::time`).
     pub wall_clock: WallClock,
+    /// Judges leader leases (`Input::Now`).
+    pub mono_clock: MonoClock,
 }
 
 /// What INFO reports beyond the Raft state.
@@ -220,6 +232,7 @@ impl<S: Storage> NodeTask<S> {
             proposal_bytes_max,
             info,
             wall_clock,
+            mono_clock,
         } = start;
         let id = raft.id();
         NodeTask {
@@ -248,6 +261,7 @@ impl<S: Storage> NodeTask<S> {
             known_membership: Membership::default(),
             known_probe_addrs: 0,
             wall_clock,
+            mono_clock,
             applied_time,
             expiry: Expiry::default(),
             config: crate::command::CONFIG_DEFAULTS
@@ -260,6 +274,14 @@ impl<S: Storage> NodeTask<S> {
             next_scan_cursor: 0,
             tuning,
         }
+    }
+
+    /// Steps `input` right after the monotonic clock's reading: a lease is judged at the
+    /// moment of the read (or of the message that may confirm or serve one), never by a tick
+    /// count that lags after a stall (issue 13.4).
+    fn step_timed(&mut self, input: Input) {
+        self.raft.step(Input::Now((self.mono_clock)()));
+        self.raft.step(input);
     }
 
     pub fn with_status_hook(mut self, hook: Option<StatusHook>) -> Self {
@@ -286,7 +308,7 @@ impl<S: Storage> NodeTask<S> {
                 _ = tokio::time::sleep_until(next_tick) => {
                     next_tick += tick_period();
                     self.raft.step(Input::Clock((self.wall_clock)()));
-                    self.raft.step(Input::Tick);
+                    self.step_timed(Input::Tick);
                     self.on_tick();
                 }
                 s = synced.recv() => match s {
@@ -300,7 +322,7 @@ impl<S: Storage> NodeTask<S> {
                 m = peer_rx.recv(), if !self.durable.full() => match m {
                     Some(m) => {
                         self.raft.step(Input::Clock((self.wall_clock)()));
-                        self.raft.step(Input::Message(m));
+                        self.step_timed(Input::Message(m));
                     }
                     None => return Ok(()),
                 },
@@ -312,14 +334,14 @@ impl<S: Storage> NodeTask<S> {
                     None => return Ok(()),
                 },
             }
-            // Ticks that fell due while the task was busy or stalled come first: a lease must
-            // never be judged by a clock that lags.
+            // Ticks that fell due while the task was busy or stalled come first, so elections
+            // and heartbeats keep time. (Leases do not depend on it: `step_timed`.)
             for _ in 0..TICK_CATCH_UP_MAX {
                 if Instant::now() < next_tick {
                     break;
                 }
                 next_tick += tick_period();
-                self.raft.step(Input::Tick);
+                self.step_timed(Input::Tick);
                 self.on_tick();
             }
             // Group commit: everything already queued joins this batch.
@@ -329,7 +351,7 @@ impl<S: Storage> NodeTask<S> {
                 }
                 let mut took = false;
                 if let Ok(m) = peer_rx.try_recv() {
-                    self.raft.step(Input::Message(m));
+                    self.step_timed(Input::Message(m));
                     took = true;
                 }
                 if let Ok(c) = client_rx.try_recv() {
@@ -396,7 +418,7 @@ impl<S: Storage> NodeTask<S> {
                 });
                 resubmitted = true;
             } else if self.reads.contains(id) {
-                self.raft.step(Input::Read { id });
+                self.step_timed(Input::Read { id });
                 resubmitted = true;
             }
         }
@@ -453,7 +475,7 @@ impl<S: Storage> NodeTask<S> {
                     let _ = c.reply.send(reply);
                     return;
                 }
-                self.raft.step(Input::Read { id });
+                self.step_timed(Input::Read { id });
                 self.reads.insert(id, PendingRead { conn: c.conn, cmd, reply: c.reply });
             }
         }
