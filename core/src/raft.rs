@@ -149,6 +149,9 @@ pub fn lease_ticks_for_drift(election_ticks: u32, max_rate_ratio: f64) -> Option
 #[error("invalid raft config: {0}")]
 pub struct ConfigError(pub String);
 
+/// Read ids a follower forwards in one message (8 bytes each).
+const READ_IDS_PER_MESSAGE_MAX: usize = 65_536;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum VoteKind {
     PreVote,
@@ -925,14 +928,26 @@ impl RaftNode {
                 self.send_commit(peer);
             }
         } else if let Some(leader) = self.leader {
-            if !self.forward_proposals.is_empty() {
-                let proposals = std::mem::take(&mut self.forward_proposals);
-                let proposals = proposals.into_iter().map(|(_, data)| data).collect();
-                self.send(leader, MessageBody::Propose { proposals });
+            // In messages of at most `append_bytes_max` bytes of proposals (one proposal at
+            // least), as AppendEntries: everything queued at a leader change would otherwise
+            // go in one message, past the transport's frame limit, and be dropped whole.
+            let mut batch: Vec<Vec<u8>> = Vec::new();
+            let mut bytes = 0;
+            for (_, data) in std::mem::take(&mut self.forward_proposals) {
+                if !batch.is_empty() && bytes + data.len() > self.cfg.append_bytes_max {
+                    let proposals = std::mem::take(&mut batch);
+                    self.send(leader, MessageBody::Propose { proposals });
+                    bytes = 0;
+                }
+                bytes += data.len();
+                batch.push(data);
             }
-            if !self.forward_reads.is_empty() {
-                let ids = std::mem::take(&mut self.forward_reads);
-                self.send(leader, MessageBody::ReadIndex { ids });
+            if !batch.is_empty() {
+                self.send(leader, MessageBody::Propose { proposals: batch });
+            }
+            let ids = std::mem::take(&mut self.forward_reads);
+            for ids in ids.chunks(READ_IDS_PER_MESSAGE_MAX) {
+                self.send(leader, MessageBody::ReadIndex { ids: ids.to_vec() });
             }
         }
         let hs = self.hard_state();

@@ -23,7 +23,7 @@ const QUEUE_MESSAGES_MAX: usize = 10_000;
 fn config(id: u64, voters_count: u64) -> Config {
     let voters = (1..=voters_count).map(NodeId).collect();
     let mut cfg = Config::new(NodeId(id), voters, 0x5eed_0000 + id);
-    // The start-up probe of an empty log has its own tests (`a_fresh_node_*`).
+    // The start-up probe of an empty log has its own tests (`a_blank_node_*`).
     cfg.check_empty_start = false;
     cfg.election_ticks = ELECTION_TICKS;
     cfg.heartbeat_ticks = HEARTBEAT_TICKS;
@@ -1161,6 +1161,41 @@ fn a_follower_forwards_proposals_and_a_leaderless_node_rejects_them_5_3() {
         assert_eq!(c.peer(id).applied, expected, "node {id}");
     }
     assert_eq!(c.peer(2).rejected, vec![(1, Rejection::NoLeader)]);
+}
+
+#[test]
+fn a_follower_forwards_what_it_queued_in_messages_of_bounded_size() {
+    // Issue 13.6: every write queued at a follower (all of them are re-sent at a leader
+    // change) went to the leader in one message, dropped whole past the transport's frame
+    // limit. Now no message holds more than append_bytes_max bytes of proposals, unless one
+    // proposal alone does.
+    let mut c =
+        Cluster::restored(vec![RestoredState::default(); 3], |cfg| cfg.append_bytes_max = 100);
+    c.elect_and_converge(1);
+    let mut sizes = vec![30; 10];
+    sizes.insert(4, 250);
+    for (i, size) in sizes.iter().enumerate() {
+        let data = vec![b'a' + i as u8; *size];
+        c.step(2, Input::Propose { id: i as u64, data });
+    }
+    let sent_before = c.sent.len();
+    c.process(2);
+    let batches: Vec<Vec<usize>> = c.sent[sent_before..]
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::Propose { proposals } => Some(proposals.iter().map(Vec::len).collect()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        batches,
+        vec![vec![30, 30, 30], vec![30], vec![250], vec![30, 30, 30], vec![30, 30, 30]],
+        "in order, each message within the bound"
+    );
+    let applied = c.run_until(4 * ELECTION_TICKS, |c| c.peer(1).applied.len() == 1 + sizes.len());
+    assert!(applied, "every proposal committed");
+    let lens: Vec<usize> = c.peer(1).applied[1..].iter().map(|e| e.data.len()).collect();
+    assert_eq!(lens, sizes, "in the order they were proposed");
 }
 
 #[test]

@@ -82,8 +82,22 @@ impl Cluster {
             .args(&self.extra_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(self.log_file(id));
         cmd
+    }
+
+    /// Each node's warnings and errors, appended across its restarts: shown when it fails to
+    /// start.
+    fn log_path(&self, id: usize) -> PathBuf {
+        self.dir.path().join(format!("node{id}.log"))
+    }
+
+    fn log_file(&self, id: usize) -> Stdio {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .map_or_else(|_| Stdio::null(), Stdio::from)
     }
 
     pub fn start_node(&mut self, id: usize) {
@@ -94,7 +108,16 @@ impl Cluster {
         wait_until(Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         })
-        .unwrap_or_else(|| panic!("node {id} did not open its port"));
+        .unwrap_or_else(|| {
+            let exited = self.procs[id - 1].as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let log = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "node {id} did not open its port (exited: {exited:?}); its log ends:\n{}",
+                tail.join("\n")
+            )
+        });
     }
 
     /// SIGKILL: no chance to flush anything that was not already synced.
