@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT_VERSION: u8 = 3;
 
 /// Decoding stops at this many bytes, whatever lengths the input claims.
-const DECODE_LIMIT_BYTES: usize = 1 << 30;
+pub const DECODE_LIMIT_BYTES: usize = 1 << 30;
 
 type Cfg = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT_BYTES>>;
 

@@ -2,11 +2,17 @@
 //! installed; this module moves the bytes: the leader reads its state machine chunk by chunk
 //! from a consistent storage view and keeps a small window of chunks in flight, resending them
 //! when acknowledgements stop; the follower stores chunks aside in order and reports them to its
-//! core. Memory on both sides is bounded by the chunk size times the window.
+//! core. Memory on both sides is bounded by the chunk size times the window, plus one item.
+//!
+//! The snapshot travels as one stream of items, each a little-endian u32 length and the item's
+//! encoding, cut into chunks of `chunk_bytes` wherever the cut falls: an item larger than a peer
+//! frame (a string of up to 512 MiB, a large hash) spans as many chunks as it needs, where a
+//! chunk of whole items could not be sent at all.
 
 use crate::codec;
 use crate::storage::{SnapshotItem, SnapshotReader, Storage, StorageError};
 use crate::transport::PeerSender;
+use bytes::{Buf, BytesMut};
 use raft_kv_core::{
     planted, Input, Message, MessageBody, NodeId, PlantedBug, RaftNode, SnapshotAck, SnapshotChunk,
     SnapshotMeta, Term,
@@ -14,7 +20,7 @@ use raft_kv_core::{
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Flow control of outgoing snapshots.
 #[derive(Clone, Debug)]
@@ -49,6 +55,8 @@ struct Transfer {
     reader: Box<dyn SnapshotReader>,
     /// The chunk after the last one read, so each chunk knows whether it is the last.
     ahead: Option<Vec<u8>>,
+    /// Framed items read and not yet cut into chunks.
+    stream: BytesMut,
     next_seq: u64,
     exhausted: bool,
     /// Sent and unacknowledged: (seq, data, last).
@@ -62,16 +70,23 @@ struct Transfer {
 }
 
 impl Transfer {
-    fn read(&mut self, chunk_bytes: usize) -> Result<Option<Vec<u8>>, StorageError> {
-        if self.exhausted {
+    /// The next `chunk_bytes` of the stream (fewer at its end); None once it is all read.
+    fn read(&mut self, chunk_bytes: usize) -> Result<Option<Vec<u8>>, ReadError> {
+        let chunk_bytes = chunk_bytes.max(1);
+        while self.stream.len() < chunk_bytes && !self.exhausted {
+            let items = self.reader.next_chunk(chunk_bytes)?;
+            if items.is_empty() {
+                self.exhausted = true;
+            }
+            for item in &items {
+                frame_item(&mut self.stream, item)?;
+            }
+        }
+        if self.stream.is_empty() {
             return Ok(None);
         }
-        let items = self.reader.next_chunk(chunk_bytes)?;
-        if items.is_empty() {
-            self.exhausted = true;
-            return Ok(None);
-        }
-        Ok(Some(codec::encode(&items)))
+        let n = chunk_bytes.min(self.stream.len());
+        Ok(Some(self.stream.split_to(n).to_vec()))
     }
 }
 
@@ -116,6 +131,7 @@ impl Outgoing {
             meta,
             reader,
             ahead: None,
+            stream: BytesMut::new(),
             next_seq: 0,
             exhausted: false,
             window: VecDeque::new(),
@@ -126,10 +142,17 @@ impl Outgoing {
             resends: 0,
             started: now,
         };
-        t.ahead = t.read(self.tuning.chunk_bytes)?;
+        t.ahead = match t.read(self.tuning.chunk_bytes) {
+            Ok(ahead) => ahead,
+            Err(ReadError::Storage(e)) => return Err(e),
+            Err(ReadError::ItemTooLarge(bytes)) => {
+                error!(node = %from, to = %to, bytes, "a snapshot item is too large to send; transfer not started");
+                return Ok(());
+            }
+        };
         if t.ahead.is_none() {
             // An empty state machine is one empty chunk.
-            t.ahead = Some(codec::encode(&Vec::<SnapshotItem>::new()));
+            t.ahead = Some(Vec::new());
         }
         self.transfers.insert(to, t);
         self.fill(peers, from, term, to)
@@ -148,7 +171,15 @@ impl Outgoing {
         let Some(t) = self.transfers.get_mut(&to) else { return Ok(()) };
         while t.window.len() < window {
             let Some(data) = t.ahead.take() else { break };
-            t.ahead = t.read(chunk_bytes)?;
+            t.ahead = match t.read(chunk_bytes) {
+                Ok(ahead) => ahead,
+                Err(ReadError::Storage(e)) => return Err(e),
+                Err(ReadError::ItemTooLarge(bytes)) => {
+                    error!(node = %from, to = %to, bytes, "a snapshot item is too large to send; transfer dropped");
+                    self.transfers.remove(&to);
+                    return Ok(());
+                }
+            };
             let last = t.ahead.is_none();
             let seq = t.next_seq;
             t.next_seq += 1;
@@ -236,10 +267,54 @@ fn send_chunk(
     peers.send(Message { from, to, term, body });
 }
 
+enum ReadError {
+    Storage(StorageError),
+    /// An item's encoding is over what a receiver decodes (`codec::DECODE_LIMIT_BYTES`).
+    ItemTooLarge(usize),
+}
+
+impl From<StorageError> for ReadError {
+    fn from(e: StorageError) -> Self {
+        ReadError::Storage(e)
+    }
+}
+
+/// Appends `item` to a snapshot stream: its length, then its encoding.
+fn frame_item(stream: &mut BytesMut, item: &SnapshotItem) -> Result<(), ReadError> {
+    let bytes = codec::encode(item);
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|l| *l as usize <= codec::DECODE_LIMIT_BYTES)
+        .ok_or(ReadError::ItemTooLarge(bytes.len()))?;
+    stream.extend_from_slice(&len.to_le_bytes());
+    stream.extend_from_slice(&bytes);
+    Ok(())
+}
+
+/// Takes every whole item off the front of a snapshot stream, leaving a partial one.
+fn unframe_items(stream: &mut BytesMut) -> Result<Vec<SnapshotItem>, String> {
+    let mut items = Vec::new();
+    while stream.len() >= 4 {
+        let len = u32::from_le_bytes([stream[0], stream[1], stream[2], stream[3]]) as usize;
+        if len > codec::DECODE_LIMIT_BYTES {
+            return Err(format!("an item claims {len} bytes"));
+        }
+        if stream.len() < 4 + len {
+            break;
+        }
+        stream.advance(4);
+        let bytes = stream.split_to(len);
+        items.push(codec::decode(&bytes).map_err(|e| e.to_string())?);
+    }
+    Ok(items)
+}
+
 /// The follower's side: chunks of one snapshot, stored in order.
 #[derive(Default)]
 pub struct Incoming {
     current: Option<(NodeId, SnapshotMeta, u64)>,
+    /// The stream received after the last whole item: the start of one that spans chunks.
+    partial: BytesMut,
 }
 
 impl Incoming {
@@ -267,10 +342,17 @@ impl Incoming {
             }
             return Ok(false);
         }
-        let items: Vec<SnapshotItem> = match codec::decode(&data) {
-            Ok(items) => items,
-            Err(e) => {
-                warn!(node = %raft.id(), from = %from, seq, error = %e, "snapshot chunk cannot be decoded; ignored");
+        if seq == 0 {
+            self.partial.clear();
+        }
+        self.partial.extend_from_slice(&data);
+        let items = match unframe_items(&mut self.partial) {
+            Ok(items) if !(last && !self.partial.is_empty()) => items,
+            Ok(_) | Err(_) => {
+                // The leader starts the transfer over once acknowledgements stop.
+                warn!(node = %raft.id(), from = %from, seq, "snapshot stream cannot be decoded; transfer abandoned");
+                self.current = None;
+                self.partial.clear();
                 return Ok(false);
             }
         };
@@ -289,5 +371,54 @@ impl Incoming {
             raft.step(Input::SnapshotReceived { from, meta });
         }
         Ok(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_kv_core::kv::Session;
+    use raft_kv_core::Membership;
+
+    fn items() -> Vec<SnapshotItem> {
+        vec![
+            SnapshotItem::Membership(Membership::default()),
+            SnapshotItem::Kv(b"small".to_vec(), b"v".to_vec()),
+            // Larger than every chunk below: it spans many of them.
+            SnapshotItem::Kv(b"big".to_vec(), (0..50_000u32).map(|i| i as u8).collect()),
+            SnapshotItem::Session(7, Session { incarnation: 3, last_request: 9 }),
+            SnapshotItem::Kv(Vec::new(), Vec::new()),
+        ]
+    }
+
+    #[test]
+    fn items_cut_into_chunks_anywhere_come_out_whole_and_in_order() {
+        let mut stream = BytesMut::new();
+        for item in &items() {
+            assert!(frame_item(&mut stream, item).is_ok());
+        }
+        let stream = stream.freeze();
+        for chunk in [1, 3, 4, 5, 7, 40, 300, 4096, 1 << 20] {
+            let mut partial = BytesMut::new();
+            let mut out = Vec::new();
+            for piece in stream.chunks(chunk) {
+                partial.extend_from_slice(piece);
+                out.extend(unframe_items(&mut partial).expect("decodes"));
+            }
+            assert!(partial.is_empty(), "chunks of {chunk}: bytes left over");
+            assert_eq!(out, items(), "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_stream_claiming_an_oversized_or_malformed_item_is_refused() {
+        let mut huge = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
+        assert!(unframe_items(&mut huge).is_err(), "a length past the decode limit");
+        let mut garbage = BytesMut::from(&3u32.to_le_bytes()[..]);
+        garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
+        assert!(unframe_items(&mut garbage).is_err(), "bytes that are no item");
+        let mut short = BytesMut::from(&10u32.to_le_bytes()[..]);
+        short.extend_from_slice(&[1, 2]);
+        assert_eq!(unframe_items(&mut short).map(|i| i.len()), Ok(0), "waits for the rest");
     }
 }

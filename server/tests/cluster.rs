@@ -350,3 +350,32 @@ fn info_reports_server_clients_raft_members_and_keyspace() {
         .expect("connected_clients");
     assert!(n >= 1, "{clients}");
 }
+
+#[test]
+fn a_value_larger_than_a_peer_frame_reaches_a_lagging_node_through_a_snapshot() {
+    // Issue 13.5: a snapshot chunk held whole items, so a value over the 64 MiB peer frame
+    // could never be sent and the transfer started over forever. Strings reach 512 MiB.
+    let compacting = ["--snapshot-entries", "20", "--snapshot-keep-entries", "2"];
+    let mut c = Cluster::start_with(3, &compacting);
+    c.kill(3);
+    let mut con = c.conn(1);
+    // Five APPENDs of 15 MiB (an argument may hold 16 MiB): 75 MiB.
+    let piece = vec![b'x'; 15 << 20];
+    for round in 1..=5 {
+        let len: usize = con.append("big", &piece).unwrap();
+        assert_eq!(len, round * piece.len());
+    }
+    // Enough writes after it that the log is compacted past where node 3 stopped.
+    for i in 0..60 {
+        let _: () = con.set(format!("k{i}"), i).unwrap();
+    }
+    c.start_node(3);
+    let mut con3 = c.conn(3);
+    let len = wait_until(Duration::from_secs(60), || {
+        con3.strlen::<_, usize>("big").ok().filter(|n| *n == 5 * piece.len())
+    });
+    assert_eq!(len, Some(5 * piece.len()), "node 3 never received the 75 MiB value");
+    assert_eq!(con3.get::<_, i64>("k59").unwrap(), 59);
+    let tail: Vec<u8> = redis::cmd("GETRANGE").arg("big").arg(-3).arg(-1).query(&mut con3).unwrap();
+    assert_eq!(tail, b"xxx");
+}
