@@ -31,7 +31,8 @@ pub enum PlantedBug {
     /// serves reads from its lease.
     LeaseIgnoresClockDrift,
     /// The leader accepts a membership change while the previous one (or its own first entry)
-    /// is still uncommitted; thesis §4.1 allows one at a time. Two single-server steps away
+    /// is still uncommitted, and whatever membership it was asked against; thesis §4.1 allows
+    /// one at a time. Two single-server steps away
     /// from the committed membership, the old and the new majorities need not overlap, and
     /// both sides of a partition can commit.
     MembershipChangesOverlap,

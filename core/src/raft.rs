@@ -216,6 +216,10 @@ pub enum Input {
         id: u64,
         change: MembershipChange,
         data: Vec<u8>,
+        /// The `Membership::version` the change was asked against: the proposing node's when
+        /// its client asked, kept for every re-submission. The leader refuses it at any other
+        /// (`Rejection::MembershipChangePending`: retry against the new one).
+        based_on: u64,
     },
     /// The snapshot just installed holds this membership (the log is empty after it).
     SnapshotMembership(Membership),
@@ -694,8 +698,8 @@ impl RaftNode {
             }
             Input::SnapshotReceived { from, meta } => self.snapshot_received(from, meta),
             Input::TransferLeader { to } => self.transfer_leader(to),
-            Input::ProposeMembership { id, change, data } => {
-                self.propose_membership(id, None, change, data)
+            Input::ProposeMembership { id, change, data, based_on } => {
+                self.propose_membership(id, None, change, data, based_on)
             }
             Input::SnapshotMembership(m) => {
                 // The membership at the snapshot, which the log now starts after.
@@ -723,12 +727,14 @@ impl RaftNode {
         from: Option<NodeId>,
         change: MembershipChange,
         data: Vec<u8>,
+        based_on: u64,
     ) {
         if self.role != Role::Leader {
             match (self.leader, from) {
                 (Some(leader), None) => {
                     // The origin learns the outcome when the entry applies, or is refused.
-                    self.send(leader, MessageBody::ProposeMembership { id, change, data });
+                    let body = MessageBody::ProposeMembership { id, change, data, based_on };
+                    self.send(leader, body);
                 }
                 (None, None) => self.rejected.push((id, Rejection::NoLeader)),
                 (_, Some(_)) => {} // forwarded to a node no longer leading: the origin retries
@@ -752,6 +758,16 @@ impl RaftNode {
         }
         if self.transfer.is_some() {
             return reject(self, Rejection::Transferring);
+        }
+        if based_on != self.log.membership().version
+            && !crate::planted::active(
+                self.cfg.planted,
+                crate::PlantedBug::MembershipChangesOverlap,
+            )
+        {
+            // Asked against another membership: a copy of a change that took effect since, or
+            // one whose node had not yet seen the latest. Either way not this one's to make.
+            return reject(self, Rejection::MembershipChangePending);
         }
         let Ok(next) = self.log.membership().apply(&change) else {
             return reject(self, Rejection::MembershipInvalid);
@@ -1124,7 +1140,17 @@ impl RaftNode {
     /// removed leader that stepped down before it committed may be the only node holding it,
     /// and nobody else can win until it does (it then leads to commit it, and hands over).
     fn may_campaign(&self) -> bool {
-        if self.fresh || self.recovering {
+        if self.fresh {
+            return false;
+        }
+        // A recovering node campaigns only with a log it would vote for itself: at least as
+        // up-to-date as every voter's was when it asked (`vote_floor`). Otherwise it could
+        // lack what it acknowledged before it lost its disk; with it, it may be the only
+        // node that can win (the others' logs below the floors of the recovering voters).
+        if self.recovering
+            && !(self.probe.is_none()
+                && self.may_vote_for((self.log.last_term(), self.log.last_index())))
+        {
             return false;
         }
         self.is_voter()
@@ -1342,6 +1368,10 @@ impl RaftNode {
         assert_eq!(self.role, Role::Candidate);
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
+        // A recovering node wins only with a log at least as up-to-date as a majority's, so it
+        // holds every committed entry (§5.4.3): it lost nothing it could still betray.
+        self.recovering = false;
+        self.vote_floor = None;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         let next_index = self.log.last_index().next();
@@ -1629,9 +1659,9 @@ impl RaftNode {
                     self.snapshot_chunks.push(chunk);
                 }
             }
-            MessageBody::ProposeMembership { id, change, data } => {
+            MessageBody::ProposeMembership { id, change, data, based_on } => {
                 if self.role == Role::Leader {
-                    self.propose_membership(id, Some(m.from), change, data);
+                    self.propose_membership(id, Some(m.from), change, data, based_on);
                 }
             }
             MessageBody::MembershipRefused { id, pending } => {

@@ -112,6 +112,11 @@ pub struct Membership {
     pub voters: BTreeSet<NodeId>,
     pub learners: BTreeSet<NodeId>,
     pub addrs: BTreeMap<NodeId, String>,
+    /// How many changes made this membership (0: the one a cluster started with). A change is
+    /// proposed against a version and refused at any other (`Input::ProposeMembership`), so a
+    /// copy re-sent after a leader change, or delayed in the network, cannot undo a later
+    /// change: a REMOVE of a node that rejoined since, an ADD of one removed since.
+    pub version: u64,
 }
 
 /// One single-server membership change (thesis §4.1): voters change by at most one at a time,
@@ -144,6 +149,7 @@ impl Membership {
     /// already in effect is no error.
     pub fn apply(&self, change: &MembershipChange) -> Result<Membership, String> {
         let mut next = self.clone();
+        next.version = self.version + 1;
         match change {
             MembershipChange::AddLearner { id, addr } => {
                 if id.0 == 0 {

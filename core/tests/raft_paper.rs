@@ -1611,8 +1611,14 @@ fn with_leases_a_restarted_node_votes_only_after_an_election_timeout_6_4_1() {
 
 // ---- membership changes (thesis §4) ---------------------------------------------------------
 
+/// `what`, proposed through `via` against the membership `via` knows.
+fn proposal(c: &Cluster, via: u64, id: u64, what: &MembershipChange) -> Input {
+    let based_on = c.peer(via).node.membership().version;
+    Input::ProposeMembership { id, change: what.clone(), data: conf_entry(what), based_on }
+}
+
 fn change(c: &mut Cluster, via: u64, id: u64, what: &MembershipChange) {
-    c.step(via, Input::ProposeMembership { id, change: what.clone(), data: conf_entry(what) });
+    c.step(via, proposal(c, via, id, what));
     c.process(via);
     c.settle();
 }
@@ -1654,15 +1660,9 @@ fn a_promoted_learner_votes_and_counts_and_only_one_change_is_pending_at_once_4_
     c.elect_and_converge(1);
     c.join(4, 3, |_| {});
     // Two changes in a row: the second waits for the first to apply.
-    c.step(1, Input::ProposeMembership { id: 100, change: add(4), data: conf_entry(&add(4)) });
-    c.step(
-        1,
-        Input::ProposeMembership {
-            id: 101,
-            change: MembershipChange::Promote { id: NodeId(4) },
-            data: conf_entry(&MembershipChange::Promote { id: NodeId(4) }),
-        },
-    );
+    let promote = proposal(&c, 1, 101, &MembershipChange::Promote { id: NodeId(4) });
+    c.step(1, proposal(&c, 1, 100, &add(4)));
+    c.step(1, promote);
     c.process(1);
     assert_eq!(c.peer(1).rejected, vec![(101, Rejection::MembershipChangePending)]);
     c.settle();
@@ -1728,7 +1728,7 @@ fn a_new_leader_takes_no_membership_change_before_its_first_entry_applies() {
     assert_eq!(c.status(1).role, Role::Leader);
     assert_eq!(c.status(1).commit_index, LogIndex(0));
     c.join(4, 3, |_| {});
-    c.step(1, Input::ProposeMembership { id: 1, change: add(4), data: conf_entry(&add(4)) });
+    c.step(1, proposal(&c, 1, 1, &add(4)));
     c.process(1);
     assert_eq!(c.peer(1).rejected, vec![(1, Rejection::MembershipChangePending)]);
 }
@@ -1739,6 +1739,7 @@ fn membership_changes_that_cannot_apply_are_refused() {
         voters: [NodeId(1), NodeId(2)].into(),
         learners: [NodeId(3)].into(),
         addrs: [(NodeId(1), "a".into()), (NodeId(2), "b".into()), (NodeId(3), "c".into())].into(),
+        version: 7,
     };
     let err = |c: MembershipChange| m.apply(&c).unwrap_err();
     assert_eq!(
@@ -1758,7 +1759,10 @@ fn membership_changes_that_cannot_apply_are_refused() {
     );
     let promoted = m.apply(&MembershipChange::Promote { id: NodeId(3) }).unwrap();
     assert_eq!(promoted.voters.len(), 3);
-    assert_eq!(promoted.apply(&MembershipChange::Promote { id: NodeId(3) }).unwrap(), promoted);
+    assert_eq!(promoted.version, 8, "every change makes a new version");
+    // Repeating a change in effect is no error, and still a change of version.
+    let again = promoted.apply(&MembershipChange::Promote { id: NodeId(3) }).unwrap();
+    assert_eq!(again, Membership { version: 9, ..promoted });
 }
 
 #[test]
@@ -1857,13 +1861,39 @@ fn a_restarted_node_counts_with_the_last_membership_in_its_log_not_the_applied_o
 }
 
 #[test]
+fn a_change_re_sent_after_it_took_effect_cannot_undo_a_later_one() {
+    // Issue 13.7: REMOVE 3 asked through node 2 takes effect; node 3 is added back and
+    // promoted; then a copy of the REMOVE arrives again (re-sent at a leader change, or
+    // delayed in the network). It was asked against a membership long gone: refused.
+    let mut c = Cluster::new(4);
+    c.elect_and_converge(1);
+    let remove = proposal(&c, 2, 1, &MembershipChange::Remove { id: NodeId(3) });
+    c.step(2, remove.clone());
+    c.process(2);
+    c.settle();
+    assert!(!c.peer(1).node.membership().contains(NodeId(3)), "the first copy applied");
+    let addr = MembershipChange::AddLearner { id: NodeId(3), addr: "node3".into() };
+    change(&mut c, 1, 2, &addr);
+    change(&mut c, 1, 3, &MembershipChange::Promote { id: NodeId(3) });
+    assert!(c.peer(1).node.membership().is_voter(NodeId(3)), "node 3 is back");
+    let version = c.peer(1).node.membership().version;
+
+    c.step(2, remove);
+    c.process(2);
+    c.settle();
+    assert!(c.peer(1).node.membership().is_voter(NodeId(3)), "the stale copy removed node 3");
+    assert_eq!(c.peer(1).node.membership().version, version);
+    assert!(c.peer(2).rejected.contains(&(1, Rejection::MembershipChangePending)));
+}
+
+#[test]
 fn a_membership_entry_truncated_by_a_new_leader_is_undone_4_1() {
     let mut c = Cluster::new(3);
     c.elect_and_converge(1);
     c.join(4, 3, |_| {});
     // Node 1 appends "add 4" but only node 1 holds it; then node 2 leads and overwrites it.
     c.isolate(1);
-    c.step(1, Input::ProposeMembership { id: 9, change: add(4), data: conf_entry(&add(4)) });
+    c.step(1, proposal(&c, 1, 9, &add(4)));
     c.process(1);
     assert!(c.peer(1).node.membership().learners.contains(&NodeId(4)));
     c.crash(1);
@@ -2112,6 +2142,28 @@ fn a_voter_whose_disk_was_wiped_does_not_vote_until_it_caught_up_with_a_leader()
         assert!(c.stored(id).contains(&w) || id == lagging && c.status(id).last_index < w.index);
     }
     assert_eq!(c.leaders_now(), vec![NodeId(leader)], "only the node holding W could lead");
+}
+
+#[test]
+fn a_recovering_node_with_the_most_up_to_date_log_campaigns() {
+    // CI seed 766236510475: nodes 2 and 3 restarted blank and caught up from a leader that
+    // then failed; each holds more than node 1, so node 1 is below both vote floors, and the
+    // two recovering nodes never campaigned: no leader, ever. One whose log meets its own
+    // floor may campaign (it would vote for itself), and wins.
+    let recovering = |terms: &[u64]| {
+        let mut r = restored(2, None, terms);
+        r.hard_state.recovering = true;
+        r
+    };
+    let states =
+        vec![restored(2, None, &[1, 2]), recovering(&[1, 2, 2, 2]), recovering(&[1, 2, 2])];
+    let mut c = Cluster::restored(states, checking_empty_start);
+    let elected = c.run_until(30 * ELECTION_TICKS, |c| !c.leaders_now().is_empty());
+    assert!(elected, "no leader: the recovering nodes never campaigned");
+    assert_eq!(c.leaders_now(), vec![NodeId(2)], "only node 2's log meets every floor");
+    let caught_up = c.run_until(20 * ELECTION_TICKS, |c| c.converged(3).is_some());
+    assert!(caught_up, "the others follow it");
+    assert!((1..=3).all(|id| !c.peer(id).hard_state.recovering), "every node was released");
 }
 
 #[test]

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 /// Bumped whenever any encoding below changes incompatibly.
 /// 2: log entries carry a membership change, peer hellos the caller's address.
 /// 3: commands carry SET's options and the new string and keyspace writes.
-pub const FORMAT_VERSION: u8 = 3;
+/// 4: memberships carry a version, forwarded membership changes the version they were asked
+///    against, and start-up probe answers the voters' addresses.
+pub const FORMAT_VERSION: u8 = 4;
 
 /// Decoding stops at this many bytes, whatever lengths the input claims.
 pub const DECODE_LIMIT_BYTES: usize = 1 << 30;

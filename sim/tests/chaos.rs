@@ -291,11 +291,19 @@ fn chaos_histories_are_linearizable_and_invariants_hold() {
 /// Seeds that once failed, with what they found. Any change to what the simulation draws
 /// from its RNG moves a seed off the schedule that failed, so each also has a directed test;
 /// while the schedule holds, the seed is the end-to-end check.
-const SEEDS_THAT_FAILED: &[(u64, &str)] = &[(
-    418360421633,
-    "two voters restarted blank, neither naming the other in its membership, probed each other \
-     forever (directed test: a_blank_node_learns_from_probe_answers_where_the_voters_it_never_knew_are)",
-)];
+const SEEDS_THAT_FAILED: &[(u64, &str)] = &[
+    (
+        418360421633,
+        "two voters restarted blank, neither naming the other in its membership, probed each \
+         other forever (directed test: \
+         a_blank_node_learns_from_probe_answers_where_the_voters_it_never_knew_are)",
+    ),
+    (
+        766236510475,
+        "the two recovering voters held the longest logs, above the third's, and never \
+         campaigned (directed test: a_recovering_node_with_the_most_up_to_date_log_campaigns)",
+    ),
+];
 
 #[test]
 fn seeds_that_once_failed_pass() {

@@ -79,8 +79,12 @@ impl<S: Storage> NodeTask<S> {
             request: id,
             command: kv::Command::Membership(change.clone()),
         });
-        self.raft.step(Input::ProposeMembership { id, change: change.clone(), data: data.clone() });
-        let w = PendingWrite { data, reply, resubmitted: false, membership: Some(change) };
+        let based_on = self.raft.membership().version;
+        let input =
+            Input::ProposeMembership { id, change: change.clone(), data: data.clone(), based_on };
+        self.raft.step(input);
+        let membership = Some((change, based_on));
+        let w = PendingWrite { data, reply, resubmitted: false, membership };
         self.writes.insert(id, w);
         self.deadlines.push_back((Instant::now() + self.tuning.request_timeout, id));
     }

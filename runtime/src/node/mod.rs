@@ -95,7 +95,8 @@ struct PendingWrite {
     /// earlier copy may be in some log, so any failure is indeterminate.
     resubmitted: bool,
     /// A membership change (proposed with `Input::ProposeMembership`).
-    membership: Option<MembershipChange>,
+    /// With the membership version it was asked against, the same for every re-submission.
+    membership: Option<(MembershipChange, u64)>,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -413,7 +414,12 @@ impl<S: Storage> NodeTask<S> {
                 w.resubmitted = true;
                 let data = w.data.clone();
                 self.raft.step(match &w.membership {
-                    Some(change) => Input::ProposeMembership { id, change: change.clone(), data },
+                    Some((change, based_on)) => Input::ProposeMembership {
+                        id,
+                        change: change.clone(),
+                        data,
+                        based_on: *based_on,
+                    },
                     None => Input::Propose { id, data },
                 });
                 resubmitted = true;
@@ -658,7 +664,7 @@ impl<S: Storage> NodeTask<S> {
                 Rejection::MembershipChangePending => {
                     if self.writes.get(&id).is_some_and(|w| !w.resubmitted) {
                         let w = self.writes.remove(&id).expect("checked");
-                        let msg = "BUSY another membership change is in progress; retry later";
+                        let msg = "BUSY another membership change is in progress or took effect since; retry later";
                         let _ = w.reply.send(Reply::error(msg));
                     }
                 }
