@@ -347,7 +347,7 @@ impl Incoming {
         }
         self.partial.extend_from_slice(&data);
         let items = match unframe_items(&mut self.partial) {
-            Ok(items) if !(last && !self.partial.is_empty()) => items,
+            Ok(items) if !last || self.partial.is_empty() => items,
             Ok(_) | Err(_) => {
                 // The leader starts the transfer over once acknowledgements stop.
                 warn!(node = %raft.id(), from = %from, seq, "snapshot stream cannot be decoded; transfer abandoned");
