@@ -34,6 +34,9 @@ pub enum MessageBody {
     },
     RequestVoteResponse {
         granted: bool,
+        /// The voter's wall clock: a new leader has a majority's clocks before its first entry
+        /// (`RaftNode::cluster_time_ms`).
+        clock_ms: u64,
     },
     /// AppendEntries RPC (§5.3).
     AppendEntries {
@@ -59,6 +62,9 @@ pub enum MessageBody {
     HeartbeatResponse {
         read_round: u64,
         last_log_index: LogIndex,
+        /// The follower's wall clock (`Input::Clock`), from which the leader takes the time it
+        /// stamps entries with (`RaftNode::cluster_time_ms`).
+        clock_ms: u64,
     },
     /// A follower forwards client proposals to the leader it knows.
     Propose {

@@ -365,6 +365,8 @@ struct Progress {
     stalled_heartbeats: u32,
     /// The highest commit index this follower was told about and holds.
     commit_sent: LogIndex,
+    /// Its wall clock in its latest heartbeat response, and `now_us` when that arrived.
+    clock: Option<(u64, u64)>,
 }
 
 const STALLED_HEARTBEATS_MAX: u32 = 3;
@@ -428,6 +430,8 @@ pub struct RaftNode {
     heartbeat_elapsed: u32,
     randomized_election_ticks: u32,
     votes: BTreeMap<NodeId, bool>,
+    /// Candidate only: the wall clocks granted votes carried, and `now_us` when each came.
+    vote_clocks: BTreeMap<NodeId, (u64, u64)>,
     /// Leader only, one per other voter.
     progress: BTreeMap<NodeId, Progress>,
     /// Read rounds: a read registered in round r is confirmed when a quorum acks round >= r.
@@ -568,6 +572,7 @@ impl RaftNode {
             heartbeat_elapsed: 0,
             randomized_election_ticks: cfg.election_ticks,
             votes: BTreeMap::new(),
+            vote_clocks: BTreeMap::new(),
             progress: BTreeMap::new(),
             read_round: 0,
             read_round_needed: false,
@@ -714,8 +719,34 @@ impl RaftNode {
     /// last entry, so times never go back along the log, whoever leads).
     fn new_entry(&self, index: LogIndex, data: Vec<u8>) -> Entry {
         let mut e = Entry::new(index, self.term, data);
-        e.time = self.clock_ms.max(self.log.last_time());
+        e.time = self.cluster_time_ms();
         e
+    }
+
+    /// The time a leader stamps its entries with (`Entry::time`, which decides expiry on
+    /// every node): of the voters' wall clocks (its own, and each follower's from its latest
+    /// heartbeat response, advanced by the time since), the highest that a majority's reach,
+    /// and never before the log's. One clock that jumps, ahead or behind, moves nothing: a
+    /// leader whose clock leapt an hour would otherwise expire every deadline in that hour,
+    /// for good (issue 13.9). Until it has heard from a majority it keeps the log's time.
+    /// Other nodes answer their own clock.
+    pub fn cluster_time_ms(&self) -> u64 {
+        if self.role != Role::Leader {
+            return self.clock_ms.max(self.log.last_time());
+        }
+        let mut clocks: Vec<u64> = self
+            .voter_progress()
+            .filter_map(|p| p.clock)
+            .map(|(ms, at)| ms.saturating_add(self.now_us.saturating_sub(at) / 1000))
+            .collect();
+        if self.is_voter() {
+            clocks.push(self.clock_ms);
+        }
+        clocks.sort_unstable_by(|a, b| b.cmp(a));
+        // Short of a majority's clocks (a voter just added), the lowest known: never ahead.
+        let agreed =
+            clocks.get(self.quorum() - 1).or(clocks.last()).copied().unwrap_or(self.clock_ms);
+        agreed.max(self.log.last_time())
     }
 
     // ---- membership changes (thesis §4) -----------------------------------------------------
@@ -1114,6 +1145,7 @@ impl RaftNode {
         self.leader = None;
         self.votes.clear();
         self.votes.insert(self.cfg.id, true);
+        self.vote_clocks.clear();
         self.reset_election_timer();
         if self.votes_granted() >= self.quorum() {
             self.become_leader();
@@ -1309,6 +1341,7 @@ impl RaftNode {
             match_at_heartbeat: LogIndex(0),
             stalled_heartbeats: 0,
             commit_sent: LogIndex(0),
+            clock: None,
         }
     }
 
@@ -1383,6 +1416,11 @@ impl RaftNode {
             .filter(|p| *p != me)
             .map(|p| (p, Self::new_progress(next_index)))
             .collect();
+        for (id, clock) in std::mem::take(&mut self.vote_clocks) {
+            if let Some(p) = self.progress.get_mut(&id) {
+                p.clock = Some(clock);
+            }
+        }
         // §5.4.2/§8: commit an entry of our own term, which commits everything before it and
         // lets ReadIndex start. No membership change is taken before it applies (the fix to
         // single-server changes in Ongaro's 2015 raft-dev post): the log may hold an
@@ -1417,7 +1455,8 @@ impl RaftNode {
                 self.voted_for = Some(m.from);
                 self.reset_election_timer();
             }
-            self.send(m.from, MessageBody::RequestVoteResponse { granted });
+            let clock_ms = self.clock_ms;
+            self.send(m.from, MessageBody::RequestVoteResponse { granted, clock_ms });
         }
     }
 
@@ -1599,8 +1638,11 @@ impl RaftNode {
                     self.handle_vote_response(m.from, granted);
                 }
             }
-            MessageBody::RequestVoteResponse { granted } => {
+            MessageBody::RequestVoteResponse { granted, clock_ms } => {
                 if self.role == Role::Candidate {
+                    if granted {
+                        self.vote_clocks.insert(m.from, (clock_ms, self.now_us));
+                    }
                     self.handle_vote_response(m.from, granted);
                 }
             }
@@ -1622,13 +1664,20 @@ impl RaftNode {
                 // is above it starts over (`handle_heartbeat_response`).
                 let held = self.held_for_leader();
                 self.log.commit_to(commit.min(held));
-                let body = MessageBody::HeartbeatResponse { read_round, last_log_index: held };
+                let body = MessageBody::HeartbeatResponse {
+                    read_round,
+                    last_log_index: held,
+                    clock_ms: self.clock_ms,
+                };
                 self.send(m.from, body);
             }
             MessageBody::AppendEntriesResponse { success, index, hint, hint_term } => {
                 self.handle_append_response(m.from, success, index, hint, hint_term)
             }
-            MessageBody::HeartbeatResponse { read_round, last_log_index } => {
+            MessageBody::HeartbeatResponse { read_round, last_log_index, clock_ms } => {
+                if let Some(p) = self.progress.get_mut(&m.from) {
+                    p.clock = Some((clock_ms, self.now_us));
+                }
                 self.handle_heartbeat_response(m.from, read_round, last_log_index)
             }
             MessageBody::Propose { proposals } => {

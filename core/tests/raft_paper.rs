@@ -382,7 +382,7 @@ impl Cluster {
             match m.body {
                 // A pre-vote carries the term it would campaign in and changes no state.
                 MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { granted: true } => {}
-                MessageBody::RequestVoteResponse { granted: true } => {
+                MessageBody::RequestVoteResponse { granted: true, .. } => {
                     assert_eq!(
                         peer.hard_state.term, m.term,
                         "vote sent before its term is durable"
@@ -670,7 +670,12 @@ fn a_less_up_to_date_log_cannot_win_an_election_5_4_1() {
         c.take_readies(2),
         vec![Ready {
             hard_state: Some(HardState { term: Term(2), voted_for: None, recovering: false }),
-            messages: vec![msg(2, 1, 2, MessageBody::RequestVoteResponse { granted: false })],
+            messages: vec![msg(
+                2,
+                1,
+                2,
+                MessageBody::RequestVoteResponse { granted: false, clock_ms: 0 }
+            )],
             ..Ready::default()
         }]
     );
@@ -739,7 +744,12 @@ fn hard_state_is_persisted_in_the_same_ready_as_the_vote_messages_5_2() {
             c.take_readies(id),
             vec![Ready {
                 hard_state: Some(voted_for_1),
-                messages: vec![msg(id, 1, 1, MessageBody::RequestVoteResponse { granted: true })],
+                messages: vec![msg(
+                    id,
+                    1,
+                    1,
+                    MessageBody::RequestVoteResponse { granted: true, clock_ms: 0 }
+                )],
                 ..Ready::default()
             }]
         );
@@ -1199,6 +1209,32 @@ fn a_follower_forwards_what_it_queued_in_messages_of_bounded_size() {
 }
 
 #[test]
+fn entries_carry_the_time_a_majority_of_clocks_agree_on() {
+    // Issue 13.9: one clock that leaps (the leader's here) must not move the log's time,
+    // which decides expiry everywhere; two that agree do.
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    let set_clocks = |c: &mut Cluster, ms: [u64; 3]| {
+        for (i, t) in ms.iter().enumerate() {
+            c.step(i as u64 + 1, Input::Clock(*t));
+        }
+        c.run_ticks(HEARTBEAT_TICKS);
+    };
+    set_clocks(&mut c, [3_600_000 + 1_000, 1_000, 900]);
+    propose_on(&mut c, 1, 1, 1);
+    let t = c.stored(1).last().expect("appended").time;
+    assert_eq!(t, 1_000, "the leader's leap alone moves nothing");
+    set_clocks(&mut c, [3_600_000 + 2_000, 3_600_000 + 2_000, 2_000]);
+    propose_on(&mut c, 1, 2, 1);
+    let t = c.stored(1).last().expect("appended").time;
+    assert_eq!(t, 3_600_000 + 2_000, "a majority's clocks decide");
+    set_clocks(&mut c, [5_000, 5_000, 5_000]);
+    propose_on(&mut c, 1, 3, 1);
+    let t = c.stored(1).last().expect("appended").time;
+    assert_eq!(t, 3_600_000 + 2_000, "and the log's time never goes back");
+}
+
+#[test]
 fn a_lost_append_while_pipelining_is_resent_after_heartbeats_show_no_progress_5_3() {
     let mut c = Cluster::new(3);
     c.elect_and_converge(1);
@@ -1539,7 +1575,8 @@ fn a_higher_term_learned_from_a_rejection_does_not_cancel_a_promise_not_to_vote_
     c.step(f, Input::Message(msg(cand, f, t + 1, vote)));
     c.process(f);
     let granted = c.sent[sent_before..].iter().any(|m| {
-        m.from == NodeId(f) && m.body == MessageBody::RequestVoteResponse { granted: true }
+        m.from == NodeId(f)
+            && matches!(m.body, MessageBody::RequestVoteResponse { granted: true, .. })
     });
     assert!(!granted, "node {f} voted while the lease it acknowledged may still hold");
 }
@@ -1605,7 +1642,7 @@ fn with_leases_a_restarted_node_votes_only_after_an_election_timeout_6_4_1() {
         .ready()
         .messages
         .iter()
-        .any(|m| m.body == MessageBody::RequestVoteResponse { granted: true });
+        .any(|m| m.body == MessageBody::RequestVoteResponse { granted: true, clock_ms: 0 });
     assert!(granted);
 }
 

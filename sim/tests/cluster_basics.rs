@@ -305,3 +305,63 @@ async fn planted_expiry_by_local_clock_is_caught() {
         "nodes deciding expiry by their own clocks went unnoticed: {problems:?}"
     );
 }
+
+/// Issue 13.9: the leader's wall clock leaps an hour ahead while keys with a minute to live
+/// exist, and writes keep coming. Entries stamped by the leader's clock alone would put the
+/// log an hour ahead for good, and every key would expire at once, on every node.
+#[madsim::test]
+async fn a_leap_of_the_leaders_wall_clock_expires_nothing_early() {
+    let cluster =
+        SimCluster::start_with(ClusterOptions::new(3, madsim::runtime::Handle::current().seed()));
+    let leader = cluster
+        .client
+        .spawn(async move {
+            call_until_ok(NodeId(1), &[b"SET", b"probe", b"1"], 50).await;
+            leader_of(NodeId(1)).await.expect("a leader is known after a commit")
+        })
+        .await
+        .unwrap();
+    let keys: Vec<Vec<u8>> = (0..6).map(|i| format!("ttl{i}").into_bytes()).collect();
+    let set = keys.clone();
+    cluster
+        .client
+        .spawn(async move {
+            for (i, k) in set.iter().enumerate() {
+                let via = NodeId(i as u64 % 3 + 1);
+                call_until_ok(via, &[b"SET", k, b"v", b"EX", b"60"], 20).await;
+            }
+        })
+        .await
+        .unwrap();
+    cluster.clocks[&leader].set_wall_offset(3_600_000);
+    let mut problems = cluster
+        .client
+        .spawn(async move {
+            let mut problems = Vec::new();
+            // Two seconds of writes, each an entry the leader stamps.
+            let started = tokio::time::Instant::now();
+            let mut n = 0u32;
+            while started.elapsed() < Duration::from_secs(2) {
+                let v = n.to_string();
+                call_until_ok(NodeId(n as u64 % 3 + 1), &[b"SET", b"other", v.as_bytes()], 20)
+                    .await;
+                n += 1;
+            }
+            for k in &keys {
+                for id in 1..=3 {
+                    match call_until_ok(NodeId(id), &[b"GET", k], 20).await {
+                        Value::Bulk(_) => {}
+                        other => problems.push(format!(
+                            "{}: node {id} answered {other:?} a few seconds into its minute",
+                            String::from_utf8_lossy(k)
+                        )),
+                    }
+                }
+            }
+            problems
+        })
+        .await
+        .unwrap();
+    problems.extend(cluster.invariants.violations());
+    assert!(problems.is_empty(), "{problems:#?}");
+}

@@ -103,7 +103,8 @@ impl<S: Storage> NodeTask<S> {
         if self.raft.status().role != Role::Leader || self.expiry.by_time.is_empty() {
             return;
         }
-        let now = (self.wall_clock)();
+        // The time the entry will carry: the voters' agreed clock, not this node's alone.
+        let now = self.raft.cluster_time_ms();
         // No more key bytes than one proposal may carry.
         let keys = self.expiry.due(now, self.proposal_bytes_max / 2);
         if keys.is_empty() && now <= self.applied_time + LOG_TIME_LAG_MAX_MS {
