@@ -139,6 +139,8 @@ pub struct NodeTask<S: Storage> {
     promote_after: Instant,
     /// The membership the transport was last set up for.
     known_membership: Membership,
+    /// Since when this node has known no leader (None: it knows one).
+    leaderless_since: Option<Instant>,
     /// How many probe-learned addresses the transport was given (`follow_membership`).
     known_probe_addrs: usize,
     wall_clock: WallClock,
@@ -260,6 +262,7 @@ impl<S: Storage> NodeTask<S> {
             transfers: Vec::new(),
             promote_after: Instant::now(),
             known_membership: Membership::default(),
+            leaderless_since: None,
             known_probe_addrs: 0,
             wall_clock,
             mono_clock,
@@ -398,7 +401,11 @@ impl<S: Storage> NodeTask<S> {
                 hook(&s);
             }
         }
-        let Some(leader) = s.leader else { return false };
+        let Some(leader) = s.leader else {
+            self.leaderless_since.get_or_insert_with(Instant::now);
+            return false;
+        };
+        self.leaderless_since = None;
         let mut ids = if self.last_leader != Some((s.term, leader)) {
             self.last_leader = Some((s.term, leader));
             self.awaiting_leader.clear();
@@ -489,6 +496,7 @@ impl<S: Storage> NodeTask<S> {
     }
 
     fn on_tick(&mut self) {
+        self.fail_fast_without_leader();
         self.maybe_promote_learner();
         self.maybe_sweep();
         if !self.transfers.is_empty() {
@@ -530,6 +538,29 @@ impl<S: Storage> NodeTask<S> {
                     "TIMEOUT the read could not be confirmed by a quorum in time"
                 };
                 let _ = r.reply.send(Reply::error(msg));
+            }
+        }
+    }
+
+    /// Requests wait for a leader through an election, but not for one that may never come:
+    /// once this node has known none for two election timeouts (cut off from the majority, or
+    /// removed without hearing of it), they are answered CLUSTERDOWN at once, so clients try
+    /// another node instead of waiting out their timeout here.
+    fn fail_fast_without_leader(&mut self) {
+        let Some(since) = self.leaderless_since else { return };
+        let patience = self.tuning.tick * self.raft.config().election_ticks * 2;
+        if since.elapsed() < patience || self.awaiting_leader.is_empty() {
+            return;
+        }
+        for id in std::mem::take(&mut self.awaiting_leader) {
+            if let Some(w) = self.writes.remove(&id) {
+                // It may have been forwarded to a leader before that one was lost.
+                let msg = "CLUSTERDOWN no leader: the cluster cannot reach a quorum; the write may or may not have been applied";
+                let _ = w.reply.send(Reply::error(msg));
+            } else if let Some(r) = self.reads.take(id) {
+                let _ = r
+                    .reply
+                    .send(Reply::error("CLUSTERDOWN no leader: the cluster cannot reach a quorum"));
             }
         }
     }
