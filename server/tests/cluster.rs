@@ -136,20 +136,25 @@ fn a_node_stopped_with_sigterm_rejoins_and_catches_up() {
 
 #[test]
 fn without_a_quorum_requests_fail_fast_instead_of_hanging_or_reading_stale_data() {
-    let mut c = Cluster::start_with(3, &["--request-timeout-ms", "1500"]);
+    // A node that has known no leader for two election timeouts (cut off, or removed without
+    // hearing of it) answers CLUSTERDOWN at once: clients try another node instead of waiting
+    // out the request timeout there, again and again. (A minute here, so the bound below
+    // tells the two apart on any machine; the client's read timeout is 15 s.)
+    let mut c = Cluster::start_with(3, &["--request-timeout-ms", "60000"]);
     let _: () = c.conn(1).set("k", "before").unwrap();
     c.kill(2);
     c.kill(3);
     let mut con = c.conn(1);
-    let started = std::time::Instant::now();
-    let set: redis::RedisResult<String> = con.set("k", "after");
-    let get: redis::RedisResult<String> = con.get("k");
-    assert!(set.is_err(), "a write without quorum must fail, got {set:?}");
-    assert!(get.is_err(), "a read without quorum must not return possibly stale data, got {get:?}");
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
-    let msg = get.unwrap_err().to_string();
-    let msg = msg.to_ascii_lowercase();
-    assert!(msg.contains("clusterdown") || msg.contains("timeout"), "{msg}");
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let set: redis::RedisResult<()> = con.set("k", "after");
+        let get: redis::RedisResult<Option<String>> = con.get("k");
+        let set = set.expect_err("a write without quorum must fail");
+        let get = get.expect_err("a read without quorum must not return possibly stale data");
+        assert_eq!(set.code(), Some("CLUSTERDOWN"), "{set}");
+        assert_eq!(get.code(), Some("CLUSTERDOWN"), "{get}");
+        assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    }
 }
 
 #[test]
@@ -378,33 +383,4 @@ fn a_value_larger_than_a_peer_frame_reaches_a_lagging_node_through_a_snapshot() 
     assert_eq!(con3.get::<_, i64>("k59").unwrap(), 59);
     let tail: Vec<u8> = redis::cmd("GETRANGE").arg("big").arg(-3).arg(-1).query(&mut con3).unwrap();
     assert_eq!(tail, b"xxx");
-}
-
-#[test]
-fn a_node_without_a_quorum_answers_clusterdown_soon_instead_of_waiting_out_the_timeout() {
-    // A node that has known no leader for two election timeouts (cut off, or removed without
-    // hearing of it) tells its clients so at once: they try another node instead of waiting
-    // the full request timeout there, again and again. (A minute here, so the bound below
-    // tells the two apart on any machine.)
-    let mut c = Cluster::start_with(3, &["--request-timeout-ms", "60000"]);
-    let _: () = c.conn(1).set("k", "v").unwrap();
-    c.kill(2);
-    c.kill(3);
-    let mut con = c.conn(1);
-    // Once the leaderless node has given up on an election, each request is answered quickly.
-    let _: redis::RedisResult<Option<String>> = con.get("k");
-    std::thread::sleep(Duration::from_secs(2));
-    for _ in 0..3 {
-        let started = std::time::Instant::now();
-        let r: redis::RedisResult<Option<String>> = con.get("k");
-        let err = r.expect_err("no quorum, no linearizable read");
-        assert_eq!(err.code(), Some("CLUSTERDOWN"), "{err}");
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "answered after {:?}",
-            started.elapsed()
-        );
-        let w: redis::RedisResult<()> = con.set("k", "w");
-        assert_eq!(w.expect_err("no quorum, no write").code(), Some("CLUSTERDOWN"));
-    }
 }

@@ -83,8 +83,11 @@ fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
         Err(_) => return Outcome::Unknown,
     };
     if let Value::Err(e) = v {
-        // Only these errors promise that nothing was applied (see runtime/src/node.rs).
-        if e.starts_with("TRYAGAIN") || e.starts_with("BUSY") {
+        // Only these errors promise that nothing was applied (see runtime/src/node/mod.rs).
+        if e.starts_with("TRYAGAIN")
+            || e.starts_with("BUSY")
+            || (e.starts_with("CLUSTERDOWN") && e.ends_with("the write was not applied"))
+        {
             return Outcome::NotApplied;
         }
         if *op == Op::Incr && e.starts_with("ERR value is not an integer") {
@@ -362,6 +365,7 @@ impl ClientTask {
         let call = self.recorder.now();
         let sent = conn.send(&wire).await;
         let mut broken = sent.is_err();
+        let mut clusterdown = false;
         let mut any_determinate = false;
         // Per key, the last operation of this pipeline that completed: the next one on that
         // key must follow it (the checker sees one key at a time).
@@ -413,10 +417,16 @@ impl ClientTask {
             if matches!(&reply, Ok(Value::Err(e)) if e.starts_with("CLUSTERDOWN")) {
                 // This node cannot reach a quorum; the next operation tries another.
                 broken = true;
+                clusterdown = true;
             }
         }
         if broken {
             self.conn = None;
+        }
+        if clusterdown {
+            // As client libraries do, back off a little before trying another node.
+            let pause = Duration::from_millis(self.rng.gen_range(50..250));
+            tokio::time::sleep(pause).await;
         }
         any_determinate
     }

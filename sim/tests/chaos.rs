@@ -307,8 +307,8 @@ const SEEDS_THAT_FAILED: &[(u64, &str)] = &[
         177983756055,
         "three of the five hosts were no members (one removed without hearing of it, two never \
          added); each held a client's request until its timeout, and one client drew them for \
-         30 s (server test: a_node_without_a_quorum_answers_clusterdown_soon_instead_of_\
-         waiting_out_the_timeout)",
+         30 s (server test: \
+         without_a_quorum_requests_fail_fast_instead_of_hanging_or_reading_stale_data)",
     ),
 ];
 

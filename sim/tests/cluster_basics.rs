@@ -232,13 +232,8 @@ async fn increments_survive_leader_crashes_without_double_applying() {
     );
 }
 
-/// Keys with deadlines about a second away, written through every node, while the
-/// nodes' wall clocks are 3 s apart (the leader's true, one follower's ahead, one's behind).
-/// Reads go round the nodes one after another; once any read found a key gone, no later one
-/// may see it again. Returns what went wrong.
-async fn expiry_under_skewed_clocks(planted: Option<raft_kv_core::PlantedBug>) -> Vec<String> {
-    let mut opts = ClusterOptions::new(3, madsim::runtime::Handle::current().seed());
-    opts.planted = planted;
+/// A cluster that committed a first write, and its leader then.
+async fn started_with_leader(opts: ClusterOptions) -> (SimCluster, NodeId) {
     let cluster = SimCluster::start_with(opts);
     let leader = cluster
         .client
@@ -248,6 +243,17 @@ async fn expiry_under_skewed_clocks(planted: Option<raft_kv_core::PlantedBug>) -
         })
         .await
         .unwrap();
+    (cluster, leader)
+}
+
+/// Keys with deadlines about a second away, written through every node, while the
+/// nodes' wall clocks are 3 s apart (the leader's true, one follower's ahead, one's behind).
+/// Reads go round the nodes one after another; once any read found a key gone, no later one
+/// may see it again. Returns what went wrong.
+async fn expiry_under_skewed_clocks(planted: Option<raft_kv_core::PlantedBug>) -> Vec<String> {
+    let mut opts = ClusterOptions::new(3, madsim::runtime::Handle::current().seed());
+    opts.planted = planted;
+    let (cluster, leader) = started_with_leader(opts).await;
     let followers: Vec<NodeId> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
     cluster.clocks[&followers[0]].set_wall_offset(3_000);
     cluster.clocks[&followers[1]].set_wall_offset(-3_000);
@@ -311,16 +317,8 @@ async fn planted_expiry_by_local_clock_is_caught() {
 /// log an hour ahead for good, and every key would expire at once, on every node.
 #[madsim::test]
 async fn a_leap_of_the_leaders_wall_clock_expires_nothing_early() {
-    let cluster =
-        SimCluster::start_with(ClusterOptions::new(3, madsim::runtime::Handle::current().seed()));
-    let leader = cluster
-        .client
-        .spawn(async move {
-            call_until_ok(NodeId(1), &[b"SET", b"probe", b"1"], 50).await;
-            leader_of(NodeId(1)).await.expect("a leader is known after a commit")
-        })
-        .await
-        .unwrap();
+    let opts = ClusterOptions::new(3, madsim::runtime::Handle::current().seed());
+    let (cluster, leader) = started_with_leader(opts).await;
     let keys: Vec<Vec<u8>> = (0..6).map(|i| format!("ttl{i}").into_bytes()).collect();
     let set = keys.clone();
     cluster

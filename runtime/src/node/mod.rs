@@ -59,6 +59,11 @@ const READY_ROUNDS_MAX: usize = 8;
 /// Overdue ticks stepped at once after a stall; a longer stall resumes ticking from there.
 const TICK_CATCH_UP_MAX: usize = 100_000;
 
+const CLUSTERDOWN_READ: &str = "CLUSTERDOWN no leader: the cluster cannot reach a quorum";
+/// The one CLUSTERDOWN after which a client knows its write did not happen.
+const CLUSTERDOWN_NOT_APPLIED: &str =
+    "CLUSTERDOWN no leader: the cluster cannot reach a quorum; the write was not applied";
+
 /// Timing and limits of the node task.
 #[derive(Clone, Debug)]
 pub struct NodeTuning {
@@ -450,6 +455,18 @@ impl<S: Storage> NodeTask<S> {
             let _ = c.reply.send(Reply::error(msg));
             return;
         }
+        if self.leaderless_too_long() {
+            // Not handed to consensus: the client knows for sure that nothing happened.
+            let msg = match c.kind {
+                RequestKind::Read(_) => Some(CLUSTERDOWN_READ),
+                RequestKind::Write(_) => Some(CLUSTERDOWN_NOT_APPLIED),
+                _ => None,
+            };
+            if let Some(msg) = msg {
+                let _ = c.reply.send(Reply::error(msg));
+                return;
+            }
+        }
         let id = self.next_request;
         self.next_request += 1;
         match c.kind {
@@ -544,25 +561,31 @@ impl<S: Storage> NodeTask<S> {
 
     /// Requests wait for a leader through an election, but not for one that may never come:
     /// once this node has known none for two election timeouts (cut off from the majority, or
-    /// removed without hearing of it), they are answered CLUSTERDOWN at once, so clients try
-    /// another node instead of waiting out their timeout here.
+    /// removed without hearing of it), every request it holds is answered CLUSTERDOWN at once
+    /// (and new ones as they come, `on_client`), so clients try another node instead of
+    /// waiting out their timeout here.
     fn fail_fast_without_leader(&mut self) {
-        let Some(since) = self.leaderless_since else { return };
-        let patience = self.tuning.tick * self.raft.config().election_ticks * 2;
-        if since.elapsed() < patience || self.awaiting_leader.is_empty() {
+        if !self.leaderless_too_long() || (self.writes.is_empty() && self.reads.len() == 0) {
             return;
         }
-        for id in std::mem::take(&mut self.awaiting_leader) {
-            if let Some(w) = self.writes.remove(&id) {
-                // It may have been forwarded to a leader before that one was lost.
-                let msg = "CLUSTERDOWN no leader: the cluster cannot reach a quorum; the write may or may not have been applied";
-                let _ = w.reply.send(Reply::error(msg));
-            } else if let Some(r) = self.reads.take(id) {
-                let _ = r
-                    .reply
-                    .send(Reply::error("CLUSTERDOWN no leader: the cluster cannot reach a quorum"));
+        self.awaiting_leader.clear();
+        for (_, w) in std::mem::take(&mut self.writes) {
+            // It may be in a log already, or forwarded to a leader before that one was lost.
+            let msg = "CLUSTERDOWN no leader: the cluster cannot reach a quorum; the write may or may not have been applied";
+            let _ = w.reply.send(Reply::error(msg));
+        }
+        let ids: Vec<u64> = self.reads.ids().collect();
+        for id in ids {
+            if let Some(r) = self.reads.take(id) {
+                let _ = r.reply.send(Reply::error(CLUSTERDOWN_READ));
             }
         }
+    }
+
+    /// This node has known no leader for two election timeouts: longer than an election takes.
+    fn leaderless_too_long(&self) -> bool {
+        let patience = self.tuning.tick * self.raft.config().election_ticks * 2;
+        self.leaderless_since.is_some_and(|since| since.elapsed() >= patience)
     }
 
     fn handle_ready(&mut self) -> Result<(), StorageError> {
