@@ -148,7 +148,7 @@ pub enum ClientCommand {
 
 /// Every command this build knows, with Redis's arity convention (negative: at least that many
 /// arguments, command name included).
-const COMMANDS: &[(&str, i32)] = &[
+pub const COMMANDS: &[(&str, i32)] = &[
     ("ping", -1),
     ("echo", 2),
     ("get", 2),
