@@ -437,12 +437,12 @@ pub struct RaftNode {
     /// Read rounds: a read registered in round r is confirmed when a quorum acks round >= r.
     read_round: u64,
     read_round_needed: bool,
-    /// The tick this node last accepted a leader's AppendEntries, heartbeat or snapshot chunk
-    /// at (with leases on, 0 from the start: it may have acknowledged a lease before it
+    /// The tick and the time (`now_us`) this node last accepted a leader's AppendEntries,
+    /// heartbeat or snapshot chunk at (with leases on, 0 from the start: it may have acknowledged a lease before it
     /// restarted). For an election timeout after it, the node grants no vote but a
     /// leadership transfer's (`in_leader_lease`), whatever term it learned meanwhile: a
     /// leader's lease counts on that promise (thesis §6.4.1).
-    leader_heard_at: Option<u64>,
+    leader_heard_at: Option<(u64, u64)>,
     /// Ticks since start: the leader's clock for leases.
     ticks: u64,
     /// Leader only: the tick and the time (`now_us`) each unconfirmed round started at (kept
@@ -600,7 +600,7 @@ impl RaftNode {
         };
         node.reset_election_timer();
         if node.lease_ticks() > 0 {
-            node.leader_heard_at = Some(0);
+            node.leader_heard_at = Some((0, 0));
         }
         // Nothing on disk at all: a brand-new node, or one whose disk was wiped. (A node with a
         // term but no log is neither: its disk is intact and it never acknowledged an entry.)
@@ -1084,7 +1084,8 @@ impl RaftNode {
                 self.check_quorum();
             }
         } else if self.election_elapsed >= self.randomized_election_ticks {
-            if self.may_campaign() {
+            // A campaign is a vote for itself: not while a promise not to vote holds.
+            if self.may_campaign() && !self.in_leader_lease() {
                 self.campaign_pre_vote();
             } else if self.leader.is_some() {
                 // A learner (or a node removed without hearing of it) that stopped hearing
@@ -1240,14 +1241,17 @@ impl RaftNode {
         }
         p.answers.insert(from, last);
         p.term = p.term.max(term);
-        if p.newest.is_none_or(|newest| last > newest) {
+        let newest = p.newest.is_none_or(|newest| last >= newest);
+        if newest {
             p.newest = Some(last);
             p.voters = voters.into_iter().collect();
         }
-        // Any answer's addresses may name a voter this node has no address for (the newest
-        // answer's voters are among the newest membership's, or the older ones it came from).
-        for (id, addr) in addrs {
-            if id != self.cfg.id {
+        // Any answer's addresses may name a voter this node has no address for; the most
+        // up-to-date answer's are the latest (a voter may have moved).
+        for (id, addr) in addrs.into_iter().filter(|(id, _)| *id != self.cfg.id) {
+            if newest {
+                self.probe_addrs.insert(id, addr);
+            } else {
                 self.probe_addrs.entry(id).or_insert(addr);
             }
         }
@@ -1485,9 +1489,18 @@ impl RaftNode {
         // is also the promise a leader's lease rests on, so it holds whether or not this node
         // still knows that leader: a higher term learned from a rejection or a response makes
         // it forget the leader, not the promise. A node that just started may have
-        // acknowledged a lease before it stopped (`leader_heard_at`).
+        // acknowledged a lease before it stopped (`leader_heard_at`). The promise lasts an
+        // election timeout by ticks and by the clock, whichever ends later: ticks counted late
+        // after a stall would end it early. A leader keeps its own leadership.
+        if self.role == Role::Leader {
+            return true;
+        }
         let timeout = u64::from(self.cfg.election_ticks);
-        self.leader_heard_at.is_some_and(|at| self.ticks < at + timeout)
+        self.leader_heard_at.is_some_and(|(at, at_us)| {
+            self.ticks < at + timeout
+                || (self.cfg.tick_us > 0
+                    && self.now_us < at_us.saturating_add(timeout * self.cfg.tick_us))
+        })
     }
 
     // ---- leases (thesis §6.4.1) -------------------------------------------------------------
@@ -1765,7 +1778,7 @@ impl RaftNode {
         debug_assert!(self.leader.is_none() || self.leader == Some(leader));
         self.leader = Some(leader);
         self.election_elapsed = 0;
-        self.leader_heard_at = Some(self.ticks);
+        self.leader_heard_at = Some((self.ticks, self.now_us));
     }
 
     fn handle_append(

@@ -1591,22 +1591,64 @@ fn a_lease_ends_by_the_clock_even_when_the_ticks_lag_6_4_1() {
         cfg.tick_us = TICK_US;
     };
     let mut c = Cluster::restored(vec![RestoredState::default(); 3], tune);
-    assert!(c.run_until(20 * ELECTION_TICKS, |c| c.converged(1).is_some()), "no leader");
+    // Every node's clock and ticks advance together, as the runtime's do.
+    let mut now = 0;
+    let elected = (0..20 * ELECTION_TICKS).any(|_| {
+        now += TICK_US;
+        for id in 1..=3 {
+            c.step(id, Input::Now(now));
+        }
+        c.tick_all();
+        c.converged(1).is_some()
+    });
+    assert!(elected, "no leader");
     let l = c.converged(1).expect("converged").0;
-    // A round starts at time 0 (no clock stepped yet) and the followers acknowledge it.
+    // A round starts at `now` and the followers acknowledge it.
     c.run_ticks(HEARTBEAT_TICKS);
     let lease = c.peer(l).node.lease_remaining();
     assert!(lease > 0, "the leader holds a lease by its ticks");
     let lease_ticks = c.peer(l).node.config().lease_ticks as u64;
-    c.step(l, Input::Now(lease_ticks * TICK_US - 1));
+    c.step(l, Input::Now(now + lease_ticks * TICK_US - 1));
     assert!(read_released_at_once(&mut c, l, 1), "within the lease by the clock too");
     // The clock moved past the lease; not one tick was counted meanwhile.
-    c.step(l, Input::Now(lease_ticks * TICK_US + 2 * HEARTBEAT_TICKS as u64 * TICK_US));
+    c.step(l, Input::Now(now + lease_ticks * TICK_US + 2 * HEARTBEAT_TICKS as u64 * TICK_US));
     assert_eq!(c.peer(l).node.lease_remaining(), 0, "INFO shows no lease either");
     assert!(!read_released_at_once(&mut c, l, 2), "the lease ended by the clock");
     // It is served after a round confirms leadership, as any read without a lease.
     c.settle();
     assert!(c.peer(l).reads_served.iter().chain(&c.peer(l).reads_waiting).any(|r| r.id == 2));
+}
+
+#[test]
+fn a_leader_ignores_a_pre_vote_from_a_node_that_stopped_hearing_from_it_4_2_3() {
+    // Review of issue 13.3's change: the promise was kept by the tick a node last heard a
+    // leader, which a leader itself never does. Long after its election, the leader granted
+    // the pre-vote of a follower that had missed some heartbeats, then its vote: deposed.
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    c.run_ticks(3 * ELECTION_TICKS);
+    let t = c.status(1).term.0;
+    let last = c.stored(1).last().expect("the leader's first entry").clone();
+    let sent_before = c.sent.len();
+    let pre_vote = MessageBody::PreVote { last_log_index: last.index, last_log_term: last.term };
+    c.step(1, Input::Message(msg(3, 1, t + 1, pre_vote)));
+    let vote = MessageBody::RequestVote {
+        last_log_index: last.index,
+        last_log_term: last.term,
+        transfer: false,
+    };
+    c.step(1, Input::Message(msg(3, 1, t + 1, vote)));
+    c.process(1);
+    let granted = c.sent[sent_before..].iter().any(|m| {
+        matches!(
+            m.body,
+            MessageBody::PreVoteResponse { granted: true }
+                | MessageBody::RequestVoteResponse { granted: true, .. }
+        )
+    });
+    assert!(!granted, "the leader gave its vote away");
+    assert_eq!(c.status(1).role, Role::Leader);
+    assert_eq!(c.status(1).term.0, t);
 }
 
 #[test]

@@ -560,7 +560,7 @@ impl<S: Storage> NodeTask<S> {
     }
 
     /// Requests wait for a leader through an election, but not for one that may never come:
-    /// once this node has known none for two election timeouts (cut off from the majority, or
+    /// once this node has known none for a while (`leaderless_too_long`: cut off from the majority, or
     /// removed without hearing of it), every request it holds is answered CLUSTERDOWN at once
     /// (and new ones as they come, `on_client`), so clients try another node instead of
     /// waiting out their timeout here.
@@ -582,9 +582,11 @@ impl<S: Storage> NodeTask<S> {
         }
     }
 
-    /// This node has known no leader for two election timeouts: longer than an election takes.
+    /// This node has known no leader for half the request timeout, and at least two election
+    /// timeouts: longer than an election takes, even on a loaded machine.
     fn leaderless_too_long(&self) -> bool {
-        let patience = self.tuning.tick * self.raft.config().election_ticks * 2;
+        let elections = self.tuning.tick * self.raft.config().election_ticks * 2;
+        let patience = elections.max(self.tuning.request_timeout / 2);
         self.leaderless_since.is_some_and(|since| since.elapsed() >= patience)
     }
 
