@@ -412,7 +412,7 @@ fn planted_membership_changes_overlapping_are_caught() {
 
 #[test]
 fn planted_wiped_disk_voting_is_caught() {
-    assert_caught_within(PlantedBug::WipedDiskVotes, 6000);
+    assert_caught_within(PlantedBug::WipedDiskVotes, 20_000);
 }
 
 #[test]
