@@ -99,7 +99,7 @@ pub enum MessageBody {
         id: u64,
         change: crate::MembershipChange,
         data: Vec<u8>,
-        based_on: u64,
+        based_on: (u64, Term),
     },
     /// The leader refused the forwarded membership change `id` (`pending`: another one is
     /// uncommitted; else it does not apply to the membership).

@@ -216,10 +216,10 @@ pub enum Input {
         id: u64,
         change: MembershipChange,
         data: Vec<u8>,
-        /// The `Membership::version` the change was asked against: the proposing node's when
-        /// its client asked, kept for every re-submission. The leader refuses it at any other
-        /// (`Rejection::MembershipChangePending`: retry against the new one).
-        based_on: u64,
+        /// The `Membership::version_id` the change was asked against: the proposing node's
+        /// when its client asked, kept for every re-submission. The leader refuses it at any
+        /// other (`Rejection::MembershipChangePending`: retry against the new one).
+        based_on: (u64, Term),
     },
     /// The snapshot just installed holds this membership (the log is empty after it).
     SnapshotMembership(Membership),
@@ -758,7 +758,7 @@ impl RaftNode {
         from: Option<NodeId>,
         change: MembershipChange,
         data: Vec<u8>,
-        based_on: u64,
+        based_on: (u64, Term),
     ) {
         if self.role != Role::Leader {
             match (self.leader, from) {
@@ -790,7 +790,7 @@ impl RaftNode {
         if self.transfer.is_some() {
             return reject(self, Rejection::Transferring);
         }
-        if based_on != self.log.membership().version
+        if based_on != self.log.membership().version_id()
             && !crate::planted::active(
                 self.cfg.planted,
                 crate::PlantedBug::MembershipChangesOverlap,
@@ -800,9 +800,10 @@ impl RaftNode {
             // one whose node had not yet seen the latest. Either way not this one's to make.
             return reject(self, Rejection::MembershipChangePending);
         }
-        let Ok(next) = self.log.membership().apply(&change) else {
+        let Ok(mut next) = self.log.membership().apply(&change) else {
             return reject(self, Rejection::MembershipInvalid);
         };
+        next.made_in = self.term;
         if self.log.last_index().0 - self.log.commit_index().0 >= self.cfg.uncommitted_entries_max {
             return reject(self, Rejection::Busy);
         }

@@ -117,6 +117,9 @@ pub struct Membership {
     /// copy re-sent after a leader change, or delayed in the network, cannot undo a later
     /// change: a REMOVE of a node that rejoined since, an ADD of one removed since.
     pub version: u64,
+    /// The term of the leader that made it: with `version`, unique among all memberships any
+    /// log ever held (a truncated branch may have made another one with the same count).
+    pub made_in: Term,
 }
 
 /// One single-server membership change (thesis §4.1): voters change by at most one at a time,
@@ -132,6 +135,11 @@ pub enum MembershipChange {
 }
 
 impl Membership {
+    /// What a change is proposed against (`Input::ProposeMembership::based_on`).
+    pub fn version_id(&self) -> (u64, Term) {
+        (self.version, self.made_in)
+    }
+
     pub fn contains(&self, id: NodeId) -> bool {
         self.voters.contains(&id) || self.learners.contains(&id)
     }

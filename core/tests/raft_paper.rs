@@ -1692,7 +1692,7 @@ fn with_leases_a_restarted_node_votes_only_after_an_election_timeout_6_4_1() {
 
 /// `what`, proposed through `via` against the membership `via` knows.
 fn proposal(c: &Cluster, via: u64, id: u64, what: &MembershipChange) -> Input {
-    let based_on = c.peer(via).node.membership().version;
+    let based_on = c.peer(via).node.membership().version_id();
     Input::ProposeMembership { id, change: what.clone(), data: conf_entry(what), based_on }
 }
 
@@ -1819,6 +1819,7 @@ fn membership_changes_that_cannot_apply_are_refused() {
         learners: [NodeId(3)].into(),
         addrs: [(NodeId(1), "a".into()), (NodeId(2), "b".into()), (NodeId(3), "c".into())].into(),
         version: 7,
+        made_in: Term(2),
     };
     let err = |c: MembershipChange| m.apply(&c).unwrap_err();
     assert_eq!(
@@ -1975,6 +1976,7 @@ fn a_membership_entry_truncated_by_a_new_leader_is_undone_4_1() {
     c.step(1, proposal(&c, 1, 9, &add(4)));
     c.process(1);
     assert!(c.peer(1).node.membership().learners.contains(&NodeId(4)));
+    let truncated = c.peer(1).node.membership().version_id();
     c.crash(1);
     c.heal();
     let new = c.run_until(8 * ELECTION_TICKS, |c| {
@@ -1988,6 +1990,28 @@ fn a_membership_entry_truncated_by_a_new_leader_is_undone_4_1() {
         .run_until(8 * ELECTION_TICKS, |c| c.peer(1).node.status().leader == Some(NodeId(leader))
             && c.peer(1).node.status().last_index == c.peer(leader).node.status().last_index));
     assert!(c.peer(1).node.membership().learners.is_empty(), "the truncated change is undone");
+
+    // The new leader makes another change with as many changes behind it as the truncated one
+    // had. A change asked against the truncated membership must not pass for one asked
+    // against this one (a counter alone would let it).
+    change(&mut c, leader, 11, &add(4));
+    let now = c.peer(leader).node.membership().version_id();
+    assert_eq!(now.0, truncated.0, "the same count of changes");
+    assert_ne!(now, truncated);
+    let remove = MembershipChange::Remove { id: NodeId(3) };
+    let stale = Input::ProposeMembership {
+        id: 12,
+        change: remove.clone(),
+        data: conf_entry(&remove),
+        based_on: truncated,
+    };
+    c.step(leader, stale);
+    c.process(leader);
+    c.settle();
+    assert!(
+        c.peer(leader).node.membership().is_voter(NodeId(3)),
+        "a change for the truncated branch applied"
+    );
 }
 
 #[test]

@@ -79,7 +79,7 @@ impl<S: Storage> NodeTask<S> {
             request: id,
             command: kv::Command::Membership(change.clone()),
         });
-        let based_on = self.raft.membership().version;
+        let based_on = self.raft.membership().version_id();
         let input =
             Input::ProposeMembership { id, change: change.clone(), data: data.clone(), based_on };
         self.raft.step(input);

@@ -101,7 +101,7 @@ struct PendingWrite {
     resubmitted: bool,
     /// A membership change (proposed with `Input::ProposeMembership`).
     /// With the membership version it was asked against, the same for every re-submission.
-    membership: Option<(MembershipChange, u64)>,
+    membership: Option<(MembershipChange, (u64, raft_kv_core::Term))>,
     reply: oneshot::Sender<Reply>,
 }
 
