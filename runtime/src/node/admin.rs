@@ -155,8 +155,7 @@ impl<S: Storage> NodeTask<S> {
         } else if status.leader == Some(to) {
             let _ = reply.send(Reply::ok());
         } else if status.leader.is_none() {
-            let msg = "CLUSTERDOWN no leader: the cluster cannot reach a quorum";
-            let _ = reply.send(Reply::error(msg));
+            let _ = reply.send(Reply::error(CLUSTERDOWN_NO_LEADER));
         } else {
             info!(node = %self.id, to = %to, leader = ?status.leader.map(|l| l.0), "leadership transfer requested");
             self.raft.step(Input::TransferLeader { to });

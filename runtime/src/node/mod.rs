@@ -59,7 +59,10 @@ const READY_ROUNDS_MAX: usize = 8;
 /// Overdue ticks stepped at once after a stall; a longer stall resumes ticking from there.
 const TICK_CATCH_UP_MAX: usize = 100_000;
 
-const CLUSTERDOWN_READ: &str = "CLUSTERDOWN no leader: the cluster cannot reach a quorum";
+pub(super) const CLUSTERDOWN_NO_LEADER: &str =
+    "CLUSTERDOWN no leader: the cluster cannot reach a quorum";
+const CLUSTERDOWN_MAYBE_APPLIED: &str =
+    "CLUSTERDOWN no leader: the cluster cannot reach a quorum; the write may or may not have been applied";
 /// The one CLUSTERDOWN after which a client knows its write did not happen.
 const CLUSTERDOWN_NOT_APPLIED: &str =
     "CLUSTERDOWN no leader: the cluster cannot reach a quorum; the write was not applied";
@@ -458,7 +461,7 @@ impl<S: Storage> NodeTask<S> {
         if self.leaderless_too_long() {
             // Not handed to consensus: the client knows for sure that nothing happened.
             let msg = match c.kind {
-                RequestKind::Read(_) => Some(CLUSTERDOWN_READ),
+                RequestKind::Read(_) => Some(CLUSTERDOWN_NO_LEADER),
                 RequestKind::Write(_) => Some(CLUSTERDOWN_NOT_APPLIED),
                 _ => None,
             };
@@ -542,7 +545,7 @@ impl<S: Storage> NodeTask<S> {
             if let Some(w) = self.writes.remove(&id) {
                 // Whatever happened, the write was handed to consensus: it may still commit.
                 let msg = if no_leader {
-                    "CLUSTERDOWN no leader: the cluster cannot reach a quorum; the write may or may not have been applied"
+                    CLUSTERDOWN_MAYBE_APPLIED
                 } else {
                     "TIMEOUT the write was not confirmed in time; it may or may not have been applied"
                 };
@@ -550,7 +553,7 @@ impl<S: Storage> NodeTask<S> {
             }
             if let Some(r) = self.reads.take(id) {
                 let msg = if no_leader {
-                    "CLUSTERDOWN no leader: the cluster cannot reach a quorum"
+                    CLUSTERDOWN_NO_LEADER
                 } else {
                     "TIMEOUT the read could not be confirmed by a quorum in time"
                 };
@@ -571,13 +574,12 @@ impl<S: Storage> NodeTask<S> {
         self.awaiting_leader.clear();
         for (_, w) in std::mem::take(&mut self.writes) {
             // It may be in a log already, or forwarded to a leader before that one was lost.
-            let msg = "CLUSTERDOWN no leader: the cluster cannot reach a quorum; the write may or may not have been applied";
-            let _ = w.reply.send(Reply::error(msg));
+            let _ = w.reply.send(Reply::error(CLUSTERDOWN_MAYBE_APPLIED));
         }
         let ids: Vec<u64> = self.reads.ids().collect();
         for id in ids {
             if let Some(r) = self.reads.take(id) {
-                let _ = r.reply.send(Reply::error(CLUSTERDOWN_READ));
+                let _ = r.reply.send(Reply::error(CLUSTERDOWN_NO_LEADER));
             }
         }
     }
@@ -636,7 +638,7 @@ impl<S: Storage> NodeTask<S> {
         if let Some(hs) = hard_state.filter(|hs| hs.recovering != self.recovering) {
             self.recovering = hs.recovering;
             if hs.recovering {
-                warn!(node = %self.id, term = %hs.term, "this node started with nothing on disk in a cluster that has data (a wiped or new disk): it votes only for up-to-date candidates and campaigns only once a leader has caught it up");
+                warn!(node = %self.id, term = %hs.term, "this node started with nothing on disk in a cluster that has data (a wiped or new disk): it votes only for candidates at least as up-to-date as every voter was when it asked, and campaigns only with such a log itself");
             } else {
                 info!(node = %self.id, term = %hs.term, "caught up with the leader after starting with nothing on disk; voting as usual");
             }
