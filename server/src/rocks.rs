@@ -100,8 +100,14 @@ pub struct RocksStorage {
 
 /// Options of a column family. The KV family serves point reads (GET on every node): a small
 /// memtable keeps its skip list shallow, a whole-key bloom filter in its files and memtable
-/// lets a read skip every place a key is not, and a block cache keeps its hot blocks (with
-/// their index and filter) in memory.
+/// lets a read skip every place a key is not, a hash index in each data block and a restart
+/// point every 4 keys find a key in its block without a binary search and with a short scan,
+/// and a block cache keeps its hot blocks (with their index and filter) in memory. The cache
+/// is HyperClockCache, whose lookups take no mutex. Measured on a leader serving lease GETs
+/// (`redis-benchmark -c 50`, 100k keys, `perf stat` CPU per GET, three runs each): 8.2 µs
+/// with the LRU cache and binary search, 7.5 µs with these, 120k/s -> 131k/s; RocksDB's Get
+/// was 31% of the leader's CPU, the LRU's lookup and mutex 5%. (A row cache would skip the
+/// blocks entirely, but RocksDB refuses DeleteRange with one, which log compaction uses.)
 fn cf_options(name: &str) -> Options {
     let mut opts = Options::default();
     if name == CF_KV {
@@ -110,7 +116,10 @@ fn cf_options(name: &str) -> Options {
         table.set_whole_key_filtering(true);
         table.set_cache_index_and_filter_blocks(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        table.set_block_cache(&rocksdb::Cache::new_lru_cache(KV_BLOCK_CACHE_BYTES));
+        table.set_data_block_index_type(rocksdb::DataBlockIndexType::BinaryAndHash);
+        table.set_data_block_hash_ratio(0.5);
+        table.set_block_restart_interval(4);
+        table.set_block_cache(&rocksdb::Cache::new_hyper_clock_cache(KV_BLOCK_CACHE_BYTES, 0));
         opts.set_block_based_table_factory(&table);
         opts.set_memtable_whole_key_filtering(true);
         opts.set_memtable_prefix_bloom_ratio(0.05);
