@@ -66,11 +66,18 @@ pub struct Hello {
     pub addr: Option<String>,
 }
 
-/// One frame on a peer connection.
+/// One frame on a peer connection. (New variants go last: a variant's number is its encoding.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerFrame {
     Hello(Hello),
     Raft(Message),
+    /// The first frame when the cluster has a secret (`peer_auth`): the hello and the caller's
+    /// nonce.
+    AuthHello { hello: Hello, nonce: [u8; 32] },
+    /// The acceptor's answer to an `AuthHello`: its nonce and its proof.
+    Challenge { nonce: [u8; 32], proof: [u8; 32] },
+    /// The caller's proof, after it checked the acceptor's.
+    Auth { proof: [u8; 32] },
 }
 
 /// The payload of a log entry: a client write and who is waiting for its result. `incarnation`

@@ -1,9 +1,11 @@
 //! Peer transport: Raft messages over TCP as length-prefixed frames (see `codec`). One outgoing
 //! connection per peer, re-established with backoff; incoming connections must open with a
-//! `Hello` naming this cluster. Queues are bounded and a full queue drops the message: Raft
-//! tolerates loss, and a stalled peer must not stall the node.
+//! `Hello` naming this cluster, and, when the cluster has a secret, pass a mutual challenge
+//! and carry a MAC on every frame (`peer_auth`). Queues are bounded and a full queue drops the
+//! message: Raft tolerates loss, and a stalled peer must not stall the node.
 
 use crate::codec::{self, Hello, PeerFrame};
+use crate::peer_auth::{ClusterSecret, FrameMac, Role, Session, TAG_BYTES};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use raft_kv_core::{Message, NodeId};
@@ -13,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tracing::{debug, info, warn};
 
 /// What happens to one outgoing message. Only the simulation's fault layer chooses anything but
@@ -48,6 +50,8 @@ pub struct TransportConfig {
     pub faults: Option<Arc<dyn MessageFaults>>,
     /// The address peers reach this node at, told in the hello.
     pub advertise: Option<SocketAddr>,
+    /// With a secret, peers must prove they know it and every frame is authenticated.
+    pub secret: Option<ClusterSecret>,
 }
 
 impl std::fmt::Debug for TransportConfig {
@@ -58,6 +62,7 @@ impl std::fmt::Debug for TransportConfig {
             .field("frame_bytes_max", &self.frame_bytes_max)
             .field("peer_queue_max", &self.peer_queue_max)
             .field("faults", &self.faults.is_some())
+            .field("secret", &self.secret.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -73,9 +78,13 @@ impl TransportConfig {
             reconnect_backoff_max: Duration::from_secs(1),
             faults: None,
             advertise: None,
+            secret: None,
         }
     }
 }
+
+/// How long each side of a peer connection waits for the other's next handshake frame.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Messages written per flush on one connection.
 const FRAMES_PER_FLUSH_MAX: usize = 256;
@@ -191,6 +200,70 @@ pub fn start(
     sender
 }
 
+type PeerConn = Framed<TcpStream, LengthDelimitedCodec>;
+
+/// The next frame from `conn`, decoded, within the handshake timeout.
+async fn handshake_frame(conn: &mut PeerConn) -> Result<PeerFrame, String> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.next()).await {
+        Err(_) => Err(format!("no answer within {HANDSHAKE_TIMEOUT:?}")),
+        Ok(None) => Err("the connection was closed".into()),
+        Ok(Some(Err(e))) => Err(format!("bad frame: {e}")),
+        Ok(Some(Ok(bytes))) => codec::decode(&bytes).map_err(|e| format!("undecodable frame: {e}")),
+    }
+}
+
+/// Why a connection to a peer could not be opened.
+enum CallError {
+    /// No TCP connection (the peer is down or unreachable): expected, retried quietly.
+    Connect(std::io::Error),
+    /// The peer answered but the handshake failed: a misconfiguration or an impostor.
+    Handshake(String),
+}
+
+/// Opens a connection to `peer`: the hello, and with a secret the mutual challenge. Returns
+/// the connection and the MAC its frames are sealed with.
+async fn call(
+    cfg: &TransportConfig,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<(PeerConn, Option<FrameMac>), CallError> {
+    let stream = TcpStream::connect(addr).await.map_err(CallError::Connect)?;
+    handshake_as_caller(cfg, peer, stream).await.map_err(CallError::Handshake)
+}
+
+async fn handshake_as_caller(
+    cfg: &TransportConfig,
+    peer: NodeId,
+    stream: TcpStream,
+) -> Result<(PeerConn, Option<FrameMac>), String> {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Framed::new(stream, codec(cfg.frame_bytes_max));
+    let hello = Hello {
+        cluster_id: cfg.cluster_id,
+        from: cfg.id,
+        addr: cfg.advertise.map(|a| a.to_string()),
+    };
+    let Some(secret) = &cfg.secret else {
+        let frame = codec::encode(&PeerFrame::Hello(hello));
+        conn.send(Bytes::from(frame)).await.map_err(|e| format!("send failed: {e}"))?;
+        return Ok((conn, None));
+    };
+    let caller_nonce: [u8; 32] = rand::random();
+    let frame = codec::encode(&PeerFrame::AuthHello { hello, nonce: caller_nonce });
+    conn.send(Bytes::from(frame)).await.map_err(|e| format!("send failed: {e}"))?;
+    let (acceptor_nonce, proof) = match handshake_frame(&mut conn).await? {
+        PeerFrame::Challenge { nonce, proof } => (nonce, proof),
+        _ => return Err("the peer answered the hello with something other than a challenge".into()),
+    };
+    let session = Session { caller: cfg.id, acceptor: peer, caller_nonce, acceptor_nonce };
+    if !session.verify(secret, Role::Acceptor, &proof) {
+        return Err("the peer failed to prove it knows the cluster secret (a different --cluster-secret-file, or not that node)".into());
+    }
+    let frame = codec::encode(&PeerFrame::Auth { proof: session.proof(secret, Role::Caller) });
+    conn.send(Bytes::from(frame)).await.map_err(|e| format!("send failed: {e}"))?;
+    Ok((conn, Some(session.frames(secret))))
+}
+
 async fn send_loop(
     cfg: TransportConfig,
     peer: NodeId,
@@ -200,13 +273,20 @@ async fn send_loop(
     let mut backoff = cfg.reconnect_backoff_min;
     let mut connected_once = false;
     loop {
-        let stream = match TcpStream::connect(addr).await {
-            Ok(s) => s,
+        let (mut framed, mut mac) = match call(&cfg, peer, addr).await {
+            Ok(c) => c,
             Err(e) => {
                 if rx.is_closed() {
                     return; // replaced (the peer's address changed)
                 }
-                debug!(node = %cfg.id, peer = %peer, %addr, error = %e, "connect failed");
+                match e {
+                    CallError::Connect(e) => {
+                        debug!(node = %cfg.id, peer = %peer, %addr, error = %e, "connect failed")
+                    }
+                    CallError::Handshake(why) => {
+                        warn!(node = %cfg.id, peer = %peer, %addr, error = %why, "peer connection refused")
+                    }
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(cfg.reconnect_backoff_max);
                 // Messages queued while the peer is down are stale; keep the freshest.
@@ -218,18 +298,8 @@ async fn send_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let mut framed = FramedWrite::new(stream, codec(cfg.frame_bytes_max));
-        let hello = codec::encode(&PeerFrame::Hello(Hello {
-            cluster_id: cfg.cluster_id,
-            from: cfg.id,
-            addr: cfg.advertise.map(|a| a.to_string()),
-        }));
-        if framed.send(Bytes::from(hello)).await.is_err() {
-            continue;
-        }
         if !connected_once {
-            info!(node = %cfg.id, peer = %peer, %addr, "connected to peer");
+            info!(node = %cfg.id, peer = %peer, %addr, authenticated = mac.is_some(), "connected to peer");
             connected_once = true;
         }
         backoff = cfg.reconnect_backoff_min;
@@ -238,11 +308,18 @@ async fn send_loop(
             let mut next = Some(first);
             let mut written = 0;
             while let Some(m) = next.take() {
-                let frame = codec::encode(&PeerFrame::Raft(m));
-                if frame.len() > cfg.frame_bytes_max {
+                let mut frame = codec::encode(&PeerFrame::Raft(m));
+                let tag = if mac.is_some() { TAG_BYTES } else { 0 };
+                if frame.len() + tag > cfg.frame_bytes_max {
                     warn!(node = %cfg.id, peer = %peer, bytes = frame.len(), "message above the frame limit dropped");
-                } else if framed.feed(Bytes::from(frame)).await.is_err() {
-                    break 'conn;
+                } else {
+                    // Sealed only when sent: the receiver counts the frames it gets.
+                    if let Some(mac) = mac.as_mut() {
+                        mac.seal(&mut frame);
+                    }
+                    if framed.feed(Bytes::from(frame)).await.is_err() {
+                        break 'conn;
+                    }
                 }
                 written += 1;
                 if written < FRAMES_PER_FLUSH_MAX {
@@ -283,6 +360,62 @@ async fn accept_loop(
     }
 }
 
+/// Answers a caller's hello: checks the cluster, and with a secret runs the mutual challenge.
+/// Returns who called and the MAC its frames are sealed with, or why it is refused.
+async fn answer(
+    cfg: &TransportConfig,
+    conn: &mut PeerConn,
+) -> Result<(Hello, Option<FrameMac>), String> {
+    let (hello, caller_nonce) = match handshake_frame(conn).await? {
+        PeerFrame::Hello(h) => (h, None),
+        PeerFrame::AuthHello { hello, nonce } => (hello, Some(nonce)),
+        _ => return Err("the connection did not start with a hello".into()),
+    };
+    if hello.cluster_id != cfg.cluster_id {
+        return Err(format!(
+            "the peer belongs to another cluster (its id {}, ours {}: a different --cluster list)",
+            hello.cluster_id, cfg.cluster_id
+        ));
+    }
+    let (secret, caller_nonce) = match (&cfg.secret, caller_nonce) {
+        (None, None) => return Ok((hello, None)),
+        (Some(_), None) => {
+            return Err(format!(
+                "node {} did not authenticate (started without --cluster-secret-file, or not a member)",
+                hello.from
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(format!(
+                "node {} authenticates with a cluster secret and this node has none (--cluster-secret-file)",
+                hello.from
+            ))
+        }
+        (Some(secret), Some(nonce)) => (secret, nonce),
+    };
+    let session = Session {
+        caller: hello.from,
+        acceptor: cfg.id,
+        caller_nonce,
+        acceptor_nonce: rand::random(),
+    };
+    let challenge = PeerFrame::Challenge {
+        nonce: session.acceptor_nonce,
+        proof: session.proof(secret, Role::Acceptor),
+    };
+    conn.send(Bytes::from(codec::encode(&challenge))).await.map_err(|e| format!("send failed: {e}"))?;
+    match handshake_frame(conn).await? {
+        PeerFrame::Auth { proof } if session.verify(secret, Role::Caller, &proof) => {
+            Ok((hello, Some(session.frames(secret))))
+        }
+        PeerFrame::Auth { .. } => Err(format!(
+            "node {} failed to prove it knows the cluster secret (a different secret, or a forged or replayed handshake)",
+            hello.from
+        )),
+        _ => Err("the caller answered the challenge with something other than its proof".into()),
+    }
+}
+
 async fn receive_loop(
     cfg: TransportConfig,
     stream: TcpStream,
@@ -290,38 +423,40 @@ async fn receive_loop(
     inbound: mpsc::Sender<Message>,
     peers: PeerSender,
 ) {
-    let mut frames = FramedRead::new(stream, codec(cfg.frame_bytes_max));
-    let peer = match frames.next().await {
-        Some(Ok(bytes)) => match codec::decode::<PeerFrame>(&bytes) {
-            Ok(PeerFrame::Hello(h)) if h.cluster_id == cfg.cluster_id => {
-                // A node that joined after this one's membership was last applied is reached
-                // at the address it gives.
-                if let Some(a) = h.addr.as_deref().and_then(|a| a.parse().ok()) {
-                    peers.learn(h.from, a);
-                }
-                h.from
+    let mut frames = Framed::new(stream, codec(cfg.frame_bytes_max));
+    let (peer, mut mac) = match answer(&cfg, &mut frames).await {
+        Ok((hello, mac)) => {
+            // A node that joined after this one's membership was last applied is reached at
+            // the address it gives (only once it proved it is a member, with a secret).
+            if let Some(a) = hello.addr.as_deref().and_then(|a| a.parse().ok()) {
+                peers.learn(hello.from, a);
             }
-            Ok(PeerFrame::Hello(h)) => {
-                warn!(node = %cfg.id, %addr, their_cluster = h.cluster_id, our_cluster = cfg.cluster_id,
-                    "peer belongs to another cluster (different --cluster list); connection refused");
-                return;
-            }
-            Ok(_) | Err(_) => {
-                warn!(node = %cfg.id, %addr, "peer connection did not start with a valid hello; closed");
-                return;
-            }
-        },
-        _ => return,
+            (hello.from, mac)
+        }
+        Err(why) => {
+            warn!(node = %cfg.id, %addr, error = %why, "peer connection refused");
+            return;
+        }
     };
     while let Some(frame) = frames.next().await {
-        let bytes = match frame {
+        let sealed = match frame {
             Ok(b) => b,
             Err(e) => {
                 warn!(node = %cfg.id, peer = %peer, error = %e, "bad frame from peer; connection closed");
                 return;
             }
         };
-        match codec::decode::<PeerFrame>(&bytes) {
+        let bytes = match mac.as_mut() {
+            None => &sealed[..],
+            Some(mac) => match mac.open(&sealed) {
+                Some(b) => b,
+                None => {
+                    warn!(node = %cfg.id, peer = %peer, %addr, "frame failed authentication (forged, altered or replayed); connection closed");
+                    return;
+                }
+            },
+        };
+        match codec::decode::<PeerFrame>(bytes) {
             Ok(PeerFrame::Raft(m)) if m.from == peer && m.to == cfg.id => {
                 if inbound.send(m).await.is_err() {
                     return;

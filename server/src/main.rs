@@ -15,7 +15,8 @@ use clap::Parser;
 use raft_kv_core::NodeId;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use raft_kv_runtime::peer_auth::ClusterSecret;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -82,6 +83,32 @@ struct Args {
     /// before any other command, as with Redis's requirepass.
     #[arg(long)]
     requirepass: Option<String>,
+    /// A file holding the cluster's shared secret (at least 16 bytes; trailing whitespace is
+    /// ignored). Peers then prove to each other that they know it when they connect, and
+    /// every Raft frame is authenticated: without it anyone who reaches a Raft port can
+    /// speak for a member. Every member needs the same file; keep it readable by its owner
+    /// only.
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
+}
+
+/// Reads `--cluster-secret-file`.
+fn read_cluster_secret(path: &Path) -> anyhow::Result<ClusterSecret> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the cluster secret file {}", path.display()))?;
+    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+    let secret = ClusterSecret::new(&bytes[..end])
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(file = %path.display(), "the cluster secret file is readable by other users; chmod 600 it");
+            }
+        }
+    }
+    Ok(secret)
 }
 
 fn parse_drift(s: &str) -> Result<f64, String> {
@@ -119,6 +146,9 @@ async fn serve_main(args: Args) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        // Logs go to stderr, as a daemon's do: stdout stays free, and one redirect keeps both
+        // the log and a fatal error.
+        .with_writer(std::io::stderr)
         .init();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -333,6 +363,7 @@ async fn serve(
     own: SocketAddr,
     join: Option<(String, SocketAddr)>,
 ) -> anyhow::Result<()> {
+    let secret = args.cluster_secret_file.as_deref().map(read_cluster_secret).transpose()?;
     let data_dir = data_dir(&args);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
@@ -361,6 +392,10 @@ async fn serve(
     );
     opts.transport.cluster_id = cluster_id;
     opts.transport.advertise = Some(own);
+    if secret.is_none() && !own.ip().is_loopback() {
+        tracing::warn!(raft = %own, "no --cluster-secret-file: anyone who reaches this Raft port can speak for a member");
+    }
+    opts.transport.secret = secret;
     opts.tuning.tick = Duration::from_millis(args.tick_ms);
     opts.tuning.request_timeout = Duration::from_millis(args.request_timeout_ms);
     opts.tuning.snapshot.chunk_bytes = args.snapshot_chunk_bytes as usize;

@@ -55,6 +55,9 @@ pub struct ClusterOptions {
     /// Each WAL sync first waits a uniform draw of up to this (a disk's latency), so crashes
     /// land between writes and their syncs; 0: syncs start at once.
     pub sync_delay_max: Duration,
+    /// Peers authenticate with a cluster secret (`peer_auth`): the handshake and the frame
+    /// MACs run under every fault.
+    pub peer_secret: bool,
 }
 
 impl ClusterOptions {
@@ -73,6 +76,7 @@ impl ClusterOptions {
             snapshot: SnapshotTuning::default(),
             lease_ticks: 0,
             sync_delay_max: Duration::ZERO,
+            peer_secret: false,
         }
     }
 }
@@ -249,6 +253,14 @@ impl SimCluster {
                     node_opts.tuning.snapshot = opts.snapshot.clone();
                     node_opts.client.planted = opts.planted;
                     node_opts.transport.faults = Some(faults.clone());
+                    if opts.peer_secret {
+                        node_opts.transport.secret = Some(
+                            raft_kv_runtime::peer_auth::ClusterSecret::new(
+                                b"the simulated cluster's secret",
+                            )
+                            .expect("long enough"),
+                        );
+                    }
                     let clock = clock.clone();
                     let on_status = invariants.clone();
                     let sync_delay: Option<raft_kv_runtime::durability::SyncDelay> =

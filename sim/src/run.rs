@@ -171,6 +171,7 @@ async fn simulate(opts: RunOptions) -> RunReport {
         sync_delay_max: Duration::from_micros(
             *[0, 1_000, 5_000, 20_000, 50_000].choose(&mut rng).expect("not empty"),
         ),
+        peer_secret: rng.gen_bool(0.5),
     };
     if cluster_opts.lease_ticks > 0 && rng.gen_bool(0.5) {
         // Half the lease seeds get what attacks a lease: skewed clocks and partitions.
@@ -178,7 +179,7 @@ async fn simulate(opts: RunOptions) -> RunReport {
         swarm.partitions = true;
     }
     let config = format!(
-        "appends of {} x{}, compact every {} keeping {}, chunks of {} B x{}, lease {} ticks, syncs after up to {:?}",
+        "appends of {} x{}, compact every {} keeping {}, chunks of {} B x{}, lease {} ticks, syncs after up to {:?}, peer secret {}",
         cluster_opts.append_entries_max,
         cluster_opts.inflight_appends_max,
         cluster_opts.snapshot_entries,
@@ -186,7 +187,8 @@ async fn simulate(opts: RunOptions) -> RunReport {
         cluster_opts.snapshot.chunk_bytes,
         cluster_opts.snapshot.window,
         cluster_opts.lease_ticks,
-        cluster_opts.sync_delay_max
+        cluster_opts.sync_delay_max,
+        cluster_opts.peer_secret
     );
     let cluster = SimCluster::start_with(cluster_opts);
 
