@@ -31,6 +31,9 @@ pub struct ClientConfig {
     pub planted: Option<raft_kv_core::PlantedBug>,
     /// `--requirepass`: clients must AUTH (or HELLO ... AUTH) before anything else.
     pub requirepass: Option<String>,
+    /// Redis's protected mode: without a password, only clients on the loopback interface
+    /// are served (`refused_by_protected_mode`).
+    pub protected_mode: bool,
 }
 
 impl Default for ClientConfig {
@@ -41,8 +44,19 @@ impl Default for ClientConfig {
             pipeline_depth_max: 1024,
             planted: None,
             requirepass: None,
+            protected_mode: false,
         }
     }
+}
+
+/// What a client refused by protected mode reads before the connection closes: Redis's
+/// message, with the remedies raft-kv has.
+pub const PROTECTED_MODE_DENIED: &str = "-DENIED raft-kv is running in protected mode because protected mode is enabled and no password is set for the default user. In this mode connections are only accepted from the loopback interface. If you want to connect from external computers, you may adopt one of the following solutions: 1) Set up an authentication password for the default user: restart every node with the same '--requirepass PASSWORD'. 2) If you are sure the node is not reachable from the internet, restart it with the '--protected-mode no' option. NOTE: You only need to do one of the above things in order for the server to start accepting connections from the outside.\r\n";
+
+/// Whether a client from `peer` is refused: protected mode is on, no password is set, and the
+/// client is not on the loopback interface (an IPv4 address mapped into IPv6 counts as IPv4).
+pub fn refused_by_protected_mode(cfg: &ClientConfig, peer: std::net::IpAddr) -> bool {
+    cfg.protected_mode && cfg.requirepass.is_none() && !peer.to_canonical().is_loopback()
 }
 
 /// Bytes of replies gathered before a write, when more replies are already waiting.
@@ -71,6 +85,12 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        if refused_by_protected_mode(&cfg, addr.ip()) {
+            debug!(%addr, "client refused: protected mode");
+            let _ = stream.write_all(PROTECTED_MODE_DENIED.as_bytes()).await;
+            let _ = stream.flush().await;
+            continue;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
             let _ = stream.flush().await;
@@ -551,6 +571,25 @@ async fn flush<W: tokio::io::AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protected_mode_refuses_only_remote_clients_of_a_node_without_a_password() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let protected = ClientConfig { protected_mode: true, ..ClientConfig::default() };
+        for local in ["127.0.0.1", "127.5.6.7", "::1", "::ffff:127.0.0.1"] {
+            assert!(!refused_by_protected_mode(&protected, ip(local)), "{local}");
+        }
+        for remote in ["10.0.0.5", "192.168.1.2", "::ffff:10.0.0.5", "2001:db8::1"] {
+            assert!(refused_by_protected_mode(&protected, ip(remote)), "{remote}");
+        }
+        let with_password =
+            ClientConfig { requirepass: Some("pw".into()), ..protected.clone() };
+        assert!(!refused_by_protected_mode(&with_password, ip("10.0.0.5")));
+        let off = ClientConfig { protected_mode: false, ..ClientConfig::default() };
+        assert!(!refused_by_protected_mode(&off, ip("10.0.0.5")));
+        assert!(PROTECTED_MODE_DENIED.starts_with("-DENIED ") && PROTECTED_MODE_DENIED.ends_with("\r\n"));
+        assert_eq!(PROTECTED_MODE_DENIED.matches("\r\n").count(), 1, "one RESP error line");
+    }
 
     #[test]
     fn a_multi_block_past_the_size_limit_is_refused_and_aborts() {

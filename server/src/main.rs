@@ -90,6 +90,19 @@ struct Args {
     /// only.
     #[arg(long)]
     cluster_secret_file: Option<PathBuf>,
+    /// As Redis's protected-mode: without --requirepass, only clients on the loopback
+    /// interface are served; others read a DENIED error. Matters with a --bind other than
+    /// loopback.
+    #[arg(long, default_value = "yes", value_parser = parse_yes_no)]
+    protected_mode: bool,
+}
+
+fn parse_yes_no(s: &str) -> Result<bool, String> {
+    match s {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!("'{s}' is neither yes nor no")),
+    }
 }
 
 /// Reads `--cluster-secret-file`.
@@ -401,6 +414,10 @@ async fn serve(
     opts.tuning.snapshot.chunk_bytes = args.snapshot_chunk_bytes as usize;
     opts.client.limits.bulk_bytes_max = args.max_bulk_bytes as usize;
     opts.client.requirepass = args.requirepass.clone();
+    opts.client.protected_mode = args.protected_mode;
+    if args.protected_mode && args.requirepass.is_none() && !args.bind.is_loopback() {
+        tracing::warn!(bind = %args.bind, "protected mode: no --requirepass, so only clients on the loopback interface are served");
+    }
     opts.client.limits.request_bytes_max =
         opts.client.limits.request_bytes_max.max(2 * args.max_bulk_bytes as usize);
 
