@@ -12,6 +12,8 @@ pub struct RaftLog {
     offset_time: u64,
     /// Sum of `size_bytes` over `entries`, for the snapshot threshold.
     bytes: usize,
+    /// Sum of `size_bytes` over the entries after `commit`: a leader bounds it.
+    uncommitted_bytes: usize,
     /// The membership at `offset`, or (after a restart) the applied one: either way what is
     /// in effect when no membership entry after it is held. Entries up to the applied index
     /// that are held agree with it, and are never truncated.
@@ -47,6 +49,8 @@ impl RaftLog {
             assert_eq!(e.index.0, offset.0 + 1 + i as u64, "restored log is not contiguous");
         }
         let bytes = entries.iter().map(Entry::size_bytes).sum();
+        let uncommitted_bytes =
+            entries.iter().filter(|e| e.index > applied).map(Entry::size_bytes).sum();
         let membership_entries =
             entries.iter().filter(|e| e.membership.is_some()).map(|e| e.index).collect();
         let mut log = RaftLog {
@@ -54,6 +58,7 @@ impl RaftLog {
             offset_term,
             offset_time,
             bytes,
+            uncommitted_bytes,
             base_membership,
             membership_entries,
             entries,
@@ -117,6 +122,11 @@ impl RaftLog {
         self.bytes
     }
 
+    /// Bytes of the entries held after the commit index.
+    pub fn uncommitted_bytes(&self) -> usize {
+        self.uncommitted_bytes
+    }
+
     /// Drops the entries up to `index`, which must be applied and durable: the state machine
     /// now stands for them.
     pub fn compact(&mut self, index: LogIndex) -> SnapshotMeta {
@@ -149,6 +159,7 @@ impl RaftLog {
         self.entries.clear();
         self.membership_entries.clear();
         self.bytes = 0;
+        self.uncommitted_bytes = 0;
         self.offset = meta.index;
         self.offset_term = meta.term;
         self.offset_time = meta.time;
@@ -237,6 +248,7 @@ impl RaftLog {
         assert!(entry.term >= self.last_term(), "append with a lower term");
         self.mark_unstable(entry.index);
         self.bytes += entry.size_bytes();
+        self.uncommitted_bytes += entry.size_bytes();
         self.note_appended(std::slice::from_ref(&entry));
         self.entries.push(entry);
     }
@@ -266,7 +278,10 @@ impl RaftLog {
                 Some(_) => {
                     assert!(e.index > self.commit, "conflict at committed index {}", e.index);
                     let pos = self.position(e.index);
-                    self.bytes -= self.entries[pos..].iter().map(Entry::size_bytes).sum::<usize>();
+                    let dropped = self.entries[pos..].iter().map(Entry::size_bytes).sum::<usize>();
+                    self.bytes -= dropped;
+                    // Past the commit index, as asserted above.
+                    self.uncommitted_bytes -= dropped;
                     self.entries.truncate(pos);
                     self.membership_entries.retain(|i| *i < e.index);
                     self.persisted = self.persisted.min(e.index.prev());
@@ -275,7 +290,10 @@ impl RaftLog {
                 None => {}
             }
             self.mark_unstable(e.index);
-            self.bytes += entries[i..].iter().map(Entry::size_bytes).sum::<usize>();
+            // Past the commit index: below it the entries match (or are compacted).
+            let added = entries[i..].iter().map(Entry::size_bytes).sum::<usize>();
+            self.bytes += added;
+            self.uncommitted_bytes += added;
             self.note_appended(&entries[i..]);
             self.entries.extend_from_slice(&entries[i..]);
             break;
@@ -324,6 +342,9 @@ impl RaftLog {
             index,
             self.last_index()
         );
+        let from = self.position(self.commit.next());
+        let to = self.position(index) + 1;
+        self.uncommitted_bytes -= self.entries[from..to].iter().map(Entry::size_bytes).sum::<usize>();
         self.commit = index;
         true
     }
@@ -359,6 +380,10 @@ impl RaftLog {
         assert!(self.commit <= self.last_index());
         assert!(self.commit >= self.offset);
         debug_assert_eq!(self.bytes, self.entries.iter().map(Entry::size_bytes).sum::<usize>());
+        debug_assert_eq!(
+            self.uncommitted_bytes,
+            self.entries.iter().filter(|e| e.index > self.commit).map(Entry::size_bytes).sum::<usize>()
+        );
         let mut term = self.offset_term;
         for (i, e) in self.entries.iter().enumerate() {
             assert_eq!(e.index.0, self.offset.0 + 1 + i as u64);

@@ -38,6 +38,10 @@ pub struct Config {
     pub apply_batch_max: usize,
     /// A leader refuses proposals while this many entries are appended but not committed.
     pub uncommitted_entries_max: u64,
+    /// ... or while its uncommitted entries hold this many bytes (counting the new one; an
+    /// entry is always taken when nothing is uncommitted, whatever its size): the log is held
+    /// in memory until compacted, and uncommitted entries cannot be compacted.
+    pub uncommitted_bytes_max: usize,
     /// Read requests queued at a leader awaiting confirmation.
     pub pending_reads_max: usize,
     /// The log is compacted once this many applied entries, or this many bytes of entries,
@@ -84,6 +88,7 @@ impl Config {
             inflight_appends_max: 64,
             apply_batch_max: 1024,
             uncommitted_entries_max: 20_000,
+            uncommitted_bytes_max: 64 << 20,
             pending_reads_max: 100_000,
             snapshot_entries: 100_000,
             snapshot_bytes: 64 << 20,
@@ -122,6 +127,7 @@ impl Config {
             || self.inflight_appends_max == 0
             || self.apply_batch_max == 0
             || self.uncommitted_entries_max == 0
+            || self.uncommitted_bytes_max == 0
             || self.pending_reads_max == 0
             || self.snapshot_entries == 0
             || self.snapshot_bytes == 0
@@ -804,12 +810,12 @@ impl RaftNode {
             return reject(self, Rejection::MembershipInvalid);
         };
         next.made_in = self.term;
-        if self.log.last_index().0 - self.log.commit_index().0 >= self.cfg.uncommitted_entries_max {
-            return reject(self, Rejection::Busy);
-        }
         let index = self.log.last_index().next();
         let mut entry = self.new_entry(index, data);
         entry.membership = Some(next);
+        if self.too_much_uncommitted(&entry) {
+            return reject(self, Rejection::Busy);
+        }
         self.log.append(entry);
         self.pending_membership = index;
         self.membership_changed();
@@ -2092,6 +2098,15 @@ impl RaftNode {
         self.propose_as(Some(id), data);
     }
 
+    /// Whether appending `entry` would leave more uncommitted than the limits allow, by count
+    /// or by bytes (one entry is always taken when nothing is uncommitted, however large).
+    fn too_much_uncommitted(&self, entry: &Entry) -> bool {
+        let count = self.log.last_index().0 - self.log.commit_index().0;
+        let bytes = self.log.uncommitted_bytes();
+        count >= self.cfg.uncommitted_entries_max
+            || (count > 0 && bytes + entry.size_bytes() > self.cfg.uncommitted_bytes_max)
+    }
+
     fn propose_as(&mut self, id: Option<u64>, data: Vec<u8>) {
         match self.role {
             Role::Leader if self.transfer.is_some() => {
@@ -2101,15 +2116,15 @@ impl RaftNode {
                 }
             }
             Role::Leader => {
-                let uncommitted = self.log.last_index().0 - self.log.commit_index().0;
-                if uncommitted >= self.cfg.uncommitted_entries_max {
+                let index = self.log.last_index().next();
+                let entry = self.new_entry(index, data);
+                if self.too_much_uncommitted(&entry) {
                     if let Some(id) = id {
                         self.rejected.push((id, Rejection::Busy));
                     }
                     return;
                 }
-                let index = self.log.last_index().next();
-                self.log.append(self.new_entry(index, data));
+                self.log.append(entry);
                 // A single-voter cluster commits once its own write is persisted.
                 self.maybe_commit();
             }

@@ -1137,6 +1137,42 @@ fn a_single_node_commits_only_after_its_own_write_is_persisted_5_3() {
 }
 
 #[test]
+fn a_leader_bounds_the_bytes_of_its_uncommitted_entries() {
+    // Issue 13.8: the count limit alone let 20,000 entries of up to 32 MiB wait uncommitted in
+    // memory. One entry is always taken when nothing is uncommitted, whatever its size.
+    let mut cfg = config(1, 1);
+    cfg.uncommitted_bytes_max = 200;
+    let mut node = RaftNode::new(cfg, RestoredState::default()).expect("valid");
+    let mut step = |input: Input| {
+        node.step(input);
+        node.check_invariants();
+        node.ready()
+    };
+    for _ in 0..2 * ELECTION_TICKS {
+        if !step(Input::Tick).is_empty() {
+            break;
+        }
+    }
+    assert!(!step(Input::Persisted { index: LogIndex(1), term: Term(1) }).committed.is_empty());
+
+    let big = step(Input::Propose { id: 1, data: vec![7; 300] });
+    assert!(big.rejected.is_empty() && big.append.is_some(), "{big:?}");
+    let refused = step(Input::Propose { id: 2, data: vec![7; 10] });
+    assert_eq!(refused.rejected, vec![(2, Rejection::Busy)]);
+    assert!(refused.append.is_none());
+    assert!(!step(Input::Persisted { index: LogIndex(2), term: Term(1) }).committed.is_empty());
+
+    // 34 bytes each (10 of data, 24 of entry): five fit in 200, the sixth does not.
+    for id in 3..=7 {
+        let r = step(Input::Propose { id, data: vec![7; 10] });
+        assert!(r.rejected.is_empty(), "proposal {id}: {r:?}");
+    }
+    assert_eq!(step(Input::Propose { id: 8, data: vec![7; 10] }).rejected, vec![(8, Rejection::Busy)]);
+    assert!(!step(Input::Persisted { index: LogIndex(7), term: Term(1) }).committed.is_empty());
+    assert!(step(Input::Propose { id: 9, data: vec![7; 10] }).rejected.is_empty());
+}
+
+#[test]
 fn a_follower_forwards_proposals_and_a_leaderless_node_rejects_them_5_3() {
     let mut c = Cluster::new(3);
     c.step(2, Input::Propose { id: 1, data: b"early".to_vec() });

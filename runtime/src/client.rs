@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -34,6 +34,9 @@ pub struct ClientConfig {
     /// Redis's protected mode: without a password, only clients on the loopback interface
     /// are served (`refused_by_protected_mode`).
     pub protected_mode: bool,
+    /// Bytes of requests (their arguments) handed to the node and not yet answered, over all
+    /// connections; a request past it is answered BUSY at once.
+    pub pending_request_bytes_max: usize,
 }
 
 impl Default for ClientConfig {
@@ -45,6 +48,7 @@ impl Default for ClientConfig {
             planted: None,
             requirepass: None,
             protected_mode: false,
+            pending_request_bytes_max: 256 << 20,
         }
     }
 }
@@ -64,7 +68,30 @@ const WRITE_BATCH_BYTES_MAX: usize = 64 * 1024;
 
 enum Pending {
     Ready(Reply),
-    Waiting(oneshot::Receiver<Reply>),
+    /// Handed to the node; the permit holds the request's bytes until the reply comes.
+    Waiting(oneshot::Receiver<Reply>, Option<OwnedSemaphorePermit>),
+}
+
+/// The node's budget of pending request bytes (`ClientConfig::pending_request_bytes_max`),
+/// shared by every connection.
+#[derive(Clone)]
+struct PendingBytes {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl PendingBytes {
+    fn new(max: usize) -> PendingBytes {
+        let max = max.clamp(1, u32::MAX as usize);
+        PendingBytes { permits: Arc::new(Semaphore::new(max)), max }
+    }
+
+    /// Holds `bytes` (at most the whole budget, so any single request can pass alone); None if
+    /// they are not free now.
+    fn try_hold(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let n = bytes.clamp(1, self.max) as u32;
+        self.permits.clone().try_acquire_many_owned(n).ok()
+    }
 }
 
 /// Accepts clients, at most as many at once as `slots` has permits (`clients_max`).
@@ -75,6 +102,7 @@ pub async fn accept_loop(
     slots: Arc<Semaphore>,
 ) {
     let mut next_conn: u64 = 0;
+    let pending_bytes = PendingBytes::new(cfg.pending_request_bytes_max);
     let registry = Registry::default();
     loop {
         let (mut stream, addr) = match listener.accept().await {
@@ -104,8 +132,9 @@ pub async fn accept_loop(
         let entry = ClientEntry { addr, laddr, name: None, since: Instant::now(), protocol: 2 };
         registry.lock().expect("not poisoned").insert(conn, entry);
         let registry = registry.clone();
+        let pending_bytes = pending_bytes.clone();
         tokio::spawn(async move {
-            serve(stream, node, cfg, conn, registry.clone()).await;
+            serve(stream, node, cfg, conn, registry.clone(), pending_bytes).await;
             registry.lock().expect("not poisoned").remove(&conn);
             drop(permit);
             debug!(%addr, "client disconnected");
@@ -229,6 +258,7 @@ async fn serve(
     cfg: ClientConfig,
     conn: u64,
     registry: Registry,
+    pending_bytes: PendingBytes,
 ) {
     // Without TCP_NODELAY a pipelining client waits on Nagle's algorithm for every reply batch.
     let _ = stream.set_nodelay(true);
@@ -252,6 +282,7 @@ async fn serve(
             match resp::next_request(&mut buf, &cfg.limits) {
                 Ok(Some(argv)) if argv.is_empty() => continue,
                 Ok(Some(argv)) => {
+                    let request_bytes: usize = argv.iter().map(|a| a.len()).sum();
                     let parsed = command::parse(argv);
                     let allowed_before_auth = matches!(
                         parsed,
@@ -376,9 +407,10 @@ async fn serve(
                             }
                             let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
                             let read = ReadCommand::Query(Query::Watch(keys.clone()));
-                            let reply = match dispatch(Request::Read(read), &node, conn).0 {
+                            let held = pending_bytes.try_hold(request_bytes);
+                            let reply = match dispatch(Request::Read(read), &node, conn, held).0 {
                                 Pending::Ready(r) => r,
-                                Pending::Waiting(rx) => rx.await.unwrap_or_else(|_| {
+                                Pending::Waiting(rx, _held) => rx.await.unwrap_or_else(|_| {
                                     Reply::error("ERR the node is shutting down")
                                 }),
                             };
@@ -471,7 +503,23 @@ async fn serve(
                     if next_phase.is_some() {
                         phase = next_phase;
                     }
-                    let (pending, quit) = dispatch(request, &node, conn);
+                    let held = match &request {
+                        Request::Write(_) | Request::Read(_) | Request::Admin(_) => {
+                            match pending_bytes.try_hold(request_bytes) {
+                                Some(p) => Some(p),
+                                None => {
+                                    let busy = Reply::error(format!("BUSY the node holds {} bytes of pending requests, its limit; retry later", pending_bytes.max));
+                                    if tx.send((Pending::Ready(busy), protocol)).await.is_err() {
+                                        break 'conn;
+                                    }
+                                    submitted += 1;
+                                    continue;
+                                }
+                            }
+                        }
+                        _ => None,
+                    };
+                    let (pending, quit) = dispatch(request, &node, conn, held);
                     if tx.send((pending, protocol)).await.is_err() {
                         break 'conn;
                     }
@@ -497,7 +545,12 @@ async fn serve(
 }
 
 /// Turns one request into its (eventual) reply; true if the connection should close after it.
-fn dispatch(request: Request, node: &mpsc::Sender<ClientRequest>, conn: u64) -> (Pending, bool) {
+fn dispatch(
+    request: Request,
+    node: &mpsc::Sender<ClientRequest>,
+    conn: u64,
+    held: Option<OwnedSemaphorePermit>,
+) -> (Pending, bool) {
     let kind = match request {
         Request::Immediate(r) => return (Pending::Ready(r), false),
         Request::Quit => return (Pending::Ready(Reply::ok()), true),
@@ -509,7 +562,7 @@ fn dispatch(request: Request, node: &mpsc::Sender<ClientRequest>, conn: u64) -> 
     };
     let (reply, rx) = oneshot::channel();
     match node.try_send(ClientRequest { kind, reply, conn }) {
-        Ok(()) => (Pending::Waiting(rx), false),
+        Ok(()) => (Pending::Waiting(rx, held), false),
         Err(mpsc::error::TrySendError::Full(_)) => (
             Pending::Ready(Reply::error("BUSY the node's request queue is full; retry later")),
             false,
@@ -531,7 +584,7 @@ async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
         while let Some((p, protocol)) = next.take() {
             let reply = match p {
                 Pending::Ready(r) => r,
-                Pending::Waiting(mut wait) => match wait.try_recv() {
+                Pending::Waiting(mut wait, _held) => match wait.try_recv() {
                     Ok(r) => r,
                     Err(oneshot::error::TryRecvError::Empty) => {
                         // Send what is ready before waiting on the node.

@@ -55,6 +55,15 @@ struct Args {
     /// Largest argument a client may send (Redis's proto-max-bulk-len).
     #[arg(long, default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1..=(512 << 20)))]
     max_bulk_bytes: u64,
+    /// Bytes of client requests a node holds for consensus at once (over all connections);
+    /// a request past it is answered BUSY.
+    #[arg(long, default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(1..=(1 << 32) - 1))]
+    max_pending_request_bytes: u64,
+    /// Bytes of log entries a leader holds uncommitted (in memory until committed and
+    /// compacted); a write past it is answered BUSY. One entry is always taken when nothing
+    /// is uncommitted.
+    #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    max_uncommitted_bytes: u64,
     /// Compact the log (the state machine stands for it) once this many entries have been
     /// applied since the last compaction.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -393,6 +402,7 @@ async fn serve(
     raft.snapshot_entries = args.snapshot_entries;
     raft.snapshot_bytes = args.snapshot_bytes as usize;
     raft.snapshot_keep_entries = args.snapshot_keep_entries;
+    raft.uncommitted_bytes_max = args.max_uncommitted_bytes as usize;
     if let Some(drift) = args.lease_max_clock_drift {
         raft.lease_ticks = raft_kv_core::lease_ticks_for_drift(raft.election_ticks, 1.0 + drift)
             .context("--lease-max-clock-drift leaves no lease at all")?;
@@ -413,6 +423,7 @@ async fn serve(
     opts.tuning.request_timeout = Duration::from_millis(args.request_timeout_ms);
     opts.tuning.snapshot.chunk_bytes = args.snapshot_chunk_bytes as usize;
     opts.client.limits.bulk_bytes_max = args.max_bulk_bytes as usize;
+    opts.client.pending_request_bytes_max = args.max_pending_request_bytes as usize;
     opts.client.requirepass = args.requirepass.clone();
     opts.client.protected_mode = args.protected_mode;
     if args.protected_mode && args.requirepass.is_none() && !args.bind.is_loopback() {
