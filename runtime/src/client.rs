@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -37,6 +37,8 @@ pub struct ClientConfig {
     /// Bytes of requests (their arguments) handed to the node and not yet answered, over all
     /// connections; a request past it is answered BUSY at once.
     pub pending_request_bytes_max: usize,
+    /// With TLS, clients connect with it (`--tls-cert-file` ...).
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -49,6 +51,7 @@ impl Default for ClientConfig {
             requirepass: None,
             protected_mode: false,
             pending_request_bytes_max: 256 << 20,
+            tls: None,
         }
     }
 }
@@ -133,8 +136,17 @@ pub async fn accept_loop(
         registry.lock().expect("not poisoned").insert(conn, entry);
         let registry = registry.clone();
         let pending_bytes = pending_bytes.clone();
+        // Without TCP_NODELAY a pipelining client waits on Nagle's algorithm for every reply
+        // batch.
+        let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            serve(stream, node, cfg, conn, registry.clone(), pending_bytes).await;
+            match cfg.tls.clone() {
+                None => serve(stream, node, cfg, conn, registry.clone(), pending_bytes).await,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(tls) => serve(tls, node, cfg, conn, registry.clone(), pending_bytes).await,
+                    Err(why) => debug!(%addr, error = %why, "client refused"),
+                },
+            }
             registry.lock().expect("not poisoned").remove(&conn);
             drop(permit);
             debug!(%addr, "client disconnected");
@@ -252,16 +264,14 @@ enum Phase {
     Writes,
 }
 
-async fn serve(
-    stream: TcpStream,
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>(
+    stream: S,
     node: mpsc::Sender<ClientRequest>,
     cfg: ClientConfig,
     conn: u64,
     registry: Registry,
     pending_bytes: PendingBytes,
 ) {
-    // Without TCP_NODELAY a pipelining client waits on Nagle's algorithm for every reply batch.
-    let _ = stream.set_nodelay(true);
     let (mut rd, wr) = tokio::io::split(stream);
     // Each reply goes with the protocol (RESP2 or RESP3) the connection had chosen by then.
     let (tx, rx) = mpsc::channel::<(Pending, u8)>(cfg.pipeline_depth_max);

@@ -11,6 +11,7 @@ pub mod peer_auth;
 pub mod resp;
 pub mod snapshot;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 
 use client::ClientConfig;

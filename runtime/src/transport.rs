@@ -6,6 +6,7 @@
 
 use crate::codec::{self, Hello, PeerFrame};
 use crate::peer_auth::{ClusterSecret, FrameMac, Role, Session, TAG_BYTES};
+use crate::tls::{Io, PeerTls};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use raft_kv_core::{Message, NodeId};
@@ -52,6 +53,8 @@ pub struct TransportConfig {
     pub advertise: Option<SocketAddr>,
     /// With a secret, peers must prove they know it and every frame is authenticated.
     pub secret: Option<ClusterSecret>,
+    /// With TLS, peer connections are encrypted and both ends verify the other's certificate.
+    pub tls: Option<PeerTls>,
 }
 
 impl std::fmt::Debug for TransportConfig {
@@ -63,6 +66,7 @@ impl std::fmt::Debug for TransportConfig {
             .field("peer_queue_max", &self.peer_queue_max)
             .field("faults", &self.faults.is_some())
             .field("secret", &self.secret.is_some())
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +83,7 @@ impl TransportConfig {
             faults: None,
             advertise: None,
             secret: None,
+            tls: None,
         }
     }
 }
@@ -200,7 +205,7 @@ pub fn start(
     sender
 }
 
-type PeerConn = Framed<TcpStream, LengthDelimitedCodec>;
+type PeerConn = Framed<Box<dyn Io>, LengthDelimitedCodec>;
 
 /// The next frame from `conn`, decoded, within the handshake timeout.
 async fn handshake_frame(conn: &mut PeerConn) -> Result<PeerFrame, String> {
@@ -228,16 +233,20 @@ async fn call(
     addr: SocketAddr,
 ) -> Result<(PeerConn, Option<FrameMac>), CallError> {
     let stream = TcpStream::connect(addr).await.map_err(CallError::Connect)?;
-    handshake_as_caller(cfg, peer, stream).await.map_err(CallError::Handshake)
+    let _ = stream.set_nodelay(true);
+    let io: Box<dyn Io> = match &cfg.tls {
+        Some(tls) => tls.connect(addr, stream).await.map_err(CallError::Handshake)?,
+        None => Box::new(stream),
+    };
+    handshake_as_caller(cfg, peer, io).await.map_err(CallError::Handshake)
 }
 
 async fn handshake_as_caller(
     cfg: &TransportConfig,
     peer: NodeId,
-    stream: TcpStream,
+    io: Box<dyn Io>,
 ) -> Result<(PeerConn, Option<FrameMac>), String> {
-    let _ = stream.set_nodelay(true);
-    let mut conn = Framed::new(stream, codec(cfg.frame_bytes_max));
+    let mut conn = Framed::new(io, codec(cfg.frame_bytes_max));
     let hello = Hello {
         cluster_id: cfg.cluster_id,
         from: cfg.id,
@@ -423,7 +432,17 @@ async fn receive_loop(
     inbound: mpsc::Sender<Message>,
     peers: PeerSender,
 ) {
-    let mut frames = Framed::new(stream, codec(cfg.frame_bytes_max));
+    let io: Box<dyn Io> = match &cfg.tls {
+        Some(tls) => match tls.accept(stream).await {
+            Ok(io) => io,
+            Err(why) => {
+                warn!(node = %cfg.id, %addr, error = %why, "peer connection refused");
+                return;
+            }
+        },
+        None => Box::new(stream),
+    };
+    let mut frames = Framed::new(io, codec(cfg.frame_bytes_max));
     let (peer, mut mac) = match answer(&cfg, &mut frames).await {
         Ok((hello, mac)) => {
             // A node that joined after this one's membership was last applied is reached at

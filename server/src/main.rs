@@ -16,6 +16,7 @@ use raft_kv_core::NodeId;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use raft_kv_runtime::peer_auth::ClusterSecret;
+use raft_kv_runtime::tls::{ClientAuth, ClientTls, PeerTls, TlsFiles};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -102,8 +103,36 @@ struct Args {
     /// As Redis's protected-mode: without --requirepass, only clients on the loopback
     /// interface are served; others read a DENIED error. Matters with a --bind other than
     /// loopback.
-    #[arg(long, default_value = "yes", value_parser = parse_yes_no)]
+    #[arg(long, default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set)]
     protected_mode: bool,
+    /// The node's certificate chain (PEM). With --tls-key-file and --tls-ca-cert-file, the
+    /// client port speaks TLS only (redis-cli --tls).
+    #[arg(long, requires_all = ["tls_key_file", "tls_ca_cert_file"])]
+    tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM).
+    #[arg(long, requires_all = ["tls_cert_file", "tls_ca_cert_file"])]
+    tls_key_file: Option<PathBuf>,
+    /// The CA that signs the certificates of clients (with --tls-auth-clients) and peers.
+    #[arg(long, requires_all = ["tls_cert_file", "tls_key_file"])]
+    tls_ca_cert_file: Option<PathBuf>,
+    /// As Redis's tls-auth-clients: clients must present a certificate the CA signed (yes),
+    /// may (optional), or need not (no).
+    #[arg(long, default_value = "yes", value_parser = parse_client_auth, requires = "tls_cert_file")]
+    tls_auth_clients: ClientAuth,
+    /// As Redis's tls-cluster: the Raft port speaks TLS too, each peer presenting its
+    /// certificate and verifying the other's against --tls-ca-cert-file (and the address it
+    /// dialled against the certificate's IP addresses).
+    #[arg(long, default_value = "no", value_parser = parse_yes_no, action = clap::ArgAction::Set, requires = "tls_cert_file")]
+    tls_cluster: bool,
+}
+
+fn parse_client_auth(s: &str) -> Result<ClientAuth, String> {
+    match s {
+        "yes" => Ok(ClientAuth::Required),
+        "optional" => Ok(ClientAuth::Optional),
+        "no" => Ok(ClientAuth::None),
+        _ => Err(format!("'{s}' is none of yes, optional, no")),
+    }
 }
 
 fn parse_yes_no(s: &str) -> Result<bool, String> {
@@ -112,6 +141,22 @@ fn parse_yes_no(s: &str) -> Result<bool, String> {
         "no" => Ok(false),
         _ => Err(format!("'{s}' is neither yes nor no")),
     }
+}
+
+/// The client port's TLS and the peer port's, from the `--tls-*` files (both checked now, so a
+/// bad file stops the start before anything is written).
+fn tls_config(args: &Args) -> anyhow::Result<Option<(ClientTls, PeerTls)>> {
+    let (Some(cert), Some(key), Some(ca)) =
+        (&args.tls_cert_file, &args.tls_key_file, &args.tls_ca_cert_file)
+    else {
+        return Ok(None);
+    };
+    let files = TlsFiles { cert, key, ca };
+    let client = ClientTls::new(&files, args.tls_auth_clients).map_err(anyhow::Error::msg)?;
+    let peer = PeerTls::new(&files).map_err(anyhow::Error::msg)?;
+    // `--join` asks a member through its client port, which then speaks TLS.
+    let _ = CLUSTER_TLS.set(peer.clone());
+    Ok(Some((client, peer)))
 }
 
 /// Reads `--cluster-secret-file`.
@@ -216,6 +261,9 @@ async fn cluster_info(member: &str) -> anyhow::Result<ClusterInfo> {
 /// `--requirepass`: the cluster's members want it too, so `--join` authenticates with it.
 #[cfg(not(madsim))]
 static CLUSTER_PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// `--tls-*`: how `--join` reaches a member's client port.
+#[cfg(not(madsim))]
+static CLUSTER_TLS: std::sync::OnceLock<PeerTls> = std::sync::OnceLock::new();
 
 /// One command to a Redis server; the reply as text, an error reply as an error.
 #[cfg(not(madsim))]
@@ -224,9 +272,16 @@ async fn redis_call(addr: &str, args: &[&str]) -> anyhow::Result<String> {
     use redis_protocol::resp2::types::BytesFrame;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let io = async {
-        let mut s = tokio::net::TcpStream::connect(addr)
+        let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .with_context(|| format!("cannot connect to {addr}"))?;
+        let mut s: Box<dyn raft_kv_runtime::tls::Io> = match CLUSTER_TLS.get() {
+            Some(tls) => {
+                let peer = tcp.peer_addr().with_context(|| format!("connected to {addr}"))?;
+                tls.connect(peer, tcp).await.map_err(|e| anyhow::anyhow!("{addr}: {e}"))?
+            }
+            None => Box::new(tcp),
+        };
         let mut commands: Vec<&[&str]> = Vec::new();
         let auth;
         if let Some(pw) = CLUSTER_PASSWORD.get() {
@@ -386,6 +441,7 @@ async fn serve(
     join: Option<(String, SocketAddr)>,
 ) -> anyhow::Result<()> {
     let secret = args.cluster_secret_file.as_deref().map(read_cluster_secret).transpose()?;
+    let tls = tls_config(&args)?;
     let data_dir = data_dir(&args);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
@@ -419,6 +475,12 @@ async fn serve(
         tracing::warn!(raft = %own, "no --cluster-secret-file: anyone who reaches this Raft port can speak for a member");
     }
     opts.transport.secret = secret;
+    if let Some((client_tls, peer_tls)) = tls {
+        opts.client.tls = Some(client_tls);
+        if args.tls_cluster {
+            opts.transport.tls = Some(peer_tls);
+        }
+    }
     opts.tuning.tick = Duration::from_millis(args.tick_ms);
     opts.tuning.request_timeout = Duration::from_millis(args.request_timeout_ms);
     opts.tuning.snapshot.chunk_bytes = args.snapshot_chunk_bytes as usize;

@@ -29,7 +29,7 @@ fn bad_flags_are_refused_clearly() {
     assert!(err.contains("not a fraction between 0 and 1"), "{err}");
     let (ok, err) = run(&[&one[..], &["--protected-mode", "maybe"]].concat());
     assert!(!ok);
-    assert!(err.contains("neither yes nor no"), "{err}");
+    assert!(err.contains("'maybe' is neither yes nor no"), "{err}");
     let (ok, err) = run(&[&one[..], &["--snapshot-entries", "0"]].concat());
     assert!(!ok);
     assert!(err.contains("--snapshot-entries"), "{err}");
