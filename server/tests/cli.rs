@@ -128,3 +128,13 @@ fn a_data_dir_of_another_node_or_not_ours_is_refused() {
     assert!(err.contains("not a raft-kv data directory"), "{err}");
     assert_eq!(std::fs::read_to_string(other.join("important.txt")).unwrap(), "not a database");
 }
+
+#[test]
+fn yes_no_flags_take_their_values() {
+    // A bool flag with a value parser once parsed as a switch: `--protected-mode no` was
+    // refused with "'true' is neither yes nor no".
+    let c = common::Cluster::start_with(1, &["--protected-mode", "no"]);
+    let mut con = c.conn(1);
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(pong, "PONG");
+}
