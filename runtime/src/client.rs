@@ -513,9 +513,14 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                     if next_phase.is_some() {
                         phase = next_phase;
                     }
+                    // An EXEC carries its whole MULTI block, not just its own arguments.
+                    let bytes = match &request {
+                        Request::Write(cmd) => request_bytes.max(cmd.size_bytes()),
+                        _ => request_bytes,
+                    };
                     let held = match &request {
                         Request::Write(_) | Request::Read(_) | Request::Admin(_) => {
-                            match pending_bytes.try_hold(request_bytes) {
+                            match pending_bytes.try_hold(bytes) {
                                 Some(p) => Some(p),
                                 None => {
                                     let busy = Reply::error(format!("BUSY the node holds {} bytes of pending requests, its limit; retry later", pending_bytes.max));

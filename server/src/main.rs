@@ -414,6 +414,8 @@ async fn run_joining(args: Args, member: String) -> anyhow::Result<()> {
         let join = (!j.member).then_some((member, raft_addr));
         return serve(args, id, bootstrap, j.identity.cluster_id, raft_addr, join).await;
     }
+    // The member's client port may speak TLS: load the files (and refuse bad ones) first.
+    tls_config(&args)?;
     let info = cluster_info(&member).await?;
     if info.bootstrap.contains_key(&id) {
         bail!(

@@ -133,6 +133,39 @@ fn a_cluster_with_tls_on_clients_and_peers_serves_redis_cli_and_refuses_the_rest
     let (ok, out) = cli(&c, 1, &tls, &["PING"]);
     assert!(ok && out.contains("PONG"), "{out}");
 
+    // A fourth node joins through a member's TLS client port and replicates over TLS.
+    let ports = common::free_ports(2);
+    let mut joiner = Command::new(common::BIN)
+        .args(["--id", "4", "--join", &format!("127.0.0.1:{}", c.redis_ports[1])])
+        .args(["--raft-addr", &format!("127.0.0.1:{}", ports[0]), "--port", &ports[1].to_string()])
+        .arg("--data-dir")
+        .arg(c.dir.path().join("joiner4"))
+        .args(&flags)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(c.dir.path().join("joiner4.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let joined = wait_until(Duration::from_secs(30), || {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &ports[1].to_string(), "--tls", "--cacert"])
+            .arg(&p.ca)
+            .arg("--cert")
+            .arg(&p.client_cert)
+            .arg("--key")
+            .arg(&p.client_key)
+            .args(["GET", "k1"]);
+        let out = cmd.output().ok()?;
+        (String::from_utf8_lossy(&out.stdout).trim() == "over-tls").then_some(())
+    });
+    let _ = joiner.kill();
+    let _ = joiner.wait();
+    assert!(
+        joined.is_some(),
+        "the node joining over TLS never served the cluster's data: {}",
+        std::fs::read_to_string(c.dir.path().join("joiner4.log")).unwrap_or_default()
+    );
+
     // A plain connection to a Raft port is refused before any frame is read, and logged.
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", c.raft_ports[0])).unwrap();
