@@ -8,11 +8,11 @@
 //! every earlier read is answered. So `SET k 1; GET k; SET k 2` pipelined reads 1, never 2.
 
 use crate::command::{self, ClientCommand, ConnectionCommand, ReadCommand, Reply, Request};
-use crate::node::{ClientRequest, RequestKind};
+use crate::node::{ClientRequest, OutputBudget, RequestKind};
 use crate::resp::{self, RequestLimits};
 use bytes::{Bytes, BytesMut};
 use raft_kv_core::kv::{Command, Query, TxOp};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,6 +39,9 @@ pub struct ClientConfig {
     pub pending_request_bytes_max: usize,
     /// With TLS, clients connect with it (`--tls-cert-file` ...).
     pub tls: Option<crate::tls::ClientTls>,
+    /// Bytes of replies a connection may have waiting for its client to read them; past it
+    /// (unless it is one reply alone) the client is disconnected (`write_replies`).
+    pub output_bytes_max: usize,
 }
 
 impl Default for ClientConfig {
@@ -52,6 +55,7 @@ impl Default for ClientConfig {
             protected_mode: false,
             pending_request_bytes_max: 256 << 20,
             tls: None,
+            output_bytes_max: 64 << 20,
         }
     }
 }
@@ -66,8 +70,6 @@ pub fn refused_by_protected_mode(cfg: &ClientConfig, peer: std::net::IpAddr) -> 
     cfg.protected_mode && cfg.requirepass.is_none() && !peer.to_canonical().is_loopback()
 }
 
-/// Bytes of replies gathered before a write, when more replies are already waiting.
-const WRITE_BATCH_BYTES_MAX: usize = 64 * 1024;
 
 enum Pending {
     Ready(Reply),
@@ -277,7 +279,9 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
     let (tx, rx) = mpsc::channel::<(Pending, u8)>(cfg.pipeline_depth_max);
     // The writer counts the replies it has taken, so the reader can wait for a phase to end.
     let (answered_tx, mut answered) = watch::channel(0u64);
-    let writer = tokio::spawn(write_replies(wr, rx, answered_tx));
+    let output = Arc::new(OutputBudget::new(cfg.output_bytes_max));
+    let writer =
+        tokio::spawn(write_replies(wr, rx, answered_tx, cfg.output_bytes_max, output.clone()));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut submitted: u64 = 0;
     let mut phase: Option<Phase> = None;
@@ -418,7 +422,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                             let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
                             let read = ReadCommand::Query(Query::Watch(keys.clone()));
                             let held = pending_bytes.try_hold(request_bytes);
-                            let reply = match dispatch(Request::Read(read), &node, conn, held).0 {
+                            let reply = match dispatch(Request::Read(read), &node, conn, held, None).0 {
                                 Pending::Ready(r) => r,
                                 Pending::Waiting(rx, _held) => rx.await.unwrap_or_else(|_| {
                                     Reply::error("ERR the node is shutting down")
@@ -534,7 +538,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                         }
                         _ => None,
                     };
-                    let (pending, quit) = dispatch(request, &node, conn, held);
+                    let (pending, quit) = dispatch(request, &node, conn, held, Some(&output));
                     if tx.send((pending, protocol)).await.is_err() {
                         break 'conn;
                     }
@@ -550,9 +554,14 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                 }
             }
         }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        // The writer may have given up on the client (`write_replies`): then stop reading too.
+        tokio::select! {
+            biased;
+            _ = tx.closed() => break,
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
         }
     }
     drop(tx);
@@ -565,6 +574,7 @@ fn dispatch(
     node: &mpsc::Sender<ClientRequest>,
     conn: u64,
     held: Option<OwnedSemaphorePermit>,
+    output: Option<&Arc<OutputBudget>>,
 ) -> (Pending, bool) {
     let kind = match request {
         Request::Immediate(r) => return (Pending::Ready(r), false),
@@ -576,7 +586,8 @@ fn dispatch(
         Request::Connection(_) => return (Pending::Ready(Reply::error("ERR internal")), false),
     };
     let (reply, rx) = oneshot::channel();
-    match node.try_send(ClientRequest { kind, reply, conn }) {
+    let output = output.cloned();
+    match node.try_send(ClientRequest { kind, reply, conn, output }) {
         Ok(()) => (Pending::Waiting(rx, held), false),
         Err(mpsc::error::TrySendError::Full(_)) => (
             Pending::Ready(Reply::error("BUSY the node's request queue is full; retry later")),
@@ -588,52 +599,89 @@ fn dispatch(
     }
 }
 
+/// A client that reads none of its replies for this long while the socket's buffers are full
+/// is disconnected.
+const OUTPUT_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes the connection's replies in request order, as each becomes ready, gathering those
+/// ready into one write, up to `output_bytes_max` at a time (one reply alone may be larger).
+/// While the client is slow to read, replies wait for the writer in the node's answers, and
+/// past `output_bytes_max` of those the node holds the connection's reads back
+/// (`OutputBudget`); a client that reads nothing for `OUTPUT_STALL_MAX` while the socket is
+/// full is disconnected (Redis's `client-output-buffer-limit` disconnects at a size; here a
+/// slow reader is throttled, and only one that stopped reading is cut off).
 async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<(Pending, u8)>,
     answered: watch::Sender<u64>,
+    output_bytes_max: usize,
+    budget: Arc<OutputBudget>,
 ) {
+    use bytes::Buf;
     let mut out = BytesMut::with_capacity(16 * 1024);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some((p, protocol)) = next.take() {
-            let reply = match p {
-                Pending::Ready(r) => r,
-                Pending::Waiting(mut wait, _held) => match wait.try_recv() {
-                    Ok(r) => r,
-                    Err(oneshot::error::TryRecvError::Empty) => {
-                        // Send what is ready before waiting on the node.
-                        if !out.is_empty() && flush(&mut wr, &mut out).await.is_err() {
-                            return;
-                        }
-                        wait.await.unwrap_or_else(|_| Reply::error("ERR the node is shutting down"))
-                    }
+    // Requests taken from the reader, oldest first: the front one's reply is written next.
+    let mut queue: VecDeque<(Pending, u8)> = VecDeque::new();
+    loop {
+        while let Ok(p) = rx.try_recv() {
+            queue.push_back(p);
+        }
+        // Every reply that is ready, in order, while the buffer has room.
+        while out.len() < output_bytes_max {
+            let Some((front, _)) = queue.front_mut() else { break };
+            let reply = match front {
+                Pending::Ready(_) => None,
+                Pending::Waiting(wait, _) => match wait.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(oneshot::error::TryRecvError::Empty) => break,
                     Err(oneshot::error::TryRecvError::Closed) => {
-                        Reply::error("ERR the node is shutting down")
+                        Some(Reply::error("ERR the node is shutting down"))
                     }
                 },
             };
+            let (pending, protocol) = queue.pop_front().expect("front exists");
+            let reply = match (reply, pending) {
+                (Some(r), _) => r,
+                (None, Pending::Ready(r)) => r,
+                (None, Pending::Waiting(..)) => unreachable!("a waiting reply was taken above"),
+            };
+            budget.release(reply.size_bytes());
             answered.send_modify(|n| *n += 1);
             resp::encode_reply(reply, protocol, &mut out);
-            if out.len() >= WRITE_BATCH_BYTES_MAX && flush(&mut wr, &mut out).await.is_err() {
-                return;
-            }
-            next = rx.try_recv().ok();
         }
-        if flush(&mut wr, &mut out).await.is_err() {
-            return;
+        if !out.is_empty() {
+            match tokio::time::timeout(OUTPUT_STALL_MAX, wr.write(&out)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => {
+                    out.advance(n);
+                    if out.is_empty() && wr.flush().await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    warn!(
+                        unwritten = out.len(),
+                        "the client read none of its replies for {OUTPUT_STALL_MAX:?}; disconnected"
+                    );
+                    return;
+                }
+            }
+            continue;
+        }
+        // Nothing to write: wait for the next reply, or the next request.
+        match queue.front_mut() {
+            Some((front @ Pending::Waiting(..), _)) => {
+                let Pending::Waiting(wait, _) = front else { unreachable!() };
+                let reply =
+                    wait.await.unwrap_or_else(|_| Reply::error("ERR the node is shutting down"));
+                *front = Pending::Ready(reply);
+            }
+            Some((Pending::Ready(_), _)) => {}
+            None => match rx.recv().await {
+                Some(p) => queue.push_back(p),
+                None => return,
+            },
         }
     }
-}
-
-async fn flush<W: tokio::io::AsyncWrite + Unpin>(
-    wr: &mut W,
-    out: &mut BytesMut,
-) -> std::io::Result<()> {
-    wr.write_all(out).await?;
-    wr.flush().await?;
-    out.clear();
-    Ok(())
 }
 
 #[cfg(test)]

@@ -27,6 +27,20 @@ impl Reply {
         Reply::Simple("OK")
     }
 
+    /// About the bytes it takes on the wire, for output limits.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Reply::Simple(s) => s.len() + 3,
+            Reply::Status(s) | Reply::Error(s) => s.len() + 3,
+            Reply::Bulk(b) => b.len() + 16,
+            Reply::Integer(_) | Reply::Null | Reply::NullArray => 16,
+            Reply::Array(items) => 16 + items.iter().map(Reply::size_bytes).sum::<usize>(),
+            Reply::Map(pairs) => {
+                16 + pairs.iter().map(|(k, v)| k.size_bytes() + v.size_bytes()).sum::<usize>()
+            }
+        }
+    }
+
     pub fn error(msg: impl Into<String>) -> Reply {
         Reply::Error(msg.into())
     }

@@ -44,6 +44,40 @@ pub struct ClientRequest {
     pub reply: oneshot::Sender<Reply>,
     /// The client connection it came from: its reads are served in the order it sent them.
     pub conn: u64,
+    /// The connection's budget of replies not yet taken by its writer: a read served while
+    /// it is spent is answered with an error instead of its (maybe large) value.
+    pub output: Option<Arc<OutputBudget>>,
+}
+
+/// Bytes of replies a client connection has been given and its writer has not yet taken
+/// (`client::write_replies`). The node charges each read's reply; the writer gives them back.
+#[derive(Debug)]
+pub struct OutputBudget {
+    held: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl OutputBudget {
+    pub fn new(max: usize) -> OutputBudget {
+        OutputBudget { held: 0.into(), max }
+    }
+
+    pub fn spent(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::Relaxed) > self.max
+    }
+
+    pub fn charge(&self, bytes: usize) {
+        self.held.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Gives back `bytes` (never below zero: a reply not charged may be given back).
+    pub fn release(&self, bytes: usize) {
+        let _ = self.held.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |h| Some(h.saturating_sub(bytes)),
+        );
+    }
 }
 
 pub enum RequestKind {
@@ -509,7 +543,8 @@ impl<S: Storage> NodeTask<S> {
                     return;
                 }
                 self.step_timed(Input::Read { id });
-                self.reads.insert(id, PendingRead { conn: c.conn, cmd, reply: c.reply });
+                let read = PendingRead { conn: c.conn, cmd, reply: c.reply, output: c.output };
+                self.reads.insert(id, read);
             }
         }
         self.deadlines.push_back((Instant::now() + self.tuning.request_timeout, id));

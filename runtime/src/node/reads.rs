@@ -20,6 +20,7 @@ pub(super) struct PendingRead {
     pub(super) conn: u64,
     pub(super) cmd: ReadCommand,
     pub(super) reply: oneshot::Sender<Reply>,
+    pub(super) output: Option<Arc<OutputBudget>>,
 }
 
 /// The reads this node accepted and has not answered. Each waits to be confirmed (its
@@ -97,9 +98,16 @@ impl ReadQueue {
         }
     }
 
+    /// Returns a read taken by `take_servable` and not served: ready, first of its connection
+    /// again (reads of a connection are put back in the order they were taken).
+    pub(super) fn put_back(&mut self, id: u64, read: PendingRead) {
+        self.insert(id, read);
+        self.ready.insert(id);
+    }
+
     /// Takes the reads that may be served now, in the order to serve them: ready ones that
     /// no earlier read of their connection holds up.
-    pub(super) fn take_servable(&mut self) -> Vec<PendingRead> {
+    pub(super) fn take_servable(&mut self) -> Vec<(u64, PendingRead)> {
         let ready: Vec<u64> = self.ready.iter().copied().collect();
         let mut out = Vec::new();
         for id in ready {
@@ -108,7 +116,7 @@ impl ReadQueue {
                 continue;
             };
             if self.by_conn.get(&conn).and_then(|s| s.first()) == Some(&id) {
-                out.push(self.take(id).expect("listed"));
+                out.push((id, self.take(id).expect("listed")));
             }
         }
         out
@@ -118,8 +126,19 @@ impl ReadQueue {
 impl<S: Storage> NodeTask<S> {
     /// Serves every read that may be served now (`ReadQueue::take_servable`).
     pub(super) fn release_reads(&mut self) -> Result<(), StorageError> {
-        for r in self.reads.take_servable() {
+        // Connections whose replies are piling up unread: their reads wait (a reader catches
+        // up and they are served; one that reads nothing is disconnected by its writer).
+        let mut held_back: BTreeSet<u64> = BTreeSet::new();
+        for (id, r) in self.reads.take_servable() {
+            if held_back.contains(&r.conn) || r.output.as_ref().is_some_and(|o| o.spent()) {
+                held_back.insert(r.conn);
+                self.reads.put_back(id, r);
+                continue;
+            }
             let reply = self.execute_read(&r.cmd)?;
+            if let Some(o) = &r.output {
+                o.charge(reply.size_bytes());
+            }
             let _ = r.reply.send(reply);
         }
         Ok(())
