@@ -344,7 +344,8 @@ impl RaftLog {
         );
         let from = self.position(self.commit.next());
         let to = self.position(index) + 1;
-        self.uncommitted_bytes -= self.entries[from..to].iter().map(Entry::size_bytes).sum::<usize>();
+        self.uncommitted_bytes -=
+            self.entries[from..to].iter().map(Entry::size_bytes).sum::<usize>();
         self.commit = index;
         true
     }
@@ -382,7 +383,11 @@ impl RaftLog {
         debug_assert_eq!(self.bytes, self.entries.iter().map(Entry::size_bytes).sum::<usize>());
         debug_assert_eq!(
             self.uncommitted_bytes,
-            self.entries.iter().filter(|e| e.index > self.commit).map(Entry::size_bytes).sum::<usize>()
+            self.entries
+                .iter()
+                .filter(|e| e.index > self.commit)
+                .map(Entry::size_bytes)
+                .sum::<usize>()
         );
         let mut term = self.offset_term;
         for (i, e) in self.entries.iter().enumerate() {

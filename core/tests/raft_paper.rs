@@ -1167,7 +1167,10 @@ fn a_leader_bounds_the_bytes_of_its_uncommitted_entries() {
         let r = step(Input::Propose { id, data: vec![7; 10] });
         assert!(r.rejected.is_empty(), "proposal {id}: {r:?}");
     }
-    assert_eq!(step(Input::Propose { id: 8, data: vec![7; 10] }).rejected, vec![(8, Rejection::Busy)]);
+    assert_eq!(
+        step(Input::Propose { id: 8, data: vec![7; 10] }).rejected,
+        vec![(8, Rejection::Busy)]
+    );
     assert!(!step(Input::Persisted { index: LogIndex(7), term: Term(1) }).committed.is_empty());
     assert!(step(Input::Propose { id: 9, data: vec![7; 10] }).rejected.is_empty());
 }

@@ -70,7 +70,6 @@ pub fn refused_by_protected_mode(cfg: &ClientConfig, peer: std::net::IpAddr) -> 
     cfg.protected_mode && cfg.requirepass.is_none() && !peer.to_canonical().is_loopback()
 }
 
-
 enum Pending {
     Ready(Reply),
     /// Handed to the node; the permit holds the request's bytes until the reply comes.
@@ -422,12 +421,13 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                             let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
                             let read = ReadCommand::Query(Query::Watch(keys.clone()));
                             let held = pending_bytes.try_hold(request_bytes);
-                            let reply = match dispatch(Request::Read(read), &node, conn, held, None).0 {
-                                Pending::Ready(r) => r,
-                                Pending::Waiting(rx, _held) => rx.await.unwrap_or_else(|_| {
-                                    Reply::error("ERR the node is shutting down")
-                                }),
-                            };
+                            let reply =
+                                match dispatch(Request::Read(read), &node, conn, held, None).0 {
+                                    Pending::Ready(r) => r,
+                                    Pending::Waiting(rx, _held) => rx.await.unwrap_or_else(|_| {
+                                        Reply::error("ERR the node is shutting down")
+                                    }),
+                                };
                             match reply {
                                 Reply::Array(values) if values.len() == keys.len() => {
                                     // A key watched again keeps its first value, as in Redis.
@@ -698,12 +698,14 @@ mod tests {
         for remote in ["10.0.0.5", "192.168.1.2", "::ffff:10.0.0.5", "2001:db8::1"] {
             assert!(refused_by_protected_mode(&protected, ip(remote)), "{remote}");
         }
-        let with_password =
-            ClientConfig { requirepass: Some("pw".into()), ..protected.clone() };
+        let with_password = ClientConfig { requirepass: Some("pw".into()), ..protected.clone() };
         assert!(!refused_by_protected_mode(&with_password, ip("10.0.0.5")));
         let off = ClientConfig { protected_mode: false, ..ClientConfig::default() };
         assert!(!refused_by_protected_mode(&off, ip("10.0.0.5")));
-        assert!(PROTECTED_MODE_DENIED.starts_with("-DENIED ") && PROTECTED_MODE_DENIED.ends_with("\r\n"));
+        assert!(
+            PROTECTED_MODE_DENIED.starts_with("-DENIED ")
+                && PROTECTED_MODE_DENIED.ends_with("\r\n")
+        );
         assert_eq!(PROTECTED_MODE_DENIED.matches("\r\n").count(), 1, "one RESP error line");
     }
 

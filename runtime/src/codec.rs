@@ -73,11 +73,19 @@ pub enum PeerFrame {
     Raft(Message),
     /// The first frame when the cluster has a secret (`peer_auth`): the hello and the caller's
     /// nonce.
-    AuthHello { hello: Hello, nonce: [u8; 32] },
+    AuthHello {
+        hello: Hello,
+        nonce: [u8; 32],
+    },
     /// The acceptor's answer to an `AuthHello`: its nonce and its proof.
-    Challenge { nonce: [u8; 32], proof: [u8; 32] },
+    Challenge {
+        nonce: [u8; 32],
+        proof: [u8; 32],
+    },
     /// The caller's proof, after it checked the acceptor's.
-    Auth { proof: [u8; 32] },
+    Auth {
+        proof: [u8; 32],
+    },
 }
 
 /// The payload of a log entry: a client write and who is waiting for its result. `incarnation`

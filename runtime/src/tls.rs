@@ -62,7 +62,9 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 fn roots(path: &Path) -> Result<Arc<RootCertStore>, String> {
     let mut roots = RootCertStore::empty();
     for c in certs(path)? {
-        roots.add(c).map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
     }
     Ok(Arc::new(roots))
 }
@@ -131,8 +133,7 @@ impl std::fmt::Debug for PeerTls {
 
 impl PeerTls {
     pub fn new(files: &TlsFiles) -> Result<PeerTls, String> {
-        let acceptor =
-            TlsAcceptor::from(Arc::new(server_config(files, ClientAuth::Required)?));
+        let acceptor = TlsAcceptor::from(Arc::new(server_config(files, ClientAuth::Required)?));
         let client = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
@@ -149,8 +150,7 @@ impl PeerTls {
         stream: S,
     ) -> Result<Box<dyn Io>, String> {
         let name = ServerName::IpAddress(addr.ip().into());
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(name, stream)).await
-        {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(name, stream)).await {
             Ok(Ok(s)) => Ok(Box::new(s)),
             Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
             Err(_) => Err(format!("TLS handshake took more than {HANDSHAKE_TIMEOUT:?}")),
@@ -164,10 +164,7 @@ impl PeerTls {
 }
 
 /// The server side of a TLS handshake, within `HANDSHAKE_TIMEOUT`.
-async fn accept<S: Io + 'static>(
-    acceptor: &TlsAcceptor,
-    stream: S,
-) -> Result<Box<dyn Io>, String> {
+async fn accept<S: Io + 'static>(acceptor: &TlsAcceptor, stream: S) -> Result<Box<dyn Io>, String> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => Ok(Box::new(s)),
         Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),

@@ -412,7 +412,9 @@ async fn answer(
         nonce: session.acceptor_nonce,
         proof: session.proof(secret, Role::Acceptor),
     };
-    conn.send(Bytes::from(codec::encode(&challenge))).await.map_err(|e| format!("send failed: {e}"))?;
+    conn.send(Bytes::from(codec::encode(&challenge)))
+        .await
+        .map_err(|e| format!("send failed: {e}"))?;
     match handshake_frame(conn).await? {
         PeerFrame::Auth { proof } if session.verify(secret, Role::Caller, &proof) => {
             Ok((hello, Some(session.frames(secret))))

@@ -32,7 +32,9 @@ fn a_flood_of_large_pipelined_sets_is_answered_busy_past_the_pending_bytes_limit
     let mut flood = Vec::with_capacity(SETS * (VALUE + 64));
     for i in 0..SETS {
         let key = format!("flood{i}");
-        flood.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${VALUE}\r\n", key.len()).as_bytes());
+        flood.extend_from_slice(
+            format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${VALUE}\r\n", key.len()).as_bytes(),
+        );
         flood.extend_from_slice(&value);
         flood.extend_from_slice(b"\r\n");
     }
@@ -46,11 +48,16 @@ fn a_flood_of_large_pipelined_sets_is_answered_busy_past_the_pending_bytes_limit
         replies.read_line(&mut line).unwrap();
         match line.trim_end() {
             "+OK" => ok += 1,
-            l if l.starts_with("-BUSY the node holds") && l.contains("pending requests") => busy += 1,
+            l if l.starts_with("-BUSY the node holds") && l.contains("pending requests") => {
+                busy += 1
+            }
             l => panic!("reply {i}: {l}"),
         }
     }
-    eprintln!("{ok} OK, {busy} BUSY, peak RSS grew {} MB", peak_rss(pid).saturating_sub(before) >> 20);
+    eprintln!(
+        "{ok} OK, {busy} BUSY, peak RSS grew {} MB",
+        peak_rss(pid).saturating_sub(before) >> 20
+    );
     assert!(ok >= 1, "no SET of the flood went through");
     assert!(busy >= 1, "{SETS} pipelined SETs of {VALUE} bytes never met a {LIMIT}-byte limit");
     let grew = peak_rss(pid).saturating_sub(before);

@@ -157,7 +157,10 @@ fn with_a_secret_a_replayed_frame_or_handshake_is_refused_and_logged() {
     write_frame(&mut s, &sealed).unwrap();
     let _ = write_frame(&mut s, &sealed);
     let mut byte = [0u8; 1];
-    assert!(matches!(s.read(&mut byte), Ok(0) | Err(_)), "a replayed frame left the connection open");
+    assert!(
+        matches!(s.read(&mut byte), Ok(0) | Err(_)),
+        "a replayed frame left the connection open"
+    );
     assert!(
         wait_until(Duration::from_secs(5), || {
             log_of(&c, follower).contains("frame failed authentication").then_some(())
@@ -179,7 +182,9 @@ fn with_a_secret_a_replayed_frame_or_handshake_is_refused_and_logged() {
     assert!(matches!(s.read(&mut byte), Ok(0) | Err(_)), "a replayed handshake was accepted");
     assert!(
         wait_until(Duration::from_secs(5), || {
-            log_of(&c, follower).contains("failed to prove it knows the cluster secret").then_some(())
+            log_of(&c, follower)
+                .contains("failed to prove it knows the cluster secret")
+                .then_some(())
         })
         .is_some(),
         "the replayed handshake is not logged"

@@ -41,7 +41,8 @@ fn pki(dir: &Path) -> Pki {
         let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
     };
-    let (node_cert, node_key) = signed("raft-kv node", vec!["127.0.0.1".into(), "localhost".into()]);
+    let (node_cert, node_key) =
+        signed("raft-kv node", vec!["127.0.0.1".into(), "localhost".into()]);
     let (client_cert, client_key) = signed("raft-kv client", vec!["client".into()]);
     Pki {
         ca: write(dir, "ca.pem", &ca.pem()),
@@ -78,12 +79,10 @@ fn cli(c: &Cluster, id: usize, tls: &[&Path], args: &[&str]) -> (bool, String) {
             cmd.arg("--cert").arg(cert).arg("--key").arg(key);
         }
     }
-    let out = cmd.args(args).output().expect("redis-cli is installed (apt-get install redis-tools)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        cmd.args(args).output().expect("redis-cli is installed (apt-get install redis-tools)");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success() && !text.contains("ERR") && !text.contains("rror"), text)
 }
 
@@ -115,7 +114,11 @@ fn a_cluster_with_tls_on_clients_and_peers_serves_redis_cli_and_refuses_the_rest
             let (ok, out) = cli(&c, id, &tls, &["SET", &key, "over-tls"]);
             (ok && out.trim() == "OK").then_some(())
         });
-        assert!(done.is_some(), "node {id} never took a write over TLS: {:?}", cli(&c, id, &tls, &["SET", &key, "v"]));
+        assert!(
+            done.is_some(),
+            "node {id} never took a write over TLS: {:?}",
+            cli(&c, id, &tls, &["SET", &key, "v"])
+        );
     }
     let (ok, out) = cli(&c, 3, &tls, &["GET", "k1"]);
     assert!(ok && out.trim() == "over-tls", "{out}");
