@@ -39,8 +39,8 @@ pub struct ClientConfig {
     pub pending_request_bytes_max: usize,
     /// With TLS, clients connect with it (`--tls-cert-file` ...).
     pub tls: Option<crate::tls::ClientTls>,
-    /// Bytes of replies a connection may have waiting for its client to read them; past it
-    /// (unless it is one reply alone) the client is disconnected (`write_replies`).
+    /// Bytes of replies a connection gathers per write, and may have waiting for its writer:
+    /// past it the node holds the connection's reads back (`write_replies`, `OutputBudget`).
     pub output_bytes_max: usize,
 }
 
