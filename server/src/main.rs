@@ -65,6 +65,10 @@ struct Args {
     /// is uncommitted.
     #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_uncommitted_bytes: u64,
+    /// Clients served at once, as Redis's maxclients; one more reads "-ERR max number of
+    /// clients reached" and is disconnected.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    maxclients: u64,
     /// Bytes of replies a client may leave unread; past it (unless it is one reply alone)
     /// the client is disconnected, as with Redis's client-output-buffer-limit.
     #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
@@ -493,6 +497,7 @@ async fn serve(
     opts.client.limits.bulk_bytes_max = args.max_bulk_bytes as usize;
     opts.client.pending_request_bytes_max = args.max_pending_request_bytes as usize;
     opts.client.output_bytes_max = args.client_output_buffer_limit as usize;
+    opts.client.clients_max = args.maxclients as usize;
     opts.client.requirepass = args.requirepass.clone();
     opts.client.protected_mode = args.protected_mode;
     if args.protected_mode && args.requirepass.is_none() && !args.bind.is_loopback() {

@@ -137,3 +137,33 @@ fn a_client_that_reads_gets_a_pipeline_of_replies_larger_than_the_output_buffer_
     assert_eq!(values.len(), GETS);
     assert!(values.iter().all(|v| v.len() == VALUE));
 }
+
+#[test]
+fn a_flood_of_connections_past_maxclients_is_refused_with_redis_error_and_served_after() {
+    let c = Cluster::start_with(1, &["--maxclients", "5"]);
+    let mut held: Vec<TcpStream> = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(("127.0.0.1", c.redis_ports[0])).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line, "+PONG\r\n");
+        held.push(s);
+    }
+    // The sixth, and a flood of more, are refused with Redis's error.
+    for _ in 0..50 {
+        let s = TcpStream::connect(("127.0.0.1", c.redis_ports[0])).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        assert_eq!(line, "-ERR max number of clients reached\r\n");
+    }
+    // A slot freed is a client served.
+    drop(held.pop());
+    let served = common::wait_until(Duration::from_secs(10), || {
+        let mut con = c.try_conn(1)?;
+        redis::cmd("PING").query::<String>(&mut con).ok()
+    });
+    assert_eq!(served.as_deref(), Some("PONG"));
+}
