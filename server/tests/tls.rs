@@ -1,6 +1,7 @@
 //! TLS on the client and peer ports (issue 13, section 4), against real processes and the real
-//! `redis-cli --tls`: a 3-node cluster whose clients and peers all speak TLS replicates and
-//! serves; a plain client, a client without a certificate and a plain peer are refused.
+//! `redis-cli --tls`: a 3-node cluster whose clients and peers all speak TLS (and authenticate
+//! with a cluster secret) replicates, serves and takes a joining node; a plain client, a
+//! client without a certificate or with one from another CA, and a plain peer are refused.
 
 mod common;
 
@@ -90,7 +91,11 @@ fn cli(c: &Cluster, id: usize, tls: &[&Path], args: &[&str]) -> (bool, String) {
 fn a_cluster_with_tls_on_clients_and_peers_serves_redis_cli_and_refuses_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path());
+    // The cluster secret too: both layers together, a joining node included.
+    let secret = write(dir.path(), "secret", "a secret for the TLS test's nodes\n");
     let flags: Vec<String> = [
+        "--cluster-secret-file",
+        secret.to_str().unwrap(),
         "--tls-cert-file",
         p.node_cert.to_str().unwrap(),
         "--tls-key-file",
