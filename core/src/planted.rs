@@ -47,10 +47,14 @@ pub enum PlantedBug {
     /// its task stalled, or its timer fired late, the count lags real time and the lease
     /// outlives the followers' promise not to vote.
     LeaseByTicksAlone,
+    /// A failed WAL sync is taken for a successful one (PostgreSQL's "fsyncgate"): the node
+    /// goes on acknowledging writes its disk never made durable, which a crash then takes
+    /// back. A correct node stops at the failed sync and restarts from what is durable.
+    SyncErrorIgnored,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 12] = [
+    pub const ALL: [PlantedBug; 13] = [
         PlantedBug::VoteWithoutLogCheck,
         PlantedBug::FollowerLocalReads,
         PlantedBug::AckBeforeSync,
@@ -63,6 +67,7 @@ impl PlantedBug {
         PlantedBug::ExpiryByLocalClock,
         PlantedBug::WipedDiskVotes,
         PlantedBug::LeaseByTicksAlone,
+        PlantedBug::SyncErrorIgnored,
     ];
 }
 

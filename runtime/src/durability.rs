@@ -165,6 +165,7 @@ pub async fn sync_loop(
     mut requests: watch::Receiver<u64>,
     done: mpsc::Sender<Result<u64, StorageError>>,
     delay: Option<SyncDelay>,
+    planted: Option<raft_kv_core::PlantedBug>,
 ) {
     while requests.changed().await.is_ok() {
         // Every write numbered up to `write` was made before this sync begins.
@@ -179,6 +180,14 @@ pub async fn sync_loop(
         let result = match tokio::task::spawn_blocking(move || sync.sync()).await {
             Ok(r) => r.map(|()| write),
             Err(e) => Err(StorageError::Io(format!("the WAL sync task failed: {e}"))),
+        };
+        // A failed sync stops the node: what it wrote may never reach the disk, whatever a
+        // later sync says (the kernel may have dropped the pages), so nothing after it can be
+        // acknowledged. The planted bug goes on as if it had worked.
+        let ignore = raft_kv_core::planted::PlantedBug::SyncErrorIgnored;
+        let result = match result {
+            Err(_) if raft_kv_core::planted::active(planted, ignore) => Ok(write),
+            r => r,
         };
         let failed = result.is_err();
         if done.send(result).await.is_err() || failed {

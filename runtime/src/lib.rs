@@ -232,6 +232,7 @@ pub async fn start<S: Storage>(
         sync_requests,
         synced_tx,
         opts.hooks.sync_delay.clone(),
+        opts.raft.planted,
     ));
     let start = node::NodeStart {
         incarnation,

@@ -192,6 +192,8 @@ struct MemState {
     synced: Image,
     /// Writes not yet synced, oldest first.
     unsynced: Vec<Write>,
+    /// A failing disk (the simulation's nemesis): every sync fails until it is repaired.
+    syncs_fail: bool,
     incarnation: u64,
     /// `PlantedBug::AckBeforeSync`: a sync returns without syncing.
     never_sync: bool,
@@ -306,10 +308,17 @@ impl MemState {
 
 impl LogSync for MemStorage {
     fn sync(&self) -> Result<(), StorageError> {
-        self.state().sync();
+        let mut s = self.state();
+        if s.syncs_fail {
+            return Err(StorageError::Io(format!("{SYNC_FAULT}: fsync failed")));
+        }
+        s.sync();
         Ok(())
     }
 }
+
+/// How a failure `MemStorage::set_syncs_fail` injected names itself.
+pub const SYNC_FAULT: &str = "injected disk fault";
 
 impl MemStorage {
     pub fn new() -> MemStorage {
@@ -395,6 +404,11 @@ impl MemStorage {
     /// Writes not yet synced.
     pub fn unsynced_writes(&self) -> usize {
         self.state().unsynced.len()
+    }
+
+    /// Makes every sync fail (`SYNC_FAULT`), or work again.
+    pub fn set_syncs_fail(&self, fail: bool) {
+        self.state().syncs_fail = fail;
     }
 }
 

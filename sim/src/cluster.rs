@@ -169,6 +169,9 @@ pub struct SimCluster {
     /// The host clients run on.
     pub client: NodeHandle,
     down: Mutex<BTreeSet<NodeId>>,
+    /// Nodes that stopped themselves (at a failed sync) and still hold their host: the
+    /// nemesis kills and later restarts them (`take_self_stopped`).
+    self_stopped: Arc<Mutex<BTreeSet<NodeId>>>,
     paused: Mutex<BTreeSet<NodeId>>,
 }
 
@@ -201,6 +204,7 @@ impl SimCluster {
         let mut nodes = BTreeMap::new();
         let mut storages = BTreeMap::new();
         let mut clocks = BTreeMap::new();
+        let self_stopped: Arc<Mutex<BTreeSet<NodeId>>> = Arc::default();
         for &id in addrs.keys() {
             let storage = if opts.planted == Some(PlantedBug::AckBeforeSync) {
                 MemStorage::never_syncing()
@@ -216,12 +220,20 @@ impl SimCluster {
             let faults = faults.clone();
             let invariants = invariants.clone();
             let opts = opts.clone();
+            let self_stopped = self_stopped.clone();
             let restarts = Arc::new(AtomicU64::new(0));
             let node = handle
                 .create_node()
                 .name(format!("node{id}"))
                 .ip(node_ip(id))
                 .init(move || {
+                    let disk = storage.clone();
+                    let stopped = {
+                        let self_stopped = self_stopped.clone();
+                        move || {
+                            self_stopped.lock().unwrap().insert(id);
+                        }
+                    };
                     let storage = CheckedStorage {
                         inner: storage.clone(),
                         node: id,
@@ -288,10 +300,24 @@ impl SimCluster {
                         sync_delay,
                     };
                     async move {
-                        let node =
-                            raft_kv_runtime::start(node_opts, storage).await.expect("node starts");
-                        if let Ok(Err(e)) = node.task.await {
-                            panic!("node {id} storage failed: {e}");
+                        let failed = match raft_kv_runtime::start(node_opts, storage).await {
+                            Ok(node) => match node.task.await {
+                                Ok(Err(e)) => Some(e.to_string()),
+                                _ => None,
+                            },
+                            Err(e) => Some(e.to_string()),
+                        };
+                        if let Some(e) = failed {
+                            if !e.contains(raft_kv_runtime::storage::SYNC_FAULT) {
+                                panic!("node {id} failed: {e}");
+                            }
+                            // The node stopped at a failed sync (or could not start for one),
+                            // as it must: it comes back (`Nemesis`) from what its disk holds,
+                            // its unsynced writes lost. Until the nemesis kills the host
+                            // (`take_self_stopped`) it idles.
+                            disk.crash(0);
+                            stopped();
+                            std::future::pending::<()>().await;
                         }
                     }
                 })
@@ -310,6 +336,7 @@ impl SimCluster {
             invariants,
             client,
             down: Mutex::new(BTreeSet::new()),
+            self_stopped,
             paused: Mutex::new(BTreeSet::new()),
         }
     }
@@ -357,6 +384,11 @@ impl SimCluster {
         self.handle.restart(self.nodes[&id].id());
         self.down.lock().unwrap().remove(&id);
         self.paused.lock().unwrap().remove(&id);
+    }
+
+    /// The nodes that stopped themselves since the last call.
+    pub fn take_self_stopped(&self) -> Vec<NodeId> {
+        std::mem::take(&mut *self.self_stopped.lock().unwrap()).into_iter().collect()
     }
 
     pub fn is_down(&self, id: NodeId) -> bool {

@@ -29,6 +29,9 @@ pub struct Swarm {
     /// Every running node crashes at once (a power loss of the whole cluster), each losing
     /// part of its unsynced writes: what a node acknowledged before its sync is gone.
     pub power_loss: bool,
+    /// A node's disk fails every sync for a while (then it is crashed, losing what it never
+    /// synced, and restarted): a correct node stops at the first failure.
+    pub sync_failures: bool,
     pub pauses: bool,
     /// Message loss, delay (reordering) and duplication.
     pub messages: bool,
@@ -65,6 +68,7 @@ impl Swarm {
             client_cuts: rng.gen_bool(0.3),
             transfers: rng.gen_bool(0.4),
             membership: rng.gen_bool(0.4),
+            sync_failures: rng.gen_bool(0.2),
             interval: Duration::from_millis(rng.gen_range(100..1500)),
             fault_max: Duration::from_millis(rng.gen_range(300..4000)),
         };
@@ -96,6 +100,7 @@ impl Swarm {
             client_cuts: false,
             transfers: false,
             membership: false,
+            sync_failures: false,
             interval: Duration::from_secs(1),
             fault_max: Duration::from_secs(1),
         }
@@ -117,6 +122,7 @@ impl Swarm {
             (self.client_cuts, Kind::ClientCut),
             (self.transfers, Kind::Transfer),
             (self.membership, Kind::Membership),
+            (self.sync_failures, Kind::SyncFail),
         ];
         for (on, kind) in flags {
             if on {
@@ -170,6 +176,7 @@ enum Kind {
     ClientCut,
     Transfer,
     Membership,
+    SyncFail,
 }
 
 /// A fault in force, undone at `until`.
@@ -182,6 +189,8 @@ enum Active {
     Skew(NodeId),
     Churn,
     ClientCut(NodeId),
+    /// The node's syncs fail.
+    SyncFail(NodeId),
     /// Not a fault yet: at its time, the cluster is split the way membership changes from
     /// the first membership to the second could go wrong (`split_after_changes`).
     SplitAfterChanges(raft_kv_core::Membership, raft_kv_core::Membership),
@@ -281,6 +290,7 @@ impl<'a> Nemesis<'a> {
                 wake = wake.min(Instant::now() + CHURN_POLL);
             }
             tokio::time::sleep_until(wake).await;
+            self.reap_self_stopped();
             self.expire(false);
             if polling {
                 self.churn();
@@ -325,6 +335,16 @@ impl<'a> Nemesis<'a> {
             self.active.push((until, Active::Down(id)));
         }
         self.log(format!("power loss of nodes {up:?} (lost {lost} of {unsynced} unsynced writes)"));
+    }
+
+    /// Nodes that stopped at a failed sync are taken down (their host killed, so its ports
+    /// are free) and restarted after a fault length.
+    fn reap_self_stopped(&mut self) {
+        for id in self.cluster.take_self_stopped() {
+            self.cluster.kill(id);
+            self.log(format!("node {id} stopped itself at a failed sync"));
+            self.hold(Active::Down(id));
+        }
     }
 
     fn churn(&mut self) {
@@ -402,6 +422,20 @@ impl<'a> Nemesis<'a> {
                 c.reconnect_clients(id);
                 self.log(format!("clients reach node {id} again"));
             }
+            Active::SyncFail(id) => {
+                // The disk is replaced: what the node never synced is gone. A node that went
+                // on as if its syncs had worked loses what it acknowledged.
+                c.storages[&id].set_syncs_fail(false);
+                if c.is_down(id) {
+                    self.log(format!("syncs of node {id} work again"));
+                } else {
+                    let lost = c.crash(id, 0);
+                    self.log(format!(
+                        "syncs of node {id} work again; crash it (lost {lost} unsynced writes)"
+                    ));
+                    self.hold(Active::Down(id));
+                }
+            }
             Active::SplitAfterChanges(from, to) => {
                 if self.active.iter().any(|(_, a)| matches!(a, Active::Partition)) {
                     return;
@@ -452,6 +486,15 @@ impl<'a> Nemesis<'a> {
                 c.faults.cut(a, b);
                 self.hold(Active::Cut(a, b));
                 self.log(format!("cut link {a}->{b}"));
+            }
+            Kind::SyncFail => {
+                let Some(&id) = up.first() else { return };
+                if self.active.iter().any(|(_, a)| matches!(a, Active::SyncFail(n) if *n == id)) {
+                    return;
+                }
+                c.storages[&id].set_syncs_fail(true);
+                self.hold(Active::SyncFail(id));
+                self.log(format!("syncs of node {id} fail"));
             }
             Kind::Crash | Kind::Kill => {
                 let Some(&id) = up.first() else { return };
@@ -628,6 +671,7 @@ impl<'a> Nemesis<'a> {
                         Ok(Value::Err(e))
                             if e.starts_with("ERR leadership transfer")
                                 || e.starts_with("ERR node")
+                                || e.starts_with("ERR the node is shutting down")
                                 || e.starts_with("CLUSTERDOWN") =>
                         {
                             invariants.transfer_answered(false)
@@ -763,6 +807,7 @@ impl<'a> Nemesis<'a> {
     /// Ends every fault.
     pub fn heal(&mut self) {
         self.power_loss_at = None;
+        self.reap_self_stopped();
         self.expire(true);
         self.cluster.heal_all();
         self.log("heal everything".into());
@@ -777,8 +822,16 @@ fn send_membership(c: &SimCluster, via: NodeId, args: Vec<String>) {
         let Ok(mut con) = Client::connect(redis_addr(via), timeout).await else { return };
         let mut argv: Vec<&[u8]> = vec![b"RAFT.NODE"];
         argv.extend(args.iter().map(|a| a.as_bytes()));
-        const EXPECTED: [&str; 6] =
-            ["ERR node", "ERR the membership change", "BUSY", "CLUSTERDOWN", "TIMEOUT", "TRYAGAIN"];
+        // "ERR the node is shutting down": the node stopped at a failed sync meanwhile.
+        const EXPECTED: [&str; 7] = [
+            "ERR node",
+            "ERR the membership change",
+            "ERR the node is shutting down",
+            "BUSY",
+            "CLUSTERDOWN",
+            "TIMEOUT",
+            "TRYAGAIN",
+        ];
         match con.call(&argv).await {
             Ok(Value::Ok(s)) if s == "OK" => invariants.membership_answered(true),
             Ok(Value::Err(e)) if EXPECTED.iter().any(|p| e.starts_with(p)) => {

@@ -416,6 +416,11 @@ fn planted_wiped_disk_voting_is_caught() {
 }
 
 #[test]
+fn planted_sync_error_ignored_is_caught() {
+    assert_caught_within(PlantedBug::SyncErrorIgnored, 2_000);
+}
+
+#[test]
 fn planted_lease_by_ticks_alone_is_caught() {
     assert_caught(PlantedBug::LeaseByTicksAlone);
 }
