@@ -599,6 +599,11 @@ fn dispatch(
     }
 }
 
+/// The answer to a request the node took and then stopped (a failed sync, a shutdown)
+/// without answering: a write in it may have committed.
+const STOPPED_BEFORE_ANSWERING: &str =
+    "ERR the node is shutting down and did not answer; a write may or may not have been applied";
+
 /// A client that reads none of its replies for this long while the socket's buffers are full
 /// is disconnected.
 const OUTPUT_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(5);
@@ -634,7 +639,7 @@ async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
                     Ok(r) => Some(r),
                     Err(oneshot::error::TryRecvError::Empty) => break,
                     Err(oneshot::error::TryRecvError::Closed) => {
-                        Some(Reply::error("ERR the node is shutting down"))
+                        Some(Reply::error(STOPPED_BEFORE_ANSWERING))
                     }
                 },
             };
@@ -671,8 +676,7 @@ async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
         match queue.front_mut() {
             Some((front @ Pending::Waiting(..), _)) => {
                 let Pending::Waiting(wait, _) = front else { unreachable!() };
-                let reply =
-                    wait.await.unwrap_or_else(|_| Reply::error("ERR the node is shutting down"));
+                let reply = wait.await.unwrap_or_else(|_| Reply::error(STOPPED_BEFORE_ANSWERING));
                 *front = Pending::Ready(reply);
             }
             Some((Pending::Ready(_), _)) => {}
