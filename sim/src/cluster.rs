@@ -228,12 +228,7 @@ impl SimCluster {
                 .ip(node_ip(id))
                 .init(move || {
                     let disk = storage.clone();
-                    let stopped = {
-                        let self_stopped = self_stopped.clone();
-                        move || {
-                            self_stopped.lock().unwrap().insert(id);
-                        }
-                    };
+                    let self_stopped = self_stopped.clone();
                     let storage = CheckedStorage {
                         inner: storage.clone(),
                         node: id,
@@ -316,7 +311,7 @@ impl SimCluster {
                             // its unsynced writes lost. Until the nemesis kills the host
                             // (`take_self_stopped`) it idles.
                             disk.crash(0);
-                            stopped();
+                            self_stopped.lock().unwrap().insert(id);
                             std::future::pending::<()>().await;
                         }
                     }
