@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use raft_kv_core::NodeId;
 use raft_kv_runtime::peer_auth::ClusterSecret;
+use raft_kv_runtime::storage::StorageError;
 use raft_kv_runtime::tls::{ClientAuth, ClientTls, PeerTls, TlsFiles};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -506,7 +507,17 @@ async fn serve(
     opts.client.limits.request_bytes_max =
         opts.client.limits.request_bytes_max.max(2 * args.max_bulk_bytes as usize);
 
-    let node = raft_kv_runtime::start(opts, storage).await?;
+    let node = match raft_kv_runtime::start(opts, storage).await {
+        Ok(node) => node,
+        Err(raft_kv_runtime::StartError::Storage(e @ StorageError::Corrupt(_))) => {
+            return Err(anyhow::anyhow!(
+                "data directory {} is damaged: {e}. {}",
+                data_dir.display(),
+                rocks::repair_advice(&data_dir)
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     tracing::info!(node = args.id, data_dir = %data_dir.display(), redis = %node.redis_addr, raft = %node.raft_addr, "raft-kv ready");
     if let Some((member, raft_addr)) = join {
         request_join(&member, args.id, raft_addr).await?;
@@ -518,6 +529,11 @@ async fn serve(
     tokio::select! {
         r = node.task => match r {
             Ok(Ok(())) => Ok(()),
+            Ok(Err(e @ StorageError::Corrupt(_))) => Err(anyhow::anyhow!(
+                "the node stopped: data directory {} is damaged: {e}. {}",
+                data_dir.display(),
+                rocks::repair_advice(&data_dir)
+            )),
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("the node stopped")),
             Err(e) => Err(anyhow::anyhow!("the node task failed: {e}")),
         },

@@ -78,6 +78,19 @@ pub enum OpenError {
     Foreign { path: PathBuf, found_node: u64, found_cluster: u64, node: u64, cluster: u64 },
     #[error("data directory {path} is not a raft-kv data directory or is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("data directory {path} is damaged: {reason}. {}", repair_advice(path))]
+    Damaged { path: PathBuf, reason: String },
+}
+
+/// What to do about a data directory whose checksums fail, said wherever a node refuses one.
+pub fn repair_advice(path: &Path) -> String {
+    format!(
+        "The node refuses to start on data it cannot trust (it would vote, serve and replicate it). \
+         To rebuild it from the other members, move the directory aside (mv {p} {p}.damaged) and \
+         start the node again with the same command and --data-dir: it starts empty and catches \
+         up as a node whose disk was replaced (README, 'A node whose disk was wiped')",
+        p = path.display()
+    )
 }
 
 /// See `RocksStorage::joined`.
@@ -132,8 +145,13 @@ fn log_key(index: LogIndex) -> [u8; 8] {
     index.0.to_be_bytes()
 }
 
+/// A RocksDB error as a storage error: a checksum that does not match (a flipped bit in a table
+/// file, the write-ahead log or the manifest) is corruption, anything else I/O.
 fn io(e: rocksdb::Error) -> StorageError {
-    StorageError::Io(e.to_string())
+    match e.kind() {
+        rocksdb::ErrorKind::Corruption => StorageError::Corrupt(e.to_string()),
+        _ => StorageError::Io(e.to_string()),
+    }
 }
 
 impl RocksStorage {
@@ -142,6 +160,12 @@ impl RocksStorage {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // A record of the write-ahead log that fails its checksum stops the open, unless it is
+        // the last one (a write torn by a crash, never synced, so never acknowledged). RocksDB's
+        // default (point-in-time recovery) would instead replay up to the bad record and drop
+        // every synced record after it without a word: entries, votes and terms this node
+        // acknowledged, which Raft's safety rests on.
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
         let existed = path.join("CURRENT").exists();
         if path.exists()
             && !existed
@@ -168,8 +192,13 @@ impl RocksStorage {
         // The staging family is created when missing (directories of earlier versions lack it).
         let cfs = [CF_LOG, CF_META, CF_KV, CF_STAGE]
             .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n)));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)
-            .map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
+            if source.kind() == rocksdb::ErrorKind::Corruption {
+                OpenError::Damaged { path: path.to_owned(), reason: source.to_string() }
+            } else {
+                OpenError::Open { path: path.to_owned(), source }
+            }
+        })?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         let mut storage = RocksStorage {
