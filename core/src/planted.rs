@@ -51,10 +51,15 @@ pub enum PlantedBug {
     /// goes on acknowledging writes its disk never made durable, which a crash then takes
     /// back. A correct node stops at the failed sync and restarts from what is durable.
     SyncErrorIgnored,
+    /// Storage uses a record whose checksum fails as if it were sound: the log replays up to
+    /// a damaged entry and silently ends there (RocksDB's default, point-in-time WAL
+    /// recovery), dropping entries the node acknowledged; a damaged value is served. A correct
+    /// node refuses a damaged disk and is rebuilt from its peers.
+    DamagedDataTrusted,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 13] = [
+    pub const ALL: [PlantedBug; 14] = [
         PlantedBug::VoteWithoutLogCheck,
         PlantedBug::FollowerLocalReads,
         PlantedBug::AckBeforeSync,
@@ -68,6 +73,7 @@ impl PlantedBug {
         PlantedBug::WipedDiskVotes,
         PlantedBug::LeaseByTicksAlone,
         PlantedBug::SyncErrorIgnored,
+        PlantedBug::DamagedDataTrusted,
     ];
 }
 

@@ -153,6 +153,8 @@ pub async fn start<S: Storage>(
     // it applies one of their entries: `NodeTask::apply`).
     let incarnation = storage.next_incarnation(wall_clock())?;
     let mut restored = storage.load()?;
+    // Reads every applied value once, so one that fails its checksum stops the start here.
+    let deadlines = node::StartDeadlines::read(&storage)?;
     if restored.membership.is_none() {
         // A node that never applied a membership change starts from its command line.
         restored.membership = Some(raft_kv_core::Membership {
@@ -243,10 +245,10 @@ pub async fn start<S: Storage>(
         info,
         wall_clock,
         mono_clock: opts.hooks.mono_clock.clone().unwrap_or_else(node::system_mono_clock),
+        deadlines,
     };
-    let mut task = NodeTask::new(raft, storage, peers, opts.tuning, start)
+    let task = NodeTask::new(raft, storage, peers, opts.tuning, start)
         .with_status_hook(opts.hooks.on_status.clone());
-    task.rebuild_deadlines()?;
     let span = info_span!("node", node = opts.raft.id.0);
     let period = move || tick_period.as_ref().map_or(tick, |f| f());
     let task = tokio::spawn(task.run(peer_rx, client_rx, synced_rx, period).instrument(span));

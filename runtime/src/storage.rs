@@ -197,6 +197,8 @@ struct MemState {
     incarnation: u64,
     /// `PlantedBug::AckBeforeSync`: a sync returns without syncing.
     never_sync: bool,
+    /// `PlantedBug::DamagedDataTrusted`: records that fail their checksum are used anyway.
+    trust_damage: bool,
 }
 
 #[derive(Clone, Default, Debug)]
@@ -211,6 +213,18 @@ struct Image {
     membership: Option<Membership>,
     /// Snapshot items received, not yet installed.
     staged: Vec<SnapshotItem>,
+    /// A record whose bytes changed on the disk after they were written (`MemStorage::damage`),
+    /// so its checksum no longer matches: RocksDB finds such a record by its block or WAL
+    /// checksum when it reads it. None once the record is overwritten.
+    damage: Option<Damage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Damage {
+    /// The log entry at this index, and with RocksDB's default WAL recovery everything after.
+    Entry(LogIndex),
+    /// The applied value of this key (its bytes in the map are the damaged ones).
+    Value(Key),
 }
 
 /// One atomic write (a RocksDB write batch).
@@ -231,12 +245,18 @@ impl Image {
                     self.hard_state = *hs;
                 }
                 if let Some((from, entries)) = append {
+                    if matches!(self.damage, Some(Damage::Entry(i)) if i >= *from) {
+                        self.damage = None;
+                    }
                     let keep = from.0.saturating_sub(self.snapshot.index.0 + 1) as usize;
                     self.entries.truncate(keep.min(self.entries.len()));
                     self.entries.extend_from_slice(entries);
                 }
             }
             Write::Compact { meta } => {
+                if matches!(self.damage, Some(Damage::Entry(i)) if i <= meta.index) {
+                    self.damage = None;
+                }
                 let n = (meta.index.0 - self.snapshot.index.0) as usize;
                 self.entries.drain(..n.min(self.entries.len()));
                 self.snapshot = *meta;
@@ -248,6 +268,7 @@ impl Image {
                 self.staged.extend_from_slice(items);
             }
             Write::Install { meta } => {
+                self.damage = None;
                 self.kv.clear();
                 self.sessions.clear();
                 self.membership = None;
@@ -270,12 +291,18 @@ impl Image {
                 for m in mutations {
                     match m {
                         Mutation::Put(k, v) => {
+                            self.overwritten(k);
                             self.kv.insert(k.clone(), v.clone());
                         }
                         Mutation::Delete(k) => {
+                            self.overwritten(k);
                             self.kv.remove(k);
                         }
-                        Mutation::Clear => self.kv.clear(),
+                        Mutation::Clear => {
+                            self.damage =
+                                self.damage.take().filter(|d| !matches!(d, Damage::Value(_)));
+                            self.kv.clear()
+                        }
                         Mutation::Session(origin, session) => {
                             self.sessions.insert(*origin, *session);
                         }
@@ -288,7 +315,36 @@ impl Image {
     }
 }
 
+impl Image {
+    /// A write of `key` replaces its damaged record, if it was that one.
+    fn overwritten(&mut self, key: &[u8]) {
+        if matches!(&self.damage, Some(Damage::Value(k)) if k.as_slice() == key) {
+            self.damage = None;
+        }
+    }
+}
+
 impl MemState {
+    /// The error a read of damaged data meets, unless the planted bug trusts it.
+    fn check_value(&self, key: &[u8]) -> Result<(), StorageError> {
+        match &self.written.damage {
+            Some(Damage::Value(k)) if k.as_slice() == key && !self.trust_damage => {
+                Err(StorageError::Corrupt(format!(
+                    "{DAMAGE_FAULT}: the value of a key fails its checksum"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The error a read of every value meets if one is damaged.
+    fn check_every_value(&self) -> Result<(), StorageError> {
+        match &self.written.damage {
+            Some(Damage::Value(k)) => self.check_value(k),
+            _ => Ok(()),
+        }
+    }
+
     fn write(&mut self, w: Write, sync: bool) {
         self.written.write(&w);
         self.unsynced.push(w);
@@ -320,6 +376,9 @@ impl LogSync for MemStorage {
 /// How a failure `MemStorage::set_syncs_fail` injected names itself.
 pub const SYNC_FAULT: &str = "injected disk fault";
 
+/// How a record `MemStorage::damage` damaged names itself when a read finds it.
+pub const DAMAGE_FAULT: &str = "injected damage: checksum mismatch";
+
 impl MemStorage {
     pub fn new() -> MemStorage {
         MemStorage::default()
@@ -329,6 +388,16 @@ impl MemStorage {
     pub fn never_syncing() -> MemStorage {
         let s = MemStorage::default();
         s.state().never_sync = true;
+        s
+    }
+
+    /// Storage that uses damaged records as if they were sound
+    /// (`PlantedBug::DamagedDataTrusted`), for the simulation: the log replays up to a damaged
+    /// entry and silently ends there (RocksDB's default WAL recovery), a damaged value is
+    /// served.
+    pub fn trusting_damage() -> MemStorage {
+        let s = MemStorage::default();
+        s.state().trust_damage = true;
         s
     }
 
@@ -376,8 +445,63 @@ impl MemStorage {
     /// gone, synced or not.
     pub fn wipe(&self) {
         let mut s = self.state();
-        let never_sync = s.never_sync;
-        *s = MemState { never_sync, ..MemState::default() };
+        let (never_sync, trust_damage) = (s.never_sync, s.trust_damage);
+        *s = MemState { never_sync, trust_damage, ..MemState::default() };
+    }
+
+    /// Damages one record on the disk of a stopped node, as a flipped bit would (call it after
+    /// `crash`): `pick` chooses a log entry after the applied index when there is one and
+    /// `pick` is odd, else an applied value, else any entry. Returns what was damaged.
+    pub fn damage(&self, pick: u64) -> Option<String> {
+        let mut s = self.state();
+        let d = &s.synced;
+        let first = d.snapshot.index.0 + 1;
+        let last = d.snapshot.index.0 + d.entries.len() as u64;
+        let unapplied = (d.applied.0 + 1).max(first);
+        let damage = if pick % 2 == 1 && unapplied <= last {
+            Damage::Entry(LogIndex(unapplied + pick / 2 % (last - unapplied + 1)))
+        } else if let Some(key) = {
+            // A string's bytes, so a flipped bit still reads as a string, another one.
+            let strings: Vec<&Key> =
+                d.kv.iter()
+                    .filter(|(_, v)| {
+                        raft_kv_core::kv::Record::decode(v)
+                            .is_some_and(|r| matches!(r.data, raft_kv_core::kv::Data::Str(_)))
+                    })
+                    .map(|(k, _)| k)
+                    .collect();
+            (!strings.is_empty())
+                .then(|| strings[(pick / 2 % strings.len() as u64) as usize].clone())
+        } {
+            Damage::Value(key)
+        } else if first <= last {
+            Damage::Entry(LogIndex(first + pick / 2 % (last - first + 1)))
+        } else {
+            return None;
+        };
+        let what = match &damage {
+            Damage::Entry(i) => format!("log entry {i}"),
+            Damage::Value(k) => {
+                // A bit of the string flips (or a byte is added to an empty one); a checksum
+                // over the record would no longer match.
+                let v = s.synced.kv.get_mut(k).expect("chosen among the keys");
+                let header = if v.get(1) == Some(&1) { 10 } else { 2 };
+                let len = v.len();
+                match v.last_mut() {
+                    Some(b) if len > header => *b ^= 1,
+                    _ => v.push(b'x'),
+                }
+                format!("the value of {}", String::from_utf8_lossy(k))
+            }
+        };
+        s.synced.damage = Some(damage);
+        s.written = s.synced.clone();
+        Some(what)
+    }
+
+    /// Whether the disk holds a damaged record not yet overwritten.
+    pub fn damaged(&self) -> bool {
+        self.state().written.damage.is_some()
     }
 
     /// Whether entry `index` of `term` would survive a power loss now: it is synced, or
@@ -415,11 +539,21 @@ impl MemStorage {
 impl Storage for MemStorage {
     fn load(&mut self) -> Result<RestoredState, StorageError> {
         let s = self.state();
+        let mut entries = s.written.entries.clone();
+        if let Some(Damage::Entry(i)) = s.written.damage {
+            if !s.trust_damage {
+                return Err(StorageError::Corrupt(format!(
+                    "{DAMAGE_FAULT}: log entry {i} fails its checksum"
+                )));
+            }
+            // RocksDB's point-in-time recovery: the log ends before the bad record.
+            entries.truncate((i.0 - s.written.snapshot.index.0 - 1) as usize);
+        }
         let restored = RestoredState {
             hard_state: s.written.hard_state,
             membership: s.written.membership.clone(),
             snapshot: s.written.snapshot,
-            entries: s.written.entries.clone(),
+            entries,
             applied: s.written.applied,
         };
         validate(&restored)?;
@@ -460,7 +594,9 @@ impl Storage for MemStorage {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
-        Ok(self.state().written.kv.get(key).cloned())
+        let s = self.state();
+        s.check_value(key)?;
+        Ok(s.written.kv.get(key).cloned())
     }
 
     fn session(&self, origin: u64) -> Result<Option<Session>, StorageError> {
@@ -487,12 +623,17 @@ impl Storage for MemStorage {
             Some(k) => Bound::Excluded(k.to_vec()),
             None => Bound::Unbounded,
         };
-        Ok(s.written
+        let found: Vec<(Key, Value)> = s
+            .written
             .kv
             .range((from, Bound::Unbounded))
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+            .collect();
+        for (k, _) in &found {
+            s.check_value(k)?;
+        }
+        Ok(found)
     }
 
     fn key_count(&self) -> Result<u64, StorageError> {
@@ -501,6 +642,8 @@ impl Storage for MemStorage {
 
     fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError> {
         let s = self.state();
+        // Read whole at once here, so a damaged value anywhere is met now.
+        s.check_every_value()?;
         let kv = s.written.kv.iter().map(|(k, v)| SnapshotItem::Kv(k.clone(), v.clone()));
         let sessions = s.written.sessions.iter().map(|(o, x)| SnapshotItem::Session(*o, *x));
         let membership = s.written.membership.clone().map(SnapshotItem::Membership);
@@ -630,5 +773,46 @@ mod tests {
         s.persist(None, Some((LogIndex(1), &[entry(1)]))).unwrap();
         s.crash(0);
         assert!(s.load().unwrap().entries.is_empty());
+    }
+
+    fn string(v: &str) -> Vec<u8> {
+        raft_kv_core::kv::Record::string(v.as_bytes().to_vec(), None).encode()
+    }
+
+    #[test]
+    fn a_damaged_record_is_refused_where_it_is_read_until_overwritten() {
+        let mut s = MemStorage::new();
+        s.persist(Some(term1()), Some((LogIndex(1), &[entry(1), entry(2)]))).unwrap();
+        s.apply(LogIndex(1), &[Mutation::Put(b"a".to_vec(), string("1"))]).unwrap();
+        s.crash(usize::MAX);
+        // Pick odd: the unapplied entry 2.
+        assert_eq!(s.damage(1).as_deref(), Some("log entry 2"));
+        let err = s.load().unwrap_err().to_string();
+        assert!(err.contains(DAMAGE_FAULT), "{err}");
+        // An append that replaces entry 2 rewrites the record.
+        s.persist(None, Some((LogIndex(2), &[entry(2)]))).unwrap();
+        assert_eq!(s.load().unwrap().entries.len(), 2);
+
+        assert_eq!(s.damage(0).as_deref(), Some("the value of a"));
+        assert!(s.get(b"a").is_err());
+        assert!(s.scan(None, 10).is_err());
+        assert!(s.snapshot_reader().is_err());
+        assert!(s.get(b"b").unwrap().is_none(), "other keys read fine");
+        s.apply(LogIndex(2), &[Mutation::Put(b"a".to_vec(), string("2"))]).unwrap();
+        assert_eq!(s.get(b"a").unwrap(), Some(string("2")));
+        assert!(!s.damaged());
+    }
+
+    #[test]
+    fn storage_that_trusts_damage_replays_up_to_a_damaged_entry_and_serves_a_damaged_value() {
+        let mut s = MemStorage::trusting_damage();
+        s.persist(Some(term1()), Some((LogIndex(1), &[entry(1), entry(2), entry(3)]))).unwrap();
+        s.apply(LogIndex(1), &[Mutation::Put(b"a".to_vec(), string("1"))]).unwrap();
+        s.crash(usize::MAX);
+        assert_eq!(s.damage(1).as_deref(), Some("log entry 2"));
+        assert_eq!(s.load().unwrap().entries, vec![entry(1)], "entries 2 and 3 silently gone");
+        s.persist(None, Some((LogIndex(2), &[entry(2)]))).unwrap();
+        s.damage(0);
+        assert_eq!(s.get(b"a").unwrap(), Some(string("0")), "a flipped bit: '1' reads '0'");
     }
 }

@@ -206,10 +206,10 @@ impl SimCluster {
         let mut clocks = BTreeMap::new();
         let self_stopped: Arc<Mutex<BTreeSet<NodeId>>> = Arc::default();
         for &id in addrs.keys() {
-            let storage = if opts.planted == Some(PlantedBug::AckBeforeSync) {
-                MemStorage::never_syncing()
-            } else {
-                MemStorage::new()
+            let storage = match opts.planted {
+                Some(PlantedBug::AckBeforeSync) => MemStorage::never_syncing(),
+                Some(PlantedBug::DamagedDataTrusted) => MemStorage::trusting_damage(),
+                _ => MemStorage::new(),
             };
             let clock = SkewClock::new();
             storages.insert(id, storage.clone());
@@ -229,6 +229,7 @@ impl SimCluster {
                 .init(move || {
                     let disk = storage.clone();
                     let self_stopped = self_stopped.clone();
+                    let forget_disk = invariants.clone();
                     let storage = CheckedStorage {
                         inner: storage.clone(),
                         node: id,
@@ -295,6 +296,7 @@ impl SimCluster {
                         sync_delay,
                     };
                     async move {
+                        use raft_kv_runtime::storage::{DAMAGE_FAULT, SYNC_FAULT};
                         let failed = match raft_kv_runtime::start(node_opts, storage).await {
                             Ok(node) => match node.task.await {
                                 Ok(Err(e)) => Some(e.to_string()),
@@ -303,13 +305,21 @@ impl SimCluster {
                             Err(e) => Some(e.to_string()),
                         };
                         if let Some(e) = failed {
-                            if !e.contains(raft_kv_runtime::storage::SYNC_FAULT) {
+                            if e.contains(DAMAGE_FAULT) {
+                                // The node refused its damaged disk, as it must. The
+                                // operator's repair (README): the directory moved aside, and
+                                // the node started again (`take_self_stopped`), empty, to
+                                // catch up from its peers.
+                                disk.wipe();
+                                forget_disk.forget_disk(id);
+                            } else if !e.contains(SYNC_FAULT) {
                                 panic!("node {id} failed: {e}");
                             }
-                            // The node stopped at a failed sync (or could not start for one),
-                            // as it must: it comes back (`Nemesis`) from what its disk holds,
-                            // its unsynced writes lost. Until the nemesis kills the host
-                            // (`take_self_stopped`) it idles.
+                            // Or the node stopped at a failed sync (or could not start for
+                            // one), as it must: it comes back (`Nemesis`) from what its disk
+                            // holds, its unsynced writes lost. Until the nemesis (or, after the
+                            // heal, `converge`) restarts the host (`take_self_stopped`) it
+                            // idles.
                             disk.crash(0);
                             self_stopped.lock().unwrap().insert(id);
                             std::future::pending::<()>().await;

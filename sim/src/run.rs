@@ -257,6 +257,12 @@ async fn converge(cluster: &SimCluster) -> Option<Duration> {
     let start = Instant::now();
     let deadline = start + CONVERGENCE_WITHIN;
     loop {
+        // A node that refused its damaged disk after the heal: its disk was wiped (the
+        // operator's repair), it starts again.
+        for id in cluster.take_self_stopped() {
+            cluster.kill(id);
+            cluster.restart(id);
+        }
         // Nodes removed (or never added) stop receiving the log: only members must agree.
         let members = cluster.membership();
         let storages: BTreeMap<_, _> =

@@ -128,6 +128,9 @@ struct Totals {
     runs_with_installs: u64,
     transfers: (u64, u64),
     memberships: (u64, u64),
+    /// Disks damaged (each then refused by its node and rebuilt), and failed-sync stops.
+    damaged: u64,
+    self_stops: u64,
     /// Seeds whose simulation panicked (a node's storage refused a write, an assertion in
     /// the core...), with the panic message: failures too.
     panicked: Vec<(u64, String)>,
@@ -186,6 +189,9 @@ fn run_many_with_totals(
                     t.transfers.1 += r.transfers.1;
                     t.memberships.0 += r.memberships.0;
                     t.memberships.1 += r.memberships.1;
+                    let count = |what: &str| r.schedule.iter().filter(|l| l.contains(what)).count();
+                    t.damaged += count("; damage the") as u64 + count("; damage log") as u64;
+                    t.self_stops += count("stopped itself") as u64;
                     if !r.check.unknown_keys.is_empty() {
                         t.unknown.push(seed);
                     }
@@ -264,6 +270,10 @@ fn chaos_histories_are_linearizable_and_invariants_hold() {
         totals.transfers.1,
         totals.memberships.0,
         totals.memberships.1
+    );
+    println!(
+        "chaos: {} disks damaged (each refused by its node at restart, then rebuilt from its peers); {} nodes stopped themselves (a failed sync, or damage met)",
+        totals.damaged, totals.self_stops
     );
     if !totals.unknown.is_empty() {
         // Not a failure: the search ran out of budget. Replay these with a larger budget.
@@ -423,4 +433,9 @@ fn planted_sync_error_ignored_is_caught() {
 #[test]
 fn planted_lease_by_ticks_alone_is_caught() {
     assert_caught(PlantedBug::LeaseByTicksAlone);
+}
+
+#[test]
+fn planted_damaged_data_trusted_is_caught() {
+    assert_caught_within(PlantedBug::DamagedDataTrusted, 2_000);
 }

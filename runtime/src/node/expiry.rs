@@ -70,27 +70,50 @@ impl Expiry {
     }
 }
 
-impl<S: Storage> NodeTask<S> {
-    /// Rebuilds the deadline index from the applied state (at start, after a snapshot).
-    pub fn rebuild_deadlines(&mut self) -> Result<(), StorageError> {
-        self.expiry.clear();
-        let mut reader = self.storage.snapshot_reader()?;
-        loop {
-            let items = reader.next_chunk(1 << 20)?;
-            if items.is_empty() {
-                return Ok(());
-            }
-            let puts: Vec<Mutation> = items
-                .into_iter()
-                .filter_map(|i| match i {
-                    SnapshotItem::Kv(k, v) if kv::Record::deadline_of(&v).is_some() => {
-                        Some(Mutation::Put(k, v))
-                    }
-                    _ => None,
-                })
-                .collect();
-            self.expiry.note(&puts);
+/// Every key's deadline in the applied state of `storage`, read whole.
+fn read_deadlines<S: Storage>(storage: &S) -> Result<Expiry, StorageError> {
+    let mut expiry = Expiry::default();
+    let mut reader = storage.snapshot_reader()?;
+    loop {
+        let items = reader.next_chunk(1 << 20)?;
+        if items.is_empty() {
+            return Ok(expiry);
         }
+        let puts: Vec<Mutation> = items
+            .into_iter()
+            .filter_map(|i| match i {
+                SnapshotItem::Kv(k, v) if kv::Record::deadline_of(&v).is_some() => {
+                    Some(Mutation::Put(k, v))
+                }
+                _ => None,
+            })
+            .collect();
+        expiry.note(&puts);
+    }
+}
+
+/// The deadline index a node starts with (`NodeStart::deadlines`).
+pub struct StartDeadlines(Expiry);
+
+impl StartDeadlines {
+    /// Reads every applied key once. At start this comes before the node's tasks start, so
+    /// a value that fails its checksum stops the start before the node reaches any peer.
+    pub fn read<S: Storage>(storage: &S) -> Result<StartDeadlines, StorageError> {
+        read_deadlines(storage).map(StartDeadlines)
+    }
+
+    pub(super) fn into_expiry(self) -> Expiry {
+        self.0
+    }
+}
+
+impl<S: Storage> NodeTask<S> {
+    /// Rebuilds the deadline index from the applied state (after a snapshot installs).
+    pub(super) fn rebuild_deadlines(&mut self) -> Result<(), StorageError> {
+        let sweep = self.expiry.sweep;
+        self.expiry = read_deadlines(&self.storage)?;
+        self.expiry.sweep = sweep;
+        Ok(())
     }
 
     /// The leader deletes expired keys through the log, and keeps the log's time fresh while

@@ -17,6 +17,7 @@ mod reads;
 
 use apply::ApplyBatch;
 use expiry::Expiry;
+pub use expiry::StartDeadlines;
 use reads::{PendingRead, ReadQueue};
 
 use crate::codec::{self, Proposal};
@@ -248,6 +249,8 @@ pub struct NodeStart {
     pub wall_clock: WallClock,
     /// Judges leader leases (`Input::Now`).
     pub mono_clock: MonoClock,
+    /// Every applied key's deadline, read at start.
+    pub deadlines: StartDeadlines,
 }
 
 /// What INFO reports beyond the Raft state.
@@ -278,6 +281,7 @@ impl<S: Storage> NodeTask<S> {
             info,
             wall_clock,
             mono_clock,
+            deadlines,
         } = start;
         let id = raft.id();
         NodeTask {
@@ -309,7 +313,7 @@ impl<S: Storage> NodeTask<S> {
             wall_clock,
             mono_clock,
             applied_time,
-            expiry: Expiry::default(),
+            expiry: deadlines.into_expiry(),
             config: crate::command::CONFIG_DEFAULTS
                 .iter()
                 .map(|(k, v)| (k.to_string(), Bytes::from_static(v.as_bytes())))
