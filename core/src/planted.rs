@@ -56,10 +56,14 @@ pub enum PlantedBug {
     /// recovery), dropping entries the node acknowledged; a damaged value is served. A correct
     /// node refuses a damaged disk and is rebuilt from its peers.
     DamagedDataTrusted,
+    /// A node whose disk is nearly full acknowledges the entries it has no room to store, as
+    /// if it had stored them, instead of dropping the append (which the leader retries): the
+    /// leader counts it in a quorum for entries it never held.
+    DiskFullAppendsAcked,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 14] = [
+    pub const ALL: [PlantedBug; 15] = [
         PlantedBug::VoteWithoutLogCheck,
         PlantedBug::FollowerLocalReads,
         PlantedBug::AckBeforeSync,
@@ -74,6 +78,7 @@ impl PlantedBug {
         PlantedBug::LeaseByTicksAlone,
         PlantedBug::SyncErrorIgnored,
         PlantedBug::DamagedDataTrusted,
+        PlantedBug::DiskFullAppendsAcked,
     ];
 }
 

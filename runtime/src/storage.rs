@@ -70,6 +70,12 @@ pub trait Storage: Send + 'static {
     /// keeps that when the disk was wiped and the count starts over.
     fn next_incarnation(&mut self, at_least: u64) -> Result<u64, StorageError>;
 
+    /// Bytes free for this storage on its disk (None: unknown), checked against the node's
+    /// disk reserve (`NodeTuning::disk_reserve_bytes`).
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Number of keys, exact (DBSIZE).
     fn key_count(&self) -> Result<u64, StorageError>;
 
@@ -199,6 +205,8 @@ struct MemState {
     never_sync: bool,
     /// `PlantedBug::DamagedDataTrusted`: records that fail their checksum are used anyway.
     trust_damage: bool,
+    /// What `free_bytes` reports (None: unknown, as with no disk).
+    free_bytes: Option<u64>,
 }
 
 #[derive(Clone, Default, Debug)]
@@ -530,6 +538,11 @@ impl MemStorage {
         self.state().unsynced.len()
     }
 
+    /// Sets the free space the storage reports (the simulation's filling disk).
+    pub fn set_free_bytes(&self, free: Option<u64>) {
+        self.state().free_bytes = free;
+    }
+
     /// Makes every sync fail (`SYNC_FAULT`), or work again.
     pub fn set_syncs_fail(&self, fail: bool) {
         self.state().syncs_fail = fail;
@@ -638,6 +651,10 @@ impl Storage for MemStorage {
 
     fn key_count(&self) -> Result<u64, StorageError> {
         Ok(self.state().written.kv.len() as u64)
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        self.state().free_bytes
     }
 
     fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError> {

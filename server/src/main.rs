@@ -66,6 +66,11 @@ struct Args {
     /// is uncommitted.
     #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_uncommitted_bytes: u64,
+    /// Bytes kept free on the data directory's disk: below it the node takes no writes
+    /// (answered "-MISCONF ...") and no new log entries, so RocksDB never meets a full disk,
+    /// and it catches up once space is freed. 0: no reserve.
+    #[arg(long, default_value_t = 128 << 20)]
+    disk_reserve_bytes: u64,
     /// Clients served at once, as Redis's maxclients; one more reads "-ERR max number of
     /// clients reached" and is disconnected.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -494,6 +499,7 @@ async fn serve(
     }
     opts.tuning.tick = Duration::from_millis(args.tick_ms);
     opts.tuning.request_timeout = Duration::from_millis(args.request_timeout_ms);
+    opts.tuning.disk_reserve_bytes = args.disk_reserve_bytes;
     opts.tuning.snapshot.chunk_bytes = args.snapshot_chunk_bytes as usize;
     opts.client.limits.bulk_bytes_max = args.max_bulk_bytes as usize;
     opts.client.pending_request_bytes_max = args.max_pending_request_bytes as usize;

@@ -109,6 +109,8 @@ pub struct RocksStorage {
     /// common append writes no tombstone (a range tombstone per append made WAL recovery
     /// after a benchmark take minutes and gigabytes).
     last_log: LogIndex,
+    /// The data directory, whose disk's free space `free_bytes` reports.
+    path: PathBuf,
 }
 
 /// Options of a column family. The KV family serves point reads (GET on every node): a small
@@ -206,6 +208,7 @@ impl RocksStorage {
             sync,
             nosync: WriteOptions::default(),
             last_log: LogIndex(0),
+            path: path.to_owned(),
         };
         storage.last_log = storage
             .stored_last_log()
@@ -563,6 +566,11 @@ impl Storage for RocksStorage {
         }
         it.status().map_err(io)?;
         Ok(out)
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        let st = rustix::fs::statvfs(&self.path).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
     fn key_count_estimate(&self) -> Result<u64, StorageError> {

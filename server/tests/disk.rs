@@ -121,3 +121,91 @@ fn a_flipped_byte_in_a_table_file_is_refused() {
     expect_refusal(&c, 3);
     repair_and_check(&mut c, 3);
 }
+
+/// A tmpfs mounted at a path for the test's life (the test runs as root, as CI does).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, bytes: u64) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_owned())
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.0).unwrap();
+        st.f_bavail * st.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_node_whose_disk_fills_takes_no_writes_and_catches_up_once_space_is_freed() {
+    const RESERVE: u64 = 48 << 20;
+    let mut c = Cluster::start_with(3, &["--disk-reserve-bytes", &RESERVE.to_string()]);
+    // Node 3's data directory moves to a small disk of its own (it comes back empty and
+    // catches up, as a node whose disk was replaced).
+    c.kill(3);
+    std::fs::remove_dir_all(c.data_dir(3)).unwrap();
+    let disk = Tmpfs::mount(&c.data_dir(3), 160 << 20);
+    c.start_node(3);
+    write_keys_and_wait_for(&c, 3);
+
+    // Something else fills the disk to under the reserve.
+    let fill = disk.free_bytes() - RESERVE / 2;
+    let filler_file = c.data_dir(3).join("filler");
+    std::fs::write(&filler_file, vec![0u8; fill as usize]).unwrap();
+
+    // Node 3 answers writes with Redis's persistence error, and changes nothing.
+    let mut con3 = c.conn(3);
+    let err = wait_until(Duration::from_secs(5), || {
+        con3.set::<_, _, ()>("refused", "x").err().map(|e| e.to_string())
+    })
+    .expect("node 3 refuses writes");
+    assert!(err.contains("MISCONF") && err.contains("disk is nearly full"), "{err}");
+    // The cluster stays writable through the others; node 3 takes no new entries meanwhile.
+    let applied_before = info_field(&c, 3, "applied_index").unwrap();
+    let mut con1 = c.conn(1);
+    let value = "v".repeat(10_000);
+    for i in 0..200 {
+        let _: () = con1.set(format!("late{i}"), &value).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let applied_low = info_field(&c, 3, "applied_index").unwrap();
+    assert!(
+        applied_low <= applied_before + 2,
+        "node 3 kept taking entries on a full disk: {applied_before} -> {applied_low}"
+    );
+    assert!(disk.free_bytes() > 0, "the disk filled up to the last byte");
+    let mut probe = c.conn(1);
+    assert_eq!(probe.get::<_, Option<String>>("refused").unwrap(), None, "the refused write");
+
+    // Space comes back: node 3 catches up by itself and serves every key.
+    std::fs::remove_file(&filler_file).unwrap();
+    let leader = c.leader(1).expect("a leader");
+    let commit = info_field(&c, leader, "commit_index").unwrap();
+    wait_until(Duration::from_secs(30), || {
+        (info_field(&c, 3, "applied_index")? >= commit).then_some(())
+    })
+    .expect("node 3 catches up once space is freed");
+    let _: () = con3.set("accepted", "y").unwrap();
+    for i in (0..200).step_by(17) {
+        let v: String = con3.get(format!("late{i}")).unwrap();
+        assert_eq!(v, value);
+    }
+    c.kill(3);
+}

@@ -258,6 +258,8 @@ impl SimCluster {
                     // One cluster id for members and spares alike.
                     node_opts.transport.cluster_id = cluster_id;
                     node_opts.tuning.request_timeout = opts.request_timeout;
+                    // The disk counts as nearly full while the nemesis reports 0 bytes free.
+                    node_opts.tuning.disk_reserve_bytes = 1;
                     node_opts.tuning.snapshot = opts.snapshot.clone();
                     node_opts.client.planted = opts.planted;
                     node_opts.transport.faults = Some(faults.clone());

@@ -35,6 +35,8 @@ pub struct Swarm {
     /// A stopped node's disk comes back with one record damaged (a flipped bit): a correct
     /// node refuses it at start, and is rebuilt from its peers (the disk wiped).
     pub damage: bool,
+    /// A node's disk is nearly full for a while: it takes no writes and no new entries.
+    pub disk_full: bool,
     pub pauses: bool,
     /// Message loss, delay (reordering) and duplication.
     pub messages: bool,
@@ -73,6 +75,7 @@ impl Swarm {
             membership: rng.gen_bool(0.4),
             sync_failures: rng.gen_bool(0.2),
             damage: rng.gen_bool(0.2),
+            disk_full: rng.gen_bool(0.2),
             interval: Duration::from_millis(rng.gen_range(100..1500)),
             fault_max: Duration::from_millis(rng.gen_range(300..4000)),
         };
@@ -106,6 +109,7 @@ impl Swarm {
             membership: false,
             sync_failures: false,
             damage: false,
+            disk_full: false,
             interval: Duration::from_secs(1),
             fault_max: Duration::from_secs(1),
         }
@@ -129,6 +133,7 @@ impl Swarm {
             (self.membership, Kind::Membership),
             (self.sync_failures, Kind::SyncFail),
             (self.damage, Kind::Damage),
+            (self.disk_full, Kind::DiskFull),
         ];
         for (on, kind) in flags {
             if on {
@@ -184,6 +189,7 @@ enum Kind {
     Membership,
     SyncFail,
     Damage,
+    DiskFull,
 }
 
 /// A fault in force, undone at `until`.
@@ -198,6 +204,8 @@ enum Active {
     ClientCut(NodeId),
     /// The node's syncs fail.
     SyncFail(NodeId),
+    /// The node's disk is nearly full.
+    DiskFull(NodeId),
     /// Not a fault yet: at its time, the cluster is split the way membership changes from
     /// the first membership to the second could go wrong (`split_after_changes`).
     SplitAfterChanges(raft_kv_core::Membership, raft_kv_core::Membership),
@@ -445,6 +453,10 @@ impl<'a> Nemesis<'a> {
                     self.hold(Active::Down(id));
                 }
             }
+            Active::DiskFull(id) => {
+                c.storages[&id].set_free_bytes(None);
+                self.log(format!("disk of node {id} has room again"));
+            }
             Active::SplitAfterChanges(from, to) => {
                 if self.active.iter().any(|(_, a)| matches!(a, Active::Partition)) {
                     return;
@@ -528,6 +540,15 @@ impl<'a> Nemesis<'a> {
                 c.wipe(id);
                 self.log(format!("wipe node {id}'s disk"));
                 self.hold(Active::Down(id));
+            }
+            Kind::DiskFull => {
+                let Some(&id) = up.first() else { return };
+                if self.active.iter().any(|(_, a)| matches!(a, Active::DiskFull(n) if *n == id)) {
+                    return;
+                }
+                c.storages[&id].set_free_bytes(Some(0));
+                self.hold(Active::DiskFull(id));
+                self.log(format!("disk of node {id} nearly full"));
             }
             Kind::Damage => {
                 // The disk comes back from a crash with a record damaged. The node refuses it

@@ -86,6 +86,7 @@ fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
         // Only these errors promise that nothing was applied (see runtime/src/node/mod.rs).
         if e.starts_with("TRYAGAIN")
             || e.starts_with("BUSY")
+            || e.starts_with("MISCONF")
             || (e.starts_with("CLUSTERDOWN") && e.ends_with("the write was not applied"))
         {
             return Outcome::NotApplied;

@@ -439,3 +439,8 @@ fn planted_lease_by_ticks_alone_is_caught() {
 fn planted_damaged_data_trusted_is_caught() {
     assert_caught_within(PlantedBug::DamagedDataTrusted, 2_000);
 }
+
+#[test]
+fn planted_disk_full_appends_acked_is_caught() {
+    assert_caught_within(PlantedBug::DiskFullAppendsAcked, 10_000);
+}

@@ -29,8 +29,8 @@ use crate::transport::PeerSender;
 use bytes::Bytes;
 use raft_kv_core::kv::{self, Key, KvRead, Mutation, Value};
 use raft_kv_core::{
-    planted, Input, LogIndex, Membership, MembershipChange, Message, NodeId, PlantedBug, RaftNode,
-    Ready, Rejection, Role, Status,
+    planted, Input, LogIndex, Membership, MembershipChange, Message, MessageBody, NodeId,
+    PlantedBug, RaftNode, Ready, Rejection, Role, Status,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -117,6 +117,10 @@ pub struct NodeTuning {
     /// finishes.
     pub held_messages_max: usize,
     pub snapshot: SnapshotTuning,
+    /// While its disk has less free than this (`Storage::free_bytes`), the node takes no new
+    /// log entries: it answers client writes MISCONF and drops appends and snapshot chunks
+    /// (the leader retries them as after a lost message). 0: no reserve.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for NodeTuning {
@@ -128,6 +132,7 @@ impl Default for NodeTuning {
             pending_requests_max: 100_000,
             held_messages_max: 65_536,
             snapshot: SnapshotTuning::default(),
+            disk_reserve_bytes: 0,
         }
     }
 }
@@ -196,6 +201,9 @@ pub struct NodeTask<S: Storage> {
     config: BTreeMap<String, Bytes>,
     /// The last `HardState::recovering` written, to log when it changes.
     recovering: bool,
+    /// The free bytes of the disk while they are under the reserve (`NodeTuning::
+    /// disk_reserve_bytes`): the node takes no new log entries.
+    disk_low: Option<u64>,
     /// SCAN cursors handed out: where each walk stopped.
     scan_cursors: BTreeMap<u64, Key>,
     /// RANDOMKEY's choices: seeded from the node and its run, so a simulation replays them.
@@ -319,6 +327,7 @@ impl<S: Storage> NodeTask<S> {
                 .map(|(k, v)| (k.to_string(), Bytes::from_static(v.as_bytes())))
                 .collect(),
             recovering: false,
+            disk_low: None,
             scan_cursors: BTreeMap::new(),
             rng: rand::SeedableRng::seed_from_u64(id.0 ^ incarnation.rotate_left(32)),
             next_scan_cursor: 0,
@@ -372,7 +381,7 @@ impl<S: Storage> NodeTask<S> {
                 m = peer_rx.recv(), if !self.durable.full() => match m {
                     Some(m) => {
                         self.raft.step(Input::Clock((self.wall_clock)()));
-                        self.step_timed(Input::Message(m));
+                        self.on_message(m);
                     }
                     None => return Ok(()),
                 },
@@ -401,7 +410,7 @@ impl<S: Storage> NodeTask<S> {
                 }
                 let mut took = false;
                 if let Ok(m) = peer_rx.try_recv() {
-                    self.step_timed(Input::Message(m));
+                    self.on_message(m);
                     took = true;
                 }
                 if let Ok(c) = client_rx.try_recv() {
@@ -484,6 +493,58 @@ impl<S: Storage> NodeTask<S> {
         resubmitted
     }
 
+    /// Steps a peer's message, unless it would add to a disk under its reserve.
+    fn on_message(&mut self, m: Message) {
+        if self.disk_low.is_some() {
+            let grows_log = match &m.body {
+                MessageBody::AppendEntries { entries, .. } => !entries.is_empty(),
+                MessageBody::SnapshotChunk { .. } | MessageBody::Propose { .. } => true,
+                _ => false,
+            };
+            if grows_log {
+                if let MessageBody::AppendEntries { prev_log_index, entries, .. } = &m.body {
+                    let planted = self.raft.config().planted;
+                    if planted::active(planted, PlantedBug::DiskFullAppendsAcked) {
+                        let index = LogIndex(prev_log_index.0 + entries.len() as u64);
+                        self.peers.send(Message {
+                            from: self.id,
+                            to: m.from,
+                            term: m.term,
+                            body: MessageBody::AppendEntriesResponse {
+                                success: true,
+                                index,
+                                hint: index,
+                                hint_term: raft_kv_core::Term(0),
+                            },
+                        });
+                    }
+                }
+                return;
+            }
+        }
+        self.step_timed(Input::Message(m));
+    }
+
+    /// Checks the disk's free space against the reserve; logs when it crosses it.
+    fn check_disk(&mut self) {
+        let reserve = self.tuning.disk_reserve_bytes;
+        if reserve == 0 {
+            return;
+        }
+        let low = self.storage.free_bytes().filter(|free| *free < reserve);
+        match (self.disk_low, low) {
+            (None, Some(free)) => {
+                warn!(node = %self.id, free_bytes = free, reserve_bytes = reserve,
+                "disk nearly full: taking no writes and no new log entries until space is freed")
+            }
+            (Some(_), None) => {
+                info!(node = %self.id, "disk space back above the reserve: taking writes again")
+            }
+            _ => {}
+        }
+        self.disk_low = low;
+    }
+
     fn on_client(&mut self, c: ClientRequest) {
         let waiting = self.writes.len() + self.reads.len();
         if waiting >= self.tuning.pending_requests_max && !matches!(c.kind, RequestKind::Admin(_)) {
@@ -516,6 +577,14 @@ impl<S: Storage> NodeTask<S> {
                 return;
             }
             RequestKind::Write(cmd) => {
+                if let Some(free) = self.disk_low {
+                    let msg = format!(
+                        "MISCONF this node's disk is nearly full ({free} bytes free, under the reserve of {} bytes): it takes no writes until space is freed",
+                        self.tuning.disk_reserve_bytes
+                    );
+                    let _ = c.reply.send(Reply::error(msg));
+                    return;
+                }
                 if cmd.size_bytes() > self.proposal_bytes_max {
                     let msg = format!(
                         "ERR the write is too large to replicate ({} bytes of keys and values, at most {})",
@@ -555,6 +624,7 @@ impl<S: Storage> NodeTask<S> {
     }
 
     fn on_tick(&mut self) {
+        self.check_disk();
         self.fail_fast_without_leader();
         self.maybe_promote_learner();
         self.maybe_sweep();
