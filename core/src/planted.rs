@@ -56,10 +56,9 @@ pub enum PlantedBug {
     /// recovery), dropping entries the node acknowledged; a damaged value is served. A correct
     /// node refuses a damaged disk and is rebuilt from its peers.
     DamagedDataTrusted,
-    /// A node whose disk is nearly full acknowledges the entries it has no room to store, as
-    /// if it had stored them, instead of dropping the append (which the leader retries): the
-    /// leader counts it in a quorum for entries it never held.
-    DiskFullAppendsAcked,
+    /// A node whose disk is nearly full checks it only after proposing a write: the write
+    /// goes into the log while its client is told MISCONF, which promises that it did not.
+    DiskFullWriteProposedAnyway,
 }
 
 impl PlantedBug {
@@ -78,7 +77,7 @@ impl PlantedBug {
         PlantedBug::LeaseByTicksAlone,
         PlantedBug::SyncErrorIgnored,
         PlantedBug::DamagedDataTrusted,
-        PlantedBug::DiskFullAppendsAcked,
+        PlantedBug::DiskFullWriteProposedAnyway,
     ];
 }
 

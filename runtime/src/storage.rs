@@ -71,10 +71,10 @@ pub trait Storage: Send + 'static {
     fn next_incarnation(&mut self, at_least: u64) -> Result<u64, StorageError>;
 
     /// Bytes free for this storage on its disk (None: unknown), checked against the node's
-    /// disk reserve (`NodeTuning::disk_reserve_bytes`).
-    fn free_bytes(&self) -> Option<u64> {
-        None
-    }
+    /// disk reserve (`NodeTuning::disk_reserve_bytes`). No default: a wrapper that forgot to
+    /// pass it on would hide a full disk (the simulation's did, until its planted bug showed
+    /// it).
+    fn free_bytes(&self) -> Option<u64>;
 
     /// Number of keys, exact (DBSIZE).
     fn key_count(&self) -> Result<u64, StorageError>;

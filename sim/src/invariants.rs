@@ -322,6 +322,10 @@ impl Storage for CheckedStorage {
         self.inner.key_count()
     }
 
+    fn free_bytes(&self) -> Option<u64> {
+        self.inner.free_bytes()
+    }
+
     fn scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Key, Value)>, StorageError> {
         self.inner.scan(after, limit)
     }

@@ -719,12 +719,16 @@ impl<'a> Nemesis<'a> {
     /// A membership change to ask for, and the membership it would give: grow while there is
     /// a spare, shrink while there are more members than at the start. In a `burst`, shrink
     /// whenever it may.
-    /// Whether node `id` may lose its disk (wiped, or damaged and so rebuilt): every committed
-    /// entry stays on the disks of a majority of the voters without it, and a majority of them
-    /// can vote. A second loss before the first node caught up could destroy the only copies;
+    /// Whether node `id` may lose its disk (wiped, or damaged and so rebuilt): no other disk is
+    /// damaged, every committed entry stays on the disks of a majority of the voters without
+    /// it, and a majority of them can vote. A second loss before the first node caught up could destroy the only copies;
     /// no system survives that.
     fn may_lose_disk(&self, id: NodeId) -> bool {
         let c = self.cluster;
+        // A damaged disk not yet refused and rebuilt is as good as lost already.
+        if c.storages.iter().any(|(n, s)| *n != id && s.damaged()) {
+            return false;
+        }
         let voters = c.membership().voters;
         let majority = voters.len() / 2 + 1;
         let newest =

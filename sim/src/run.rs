@@ -211,8 +211,17 @@ async fn simulate(opts: RunOptions) -> RunReport {
     nemesis.heal();
     let schedule = std::mem::take(&mut nemesis.schedule);
 
-    for (id, c) in clients.into_iter().enumerate() {
-        match c.await {
+    for (id, mut c) in clients.into_iter().enumerate() {
+        // Meanwhile a node that refused its damaged disk at the heal's restart is rebuilt and
+        // started again at once, as an operator would.
+        let done = loop {
+            tokio::select! {
+                biased;
+                r = &mut c => break r,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => restart_self_stopped(&cluster),
+            }
+        };
+        match done {
             Ok(true) => {}
             Ok(false) => cluster.invariants.report(format!(
                 "liveness: client {id} completed no operation within {}s of the heal",
@@ -251,18 +260,22 @@ async fn simulate(opts: RunOptions) -> RunReport {
     }
 }
 
+/// After the heal: a node that refused its damaged disk had it wiped (the operator's repair)
+/// and starts again.
+fn restart_self_stopped(cluster: &SimCluster) {
+    for id in cluster.take_self_stopped() {
+        cluster.kill(id);
+        cluster.restart(id);
+    }
+}
+
 /// Waits until every node has applied the same index with the same key space; returns how
 /// long that took (None: it did not, and a violation is recorded).
 async fn converge(cluster: &SimCluster) -> Option<Duration> {
     let start = Instant::now();
     let deadline = start + CONVERGENCE_WITHIN;
     loop {
-        // A node that refused its damaged disk after the heal: its disk was wiped (the
-        // operator's repair), it starts again.
-        for id in cluster.take_self_stopped() {
-            cluster.kill(id);
-            cluster.restart(id);
-        }
+        restart_self_stopped(cluster);
         // Nodes removed (or never added) stop receiving the log: only members must agree.
         let members = cluster.membership();
         let storages: BTreeMap<_, _> =

@@ -320,6 +320,14 @@ const SEEDS_THAT_FAILED: &[(u64, &str)] = &[
          30 s (server test: \
          without_a_quorum_requests_fail_fast_instead_of_hanging_or_reading_stale_data)",
     ),
+    (
+        383809062312,
+        "a wipe struck while another node's damaged disk waited to be refused and rebuilt: two \
+         disks lost at once, and the refused node idled through the 30 s liveness window \
+         (nemesis: may_lose_disk counts a damaged disk as lost; run: restarts a refused node \
+         at once after the heal)",
+    ),
+    (383809063764, "the same with the damage struck first: a wipe while a damaged node was down"),
 ];
 
 #[test]
@@ -441,6 +449,6 @@ fn planted_damaged_data_trusted_is_caught() {
 }
 
 #[test]
-fn planted_disk_full_appends_acked_is_caught() {
-    assert_caught_within(PlantedBug::DiskFullAppendsAcked, 10_000);
+fn planted_disk_full_write_proposed_anyway_is_caught() {
+    assert_caught_within(PlantedBug::DiskFullWriteProposedAnyway, 2_000);
 }

@@ -502,23 +502,6 @@ impl<S: Storage> NodeTask<S> {
                 _ => false,
             };
             if grows_log {
-                if let MessageBody::AppendEntries { prev_log_index, entries, .. } = &m.body {
-                    let planted = self.raft.config().planted;
-                    if planted::active(planted, PlantedBug::DiskFullAppendsAcked) {
-                        let index = LogIndex(prev_log_index.0 + entries.len() as u64);
-                        self.peers.send(Message {
-                            from: self.id,
-                            to: m.from,
-                            term: m.term,
-                            body: MessageBody::AppendEntriesResponse {
-                                success: true,
-                                index,
-                                hint: index,
-                                hint_term: raft_kv_core::Term(0),
-                            },
-                        });
-                    }
-                }
                 return;
             }
         }
@@ -582,6 +565,16 @@ impl<S: Storage> NodeTask<S> {
                         "MISCONF this node's disk is nearly full ({free} bytes free, under the reserve of {} bytes): it takes no writes until space is freed",
                         self.tuning.disk_reserve_bytes
                     );
+                    let planted = self.raft.config().planted;
+                    if planted::active(planted, PlantedBug::DiskFullWriteProposedAnyway) {
+                        let data = codec::encode(&Proposal {
+                            origin: self.id,
+                            incarnation: self.incarnation,
+                            request: id,
+                            command: cmd,
+                        });
+                        self.raft.step(Input::Propose { id, data });
+                    }
                     let _ = c.reply.send(Reply::error(msg));
                     return;
                 }
