@@ -152,6 +152,21 @@ impl RaftLog {
         self.snapshot()
     }
 
+    /// The lowest index to compact to so that the entries after it, up to `upto`, hold at
+    /// most `bytes_max` bytes (the offset if they all fit).
+    pub fn keep_within_bytes(&self, upto: LogIndex, bytes_max: usize) -> LogIndex {
+        let mut kept = 0;
+        let mut i = upto.min(self.last_index());
+        while i > self.offset {
+            kept += self.entries[self.position(i)].size_bytes();
+            if kept > bytes_max {
+                return i;
+            }
+            i = LogIndex(i.0 - 1);
+        }
+        self.offset
+    }
+
     /// Replaces the whole log with a snapshot received from the leader: the state machine is
     /// the snapshot's, and the log starts after it.
     pub fn restore_snapshot(&mut self, meta: SnapshotMeta) {
@@ -409,6 +424,16 @@ mod tests {
     fn log_with(terms: &[u64]) -> RaftLog {
         let entries = terms.iter().enumerate().map(|(i, t)| e(i as u64 + 1, *t)).collect();
         RaftLog::restore(SnapshotMeta::default(), entries, LogIndex(0), Membership::default())
+    }
+
+    #[test]
+    fn the_kept_suffix_is_bounded_by_bytes() {
+        let log = log_with(&[1, 1, 1, 1]);
+        let size = log.entries[0].size_bytes();
+        assert_eq!(log.keep_within_bytes(LogIndex(4), 2 * size), LogIndex(2));
+        assert_eq!(log.keep_within_bytes(LogIndex(4), 2 * size - 1), LogIndex(3));
+        assert_eq!(log.keep_within_bytes(LogIndex(3), 10 * size), LogIndex(0));
+        assert_eq!(log.keep_within_bytes(LogIndex(4), 0), LogIndex(4));
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub struct Config {
     pub snapshot_entries: u64,
     pub snapshot_bytes: usize,
     /// Applied entries kept after a compaction, so a follower slightly behind catches up from
-    /// the log instead of a snapshot.
+    /// the log instead of a snapshot; never more than half `snapshot_bytes` of them, so large
+    /// entries do not keep the log (in memory, and on disk) at thousands of times their size.
     pub snapshot_keep_entries: u64,
     /// Leader leases (thesis §6.4.1): for this many ticks after a heartbeat round a quorum
     /// acknowledged, the leader serves reads without another round. 0 turns leases off (every
@@ -1041,7 +1042,8 @@ impl RaftNode {
     }
 
     /// Compacts the log once enough applied entries or bytes have piled up since the last
-    /// compaction, keeping `snapshot_keep_entries` applied entries for followers just behind.
+    /// compaction, keeping `snapshot_keep_entries` applied entries (at most half
+    /// `snapshot_bytes` of them) for followers just behind.
     fn maybe_compact(&mut self) -> Option<SnapshotMeta> {
         let snapshot = self.log.snapshot();
         let applied = self.log.applied_index();
@@ -1050,8 +1052,9 @@ impl RaftNode {
         if !due {
             return None;
         }
-        let to = LogIndex(applied.0.saturating_sub(self.cfg.snapshot_keep_entries))
-            .min(self.log.persisted_index());
+        let by_count = LogIndex(applied.0.saturating_sub(self.cfg.snapshot_keep_entries));
+        let by_bytes = self.log.keep_within_bytes(applied, self.cfg.snapshot_bytes / 2);
+        let to = by_count.max(by_bytes).min(self.log.persisted_index());
         (to > snapshot.index).then(|| self.log.compact(to))
     }
 

@@ -1328,6 +1328,30 @@ fn every_node_compacts_its_applied_log_past_the_threshold_7() {
 }
 
 #[test]
+fn the_entries_kept_after_a_compaction_are_bounded_by_bytes_too_7() {
+    // 1,000 entries are to be kept, but at most half of 8 KB: a compaction of entries of 1 KB
+    // keeps at most 4, and the log never holds 8 KB for long (before: it was never compacted).
+    let big = |cfg: &mut Config| {
+        cfg.snapshot_entries = 1_000;
+        cfg.snapshot_bytes = 8 << 10;
+        cfg.snapshot_keep_entries = 1_000;
+    };
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], big);
+    c.elect_and_converge(1);
+    for i in 0..30u64 {
+        c.step(1, Input::Propose { id: i + 1, data: vec![i as u8; 1024] });
+        c.process(1);
+        c.settle();
+    }
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(31).is_some()));
+    for id in 1..=3 {
+        let p = c.peer(id);
+        assert!(p.stored_after.index.0 >= 23, "node {id} kept the log after {:?}", p.stored_after);
+        assert_eq!(p.sm.len(), 31, "node {id}: the state machine keeps everything");
+    }
+}
+
+#[test]
 fn a_follower_behind_the_compacted_log_installs_a_snapshot_and_rejoins_7() {
     let mut c = Cluster::restored(vec![RestoredState::default(); 3], compacting);
     c.elect_and_converge(1);
