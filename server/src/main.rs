@@ -240,6 +240,12 @@ async fn serve_main(args: Args) -> ExitCode {
     }
 }
 
+/// Whether a storage error is a full disk (ENOSPC, as RocksDB words it).
+fn is_disk_full(e: &StorageError) -> bool {
+    let text = e.to_string();
+    text.contains("No space left on device") || text.contains("NoSpace")
+}
+
 #[cfg(madsim)]
 fn main() {
     // The binary runs on real tokio only; the simulation drives the runtime directly.
@@ -539,6 +545,10 @@ async fn serve(
                 "the node stopped: data directory {} is damaged: {e}. {}",
                 data_dir.display(),
                 rocks::repair_advice(&data_dir)
+            )),
+            Ok(Err(e)) if is_disk_full(&e) => Err(anyhow::anyhow!(
+                "the node stopped: the disk of data directory {} is full ({e}). Nothing it acknowledged is lost: it acknowledges only what it synced. Free space and start it again with the same command: it catches up from its peers. Keep --disk-reserve-bytes free so the node stops taking writes before the disk fills",
+                data_dir.display()
             )),
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("the node stopped")),
             Err(e) => Err(anyhow::anyhow!("the node task failed: {e}")),

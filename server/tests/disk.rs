@@ -149,7 +149,9 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        // Lazy: detached even while a node still has files open there (the cluster, dropped
+        // after this, kills it).
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
 
@@ -208,4 +210,63 @@ fn a_node_whose_disk_fills_takes_no_writes_and_catches_up_once_space_is_freed() 
         assert_eq!(v, value);
     }
     c.kill(3);
+}
+
+/// Fills the disk at `dir` to its last byte; returns the file that holds the space.
+fn fill_up(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0u8; 1 << 16];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+#[test]
+fn a_node_that_meets_a_full_disk_stops_saying_so_and_comes_back_once_space_is_freed() {
+    // No reserve: the disk fills to its last byte under the node.
+    let mut c = Cluster::start_with(3, &["--disk-reserve-bytes", "0"]);
+    c.kill(3);
+    std::fs::remove_dir_all(c.data_dir(3)).unwrap();
+    let _disk = Tmpfs::mount(&c.data_dir(3), 64 << 20);
+    c.start_node(3);
+    write_keys_and_wait_for(&c, 3);
+    let filler = fill_up(&c.data_dir(3));
+
+    // The cluster keeps taking writes through the others; node 3 meets the full disk and
+    // stops, saying why.
+    let mut con1 = c.conn(1);
+    let value = "v".repeat(100_000);
+    let mut written = 0;
+    let status = wait_until(Duration::from_secs(60), || {
+        let _: () = con1.set(format!("late{written}"), &value).unwrap();
+        written += 1;
+        c.procs[2].as_mut().unwrap().try_wait().ok().flatten()
+    })
+    .expect("node 3 went on with a full disk");
+    assert!(!status.success());
+    c.procs[2] = None;
+    let log = std::fs::read_to_string(c.dir.path().join("node3.log")).unwrap();
+    assert!(log.contains("is full") && log.contains("Free space"), "node 3 said: {log}");
+    assert!(!log.contains("panicked"), "node 3 panicked: {log}");
+
+    // Space comes back; started again, node 3 catches up and serves every write.
+    std::fs::remove_file(filler).unwrap();
+    c.start_node(3);
+    let leader = c.leader(1).expect("a leader");
+    let commit = info_field(&c, leader, "commit_index").unwrap();
+    wait_until(Duration::from_secs(30), || {
+        (info_field(&c, 3, "applied_index")? >= commit).then_some(())
+    })
+    .expect("node 3 catches up once space is freed");
+    let mut con3 = c.conn(3);
+    for i in (0..written).step_by(7) {
+        let v: String = con3.get(format!("late{i}")).unwrap();
+        assert_eq!(v, value);
+    }
+    for i in 0..KEYS {
+        let v: String = con3.get(format!("key{i}")).unwrap();
+        assert_eq!(v, format!("value{i}"));
+    }
 }
