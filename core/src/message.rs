@@ -66,9 +66,10 @@ pub enum MessageBody {
         /// stamps entries with (`RaftNode::cluster_time_ms`).
         clock_ms: u64,
     },
-    /// A follower forwards client proposals to the leader it knows.
+    /// A follower forwards client proposals to the leader it knows, each with the follower's
+    /// id of it (told back if the leader refuses it: `ProposalsRefused`).
     Propose {
-        proposals: Vec<Vec<u8>>,
+        proposals: Vec<(u64, Vec<u8>)>,
     },
     /// A follower asks the leader for a read index (§6.4 of Ongaro's thesis).
     ReadIndex {
@@ -129,6 +130,11 @@ pub enum MessageBody {
         /// every current one to finish its probe.
         addrs: Vec<(NodeId, String)>,
     },
+    /// The leader did not append the forwarded proposals `ids`: it holds too much uncommitted
+    /// (`Rejection::Busy`).
+    ProposalsRefused {
+        ids: Vec<u64>,
+    },
 }
 
 impl MessageBody {
@@ -163,6 +169,7 @@ impl MessageBody {
             MessageBody::TimeoutNow => "TimeoutNow",
             MessageBody::StateProbe { .. } => "StateProbe",
             MessageBody::StateProbeResponse { .. } => "StateProbeResponse",
+            MessageBody::ProposalsRefused { .. } => "ProposalsRefused",
         }
     }
 }

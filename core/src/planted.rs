@@ -59,10 +59,14 @@ pub enum PlantedBug {
     /// A node whose disk is nearly full checks it only after proposing a write: the write
     /// goes into the log while its client is told MISCONF, which promises that it did not.
     DiskFullWriteProposedAnyway,
+    /// A write the leader refused for want of room is answered BUSY (definitely not applied)
+    /// even when it was re-sent after a leader change, so an earlier copy of it may already be
+    /// in the log and apply.
+    BusyAfterResubmit,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 15] = [
+    pub const ALL: [PlantedBug; 16] = [
         PlantedBug::VoteWithoutLogCheck,
         PlantedBug::FollowerLocalReads,
         PlantedBug::AckBeforeSync,
@@ -78,6 +82,7 @@ impl PlantedBug {
         PlantedBug::SyncErrorIgnored,
         PlantedBug::DamagedDataTrusted,
         PlantedBug::DiskFullWriteProposedAnyway,
+        PlantedBug::BusyAfterResubmit,
     ];
 }
 

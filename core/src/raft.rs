@@ -286,6 +286,13 @@ pub enum Rejection {
     MembershipInvalid,
 }
 
+/// Whose proposal: this node's own request `id`, or one a follower forwarded.
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    Local(u64),
+    Forwarded,
+}
+
 /// A read that became safe: serve it from state applied up to at least `index`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadState {
@@ -986,16 +993,16 @@ impl RaftNode {
             // In messages of at most `append_bytes_max` bytes of proposals (one proposal at
             // least), as AppendEntries: everything queued at a leader change would otherwise
             // go in one message, past the transport's frame limit, and be dropped whole.
-            let mut batch: Vec<Vec<u8>> = Vec::new();
+            let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
             let mut bytes = 0;
-            for (_, data) in std::mem::take(&mut self.forward_proposals) {
+            for (id, data) in std::mem::take(&mut self.forward_proposals) {
                 if !batch.is_empty() && bytes + data.len() > self.cfg.append_bytes_max {
                     let proposals = std::mem::take(&mut batch);
                     self.send(leader, MessageBody::Propose { proposals });
                     bytes = 0;
                 }
                 bytes += data.len();
-                batch.push(data);
+                batch.push((id, data));
             }
             if !batch.is_empty() {
                 self.send(leader, MessageBody::Propose { proposals: batch });
@@ -1704,10 +1711,23 @@ impl RaftNode {
                 self.handle_heartbeat_response(m.from, read_round, last_log_index)
             }
             MessageBody::Propose { proposals } => {
-                for data in proposals {
-                    // Forwarded proposals have no local id; failures surface as client timeouts.
-                    self.propose_as(None, data);
+                // A refusal for want of room goes back to the follower, which answers its
+                // clients at once. One refused because leadership is being handed over, or
+                // that reached a node no longer leading, is dropped: the follower re-sends it
+                // when it learns of the next leader (told at once, it would re-send it to this
+                // one again and again until the transfer ends).
+                let mut busy = Vec::new();
+                for (id, data) in proposals {
+                    if self.propose_as(Origin::Forwarded, data) == Some(Rejection::Busy) {
+                        busy.push(id);
+                    }
                 }
+                if !busy.is_empty() {
+                    self.send(m.from, MessageBody::ProposalsRefused { ids: busy });
+                }
+            }
+            MessageBody::ProposalsRefused { ids } => {
+                self.rejected.extend(ids.into_iter().map(|id| (id, Rejection::Busy)));
             }
             MessageBody::ReadIndex { ids } => {
                 for id in ids {
@@ -2098,7 +2118,9 @@ impl RaftNode {
     // ---- client work ------------------------------------------------------------------------
 
     fn propose(&mut self, id: u64, data: Vec<u8>) {
-        self.propose_as(Some(id), data);
+        if let Some(why) = self.propose_as(Origin::Local(id), data) {
+            self.rejected.push((id, why));
+        }
     }
 
     /// Whether appending `entry` would leave more uncommitted than the limits allow, by count
@@ -2110,32 +2132,31 @@ impl RaftNode {
             || (count > 0 && bytes + entry.size_bytes() > self.cfg.uncommitted_bytes_max)
     }
 
-    fn propose_as(&mut self, id: Option<u64>, data: Vec<u8>) {
+    /// Appends (as leader) or forwards a proposal; the rejection, if it is refused here.
+    fn propose_as(&mut self, origin: Origin, data: Vec<u8>) -> Option<Rejection> {
         match self.role {
-            Role::Leader if self.transfer.is_some() => {
-                // New entries would keep the transferee behind (thesis §3.10).
-                if let Some(id) = id {
-                    self.rejected.push((id, Rejection::Transferring));
-                }
-            }
+            // New entries would keep the transferee behind (thesis §3.10).
+            Role::Leader if self.transfer.is_some() => Some(Rejection::Transferring),
             Role::Leader => {
                 let index = self.log.last_index().next();
                 let entry = self.new_entry(index, data);
                 if self.too_much_uncommitted(&entry) {
-                    if let Some(id) = id {
-                        self.rejected.push((id, Rejection::Busy));
-                    }
-                    return;
+                    return Some(Rejection::Busy);
                 }
                 self.log.append(entry);
                 // A single-voter cluster commits once its own write is persisted.
                 self.maybe_commit();
+                None
             }
-            _ => match (self.leader, id) {
-                (Some(_), Some(id)) => self.forward_proposals.push((id, data)),
-                (_, Some(id)) => self.rejected.push((id, Rejection::NoLeader)),
-                // A forwarded proposal reached a non-leader: dropped, the origin times out.
-                (_, None) => {}
+            _ => match (self.leader, origin) {
+                (Some(_), Origin::Local(id)) => {
+                    self.forward_proposals.push((id, data));
+                    None
+                }
+                (_, Origin::Local(_)) => Some(Rejection::NoLeader),
+                // A forwarded proposal reached a non-leader: dropped; its origin re-sends it
+                // once it learns of the new leader.
+                (_, Origin::Forwarded) => None,
             },
         }
     }

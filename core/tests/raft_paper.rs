@@ -1198,7 +1198,7 @@ fn a_follower_forwards_proposals_and_a_leaderless_node_rejects_them_5_3() {
                 2,
                 1,
                 term.0,
-                MessageBody::Propose { proposals: vec![b"set x 1".to_vec()] }
+                MessageBody::Propose { proposals: vec![(2, b"set x 1".to_vec())] }
             )],
             ..Ready::default()
         }]
@@ -1210,6 +1210,25 @@ fn a_follower_forwards_proposals_and_a_leaderless_node_rejects_them_5_3() {
         assert_eq!(c.peer(id).applied, expected, "node {id}");
     }
     assert_eq!(c.peer(2).rejected, vec![(1, Rejection::NoLeader)]);
+}
+
+#[test]
+fn a_leader_tells_the_follower_which_forwarded_proposals_it_refused_for_want_of_room() {
+    // Before, a forwarded proposal the leader refused (past its uncommitted bytes) was dropped
+    // and its client waited for the request timeout, to be told only that the write may or
+    // may not have happened.
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], |cfg| {
+        cfg.uncommitted_bytes_max = 150;
+    });
+    c.elect_and_converge(1);
+    c.step(2, Input::Propose { id: 10, data: vec![b'a'; 100] });
+    c.step(2, Input::Propose { id: 11, data: vec![b'b'; 100] });
+    c.process(2);
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(2).is_some()));
+    assert_eq!(c.peer(2).rejected, vec![(11, Rejection::Busy)]);
+    for id in 1..=3 {
+        assert_eq!(c.peer(id).applied.last().map(|e| e.data.clone()), Some(vec![b'a'; 100]));
+    }
 }
 
 #[test]
@@ -1232,7 +1251,9 @@ fn a_follower_forwards_what_it_queued_in_messages_of_bounded_size() {
     let batches: Vec<Vec<usize>> = c.sent[sent_before..]
         .iter()
         .filter_map(|m| match &m.body {
-            MessageBody::Propose { proposals } => Some(proposals.iter().map(Vec::len).collect()),
+            MessageBody::Propose { proposals } => {
+                Some(proposals.iter().map(|(_, d)| d.len()).collect())
+            }
             _ => None,
         })
         .collect();

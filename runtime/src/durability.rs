@@ -146,12 +146,13 @@ impl Durability {
 
 /// Whether a message may vouch for what this node stored: an acknowledgement, a vote, a vote
 /// request (the candidate voted for itself), a snapshot acknowledgement. Work forwarded to
-/// the leader (proposals, read-index requests, membership and transfer requests) vouches for
-/// nothing and need not wait.
+/// the leader (proposals, read-index requests, membership and transfer requests), and a
+/// leader's refusal of forwarded proposals, vouch for nothing and need not wait.
 fn vouches_for_storage(m: &Message) -> bool {
     !matches!(
         m.body,
         MessageBody::Propose { .. }
+            | MessageBody::ProposalsRefused { .. }
             | MessageBody::ReadIndex { .. }
             | MessageBody::ProposeMembership { .. }
             | MessageBody::TransferLeader { .. }

@@ -200,7 +200,9 @@ fn sample_frames() -> Vec<Vec<u8>> {
             entries: vec![entry(3), entry(4)],
             leader_commit: LogIndex(2),
         })),
-        PeerFrame::Raft(m(MessageBody::Propose { proposals: vec![b"a".to_vec(), vec![0; 40]] })),
+        PeerFrame::Raft(m(MessageBody::Propose {
+            proposals: vec![(1, b"a".to_vec()), (2, vec![0; 40])],
+        })),
         PeerFrame::Raft(m(MessageBody::ReadIndex { ids: vec![1, 2, u64::MAX] })),
     ]
     .iter()

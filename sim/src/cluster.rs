@@ -45,6 +45,9 @@ pub struct ClusterOptions {
     /// Entries per AppendEntries; small values split catch-up into many messages.
     pub append_entries_max: usize,
     pub inflight_appends_max: usize,
+    /// Bytes a leader holds uncommitted; small values make it refuse proposals (BUSY), its
+    /// own and forwarded ones, under a normal load.
+    pub uncommitted_bytes_max: usize,
     /// Log compaction thresholds and snapshot streaming; tiny values make nodes compact and
     /// install snapshots all the time.
     pub snapshot_entries: u64,
@@ -71,6 +74,7 @@ impl ClusterOptions {
             request_timeout: Duration::from_secs(5),
             append_entries_max: raft.append_entries_max,
             inflight_appends_max: raft.inflight_appends_max,
+            uncommitted_bytes_max: raft.uncommitted_bytes_max,
             snapshot_entries: raft.snapshot_entries,
             snapshot_keep_entries: raft.snapshot_keep_entries,
             snapshot: SnapshotTuning::default(),
@@ -251,6 +255,7 @@ impl SimCluster {
                     raft.planted = opts.planted;
                     raft.append_entries_max = opts.append_entries_max;
                     raft.inflight_appends_max = opts.inflight_appends_max;
+                    raft.uncommitted_bytes_max = opts.uncommitted_bytes_max;
                     raft.snapshot_entries = opts.snapshot_entries;
                     raft.snapshot_keep_entries = opts.snapshot_keep_entries;
                     raft.lease_ticks = opts.lease_ticks;

@@ -148,6 +148,11 @@ async fn simulate(opts: RunOptions) -> RunReport {
         request_timeout,
         append_entries_max: *[1, 2, 4, 16, 512].choose(&mut rng).expect("not empty"),
         inflight_appends_max: *[1, 4, 64].choose(&mut rng).expect("not empty"),
+        // A quarter of the seeds give the leader room for only a few uncommitted entries, so
+        // it refuses proposals (BUSY, definitely not applied), forwarded ones too.
+        uncommitted_bytes_max: *[64 << 20, 64 << 20, 64 << 20, 400]
+            .choose(&mut rng)
+            .expect("not empty"),
         // Most seeds compact every few entries, so lagging and restarted nodes catch up from
         // snapshots streamed in many small chunks.
         snapshot_entries: *[4, 16, 64, 100_000].choose(&mut rng).expect("not empty"),
@@ -179,9 +184,10 @@ async fn simulate(opts: RunOptions) -> RunReport {
         swarm.partitions = true;
     }
     let config = format!(
-        "appends of {} x{}, compact every {} keeping {}, chunks of {} B x{}, lease {} ticks, syncs after up to {:?}, peer secret {}",
+        "appends of {} x{}, {} B uncommitted at most, compact every {} keeping {}, chunks of {} B x{}, lease {} ticks, syncs after up to {:?}, peer secret {}",
         cluster_opts.append_entries_max,
         cluster_opts.inflight_appends_max,
+        cluster_opts.uncommitted_bytes_max,
         cluster_opts.snapshot_entries,
         cluster_opts.snapshot_keep_entries,
         cluster_opts.snapshot.chunk_bytes,

@@ -452,3 +452,8 @@ fn planted_damaged_data_trusted_is_caught() {
 fn planted_disk_full_write_proposed_anyway_is_caught() {
     assert_caught_within(PlantedBug::DiskFullWriteProposedAnyway, 2_000);
 }
+
+#[test]
+fn planted_busy_after_resubmit_is_caught() {
+    assert_caught_within(PlantedBug::BusyAfterResubmit, 2_000);
+}

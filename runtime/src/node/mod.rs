@@ -832,7 +832,9 @@ impl<S: Storage> NodeTask<S> {
                     let msg = "BUSY too many requests in flight; retry later";
                     // A resubmitted write may already be in the log: it stays pending until it
                     // applies or its deadline gives the indeterminate answer.
-                    if self.writes.get(&id).is_some_and(|w| !w.resubmitted) {
+                    let planted =
+                        planted::active(self.raft.config().planted, PlantedBug::BusyAfterResubmit);
+                    if self.writes.get(&id).is_some_and(|w| !w.resubmitted || planted) {
                         let w = self.writes.remove(&id).expect("checked");
                         let _ = w.reply.send(Reply::error(msg));
                     }
