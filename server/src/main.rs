@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// A Raft-replicated key-value store that speaks the Redis protocol.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "raft-kv", version)]
 struct Args {
     /// This node's id: its 1-based position in --cluster, or with --join any id not in use.
@@ -119,6 +119,12 @@ struct Args {
     /// loopback.
     #[arg(long, default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set)]
     protected_mode: bool,
+    /// What the node does with a data directory whose checksums fail: `refuse` exits and says
+    /// how to repair it; `rebuild` does that repair itself: it moves the directory aside (to
+    /// DIR.damaged-UNIXTIME, kept for inspection) and starts empty, catching up from its peers
+    /// as a node whose disk was replaced.
+    #[arg(long, value_enum, default_value_t = OnDamage::Refuse)]
+    on_damaged_data_dir: OnDamage,
     /// The node's certificate chain (PEM). With --tls-key-file and --tls-ca-cert-file, the
     /// client port speaks TLS only (redis-cli --tls).
     #[arg(long, requires_all = ["tls_key_file", "tls_ca_cert_file"])]
@@ -231,13 +237,84 @@ async fn serve_main(args: Args) -> ExitCode {
         // the log and a fatal error.
         .with_writer(std::io::stderr)
         .init();
-    match run(args).await {
+    let mut result = run(args.clone()).await;
+    let damaged = match &result {
+        Err(e) if args.on_damaged_data_dir == OnDamage::Rebuild => {
+            damaged_dir(e).inspect(|_| {
+                tracing::warn!(error = %format!("{e:#}"), "rebuilding the node from its peers (--on-damaged-data-dir rebuild)");
+            })
+        }
+        _ => None,
+    };
+    if let Some((dir, running)) = damaged {
+        result = match move_aside(&dir) {
+            // Its tasks still hold the ports: the process ends, and its supervisor starts it
+            // again, empty.
+            Ok(to) if running => Err(anyhow::anyhow!(
+                "the node stopped at damaged data; its data directory was moved aside to {}: start the node again with the same command and it starts empty, catching up from its peers",
+                to.display()
+            )),
+            Ok(to) => {
+                tracing::warn!(moved_to = %to.display(), "damaged data directory moved aside; starting empty");
+                run(args).await
+            }
+            Err(e) => Err(e),
+        };
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("raft-kv: error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OnDamage {
+    Refuse,
+    Rebuild,
+}
+
+/// A data directory whose checksums fail, met at start or (`running`) while serving.
+#[derive(Debug, thiserror::Error)]
+#[error("{}data directory {} is damaged: {reason}. {}", if *running { "the node stopped: " } else { "" }, path.display(), rocks::repair_advice(path))]
+struct DamagedDir {
+    path: PathBuf,
+    reason: String,
+    running: bool,
+}
+
+/// The damaged data directory `e` reports, and whether the node was already serving.
+fn damaged_dir(e: &anyhow::Error) -> Option<(PathBuf, bool)> {
+    if let Some(d) = e.downcast_ref::<DamagedDir>() {
+        return Some((d.path.clone(), d.running));
+    }
+    match e.downcast_ref::<rocks::OpenError>() {
+        Some(rocks::OpenError::Damaged { path, .. }) => Some((path.clone(), false)),
+        _ => None,
+    }
+}
+
+/// `--on-damaged-data-dir rebuild`: moves the damaged directory aside; returns where to.
+fn move_aside(dir: &Path) -> anyhow::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut to = PathBuf::from(format!("{}.damaged-{secs}", dir.display()));
+    let mut n = 1;
+    while to.exists() {
+        to = PathBuf::from(format!("{}.damaged-{secs}-{n}", dir.display()));
+        n += 1;
+    }
+    std::fs::rename(dir, &to).with_context(|| {
+        format!(
+            "cannot move the damaged data directory {} aside to {}",
+            dir.display(),
+            to.display()
+        )
+    })?;
+    Ok(to)
 }
 
 /// Whether a storage error is a full disk (ENOSPC, as RocksDB words it).
@@ -521,12 +598,8 @@ async fn serve(
 
     let node = match raft_kv_runtime::start(opts, storage).await {
         Ok(node) => node,
-        Err(raft_kv_runtime::StartError::Storage(e @ StorageError::Corrupt(_))) => {
-            return Err(anyhow::anyhow!(
-                "data directory {} is damaged: {e}. {}",
-                data_dir.display(),
-                rocks::repair_advice(&data_dir)
-            ));
+        Err(raft_kv_runtime::StartError::Storage(StorageError::Corrupt(reason))) => {
+            return Err(DamagedDir { path: data_dir, reason, running: false }.into());
         }
         Err(e) => return Err(e.into()),
     };
@@ -541,11 +614,9 @@ async fn serve(
     tokio::select! {
         r = node.task => match r {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e @ StorageError::Corrupt(_))) => Err(anyhow::anyhow!(
-                "the node stopped: data directory {} is damaged: {e}. {}",
-                data_dir.display(),
-                rocks::repair_advice(&data_dir)
-            )),
+            Ok(Err(StorageError::Corrupt(reason))) => {
+                Err(DamagedDir { path: data_dir.clone(), reason, running: true }.into())
+            }
             Ok(Err(e)) if is_disk_full(&e) => Err(anyhow::anyhow!(
                 "the node stopped: the disk of data directory {} is full ({e}). Nothing it acknowledged is lost: it acknowledges only what it synced. Free space and start it again with the same command: it catches up from its peers. Keep --disk-reserve-bytes free so the node stops taking writes before the disk fills",
                 data_dir.display()

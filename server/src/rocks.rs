@@ -82,13 +82,23 @@ pub enum OpenError {
     Damaged { path: PathBuf, reason: String },
 }
 
+/// An error of RocksDB's open: a checksum that fails is damage (`OpenError::Damaged`).
+fn open_error(path: &Path, source: rocksdb::Error) -> OpenError {
+    if source.kind() == rocksdb::ErrorKind::Corruption {
+        OpenError::Damaged { path: path.to_owned(), reason: source.to_string() }
+    } else {
+        OpenError::Open { path: path.to_owned(), source }
+    }
+}
+
 /// What to do about a data directory whose checksums fail, said wherever a node refuses one.
 pub fn repair_advice(path: &Path) -> String {
     format!(
         "The node refuses to start on data it cannot trust (it would vote, serve and replicate it). \
          To rebuild it from the other members, move the directory aside (mv {p} {p}.damaged) and \
          start the node again with the same command and --data-dir: it starts empty and catches \
-         up as a node whose disk was replaced (README, 'A node whose disk was wiped')",
+         up as a node whose disk was replaced (README, 'A node whose disk was wiped'). \
+         --on-damaged-data-dir rebuild makes the node do this by itself",
         p = path.display()
     )
 }
@@ -194,13 +204,7 @@ impl RocksStorage {
         // The staging family is created when missing (directories of earlier versions lack it).
         let cfs = [CF_LOG, CF_META, CF_KV, CF_STAGE]
             .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n)));
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
-            if source.kind() == rocksdb::ErrorKind::Corruption {
-                OpenError::Damaged { path: path.to_owned(), reason: source.to_string() }
-            } else {
-                OpenError::Open { path: path.to_owned(), source }
-            }
-        })?;
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| open_error(path, e))?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         let mut storage = RocksStorage {
@@ -249,10 +253,11 @@ impl RocksStorage {
         if !path.join("CURRENT").exists() {
             return Ok(None);
         }
-        let opts = Options::default();
+        let mut opts = Options::default();
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
         let cfs = [CF_LOG, CF_META, CF_KV, CF_STAGE];
-        let db = DB::open_cf_for_read_only(&opts, path, cfs, false)
-            .map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
+        let db =
+            DB::open_cf_for_read_only(&opts, path, cfs, false).map_err(|e| open_error(path, e))?;
         let corrupt = |reason: String| OpenError::Corrupt { path: path.to_owned(), reason };
         let meta = db.cf_handle(CF_META).ok_or_else(|| corrupt("no raft_meta".into()))?;
         let get = |key: &[u8]| db.get_cf(meta, key).map_err(|e| corrupt(e.to_string()));

@@ -78,6 +78,11 @@ fn repair_and_check(c: &mut Cluster, id: usize) {
     let dir = c.data_dir(id);
     std::fs::rename(&dir, dir.with_extension("corrupt")).unwrap();
     c.start_node(id);
+    check_caught_up(c, id);
+}
+
+/// Node `id` catches up and serves every key of the test from its own state.
+fn check_caught_up(c: &Cluster, id: usize) {
     let leader = c.leader(1).expect("a leader");
     let commit = info_field(c, leader, "commit_index").unwrap();
     wait_until(Duration::from_secs(30), || {
@@ -102,6 +107,23 @@ fn a_flipped_byte_in_the_write_ahead_log_is_refused_not_replayed_up_to() {
     flip_middle_byte(&wal[0]);
     expect_refusal(&c, 3);
     repair_and_check(&mut c, 3);
+}
+
+#[test]
+fn with_rebuild_a_node_moves_its_damaged_directory_aside_and_catches_up_by_itself() {
+    let mut c = Cluster::start_with(3, &["--on-damaged-data-dir", "rebuild"]);
+    write_keys_and_wait_for(&c, 3);
+    c.kill(3);
+    flip_middle_byte(&files(&c.data_dir(3), ".log")[0]);
+    c.start_node(3);
+    check_caught_up(&c, 3);
+    let kept = std::fs::read_dir(c.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("node3.damaged-"));
+    assert!(kept, "the damaged directory is kept beside the new one");
+    let log = std::fs::read_to_string(c.dir.path().join("node3.log")).unwrap();
+    assert!(log.contains("damaged data directory moved aside"), "node 3 said: {log}");
 }
 
 #[test]
