@@ -246,6 +246,29 @@ enum Write {
 }
 
 impl Image {
+    /// A write of `key` replaces its damaged record, if it was that one.
+    fn overwritten(&mut self, key: &[u8]) {
+        if matches!(&self.damage, Some(Damage::Value(k)) if k.as_slice() == key) {
+            self.damage = None;
+        }
+    }
+
+    /// The `n`th (modulo their count) key that holds a string, if any: a flipped bit in its
+    /// bytes still reads as a string, another one.
+    fn string_key(&self, n: u64) -> Option<Key> {
+        let strings: Vec<&Key> = self
+            .kv
+            .iter()
+            .filter(|(_, v)| {
+                raft_kv_core::kv::Record::decode(v)
+                    .is_some_and(|r| matches!(r.data, raft_kv_core::kv::Data::Str(_)))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let i = n.checked_rem(strings.len() as u64)?;
+        Some(strings[i as usize].clone())
+    }
+
     fn write(&mut self, w: &Write) {
         match w {
             Write::Persist { hard_state, append } => {
@@ -319,15 +342,6 @@ impl Image {
                 }
                 self.applied = *index;
             }
-        }
-    }
-}
-
-impl Image {
-    /// A write of `key` replaces its damaged record, if it was that one.
-    fn overwritten(&mut self, key: &[u8]) {
-        if matches!(&self.damage, Some(Damage::Value(k)) if k.as_slice() == key) {
-            self.damage = None;
         }
     }
 }
@@ -468,19 +482,7 @@ impl MemStorage {
         let unapplied = (d.applied.0 + 1).max(first);
         let damage = if pick % 2 == 1 && unapplied <= last {
             Damage::Entry(LogIndex(unapplied + pick / 2 % (last - unapplied + 1)))
-        } else if let Some(key) = {
-            // A string's bytes, so a flipped bit still reads as a string, another one.
-            let strings: Vec<&Key> =
-                d.kv.iter()
-                    .filter(|(_, v)| {
-                        raft_kv_core::kv::Record::decode(v)
-                            .is_some_and(|r| matches!(r.data, raft_kv_core::kv::Data::Str(_)))
-                    })
-                    .map(|(k, _)| k)
-                    .collect();
-            (!strings.is_empty())
-                .then(|| strings[(pick / 2 % strings.len() as u64) as usize].clone())
-        } {
+        } else if let Some(key) = d.string_key(pick / 2) {
             Damage::Value(key)
         } else if first <= last {
             Damage::Entry(LogIndex(first + pick / 2 % (last - first + 1)))
