@@ -474,6 +474,11 @@ pub struct RaftNode {
     reads_awaiting_commit: Vec<(u64, NodeId)>,
     /// Followers and candidates batch forwarded work into one message per `ready`.
     forward_proposals: Vec<(u64, Vec<u8>)>,
+    /// As leader, the highest forwarded proposal id taken or refused from each follower in
+    /// this term. A follower's ids rise (its writes must reach the log in order), so a lower
+    /// or equal one is a copy the network duplicated: neither appended nor refused again, or
+    /// a refusal (BUSY: not applied) could answer for a copy that was appended.
+    forwarded_high: BTreeMap<NodeId, u64>,
     forward_reads: Vec<u64>,
     msgs: Vec<Message>,
     reads: Vec<ReadState>,
@@ -598,6 +603,7 @@ impl RaftNode {
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
             forward_proposals: Vec::new(),
+            forwarded_high: BTreeMap::new(),
             forward_reads: Vec::new(),
             msgs: Vec::new(),
             reads: Vec::new(),
@@ -1422,6 +1428,7 @@ impl RaftNode {
         assert_eq!(self.role, Role::Candidate);
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
+        self.forwarded_high.clear();
         // A recovering node wins only with a log at least as up-to-date as a majority's, so it
         // holds every committed entry (§5.4.3): it lost nothing it could still betray.
         self.recovering = false;
@@ -1718,6 +1725,10 @@ impl RaftNode {
                 // one again and again until the transfer ends).
                 let mut busy = Vec::new();
                 for (id, data) in proposals {
+                    if self.forwarded_high.get(&m.from).is_some_and(|high| id <= *high) {
+                        continue; // a duplicate (see `forwarded_high`)
+                    }
+                    self.forwarded_high.insert(m.from, id);
                     if self.propose_as(Origin::Forwarded, data) == Some(Rejection::Busy) {
                         busy.push(id);
                     }

@@ -1232,6 +1232,29 @@ fn a_leader_tells_the_follower_which_forwarded_proposals_it_refused_for_want_of_
 }
 
 #[test]
+fn a_duplicated_forwarded_proposal_is_neither_appended_twice_nor_refused() {
+    // With room for one entry, a copy of a forwarded proposal the network duplicated was
+    // refused (BUSY, "not applied") while the first copy committed: found by the simulation
+    // (seed 286329772648, message duplication and 400 bytes of uncommitted room).
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], |cfg| {
+        cfg.uncommitted_bytes_max = 150;
+    });
+    c.elect_and_converge(1);
+    let term = c.status(1).term.0;
+    let propose = MessageBody::Propose { proposals: vec![(7, vec![b'a'; 100])] };
+    c.step(1, Input::Message(msg(2, 1, term, propose.clone())));
+    c.step(1, Input::Message(msg(2, 1, term, propose)));
+    c.process(1);
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(2).is_some()));
+    assert!(
+        !c.sent.iter().any(|m| matches!(m.body, MessageBody::ProposalsRefused { .. })),
+        "a copy was refused"
+    );
+    assert_eq!(c.peer(1).applied.len(), 2, "the no-op and one copy");
+    assert!(c.peer(2).rejected.is_empty());
+}
+
+#[test]
 fn a_follower_forwards_what_it_queued_in_messages_of_bounded_size() {
     // Issue 13.6: every write queued at a follower (all of them are re-sent at a leader
     // change) went to the leader in one message, dropped whole past the transport's frame

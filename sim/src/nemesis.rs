@@ -79,12 +79,6 @@ impl Swarm {
             interval: Duration::from_millis(rng.gen_range(100..1500)),
             fault_max: Duration::from_millis(rng.gen_range(300..4000)),
         };
-        // Known gap (issue 13's notes): with a wiped voter and membership changes together, a
-        // run can still end with no electable majority (seed 286329778574 before this line).
-        // Until that is fixed, runs with wipes change no membership.
-        if s.wipes || s.damage {
-            s.membership = false;
-        }
         // One in eight runs has no fault at all: the baseline must hold too.
         if rng.gen_bool(0.125) {
             s = Swarm { interval: s.interval, fault_max: s.fault_max, ..Swarm::none() };

@@ -328,6 +328,13 @@ const SEEDS_THAT_FAILED: &[(u64, &str)] = &[
          at once after the heal)",
     ),
     (383809063764, "the same with the damage struck first: a wipe while a damaged node was down"),
+    (
+        286329772648,
+        "a forwarded proposal the network duplicated: the leader appended one copy and refused \
+         the other for want of room, so the follower answered BUSY (not applied) for a write \
+         that applied (core test: \
+         a_duplicated_forwarded_proposal_is_neither_appended_twice_nor_refused)",
+    ),
 ];
 
 #[test]
