@@ -8,6 +8,7 @@ pub mod log;
 pub mod message;
 pub mod planted;
 pub mod raft;
+pub mod reach;
 pub mod types;
 
 pub use raft::lease_ticks_for_drift;

@@ -1,6 +1,7 @@
 //! The in-memory view of one node's Raft log: entries, commit and apply positions, and which
 //! suffix changed since it was last handed to storage. Touches nothing outside itself.
 
+use crate::reach::{self, Path};
 use crate::types::{Entry, LogIndex, Membership, SnapshotMeta, Term};
 
 #[derive(Debug)]
@@ -292,6 +293,7 @@ impl RaftLog {
                 Some(t) if t == e.term => continue,
                 Some(_) => {
                     assert!(e.index > self.commit, "conflict at committed index {}", e.index);
+                    reach::hit(Path::ConflictTruncated);
                     let pos = self.position(e.index);
                     let dropped = self.entries[pos..].iter().map(Entry::size_bytes).sum::<usize>();
                     self.bytes -= dropped;
@@ -391,10 +393,22 @@ impl RaftLog {
         Some((from, entries))
     }
 
-    pub fn check_invariants(&self) {
+    /// The checks of `check_invariants` that take constant time: the indexes' order, and
+    /// the ends of the held entries.
+    pub fn check_bounds(&self) {
         assert!(self.applied <= self.commit);
         assert!(self.commit <= self.last_index());
         assert!(self.commit >= self.offset);
+        if let (Some(first), Some(last)) = (self.entries.first(), self.entries.last()) {
+            assert_eq!(first.index, self.offset.next());
+            assert!(first.term >= self.offset_term, "terms decrease at {}", first.index);
+            assert_eq!(last.index.0, self.offset.0 + self.entries.len() as u64);
+        }
+    }
+
+    /// Every invariant of the log, in time linear in the entries held.
+    pub fn check_invariants(&self) {
+        self.check_bounds();
         debug_assert_eq!(self.bytes, self.entries.iter().map(Entry::size_bytes).sum::<usize>());
         debug_assert_eq!(
             self.uncommitted_bytes,

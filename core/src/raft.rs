@@ -11,6 +11,7 @@
 
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
+use crate::reach::{self, Path};
 use crate::types::{
     Entry, HardState, LogIndex, Membership, MembershipChange, NodeId, SnapshotMeta, Term,
 };
@@ -498,6 +499,20 @@ pub struct RaftNode {
     transfer: Option<(NodeId, u32, bool)>,
     snapshot_acks: Vec<SnapshotAck>,
     snapshot_chunks: Vec<SnapshotChunk>,
+    /// What the previous invariant check saw (debug builds check after every step).
+    seen: Seen,
+}
+
+/// The state a debug build compares across steps: none of it may go back, and a vote once
+/// cast holds for the rest of its term (Figure 2, "persistent state on all servers").
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    hard_state: HardState,
+    persisted: HardState,
+    commit: LogIndex,
+    applied: LogIndex,
+    /// Steps checked so far.
+    steps: u64,
 }
 
 /// What a node that may have lost its disk asked the voters (`Config::check_empty_start`).
@@ -616,8 +631,10 @@ impl RaftNode {
             transfer: None,
             snapshot_acks: Vec::new(),
             snapshot_chunks: Vec::new(),
+            seen: Seen::default(),
             cfg,
         };
+        node.seen = node.observed();
         node.reset_election_timer();
         if node.lease_ticks() > 0 {
             node.leader_heard_at = Some((0, 0));
@@ -702,6 +719,13 @@ impl RaftNode {
     }
 
     pub fn step(&mut self, input: Input) {
+        self.step_inner(input);
+        if cfg!(debug_assertions) {
+            self.check_step();
+        }
+    }
+
+    fn step_inner(&mut self, input: Input) {
         match input {
             Input::Tick => self.tick(),
             Input::Clock(ms) => self.clock_ms = ms,
@@ -792,11 +816,14 @@ impl RaftNode {
             }
             return;
         }
-        let reject = |node: &mut RaftNode, why| match from {
-            None => node.rejected.push((id, why)),
-            Some(to) => {
-                let pending = why != Rejection::MembershipInvalid;
-                node.send(to, MessageBody::MembershipRefused { id, pending });
+        let reject = |node: &mut RaftNode, why| {
+            reach::hit(Path::MembershipChangeRefused);
+            match from {
+                None => node.rejected.push((id, why)),
+                Some(to) => {
+                    let pending = why != Rejection::MembershipInvalid;
+                    node.send(to, MessageBody::MembershipRefused { id, pending });
+                }
             }
         };
         if self.pending_membership > self.log.commit_index()
@@ -931,6 +958,7 @@ impl RaftNode {
         if caught_up {
             self.transfer = Some((to, elapsed, true));
             self.lease_revoked = true;
+            reach::hit(Path::TransferTimeoutNow);
             self.send(to, MessageBody::TimeoutNow);
         }
     }
@@ -946,6 +974,7 @@ impl RaftNode {
             // tells that its index is committed.
             self.log.commit_to(meta.index);
         } else if meta.index > self.log.commit_index() {
+            reach::hit(Path::SnapshotInstalled);
             self.log.restore_snapshot(meta);
             self.install_snapshot = Some(meta);
         }
@@ -968,6 +997,14 @@ impl RaftNode {
 
     /// Collects everything the runtime must do now; see the module comment for the order.
     pub fn ready(&mut self) -> Ready {
+        let rd = self.ready_inner();
+        if cfg!(debug_assertions) {
+            self.check_step();
+        }
+        rd
+    }
+
+    fn ready_inner(&mut self) -> Ready {
         if self.role == Role::Leader {
             if self.read_round_needed {
                 self.read_round_needed = false;
@@ -1132,6 +1169,7 @@ impl RaftNode {
             p.recent_active = false;
         }
         if active < self.quorum() {
+            reach::hit(Path::CheckQuorumStepDown);
             self.become_follower(self.term, None);
         }
     }
@@ -1327,6 +1365,7 @@ impl RaftNode {
             && committed <= self.log.last_index()
             && self.log.term(committed) == Some(self.term)
         {
+            reach::hit(Path::RecoveringReleased);
             self.recovering = false;
             self.vote_floor = None;
         }
@@ -1475,6 +1514,9 @@ impl RaftNode {
         let log_ok = self.log.is_up_to_date(last_index, last_term)
             || crate::planted::active(self.cfg.planted, crate::PlantedBug::VoteWithoutLogCheck);
         let granted = can_vote && log_ok && self.may_vote_for((last_term, last_index));
+        if can_vote && !log_ok {
+            reach::hit(Path::VoteRefusedForLog);
+        }
         if pre_vote {
             let term = if granted { m.term } else { self.term };
             self.send_with_term(m.from, term, MessageBody::PreVoteResponse { granted });
@@ -1612,6 +1654,24 @@ impl RaftNode {
             _ if self.fresh => return,
             _ => {}
         }
+        if self.probe.is_some()
+            && matches!(
+                m.body,
+                MessageBody::AppendEntries { .. }
+                    | MessageBody::Heartbeat { .. }
+                    | MessageBody::SnapshotChunk { .. }
+            )
+        {
+            // A node that lost its disk lost its term too: before the wipe it may have moved
+            // past this leader's term (voted, or followed a newer leader), and its answer
+            // would then complete a quorum no intact node of that quorum would give, for an
+            // entry or a read round of a deposed leader (seed 20234497481: a stale leader
+            // committed an entry with a wiped node's acknowledgement while a newer term's
+            // log, lacking it, went on to win). It answers leaders once every voter has told
+            // it their terms and it has taken the highest (`probe_done`).
+            reach::hit(Path::LeaderIgnoredWhileProbing);
+            return;
+        }
         if self.role == Role::Leader
             && matches!(m.body, MessageBody::PreVote { .. } | MessageBody::RequestVote { .. })
             && !self.log.membership().contains(m.from)
@@ -1628,6 +1688,7 @@ impl RaftNode {
                 MessageBody::PreVote { .. } | MessageBody::RequestVote { transfer: false, .. }
                     if self.in_leader_lease() =>
                 {
+                    reach::hit(Path::VoteIgnoredForLeader);
                     return;
                 }
                 MessageBody::PreVote { .. } => {}
@@ -1645,6 +1706,7 @@ impl RaftNode {
                 MessageBody::AppendEntries { .. }
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::SnapshotChunk { .. } => {
+                    reach::hit(Path::StaleTermAnswered);
                     let body = MessageBody::AppendEntriesResponse {
                         success: false,
                         index: LogIndex(0),
@@ -1726,6 +1788,7 @@ impl RaftNode {
                 let mut busy = Vec::new();
                 for (id, data) in proposals {
                     if self.forwarded_high.get(&m.from).is_some_and(|high| id <= *high) {
+                        reach::hit(Path::DuplicateForwardSkipped);
                         continue; // a duplicate (see `forwarded_high`)
                     }
                     self.forwarded_high.insert(m.from, id);
@@ -1838,6 +1901,7 @@ impl RaftNode {
             return;
         }
         if prev < self.log.commit_index() {
+            reach::hit(Path::StaleAppendSkipped);
             // Everything up to our commit index matches the leader's log (Log Matching), so the
             // stale part of the message is skipped.
             let skip = (self.log.commit_index().0 - prev.0) as usize;
@@ -1866,6 +1930,7 @@ impl RaftNode {
                 MessageBody::append_accepted(last_new)
             }
             None => {
+                reach::hit(Path::AppendRejected);
                 let hint = self
                     .log
                     .last_index_with_term_at_most(prev.min(self.log.last_index()), prev_term);
@@ -1929,15 +1994,18 @@ impl RaftNode {
             // acknowledged (a wiped disk): that match counts for nothing now, however old
             // the rejection looks.
             let lost = hint < pr.match_index;
-            match pr.state {
-                ReplicationState::Snapshot { .. } => return, // from before the transfer
-                ReplicationState::Replicate if index <= pr.match_index && !lost => return, // stale
-                ReplicationState::Probe { .. } if index != pr.next_index.prev() && !lost => {
-                    return; // stale
-                }
-                _ => {}
+            let stale = match pr.state {
+                ReplicationState::Snapshot { .. } => true, // from before the transfer
+                ReplicationState::Replicate => index <= pr.match_index && !lost,
+                ReplicationState::Probe { .. } => index != pr.next_index.prev() && !lost,
+            };
+            if stale {
+                reach::hit(Path::StaleRejectionIgnored);
+                return;
             }
+            reach::hit(Path::ProbeAfterRejection);
             if lost {
+                reach::hit(Path::FollowerLostItsLog);
                 pr.match_index = LogIndex(0);
                 pr.commit_sent = LogIndex(0);
             }
@@ -1961,6 +2029,7 @@ impl RaftNode {
         pr.recent_active = true;
         pr.read_round = pr.read_round.max(read_round);
         if last < pr.match_index && !matches!(pr.state, ReplicationState::Snapshot { .. }) {
+            reach::hit(Path::FollowerLostItsLog);
             // Its log ends below what it acknowledged: it lost it (a wiped disk). Probe from
             // its end; its match counts for nothing now. (A response overtaken by a later
             // acknowledgement costs one probe.)
@@ -1987,6 +2056,7 @@ impl RaftNode {
             if let ReplicationState::Snapshot { idle_heartbeats, .. } = &mut pr.state {
                 *idle_heartbeats += 1;
                 if *idle_heartbeats >= SNAPSHOT_IDLE_HEARTBEATS_MAX {
+                    reach::hit(Path::SnapshotRestarted);
                     pr.state = ReplicationState::Probe { paused: false };
                     pr.next_index = pr.match_index.next();
                 }
@@ -2001,6 +2071,7 @@ impl RaftNode {
             pr.stalled_heartbeats = if stalled { pr.stalled_heartbeats + 1 } else { 0 };
             pr.match_at_heartbeat = pr.match_index;
             if pr.stalled_heartbeats >= STALLED_HEARTBEATS_MAX {
+                reach::hit(Path::LostAppendsDetected);
                 pr.stalled_heartbeats = 0;
                 pr.state = ReplicationState::Probe { paused: false };
                 pr.inflight.clear();
@@ -2031,6 +2102,7 @@ impl RaftNode {
         let Some(prev_term) = self.log.term(prev) else {
             // Compacted away: the follower gets a snapshot instead (its meta is set in `ready`).
             debug_assert!(prev < self.log.snapshot().index);
+            reach::hit(Path::SnapshotStarted);
             pr.state =
                 ReplicationState::Snapshot { meta: SnapshotMeta::default(), idle_heartbeats: 0 };
             pr.inflight.clear();
@@ -2113,6 +2185,9 @@ impl RaftNode {
         }
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = matched[self.quorum() - 1];
+        if candidate > self.log.commit_index() && self.log.term(candidate) != Some(self.term) {
+            reach::hit(Path::CommitWaitsForCurrentTerm);
+        }
         if candidate > self.log.commit_index() && self.log.term(candidate) == Some(self.term) {
             let first_commit_of_term = self.log.term(self.log.commit_index()) != Some(self.term);
             self.log.commit_to(candidate);
@@ -2152,6 +2227,7 @@ impl RaftNode {
                 let index = self.log.last_index().next();
                 let entry = self.new_entry(index, data);
                 if self.too_much_uncommitted(&entry) {
+                    reach::hit(Path::ProposalRefusedForRoom);
                     return Some(Rejection::Busy);
                 }
                 self.log.append(entry);
@@ -2182,6 +2258,7 @@ impl RaftNode {
                 {
                     self.reject_read(id, from, Rejection::Busy);
                 } else if self.lease_valid() {
+                    reach::hit(Path::LeaseRead);
                     let index = self.log.commit_index();
                     if from == self.cfg.id {
                         self.reads.push(ReadState { id, index });
@@ -2189,6 +2266,7 @@ impl RaftNode {
                         self.send(from, MessageBody::ReadIndexResponse { ids: vec![id], index });
                     }
                 } else if self.log.term(self.log.commit_index()) != Some(self.term) {
+                    reach::hit(Path::ReadWaitsForFirstCommit);
                     self.reads_awaiting_commit.push((id, from));
                 } else {
                     self.register_read(id, from);
@@ -2258,16 +2336,104 @@ impl RaftNode {
         self.msgs.push(Message { from: self.cfg.id, to, term, body });
     }
 
-    /// Checks the invariants a test or the simulation can assert after every step.
+    /// Checks the invariants that hold between any two steps. Debug builds (the tests, the
+    /// simulation, the dev cluster) run it after every `step` and `ready`, with the checks
+    /// against the previous step (`check_step`).
     pub fn check_invariants(&self) {
         self.log.check_invariants();
+        self.check_node();
+    }
+
+    /// `check_invariants` but the log's linear-time checks.
+    fn check_node(&self) {
+        self.log.check_bounds();
         assert!(self.log.last_term() <= self.term);
+        assert!(self.persisted_hard_state.term <= self.term);
         match self.role {
             Role::Leader => {
                 assert_eq!(self.leader, Some(self.cfg.id));
                 assert_eq!(self.voted_for, Some(self.cfg.id));
+                self.check_progress();
             }
             _ => assert!(self.progress.is_empty()),
         }
+    }
+
+    /// The leader's view of each follower (Figure 2 "volatile state on leaders", §5.3): it
+    /// never believes a follower holds more than the leader's own log, sends from just past
+    /// what it knows the follower holds, and keeps at most `inflight_appends_max` appends in
+    /// flight, each ending before `next_index`, in the order sent.
+    fn check_progress(&self) {
+        let last = self.log.last_index();
+        for (id, pr) in &self.progress {
+            assert!(pr.match_index <= last, "{id}: match {} past last {last}", pr.match_index);
+            assert!(
+                pr.match_index < pr.next_index,
+                "{id}: match {} not below next {}",
+                pr.match_index,
+                pr.next_index
+            );
+            assert!(pr.next_index <= last.next(), "{id}: next {} past {last} + 1", pr.next_index);
+            assert!(pr.inflight.len() <= self.cfg.inflight_appends_max, "{id}: too many in flight");
+            if pr.state != ReplicationState::Replicate {
+                assert!(pr.inflight.is_empty(), "{id}: appends in flight in {:?}", pr.state);
+            }
+            assert!(pr.inflight.iter().zip(pr.inflight.iter().skip(1)).all(|(a, b)| a <= b));
+            if let Some(back) = pr.inflight.back() {
+                assert!(*back < pr.next_index, "{id}: in flight to {back}, next {}", pr.next_index);
+            }
+            assert!(
+                pr.commit_sent <= self.log.commit_index(),
+                "{id}: told of an uncommitted index"
+            );
+        }
+    }
+
+    fn observed(&self) -> Seen {
+        Seen {
+            hard_state: self.hard_state(),
+            persisted: self.persisted_hard_state,
+            commit: self.log.commit_index(),
+            applied: self.log.applied_index(),
+            steps: 0,
+        }
+    }
+
+    /// `check_invariants`, and what may not change from one step to the next: the term and
+    /// the term handed to storage never go back, a vote cast stays cast for its term, and the
+    /// commit and applied indexes never go back within a run.
+    fn check_step(&mut self) {
+        // The whole log is walked every 64th step (deterministically): after every step it
+        // cost the simulation a sixth of its speed.
+        self.seen.steps += 1;
+        if self.seen.steps.is_multiple_of(64) {
+            self.check_invariants();
+        } else {
+            self.check_node();
+        }
+        let (before, mut now) = (self.seen, self.observed());
+        now.steps = before.steps;
+        for (what, b, n) in [
+            ("term", before.hard_state, now.hard_state),
+            ("persisted term", before.persisted, now.persisted),
+        ] {
+            assert!(n.term >= b.term, "{what} went back from {} to {}", b.term, n.term);
+            if n.term == b.term && b.voted_for.is_some() {
+                assert_eq!(n.voted_for, b.voted_for, "{what}: the vote of term {} changed", b.term);
+            }
+        }
+        assert!(
+            now.commit >= before.commit,
+            "commit went back from {} to {}",
+            before.commit,
+            now.commit
+        );
+        assert!(
+            now.applied >= before.applied,
+            "applied went back from {} to {}",
+            before.applied,
+            now.applied
+        );
+        self.seen = now;
     }
 }

@@ -782,6 +782,192 @@ fn hard_state_is_persisted_in_the_same_ready_as_the_vote_messages_5_2() {
     );
 }
 
+/// RequestVote rule 2 (Figure 2, §5.4.1): "at least as up-to-date" compares the last terms
+/// first, and the lengths only when the last terms are equal. A longer log that ends in an
+/// older term is refused; a shorter one that ends in a newer term gets the vote.
+#[test]
+fn the_last_term_decides_which_log_is_more_up_to_date_before_the_length_5_4_1() {
+    // Voter 2 holds [1, 2]; node 1 holds [1, 1, 1] (longer, older last term), node 3 holds [3]
+    // (shorter, newer last term).
+    let states =
+        vec![restored(2, None, &[1, 1, 1]), restored(2, None, &[1, 2]), restored(3, None, &[3])];
+    let mut c = Cluster::restored(states, |_| {});
+    let vote = |last_index, last_term| MessageBody::RequestVote {
+        last_log_index: LogIndex(last_index),
+        last_log_term: Term(last_term),
+        transfer: false,
+    };
+
+    c.step(2, Input::Message(msg(1, 2, 3, vote(3, 1))));
+    c.process(2);
+    assert_eq!(
+        c.take_readies(2),
+        vec![Ready {
+            hard_state: Some(HardState { term: Term(3), voted_for: None, recovering: false }),
+            messages: vec![msg(
+                2,
+                1,
+                3,
+                MessageBody::RequestVoteResponse { granted: false, clock_ms: 0 }
+            )],
+            ..Ready::default()
+        }],
+        "a longer log ending in an older term is less up-to-date"
+    );
+
+    c.step(2, Input::Message(msg(3, 2, 4, vote(1, 3))));
+    c.process(2);
+    assert_eq!(
+        c.take_readies(2),
+        vec![Ready {
+            hard_state: Some(HardState {
+                term: Term(4),
+                voted_for: Some(NodeId(3)),
+                recovering: false
+            }),
+            messages: vec![msg(
+                2,
+                3,
+                4,
+                MessageBody::RequestVoteResponse { granted: true, clock_ms: 0 }
+            )],
+            ..Ready::default()
+        }],
+        "a shorter log ending in a newer term is more up-to-date"
+    );
+}
+
+/// RequestVote rule 1 (Figure 2): a vote request of an older term is not granted, and changes
+/// neither the term nor the vote. This implementation does not answer it at all (as etcd does):
+/// the stale candidate learns the newer term elsewhere, e.g. from the refusal of its next
+/// pre-vote, which does carry it.
+#[test]
+fn a_vote_request_of_an_older_term_is_not_granted_and_changes_nothing_5_1() {
+    // Node 1's log is more up-to-date than node 2's: only its term is stale.
+    let states = vec![
+        restored(2, Some(1), &[1, 1, 2]),
+        restored(3, None, &[1, 1]),
+        restored(3, Some(3), &[1, 1]),
+    ];
+    let mut c = Cluster::restored(states, |_| {});
+    let vote = |last_index, last_term| MessageBody::RequestVote {
+        last_log_index: LogIndex(last_index),
+        last_log_term: Term(last_term),
+        transfer: false,
+    };
+
+    c.step(2, Input::Message(msg(1, 2, 2, vote(3, 2))));
+    c.process(2);
+    assert_eq!(c.take_readies(2), vec![], "no vote, no durable change, no answer");
+    assert_eq!(c.status(2).term, Term(3));
+    assert_eq!(c.status(2).role, Role::Follower);
+
+    // Its vote in term 3 is still free.
+    c.step(2, Input::Message(msg(3, 2, 3, vote(2, 1))));
+    c.process(2);
+    assert_eq!(
+        c.take_readies(2),
+        vec![Ready {
+            hard_state: Some(HardState {
+                term: Term(3),
+                voted_for: Some(NodeId(3)),
+                recovering: false
+            }),
+            messages: vec![msg(
+                2,
+                3,
+                3,
+                MessageBody::RequestVoteResponse { granted: true, clock_ms: 0 }
+            )],
+            ..Ready::default()
+        }]
+    );
+}
+
+/// Followers (Figure 2): a follower campaigns once an election timeout elapses "without
+/// receiving AppendEntries RPC from current leader or granting vote to candidate", so granting
+/// a vote restarts the timer: the candidate it voted for gets a whole timeout to win.
+#[test]
+fn granting_a_vote_restarts_the_election_timer_5_2() {
+    // Node 2 knows no leader and has not voted in term 1, so a vote of term 1 changes no term
+    // (a new term would restart the timer by itself).
+    let states = || vec![restored(1, None, &[]); 3];
+    // The tick its timer would fire at (drawn from [e, 2e) by its seeded RNG): an identical
+    // node, ticked alone, shows it.
+    let fires_at = {
+        let mut twin = Cluster::restored(states(), |_| {});
+        (1..=2 * ELECTION_TICKS)
+            .find(|_| {
+                twin.tick(2);
+                twin.status(2).role != Role::Follower
+            })
+            .expect("the twin campaigns within two election timeouts")
+    };
+    let mut c = Cluster::restored(states(), |_| {});
+    for _ in 1..fires_at {
+        c.tick(2);
+    }
+    assert_eq!(c.status(2).role, Role::Follower, "one tick before its timer fires");
+
+    let vote = MessageBody::RequestVote {
+        last_log_index: LogIndex(0),
+        last_log_term: Term(0),
+        transfer: false,
+    };
+    c.step(2, Input::Message(msg(1, 2, 1, vote)));
+    c.process(2);
+    let granted = msg(2, 1, 1, MessageBody::RequestVoteResponse { granted: true, clock_ms: 0 });
+    assert_eq!(c.sent.last(), Some(&granted));
+
+    let sent_before = c.sent.len();
+    for _ in 1..ELECTION_TICKS {
+        c.tick(2);
+        assert_eq!(c.status(2).role, Role::Follower, "campaigned within a timeout of its vote");
+    }
+    let campaigned = c.sent[sent_before..]
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::PreVote { .. } | MessageBody::RequestVote { .. }));
+    assert!(!campaigned);
+    assert_eq!(c.status(2).term, Term(1));
+}
+
+/// Candidates (Figure 2, §5.2): "if AppendEntries RPC received from new leader: convert to
+/// follower". Node 2 campaigns in term 1 and loses to node 1, which won the same term with
+/// node 3's vote.
+#[test]
+fn a_candidate_that_hears_from_the_leader_of_its_term_becomes_its_follower_5_2() {
+    let mut c = Cluster::new(3);
+    for _ in 0..2 * ELECTION_TICKS {
+        c.tick(2);
+        if c.status(2).role != Role::Follower {
+            break;
+        }
+    }
+    assert_eq!(c.status(2).role, Role::PreCandidate);
+    c.deliver_round(); // the pre-votes
+    c.deliver_round(); // the grants: node 2 campaigns
+    assert_eq!(c.status(2).role, Role::Candidate);
+    assert_eq!(c.status(2).term, Term(1));
+    c.queue.clear(); // its RequestVotes are lost
+
+    // Node 1 wins term 1 with node 3 while cut off from node 2.
+    c.cut_both(1, 2);
+    win_with_votes_only(&mut c, 1);
+    c.heal();
+    assert_eq!(c.status(1).term, Term(1));
+    assert_eq!(c.status(2).role, Role::Candidate, "node 2 still campaigns in term 1");
+
+    let to_2 =
+        |m: &Message| m.to == NodeId(2) && matches!(m.body, MessageBody::AppendEntries { .. });
+    assert_eq!(c.deliver_matching(to_2), 1);
+    let st = c.status(2);
+    assert_eq!((st.role, st.term, st.leader), (Role::Follower, Term(1), Some(NodeId(1))));
+    assert_eq!(c.stored(2), &[noop(1, 1)]);
+    assert_eq!(c.peer(2).hard_state.voted_for, Some(NodeId(2)), "its vote of term 1 stands");
+    c.settle();
+    assert_eq!(c.status(2).commit_index, LogIndex(1));
+}
+
 // ---- log replication (§5.3) -----------------------------------------------------------------
 
 #[test]
@@ -844,6 +1030,108 @@ fn a_divergent_follower_is_backtracked_and_its_conflicting_suffix_truncated_5_3(
         assert_eq!(c.stored(id), expected.as_slice(), "node {id}");
         assert_eq!(c.status(id).commit_index, LogIndex(11));
     }
+}
+
+/// AppendEntries rule 5 (Figure 2): the follower commits up to min(leaderCommit, index of the
+/// last new entry), not to the end of its own log. What lies past the entries the message
+/// carried may not be the leader's: here the follower's 3@2, left by a deposed leader, while
+/// the leader's committed index 3 holds 3@3 (an append carrying less than the leader's whole
+/// log: a size limit, or a reordered older message).
+#[test]
+fn a_follower_commits_no_further_than_the_last_entry_the_append_carried_5_3() {
+    let states = vec![
+        restored(3, Some(1), &[1, 1, 3]),
+        restored(2, None, &[1, 1, 2]),
+        restored(3, Some(1), &[1, 1, 3]),
+    ];
+    let mut c = Cluster::restored(states, |_| {});
+    let append = |prev: u64, prev_term: u64, entries: Vec<Entry>| MessageBody::AppendEntries {
+        prev_log_index: LogIndex(prev),
+        prev_log_term: Term(prev_term),
+        entries,
+        leader_commit: LogIndex(3),
+    };
+
+    c.step(2, Input::Message(msg(1, 2, 3, append(1, 1, vec![entry(2, 1)]))));
+    c.process(2);
+    assert_eq!(
+        c.take_readies(2),
+        vec![Ready {
+            hard_state: Some(HardState { term: Term(3), voted_for: None, recovering: false }),
+            messages: vec![msg(2, 1, 3, MessageBody::append_accepted(LogIndex(2)))],
+            committed: vec![entry(1, 1), entry(2, 1)],
+            ..Ready::default()
+        }]
+    );
+    assert_eq!(c.status(2).commit_index, LogIndex(2), "committed past the entries received");
+    assert_eq!(c.stored(2), &[entry(1, 1), entry(2, 1), entry(3, 2)], "no conflict, no truncation");
+
+    // The leader's next append replaces 3@2, and only then is index 3 committed.
+    c.step(2, Input::Message(msg(1, 2, 3, append(2, 1, vec![entry(3, 3)]))));
+    c.process(2);
+    assert_eq!(c.stored(2), &[entry(1, 1), entry(2, 1), entry(3, 3)]);
+    assert_eq!(c.status(2).commit_index, LogIndex(3));
+    assert_eq!(c.peer(2).applied, vec![entry(1, 1), entry(2, 1), entry(3, 3)]);
+}
+
+/// AppendEntries rule 1 and "all servers" (Figure 2, §5.1): an append from a leader of an
+/// older term is refused, the refusal carries the receiver's newer term, and the stale leader,
+/// on seeing that term, steps down to follower.
+#[test]
+fn a_stale_leader_is_refused_and_steps_down_on_the_newer_term_of_the_refusal_5_1() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    let old = c.status(1).term;
+    // Node 1 is cut off and, never ticked, never notices; nodes 2 and 3 elect a new leader.
+    c.isolate(1);
+    let new_leader = |c: &Cluster| [2, 3].into_iter().find(|id| c.status(*id).role == Role::Leader);
+    let mut new = None;
+    for _ in 0..4 * ELECTION_TICKS {
+        c.tick(2);
+        c.tick(3);
+        c.settle();
+        new = new_leader(&c);
+        if new.is_some() {
+            break;
+        }
+    }
+    let new = new.expect("nodes 2 and 3 elect a leader");
+    let term = c.status(new).term;
+    assert!(term > old);
+    assert_eq!(c.status(1).role, Role::Leader, "node 1 still believes it leads");
+
+    // Healed, node 1 replicates a proposal in its old term.
+    c.heal();
+    c.step(1, Input::Propose { id: 1, data: b"stale".to_vec() });
+    c.process(1);
+    let appends = c
+        .queue
+        .iter()
+        .filter(|m| m.term == old && matches!(m.body, MessageBody::AppendEntries { .. }))
+        .count();
+    assert_eq!(appends, 2);
+    let logs_before: Vec<Vec<Entry>> = [2, 3].iter().map(|id| c.stored(*id).to_vec()).collect();
+    c.deliver_round();
+    let refusal = MessageBody::AppendEntriesResponse {
+        success: false,
+        index: LogIndex(0),
+        hint: LogIndex(0),
+        hint_term: Term(0),
+    };
+    for (i, id) in [2, 3].into_iter().enumerate() {
+        assert!(c.queue.contains(&msg(id, 1, term.0, refusal.clone())), "node {id}'s refusal");
+        assert_eq!(c.stored(id), logs_before[i].as_slice(), "node {id} appended nothing");
+        assert_eq!((c.status(id).term, c.status(id).leader), (term, Some(NodeId(new))));
+    }
+
+    c.deliver_round();
+    assert_eq!(c.status(1).role, Role::Follower);
+    assert_eq!(c.status(1).term, term);
+    assert_eq!(c.leaders_now(), vec![NodeId(new)]);
+    // It then follows the new leader, and its stale entry is gone.
+    let commit = c.status(new).commit_index.0;
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(commit) == Some(NodeId(new))));
+    assert!(c.stored(1).iter().all(|e| e.data != b"stale".to_vec()));
 }
 
 // ---- commitment (§5.4.2, Figure 8) ----------------------------------------------------------
@@ -1022,6 +1310,70 @@ fn a_leader_cut_off_from_the_majority_never_releases_a_read_6_4() {
     assert!(c.peer(1).readies.iter().all(|r| r.reads.is_empty()), "a read was released");
     assert!(c.peer(1).reads_served.is_empty() && c.peer(1).reads_waiting.is_empty());
     assert_eq!(c.peer(1).rejected, vec![(11, Rejection::LeadershipLost)]);
+}
+
+/// Elects `id` delivering only election messages: it leads, but the AppendEntries carrying its
+/// no-op stay queued, so no entry of its term commits.
+fn win_with_votes_only(c: &mut Cluster, id: u64) {
+    let votes = |m: &Message| {
+        matches!(
+            m.body,
+            MessageBody::PreVote { .. }
+                | MessageBody::PreVoteResponse { .. }
+                | MessageBody::RequestVote { .. }
+                | MessageBody::RequestVoteResponse { .. }
+        )
+    };
+    for _ in 0..4 * ELECTION_TICKS {
+        c.tick(id);
+        for _ in 0..4 {
+            c.deliver_matching(votes);
+        }
+        if c.status(id).role == Role::Leader {
+            return;
+        }
+    }
+    panic!("node {id} did not win an election");
+}
+
+fn heartbeat_traffic(m: &Message) -> bool {
+    matches!(m.body, MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse { .. })
+}
+
+/// ReadIndex step 1 (thesis §6.4): a new leader's commit index may lag what the last leader
+/// committed until it commits an entry of its own term, so it holds reads until then, however
+/// many heartbeat rounds a quorum acknowledges meanwhile. Here entries 1 and 2 may have been
+/// committed (and their writes acknowledged) in term 1, yet the new leader's commit index is 0.
+#[test]
+fn a_new_leader_releases_no_read_before_an_entry_of_its_term_commits_6_4() {
+    let mut c = Cluster::restored(vec![restored(1, None, &[1, 1]); 3], |_| {});
+    win_with_votes_only(&mut c, 1);
+    assert_eq!(c.status(1).commit_index, LogIndex(0));
+
+    c.step(1, Input::Read { id: 5 });
+    c.process(1);
+    // Heartbeats go round and are answered; the no-op's AppendEntries never arrive.
+    let sent_before = c.sent.len();
+    for _ in 0..3 * HEARTBEAT_TICKS {
+        c.tick(1);
+        for _ in 0..4 {
+            c.deliver_matching(heartbeat_traffic);
+        }
+    }
+    let answers = c.sent[sent_before..]
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::HeartbeatResponse { .. }))
+        .count();
+    assert!(answers >= 6, "the followers answered every heartbeat: {answers}");
+    assert_eq!(c.status(1).role, Role::Leader);
+    assert_eq!(c.status(1).commit_index, LogIndex(0));
+    assert!(c.peer(1).readies.iter().all(|r| r.reads.is_empty()), "released before its no-op");
+    assert!(c.peer(1).rejected.is_empty());
+
+    // The no-op commits, with entries 1 and 2; the read is released at its index.
+    c.settle();
+    assert_eq!(c.status(1).commit_index, LogIndex(3));
+    assert_eq!(c.peer(1).reads_served, vec![ReadState { id: 5, index: LogIndex(3) }]);
 }
 
 // ---- pre-vote and check-quorum (thesis §9.6, §6.2) ------------------------------------------
@@ -1630,6 +1982,45 @@ fn a_leader_holding_a_lease_serves_reads_without_a_round_6_4_1() {
     assert!(c.peer(f).reads_served.iter().any(|r| r.id == 2));
 }
 
+/// A lease read is answered from the leader's commit index, which is known to be the latest
+/// only once the leader committed an entry of its term (thesis §6.4.1 with §6.4 step 1): until
+/// then the leader serves no read from its lease, even with a quorum's acknowledgement of its
+/// heartbeat round in hand. Entries 1 and 2 may have been committed in term 1; the new leader's
+/// commit index is 0.
+#[test]
+fn a_new_leader_serves_no_lease_read_before_an_entry_of_its_term_commits_6_4_1() {
+    let mut c = Cluster::restored(vec![restored(1, None, &[1, 1]); 3], leasing);
+    // With leases on, a node that just started votes only after an election timeout (it may
+    // have acknowledged a lease before it stopped).
+    for _ in 0..ELECTION_TICKS {
+        c.tick(2);
+        c.tick(3);
+    }
+    c.queue.clear(); // the pre-votes of one whose timer fired first
+    win_with_votes_only(&mut c, 1);
+
+    // A heartbeat round, acknowledged by both followers: it starts a lease.
+    for _ in 0..HEARTBEAT_TICKS {
+        c.tick(1);
+    }
+    for _ in 0..4 {
+        c.deliver_matching(heartbeat_traffic);
+    }
+    assert_eq!(c.status(1).role, Role::Leader);
+    assert_eq!(c.status(1).commit_index, LogIndex(0));
+    assert!(!read_released_at_once(&mut c, 1, 5), "a lease read before the no-op committed");
+    assert_eq!(c.peer(1).node.lease_remaining(), 0, "INFO shows no lease either");
+
+    // The no-op commits: the held read is released, and the lease now answers at once.
+    c.settle();
+    assert_eq!(c.status(1).commit_index, LogIndex(3));
+    assert_eq!(c.peer(1).reads_served, vec![ReadState { id: 5, index: LogIndex(3) }]);
+    assert!(c.peer(1).node.lease_remaining() > 0);
+    let sent_before = c.sent.len();
+    assert!(read_released_at_once(&mut c, 1, 6));
+    assert_eq!(c.sent.len(), sent_before, "served from the lease, without a round");
+}
+
 #[test]
 fn an_isolated_leader_stops_serving_lease_reads_before_anyone_else_can_lead_6_4_1() {
     let (mut c, l, f, g) = leasing_cluster();
@@ -1866,6 +2257,34 @@ fn a_promoted_learner_votes_and_counts_and_only_one_change_is_pending_at_once_4_
     assert_eq!(c.status(1).commit_index, LogIndex(3), "1 and 2 are not a quorum of 4");
     c.down.remove(&NodeId(4));
     assert!(c.run_until(4 * ELECTION_TICKS, |c| c.status(1).commit_index == LogIndex(4)));
+}
+
+/// One membership change at a time (thesis §4.1): a leader takes a change only once the last
+/// one committed, even one asked against the membership that last change made (which the
+/// `based_on` check lets through).
+#[test]
+fn a_second_change_waits_for_the_first_to_commit_even_when_based_on_it_4_1() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    c.join(4, 3, |_| {});
+    c.step(1, proposal(&c, 1, 100, &add(4)));
+    c.process(1);
+    let last = c.status(1).last_index;
+    assert!(c.status(1).commit_index < last, "the first change is not committed");
+    assert!(c.peer(1).node.membership().learners.contains(&NodeId(4)), "but in effect");
+
+    // Asked against the membership the first change made: up to date, and still refused.
+    let promote = MembershipChange::Promote { id: NodeId(4) };
+    c.step(1, proposal(&c, 1, 101, &promote));
+    c.process(1);
+    assert_eq!(c.peer(1).rejected, vec![(101, Rejection::MembershipChangePending)]);
+    assert_eq!(c.status(1).last_index, last, "nothing appended");
+
+    // Once the first commits, the same change is taken.
+    c.settle();
+    change(&mut c, 1, 102, &promote);
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(3).is_some()));
+    assert_eq!(voters(&c, 1), vec![1, 2, 3, 4]);
 }
 
 #[test]
@@ -2391,6 +2810,70 @@ fn a_leader_stops_counting_a_follower_that_lost_its_log() {
     c.wipe(3, 3, |_| {});
     let caught_up = c.run_until(10 * ELECTION_TICKS, |c| c.stored(3).len() as u64 == last.0);
     assert!(caught_up, "the leader noticed the empty log and sent it everything again");
+}
+
+#[test]
+fn a_wiped_node_answers_no_leader_until_every_voter_told_it_their_terms() {
+    // CI seed 20234497481: leader 1 of term T stalls, cut off; 2 and 3 elect a leader of a
+    // later term and commit entries. 3's disk is wiped, so it forgets that later term; cut off
+    // from 2, it hears from the deposed 1. Had it acknowledged 1's appends (and it did), 1
+    // would commit an entry of term T on {1, 3}, at an index where 2 committed another.
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], checking_empty_start);
+    assert!(c.run_until(20 * ELECTION_TICKS, |c| c.converged(1).is_some()));
+    let stale = c.leaders_now()[0].0;
+    let stale_term = c.status(stale).term;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != stale).collect();
+    c.isolate(stale);
+    // The stale leader's task stalls: only the others count time, and elect a new leader.
+    let mut new_leader = None;
+    for _ in 0..30 * ELECTION_TICKS {
+        for &id in &others {
+            c.tick(id);
+        }
+        c.settle();
+        new_leader = others.iter().copied().find(|id| c.status(*id).role == Role::Leader);
+        if new_leader.is_some() {
+            break;
+        }
+    }
+    let new_leader = new_leader.expect("the two others elect a leader");
+    let wiped = others.iter().copied().find(|id| *id != new_leader).expect("two others");
+    assert!(c.status(new_leader).term > stale_term);
+    propose_on(&mut c, new_leader, 1, 2);
+    assert_eq!(c.status(stale).role, Role::Leader, "the stalled leader does not know yet");
+    c.step(stale, Input::Propose { id: 100, data: b"stale".to_vec() });
+    c.process(stale);
+    let stale_entry = c.stored(stale).last().cloned().expect("appended");
+    assert_eq!(stale_entry.term, stale_term);
+
+    c.wipe(wiped, 3, checking_empty_start);
+    c.heal();
+    c.isolate(new_leader);
+    let sent_before = c.sent.len();
+    c.run_ticks(5 * ELECTION_TICKS);
+    let answers = c.sent[sent_before..]
+        .iter()
+        .filter(|m| m.from == NodeId(wiped) && m.to == NodeId(stale))
+        .filter(|m| {
+            matches!(
+                m.body,
+                MessageBody::AppendEntriesResponse { .. } | MessageBody::HeartbeatResponse { .. }
+            )
+        })
+        .count();
+    assert_eq!(answers, 0, "the wiped node answered the deposed leader while it could not know");
+    assert!(
+        c.status(stale).commit_index < stale_entry.index,
+        "the deposed leader committed its entry of term {stale_term}"
+    );
+
+    // Every voter reachable again: the wiped node learns the latest term and catches up.
+    c.heal();
+    let caught_up = c.run_until(30 * ELECTION_TICKS, |c| {
+        !c.peer(wiped).hard_state.recovering
+            && c.converged(c.status(new_leader).commit_index.0).is_some()
+    });
+    assert!(caught_up, "the wiped node caught up once every voter answered");
 }
 
 #[test]

@@ -13,6 +13,7 @@ use crate::codec;
 use crate::storage::{SnapshotItem, SnapshotReader, Storage, StorageError};
 use crate::transport::PeerSender;
 use bytes::{Buf, BytesMut};
+use raft_kv_core::reach;
 use raft_kv_core::{
     planted, Input, Message, MessageBody, NodeId, PlantedBug, RaftNode, SnapshotAck, SnapshotChunk,
     SnapshotMeta, Term,
@@ -331,6 +332,11 @@ impl Incoming {
         let expected = match self.current {
             // A resent first chunk of the transfer under way is a duplicate, not a restart.
             Some((f, m, next)) if f == from && m == meta => next,
+            Some(_) if seq == 0 => {
+                // Another leader, or another position: what was staged is dropped.
+                reach::hit(reach::Path::SnapshotStagingDropped);
+                0
+            }
             _ if seq == 0 => 0,
             _ => return Ok(false), // a transfer this node did not see start: wait for a restart
         };
