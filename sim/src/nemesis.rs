@@ -147,8 +147,9 @@ impl Swarm {
     }
 }
 
-impl fmt::Display for Swarm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Swarm {
+    /// The names of the fault kinds this swarm enables, each once.
+    pub fn kind_names(&self) -> Vec<String> {
         let mut kinds: Vec<String> = Vec::new();
         for k in self.kinds() {
             let name = format!("{k:?}");
@@ -156,6 +157,13 @@ impl fmt::Display for Swarm {
                 kinds.push(name);
             }
         }
+        kinds
+    }
+}
+
+impl fmt::Display for Swarm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kinds = self.kind_names();
         let kinds = if kinds.is_empty() { "none".to_string() } else { kinds.join(",") };
         write!(
             f,
@@ -203,6 +211,15 @@ enum Active {
     /// Not a fault yet: at its time, the cluster is split the way membership changes from
     /// the first membership to the second could go wrong (`split_after_changes`).
     SplitAfterChanges(raft_kv_core::Membership, raft_kv_core::Membership),
+}
+
+/// A run's liveness core: the majority that must serve, and the nodes kept out meanwhile.
+#[derive(Clone, Debug)]
+pub struct Core {
+    pub core: Vec<NodeId>,
+    pub rest: Vec<NodeId>,
+    /// Killed rather than cut off.
+    pub crashed: bool,
 }
 
 pub struct Nemesis<'a> {
@@ -850,6 +867,61 @@ impl<'a> Nemesis<'a> {
                 groups
             }
         }
+    }
+
+    /// TigerBeetle's "liveness core": after the heal, a random majority of the voters is
+    /// healed while the others stay crashed or cut off (from the core and from the clients),
+    /// and the clients, talking only to the core, must each complete an operation within the
+    /// liveness bound. The core is drawn from the voters that may vote by what their disks
+    /// hold: a node with a blank disk (wiped, or never reached by a leader) waits for every
+    /// voter to tell it their terms before it votes or answers a leader, so a majority that
+    /// needs it rightly stalls while another voter is away. Not in runs with damaged disks (a
+    /// damaged node is rebuilt blank at the heal) or membership changes (one still in flight
+    /// could remove a core member).
+    pub fn isolate_core(&mut self, rng: &mut StdRng) -> Option<Core> {
+        if self.swarm.damage || self.swarm.membership {
+            return None;
+        }
+        let voters: Vec<NodeId> = self.cluster.membership().voters.into_iter().collect();
+        let size = voters.len() / 2 + 1;
+        let able: Vec<NodeId> =
+            voters.into_iter().filter(|id| self.cluster.storages[id].may_vote()).collect();
+        if able.len() < size {
+            return None;
+        }
+        let mut core: Vec<NodeId> = able.choose_multiple(rng, size).copied().collect();
+        core.sort();
+        let rest: Vec<NodeId> =
+            self.cluster.ids().into_iter().filter(|id| !core.contains(id)).collect();
+        let crashed = rng.gen_bool(0.5);
+        if crashed {
+            for &id in &rest {
+                self.cluster.kill(id);
+            }
+        } else {
+            self.cluster.partition(&[core.clone(), rest.clone()]);
+            for &id in &rest {
+                self.cluster.cut_clients(id);
+            }
+        }
+        let how = if crashed { "killed" } else { "cut off" };
+        self.log(format!("liveness core {core:?}: nodes {rest:?} stay {how}"));
+        Some(Core { core, rest, crashed })
+    }
+
+    /// Ends a liveness core phase: the nodes kept out come back.
+    pub fn end_core(&mut self, c: &Core) {
+        if c.crashed {
+            for &id in &c.rest {
+                self.cluster.restart(id);
+            }
+        } else {
+            self.cluster.heal_partitions();
+            for &id in &c.rest {
+                self.cluster.reconnect_clients(id);
+            }
+        }
+        self.log(format!("liveness core ends: nodes {:?} are back", c.rest));
     }
 
     /// Ends every fault.

@@ -1,16 +1,19 @@
 //! One chaos run, fully determined by its seed: topology, workload, fault schedule and timings
 //! are drawn from it, and madsim runs every task and message in a seed-determined order.
 //!
-//! Phases: clients and nemesis run together for the fault phase; then every fault heals, each
-//! client must complete a new operation within `LIVENESS_WITHIN`, and every node must reach
+//! Phases: clients and nemesis run together for the fault phase; then every fault heals (in a
+//! quarter of the runs that allow it, only a majority of the voters: the others stay crashed
+//! or cut off, and the clients talk only to that liveness core), each client must complete a
+//! new operation within `LIVENESS_WITHIN`, and every node must reach
 //! the same applied state within `CONVERGENCE_WITHIN`. Finally the history is checked for
 //! linearizability, key by key.
 
 use crate::check::{self, CheckOptions};
 use crate::cluster::{ClusterOptions, SimCluster};
 use crate::history::{Operation, Ret};
-use crate::nemesis::{Nemesis, Swarm};
-use crate::workload::{ClientTask, Recorder, WorkloadOptions};
+use crate::nemesis::{Core, Nemesis, Swarm};
+use crate::workload::{ClientTask, Recorder, Targets, WorkloadOptions};
+use raft_kv_core::reach::{self, Path};
 use raft_kv_core::{NodeId, PlantedBug};
 use raft_kv_runtime::snapshot::SnapshotTuning;
 use rand::rngs::StdRng;
@@ -31,6 +34,8 @@ pub const LIVENESS_WITHIN: Duration = Duration::from_secs(30);
 pub const CONVERGENCE_WITHIN: Duration = Duration::from_secs(60);
 /// The worst ratio between two nodes' clock rates under the skew nemesis.
 pub const SKEW_RATE_RATIO_MAX: f64 = crate::nemesis::SKEW_RATE_MAX / crate::nemesis::SKEW_RATE_MIN;
+/// Seeds the liveness core's draws (`Nemesis::isolate_core`).
+const CORE_SALT: u64 = 0x6c69_7665_2063_6f72;
 /// Clients keep their random workload going this long after the heal.
 const AFTER_HEAL: Duration = Duration::from_secs(2);
 
@@ -73,6 +78,10 @@ pub struct RunReport {
     pub transfers: (u64, u64),
     /// Membership changes answered, and those applied.
     pub memberships: (u64, u64),
+    /// The liveness core phase, if this run had one.
+    pub core: Option<Core>,
+    /// How often the run passed each rare path (`raft_kv_core::reach::Path::ALL`'s order).
+    pub reach: [u64; Path::ALL.len()],
 }
 
 impl RunReport {
@@ -95,11 +104,15 @@ impl RunReport {
         } else {
             "ok".to_string()
         };
+        let core = self.core.as_ref().map_or(String::new(), |c| {
+            let how = if c.crashed { "killed" } else { "cut off" };
+            format!("; liveness core {:?} with {:?} {how}", c.core, c.rest)
+        });
         let converged = self
             .converged_after
             .map_or("never".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
         format!(
-            "seed {}: {} nodes, {} clients, {} keys, {} ops ({} indeterminate), {}s of faults: {}; {}; {} compactions, {} snapshots installed; converged after {converged}; {}",
+            "seed {}: {} nodes, {} clients, {} keys, {} ops ({} indeterminate), {}s of faults: {}{core}; {}; {} compactions, {} snapshots installed; converged after {converged}; {}",
             self.seed,
             self.nodes,
             self.clients,
@@ -120,7 +133,11 @@ impl RunReport {
 pub fn run(opts: &RunOptions) -> RunReport {
     let rt = madsim::runtime::Runtime::with_seed_and_config(opts.seed, madsim::Config::default());
     let opts = opts.clone();
-    rt.block_on(simulate(opts))
+    // The simulation runs on this thread: its reach counts are this thread's from here.
+    reach::take();
+    let mut report = rt.block_on(simulate(opts));
+    report.reach = reach::take();
+    report
 }
 
 async fn simulate(opts: RunOptions) -> RunReport {
@@ -201,10 +218,11 @@ async fn simulate(opts: RunOptions) -> RunReport {
     let start = Instant::now();
     let heal_at = start + fault_phase;
     let recorder = Recorder::new(start);
+    let targets = Targets::new(cluster.ids());
     let mut clients = Vec::new();
     for id in 0..workload.clients {
         let mut task =
-            ClientTask::new(id, cluster.ids(), workload.clone(), rng.gen(), recorder.clone());
+            ClientTask::new(id, targets.clone(), workload.clone(), rng.gen(), recorder.clone());
         clients.push(cluster.client.spawn(async move {
             task.run_until(heal_at + AFTER_HEAL).await;
             task.complete_one_by(heal_at + LIVENESS_WITHIN).await
@@ -215,7 +233,13 @@ async fn simulate(opts: RunOptions) -> RunReport {
         Nemesis::new(&cluster, swarm.clone(), StdRng::seed_from_u64(rng.gen()), start);
     nemesis.run_until(heal_at).await;
     nemesis.heal();
-    let schedule = std::mem::take(&mut nemesis.schedule);
+    // A quarter of the runs that allow it heal only a majority first (a liveness core). Drawn
+    // from its own generator, so the other runs of a seed are what they were before it.
+    let mut core_rng = StdRng::seed_from_u64(seed ^ CORE_SALT);
+    let core = if core_rng.gen_bool(0.25) { nemesis.isolate_core(&mut core_rng) } else { None };
+    if let Some(c) = &core {
+        targets.set(c.core.clone());
+    }
 
     for (id, mut c) in clients.into_iter().enumerate() {
         // Meanwhile a node that refused its damaged disk at the heal's restart is rebuilt and
@@ -230,12 +254,23 @@ async fn simulate(opts: RunOptions) -> RunReport {
         match done {
             Ok(true) => {}
             Ok(false) => cluster.invariants.report(format!(
-                "liveness: client {id} completed no operation within {}s of the heal",
-                LIVENESS_WITHIN.as_secs()
+                "liveness: client {id} completed no operation within {}s of the heal{}",
+                LIVENESS_WITHIN.as_secs(),
+                core.as_ref().map_or(String::new(), |c| format!(
+                    ", talking only to the majority {:?} while {:?} stayed {}",
+                    c.core,
+                    c.rest,
+                    if c.crashed { "killed" } else { "cut off" }
+                ))
             )),
             Err(e) => cluster.invariants.report(format!("client {id} task failed: {e}")),
         }
     }
+    if let Some(c) = &core {
+        nemesis.end_core(c);
+        targets.set(cluster.ids());
+    }
+    let schedule = std::mem::take(&mut nemesis.schedule);
     let converged_after = converge(&cluster).await;
 
     for what in recorder.invalid_replies() {
@@ -251,6 +286,8 @@ async fn simulate(opts: RunOptions) -> RunReport {
         installs,
         transfers: cluster.invariants.transfer_counts(),
         memberships: cluster.invariants.membership_counts(),
+        core,
+        reach: [0; Path::ALL.len()],
         seed,
         nodes,
         clients: workload.clients,

@@ -1,5 +1,6 @@
-//! Concurrent clients that issue GET, SET, DEL, INCR and APPEND over a small key set through the
-//! RESP front end of random nodes, and record every operation with its invocation and
+//! Concurrent clients that issue GET, SET, DEL, INCR, APPEND, MSET, MGET, GETSET (three forms,
+//! one a MULTI/EXEC block) and hash commands over a small key set through the RESP front end of
+//! random nodes, and record every operation with its invocation and
 //! completion in simulated time. A timeout, a lost connection or an error that leaves the
 //! outcome open is recorded as indeterminate, never as a failure.
 
@@ -243,9 +244,27 @@ impl Cmd {
     }
 }
 
+/// The nodes the clients talk to, shared by all of them: every host, or, in a run's liveness
+/// core phase, only the majority that must serve them.
+pub struct Targets(Mutex<Vec<NodeId>>);
+
+impl Targets {
+    pub fn new(nodes: Vec<NodeId>) -> Arc<Targets> {
+        Arc::new(Targets(Mutex::new(nodes)))
+    }
+
+    pub fn set(&self, nodes: Vec<NodeId>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
+    }
+
+    fn get(&self) -> Vec<NodeId> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 pub struct ClientTask {
     pub id: usize,
-    pub nodes: Vec<NodeId>,
+    pub nodes: Arc<Targets>,
     pub opts: WorkloadOptions,
     pub rng: StdRng,
     pub recorder: Arc<Recorder>,
@@ -256,7 +275,7 @@ pub struct ClientTask {
 impl ClientTask {
     pub fn new(
         id: usize,
-        nodes: Vec<NodeId>,
+        nodes: Arc<Targets>,
         opts: WorkloadOptions,
         seed: u64,
         recorder: Arc<Recorder>,
@@ -350,8 +369,12 @@ impl ClientTask {
     /// Sends `cmds` in one pipeline on the current connection (opening one first if needed)
     /// and records each with its own completion. True if any completed determinately.
     async fn issue_all(&mut self, cmds: Vec<Cmd>) -> bool {
+        let nodes = self.nodes.get();
+        if self.conn.as_ref().is_some_and(|(node, _)| !nodes.contains(node)) {
+            self.conn = None;
+        }
         if self.conn.is_none() {
-            let node = self.nodes[self.rng.gen_range(0..self.nodes.len())];
+            let node = nodes[self.rng.gen_range(0..nodes.len())];
             match Client::connect(redis_addr(node), self.opts.reply_timeout).await {
                 Ok(c) => self.conn = Some((node, c)),
                 Err(_) => {

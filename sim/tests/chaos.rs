@@ -9,9 +9,11 @@
 //! Build with `RUSTFLAGS="--cfg madsim"`; see scripts/sim.sh.
 #![cfg(madsim)]
 
+use raft_kv_core::reach::Path;
 use raft_kv_core::PlantedBug;
 use raft_kv_sim::run::{run, RunOptions, RunReport};
 use raft_kv_sim::timeline;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -131,6 +133,12 @@ struct Totals {
     /// Disks damaged (each then refused by its node and rebuilt), and failed-sync stops.
     damaged: u64,
     self_stops: u64,
+    /// Per rare path (`reach::Path::ALL`'s order): seeds that reached it, and passes in all.
+    reach: Vec<(u64, u64)>,
+    /// Seeds per enabled fault kind.
+    kinds: BTreeMap<String, u64>,
+    /// Runs with a liveness core phase: (killed, cut off).
+    cores: (u64, u64),
     /// Seeds whose simulation panicked (a node's storage refused a write, an assertion in
     /// the core...), with the panic message: failures too.
     panicked: Vec<(u64, String)>,
@@ -189,6 +197,19 @@ fn run_many_with_totals(
                     t.transfers.1 += r.transfers.1;
                     t.memberships.0 += r.memberships.0;
                     t.memberships.1 += r.memberships.1;
+                    t.reach.resize(Path::ALL.len(), (0, 0));
+                    for (slot, n) in t.reach.iter_mut().zip(r.reach) {
+                        slot.0 += (n > 0) as u64;
+                        slot.1 += n;
+                    }
+                    for kind in r.swarm.kind_names() {
+                        *t.kinds.entry(kind).or_default() += 1;
+                    }
+                    match &r.core {
+                        Some(c) if c.crashed => t.cores.0 += 1,
+                        Some(_) => t.cores.1 += 1,
+                        None => {}
+                    }
                     let count = |what: &str| r.schedule.iter().filter(|l| l.contains(what)).count();
                     t.damaged += count("; damage the") as u64 + count("; damage log") as u64;
                     t.self_stops += count("stopped itself") as u64;
@@ -217,6 +238,22 @@ fn run_many_with_totals(
     let mut t = std::mem::take(&mut *totals.lock().unwrap());
     t.unknown.sort_unstable();
     (f, t)
+}
+
+/// The reach table (issue 14.6): how many seeds enabled each fault kind, had a liveness core,
+/// and passed each rare path. A path no seed reached is marked: nothing tested it.
+fn print_reach(t: &Totals) {
+    let kinds: Vec<String> = t.kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!("chaos reach: seeds per fault kind: {}", kinds.join(", "));
+    println!(
+        "chaos reach: liveness core phases: {} with the others killed, {} with them cut off",
+        t.cores.0, t.cores.1
+    );
+    println!("chaos reach: {:<28} {:>8} {:>10}", "path", "seeds", "passes");
+    for (path, (seeds, passes)) in Path::ALL.iter().zip(&t.reach) {
+        let mark = if *seeds == 0 { "  <- NOT REACHED" } else { "" };
+        println!("chaos reach: {:<28} {seeds:>8} {passes:>10}{mark}", format!("{path:?}"));
+    }
 }
 
 #[test]
@@ -275,6 +312,7 @@ fn chaos_histories_are_linearizable_and_invariants_hold() {
         "chaos: {} disks damaged (each refused by its node at restart, then rebuilt from its peers); {} nodes stopped themselves (a failed sync, or damage met)",
         totals.damaged, totals.self_stops
     );
+    print_reach(&totals);
     if !totals.unknown.is_empty() {
         // Not a failure: the search ran out of budget. Replay these with a larger budget.
         println!(
@@ -334,6 +372,10 @@ const SEEDS_THAT_FAILED: &[(u64, &str)] = &[
          the other for want of room, so the follower answered BUSY (not applied) for a write \
          that applied (core test: \
          a_duplicated_forwarded_proposal_is_neither_appended_twice_nor_refused)",
+    ),
+    (
+        20234497481,
+        "a wiped node, still asking the voters for their terms, acknowledged a deposed leader's          appends: that leader committed an entry of its old term on {itself, the wiped node},          where a later term's log without it then won (leader completeness) (core test:          a_wiped_node_answers_no_leader_until_every_voter_told_it_their_terms)",
     ),
 ];
 
