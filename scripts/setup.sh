@@ -18,3 +18,8 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: cargo is missing; install Rust from rustup" >&2; exit 1; }
+# scripts/test.sh checks formatting and lints: rustup toolchains may lack the two components.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  command -v rustup >/dev/null || { echo "setup: cargo fmt and cargo clippy are missing; install them with your Rust toolchain" >&2; exit 1; }
+  rustup component add rustfmt clippy
+fi

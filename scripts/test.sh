@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 target=${CARGO_TARGET_DIR:-$PWD/target}
 
-echo "== the core stays sans-IO (clippy disallowed-methods/types, see core/clippy.toml)"
-cargo clippy -q -p raft-kv-core --all-targets -- -D clippy::disallowed_methods -D clippy::disallowed_types
+echo "== formatting (cargo fmt --check)"
+cargo fmt --all --check
+
+echo "== lints: clippy with warnings denied; the core stays sans-IO (disallowed methods and types, core/clippy.toml)"
+cargo clippy -q --workspace --all-targets -- -D warnings
 
 echo "== unit and integration tests"
 if cargo nextest --version >/dev/null 2>&1; then
@@ -28,6 +31,8 @@ else
   basics=${SIM_BASICS_SEEDS:-200}
 fi
 export RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$target/sim"
+# The simulation's own code compiles only under madsim: linted here.
+cargo clippy -q -p raft-kv-sim --all-targets -- -D warnings
 status=0
 MADSIM_TEST_NUM=$basics cargo test -p raft-kv-sim --no-fail-fast --test cluster_basics || status=1
 SIM_SEEDS=${SIM_SEEDS:-15000} cargo test -p raft-kv-sim --no-fail-fast --test chaos \
