@@ -710,6 +710,12 @@ impl RaftNode {
         self.log.membership()
     }
 
+    /// The index of the membership in effect (`RaftLog::last_membership_index`): a node that
+    /// holds the log up to it knows it is a member.
+    pub fn membership_index(&self) -> LogIndex {
+        self.log.last_membership_index()
+    }
+
     fn is_voter(&self) -> bool {
         self.log.membership().is_voter(self.cfg.id)
     }

@@ -90,7 +90,10 @@ impl<S: Storage> NodeTask<S> {
     }
 
     /// The leader promotes a learner once it holds the log up to the commit index (less a
-    /// little, so a busy cluster does not keep it a learner forever).
+    /// little, so a busy cluster does not keep it a learner forever), and at least up to the
+    /// membership in effect, the one that made it a learner: a voter that holds nothing would
+    /// count in every quorum while it could not restart as a member (it would ask to join
+    /// again), and a young cluster's commit index is within the lag from the start.
     pub(super) fn maybe_promote_learner(&mut self) {
         let now = Instant::now();
         if now < self.promote_after || self.writes.values().any(|w| w.membership.is_some()) {
@@ -102,11 +105,12 @@ impl<S: Storage> NodeTask<S> {
         }
         let learners = &self.raft.membership().learners;
         let commit = status.commit_index.0;
-        let ready = self
-            .raft
-            .followers()
-            .into_iter()
-            .find(|f| learners.contains(&f.id) && f.match_index.0 + PROMOTE_LAG_MAX >= commit);
+        let membership = self.raft.membership_index();
+        let ready = self.raft.followers().into_iter().find(|f| {
+            learners.contains(&f.id)
+                && f.match_index >= membership
+                && f.match_index.0 + PROMOTE_LAG_MAX >= commit
+        });
         let Some(f) = ready else { return };
         self.promote_after = now + PROMOTE_RETRY;
         info!(node = %self.id, learner = %f.id, match_index = %f.match_index, commit, "learner caught up; promoting it to voter");
