@@ -58,14 +58,17 @@ for o in outcomes:
     if o.get("summary") != "MissedMutant":
         continue
     m = o["scenario"]["Mutant"]
-    open(f"{work}/{n}.diff", "w").write(m["diff"])
-    open(f"{work}/{n}.name", "w").write(f'{m["file"]}:{m["span"]["start"]["line"]}: {m["name"]}')
+    diff = open(f'mutants.out/{o["diff_path"]}').read().splitlines(keepends=True)
+    # cargo-mutants names the mutation on the +++ line: git apply wants the file there.
+    diff[1] = "+++ " + m["file"] + "\n"
+    open(f"{work}/{n}.diff", "w").write("".join(diff))
+    open(f"{work}/{n}.name", "w").write(m["name"])
     n += 1
 EOF
   for d in "$work"/*.diff; do
     name=$(cat "${d%.diff}.name")
     git -C "$work/tree" checkout -q -- .
-    git -C "$work/tree" apply "$d"
+    git -C "$work/tree" apply -p0 "$d"
     if (cd "$work/tree" && RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$CARGO_TARGET_DIR/sim" \
       SIM_SEEDS="$seeds" SIM_SEED_BASE=1 cargo test -q -p raft-kv-sim --test chaos -- \
       --test-threads 1 chaos_histories >/dev/null 2>&1); then

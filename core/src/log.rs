@@ -430,6 +430,7 @@ impl RaftLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::NodeId;
 
     fn e(index: u64, term: u64) -> Entry {
         Entry::new(LogIndex(index), Term(term), vec![index as u8])
@@ -477,6 +478,68 @@ mod tests {
         assert_eq!(log.last_index_with_term_at_most(LogIndex(4), Term(2)), LogIndex(2));
         assert_eq!(log.last_index_with_term_at_most(LogIndex(4), Term(3)), LogIndex(4));
         assert_eq!(log.last_index_with_term_at_most(LogIndex(4), Term(0)), LogIndex(0));
+    }
+
+    fn voters(ids: &[u64]) -> Membership {
+        Membership { voters: ids.iter().map(|i| NodeId(*i)).collect(), ..Membership::default() }
+    }
+
+    /// Entries 1..=6 of term 1 stamped 100 ms apart; 2, 4 and 6 change the membership.
+    fn log_with_memberships() -> RaftLog {
+        let entries = (1..=6)
+            .map(|i| {
+                let mut x = e(i, 1);
+                x.time = 100 * i;
+                x.membership = match i {
+                    2 => Some(voters(&[1, 2])),
+                    4 => Some(voters(&[1, 2, 3])),
+                    6 => Some(voters(&[1, 2, 3, 4])),
+                    _ => None,
+                };
+                x
+            })
+            .collect();
+        RaftLog::restore(SnapshotMeta::default(), entries, LogIndex(0), voters(&[1]))
+    }
+
+    #[test]
+    fn the_membership_in_effect_and_the_one_before_follow_truncation_and_compaction_4_1() {
+        let mut log = log_with_memberships();
+        assert_eq!(log.membership(), &voters(&[1, 2, 3, 4]));
+        assert_eq!(log.previous_membership(), &voters(&[1, 2, 3]));
+        // A conflicting leader replaces entry 6: the membership of entry 4 is back.
+        assert_eq!(log.maybe_append(LogIndex(5), Term(1), &[e(6, 2)]), Some(LogIndex(6)));
+        assert_eq!(log.membership(), &voters(&[1, 2, 3]));
+        assert_eq!(log.previous_membership(), &voters(&[1, 2]));
+        assert_eq!(log.last_membership_index(), LogIndex(4));
+        // Compacted through entry 4, whose membership becomes the base.
+        log.commit_to(LogIndex(5));
+        log.take_committed(10);
+        let snapshot = log.compact(LogIndex(4));
+        assert_eq!(snapshot.time, 400, "the snapshot carries the time of its last entry");
+        assert_eq!(log.time(LogIndex(4)), Some(400));
+        assert_eq!(log.time(LogIndex(5)), Some(500));
+        assert_eq!(log.membership(), &voters(&[1, 2, 3]));
+        assert_eq!(log.last_membership_index(), LogIndex(4));
+        // A later membership entry stays listed after a compaction before it.
+        let mut log = log_with_memberships();
+        log.commit_to(LogIndex(5));
+        log.take_committed(10);
+        log.compact(LogIndex(3));
+        assert_eq!(log.membership(), &voters(&[1, 2, 3, 4]));
+        assert_eq!(log.previous_membership(), &voters(&[1, 2, 3]));
+        log.check_invariants();
+    }
+
+    #[test]
+    fn an_append_carries_at_most_its_byte_budget_and_at_least_one_entry() {
+        let log = log_with(&[1, 1, 1, 1]);
+        let size = log.entries[0].size_bytes();
+        assert_eq!(log.entries_from(LogIndex(1), 10, 2 * size).len(), 2);
+        assert_eq!(log.entries_from(LogIndex(1), 10, 2 * size - 1).len(), 1);
+        assert_eq!(log.entries_from(LogIndex(1), 10, 0).len(), 1);
+        assert_eq!(log.entries_from(LogIndex(2), 2, 100 * size).len(), 2);
+        assert_eq!(log.entries_from(LogIndex(1), 10, 100 * size).len(), 4);
     }
 
     #[test]
