@@ -71,6 +71,35 @@ fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
     Message { from: NodeId(from), to: NodeId(to), term: Term(term), body }
 }
 
+/// Ticks node `id` alone until its election timeout makes it campaign (a pre-vote first).
+fn tick_until_it_campaigns(c: &mut Cluster, id: u64) {
+    for _ in 0..2 * ELECTION_TICKS {
+        c.tick(id);
+        if c.status(id).role != Role::Follower {
+            break;
+        }
+    }
+}
+
+/// The `Ready` of a voter answering `candidate`'s vote request of `term`: its term (and its
+/// vote, if granted) made durable, and the answer that travels with it.
+fn vote_ready(voter: u64, candidate: u64, term: u64, granted: bool) -> Ready {
+    Ready {
+        hard_state: Some(HardState {
+            term: Term(term),
+            voted_for: granted.then_some(NodeId(candidate)),
+            recovering: false,
+        }),
+        messages: vec![msg(
+            voter,
+            candidate,
+            term,
+            MessageBody::RequestVoteResponse { granted, clock_ms: 0 },
+        )],
+        ..Ready::default()
+    }
+}
+
 /// One node plus what its runtime would hold: durable state, applied entries, served reads.
 struct Peer {
     node: RaftNode,
@@ -666,19 +695,7 @@ fn a_less_up_to_date_log_cannot_win_an_election_5_4_1() {
         )),
     );
     c.process(2);
-    assert_eq!(
-        c.take_readies(2),
-        vec![Ready {
-            hard_state: Some(HardState { term: Term(2), voted_for: None, recovering: false }),
-            messages: vec![msg(
-                2,
-                1,
-                2,
-                MessageBody::RequestVoteResponse { granted: false, clock_ms: 0 }
-            )],
-            ..Ready::default()
-        }]
-    );
+    assert_eq!(c.take_readies(2), vec![vote_ready(2, 1, 2, false)]);
     c.settle();
 
     // A node holding the longer log wins, and node 1 catches up to it.
@@ -690,12 +707,7 @@ fn a_less_up_to_date_log_cannot_win_an_election_5_4_1() {
 #[test]
 fn hard_state_is_persisted_in_the_same_ready_as_the_vote_messages_5_2() {
     let mut c = Cluster::new(3);
-    for _ in 0..2 * ELECTION_TICKS {
-        c.tick(1);
-        if c.status(1).role != Role::Follower {
-            break;
-        }
-    }
+    tick_until_it_campaigns(&mut c, 1);
     assert_eq!(c.status(1).role, Role::PreCandidate);
     let pre_vote = MessageBody::PreVote { last_log_index: LogIndex(0), last_log_term: Term(0) };
     // A pre-vote changes no durable state: nothing to persist before sending it.
@@ -802,16 +814,7 @@ fn the_last_term_decides_which_log_is_more_up_to_date_before_the_length_5_4_1() 
     c.process(2);
     assert_eq!(
         c.take_readies(2),
-        vec![Ready {
-            hard_state: Some(HardState { term: Term(3), voted_for: None, recovering: false }),
-            messages: vec![msg(
-                2,
-                1,
-                3,
-                MessageBody::RequestVoteResponse { granted: false, clock_ms: 0 }
-            )],
-            ..Ready::default()
-        }],
+        vec![vote_ready(2, 1, 3, false)],
         "a longer log ending in an older term is less up-to-date"
     );
 
@@ -819,20 +822,7 @@ fn the_last_term_decides_which_log_is_more_up_to_date_before_the_length_5_4_1() 
     c.process(2);
     assert_eq!(
         c.take_readies(2),
-        vec![Ready {
-            hard_state: Some(HardState {
-                term: Term(4),
-                voted_for: Some(NodeId(3)),
-                recovering: false
-            }),
-            messages: vec![msg(
-                2,
-                3,
-                4,
-                MessageBody::RequestVoteResponse { granted: true, clock_ms: 0 }
-            )],
-            ..Ready::default()
-        }],
+        vec![vote_ready(2, 3, 4, true)],
         "a shorter log ending in a newer term is more up-to-date"
     );
 }
@@ -865,23 +855,7 @@ fn a_vote_request_of_an_older_term_is_not_granted_and_changes_nothing_5_1() {
     // Its vote in term 3 is still free.
     c.step(2, Input::Message(msg(3, 2, 3, vote(2, 1))));
     c.process(2);
-    assert_eq!(
-        c.take_readies(2),
-        vec![Ready {
-            hard_state: Some(HardState {
-                term: Term(3),
-                voted_for: Some(NodeId(3)),
-                recovering: false
-            }),
-            messages: vec![msg(
-                2,
-                3,
-                3,
-                MessageBody::RequestVoteResponse { granted: true, clock_ms: 0 }
-            )],
-            ..Ready::default()
-        }]
-    );
+    assert_eq!(c.take_readies(2), vec![vote_ready(2, 3, 3, true)]);
 }
 
 /// Followers (Figure 2): a follower campaigns once an election timeout elapses "without
@@ -937,12 +911,7 @@ fn granting_a_vote_restarts_the_election_timer_5_2() {
 #[test]
 fn a_candidate_that_hears_from_the_leader_of_its_term_becomes_its_follower_5_2() {
     let mut c = Cluster::new(3);
-    for _ in 0..2 * ELECTION_TICKS {
-        c.tick(2);
-        if c.status(2).role != Role::Follower {
-            break;
-        }
-    }
+    tick_until_it_campaigns(&mut c, 2);
     assert_eq!(c.status(2).role, Role::PreCandidate);
     c.deliver_round(); // the pre-votes
     c.deliver_round(); // the grants: node 2 campaigns
@@ -1151,12 +1120,7 @@ fn figure_8_c() -> Cluster {
     c.cut_both(1, 2);
     c.cut_both(1, 5);
 
-    for _ in 0..2 * ELECTION_TICKS {
-        c.tick(1);
-        if c.status(1).role != Role::Follower {
-            break;
-        }
-    }
+    tick_until_it_campaigns(&mut c, 1);
     for _ in 0..8 {
         if c.status(1).role == Role::Leader {
             break;
@@ -2312,25 +2276,7 @@ fn a_removed_leader_hands_over_at_once_and_the_rest_carry_on_4_2_2() {
 fn a_new_leader_takes_no_membership_change_before_its_first_entry_applies() {
     let mut c = Cluster::new(3);
     // Node 1 wins, but only votes get through: its no-op stays uncommitted.
-    let votes = |m: &Message| {
-        matches!(
-            m.body,
-            MessageBody::PreVote { .. }
-                | MessageBody::PreVoteResponse { .. }
-                | MessageBody::RequestVote { .. }
-                | MessageBody::RequestVoteResponse { .. }
-        )
-    };
-    for _ in 0..4 * ELECTION_TICKS {
-        c.tick(1);
-        for _ in 0..4 {
-            c.deliver_matching(votes);
-        }
-        if c.status(1).role == Role::Leader {
-            break;
-        }
-    }
-    assert_eq!(c.status(1).role, Role::Leader);
+    win_with_votes_only(&mut c, 1);
     assert_eq!(c.status(1).commit_index, LogIndex(0));
     c.join(4, 3, |_| {});
     c.step(1, proposal(&c, 1, 1, &add(4)));
