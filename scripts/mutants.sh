@@ -18,7 +18,11 @@
 # and, with MUTANTS_CHAOS_SEEDS, mutants.out/chaos.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/raft-kv/target}"
+# A target dir of its own: cargo names a workspace member's artifacts the same whatever the
+# directory it is built from, so mutants built from cargo-mutants' copies (and the chaos phase's
+# worktree) would overwrite the tree's own test binaries in a shared one, and cargo would then
+# run a mutant as if it were the tree's code.
+export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$HOME/.cache/raft-kv/mutants-target}"
 command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
 
 files=(${MUTANTS_FILES:-core/src/raft.rs core/src/log.rs})
