@@ -827,6 +827,40 @@ fn the_last_term_decides_which_log_is_more_up_to_date_before_the_length_5_4_1() 
     );
 }
 
+/// RequestVote rule 2 (Figure 2): "if votedFor is null or candidateId" — one vote per term.
+/// Node 2, with no leader, grants node 1 its vote in term 2, grants it again to the same
+/// candidate (a retry), and refuses node 3, whose log is as up-to-date, in the same term.
+#[test]
+fn a_voter_grants_one_candidate_per_term_5_2() {
+    let states = vec![restored(1, None, &[1]); 3];
+    let mut c = Cluster::restored(states, |_| {});
+    let vote = MessageBody::RequestVote {
+        last_log_index: LogIndex(1),
+        last_log_term: Term(1),
+        transfer: false,
+    };
+    c.step(2, Input::Message(msg(1, 2, 2, vote.clone())));
+    c.process(2);
+    assert_eq!(c.take_readies(2), vec![vote_ready(2, 1, 2, true)]);
+    c.step(2, Input::Message(msg(1, 2, 2, vote.clone())));
+    c.process(2);
+    let again = MessageBody::RequestVoteResponse { granted: true, clock_ms: 0 };
+    assert_eq!(
+        c.take_readies(2),
+        vec![Ready { messages: vec![msg(2, 1, 2, again)], ..Ready::default() }],
+        "the same candidate asking again gets the same answer"
+    );
+    c.step(2, Input::Message(msg(3, 2, 2, vote)));
+    c.process(2);
+    let refused = MessageBody::RequestVoteResponse { granted: false, clock_ms: 0 };
+    assert_eq!(
+        c.take_readies(2),
+        vec![Ready { messages: vec![msg(2, 3, 2, refused)], ..Ready::default() }],
+        "a second candidate of the same term is refused"
+    );
+    assert_eq!(c.peer(2).hard_state.voted_for, Some(NodeId(1)));
+}
+
 /// RequestVote rule 1 (Figure 2): a vote request of an older term is not granted, and changes
 /// neither the term nor the vote. This implementation does not answer it at all (as etcd does):
 /// the stale candidate learns the newer term elsewhere, e.g. from the refusal of its next
