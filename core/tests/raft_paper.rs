@@ -245,6 +245,18 @@ fn a_voter_grants_one_candidate_per_term_5_2() {
 /// neither the term nor the vote. This implementation does not answer it at all (as etcd does):
 /// the stale candidate learns the newer term elsewhere, e.g. from the refusal of its next
 /// pre-vote, which does carry it.
+/// A pre-vote asks whether the voter would vote in a term after its own (thesis §9.6): asked
+/// for the term it is in, where it already voted for another node, it refuses.
+#[test]
+fn a_pre_vote_for_a_term_the_voter_already_voted_in_is_refused_9_6() {
+    let mut c = Cluster::restored(vec![restored(5, Some(3), &[1]); 3], |_| {});
+    let body = MessageBody::PreVote { last_log_index: LogIndex(9), last_log_term: Term(5) };
+    c.step(2, Input::Message(msg(1, 2, 5, body)));
+    c.process(2);
+    let answer = c.sent.iter().find(|m| m.from == NodeId(2)).expect("answered");
+    assert_eq!(answer.body, MessageBody::PreVoteResponse { granted: false });
+}
+
 #[test]
 fn a_vote_request_of_an_older_term_is_not_granted_and_changes_nothing_5_1() {
     // Node 1's log is more up-to-date than node 2's: only its term is stale.
@@ -754,6 +766,51 @@ fn a_new_leader_releases_no_read_before_an_entry_of_its_term_commits_6_4() {
     assert_eq!(c.peer(1).reads_served, vec![ReadState { id: 5, index: LogIndex(3) }]);
 }
 
+/// The bound on queued reads (`pending_reads_max`) counts the reads a new leader holds until
+/// its first commit as well as those waiting for a round: past it, a read is refused as busy.
+#[test]
+fn a_leader_refuses_reads_past_its_queue_bound_counting_those_held_for_its_first_commit() {
+    let mut c = Cluster::restored(vec![restored(1, None, &[1, 1]); 3], |cfg| {
+        cfg.pending_reads_max = 2;
+    });
+    win_with_votes_only(&mut c, 1);
+    for id in 1..=3 {
+        c.step(1, Input::Read { id });
+        c.process(1);
+    }
+    assert_eq!(c.peer(1).rejected, vec![(3, Rejection::Busy)]);
+    c.settle();
+    let served: Vec<u64> = c.peer(1).reads_served.iter().map(|r| r.id).collect();
+    assert_eq!(served, vec![1, 2], "the two queued reads are served once the no-op commits");
+}
+
+/// A single voter is its own quorum: its reads need no other node's answer.
+#[test]
+fn a_single_node_cluster_serves_reads_6_4() {
+    let mut c = Cluster::new(1);
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(1).is_some()), "no leader");
+    c.step(1, Input::Read { id: 9 });
+    c.process(1);
+    c.settle();
+    assert_eq!(c.peer(1).reads_served, vec![ReadState { id: 9, index: LogIndex(1) }]);
+}
+
+/// A ReadIndex request that reaches a node that is not the leader (the asker's idea of the
+/// leader is stale) is dropped: the asker times out and asks again. It is not taken as the
+/// node's own read, to be forwarded and served there.
+#[test]
+fn a_follower_drops_a_read_request_meant_for_the_leader_6_4() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    let term = c.status(2).term.0;
+    let sent = c.sent.len();
+    c.step(2, Input::Message(msg(3, 2, term, MessageBody::ReadIndex { ids: vec![5] })));
+    c.process(2);
+    assert_eq!(c.sent.len(), sent, "the follower passed on a read not its own");
+    c.settle();
+    assert!(c.peer(2).reads_served.is_empty() && c.peer(2).rejected.is_empty());
+}
+
 // ---- pre-vote and check-quorum (thesis §9.6, §6.2) ------------------------------------------
 
 #[test]
@@ -1047,6 +1104,29 @@ fn entries_carry_the_time_a_majority_of_clocks_agree_on() {
     assert_eq!(t, 3_600_000 + 2_000, "and the log's time never goes back");
 }
 
+/// A follower's clock, as the leader knows it, is the one its last heartbeat response carried,
+/// advanced by the leader's elapsed time (`Input::Now`, microseconds) since that response
+/// arrived: followers that stopped answering still count with the time that passed since.
+#[test]
+fn a_followers_clock_is_advanced_by_the_time_since_its_last_answer() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    c.step(1, Input::Now(1_000_000));
+    for id in 1..=3 {
+        c.step(id, Input::Clock(1_000));
+    }
+    c.run_ticks(HEARTBEAT_TICKS);
+    c.isolate(1);
+    // Five seconds later by the leader's clock, which has also leapt an hour ahead: the
+    // followers' clocks, not heard from since, are taken to be five seconds on.
+    c.step(1, Input::Now(6_000_000));
+    c.step(1, Input::Clock(3_600_000));
+    c.step(1, Input::Propose { id: 1, data: b"t".to_vec() });
+    c.process(1);
+    let t = c.stored(1).last().expect("appended").time;
+    assert_eq!(t, 6_000, "the followers' clocks advanced by the 5 s since they answered");
+}
+
 #[test]
 fn a_lost_append_while_pipelining_is_resent_after_heartbeats_show_no_progress_5_3() {
     let mut c = Cluster::new(3);
@@ -1293,6 +1373,17 @@ fn a_transfer_first_brings_the_transferee_up_to_date_and_holds_new_proposals_3_1
     assert!(leader_log_has_all);
 }
 
+/// Whether leader `id` takes a proposal now (it is refused while a transfer is under way).
+fn takes_proposal(c: &mut Cluster, id: u64, proposal: u64) -> bool {
+    c.step(id, Input::Propose { id: proposal, data: b"p".to_vec() });
+    c.process(id);
+    !c.peer(id).rejected.iter().any(|(p, _)| *p == proposal)
+}
+
+/// A transfer the transferee never answers is abandoned after exactly one election timeout of
+/// the leader's ticks (thesis §3.10: "if the transfer does not complete within an election
+/// timeout, the leader aborts the transfer and resumes accepting client requests"): proposals
+/// are refused on the last tick of it and taken on the next.
 #[test]
 fn a_transfer_to_a_dead_node_is_abandoned_after_an_election_timeout_3_10() {
     let mut c = Cluster::new(3);
@@ -1300,13 +1391,60 @@ fn a_transfer_to_a_dead_node_is_abandoned_after_an_election_timeout_3_10() {
     c.crash(3);
     c.step(1, Input::TransferLeader { to: NodeId(3) });
     c.process(1);
-    c.run_ticks(ELECTION_TICKS + 1);
+    c.run_ticks(ELECTION_TICKS - 1);
     assert_eq!(c.status(1).role, Role::Leader);
-    c.step(1, Input::Propose { id: 7, data: b"after".to_vec() });
+    assert!(!takes_proposal(&mut c, 1, 7), "still handing over after {} ticks", ELECTION_TICKS - 1);
+    c.run_ticks(1);
+    assert!(takes_proposal(&mut c, 1, 8), "the transfer is abandoned after an election timeout");
+    c.settle();
+    assert!(c.run_until(2 * ELECTION_TICKS, |c| c.status(1).commit_index == LogIndex(2)));
+}
+
+/// A leader asked to hand leadership to itself, or to a node that is not a voter, does
+/// nothing: it keeps taking proposals (a transfer would refuse them for an election timeout).
+#[test]
+fn a_transfer_to_the_leader_itself_or_to_a_non_voter_is_ignored_3_10() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    c.step(1, Input::TransferLeader { to: NodeId(1) });
+    c.process(1);
+    assert!(takes_proposal(&mut c, 1, 1), "a transfer to itself held proposals");
+    c.step(1, Input::TransferLeader { to: NodeId(9) });
+    c.process(1);
+    assert!(takes_proposal(&mut c, 1, 2), "a transfer to a non-member held proposals");
+    c.settle();
+    assert_eq!(c.status(1).role, Role::Leader);
+}
+
+/// A transfer asked while another is under way replaces it when it names another node (the
+/// first transferee may be dead), and does not restart it when it names the same one.
+#[test]
+fn a_second_transfer_to_another_node_replaces_the_first_3_10() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    c.crash(3);
+    c.step(1, Input::TransferLeader { to: NodeId(3) });
+    c.process(1);
+    c.run_ticks(2);
+    c.step(1, Input::TransferLeader { to: NodeId(2) });
     c.process(1);
     c.settle();
-    assert!(c.peer(1).rejected.is_empty(), "proposals are taken again");
-    assert!(c.run_until(2 * ELECTION_TICKS, |c| c.status(1).commit_index == LogIndex(2)));
+    assert_eq!(c.status(2).role, Role::Leader, "node 2 took over at once");
+}
+
+#[test]
+fn a_repeated_transfer_request_does_not_restart_the_transfer_3_10() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    c.crash(3);
+    c.step(1, Input::TransferLeader { to: NodeId(3) });
+    c.process(1);
+    c.run_ticks(ELECTION_TICKS - 1);
+    // Asked again for the same node: the clock of the first request still runs.
+    c.step(1, Input::TransferLeader { to: NodeId(3) });
+    c.process(1);
+    c.run_ticks(1);
+    assert!(takes_proposal(&mut c, 1, 1), "the repeated request restarted the transfer");
 }
 
 // ---- leader leases (thesis §6.4.1) ----------------------------------------------------------
@@ -1404,8 +1542,12 @@ fn an_isolated_leader_stops_serving_lease_reads_before_anyone_else_can_lead_6_4_
     let (mut c, l, f, g) = leasing_cluster();
     c.run_ticks(HEARTBEAT_TICKS);
     c.isolate(l);
+    // The last round acknowledged started less than a heartbeat ago, and its lease is the
+    // configured one (shorter than the election timeout by the drift bound), not longer.
     let lease = c.peer(l).node.lease_remaining();
-    assert!(lease > 0 && lease <= ELECTION_TICKS as u64);
+    let lease_ticks = u64::from(c.peer(l).node.config().lease_ticks);
+    assert!(lease > lease_ticks - u64::from(HEARTBEAT_TICKS), "lease {lease} of {lease_ticks}");
+    assert!(lease <= lease_ticks, "a lease of {lease} ticks, longer than the {lease_ticks} set");
     for _ in 0..lease {
         assert_ne!(c.status(f).role, Role::Leader, "a new leader while the lease holds");
         assert_ne!(c.status(g).role, Role::Leader, "a new leader while the lease holds");
@@ -1486,6 +1628,9 @@ fn a_lease_ends_by_the_clock_even_when_the_ticks_lag_6_4_1() {
     let lease_ticks = c.peer(l).node.config().lease_ticks as u64;
     c.step(l, Input::Now(now + lease_ticks * TICK_US - 1));
     assert!(read_released_at_once(&mut c, l, 1), "within the lease by the clock too");
+    // It ends the moment the clock reaches the round's start plus the lease.
+    c.step(l, Input::Now(now + lease_ticks * TICK_US));
+    assert_eq!(c.peer(l).node.lease_remaining(), 0, "the lease outlived its last microsecond");
     // The clock moved past the lease; not one tick was counted meanwhile.
     c.step(l, Input::Now(now + lease_ticks * TICK_US + 2 * HEARTBEAT_TICKS as u64 * TICK_US));
     assert_eq!(c.peer(l).node.lease_remaining(), 0, "INFO shows no lease either");
@@ -1493,6 +1638,66 @@ fn a_lease_ends_by_the_clock_even_when_the_ticks_lag_6_4_1() {
     // It is served after a round confirms leadership, as any read without a lease.
     c.settle();
     assert!(c.peer(l).reads_served.iter().chain(&c.peer(l).reads_waiting).any(|r| r.id == 2));
+}
+
+/// Whether `voter` grants `asker` a pre-vote for the term after its own, asked with a log
+/// more up-to-date than any in the cluster (so only the promise can refuse it).
+fn grants_pre_vote(c: &mut Cluster, voter: u64, asker: u64) -> bool {
+    let term = c.status(voter).term.0 + 1;
+    let body = MessageBody::PreVote { last_log_index: LogIndex(1_000), last_log_term: Term(term) };
+    let sent = c.sent.len();
+    c.step(voter, Input::Message(msg(asker, voter, term, body)));
+    c.process(voter);
+    c.queue.clear();
+    c.sent[sent..].iter().any(|m| {
+        m.from == NodeId(voter)
+            && matches!(m.body, MessageBody::PreVoteResponse { granted: true })
+    })
+}
+
+/// A follower that heard from a leader refuses votes for exactly one minimum election timeout
+/// of its own ticks after (thesis §4.2.3), and grants them once it has passed.
+#[test]
+fn a_follower_refuses_votes_for_one_election_timeout_after_it_last_heard_the_leader_4_2_3() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    // Only the leader ticks, so node 2 hears its heartbeat at the tick count it has now.
+    for _ in 0..HEARTBEAT_TICKS {
+        c.tick(1);
+    }
+    c.settle();
+    c.crash(1);
+    assert!(!grants_pre_vote(&mut c, 2, 3), "granted while it hears from a leader");
+    for _ in 0..ELECTION_TICKS - 1 {
+        c.tick(2);
+    }
+    assert!(!grants_pre_vote(&mut c, 2, 3), "granted before an election timeout passed");
+    c.tick(2);
+    assert!(grants_pre_vote(&mut c, 2, 3), "still refused after an election timeout");
+}
+
+/// With a tick length set, the promise also lasts until the node's clock (`Input::Now`)
+/// passed an election timeout since it heard the leader: ticks counted late after a stall
+/// must not end it early.
+#[test]
+fn a_follower_keeps_its_promise_until_its_clock_passed_an_election_timeout_4_2_3() {
+    const TICK_US: u64 = 1_000;
+    const HEARD_US: u64 = 50_000;
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], |cfg| cfg.tick_us = TICK_US);
+    c.elect_and_converge(1);
+    c.step(2, Input::Now(HEARD_US));
+    c.run_ticks(HEARTBEAT_TICKS);
+    c.crash(1);
+    // Its ticks pass the timeout with the clock standing still.
+    for _ in 0..2 * ELECTION_TICKS {
+        c.tick(2);
+    }
+    assert!(!grants_pre_vote(&mut c, 2, 3), "the ticks alone ended the promise");
+    let timeout_us = u64::from(ELECTION_TICKS) * TICK_US;
+    c.step(2, Input::Now(HEARD_US + timeout_us - 1));
+    assert!(!grants_pre_vote(&mut c, 2, 3), "granted a microsecond early");
+    c.step(2, Input::Now(HEARD_US + timeout_us));
+    assert!(grants_pre_vote(&mut c, 2, 3), "still refused once the clock passed the timeout");
 }
 
 #[test]
@@ -2031,6 +2236,21 @@ fn a_blank_node_neither_campaigns_nor_votes_until_every_voter_says_its_log_is_em
     c.down.remove(&NodeId(3));
     let formed = c.run_until(20 * ELECTION_TICKS, |c| c.converged(1).is_some());
     assert!(formed, "the new cluster formed once every voter answered");
+}
+
+/// A probing node asks the voters that have not answered once per heartbeat interval, not on
+/// every tick.
+#[test]
+fn a_blank_node_repeats_its_probe_once_per_heartbeat_interval() {
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], checking_empty_start);
+    c.crash(2);
+    c.crash(3);
+    c.process(1); // the probe it sends on start
+    let before = sent_kind(&c, 1, "StateProbe");
+    for _ in 0..4 * HEARTBEAT_TICKS {
+        c.tick(1);
+    }
+    assert_eq!(sent_kind(&c, 1, "StateProbe") - before, 4 * 2, "one probe per voter per interval");
 }
 
 #[test]
