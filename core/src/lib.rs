@@ -2,6 +2,7 @@
 //! Nothing here performs I/O, reads a clock, spawns threads or draws OS randomness; the runtime
 //! feeds inputs and carries out the outputs.
 
+mod display;
 pub mod glob;
 pub mod kv;
 pub mod log;
