@@ -363,6 +363,63 @@ fn a_candidate_that_hears_from_the_leader_of_its_term_becomes_its_follower_5_2()
     assert_eq!(c.status(2).commit_index, LogIndex(1));
 }
 
+fn campaign_messages(c: &Cluster, from: u64, since: usize) -> Vec<&Message> {
+    c.sent[since..]
+        .iter()
+        .filter(|m| m.from == NodeId(from))
+        .filter(|m| matches!(m.body, MessageBody::PreVote { .. } | MessageBody::RequestVote { .. }))
+        .collect()
+}
+
+/// Figure 2, Candidates: on becoming a candidate it resets its election timer, and if the
+/// timeout elapses without a winner it starts a new election (after a pre-vote, §9.6).
+#[test]
+fn a_candidate_whose_election_times_out_starts_another_5_2() {
+    let mut c = Cluster::new(3);
+    tick_until_it_campaigns(&mut c, 2);
+    c.deliver_round(); // the pre-votes
+    c.deliver_round(); // the grants: node 2 campaigns
+    assert_eq!((c.status(2).role, c.status(2).term), (Role::Candidate, Term(1)));
+    c.queue.clear(); // its RequestVotes are lost
+    let since = c.sent.len();
+    for _ in 0..ELECTION_TICKS - 1 {
+        c.tick(2);
+    }
+    assert!(campaign_messages(&c, 2, since).is_empty(), "campaigned again before a timeout");
+    for _ in 0..ELECTION_TICKS {
+        c.tick(2);
+    }
+    let again = campaign_messages(&c, 2, since);
+    assert!(!again.is_empty(), "no new election within the longest timeout");
+    assert!(again.iter().all(|m| m.term == Term(2)), "the next election is for term 2");
+}
+
+/// Figure 2, Followers: a follower becomes a candidate only if its election timeout elapses
+/// without hearing from the leader; while the leader's appends and heartbeats arrive, it never
+/// campaigns, and once they stop it does.
+#[test]
+fn a_follower_campaigns_only_once_its_leader_falls_silent_5_2() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    let term = c.status(1).term;
+    let since = c.sent.len();
+    for i in 0..10 * ELECTION_TICKS {
+        if i % 7 == 0 {
+            propose_on(&mut c, 1, u64::from(i), 1);
+        }
+        c.tick_all();
+    }
+    for id in 2..=3 {
+        assert!(campaign_messages(&c, id, since).is_empty(), "node {id} campaigned");
+    }
+    assert_eq!(c.status(1).term, term);
+    c.crash(1);
+    let since = c.sent.len();
+    c.run_ticks(2 * ELECTION_TICKS);
+    let campaigned = (2..=3).filter(|id| !campaign_messages(&c, *id, since).is_empty()).count();
+    assert!(campaigned > 0, "no follower campaigned after the leader fell silent");
+}
+
 // ---- log replication (§5.3) -----------------------------------------------------------------
 
 #[test]
@@ -1222,6 +1279,24 @@ fn a_follower_behind_the_compacted_log_installs_a_snapshot_and_rejoins_7() {
     assert_eq!(installed.len(), 1, "one snapshot installed: {installed:?}");
     assert!(installed[0].index >= leader_start);
     assert!(c.peer(3).applied.len() < 13, "node 3 did not apply every entry itself");
+    // Each stored chunk was acknowledged to the leader (whose runtime paces the stream by the
+    // acknowledgements), in order, and the last one as finished.
+    let acks: Vec<(NodeId, u64, bool)> = c
+        .sent
+        .iter()
+        .filter(|m| m.from == NodeId(3))
+        .filter_map(|m| match m.body {
+            MessageBody::SnapshotAck { meta, next_seq, finished } if meta == installed[0] => {
+                Some((m.to, next_seq, finished))
+            }
+            _ => None,
+        })
+        .collect();
+    let chunks = installed[0].index.0;
+    let mut expected: Vec<(NodeId, u64, bool)> =
+        (1..=chunks).map(|seq| (NodeId(1), seq, false)).collect();
+    expected.push((NodeId(1), u64::MAX, true));
+    assert_eq!(acks, expected, "one acknowledgement per chunk, then the install's");
 
     // It keeps replicating from the log afterwards.
     propose_on(&mut c, 1, 100, 2);
@@ -1503,6 +1578,32 @@ fn a_leader_holding_a_lease_serves_reads_without_a_round_6_4_1() {
 /// then the leader serves no read from its lease, even with a quorum's acknowledgement of its
 /// heartbeat round in hand. Entries 1 and 2 may have been committed in term 1; the new leader's
 /// commit index is 0.
+/// A lease is counted from the moment the leader started the round a quorum acknowledged, not
+/// from the acknowledgement (thesis §6.4.1: "the leader starts its lease timer when it sends the
+/// heartbeats"): acknowledgements that arrive late buy a shorter lease.
+#[test]
+fn a_lease_is_counted_from_the_start_of_the_round_not_its_acknowledgement_6_4_1() {
+    let (mut c, l, _, _) = leasing_cluster();
+    let lease_ticks = u64::from(c.peer(l).node.config().lease_ticks);
+    c.settle();
+    // The leader alone ticks until it starts a round, whose heartbeats wait in the network.
+    let rounds = |c: &Cluster| c.queue.iter().filter_map(heartbeat_round).count();
+    let mut started = false;
+    for _ in 0..HEARTBEAT_TICKS {
+        c.tick(l);
+        if rounds(&c) > 0 {
+            started = true;
+            break;
+        }
+    }
+    assert!(started, "no round within a heartbeat interval");
+    // One tick later (no new round: the interval is two ticks), the acknowledgements arrive.
+    c.tick(l);
+    assert_eq!(rounds(&c), 2, "one round to each follower");
+    c.settle();
+    assert_eq!(c.peer(l).node.lease_remaining(), lease_ticks - 1);
+}
+
 #[test]
 fn a_new_leader_serves_no_lease_read_before_an_entry_of_its_term_commits_6_4_1() {
     let mut c = Cluster::restored(vec![restored(1, None, &[1, 1]); 3], leasing);
