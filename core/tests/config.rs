@@ -61,7 +61,8 @@ fn a_lease_must_be_shorter_than_the_election_timeout() {
 
 #[test]
 fn every_batch_and_queue_limit_must_be_at_least_one() {
-    let spoilers: [(&str, fn(&mut Config)); 9] = [
+    type Spoiler = (&'static str, fn(&mut Config));
+    let spoilers: [Spoiler; 9] = [
         ("append_entries_max", |c| c.append_entries_max = 0),
         ("append_bytes_max", |c| c.append_bytes_max = 0),
         ("inflight_appends_max", |c| c.inflight_appends_max = 0),
