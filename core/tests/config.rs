@@ -24,7 +24,8 @@ fn refusal(spoil: impl Fn(&mut Config)) -> String {
 #[test]
 fn the_default_configuration_is_valid() {
     assert_eq!(valid().validate(), Ok(()));
-    assert!(RaftNode::new(valid(), RestoredState::default()).is_ok());
+    let node = RaftNode::new(valid(), RestoredState::default()).expect("valid");
+    assert_eq!(node.id(), NodeId(1), "the node is the one configured");
 }
 
 #[test]
