@@ -257,6 +257,27 @@ fn a_pre_vote_for_a_term_the_voter_already_voted_in_is_refused_9_6() {
     assert_eq!(answer.body, MessageBody::PreVoteResponse { granted: false });
 }
 
+/// A node acts only on messages addressed to it and sent by another node with an id (ids start
+/// at 1): a misrouted message, one that claims to come from the node itself, or one from id 0,
+/// changes nothing, however high its term.
+#[test]
+fn a_node_ignores_messages_not_addressed_to_it_or_claiming_to_be_from_itself_or_node_0() {
+    let mut c = Cluster::new(3);
+    c.elect_and_converge(1);
+    let term = c.status(2).term.0;
+    // A heartbeat of a higher term would make the node follow its sender in that term.
+    let beat = || MessageBody::Heartbeat { commit: LogIndex(0), read_round: 0 };
+    let strays =
+        [msg(3, 1, term + 5, beat()), msg(2, 2, term + 5, beat()), msg(0, 2, term + 5, beat())];
+    for m in strays {
+        let sent = c.sent.len();
+        c.step(2, Input::Message(m.clone()));
+        c.process(2);
+        assert_eq!(c.status(2).term.0, term, "took the term of {m:?}");
+        assert_eq!(c.sent.len(), sent, "answered {m:?}");
+    }
+}
+
 #[test]
 fn a_vote_request_of_an_older_term_is_not_granted_and_changes_nothing_5_1() {
     // Node 1's log is more up-to-date than node 2's: only its term is stale.
