@@ -37,6 +37,18 @@ fn id_list<T: fmt::Display>(ids: impl IntoIterator<Item = T>) -> String {
     ids.into_iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",")
 }
 
+/// ` next=N`, or nothing for `u64::MAX`, which a follower sends when it needs no more chunks.
+struct NextSeq(u64);
+
+impl fmt::Display for NextSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            u64::MAX => Ok(()),
+            n => write!(f, " next={n}"),
+        }
+    }
+}
+
 /// Entries as `[1/1 2/1 "x"]`.
 struct Entries<'a>(&'a [Entry]);
 
@@ -195,7 +207,7 @@ impl fmt::Display for MessageBody {
                 Ok(())
             }
             MessageBody::SnapshotAck { meta, next_seq, finished } => {
-                write!(f, " snap={meta} next={next_seq}")?;
+                write!(f, " snap={meta}{}", NextSeq(*next_seq))?;
                 if *finished {
                     f.write_str(" finished")?;
                 }
@@ -252,7 +264,7 @@ impl fmt::Display for SnapshotChunk {
 /// `from 2 snap=5/2 next=3`, and `finished` once the follower needs no more.
 impl fmt::Display for SnapshotAck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "from {} snap={} next={}", self.from, self.meta, self.next_seq)?;
+        write!(f, "from {} snap={}{}", self.from, self.meta, NextSeq(self.next_seq))?;
         if self.finished {
             f.write_str(" finished")?;
         }
