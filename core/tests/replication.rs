@@ -522,6 +522,47 @@ fn a_compaction_keeps_the_configured_applied_entries_7() {
     assert_eq!(c.status(1).snapshot_index, LogIndex(3));
 }
 
+/// Ticks every node once and delivers every message but the snapshot chunks to node 3, which
+/// are held back in `held`, in the order sent.
+fn tick_holding_chunks(c: &mut Cluster, held: &mut Vec<Message>) {
+    let chunk_to_3 =
+        |m: &Message| m.to == NodeId(3) && matches!(m.body, MessageBody::SnapshotChunk { .. });
+    for id in c.ids() {
+        c.step_id(id, Input::Tick);
+        c.process_id(id);
+    }
+    for _ in 0..SETTLE_ROUNDS_MAX {
+        let (late, now): (Vec<Message>, Vec<Message>) = c.queue.drain(..).partition(chunk_to_3);
+        held.extend(late);
+        c.queue = now.into();
+        if c.queue.is_empty() {
+            return;
+        }
+        c.deliver_round();
+    }
+    panic!("messages still in flight after {SETTLE_ROUNDS_MAX} rounds");
+}
+
+/// Node 3 was down while leader 1 compacted past it; back, it needs a snapshot, whose chunks
+/// the caller holds back: the transfer has started once this returns.
+fn start_a_held_transfer(c: &mut Cluster, held: &mut Vec<Message>) {
+    c.elect_and_converge(1);
+    c.crash(3);
+    for id in 1..=12 {
+        propose(c, 1, id);
+        c.settle();
+    }
+    assert!(c.peer(1).stored_after.index.0 >= 8, "the leader compacted");
+    c.down.remove(&NodeId(3));
+    for _ in 0..10 * ELECTION_TICKS {
+        if transfers_started(c, 1) > 0 {
+            break;
+        }
+        tick_holding_chunks(c, held);
+    }
+    assert_eq!(transfers_started(c, 1), 1, "a transfer to node 3 started");
+}
+
 /// A snapshot transfer that is slow, not lost, is given time: the leader restarts a transfer
 /// only after `SNAPSHOT_IDLE_HEARTBEATS_MAX` heartbeat intervals (120) without an
 /// acknowledgement. Ten intervals of a delayed stream start nothing new, and the delayed
@@ -531,43 +572,10 @@ fn a_compaction_keeps_the_configured_applied_entries_7() {
 #[test]
 fn a_slow_snapshot_transfer_is_not_restarted_7() {
     let mut c = Cluster::restored(vec![RestoredState::default(); 3], compacting);
-    c.elect_and_converge(1);
-    c.crash(3);
-    for id in 1..=12 {
-        propose(&mut c, 1, id);
-        c.settle();
-    }
-    assert!(c.peer(1).stored_after.index.0 >= 8, "the leader compacted");
-    c.down.remove(&NodeId(3));
-
-    let chunk_to_3 =
-        |m: &Message| m.to == NodeId(3) && matches!(m.body, MessageBody::SnapshotChunk { .. });
     let mut held: Vec<Message> = Vec::new();
-    let mut tick_holding_chunks = |c: &mut Cluster| {
-        for id in c.ids() {
-            c.step_id(id, Input::Tick);
-            c.process_id(id);
-        }
-        for _ in 0..SETTLE_ROUNDS_MAX {
-            let (late, now): (Vec<Message>, Vec<Message>) = c.queue.drain(..).partition(chunk_to_3);
-            held.extend(late);
-            c.queue = now.into();
-            if c.queue.is_empty() {
-                return;
-            }
-            c.deliver_round();
-        }
-        panic!("messages still in flight after {SETTLE_ROUNDS_MAX} rounds");
-    };
-    for _ in 0..10 * ELECTION_TICKS {
-        if transfers_started(&c, 1) > 0 {
-            break;
-        }
-        tick_holding_chunks(&mut c);
-    }
-    assert_eq!(transfers_started(&c, 1), 1, "a transfer to node 3 started");
+    start_a_held_transfer(&mut c, &mut held);
     for _ in 0..10 * HEARTBEAT_TICKS {
-        tick_holding_chunks(&mut c);
+        tick_holding_chunks(&mut c, &mut held);
     }
     assert_eq!(transfers_started(&c, 1), 1, "a slow transfer was started over");
     assert_eq!(progress_of(&c, 1, 3).state, "snapshot");
@@ -579,6 +587,32 @@ fn a_slow_snapshot_transfer_is_not_restarted_7() {
     assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(13).is_some()));
     assert_eq!(installs(&c, 3).len(), 1);
     assert_eq!(transfers_started(&c, 1), 1);
+}
+
+/// Each acknowledgement of the snapshot being sent starts the idle count again: a stream that
+/// delivers one chunk every 100 heartbeat intervals runs for 200, past the 120 allowed without
+/// an acknowledgement, and is not restarted. (The leader also hands each acknowledgement to
+/// its runtime, which paces the stream by them.)
+///
+/// Closes `step_message`'s SnapshotAck arm: `*sending == meta` as `!=`, and `role != Leader`
+/// as `==`.
+#[test]
+fn each_acknowledged_chunk_gives_a_slow_snapshot_transfer_more_time_7() {
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], compacting);
+    let mut held: Vec<Message> = Vec::new();
+    start_a_held_transfer(&mut c, &mut held);
+    for seq in 0..2 {
+        for _ in 0..100 * HEARTBEAT_TICKS {
+            tick_holding_chunks(&mut c, &mut held);
+        }
+        let chunk = held.remove(0);
+        assert!(matches!(chunk.body, MessageBody::SnapshotChunk { seq: s, .. } if s == seq));
+        c.deliver(chunk);
+        c.settle();
+        let acks: usize = c.peer(1).readies.iter().map(|r| r.snapshot_acks.len()).sum();
+        assert_eq!(acks, seq as usize + 1, "the leader's runtime is told of each acknowledgement");
+    }
+    assert_eq!(transfers_started(&c, 1), 1, "a transfer acknowledged in time was started over");
 }
 
 /// A snapshot whose chunks all arrived is installed only while its sender still leads this
