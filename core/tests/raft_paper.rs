@@ -1011,18 +1011,8 @@ fn a_leader_bounds_the_bytes_of_its_uncommitted_entries() {
     // memory. One entry is always taken when nothing is uncommitted, whatever its size.
     let mut cfg = config(1, 1);
     cfg.uncommitted_bytes_max = 200;
-    let mut node = RaftNode::new(cfg, RestoredState::default()).expect("valid");
-    let mut step = |input: Input| {
-        node.step(input);
-        node.check_invariants();
-        node.ready()
-    };
-    for _ in 0..2 * ELECTION_TICKS {
-        if !step(Input::Tick).is_empty() {
-            break;
-        }
-    }
-    assert!(!step(Input::Persisted { index: LogIndex(1), term: Term(1) }).committed.is_empty());
+    let mut node = lone_leader(cfg);
+    let mut step = |input: Input| step_checked(&mut node, input);
 
     let big = step(Input::Propose { id: 1, data: vec![7; 300] });
     assert!(big.rejected.is_empty() && big.append.is_some(), "{big:?}");
@@ -1480,18 +1470,25 @@ fn takes_proposal(c: &mut Cluster, id: u64, proposal: u64) -> bool {
     !c.peer(id).rejected.iter().any(|(p, _)| *p == proposal)
 }
 
-/// A transfer the transferee never answers is abandoned after exactly one election timeout of
-/// the leader's ticks (thesis §3.10: "if the transfer does not complete within an election
-/// timeout, the leader aborts the transfer and resumes accepting client requests"): proposals
-/// are refused on the last tick of it and taken on the next.
-#[test]
-fn a_transfer_to_a_dead_node_is_abandoned_after_an_election_timeout_3_10() {
+/// Leader 1 asked to hand over to node 3, which is down, one tick short of an election timeout
+/// ago.
+fn transfer_to_a_dead_node_almost_abandoned() -> Cluster {
     let mut c = Cluster::new(3);
     c.elect_and_converge(1);
     c.crash(3);
     c.step(1, Input::TransferLeader { to: NodeId(3) });
     c.process(1);
     c.run_ticks(ELECTION_TICKS - 1);
+    c
+}
+
+/// A transfer the transferee never answers is abandoned after exactly one election timeout of
+/// the leader's ticks (thesis §3.10: "if the transfer does not complete within an election
+/// timeout, the leader aborts the transfer and resumes accepting client requests"): proposals
+/// are refused on the last tick of it and taken on the next.
+#[test]
+fn a_transfer_to_a_dead_node_is_abandoned_after_an_election_timeout_3_10() {
+    let mut c = transfer_to_a_dead_node_almost_abandoned();
     assert_eq!(c.status(1).role, Role::Leader);
     assert!(!takes_proposal(&mut c, 1, 7), "still handing over after {} ticks", ELECTION_TICKS - 1);
     c.run_ticks(1);
@@ -1534,12 +1531,7 @@ fn a_second_transfer_to_another_node_replaces_the_first_3_10() {
 
 #[test]
 fn a_repeated_transfer_request_does_not_restart_the_transfer_3_10() {
-    let mut c = Cluster::new(3);
-    c.elect_and_converge(1);
-    c.crash(3);
-    c.step(1, Input::TransferLeader { to: NodeId(3) });
-    c.process(1);
-    c.run_ticks(ELECTION_TICKS - 1);
+    let mut c = transfer_to_a_dead_node_almost_abandoned();
     // Asked again for the same node: the clock of the first request still runs.
     c.step(1, Input::TransferLeader { to: NodeId(3) });
     c.process(1);

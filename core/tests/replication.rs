@@ -782,18 +782,8 @@ fn uncommitted_entries_may_fill_the_byte_bound_exactly() {
     let mut cfg = config(1, 1);
     // Two entries of 10 bytes of data (34 bytes each, with the entry's 24).
     cfg.uncommitted_bytes_max = 68;
-    let mut node = RaftNode::new(cfg, RestoredState::default()).expect("valid");
-    let mut step = |input: Input| {
-        node.step(input);
-        node.check_invariants();
-        node.ready()
-    };
-    for _ in 0..2 * ELECTION_TICKS {
-        if !step(Input::Tick).is_empty() {
-            break;
-        }
-    }
-    assert!(!step(Input::Persisted { index: LogIndex(1), term: Term(1) }).committed.is_empty());
+    let mut node = lone_leader(cfg);
+    let mut step = |input: Input| step_checked(&mut node, input);
     for id in 1..=2 {
         let r = step(Input::Propose { id, data: vec![7; 10] });
         assert!(r.rejected.is_empty() && r.append.is_some(), "proposal {id}: {r:?}");

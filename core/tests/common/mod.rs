@@ -633,3 +633,24 @@ impl Cluster {
         self.down.remove(&NodeId(id));
     }
 }
+
+/// A single-voter node, configured by `cfg`, that has won its first election and committed its
+/// no-op (index 1), driven by hand: each input through `step_checked`.
+pub fn lone_leader(cfg: Config) -> RaftNode {
+    let mut node = RaftNode::new(cfg, RestoredState::default()).expect("valid");
+    for _ in 0..2 * ELECTION_TICKS {
+        if !step_checked(&mut node, Input::Tick).is_empty() {
+            break;
+        }
+    }
+    let noop = step_checked(&mut node, Input::Persisted { index: LogIndex(1), term: Term(1) });
+    assert!(!noop.committed.is_empty(), "the lone voter commits its no-op once persisted");
+    node
+}
+
+/// Steps `input` into `node`, checks its invariants, and returns its next `Ready`.
+pub fn step_checked(node: &mut RaftNode, input: Input) -> Ready {
+    node.step(input);
+    node.check_invariants();
+    node.ready()
+}
