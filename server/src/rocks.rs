@@ -78,6 +78,11 @@ pub enum OpenError {
     Foreign { path: PathBuf, found_node: u64, found_cluster: u64, node: u64, cluster: u64 },
     #[error("data directory {path} is not a raft-kv data directory or is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "data directory {path} was written in on-disk format {found}, and this build reads format {expected} only; refusing to start. To rejoin with this build, move the directory aside (mv {p} {p}.format{found}) and start the node again with the same command: it starts empty and catches up from the other members (README, 'A node whose disk was wiped'). To read the data itself, run the build that wrote it",
+        p = path.display()
+    )]
+    OldFormat { path: PathBuf, found: u8, expected: u8 },
     #[error("data directory {path} is damaged: {reason}. {}", repair_advice(path))]
     Damaged { path: PathBuf, reason: String },
 }
@@ -89,6 +94,17 @@ fn open_error(path: &Path, source: rocksdb::Error) -> OpenError {
     } else {
         OpenError::Open { path: path.to_owned(), source }
     }
+}
+
+/// The identity record of the data directory at `path`. It is the first record every on-disk
+/// format writes, so its version is the directory's: another one is `OpenError::OldFormat`.
+fn decode_identity(path: &Path, bytes: &[u8]) -> Result<Identity, OpenError> {
+    codec::decode(bytes).map_err(|e| match e {
+        codec::CodecError::Version { found } => {
+            OpenError::OldFormat { path: path.to_owned(), found, expected: codec::FORMAT_VERSION }
+        }
+        e => OpenError::Corrupt { path: path.to_owned(), reason: format!("identity record: {e}") },
+    })
 }
 
 /// What to do about a data directory whose checksums fail, said wherever a node refuses one.
@@ -224,8 +240,7 @@ impl RocksStorage {
             .map_err(|e| corrupt(e.to_string()))?
         {
             Some(bytes) => {
-                let found: Identity =
-                    codec::decode(&bytes).map_err(|e| corrupt(format!("identity record: {e}")))?;
+                let found = decode_identity(path, &bytes)?;
                 if found != identity {
                     return Err(OpenError::Foreign {
                         path: path.to_owned(),
@@ -262,8 +277,7 @@ impl RocksStorage {
         let meta = db.cf_handle(CF_META).ok_or_else(|| corrupt("no raft_meta".into()))?;
         let get = |key: &[u8]| db.get_cf(meta, key).map_err(|e| corrupt(e.to_string()));
         let Some(identity) = get(KEY_IDENTITY)? else { return Ok(None) };
-        let identity: Identity =
-            codec::decode(&identity).map_err(|e| corrupt(format!("identity record: {e}")))?;
+        let identity = decode_identity(path, &identity)?;
         let Some(bootstrap) = get(KEY_BOOTSTRAP)? else { return Ok(None) };
         let bootstrap =
             codec::decode(&bootstrap).map_err(|e| corrupt(format!("bootstrap record: {e}")))?;
@@ -994,6 +1008,28 @@ mod tests {
         // below what the tombstones cost: a correctness bound, not a benchmark.
         assert!(field("ms=") < 20_000, "{line}");
         assert!(field("hwm_kb=") < 400 * 1024, "{line}");
+    }
+
+    #[test]
+    fn a_directory_of_another_on_disk_format_is_refused_by_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = RocksStorage::open(dir.path(), id(1)).unwrap();
+            // The identity record as the build before this format wrote it: same fields, its
+            // own version byte.
+            let mut old = codec::encode(&id(1));
+            old[0] = codec::FORMAT_VERSION - 1;
+            s.db.put_cf(s.cf(CF_META), KEY_IDENTITY, old).unwrap();
+        }
+        let err = RocksStorage::open(dir.path(), id(1)).err().expect("must refuse");
+        let expected = codec::FORMAT_VERSION;
+        assert!(
+            matches!(err, OpenError::OldFormat { found, expected: e, .. } if found == expected - 1 && e == expected),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&format!("format {}", expected - 1)), "{text}");
+        assert!(text.contains("start the node again"), "says what to do: {text}");
     }
 
     #[test]
