@@ -18,6 +18,9 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A map in RESP3, a flat array of keys and values in RESP2.
     Map(Vec<(Reply, Reply)>),
+    /// An array of two-element arrays in RESP3, a flat array in RESP2 (pairs that may repeat,
+    /// so not a map: HRANDFIELD ... WITHVALUES).
+    Pairs(Vec<(Reply, Reply)>),
     /// `*-1`: EXEC aborted by WATCH.
     NullArray,
 }
@@ -35,7 +38,7 @@ impl Reply {
             Reply::Bulk(b) => b.len() + 16,
             Reply::Integer(_) | Reply::Null | Reply::NullArray => 16,
             Reply::Array(items) => 16 + items.iter().map(Reply::size_bytes).sum::<usize>(),
-            Reply::Map(pairs) => {
+            Reply::Map(pairs) | Reply::Pairs(pairs) => {
                 16 + pairs.iter().map(|(k, v)| k.size_bytes() + v.size_bytes()).sum::<usize>()
             }
         }
@@ -61,6 +64,10 @@ impl From<Reply> for WriteReply {
             Reply::Map(pairs) => {
                 WriteReply::Map(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
             }
+            // Only a read answers pairs, and reads are not queued in MULTI: the RESP2 shape.
+            Reply::Pairs(pairs) => WriteReply::Array(
+                pairs.into_iter().flat_map(|(k, v)| [k.into(), v.into()]).collect(),
+            ),
         }
     }
 }
@@ -97,6 +104,15 @@ pub enum ReadCommand {
         type_name: Option<String>,
     },
     RandomKey,
+    /// HRANDFIELD key [count [WITHVALUES]]: chosen by this node's random generator (a read
+    /// changes nothing, so nodes need not agree on the choice).
+    HRandField {
+        key: Vec<u8>,
+        count: Option<i64>,
+        with_values: bool,
+    },
+    /// MEMORY USAGE key: an estimate of the bytes the key and its value take.
+    MemoryUsage(Vec<u8>),
 }
 
 /// Introspection answered by the node without consensus.
@@ -207,6 +223,7 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("hlen", 2),
     ("hstrlen", 3),
     ("hgetall", 2),
+    ("hrandfield", -2),
     ("hkeys", 2),
     ("hvals", 2),
     ("hincrby", 4),
@@ -226,6 +243,7 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("setrange", 4),
     ("command", -1),
     ("config", -2),
+    ("memory", -2),
     ("info", -1),
     ("raft.transfer-leader", 2),
     ("raft.node", -2),
@@ -383,6 +401,7 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         "hexists" => query(Query::HExists { key: k(0), field: k(1) }),
         "hlen" => query(Query::HLen(k(0))),
         "hstrlen" => query(Query::HStrLen { key: k(0), field: k(1) }),
+        "hrandfield" => hrandfield_command(args),
         "hgetall" | "hkeys" | "hvals" => {
             query(Query::HGetAll { key: k(0), fields: name != "hvals", values: name != "hkeys" })
         }
@@ -478,6 +497,7 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         "command" => Request::Immediate(command_command(args)),
         "function" | "script" => Request::Immediate(function_command(name, args)),
         "config" => config_command(args),
+        "memory" => memory_command(args),
         "info" => Request::Admin(AdminCommand::Info(
             args.iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect(),
         )),
@@ -559,6 +579,58 @@ fn scan_options(
         i += 2;
     }
     Ok((cursor, pattern, count, type_name))
+}
+
+/// HRANDFIELD key [count [WITHVALUES]], with Redis 7.0's errors: a count that is no integer,
+/// one that is `i64::MIN` (its negation would overflow), WITHVALUES with a count whose pairs
+/// would overflow, then a syntax error for anything else after the count.
+fn hrandfield_command(args: &[Bytes]) -> Request {
+    let key = args[0].to_vec();
+    let Some(raw) = args.get(1) else {
+        return Request::Read(ReadCommand::HRandField { key, count: None, with_values: false });
+    };
+    let count = match parse_i64(raw) {
+        None => return Request::Immediate(Reply::error(ERR_NOT_INTEGER)),
+        Some(i64::MIN) => {
+            return Request::Immediate(Reply::error(format!(
+                "ERR value is out of range, value must between {} and {}",
+                -i64::MAX,
+                i64::MAX
+            )))
+        }
+        Some(n) => n,
+    };
+    let with_values = match &args[2..] {
+        [] => false,
+        [w] if w.eq_ignore_ascii_case(b"withvalues") => true,
+        _ => return Request::Immediate(syntax_error()),
+    };
+    if with_values && !(-i64::MAX / 2..=i64::MAX / 2).contains(&count) {
+        return Request::Immediate(Reply::error("ERR value is out of range"));
+    }
+    Request::Read(ReadCommand::HRandField { key, count: Some(count), with_values })
+}
+
+/// MEMORY USAGE key [SAMPLES count]; the other subcommands are not served. SAMPLES is checked
+/// as Redis 7.0 checks it and changes nothing: the estimate reads the whole value.
+fn memory_command(args: &[Bytes]) -> Request {
+    if subcommand(args) != "usage" {
+        return Request::Immediate(unknown_subcommand("memory", &args[0]));
+    }
+    let Some(key) = args.get(1) else {
+        return Request::Immediate(wrong_arity("memory|usage"));
+    };
+    let mut options = args[2..].iter();
+    while let Some(option) = options.next() {
+        let samples = option.eq_ignore_ascii_case(b"samples").then(|| options.next()).flatten();
+        match samples.map(|n| parse_i64(n)) {
+            None => return Request::Immediate(syntax_error()),
+            Some(None) => return Request::Immediate(Reply::error(ERR_NOT_INTEGER)),
+            Some(Some(n)) if n < 0 => return Request::Immediate(syntax_error()),
+            Some(Some(_)) => {}
+        }
+    }
+    Request::Read(ReadCommand::MemoryUsage(key.to_vec()))
 }
 
 fn syntax_error() -> Reply {
@@ -755,6 +827,8 @@ const READ_ONLY: &[&str] = &[
     "hgetall",
     "hkeys",
     "hvals",
+    "hrandfield",
+    "memory",
     "scan",
     "hscan",
     "randomkey",
@@ -841,13 +915,37 @@ pub const CONFIG_DEFAULTS: &[(&str, &str)] = &[
     ("appendfsync", "always"),
     ("appendonly", "no"),
     ("databases", "1"),
+    // Redis 7.0's thresholds between its compact and its general encodings. raft-kv has no
+    // such encodings: they are here so tools and Redis's own tests that set them run.
+    ("hash-max-listpack-entries", "128"),
+    ("hash-max-listpack-value", "64"),
+    ("hash-max-ziplist-entries", "128"),
+    ("hash-max-ziplist-value", "64"),
+    ("list-compress-depth", "0"),
+    ("list-max-listpack-size", "-2"),
+    ("list-max-ziplist-size", "-2"),
     ("loglevel", "notice"),
     ("maxmemory", "0"),
     ("maxmemory-policy", "noeviction"),
     ("save", ""),
+    ("set-max-intset-entries", "512"),
     ("slowlog-log-slower-than", "10000"),
     ("slowlog-max-len", "128"),
     ("timeout", "0"),
+    ("zset-max-listpack-entries", "128"),
+    ("zset-max-listpack-value", "64"),
+    ("zset-max-ziplist-entries", "128"),
+    ("zset-max-ziplist-value", "64"),
+];
+
+/// Parameters Redis 7.0 keeps under two names (the old `ziplist` one is an alias of the
+/// `listpack` one): setting either sets both.
+pub const CONFIG_ALIASES: &[(&str, &str)] = &[
+    ("hash-max-ziplist-entries", "hash-max-listpack-entries"),
+    ("hash-max-ziplist-value", "hash-max-listpack-value"),
+    ("list-max-ziplist-size", "list-max-listpack-size"),
+    ("zset-max-ziplist-entries", "zset-max-listpack-entries"),
+    ("zset-max-ziplist-value", "zset-max-listpack-value"),
 ];
 
 fn config_command(args: &[Bytes]) -> Request {

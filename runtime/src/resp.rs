@@ -248,7 +248,7 @@ fn to_frame(reply: Reply) -> BytesFrame {
         Reply::Bulk(b) => BytesFrame::BulkString(b),
         Reply::Null => BytesFrame::Null,
         Reply::Array(items) => BytesFrame::Array(items.into_iter().map(to_frame).collect()),
-        Reply::Map(pairs) => BytesFrame::Array(
+        Reply::Map(pairs) | Reply::Pairs(pairs) => BytesFrame::Array(
             pairs.into_iter().flat_map(|(k, v)| [to_frame(k), to_frame(v)]).collect(),
         ),
         // RESP2 frames have no null array; `encode_reply` writes it itself.
@@ -276,6 +276,16 @@ fn to_frame3(reply: Reply) -> Resp3Frame {
         }
         Reply::Map(pairs) => Resp3Frame::Map {
             data: pairs.into_iter().map(|(k, v)| (to_frame3(k), to_frame3(v))).collect(),
+            attributes: None,
+        },
+        Reply::Pairs(pairs) => Resp3Frame::Array {
+            data: pairs
+                .into_iter()
+                .map(|(k, v)| Resp3Frame::Array {
+                    data: vec![to_frame3(k), to_frame3(v)],
+                    attributes: None,
+                })
+                .collect(),
             attributes: None,
         },
     }

@@ -45,7 +45,15 @@ impl<S: Storage> NodeTask<S> {
                         "ERR Unknown option or number of arguments for CONFIG SET - '{k}'"
                     )),
                     None => {
-                        self.config.extend(pairs);
+                        for (k, v) in pairs {
+                            let twin = crate::command::CONFIG_ALIASES.iter().find_map(|(a, b)| {
+                                (k == *a).then_some(*b).or((k == *b).then_some(*a))
+                            });
+                            if let Some(twin) = twin {
+                                self.config.insert(twin.to_string(), v.clone());
+                            }
+                            self.config.insert(k, v);
+                        }
                         Reply::ok()
                     }
                 };

@@ -6,6 +6,8 @@ use super::*;
 
 /// Most keys KEYS returns; past it the client is told to narrow the pattern.
 pub const KEYS_RESULT_MAX: usize = 1_000_000;
+/// What MEMORY USAGE adds to a key's bytes and its value's for the cost of holding a key.
+const KEY_OVERHEAD_BYTES: usize = 48;
 
 /// Keys KEYS reads from storage at a time.
 const KEYS_BATCH: usize = 4096;
@@ -154,6 +156,59 @@ impl<S: Storage> NodeTask<S> {
         kv::live(Some(value.to_vec()), self.read_time()).map_err(|_| corrupt_value(key))
     }
 
+    /// HRANDFIELD (Redis 7.0's semantics): no count, one random field or nil; a positive count,
+    /// that many distinct fields (all of them, in the hash's order, if it has no more); a
+    /// negative one, exactly that many, repeats allowed. Bounded like KEYS.
+    fn hrandfield(
+        &mut self,
+        key: &[u8],
+        count: Option<i64>,
+        with_values: bool,
+    ) -> Result<Reply, StorageError> {
+        let record = match self.storage.get(key)? {
+            Some(v) => self.live_record(key, &v)?,
+            None => None,
+        };
+        let hash = match record.map(|r| r.data) {
+            None => kv::Hash::default(),
+            Some(kv::Data::Hash(h)) => h,
+            Some(_) => return Ok(Reply::error(kv::ERR_WRONGTYPE)),
+        };
+        let Some(count) = count else {
+            if hash.is_empty() {
+                return Ok(Reply::Null);
+            }
+            let i = rand::Rng::gen_range(&mut self.rng, 0..hash.len());
+            let (field, _) = hash.get_index(i).expect("in range");
+            return Ok(Reply::Bulk(Bytes::from(field.clone())));
+        };
+        let wanted = count.unsigned_abs();
+        if wanted > KEYS_RESULT_MAX as u64 {
+            return Ok(Reply::error(format!(
+                "ERR HRANDFIELD would return more than {KEYS_RESULT_MAX} fields; ask for fewer"
+            )));
+        }
+        let picks: Vec<usize> = if hash.is_empty() || wanted == 0 {
+            Vec::new()
+        } else if count < 0 {
+            let n = hash.len();
+            (0..wanted).map(|_| rand::Rng::gen_range(&mut self.rng, 0..n)).collect()
+        } else if wanted as usize >= hash.len() {
+            (0..hash.len()).collect()
+        } else {
+            rand::seq::index::sample(&mut self.rng, hash.len(), wanted as usize).into_vec()
+        };
+        let entry = |i: usize| {
+            let (f, v) = hash.get_index(i).expect("in range");
+            (Reply::Bulk(Bytes::from(f.clone())), Reply::Bulk(Bytes::from(v.clone())))
+        };
+        Ok(if with_values {
+            Reply::Pairs(picks.into_iter().map(entry).collect())
+        } else {
+            Reply::Array(picks.into_iter().map(|i| entry(i).0).collect())
+        })
+    }
+
     /// The time reads decide expiry at: the applied entry's (`Entry::time`), so every node
     /// agrees at every log position whatever its own clock.
     pub(super) fn read_time(&self) -> u64 {
@@ -190,6 +245,18 @@ impl<S: Storage> NodeTask<S> {
                     }
                 }
                 found
+            }
+            ReadCommand::MemoryUsage(key) => match self.storage.get(key)? {
+                Some(v) if self.live_record(key, &v)?.is_some() => {
+                    // The key, its stored record, and what a key costs besides (the RocksDB
+                    // entry's own bytes, an estimate): Redis's figure for a small key is of
+                    // the same order.
+                    Reply::Integer((key.len() + v.len() + KEY_OVERHEAD_BYTES) as i64)
+                }
+                _ => Reply::Null,
+            },
+            ReadCommand::HRandField { key, count, with_values } => {
+                self.hrandfield(key, *count, *with_values)?
             }
             ReadCommand::Query(q) => {
                 kv::query(q, &Applied(&self.storage, None), self.read_time())?.into()
