@@ -917,9 +917,9 @@ pub const CONFIG_DEFAULTS: &[(&str, &str)] = &[
     ("databases", "1"),
     // Redis 7.0's thresholds between its compact and its general encodings. raft-kv has no
     // such encodings: they are here so tools and Redis's own tests that set them run.
-    ("hash-max-listpack-entries", "128"),
+    ("hash-max-listpack-entries", "512"),
     ("hash-max-listpack-value", "64"),
-    ("hash-max-ziplist-entries", "128"),
+    ("hash-max-ziplist-entries", "512"),
     ("hash-max-ziplist-value", "64"),
     ("list-compress-depth", "0"),
     ("list-max-listpack-size", "-2"),

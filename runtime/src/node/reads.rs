@@ -6,6 +6,8 @@ use super::*;
 
 /// Most keys KEYS returns; past it the client is told to narrow the pattern.
 pub const KEYS_RESULT_MAX: usize = 1_000_000;
+/// The most bytes of fields (and values) one HRANDFIELD reply may carry.
+const HRANDFIELD_REPLY_BYTES_MAX: u64 = 256 << 20;
 /// What MEMORY USAGE adds to a key's bytes and its value's for the cost of holding a key.
 const KEY_OVERHEAD_BYTES: usize = 48;
 
@@ -182,30 +184,55 @@ impl<S: Storage> NodeTask<S> {
             let (field, _) = hash.get_index(i).expect("in range");
             return Ok(Reply::Bulk(Bytes::from(field.clone())));
         };
-        let wanted = count.unsigned_abs();
-        if wanted > KEYS_RESULT_MAX as u64 {
+        // How many come back: a positive count never more than the hash holds.
+        let len = match count {
+            _ if hash.is_empty() => 0,
+            n if n < 0 => n.unsigned_abs(),
+            n => n.unsigned_abs().min(hash.len() as u64),
+        };
+        // A negative count repeats fields: bound what the reply holds, in fields and in bytes
+        // (one large value picked a million times), before building any of it.
+        let largest = hash.iter().map(|(f, v)| f.len() + if with_values { v.len() } else { 0 });
+        let bytes = len.saturating_mul(largest.max().unwrap_or(0) as u64);
+        if len > KEYS_RESULT_MAX as u64 || bytes > HRANDFIELD_REPLY_BYTES_MAX {
             return Ok(Reply::error(format!(
-                "ERR HRANDFIELD would return more than {KEYS_RESULT_MAX} fields; ask for fewer"
+                "ERR HRANDFIELD would return more than {KEYS_RESULT_MAX} fields or \
+                 {HRANDFIELD_REPLY_BYTES_MAX} bytes; ask for fewer"
             )));
         }
-        let picks: Vec<usize> = if hash.is_empty() || wanted == 0 {
+        let len = len as usize;
+        let picks: Vec<usize> = if len == 0 {
             Vec::new()
         } else if count < 0 {
-            let n = hash.len();
-            (0..wanted).map(|_| rand::Rng::gen_range(&mut self.rng, 0..n)).collect()
-        } else if wanted as usize >= hash.len() {
-            (0..hash.len()).collect()
+            (0..len).map(|_| rand::Rng::gen_range(&mut self.rng, 0..hash.len())).collect()
+        } else if len == hash.len() {
+            (0..len).collect()
         } else {
-            rand::seq::index::sample(&mut self.rng, hash.len(), wanted as usize).into_vec()
+            rand::seq::index::sample(&mut self.rng, hash.len(), len).into_vec()
         };
-        let entry = |i: usize| {
-            let (f, v) = hash.get_index(i).expect("in range");
-            (Reply::Bulk(Bytes::from(f.clone())), Reply::Bulk(Bytes::from(v.clone())))
+        // Each field and value copied once, however often it is picked.
+        let mut shared: BTreeMap<usize, (Bytes, Bytes)> = BTreeMap::new();
+        let mut entry = |i: usize| {
+            shared
+                .entry(i)
+                .or_insert_with(|| {
+                    let (f, v) = hash.get_index(i).expect("in range");
+                    (Bytes::from(f.clone()), Bytes::from(v.clone()))
+                })
+                .clone()
         };
         Ok(if with_values {
-            Reply::Pairs(picks.into_iter().map(entry).collect())
+            Reply::Pairs(
+                picks
+                    .into_iter()
+                    .map(|i| {
+                        let (f, v) = entry(i);
+                        (Reply::Bulk(f), Reply::Bulk(v))
+                    })
+                    .collect(),
+            )
         } else {
-            Reply::Array(picks.into_iter().map(|i| entry(i).0).collect())
+            Reply::Array(picks.into_iter().map(|i| Reply::Bulk(entry(i).0)).collect())
         })
     }
 
