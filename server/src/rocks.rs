@@ -79,10 +79,10 @@ pub enum OpenError {
     #[error("data directory {path} is not a raft-kv data directory or is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error(
-        "data directory {path} was written in on-disk format {found}, and this build reads format {expected} only; refusing to start. To rejoin with this build, move the directory aside (mv {p} {p}.format{found}) and start the node again with the same command: it starts empty and catches up from the other members (README, 'A node whose disk was wiped'). To read the data itself, run the build that wrote it",
+        "data directory {path} is in on-disk format {found}, and this build reads format {expected} only; refusing to start. If the other members run this build and hold their data, move this directory aside (mv {p} {p}.format{found}) and start the node again with the same command: it starts empty and catches up from them (README, 'A node whose disk was wiped'). If they do not (every member refuses), move nothing: run the build that wrote the directories; there is no rolling upgrade across on-disk formats, since members of two formats cannot talk",
         p = path.display()
     )]
-    OldFormat { path: PathBuf, found: u8, expected: u8 },
+    FormatMismatch { path: PathBuf, found: u8, expected: u8 },
     #[error("data directory {path} is damaged: {reason}. {}", repair_advice(path))]
     Damaged { path: PathBuf, reason: String },
 }
@@ -97,12 +97,14 @@ fn open_error(path: &Path, source: rocksdb::Error) -> OpenError {
 }
 
 /// The identity record of the data directory at `path`. It is the first record every on-disk
-/// format writes, so its version is the directory's: another one is `OpenError::OldFormat`.
+/// format writes, so its version is the directory's: another one is `OpenError::FormatMismatch`.
 fn decode_identity(path: &Path, bytes: &[u8]) -> Result<Identity, OpenError> {
     codec::decode(bytes).map_err(|e| match e {
-        codec::CodecError::Version { found } => {
-            OpenError::OldFormat { path: path.to_owned(), found, expected: codec::FORMAT_VERSION }
-        }
+        codec::CodecError::Version { found } => OpenError::FormatMismatch {
+            path: path.to_owned(),
+            found,
+            expected: codec::FORMAT_VERSION,
+        },
         e => OpenError::Corrupt { path: path.to_owned(), reason: format!("identity record: {e}") },
     })
 }
@@ -1024,12 +1026,13 @@ mod tests {
         let err = RocksStorage::open(dir.path(), id(1)).err().expect("must refuse");
         let expected = codec::FORMAT_VERSION;
         assert!(
-            matches!(err, OpenError::OldFormat { found, expected: e, .. } if found == expected - 1 && e == expected),
+            matches!(err, OpenError::FormatMismatch { found, expected: e, .. } if found == expected - 1 && e == expected),
             "{err}"
         );
         let text = err.to_string();
         assert!(text.contains(&format!("format {}", expected - 1)), "{text}");
         assert!(text.contains("start the node again"), "says what to do: {text}");
+        assert!(text.contains("move nothing"), "and when not to: {text}");
     }
 
     #[test]
