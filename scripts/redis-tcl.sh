@@ -19,8 +19,11 @@ src=$cache/redis-7.0.15
 logs=$cache/logs
 mkdir -p "$cache" "$logs"
 
-command -v tclsh >/dev/null || apt-get install -y tcl
-command -v redis-server >/dev/null || apt-get install -y redis-server
+if ! command -v tclsh >/dev/null || ! command -v redis-server >/dev/null; then
+  apt-get update -qq
+  # Debian starts a redis-server service on port 6379 when it installs one; it is left alone.
+  apt-get install -y tcl redis-server
+fi
 if [[ ! -f $src/runtest ]]; then
   if ! grep -rqs '^Types: deb-src\|^deb-src ' /etc/apt/sources.list /etc/apt/sources.list.d/; then
     codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
@@ -42,8 +45,14 @@ fi
 # The target dir CI uses (.ci/run), where RocksDB is already built.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/raft-kv/target}
 cargo build -q -p raft-kv
-bin=$(mktemp -d)/raft-kv
-cp "$CARGO_TARGET_DIR/debug/raft-kv" "$bin"
+
+redis_port=46380
+for port in "$redis_port" 46391 46392 46393 46401 46402 46403; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "redis-tcl: port $port is in use; the tests would run against (and flush) whatever is there" >&2
+    exit 1
+  fi
+done
 
 work=$(mktemp -d)
 pids=()
@@ -52,9 +61,11 @@ stop() {
   wait 2>/dev/null || true
   rm -rf "$work"
 }
-trap stop EXIT INT TERM
+trap stop EXIT
+trap 'exit 130' INT TERM
+bin=$work/raft-kv
+cp "$CARGO_TARGET_DIR/debug/raft-kv" "$bin"
 
-redis_port=46380
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
   --dir "$work" >"$logs/redis-server.log" 2>&1 &
 pids+=($!)
@@ -64,11 +75,14 @@ for i in 1 2 3; do
     --worker-threads 1 >"$logs/node$i.log" 2>&1 &
   pids+=($!)
 done
-# A follower: the node the tests talk to forwards writes and confirms reads.
+# A follower that knows its leader: the node the tests talk to forwards writes and confirms
+# reads. (Every node says follower until an election.)
 follower=
 for _ in $(seq 1 100); do
   for i in 1 2 3; do
-    if redis-cli -p "4639$i" INFO raft 2>/dev/null | grep -q '^role:follower'; then
+    info=$(redis-cli -p "4639$i" INFO raft 2>/dev/null || true)
+    if grep -q '^role:follower' <<<"$info" && ! grep -q '^leader_id:none' <<<"$info" &&
+      grep -q '^leader_id:' <<<"$info"; then
       follower=4639$i
     fi
   done
@@ -76,6 +90,9 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [[ -n $follower ]] || { echo "redis-tcl: the cluster did not elect a leader" >&2; exit 1; }
+for pid in "${pids[@]}"; do
+  kill -0 "$pid" 2>/dev/null || { echo "redis-tcl: a server exited at start (logs: $logs)" >&2; exit 1; }
+done
 
 args=(--singledb --clients 1 --tags -needs:debug --tags -needs:repl --tags -needs:save
   --tags -needs:config-maxmemory --tags -needs:reset --tags -external:skip)
