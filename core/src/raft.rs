@@ -434,10 +434,6 @@ pub struct RaftNode {
     /// this node gave before it lost its disk (a stale match index), so a heartbeat's commit
     /// is trusted only as far as `verified`, and heartbeat responses report that far.
     started_suspect: bool,
-    /// A recovering node is released only by a leader of at least this term: the highest
-    /// term the voters reported, at least that of any entry committed with its lost
-    /// acknowledgements (an older, deposed leader may lack those entries).
-    release_term_min: Term,
     leader: Option<NodeId>,
     log: RaftLog,
     persisted_hard_state: HardState,
@@ -597,7 +593,6 @@ impl RaftNode {
             probe_addrs: BTreeMap::new(),
             verified: (Term(0), LogIndex(0)),
             started_suspect: false,
-            release_term_min: Term(0),
             leader: None,
             log,
             persisted_hard_state: restored.hard_state,
@@ -1347,7 +1342,6 @@ impl RaftNode {
             self.voted_for = Some(self.cfg.id);
         }
         self.fresh = false;
-        self.release_term_min = p.term;
         if self.recovering {
             self.vote_floor = p.answers.values().copied().max().or(Some((Term(0), LogIndex(0))));
         }
@@ -1364,11 +1358,13 @@ impl RaftNode {
     /// A recovering node caught up: its log holds the current leader's up to `committed`, a
     /// committed index whose entry is of the leader's term, so every entry committed before
     /// this term (the leader holds them all) is here too. Written with those entries, the
-    /// cleared flag is durable only once they are, and a vote waits for that sync.
+    /// cleared flag is durable only once they are, and a vote waits for that sync. The leader
+    /// is of a term at least the highest the voters reported (`probe_done` took that term,
+    /// and terms never go back), so it is no older, deposed leader that may lack entries
+    /// committed with this node's lost acknowledgements.
     fn maybe_release(&mut self, committed: LogIndex) {
         if self.recovering
             && self.probe.is_none()
-            && self.term >= self.release_term_min
             && committed <= self.log.last_index()
             && self.log.term(committed) == Some(self.term)
         {

@@ -342,11 +342,10 @@ fn a_fresh_node_neither_answers_a_vote_request_nor_takes_its_term() {
     assert_eq!(n.durable, hard_state(0, None, false));
 }
 
-// `maybe_release`'s four `&&` -> `||` mutants have no test here: they are equivalent. Its
+// `maybe_release`'s three `&&` -> `||` mutants have no test here: they are equivalent. Its
 // body is a no-op on a node not recovering (a vote floor exists only while recovering); it is
 // never called while the probe runs (appends, heartbeats and chunks are dropped then, so the
-// node knows no leader and `snapshot_received` returns); `self.term >= self.release_term_min`
-// always holds (`probe_done` raises the term to `release_term_min` when it sets it); and
+// node knows no leader and `snapshot_received` returns); and
 // `self.log.term(committed) == Some(self.term)` implies `committed <= self.log.last_index()`.
 
 // ---- what a wiped node commits from a heartbeat (`held_for_leader`, `verified_to`) ------------
