@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 /// 3: commands carry SET's options and the new string and keyspace writes.
 /// 4: memberships carry a version, forwarded membership changes the version they were asked
 ///    against, and start-up probe answers the voters' addresses.
-pub const FORMAT_VERSION: u8 = 4;
+/// 5: hashes stored field by field (and lists, sets, sorted sets element by element): a
+///    collection's key holds its metadata, its elements a column family of their own.
+pub const FORMAT_VERSION: u8 = 5;
 
 /// Decoding stops at this many bytes, whatever lengths the input claims.
 pub const DECODE_LIMIT_BYTES: usize = 1 << 30;

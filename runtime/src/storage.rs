@@ -58,6 +58,19 @@ pub trait Storage: Send + 'static {
 
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError>;
 
+    /// An applied element record (`kv::coll`).
+    fn element(&self, key: &[u8]) -> Result<Option<Value>, StorageError>;
+
+    /// Up to `limit` applied element records with keys in `[from, to)`, in key order, or from
+    /// the last backwards with `rev`.
+    fn elements(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Value)>, StorageError>;
+
     /// The applied client session of `origin` (see `kv::admit`).
     fn session(&self, origin: u64) -> Result<Option<Session>, StorageError>;
 
@@ -115,6 +128,8 @@ pub trait LogSync: Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotItem {
     Kv(Key, Value),
+    /// An element record of a collection (`kv::coll`).
+    Element(Vec<u8>, Value),
     Session(u64, Session),
     Membership(Membership),
 }
@@ -122,7 +137,7 @@ pub enum SnapshotItem {
 impl SnapshotItem {
     pub fn size_bytes(&self) -> usize {
         match self {
-            SnapshotItem::Kv(k, v) => k.len() + v.len() + 16,
+            SnapshotItem::Kv(k, v) | SnapshotItem::Element(k, v) => k.len() + v.len() + 16,
             SnapshotItem::Session(..) => 24,
             SnapshotItem::Membership(m) => 64 + m.addrs.values().map(String::len).sum::<usize>(),
         }
@@ -217,6 +232,8 @@ struct Image {
     entries: Vec<Entry>,
     applied: LogIndex,
     kv: BTreeMap<Key, Value>,
+    /// Collections' element records (RocksDB: their own column family).
+    elements: BTreeMap<Vec<u8>, Value>,
     sessions: BTreeMap<u64, Session>,
     membership: Option<Membership>,
     /// Snapshot items received, not yet installed.
@@ -301,12 +318,16 @@ impl Image {
             Write::Install { meta } => {
                 self.damage = None;
                 self.kv.clear();
+                self.elements.clear();
                 self.sessions.clear();
                 self.membership = None;
                 for item in std::mem::take(&mut self.staged) {
                     match item {
                         SnapshotItem::Kv(k, v) => {
                             self.kv.insert(k, v);
+                        }
+                        SnapshotItem::Element(k, v) => {
+                            self.elements.insert(k, v);
                         }
                         SnapshotItem::Session(origin, s) => {
                             self.sessions.insert(origin, s);
@@ -329,10 +350,20 @@ impl Image {
                             self.overwritten(k);
                             self.kv.remove(k);
                         }
+                        Mutation::PutElement(k, v) => {
+                            self.elements.insert(k.clone(), v.clone());
+                        }
+                        Mutation::DeleteElement(k) => {
+                            self.elements.remove(k);
+                        }
+                        Mutation::DeleteElements { from, to } => {
+                            self.elements.retain(|k, _| !(from <= k && k < to));
+                        }
                         Mutation::Clear => {
                             self.damage =
                                 self.damage.take().filter(|d| !matches!(d, Damage::Value(_)));
-                            self.kv.clear()
+                            self.kv.clear();
+                            self.elements.clear();
                         }
                         Mutation::Session(origin, session) => {
                             self.sessions.insert(*origin, *session);
@@ -430,6 +461,11 @@ impl MemStorage {
     /// The applied key space, for checks in tests.
     pub fn snapshot_kv(&self) -> BTreeMap<Key, Value> {
         self.state().written.kv.clone()
+    }
+
+    /// The applied element records, for checks in tests.
+    pub fn snapshot_elements(&self) -> BTreeMap<Vec<u8>, Value> {
+        self.state().written.elements.clone()
     }
 
     /// The applied index, for checks in tests.
@@ -614,6 +650,32 @@ impl Storage for MemStorage {
         Ok(s.written.kv.get(key).cloned())
     }
 
+    fn element(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        Ok(self.state().written.elements.get(key).cloned())
+    }
+
+    fn elements(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Value)>, StorageError> {
+        use std::ops::Bound;
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let s = self.state();
+        let range =
+            s.written.elements.range::<[u8], _>((Bound::Included(from), Bound::Excluded(to)));
+        let pick = |(k, v): (&Vec<u8>, &Value)| (k.clone(), v.clone());
+        Ok(if rev {
+            range.rev().take(limit).map(pick).collect()
+        } else {
+            range.take(limit).map(pick).collect()
+        })
+    }
+
     fn session(&self, origin: u64) -> Result<Option<Session>, StorageError> {
         Ok(self.state().written.sessions.get(&origin).copied())
     }
@@ -664,9 +726,12 @@ impl Storage for MemStorage {
         // Read whole at once here, so a damaged value anywhere is met now.
         s.check_every_value()?;
         let kv = s.written.kv.iter().map(|(k, v)| SnapshotItem::Kv(k.clone(), v.clone()));
+        let elements =
+            s.written.elements.iter().map(|(k, v)| SnapshotItem::Element(k.clone(), v.clone()));
         let sessions = s.written.sessions.iter().map(|(o, x)| SnapshotItem::Session(*o, *x));
         let membership = s.written.membership.clone().map(SnapshotItem::Membership);
-        let items: Vec<SnapshotItem> = kv.chain(sessions).chain(membership).collect();
+        let items: Vec<SnapshotItem> =
+            kv.chain(elements).chain(sessions).chain(membership).collect();
         let size = items.iter().map(|i| i.size_bytes() as u64).sum();
         Ok(Box::new(MemSnapshot { applied: s.written.applied, items: items.into(), size }))
     }

@@ -22,6 +22,9 @@ use std::sync::Arc;
 const CF_LOG: &str = "raft_log";
 const CF_META: &str = "raft_meta";
 const CF_KV: &str = "kv";
+/// Collections' element records (`kv::coll`): apart from the keys, so SCAN, KEYS, DBSIZE and
+/// RANDOMKEY never walk elements.
+const CF_ELEM: &str = "elements";
 /// Received snapshot items, keyed `k<key>` and `s<origin>`, until installed.
 const CF_STAGE: &str = "snapshot_staging";
 
@@ -153,7 +156,9 @@ pub struct RocksStorage {
 /// blocks entirely, but RocksDB refuses DeleteRange with one, which log compaction uses.)
 fn cf_options(name: &str) -> Options {
     let mut opts = Options::default();
-    if name == CF_KV {
+    // The element family is read like the keys (point reads of fields and members), and
+    // also in ranges (a collection's elements): the same tables, its own cache.
+    if name == CF_KV || name == CF_ELEM {
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         table.set_whole_key_filtering(true);
@@ -220,7 +225,7 @@ impl RocksStorage {
             }
         }
         // The staging family is created when missing (directories of earlier versions lack it).
-        let cfs = [CF_LOG, CF_META, CF_KV, CF_STAGE]
+        let cfs = [CF_LOG, CF_META, CF_KV, CF_STAGE, CF_ELEM]
             .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n)));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| open_error(path, e))?;
         let mut sync = WriteOptions::default();
@@ -389,6 +394,7 @@ impl RocksStorage {
     fn finish_install(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         self.clear_cf(&mut batch, CF_KV)?;
+        self.clear_cf(&mut batch, CF_ELEM)?;
         let meta_cf = self.cf(CF_META);
         let mut end = SESSION_PREFIX.to_vec();
         *end.last_mut().expect("non-empty") += 1;
@@ -399,6 +405,7 @@ impl RocksStorage {
             let (k, v) = item.map_err(io)?;
             match k.split_first() {
                 Some((b'k', key)) => batch.put_cf(self.cf(CF_KV), key, &v),
+                Some((b'e', key)) => batch.put_cf(self.cf(CF_ELEM), key, &v),
                 Some((b's', origin)) => {
                     let origin: [u8; 8] = origin.try_into().map_err(|_| {
                         StorageError::Corrupt("staged session key is not 8 bytes".into())
@@ -501,6 +508,7 @@ impl Storage for RocksStorage {
     fn apply_batch(&mut self, entries: &[(LogIndex, Vec<Mutation>)]) -> Result<(), StorageError> {
         let Some((index, _)) = entries.last() else { return Ok(()) };
         let kv = self.cf(CF_KV);
+        let elem = self.cf(CF_ELEM);
         let mut batch = WriteBatch::default();
         let mutations = entries.iter().flat_map(|(_, m)| m);
         // A Clear deletes the keys stored now; key writes listed before it (a MULTI block, or
@@ -514,10 +522,22 @@ impl Storage for RocksStorage {
         for (i, m) in mutations.enumerate() {
             let cleared = last_clear.is_some_and(|c| i < c);
             match m {
-                Mutation::Put(..) | Mutation::Delete(_) | Mutation::Clear if cleared => {}
+                Mutation::Put(..)
+                | Mutation::Delete(_)
+                | Mutation::PutElement(..)
+                | Mutation::DeleteElement(_)
+                | Mutation::DeleteElements { .. }
+                | Mutation::Clear
+                    if cleared => {}
                 Mutation::Put(k, v) => batch.put_cf(kv, k, v),
                 Mutation::Delete(k) => batch.delete_cf(kv, k),
-                Mutation::Clear => self.clear_cf(&mut batch, CF_KV)?,
+                Mutation::PutElement(k, v) => batch.put_cf(elem, k, v),
+                Mutation::DeleteElement(k) => batch.delete_cf(elem, k),
+                Mutation::DeleteElements { from, to } => batch.delete_range_cf(elem, from, to),
+                Mutation::Clear => {
+                    self.clear_cf(&mut batch, CF_KV)?;
+                    self.clear_cf(&mut batch, CF_ELEM)?;
+                }
                 Mutation::Session(origin, session) => {
                     sessions.insert(*origin, session);
                 }
@@ -535,6 +555,43 @@ impl Storage for RocksStorage {
 
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
         self.db.get_cf(self.cf(CF_KV), key).map_err(io)
+    }
+
+    fn element(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        self.db.get_cf(self.cf(CF_ELEM), key).map_err(io)
+    }
+
+    fn elements(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Value)>, StorageError> {
+        if from >= to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_lower_bound(from);
+        opts.set_iterate_upper_bound(to);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_ELEM), opts);
+        if rev {
+            it.seek_to_last();
+        } else {
+            it.seek_to_first();
+        }
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            out.push((k.to_vec(), v.to_vec()));
+            if rev {
+                it.prev();
+            } else {
+                it.next();
+            }
+        }
+        it.status().map_err(io)?;
+        Ok(out)
     }
 
     fn session(&self, origin: u64) -> Result<Option<Session>, StorageError> {
@@ -614,11 +671,14 @@ impl Storage for RocksStorage {
     }
 
     fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError> {
-        let size = self
-            .db
-            .property_int_value_cf(self.cf(CF_KV), "rocksdb.estimate-live-data-size")
-            .map_err(io)?
-            .unwrap_or(0);
+        let mut size = 0;
+        for cf in [CF_KV, CF_ELEM] {
+            size += self
+                .db
+                .property_int_value_cf(self.cf(cf), "rocksdb.estimate-live-data-size")
+                .map_err(io)?
+                .unwrap_or(0);
+        }
         let view = View::new(self.db.clone(), |db| db.snapshot());
         let applied = match view.borrow_dependent().get_cf(self.cf(CF_META), KEY_APPLIED) {
             Ok(Some(b)) => LogIndex(u64::from_be_bytes(
@@ -656,9 +716,9 @@ impl Storage for RocksStorage {
         let stage = self.cf(CF_STAGE);
         for item in items {
             match item {
-                SnapshotItem::Kv(k, v) => {
+                SnapshotItem::Kv(k, v) | SnapshotItem::Element(k, v) => {
                     let mut key = Vec::with_capacity(k.len() + 1);
-                    key.push(b'k');
+                    key.push(if matches!(item, SnapshotItem::Kv(..)) { b'k' } else { b'e' });
                     key.extend_from_slice(k);
                     batch.put_cf(stage, key, v);
                 }
@@ -705,12 +765,13 @@ self_cell::self_cell!(
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Kv,
+    Elements,
     Sessions,
     Membership,
     Done,
 }
 
-/// Reads the KV family, then the sessions, from one RocksDB snapshot, resuming each chunk
+/// Reads the KV family, the elements, then the sessions, from one RocksDB snapshot, resuming each chunk
 /// after the last key read.
 struct RocksSnapshot {
     view: View,
@@ -749,6 +810,7 @@ impl SnapshotReader for RocksSnapshot {
             }
             let (cf, prefix): (&str, &[u8]) = match self.phase {
                 Phase::Kv => (CF_KV, b""),
+                Phase::Elements => (CF_ELEM, b""),
                 Phase::Sessions => (CF_META, SESSION_PREFIX),
                 Phase::Membership | Phase::Done => unreachable!("handled above"),
             };
@@ -766,6 +828,7 @@ impl SnapshotReader for RocksSnapshot {
                 }
                 let item = match self.phase {
                     Phase::Kv => SnapshotItem::Kv(k.to_vec(), v.to_vec()),
+                    Phase::Elements => SnapshotItem::Element(k.to_vec(), v.to_vec()),
                     _ => {
                         let origin = session_origin(&k).ok_or_else(|| {
                             StorageError::Corrupt("session key is not 8 bytes".into())
@@ -785,8 +848,11 @@ impl SnapshotReader for RocksSnapshot {
             }
             if phase_done {
                 self.after = None;
-                self.phase =
-                    if self.phase == Phase::Kv { Phase::Sessions } else { Phase::Membership };
+                self.phase = match self.phase {
+                    Phase::Kv => Phase::Elements,
+                    Phase::Elements => Phase::Sessions,
+                    _ => Phase::Membership,
+                };
             }
         }
         Ok(out)
@@ -1145,6 +1211,51 @@ mod tests {
         assert_eq!(items, expected);
         let (now, _) = read_all(&s, 1 << 20);
         assert!(now.contains(&SnapshotItem::Kv(b"zzz".to_vec(), b"new".to_vec())));
+    }
+
+    #[test]
+    fn elements_are_written_ranged_deleted_cleared_streamed_and_installed() {
+        let e =
+            |k: &str, v: &str| Mutation::PutElement(k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let pair = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
+            s.apply(LogIndex(1), &[put("h", "meta"), e("a1", "x"), e("a2", "y"), e("b1", "z")])
+                .unwrap();
+            s.apply(LogIndex(2), &[Mutation::DeleteElement(b"b1".to_vec()), e("c", "w")]).unwrap();
+        }
+        let mut s = RocksStorage::open(dir.path(), id(1)).unwrap();
+        assert_eq!(s.element(b"a2").unwrap(), Some(b"y".to_vec()), "survives a restart");
+        assert_eq!(s.element(b"b1").unwrap(), None);
+        assert_eq!(
+            s.elements(b"a", b"b", false, 10).unwrap(),
+            vec![pair("a1", "x"), pair("a2", "y")]
+        );
+        assert_eq!(s.elements(b"a", b"z", true, 2).unwrap(), vec![pair("c", "w"), pair("a2", "y")]);
+        assert_eq!(s.elements(b"b", b"a", false, 10).unwrap(), vec![]);
+        assert_eq!(s.scan(None, 10).unwrap().len(), 1, "SCAN sees keys, not elements");
+        let (items, _) = read_all(&s, 1 << 20);
+        let elements: Vec<&SnapshotItem> =
+            items.iter().filter(|i| matches!(i, SnapshotItem::Element(..))).collect();
+        assert_eq!(elements.len(), 3, "{items:?}");
+        // Installed elsewhere: the other node's elements go, these arrive.
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut t = RocksStorage::open(dir2.path(), id(2)).unwrap();
+        t.apply(LogIndex(1), &[e("stale", "s")]).unwrap();
+        t.stage_snapshot(true, &items).unwrap();
+        t.install_snapshot(SnapshotMeta { index: LogIndex(2), term: Term(1), time: 0 }).unwrap();
+        assert_eq!(t.element(b"stale").unwrap(), None);
+        assert_eq!(t.elements(b"", b"\xff", false, 10).unwrap().len(), 3);
+        // A range delete, then a clear that also takes the elements.
+        s.apply(
+            LogIndex(3),
+            &[Mutation::DeleteElements { from: b"a".to_vec(), to: b"b".to_vec() }],
+        )
+        .unwrap();
+        assert_eq!(s.elements(b"", b"\xff", false, 10).unwrap(), vec![pair("c", "w")]);
+        s.apply(LogIndex(4), &[Mutation::Clear, e("after", "1")]).unwrap();
+        assert_eq!(s.elements(b"", b"\xff", false, 10).unwrap(), vec![pair("after", "1")]);
     }
 
     #[test]

@@ -306,6 +306,20 @@ impl Storage for CheckedStorage {
         self.inner.get(key)
     }
 
+    fn element(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        self.inner.element(key)
+    }
+
+    fn elements(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Value)>, StorageError> {
+        self.inner.elements(from, to, rev, limit)
+    }
+
     fn session(&self, origin: u64) -> Result<Option<Session>, StorageError> {
         self.inner.session(origin)
     }

@@ -326,12 +326,13 @@ async fn converge(cluster: &SimCluster) -> Option<Duration> {
         let applied: Vec<_> = storages.values().map(|s| s.applied()).collect();
         let same_index = applied.windows(2).all(|w| w[0] == w[1]);
         if same_index {
-            let states: Vec<_> = storages.values().map(|s| s.snapshot_kv()).collect();
+            let states: Vec<_> =
+                storages.values().map(|s| (s.snapshot_kv(), s.snapshot_elements())).collect();
             if states.windows(2).all(|w| w[0] == w[1]) {
                 return Some(start.elapsed());
             }
             cluster.invariants.report(format!(
-                "divergence: every node applied index {} but their key spaces differ",
+                "divergence: every node applied index {} but their key spaces (or elements) differ",
                 applied[0]
             ));
             return None;

@@ -108,7 +108,7 @@ async fn a_killed_leader_is_replaced_and_catches_up_after_restart() {
     let stored = cluster.storages[&leader].snapshot_kv().get(b"a".as_slice()).cloned();
     let value = stored.and_then(|v| match raft_kv_core::kv::Record::decode(&v)?.data {
         raft_kv_core::kv::Data::Str(v) => Some(v),
-        raft_kv_core::kv::Data::Hash(_) => None,
+        raft_kv_core::kv::Data::Coll(_) => None,
     });
     assert_eq!(value, Some(b"2".to_vec()));
 }

@@ -4,17 +4,26 @@
 
 use super::*;
 
-/// Read access for the KV state machine: the node's storage, under the changes of the
-/// entries applied earlier in the same batch and not yet written.
-pub(super) struct Applied<'a, S>(pub(super) &'a S, pub(super) Option<&'a ApplyBatch>);
+/// Read access for the KV state machine: the node's applied storage. An entry applies to it
+/// under the changes of the entries applied earlier in the same batch (`kv::Layered`).
+pub(super) struct Stored<'a, S>(pub(super) &'a S);
 
-impl<S: Storage> KvRead for Applied<'_, S> {
+impl<S: Storage> KvRead for Stored<'_, S> {
     type Error = StorageError;
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
-        match self.1.and_then(|batch| batch.changes.lookup(key)) {
-            Some(v) => Ok(v),
-            None => self.0.get(key),
-        }
+        self.0.get(key)
+    }
+    fn element(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        self.0.element(key)
+    }
+    fn elements(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Value)>, StorageError> {
+        self.0.elements(from, to, rev, limit)
     }
     fn corrupt(key: &[u8]) -> StorageError {
         corrupt_value(key)
@@ -131,8 +140,12 @@ impl<S: Storage> NodeTask<S> {
                                     ),
                                 },
                                 command => {
-                                    let read = Applied(&self.storage, Some(&*batch));
-                                    let (m, r) = kv::apply(command, &read, entry.time)?;
+                                    let base = Stored(&self.storage);
+                                    let read =
+                                        kv::Layered { base: &base, pending: Some(&batch.changes) };
+                                    let mut ctx =
+                                        kv::Ctx::new(entry.time, entry.index.0, entry.term.0);
+                                    let (m, r) = kv::apply(command, &read, &mut ctx)?;
                                     (m, r.into())
                                 }
                             };

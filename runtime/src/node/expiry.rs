@@ -43,7 +43,11 @@ impl Expiry {
                     }
                 }
                 Mutation::Clear => self.clear(),
-                Mutation::Session(..) | Mutation::Membership(_) => {}
+                Mutation::PutElement(..)
+                | Mutation::DeleteElement(_)
+                | Mutation::DeleteElements { .. }
+                | Mutation::Session(..)
+                | Mutation::Membership(_) => {}
             }
         }
     }
@@ -70,25 +74,25 @@ impl Expiry {
     }
 }
 
-/// Every key's deadline in the applied state of `storage`, read whole.
+/// Every key's deadline in the applied state of `storage`: the key space read whole (not the
+/// collections' elements, which hold no deadline).
 fn read_deadlines<S: Storage>(storage: &S) -> Result<Expiry, StorageError> {
+    const PAGE: usize = 4096;
     let mut expiry = Expiry::default();
-    let mut reader = storage.snapshot_reader()?;
+    let mut after: Option<Key> = None;
     loop {
-        let items = reader.next_chunk(1 << 20)?;
-        if items.is_empty() {
-            return Ok(expiry);
-        }
-        let puts: Vec<Mutation> = items
+        let page = storage.scan(after.as_deref(), PAGE)?;
+        let full = page.len() == PAGE;
+        after = page.last().map(|(k, _)| k.clone());
+        let puts: Vec<Mutation> = page
             .into_iter()
-            .filter_map(|i| match i {
-                SnapshotItem::Kv(k, v) if kv::Record::deadline_of(&v).is_some() => {
-                    Some(Mutation::Put(k, v))
-                }
-                _ => None,
-            })
+            .filter(|(_, v)| kv::Record::deadline_of(v).is_some())
+            .map(|(k, v)| Mutation::Put(k, v))
             .collect();
         expiry.note(&puts);
+        if !full {
+            return Ok(expiry);
+        }
     }
 }
 

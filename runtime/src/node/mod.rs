@@ -24,7 +24,7 @@ use crate::codec::{self, Proposal};
 use crate::command::{AdminCommand, ReadCommand, Reply};
 use crate::durability::Durability;
 use crate::snapshot::{Incoming, Outgoing, SnapshotTuning};
-use crate::storage::{SnapshotItem, Storage, StorageError};
+use crate::storage::{Storage, StorageError};
 use crate::transport::PeerSender;
 use bytes::Bytes;
 use raft_kv_core::kv::{self, Key, KvRead, Mutation, Value};

@@ -1,7 +1,7 @@
 //! Where a read is served: reads wait until confirmed (ReadIndex or lease) and applied far
 //! enough, then run against the applied state in the order their connection sent them.
 
-use super::apply::{corrupt_value, Applied};
+use super::apply::{corrupt_value, Stored};
 use super::*;
 
 /// Most keys KEYS returns; past it the client is told to narrow the pattern.
@@ -10,6 +10,8 @@ pub const KEYS_RESULT_MAX: usize = 1_000_000;
 const HRANDFIELD_REPLY_BYTES_MAX: u64 = 256 << 20;
 /// What MEMORY USAGE adds to a key's bytes and its value's for the cost of holding a key.
 const KEY_OVERHEAD_BYTES: usize = 48;
+/// What MEMORY USAGE adds to an element's bytes for holding it.
+const ELEMENT_OVERHEAD_BYTES: usize = 16;
 
 /// Keys KEYS reads from storage at a time.
 const KEYS_BATCH: usize = 4096;
@@ -167,72 +169,73 @@ impl<S: Storage> NodeTask<S> {
         count: Option<i64>,
         with_values: bool,
     ) -> Result<Reply, StorageError> {
-        let record = match self.storage.get(key)? {
-            Some(v) => self.live_record(key, &v)?,
-            None => None,
+        let read = Stored(&self.storage);
+        let hash = match kv::coll::read_coll(&read, key, self.read_time(), kv::Kind::Hash)? {
+            Ok(c) => c.map(|(c, _)| c),
+            Err((_, reply)) => return Ok(reply.into()),
         };
-        let hash = match record.map(|r| r.data) {
-            None => kv::Hash::default(),
-            Some(kv::Data::Hash(h)) => h,
-            Some(_) => return Ok(Reply::error(kv::ERR_WRONGTYPE)),
-        };
+        let size = hash.map_or(0, |c| c.size);
         let Some(count) = count else {
-            if hash.is_empty() {
-                return Ok(Reply::Null);
-            }
-            let i = rand::Rng::gen_range(&mut self.rng, 0..hash.len());
-            let (field, _) = hash.get_index(i).expect("in range");
-            return Ok(Reply::Bulk(Bytes::from(field.clone())));
+            let Some(c) = hash else { return Ok(Reply::Null) };
+            let picked = self.random_elements(&c, kv::coll::HASH_FIELD, 1, true)?;
+            return Ok(picked.into_iter().next().map_or(Reply::Null, |(f, _)| Reply::Bulk(f)));
         };
         // How many come back: a positive count never more than the hash holds.
         let len = match count {
-            _ if hash.is_empty() => 0,
+            _ if size == 0 => 0,
             n if n < 0 => n.unsigned_abs(),
-            n => n.unsigned_abs().min(hash.len() as u64),
+            n => n.unsigned_abs().min(size),
         };
         // A negative count repeats fields: bound what the reply holds, in fields and in bytes
         // (one large value picked a million times), before building any of it.
-        let largest = hash.iter().map(|(f, v)| f.len() + if with_values { v.len() } else { 0 });
-        let bytes = len.saturating_mul(largest.max().unwrap_or(0) as u64);
-        if len > KEYS_RESULT_MAX as u64 || bytes > HRANDFIELD_REPLY_BYTES_MAX {
+        let largest = hash.map_or(0, |c| c.elem_max as u64 * if with_values { 2 } else { 1 });
+        if len > KEYS_RESULT_MAX as u64 || len.saturating_mul(largest) > HRANDFIELD_REPLY_BYTES_MAX
+        {
             return Ok(Reply::error(format!(
                 "ERR HRANDFIELD would return more than {KEYS_RESULT_MAX} fields or \
                  {HRANDFIELD_REPLY_BYTES_MAX} bytes; ask for fewer"
             )));
         }
-        let len = len as usize;
-        let picks: Vec<usize> = if len == 0 {
-            Vec::new()
-        } else if count < 0 {
-            (0..len).map(|_| rand::Rng::gen_range(&mut self.rng, 0..hash.len())).collect()
-        } else if len == hash.len() {
-            (0..len).collect()
-        } else {
-            rand::seq::index::sample(&mut self.rng, hash.len(), len).into_vec()
-        };
-        // Each field and value copied once, however often it is picked.
-        let mut shared: BTreeMap<usize, (Bytes, Bytes)> = BTreeMap::new();
-        let mut entry = |i: usize| {
-            shared
-                .entry(i)
-                .or_insert_with(|| {
-                    let (f, v) = hash.get_index(i).expect("in range");
-                    (Bytes::from(f.clone()), Bytes::from(v.clone()))
-                })
-                .clone()
+        let picks = match hash {
+            Some(c) if len > 0 => self.random_elements(&c, kv::coll::HASH_FIELD, len, count > 0)?,
+            _ => Vec::new(),
         };
         Ok(if with_values {
-            Reply::Pairs(
-                picks
-                    .into_iter()
-                    .map(|i| {
-                        let (f, v) = entry(i);
-                        (Reply::Bulk(f), Reply::Bulk(v))
-                    })
-                    .collect(),
-            )
+            Reply::Pairs(picks.into_iter().map(|(f, v)| (Reply::Bulk(f), Reply::Bulk(v))).collect())
         } else {
-            Reply::Array(picks.into_iter().map(|i| Reply::Bulk(entry(i).0)).collect())
+            Reply::Array(picks.into_iter().map(|(f, _)| Reply::Bulk(f)).collect())
+        })
+    }
+
+    /// `n` random elements of collection `c` under `tag`, as (rest of the key, value): distinct
+    /// ones (all, in key order, if it has no more) or, unless `distinct`, with repeats. Reads
+    /// the whole collection (O(n), as Kvrocks does): a seek to a random key would favour the
+    /// first of the members that share a prefix, and never pick the others.
+    fn random_elements(
+        &mut self,
+        c: &kv::Coll,
+        tag: u8,
+        n: u64,
+        distinct: bool,
+    ) -> Result<Vec<(Bytes, Bytes)>, StorageError> {
+        use rand::Rng;
+        let read = Stored(&self.storage);
+        let all: Vec<(Bytes, Bytes)> = kv::coll::all_elements(&read, c.id, tag)?
+            .into_iter()
+            .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
+            .collect();
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = n as usize;
+        Ok(if distinct && n >= all.len() {
+            all
+        } else if distinct {
+            let mut picked = rand::seq::index::sample(&mut self.rng, all.len(), n).into_vec();
+            picked.sort_unstable();
+            picked.into_iter().map(|i| all[i].clone()).collect()
+        } else {
+            (0..n).map(|_| all[self.rng.gen_range(0..all.len())].clone()).collect()
         })
     }
 
@@ -274,20 +277,35 @@ impl<S: Storage> NodeTask<S> {
                 found
             }
             ReadCommand::MemoryUsage(key) => match self.storage.get(key)? {
-                Some(v) if self.live_record(key, &v)?.is_some() => {
+                Some(v) => match self.live_record(key, &v)? {
                     // The key, its stored record, and what a key costs besides (the RocksDB
                     // entry's own bytes, an estimate): Redis's figure for a small key is of
-                    // the same order.
-                    Reply::Integer((key.len() + v.len() + KEY_OVERHEAD_BYTES) as i64)
-                }
-                _ => Reply::Null,
+                    // the same order. A collection adds its elements, estimated from the
+                    // first few.
+                    Some(r) => {
+                        let mut bytes = (key.len() + v.len() + KEY_OVERHEAD_BYTES) as u64;
+                        if let kv::Data::Coll(c) = r.data {
+                            const SAMPLE: usize = 64;
+                            let (from, to) = kv::coll::id_range(c.id);
+                            let sample = self.storage.elements(&from, &to, false, SAMPLE)?;
+                            let sampled: u64 = sample
+                                .iter()
+                                .map(|(k, v)| (k.len() + v.len() + ELEMENT_OVERHEAD_BYTES) as u64)
+                                .sum();
+                            if !sample.is_empty() {
+                                bytes += sampled * c.size / sample.len() as u64;
+                            }
+                        }
+                        Reply::Integer(bytes.min(i64::MAX as u64) as i64)
+                    }
+                    None => Reply::Null,
+                },
+                None => Reply::Null,
             },
             ReadCommand::HRandField { key, count, with_values } => {
                 self.hrandfield(key, *count, *with_values)?
             }
-            ReadCommand::Query(q) => {
-                kv::query(q, &Applied(&self.storage, None), self.read_time())?.into()
-            }
+            ReadCommand::Query(q) => kv::query(q, &Stored(&self.storage), self.read_time())?.into(),
             ReadCommand::DbSize => Reply::Integer(self.storage.key_count()? as i64),
             ReadCommand::Keys(pattern) => {
                 // The whole key space in batches, as SCAN walks it.

@@ -1,0 +1,276 @@
+//! Collections element by element: what each write stores, what dies with a key, and the
+//! merge of pending element changes over the state underneath.
+
+use super::tests::Map;
+use super::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn b(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+fn hset(key: &str, pairs: &[(&str, &str)]) -> Command {
+    Command::HSet {
+        key: b(key),
+        pairs: pairs.iter().map(|(f, v)| (b(f), b(v))).collect(),
+        nx: false,
+        reply_ok: false,
+    }
+}
+
+fn coll(m: &Map, key: &str) -> Coll {
+    match Record::decode(&m.0[key.as_bytes()]).expect("a record").data {
+        Data::Coll(c) => c,
+        Data::Str(_) => panic!("a string"),
+    }
+}
+
+fn hgetall(m: &Map, key: &str) -> WriteReply {
+    query(&Query::HGetAll { key: b(key), fields: true, values: true }, m, 1_000).unwrap()
+}
+
+fn pairs(p: &[(&str, &str)]) -> WriteReply {
+    WriteReply::Map(
+        p.iter().map(|(f, v)| (WriteReply::Bulk(b(f)), WriteReply::Bulk(b(v)))).collect(),
+    )
+}
+
+#[test]
+fn a_hash_write_touches_its_field_and_the_metadata_only() {
+    let mut m = Map::default();
+    let fields: Vec<(String, String)> =
+        (0..1000).map(|i| (format!("f{i:04}"), i.to_string())).collect();
+    let refs: Vec<(&str, &str)> = fields.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
+    assert_eq!(m.run(hset("h", &refs)), WriteReply::Integer(1000));
+    assert_eq!(m.1.len(), 1000);
+    let c = coll(&m, "h");
+    assert_eq!((c.kind, c.size, c.peak), (Kind::Hash, 1000, 1000));
+    // One more field: one element written, and the metadata.
+    m.2 += 1;
+    let (muts, reply) =
+        apply(&hset("h", &[("new", "v")]), &m, &mut Ctx::new(1_000, m.2, 1)).unwrap();
+    assert_eq!(reply, WriteReply::Integer(1));
+    assert_eq!(muts.len(), 2, "{muts:?}");
+    // An overwrite counts nothing but still changes the stamp (WATCH sees it).
+    let before = watch_value(&m, b"h", 1_000).unwrap();
+    assert_eq!(m.run(hset("h", &[("f0001", "x")])), WriteReply::Integer(0));
+    assert_ne!(watch_value(&m, b"h", 1_000).unwrap(), before);
+    assert_eq!(coll(&m, "h").size, 1000);
+}
+
+#[test]
+fn fields_come_back_in_byte_order_and_the_last_of_a_repeated_field_wins() {
+    let mut m = Map::default();
+    assert_eq!(m.run(hset("h", &[("b", "1"), ("a", "2"), ("b", "3")])), WriteReply::Integer(2));
+    assert_eq!(hgetall(&m, "h"), pairs(&[("a", "2"), ("b", "3")]));
+    let del = Command::HDel { key: b("h"), fields: vec![b("a"), b("a"), b("zz")] };
+    assert_eq!(m.run(del), WriteReply::Integer(1));
+    let del = Command::HDel { key: b("h"), fields: vec![b("b")] };
+    assert_eq!(m.run(del), WriteReply::Integer(1));
+    assert!(m.0.is_empty() && m.1.is_empty(), "the last field takes the key with it");
+}
+
+#[test]
+fn a_dead_hash_takes_its_fields_by_points_when_few_and_by_one_range_when_many() {
+    for (n, range) in [(10, false), (64, false), (65, true)] {
+        let mut m = Map::default();
+        let fields: Vec<(String, String)> = (0..n).map(|i| (format!("f{i}"), "v".into())).collect();
+        let refs: Vec<(&str, &str)> =
+            fields.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
+        m.run(hset("h", &refs));
+        m.2 += 1;
+        let (muts, _) =
+            apply(&Command::Del { keys: vec![b("h")] }, &m, &mut Ctx::new(1_000, m.2, 1)).unwrap();
+        let ranges = muts.iter().filter(|m| matches!(m, Mutation::DeleteElements { .. })).count();
+        let points = muts.iter().filter(|m| matches!(m, Mutation::DeleteElement(_))).count();
+        assert_eq!((ranges, points), if range { (1, 0) } else { (0, n) }, "{n} fields");
+        m.run(Command::Del { keys: vec![b("h")] });
+        assert!(m.0.is_empty() && m.1.is_empty(), "{n} fields");
+    }
+}
+
+#[test]
+fn every_write_that_replaces_or_drops_a_hash_drops_its_fields() {
+    let writes = [
+        Command::set(b("h"), b("s")),
+        Command::MSet { pairs: vec![(b("h"), b("s"))] },
+        Command::Expire {
+            key: b("h"),
+            amount: -1,
+            millis: false,
+            absolute: false,
+            cond: ExpireCond::Always,
+        },
+        Command::FlushAll,
+        Command::Rename { from: b("o"), to: b("h"), nx: false },
+        Command::Copy { from: b("o"), to: b("h"), replace: true },
+    ];
+    for w in writes {
+        let mut m = Map::default();
+        m.run(hset("h", &[("a", "1"), ("b", "2")]));
+        m.run(Command::set(b("o"), b("s")));
+        m.run(w.clone());
+        assert!(m.1.is_empty(), "{w:?} left {:?}", m.1);
+    }
+    // An expired hash: the sweep, or a write of another type over it, drops its fields.
+    for w in [
+        Command::ExpireDue { keys: vec![b("h")] },
+        Command::IncrBy { key: b("h"), delta: 1 },
+        hset("h", &[("c", "3")]),
+    ] {
+        let mut m = Map::default();
+        m.run_at(hset("h", &[("a", "1"), ("b", "2")]), 0);
+        m.run_at(
+            Command::Expire {
+                key: b("h"),
+                amount: 5,
+                millis: true,
+                absolute: false,
+                cond: ExpireCond::Always,
+            },
+            0,
+        );
+        m.run_at(w.clone(), 100);
+        let left: Vec<&Vec<u8>> = m.1.keys().collect();
+        assert!(left.len() <= 1, "{w:?} left {left:?}");
+        if let Some(k) = left.first() {
+            assert!(k.ends_with(b"hc"), "only the new hash's field: {k:?}");
+            assert_eq!(hgetall(&m, "h"), pairs(&[("c", "3")]));
+        }
+    }
+}
+
+#[test]
+fn rename_moves_a_hash_in_one_write_and_copy_makes_an_independent_one() {
+    let mut m = Map::default();
+    m.run(hset("h", &[("a", "1"), ("b", "2")]));
+    m.2 += 1;
+    let rename = Command::Rename { from: b("h"), to: b("g"), nx: false };
+    let (muts, _) = apply(&rename, &m, &mut Ctx::new(1_000, m.2, 1)).unwrap();
+    assert_eq!(muts.len(), 2, "the metadata moves, the fields stay: {muts:?}");
+    m.run(rename);
+    assert_eq!(hgetall(&m, "g"), pairs(&[("a", "1"), ("b", "2")]));
+    m.run(Command::Copy { from: b("g"), to: b("c"), replace: false });
+    m.run(hset("c", &[("a", "changed")]));
+    assert_eq!(hgetall(&m, "g"), pairs(&[("a", "1"), ("b", "2")]));
+    assert_eq!(hgetall(&m, "c"), pairs(&[("a", "changed"), ("b", "2")]));
+    m.run(Command::Del { keys: vec![b("g")] });
+    assert_eq!(hgetall(&m, "c"), pairs(&[("a", "changed"), ("b", "2")]));
+    assert_eq!(m.1.len(), 2);
+}
+
+#[test]
+fn a_transaction_sees_its_own_field_writes_and_a_hash_it_recreates_starts_empty() {
+    let mut m = Map::default();
+    m.run(hset("h", &[("a", "1"), ("b", "2")]));
+    let multi = Command::Multi {
+        ops: vec![
+            TxOp::Write(hset("h", &[("c", "3")])),
+            TxOp::Query(Query::HGetAll { key: b("h"), fields: true, values: true }),
+            TxOp::Write(Command::Del { keys: vec![b("h")] }),
+            TxOp::Write(hset("h", &[("z", "9")])),
+            TxOp::Query(Query::HGetAll { key: b("h"), fields: true, values: true }),
+        ],
+        watched: vec![],
+    };
+    let reply = m.run(multi);
+    let WriteReply::Array(replies) = reply else { panic!("{reply:?}") };
+    assert_eq!(replies[1], pairs(&[("a", "1"), ("b", "2"), ("c", "3")]));
+    assert_eq!(replies[4], pairs(&[("z", "9")]));
+    assert_eq!(hgetall(&m, "h"), pairs(&[("z", "9")]));
+    assert_eq!(m.1.len(), 1);
+}
+
+#[test]
+fn ids_are_unique_across_entries_and_within_one_and_run_out_with_an_error() {
+    let mut a = Ctx::new(0, 7, 1);
+    let mut b = Ctx::new(0, 8, 1);
+    let ids: Vec<u64> =
+        (0..3).map(|_| a.next_id().unwrap()).chain([b.next_id().unwrap()]).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let mut c = Ctx::new(0, 9, 1);
+    for _ in 0..(1 << 20) - 1 {
+        c.next_id().unwrap();
+    }
+    assert_eq!(c.next_id(), None);
+}
+
+/// A plain map of elements with range deletes, the model `Layered` must agree with.
+fn model_apply(model: &mut BTreeMap<Vec<u8>, Vec<u8>>, m: &Mutation) {
+    match m {
+        Mutation::PutElement(k, v) => {
+            model.insert(k.clone(), v.clone());
+        }
+        Mutation::DeleteElement(k) => {
+            model.remove(k);
+        }
+        Mutation::DeleteElements { from, to } => model.retain(|k, _| !(from <= k && k < to)),
+        Mutation::Clear => model.clear(),
+        _ => {}
+    }
+}
+
+fn element_mutation() -> impl Strategy<Value = Mutation> {
+    let key = proptest::collection::vec(0u8..4, 1..4);
+    prop_oneof![
+        4 => (key.clone(), any::<u8>()).prop_map(|(k, v)| Mutation::PutElement(k, vec![v])),
+        2 => key.clone().prop_map(Mutation::DeleteElement),
+        1 => (key.clone(), key).prop_map(|(a, b)| {
+            let (from, to) = if a <= b { (a, b) } else { (b, a) };
+            Mutation::DeleteElements { from, to }
+        }),
+        1 => Just(Mutation::Clear),
+    ]
+}
+
+proptest! {
+    /// Element ranges read through pending changes, in pages of any size and either
+    /// direction, equal the same range of the changes applied to a plain map.
+    #[test]
+    fn layered_ranges_equal_the_changes_applied(
+        base in proptest::collection::vec(element_mutation(), 0..20),
+        pending in proptest::collection::vec(element_mutation(), 0..20),
+        from in proptest::collection::vec(0u8..4, 0..3),
+        to in proptest::collection::vec(0u8..5, 0..4),
+        rev in any::<bool>(),
+        limit in 1usize..6,
+    ) {
+        let mut state = Map::default();
+        for m in base.iter().filter(|m| !matches!(m, Mutation::Clear)) {
+            model_apply(&mut state.1, m);
+        }
+        let mut model = state.1.clone();
+        let mut changes = PendingChanges::default();
+        for m in &pending {
+            model_apply(&mut model, m);
+            changes.record(std::slice::from_ref(m));
+        }
+        let layered = Layered { base: &state, pending: Some(&changes) };
+        let got = layered.elements(&from, &to, rev, limit).unwrap();
+        let want = state_range(&model, &from, &to, rev, limit);
+        prop_assert_eq!(got, want);
+        for k in model.keys().chain(state.1.keys()) {
+            prop_assert_eq!(layered.element(k).unwrap(), model.get(k).cloned());
+        }
+    }
+}
+
+fn state_range(
+    m: &BTreeMap<Vec<u8>, Vec<u8>>,
+    from: &[u8],
+    to: &[u8],
+    rev: bool,
+    limit: usize,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    if from >= to {
+        return Vec::new();
+    }
+    let it = m.iter().filter(|(k, _)| from <= k.as_slice() && k.as_slice() < to);
+    let all: Vec<(Vec<u8>, Vec<u8>)> = it.map(|(k, v)| (k.clone(), v.clone())).collect();
+    if rev {
+        all.into_iter().rev().take(limit).collect()
+    } else {
+        all.into_iter().take(limit).collect()
+    }
+}
