@@ -178,7 +178,7 @@ pub enum ClientCommand {
 
 /// Every command this build knows, with Redis's arity convention (negative: at least that many
 /// arguments, command name included).
-pub const COMMANDS: &[(&str, i32)] = &[
+const CORE_COMMANDS: &[(&str, i32)] = &[
     ("ping", -1),
     ("echo", 2),
     ("get", 2),
@@ -263,6 +263,11 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("unwatch", 1),
 ];
 
+/// Every command this build knows (see `CORE_COMMANDS`) and its arity.
+pub fn commands() -> impl Iterator<Item = &'static (&'static str, i32)> {
+    CORE_COMMANDS.iter().chain(crate::parse_coll::COMMANDS)
+}
+
 /// Redis's reply to a command name it does not know.
 pub fn unknown_command(name: &[u8], args: &[Bytes]) -> Reply {
     // As Redis: the name and the first arguments, quoted, with at most 128 bytes of arguments.
@@ -298,7 +303,7 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         return Request::Immediate(Reply::Null);
     };
     let name = String::from_utf8_lossy(name_raw).to_ascii_lowercase();
-    let Some(&(name, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
+    let Some(&(name, arity)) = commands().find(|(n, _)| *n == name) else {
         return Request::Immediate(unknown_command(name_raw, args));
     };
     let argc = argv.len() as i32;
@@ -545,7 +550,8 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             ]))
         }
         "unwatch" => Request::Connection(ConnectionCommand::Unwatch),
-        _ => unreachable!("every name in COMMANDS has a branch"),
+        other => crate::parse_coll::parse(other, args)
+            .expect("every name in the command tables has a branch"),
     }
 }
 
@@ -839,7 +845,8 @@ fn key_positions(name: &str) -> (i64, i64, i64) {
     match name {
         "mset" | "msetnx" => (1, -1, 2),
         "mget" | "del" | "unlink" | "exists" | "touch" | "watch" => (1, -1, 1),
-        "rename" | "renamenx" | "copy" => (1, 2, 1),
+        "rename" | "renamenx" | "copy" | "lmove" | "rpoplpush" => (1, 2, 1),
+        "lmpop" => (0, 0, 0),
         "ping" | "echo" | "command" | "config" | "info" | "select" | "client" | "quit"
         | "multi" | "exec" | "discard" | "unwatch" | "hello" | "auth" | "reset" | "time"
         | "dbsize" | "flushdb" | "flushall" | "scan" | "randomkey" | "keys" | "function"
@@ -851,7 +858,8 @@ fn key_positions(name: &str) -> (i64, i64, i64) {
 
 /// COMMAND INFO's entry for `name`, in Redis 7's ten-element shape.
 fn command_info(name: &str, arity: i32) -> Reply {
-    let flag = if READ_ONLY.contains(&name) { "readonly" } else { "write" };
+    let read_only = READ_ONLY.contains(&name) || crate::parse_coll::READ_ONLY.contains(&name);
+    let flag = if read_only { "readonly" } else { "write" };
     let (first, last, step) = key_positions(name);
     Reply::Array(vec![
         Reply::Bulk(Bytes::from(name.to_string())),
@@ -871,20 +879,19 @@ fn command_info(name: &str, arity: i32) -> Reply {
 /// such subcommand): redis-cli then shows its own built-in hints for every command.
 fn command_command(args: &[Bytes]) -> Reply {
     if args.is_empty() {
-        return Reply::Array(COMMANDS.iter().map(|(n, a)| command_info(n, *a)).collect());
+        return Reply::Array(commands().map(|(n, a)| command_info(n, *a)).collect());
     }
     match subcommand(args).as_str() {
-        "count" => Reply::Integer(COMMANDS.len() as i64),
+        "count" => Reply::Integer(commands().count() as i64),
         "info" if args.len() == 1 => {
-            Reply::Array(COMMANDS.iter().map(|(n, a)| command_info(n, *a)).collect())
+            Reply::Array(commands().map(|(n, a)| command_info(n, *a)).collect())
         }
         "info" => Reply::Array(
             args[1..]
                 .iter()
                 .map(|n| {
                     let n = String::from_utf8_lossy(n).to_ascii_lowercase();
-                    COMMANDS
-                        .iter()
+                    commands()
                         .find(|(c, _)| *c == n)
                         .map_or(Reply::Null, |(c, a)| command_info(c, *a))
                 })

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod command;
 pub mod durability;
 pub mod node;
+mod parse_coll;
 pub mod peer_auth;
 pub mod resp;
 pub mod snapshot;

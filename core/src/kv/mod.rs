@@ -7,12 +7,14 @@ use serde::{Deserialize, Serialize};
 pub mod coll;
 mod hashes;
 mod layered;
+pub mod lists;
 mod record;
 #[cfg(test)]
 mod tests_coll;
 
 pub use coll::Ctx;
 pub use layered::{Layered, PendingChanges};
+pub use lists::{ListOp, ListQuery};
 pub use record::{Coll, Data, Kind, Record};
 
 pub type Key = Vec<u8>;
@@ -119,6 +121,8 @@ pub enum Command {
         field: Vec<u8>,
         delta: Vec<u8>,
     },
+    /// A list write (LPUSH, LPOP, LMOVE, ...).
+    List(ListOp),
     /// MULTI ... EXEC: every command in order, atomically, in one entry, unless a `watched`
     /// key no longer holds what WATCH read (its live record, encoded; None: absent).
     Multi {
@@ -203,6 +207,7 @@ impl Command {
             Command::HDel { key, fields } => key.len() + fields.iter().map(Vec::len).sum::<usize>(),
             Command::HIncrBy { key, field, .. } => key.len() + field.len() + 8,
             Command::HIncrByFloat { key, field, delta } => key.len() + field.len() + delta.len(),
+            Command::List(op) => op.size_bytes(),
             Command::Membership(_) => 64,
         }
     }
@@ -278,6 +283,7 @@ pub enum Query {
         key: Key,
         pattern: Option<Vec<u8>>,
     },
+    List(ListQuery),
 }
 
 impl WriteReply {
@@ -310,6 +316,7 @@ impl Query {
             | Query::HStrLen { key, field } => key.len() + field.len(),
             Query::HMGet { key, fields } => key.len() + all(fields),
             Query::HScan { key, pattern } => key.len() + pattern.as_ref().map_or(0, Vec::len),
+            Query::List(q) => q.size_bytes(),
         }
     }
 }
@@ -796,6 +803,7 @@ fn apply_one<S: KvRead>(
         Command::HIncrByFloat { key, field, delta } => {
             hashes::hincr(state, key, field, Err(delta), ctx)?
         }
+        Command::List(op) => lists::apply(op, state, ctx)?,
         Command::Multi { .. } => error("ERR MULTI calls can not be nested"),
         Command::Membership(_) => {
             (Vec::new(), WriteReply::Error("ERR membership changes are applied by the node".into()))
@@ -902,6 +910,7 @@ pub fn query<S: KvRead>(q: &Query, state: &S, now: u64) -> Result<WriteReply, S:
             hashes::query(state, key, now, hashes::HashQuery::Exists(field))?
         }
         Query::HLen(key) => hashes::query(state, key, now, hashes::HashQuery::Len)?,
+        Query::List(q) => lists::query(q, state, now)?,
         Query::HStrLen { key, field } => {
             hashes::query(state, key, now, hashes::HashQuery::StrLen(field))?
         }

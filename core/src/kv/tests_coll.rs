@@ -274,3 +274,117 @@ fn state_range(
         all.into_iter().take(limit).collect()
     }
 }
+
+fn list_op() -> impl Strategy<Value = (u8, Vec<u8>, i64, i64)> {
+    // (which op, an element, two numbers)
+    (0u8..9, proptest::collection::vec(b'a'..b'd', 1..2), -6i64..7, -6i64..7)
+}
+
+/// The model of one list op, Redis's semantics over a `VecDeque`.
+fn model_list(l: &mut std::collections::VecDeque<Vec<u8>>, op: u8, e: &[u8], x: i64, y: i64) {
+    let len = l.len() as i64;
+    let norm = |i: i64| if i < 0 { i + len } else { i };
+    match op {
+        0 => l.push_front(e.to_vec()),
+        1 => l.push_back(e.to_vec()),
+        2 => {
+            for _ in 0..x.unsigned_abs().min(l.len() as u64) {
+                l.pop_front();
+            }
+        }
+        3 => {
+            for _ in 0..x.unsigned_abs().min(l.len() as u64) {
+                l.pop_back();
+            }
+        }
+        4 => {
+            let i = norm(x);
+            if (0..len).contains(&i) {
+                l[i as usize] = e.to_vec();
+            }
+        }
+        5 => {
+            let limit = if x == 0 { usize::MAX } else { x.unsigned_abs() as usize };
+            let idx: Vec<usize> = if x < 0 {
+                (0..l.len()).rev().filter(|i| l[*i] == e).take(limit).collect()
+            } else {
+                (0..l.len()).filter(|i| l[*i] == e).take(limit).collect()
+            };
+            let mut i = 0;
+            l.retain(|_| {
+                let keep = !idx.contains(&i);
+                i += 1;
+                keep
+            });
+        }
+        6 => {
+            let (mut s, mut t) = (norm(x), norm(y));
+            if s < 0 {
+                s = 0;
+            }
+            if s > t || s >= len {
+                l.clear();
+            } else {
+                if t >= len {
+                    t = len - 1;
+                }
+                *l = l.iter().skip(s as usize).take((t - s + 1) as usize).cloned().collect();
+            }
+        }
+        7 => {
+            if let Some(p) = l.iter().position(|v| v.as_slice() == b"a") {
+                l.insert(if x < 0 { p } else { p + 1 }, e.to_vec());
+            }
+        }
+        _ => {
+            if let Some(v) = if x < 0 { l.pop_front() } else { l.pop_back() } {
+                if y < 0 {
+                    l.push_front(v)
+                } else {
+                    l.push_back(v)
+                }
+            }
+        }
+    }
+}
+
+fn list_command(op: u8, e: &[u8], x: i64, y: i64) -> Command {
+    let key = b("l");
+    Command::List(match op {
+        0 | 1 => {
+            ListOp::Push { key, left: op == 0, elements: vec![e.to_vec()], only_existing: false }
+        }
+        2 | 3 => ListOp::Pop { key, left: op == 2, count: Some(x.unsigned_abs()) },
+        4 => ListOp::Set { key, index: x.to_string().into_bytes(), element: e.to_vec() },
+        5 => ListOp::Rem { key, count: x, element: e.to_vec() },
+        6 => ListOp::Trim { key, start: x, stop: y },
+        7 => ListOp::Insert { key, before: x < 0, pivot: b("a"), element: e.to_vec() },
+        _ => ListOp::Move { from: key.clone(), to: key, from_left: x < 0, to_left: y < 0 },
+    })
+}
+
+proptest! {
+    /// Any sequence of list writes leaves the list the model holds, stored densely: exactly its
+    /// elements, at `head..head + size`, and nothing else in the element space.
+    #[test]
+    fn list_writes_match_a_deque(ops in proptest::collection::vec(list_op(), 1..40)) {
+        let mut m = Map::default();
+        let mut model = std::collections::VecDeque::new();
+        for (op, e, x, y) in ops {
+            m.run(list_command(op, &e, x, y));
+            model_list(&mut model, op, &e, x, y);
+            let got = query(&Query::List(ListQuery::Range { key: b("l"), start: 0, stop: -1 }), &m, 1_000).unwrap();
+            let want = WriteReply::Array(model.iter().cloned().map(WriteReply::Bulk).collect());
+            prop_assert_eq!(got, want, "after op {} {:?} {} {}", op, e, x, y);
+            if model.is_empty() {
+                prop_assert!(m.0.is_empty() && m.1.is_empty(), "an empty list leaves nothing: {:?}", m.1);
+            } else {
+                let c = coll(&m, "l");
+                prop_assert_eq!(c.size as usize, model.len());
+                let keys: Vec<Vec<u8>> = m.1.keys().cloned().collect();
+                let dense: Vec<Vec<u8>> = (0..c.size).map(|i| coll::list_key(c.id, c.head + i)).collect();
+                prop_assert_eq!(keys, dense);
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Parsing of the list, set and sorted set commands, with Redis 7.0's argument errors in
+//! Redis's order (`t_list.c`, `t_set.c`, `t_zset.c`): what is parsed before the key is read is
+//! refused here; what Redis checks after reading the key travels as the client wrote it.
+
+use crate::command::{ReadCommand, Reply, Request};
+use bytes::Bytes;
+use raft_kv_core::kv::{parse_i64, Command, ListOp, ListQuery, Query, ERR_NOT_INTEGER};
+
+/// The list, set and sorted set commands: name and Redis's arity.
+pub const COMMANDS: &[(&str, i32)] = &[
+    ("lpush", -3),
+    ("rpush", -3),
+    ("lpushx", -3),
+    ("rpushx", -3),
+    ("lpop", -2),
+    ("rpop", -2),
+    ("llen", 2),
+    ("lrange", 4),
+    ("lindex", 3),
+    ("lset", 4),
+    ("lrem", 4),
+    ("ltrim", 4),
+    ("linsert", 5),
+    ("lpos", -3),
+    ("lmove", 5),
+    ("rpoplpush", 3),
+    ("lmpop", -4),
+];
+
+/// The read-only ones (COMMAND INFO's flag).
+pub const READ_ONLY: &[&str] = &["llen", "lrange", "lindex", "lpos"];
+
+fn err(msg: &str) -> Reply {
+    Reply::error(msg)
+}
+
+fn syntax() -> Reply {
+    err("ERR syntax error")
+}
+
+/// Redis's `getLongFromObjectOrReply` with no message.
+fn long(b: &[u8]) -> Result<i64, Reply> {
+    parse_i64(b).ok_or_else(|| err(ERR_NOT_INTEGER))
+}
+
+/// Redis's `getRangeLongFromObjectOrReply(min, LONG_MAX, msg)`: `msg` for anything else.
+fn at_least(b: &[u8], min: i64, msg: &str) -> Result<u64, Reply> {
+    match parse_i64(b) {
+        Some(n) if n >= min => Ok(n as u64),
+        _ => Err(err(msg)),
+    }
+}
+
+const ERR_POSITIVE: &str = "ERR value is out of range, must be positive";
+
+/// LEFT or RIGHT: true for LEFT.
+fn side(b: &[u8]) -> Result<bool, Reply> {
+    if b.eq_ignore_ascii_case(b"left") {
+        Ok(true)
+    } else if b.eq_ignore_ascii_case(b"right") {
+        Ok(false)
+    } else {
+        Err(syntax())
+    }
+}
+
+fn wrong_arity(name: &str) -> Reply {
+    Reply::error(format!("ERR wrong number of arguments for '{name}' command"))
+}
+
+/// Parses `name` (lowercase, arity checked) if it is one of `COMMANDS`.
+pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
+    let k = |i: usize| args[i].to_vec();
+    let all = |from: usize| args[from..].iter().map(|a| a.to_vec()).collect::<Vec<_>>();
+    let write = |op: ListOp| Request::Write(Command::List(op));
+    let read = |q: ListQuery| Request::Read(ReadCommand::Query(Query::List(q)));
+    let parsed: Result<Request, Reply> = (|| {
+        Ok(match name {
+            "lpush" | "rpush" | "lpushx" | "rpushx" => write(ListOp::Push {
+                key: k(0),
+                left: name.starts_with('l'),
+                elements: all(1),
+                only_existing: name.ends_with('x'),
+            }),
+            "lpop" | "rpop" => {
+                if args.len() > 2 {
+                    return Err(wrong_arity(name));
+                }
+                let count = match args.get(1) {
+                    Some(c) => Some(at_least(c, 0, ERR_POSITIVE)?),
+                    None => None,
+                };
+                write(ListOp::Pop { key: k(0), left: name == "lpop", count })
+            }
+            "llen" => read(ListQuery::Len(k(0))),
+            "lrange" => {
+                let (start, stop) = (long(&args[1])?, long(&args[2])?);
+                read(ListQuery::Range { key: k(0), start, stop })
+            }
+            "lindex" => read(ListQuery::Index { key: k(0), index: k(1) }),
+            "lset" => write(ListOp::Set { key: k(0), index: k(1), element: k(2) }),
+            "lrem" => write(ListOp::Rem { key: k(0), count: long(&args[1])?, element: k(2) }),
+            "ltrim" => {
+                let (start, stop) = (long(&args[1])?, long(&args[2])?);
+                write(ListOp::Trim { key: k(0), start, stop })
+            }
+            "linsert" => {
+                let before = if args[1].eq_ignore_ascii_case(b"before") {
+                    true
+                } else if args[1].eq_ignore_ascii_case(b"after") {
+                    false
+                } else {
+                    return Err(syntax());
+                };
+                write(ListOp::Insert { key: k(0), before, pivot: k(2), element: k(3) })
+            }
+            "lpos" => {
+                let (mut rank, mut count, mut maxlen) = (1, None, 0);
+                let mut i = 2;
+                while i < args.len() {
+                    let more = i + 1 < args.len();
+                    let opt = &args[i];
+                    if opt.eq_ignore_ascii_case(b"rank") && more {
+                        rank = long(&args[i + 1])?;
+                        if rank == 0 {
+                            return Err(err(raft_kv_core::kv::lists::ERR_RANK_ZERO));
+                        }
+                    } else if opt.eq_ignore_ascii_case(b"count") && more {
+                        count = Some(at_least(&args[i + 1], 0, "ERR COUNT can't be negative")?);
+                    } else if opt.eq_ignore_ascii_case(b"maxlen") && more {
+                        maxlen = at_least(&args[i + 1], 0, "ERR MAXLEN can't be negative")?;
+                    } else {
+                        return Err(syntax());
+                    }
+                    i += 2;
+                }
+                read(ListQuery::Pos { key: k(0), element: k(1), rank, count, maxlen })
+            }
+            "lmove" => {
+                let (from_left, to_left) = (side(&args[2])?, side(&args[3])?);
+                write(ListOp::Move { from: k(0), to: k(1), from_left, to_left })
+            }
+            "rpoplpush" => {
+                write(ListOp::Move { from: k(0), to: k(1), from_left: false, to_left: true })
+            }
+            "lmpop" => {
+                let (keys, left, count) = mpop_args(args)?;
+                write(ListOp::MPop { keys, left, count })
+            }
+            _ => return Err(Reply::Null),
+        })
+    })();
+    match parsed {
+        Ok(r) => Some(r),
+        Err(Reply::Null) => None,
+        Err(reply) => Some(Request::Immediate(reply)),
+    }
+}
+
+/// LMPOP's `numkeys key [key ...] LEFT|RIGHT [COUNT count]`.
+fn mpop_args(args: &[Bytes]) -> Result<(Vec<Vec<u8>>, bool, u64), Reply> {
+    let numkeys = at_least(&args[0], 1, "ERR numkeys should be greater than 0")?;
+    let where_at = usize::try_from(numkeys).ok().and_then(|n| n.checked_add(1));
+    let Some(where_at) = where_at.filter(|w| *w < args.len()) else { return Err(syntax()) };
+    let left = side(&args[where_at])?;
+    let mut count = None;
+    let mut i = where_at + 1;
+    while i < args.len() {
+        if count.is_none() && args[i].eq_ignore_ascii_case(b"count") && i + 1 < args.len() {
+            count = Some(at_least(&args[i + 1], 1, "ERR count should be greater than 0")?);
+            i += 2;
+        } else {
+            return Err(syntax());
+        }
+    }
+    let keys = args[1..where_at].iter().map(|a| a.to_vec()).collect();
+    Ok((keys, left, count.unwrap_or(1)))
+}
