@@ -63,10 +63,13 @@ pub enum PlantedBug {
     /// even when it was re-sent after a leader change, so an earlier copy of it may already be
     /// in the log and apply.
     BusyAfterResubmit,
+    /// SPOP's member is chosen by each node on its own (seeded by its id) instead of by the
+    /// entry, so the replicas pop different members and diverge.
+    PopChoiceByNode,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 16] = [
+    pub const ALL: [PlantedBug; 17] = [
         PlantedBug::VoteWithoutLogCheck,
         PlantedBug::FollowerLocalReads,
         PlantedBug::AckBeforeSync,
@@ -83,6 +86,7 @@ impl PlantedBug {
         PlantedBug::DamagedDataTrusted,
         PlantedBug::DiskFullWriteProposedAnyway,
         PlantedBug::BusyAfterResubmit,
+        PlantedBug::PopChoiceByNode,
     ];
 }
 

@@ -16,6 +16,8 @@ pub enum Reply {
     Bulk(Bytes),
     Null,
     Array(Vec<Reply>),
+    /// A set in RESP3, an array in RESP2.
+    Set(Vec<Reply>),
     /// A map in RESP3, a flat array of keys and values in RESP2.
     Map(Vec<(Reply, Reply)>),
     /// An array of two-element arrays in RESP3, a flat array in RESP2 (pairs that may repeat,
@@ -37,7 +39,9 @@ impl Reply {
             Reply::Status(s) | Reply::Error(s) => s.len() + 3,
             Reply::Bulk(b) => b.len() + 16,
             Reply::Integer(_) | Reply::Null | Reply::NullArray => 16,
-            Reply::Array(items) => 16 + items.iter().map(Reply::size_bytes).sum::<usize>(),
+            Reply::Array(items) | Reply::Set(items) => {
+                16 + items.iter().map(Reply::size_bytes).sum::<usize>()
+            }
             Reply::Map(pairs) | Reply::Pairs(pairs) => {
                 16 + pairs.iter().map(|(k, v)| k.size_bytes() + v.size_bytes()).sum::<usize>()
             }
@@ -60,6 +64,7 @@ impl From<Reply> for WriteReply {
             Reply::Bulk(b) => WriteReply::Bulk(b.to_vec()),
             Reply::Null => WriteReply::Null,
             Reply::Array(items) => WriteReply::Array(items.into_iter().map(Into::into).collect()),
+            Reply::Set(items) => WriteReply::Set(items.into_iter().map(Into::into).collect()),
             Reply::NullArray => WriteReply::NullArray,
             Reply::Map(pairs) => {
                 WriteReply::Map(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
@@ -81,6 +86,7 @@ impl From<WriteReply> for Reply {
             WriteReply::Bulk(b) => Reply::Bulk(Bytes::from(b)),
             WriteReply::Null => Reply::Null,
             WriteReply::Array(items) => Reply::Array(items.into_iter().map(Reply::from).collect()),
+            WriteReply::Set(items) => Reply::Set(items.into_iter().map(Reply::from).collect()),
             WriteReply::NullArray => Reply::NullArray,
             WriteReply::Map(pairs) => {
                 Reply::Map(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
@@ -110,6 +116,11 @@ pub enum ReadCommand {
         key: Vec<u8>,
         count: Option<i64>,
         with_values: bool,
+    },
+    /// SRANDMEMBER key [count]: chosen by this node's random generator, like HRANDFIELD.
+    SRandMember {
+        key: Vec<u8>,
+        count: Option<i64>,
     },
     /// MEMORY USAGE key: an estimate of the bytes the key and its value take.
     MemoryUsage(Vec<u8>),
@@ -335,8 +346,8 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             Err(reply) => Request::Immediate(reply),
         },
         "hscan" => match scan_options(&args[1], &args[2..], false) {
-            // A hash is stored whole: one call returns every field, and cursor 0, as Redis
-            // does for small hashes.
+            // One call returns every field, and cursor 0, as Redis does for small hashes (a
+            // large hash too: element cursors are not built yet).
             Ok((_, pattern, _, _)) => {
                 query(Query::HScan { key: k(0), pattern: pattern.map(|p| p.to_vec()) })
             }
@@ -557,7 +568,7 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
 
 /// SCAN's and HSCAN's cursor and options (TYPE for SCAN only).
 #[allow(clippy::type_complexity)]
-fn scan_options(
+pub(crate) fn scan_options(
     cursor: &[u8],
     opts: &[Bytes],
     with_type: bool,

@@ -4,7 +4,9 @@
 
 use crate::command::{ReadCommand, Reply, Request};
 use bytes::Bytes;
-use raft_kv_core::kv::{parse_i64, Command, ListOp, ListQuery, Query, ERR_NOT_INTEGER};
+use raft_kv_core::kv::{
+    parse_i64, Combine, Command, ListOp, ListQuery, Query, SetOp, SetQuery, ERR_NOT_INTEGER,
+};
 
 /// The list, set and sorted set commands: name and Redis's arity.
 pub const COMMANDS: &[(&str, i32)] = &[
@@ -25,10 +27,42 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("lmove", 5),
     ("rpoplpush", 3),
     ("lmpop", -4),
+    ("sadd", -3),
+    ("srem", -3),
+    ("smembers", 2),
+    ("sismember", 3),
+    ("smismember", -3),
+    ("scard", 2),
+    ("spop", -2),
+    ("srandmember", -2),
+    ("smove", 4),
+    ("sinter", -2),
+    ("sunion", -2),
+    ("sdiff", -2),
+    ("sinterstore", -3),
+    ("sunionstore", -3),
+    ("sdiffstore", -3),
+    ("sintercard", -3),
+    ("sscan", -3),
 ];
 
 /// The read-only ones (COMMAND INFO's flag).
-pub const READ_ONLY: &[&str] = &["llen", "lrange", "lindex", "lpos"];
+pub const READ_ONLY: &[&str] = &[
+    "llen",
+    "lrange",
+    "lindex",
+    "lpos",
+    "smembers",
+    "sismember",
+    "smismember",
+    "scard",
+    "srandmember",
+    "sinter",
+    "sunion",
+    "sdiff",
+    "sintercard",
+    "sscan",
+];
 
 fn err(msg: &str) -> Reply {
     Reply::error(msg)
@@ -72,11 +106,13 @@ fn wrong_arity(name: &str) -> Reply {
 pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
     let k = |i: usize| args[i].to_vec();
     let all = |from: usize| args[from..].iter().map(|a| a.to_vec()).collect::<Vec<_>>();
-    let write = |op: ListOp| Request::Write(Command::List(op));
+    let write = |c: Command| Request::Write(c);
+    let lwrite = |op: ListOp| Request::Write(Command::List(op));
+    let sread = |q: SetQuery| Request::Read(ReadCommand::Query(Query::Sets(q)));
     let read = |q: ListQuery| Request::Read(ReadCommand::Query(Query::List(q)));
     let parsed: Result<Request, Reply> = (|| {
         Ok(match name {
-            "lpush" | "rpush" | "lpushx" | "rpushx" => write(ListOp::Push {
+            "lpush" | "rpush" | "lpushx" | "rpushx" => lwrite(ListOp::Push {
                 key: k(0),
                 left: name.starts_with('l'),
                 elements: all(1),
@@ -90,7 +126,7 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
                     Some(c) => Some(at_least(c, 0, ERR_POSITIVE)?),
                     None => None,
                 };
-                write(ListOp::Pop { key: k(0), left: name == "lpop", count })
+                lwrite(ListOp::Pop { key: k(0), left: name == "lpop", count })
             }
             "llen" => read(ListQuery::Len(k(0))),
             "lrange" => {
@@ -98,11 +134,11 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
                 read(ListQuery::Range { key: k(0), start, stop })
             }
             "lindex" => read(ListQuery::Index { key: k(0), index: k(1) }),
-            "lset" => write(ListOp::Set { key: k(0), index: k(1), element: k(2) }),
-            "lrem" => write(ListOp::Rem { key: k(0), count: long(&args[1])?, element: k(2) }),
+            "lset" => lwrite(ListOp::Set { key: k(0), index: k(1), element: k(2) }),
+            "lrem" => lwrite(ListOp::Rem { key: k(0), count: long(&args[1])?, element: k(2) }),
             "ltrim" => {
                 let (start, stop) = (long(&args[1])?, long(&args[2])?);
-                write(ListOp::Trim { key: k(0), start, stop })
+                lwrite(ListOp::Trim { key: k(0), start, stop })
             }
             "linsert" => {
                 let before = if args[1].eq_ignore_ascii_case(b"before") {
@@ -112,7 +148,7 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
                 } else {
                     return Err(syntax());
                 };
-                write(ListOp::Insert { key: k(0), before, pivot: k(2), element: k(3) })
+                lwrite(ListOp::Insert { key: k(0), before, pivot: k(2), element: k(3) })
             }
             "lpos" => {
                 let (mut rank, mut count, mut maxlen) = (1, None, 0);
@@ -138,15 +174,81 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
             }
             "lmove" => {
                 let (from_left, to_left) = (side(&args[2])?, side(&args[3])?);
-                write(ListOp::Move { from: k(0), to: k(1), from_left, to_left })
+                lwrite(ListOp::Move { from: k(0), to: k(1), from_left, to_left })
             }
             "rpoplpush" => {
-                write(ListOp::Move { from: k(0), to: k(1), from_left: false, to_left: true })
+                lwrite(ListOp::Move { from: k(0), to: k(1), from_left: false, to_left: true })
             }
             "lmpop" => {
                 let (keys, left, count) = mpop_args(args)?;
-                write(ListOp::MPop { keys, left, count })
+                lwrite(ListOp::MPop { keys, left, count })
             }
+            "sadd" | "srem" => {
+                let (key, members) = (k(0), all(1));
+                write(Command::Sets(if name == "sadd" {
+                    SetOp::Add { key, members }
+                } else {
+                    SetOp::Rem { key, members }
+                }))
+            }
+            "smembers" => sread(SetQuery::Combine { how: Combine::Inter, keys: vec![k(0)] }),
+            "sinter" | "sunion" | "sdiff" => {
+                sread(SetQuery::Combine { how: combine(name), keys: all(0) })
+            }
+            "sinterstore" | "sunionstore" | "sdiffstore" => {
+                write(Command::Sets(SetOp::Store { how: combine(name), dest: k(0), keys: all(1) }))
+            }
+            "sintercard" => {
+                let numkeys = at_least(&args[0], 1, "ERR numkeys should be greater than 0")?;
+                if numkeys > (args.len() - 1) as u64 {
+                    return Err(err("ERR Number of keys can't be greater than number of args"));
+                }
+                let n = numkeys as usize;
+                let mut limit = 0;
+                let mut i = 1 + n;
+                while i < args.len() {
+                    if args[i].eq_ignore_ascii_case(b"limit") && i + 1 < args.len() {
+                        limit = at_least(&args[i + 1], 0, "ERR LIMIT can't be negative")?;
+                        i += 2;
+                    } else {
+                        return Err(syntax());
+                    }
+                }
+                sread(SetQuery::InterCard {
+                    keys: args[1..1 + n].iter().map(|a| a.to_vec()).collect(),
+                    limit,
+                })
+            }
+            "sismember" => sread(SetQuery::IsMember { key: k(0), member: k(1) }),
+            "smismember" => sread(SetQuery::MIsMember { key: k(0), members: all(1) }),
+            "scard" => sread(SetQuery::Card(k(0))),
+            "spop" => {
+                let count = match args.len() {
+                    1 => None,
+                    2 => Some(at_least(&args[1], 0, ERR_POSITIVE)?),
+                    _ => return Err(syntax()),
+                };
+                write(Command::Sets(SetOp::Pop { key: k(0), count }))
+            }
+            "srandmember" => {
+                let count = match args.len() {
+                    1 => None,
+                    2 => match parse_i64(&args[1]) {
+                        Some(i64::MIN) => return Err(err("ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807")),
+                        Some(n) => Some(n),
+                        None => return Err(err(ERR_NOT_INTEGER)),
+                    },
+                    _ => return Err(syntax()),
+                };
+                Request::Read(ReadCommand::SRandMember { key: k(0), count })
+            }
+            "smove" => write(Command::Sets(SetOp::Move { from: k(0), to: k(1), member: k(2) })),
+            "sscan" => match crate::command::scan_options(&args[1], &args[2..], false) {
+                Ok((_, pattern, _, _)) => {
+                    sread(SetQuery::Scan { key: k(0), pattern: pattern.map(|p| p.to_vec()) })
+                }
+                Err(reply) => return Err(reply),
+            },
             _ => return Err(Reply::Null),
         })
     })();
@@ -154,6 +256,14 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
         Ok(r) => Some(r),
         Err(Reply::Null) => None,
         Err(reply) => Some(Request::Immediate(reply)),
+    }
+}
+
+fn combine(name: &str) -> Combine {
+    match &name[1..4] {
+        "int" => Combine::Inter,
+        "uni" => Combine::Union,
+        _ => Combine::Diff,
     }
 }
 

@@ -247,7 +247,9 @@ fn to_frame(reply: Reply) -> BytesFrame {
         Reply::Integer(n) => BytesFrame::Integer(n),
         Reply::Bulk(b) => BytesFrame::BulkString(b),
         Reply::Null => BytesFrame::Null,
-        Reply::Array(items) => BytesFrame::Array(items.into_iter().map(to_frame).collect()),
+        Reply::Array(items) | Reply::Set(items) => {
+            BytesFrame::Array(items.into_iter().map(to_frame).collect())
+        }
         Reply::Map(pairs) | Reply::Pairs(pairs) => BytesFrame::Array(
             pairs.into_iter().flat_map(|(k, v)| [to_frame(k), to_frame(v)]).collect(),
         ),
@@ -273,6 +275,9 @@ fn to_frame3(reply: Reply) -> Resp3Frame {
         Reply::Null | Reply::NullArray => Resp3Frame::Null,
         Reply::Array(items) => {
             Resp3Frame::Array { data: items.into_iter().map(to_frame3).collect(), attributes: None }
+        }
+        Reply::Set(items) => {
+            Resp3Frame::Set { data: items.into_iter().map(to_frame3).collect(), attributes: None }
         }
         Reply::Map(pairs) => Resp3Frame::Map {
             data: pairs.into_iter().map(|(k, v)| (to_frame3(k), to_frame3(v))).collect(),

@@ -11,7 +11,8 @@
 //! Replies: `+simple`, `-error text`, `:42`, `"bulk"`, `nil` (null bulk), `*nil` (null
 //! array), `[item, item]` (array), `any` (not compared). `=>raft-kv` and `=>redis` give the
 //! reply of one side where raft-kv deliberately differs (listed in the README); `=>` alone is
-//! both.
+//! both. `=>unordered` is both, with the items of every array compared as a multiset (a set's
+//! members, which Redis answers in its hash table's order).
 
 mod common;
 
@@ -36,6 +37,8 @@ struct Case {
     argv: Vec<Vec<u8>>,
     raft_kv: Vec<u8>,
     redis: Vec<u8>,
+    /// Arrays compared as multisets.
+    unordered: bool,
 }
 
 fn load_cases() -> Vec<Case> {
@@ -72,7 +75,8 @@ fn load_cases() -> Vec<Case> {
                     encode_expected(reply).unwrap_or_else(|e| panic!("{at}: {e}"))
                 };
                 match side {
-                    "" => {
+                    "" | "unordered" => {
+                        case.unordered = side == "unordered";
                         case.raft_kv = bytes.clone();
                         case.redis = bytes;
                     }
@@ -92,6 +96,7 @@ fn load_cases() -> Vec<Case> {
                 argv,
                 raft_kv: Vec::new(),
                 redis: Vec::new(),
+                unordered: false,
             });
         }
         cases.extend(current.take());
@@ -270,6 +275,36 @@ fn read_reply(s: &mut TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
     }
 }
 
+/// A reply with the items of every array sorted (by their encoding), for `=>unordered`.
+fn sorted(reply: &[u8]) -> Vec<u8> {
+    fn sort(frame: BytesFrame) -> BytesFrame {
+        match frame {
+            BytesFrame::Array(items) => {
+                let mut items: Vec<(Vec<u8>, BytesFrame)> = items
+                    .into_iter()
+                    .map(|f| {
+                        let f = sort(f);
+                        let mut b = BytesMut::new();
+                        extend_encode(&mut b, &f, false).expect("a well-formed frame");
+                        (b.to_vec(), f)
+                    })
+                    .collect();
+                items.sort_by(|a, b| a.0.cmp(&b.0));
+                BytesFrame::Array(items.into_iter().map(|(_, f)| f).collect())
+            }
+            other => other,
+        }
+    }
+    match redis_protocol::resp2::decode::decode_bytes(&Bytes::copy_from_slice(reply)) {
+        Ok(Some((frame, _))) => {
+            let mut b = BytesMut::new();
+            extend_encode(&mut b, &sort(frame), false).expect("a well-formed frame");
+            b.to_vec()
+        }
+        _ => reply.to_vec(),
+    }
+}
+
 /// Runs every case on one connection to `port`; returns the mismatches.
 fn run_table(port: u16, cases: &[Case], pick: impl Fn(&Case) -> &[u8], who: &str) -> Vec<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -280,7 +315,8 @@ fn run_table(port: u16, cases: &[Case], pick: impl Fn(&Case) -> &[u8], who: &str
         s.write_all(&encode_request(&c.argv)).unwrap();
         let got = read_reply(&mut s, &mut buf);
         let want = pick(c);
-        if got != want && want != ANY {
+        let same = if c.unordered { sorted(&got) == sorted(want) } else { got == want };
+        if !same && want != ANY {
             let shown: Vec<String> =
                 c.argv.iter().map(|a| String::from_utf8_lossy(a).to_string()).collect();
             failures.push(format!(

@@ -22,6 +22,9 @@ use super::{error, live, KvRead, Mutation, NotARecord, Value, WriteReply as Repl
 /// Element tags.
 pub const HASH_FIELD: u8 = b'h';
 pub const LIST_ITEM: u8 = b'l';
+pub const SET_MEMBER: u8 = b's';
+pub const ZSET_MEMBER: u8 = b'm';
+pub const ZSET_ORDER: u8 = b'o';
 
 /// A dead collection of at most this many element records is deleted record by record; a
 /// larger one as one range (a range tombstone costs reads more than a few point deletes).
@@ -40,6 +43,33 @@ pub struct Ctx {
     index: u64,
     term: u64,
     seq: u32,
+    /// The choices every replica must make alike (SPOP's members), drawn in order.
+    rng: SplitMix64,
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014), written out: its output is part of the replicated
+/// state, so it must never change with a crate's version.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> SplitMix64 {
+        SplitMix64(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (n > 0), by Lemire's multiply-shift (bias below 2^-32 for the sizes
+    /// here).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
 }
 
 /// Ids made from one entry: `index << 20 | seq`, so at most 2^20 - 1 per entry.
@@ -48,7 +78,18 @@ const SEQ_BITS: u32 = 20;
 impl Ctx {
     /// The context of entry `index` of `term`, made at `time`.
     pub fn new(time: u64, index: u64, term: u64) -> Ctx {
-        Ctx { time, index, term, seq: 0 }
+        let seed = index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ term.rotate_left(32);
+        Ctx { time, index, term, seq: 0, rng: SplitMix64::new(seed) }
+    }
+
+    /// Seeds the choices from `seed` instead (`PlantedBug::PopChoiceByNode`: each node its own).
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = SplitMix64::new(seed);
+    }
+
+    /// The generator of the choices every replica makes alike.
+    pub fn rng(&mut self) -> &mut SplitMix64 {
+        &mut self.rng
     }
 
     /// A number no other call, on this entry or any other, returns: a new collection's id, or

@@ -9,6 +9,7 @@ mod hashes;
 mod layered;
 pub mod lists;
 mod record;
+pub mod sets;
 #[cfg(test)]
 mod tests_coll;
 
@@ -16,6 +17,7 @@ pub use coll::Ctx;
 pub use layered::{Layered, PendingChanges};
 pub use lists::{ListOp, ListQuery};
 pub use record::{Coll, Data, Kind, Record};
+pub use sets::{Combine, SetOp, SetQuery};
 
 pub type Key = Vec<u8>;
 pub type Value = Vec<u8>;
@@ -123,6 +125,8 @@ pub enum Command {
     },
     /// A list write (LPUSH, LPOP, LMOVE, ...).
     List(ListOp),
+    /// A set write (SADD, SPOP, SMOVE, SINTERSTORE, ...).
+    Sets(SetOp),
     /// MULTI ... EXEC: every command in order, atomically, in one entry, unless a `watched`
     /// key no longer holds what WATCH read (its live record, encoded; None: absent).
     Multi {
@@ -208,6 +212,7 @@ impl Command {
             Command::HIncrBy { key, field, .. } => key.len() + field.len() + 8,
             Command::HIncrByFloat { key, field, delta } => key.len() + field.len() + delta.len(),
             Command::List(op) => op.size_bytes(),
+            Command::Sets(op) => op.size_bytes(),
             Command::Membership(_) => 64,
         }
     }
@@ -224,6 +229,8 @@ pub enum WriteReply {
     /// A null bulk string (a condition that did not hold, a missing old value).
     Null,
     Array(Vec<WriteReply>),
+    /// A set (RESP3); RESP2 sends it as an array.
+    Set(Vec<WriteReply>),
     /// A map (RESP3); RESP2 sends it as a flat array of keys and values.
     Map(Vec<(WriteReply, WriteReply)>),
     /// A null array (EXEC aborted by WATCH).
@@ -284,6 +291,7 @@ pub enum Query {
         pattern: Option<Vec<u8>>,
     },
     List(ListQuery),
+    Sets(SetQuery),
 }
 
 impl WriteReply {
@@ -292,7 +300,9 @@ impl WriteReply {
         match self {
             WriteReply::Status(s) | WriteReply::Error(s) => s.len(),
             WriteReply::Bulk(b) => b.len(),
-            WriteReply::Array(items) => items.iter().map(WriteReply::size_bytes).sum(),
+            WriteReply::Array(items) | WriteReply::Set(items) => {
+                items.iter().map(WriteReply::size_bytes).sum()
+            }
             WriteReply::Map(pairs) => {
                 pairs.iter().map(|(k, v)| k.size_bytes() + v.size_bytes()).sum()
             }
@@ -317,6 +327,7 @@ impl Query {
             Query::HMGet { key, fields } => key.len() + all(fields),
             Query::HScan { key, pattern } => key.len() + pattern.as_ref().map_or(0, Vec::len),
             Query::List(q) => q.size_bytes(),
+            Query::Sets(q) => q.size_bytes(),
         }
     }
 }
@@ -804,6 +815,7 @@ fn apply_one<S: KvRead>(
             hashes::hincr(state, key, field, Err(delta), ctx)?
         }
         Command::List(op) => lists::apply(op, state, ctx)?,
+        Command::Sets(op) => sets::apply(op, state, ctx)?,
         Command::Multi { .. } => error("ERR MULTI calls can not be nested"),
         Command::Membership(_) => {
             (Vec::new(), WriteReply::Error("ERR membership changes are applied by the node".into()))
@@ -911,6 +923,7 @@ pub fn query<S: KvRead>(q: &Query, state: &S, now: u64) -> Result<WriteReply, S:
         }
         Query::HLen(key) => hashes::query(state, key, now, hashes::HashQuery::Len)?,
         Query::List(q) => lists::query(q, state, now)?,
+        Query::Sets(q) => sets::query(q, state, now)?,
         Query::HStrLen { key, field } => {
             hashes::query(state, key, now, hashes::HashQuery::StrLen(field))?
         }

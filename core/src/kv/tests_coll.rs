@@ -388,3 +388,98 @@ proptest! {
         }
     }
 }
+
+fn set_members(m: &Map, key: &str) -> BTreeSet<Vec<u8>> {
+    let q = Query::Sets(SetQuery::Combine { how: Combine::Inter, keys: vec![b(key)] });
+    match query(&q, m, 1_000).unwrap() {
+        WriteReply::Set(items) => items
+            .into_iter()
+            .map(|i| match i {
+                WriteReply::Bulk(v) => v,
+                other => panic!("{other:?}"),
+            })
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+use std::collections::BTreeSet;
+
+proptest! {
+    /// Any sequence of set writes over two keys leaves each set what a `BTreeSet` model holds,
+    /// SPOP pops distinct members it held, and the element space holds exactly the live
+    /// members (nothing leaks when a set empties or is overwritten).
+    #[test]
+    fn set_writes_match_a_model(ops in proptest::collection::vec((0u8..6, 0u8..2, proptest::collection::vec(b'a'..b'f', 1..4), 0u64..4), 1..40)) {
+        let mut m = Map::default();
+        let mut model: [BTreeSet<Vec<u8>>; 2] = Default::default();
+        let keys = ["s0", "s1"];
+        for (op, which, members, n) in ops {
+            let (key, other) = (keys[which as usize], keys[1 - which as usize]);
+            let w = which as usize;
+            let members: Vec<Vec<u8>> = members.iter().map(|c| vec![*c]).collect();
+            match op {
+                0 => {
+                    let added = m.run(Command::Sets(SetOp::Add { key: b(key), members: members.clone() }));
+                    let before = model[w].len();
+                    model[w].extend(members);
+                    prop_assert_eq!(added, WriteReply::Integer((model[w].len() - before) as i64));
+                }
+                1 => {
+                    m.run(Command::Sets(SetOp::Rem { key: b(key), members: members.clone() }));
+                    for x in &members {
+                        model[w].remove(x);
+                    }
+                }
+                2 => {
+                    let reply = m.run(Command::Sets(SetOp::Pop { key: b(key), count: Some(n) }));
+                    let WriteReply::Set(popped) = reply else { panic!("{reply:?}") };
+                    prop_assert_eq!(popped.len() as u64, n.min(model[w].len() as u64));
+                    for p in popped {
+                        let WriteReply::Bulk(p) = p else { panic!() };
+                        prop_assert!(model[w].remove(&p), "popped {:?}, not a member", p);
+                    }
+                }
+                3 => {
+                    let x = members[0].clone();
+                    m.run(Command::Sets(SetOp::Move { from: b(key), to: b(other), member: x.clone() }));
+                    if model[w].remove(&x) {
+                        model[1 - w].insert(x);
+                    }
+                }
+                _ => {
+                    let how = [Combine::Inter, Combine::Union, Combine::Diff][n as usize % 3];
+                    m.run(Command::Sets(SetOp::Store { how, dest: b(key), keys: vec![b(key), b(other)] }));
+                    let (a, o) = (model[w].clone(), model[1 - w].clone());
+                    model[w] = match how {
+                        Combine::Inter => a.intersection(&o).cloned().collect(),
+                        Combine::Union => a.union(&o).cloned().collect(),
+                        Combine::Diff => a.difference(&o).cloned().collect(),
+                    };
+                }
+            }
+            for (i, k) in keys.iter().enumerate() {
+                prop_assert_eq!(set_members(&m, k), model[i].clone(), "{} after op {}", k, op);
+            }
+            prop_assert_eq!(m.1.len(), model[0].len() + model[1].len(), "element records");
+        }
+    }
+}
+
+#[test]
+fn spop_picks_the_same_members_on_every_replica_of_an_entry() {
+    let mut m = Map::default();
+    let members: Vec<Vec<u8>> = (0..2000).map(|i| format!("m{i}").into_bytes()).collect();
+    m.run(Command::Sets(SetOp::Add { key: b("s"), members }));
+    let pop = Command::Sets(SetOp::Pop { key: b("s"), count: Some(3) });
+    let at = |index| apply(&pop, &m, &mut Ctx::new(1_000, index, 2)).unwrap();
+    assert_eq!(at(10), at(10), "the same entry: the same members");
+    assert_ne!(at(10).1, at(11).1, "another entry: (almost surely) others");
+    let mut reseeded = Ctx::new(1_000, 10, 2);
+    reseeded.reseed(7);
+    assert_ne!(apply(&pop, &m, &mut reseeded).unwrap().1, at(10).1);
+    // A big set is sampled by seeking: the picks are still distinct members.
+    let WriteReply::Set(picked) = at(12).1 else { panic!() };
+    let distinct: BTreeSet<String> = picked.iter().map(|p| format!("{p:?}")).collect();
+    assert_eq!(distinct.len(), 3);
+}

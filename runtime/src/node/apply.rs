@@ -145,6 +145,12 @@ impl<S: Storage> NodeTask<S> {
                                         kv::Layered { base: &base, pending: Some(&batch.changes) };
                                     let mut ctx =
                                         kv::Ctx::new(entry.time, entry.index.0, entry.term.0);
+                                    if planted::active(
+                                        self.raft.config().planted,
+                                        PlantedBug::PopChoiceByNode,
+                                    ) {
+                                        ctx.reseed(self.id.0 ^ entry.index.0);
+                                    }
                                     let (m, r) = kv::apply(command, &read, &mut ctx)?;
                                     (m, r.into())
                                 }

@@ -207,6 +207,35 @@ impl<S: Storage> NodeTask<S> {
         })
     }
 
+    /// SRANDMEMBER (Redis 7.0's semantics): no count, one random member or nil; a positive
+    /// count, that many distinct members (all, if the set has no more); a negative one, exactly
+    /// that many, repeats allowed; no key, an empty array. Bounded like KEYS.
+    fn srandmember(&mut self, key: &[u8], count: Option<i64>) -> Result<Reply, StorageError> {
+        let read = Stored(&self.storage);
+        let set = match kv::coll::read_coll(&read, key, self.read_time(), kv::Kind::Set)? {
+            Ok(c) => c.map(|(c, _)| c),
+            Err((_, reply)) => return Ok(reply.into()),
+        };
+        let tag = kv::coll::SET_MEMBER;
+        let Some(count) = count else {
+            let Some(c) = set else { return Ok(Reply::Null) };
+            let picked = self.random_elements(&c, tag, 1, true)?;
+            return Ok(picked.into_iter().next().map_or(Reply::Null, |(m, _)| Reply::Bulk(m)));
+        };
+        let Some(c) = set.filter(|_| count != 0) else { return Ok(Reply::Array(Vec::new())) };
+        let len = if count < 0 { count.unsigned_abs() } else { count.unsigned_abs().min(c.size) };
+        if len > KEYS_RESULT_MAX as u64
+            || len.saturating_mul(c.elem_max as u64) > HRANDFIELD_REPLY_BYTES_MAX
+        {
+            return Ok(Reply::error(format!(
+                "ERR SRANDMEMBER would return more than {KEYS_RESULT_MAX} members or \
+                 {HRANDFIELD_REPLY_BYTES_MAX} bytes; ask for fewer"
+            )));
+        }
+        let picks = self.random_elements(&c, tag, len, count > 0)?;
+        Ok(Reply::Array(picks.into_iter().map(|(m, _)| Reply::Bulk(m)).collect()))
+    }
+
     /// `n` random elements of collection `c` under `tag`, as (rest of the key, value): distinct
     /// ones (all, in key order, if it has no more) or, unless `distinct`, with repeats. Reads
     /// the whole collection (O(n), as Kvrocks does): a seek to a random key would favour the
@@ -302,6 +331,7 @@ impl<S: Storage> NodeTask<S> {
                 },
                 None => Reply::Null,
             },
+            ReadCommand::SRandMember { key, count } => self.srandmember(key, *count)?,
             ReadCommand::HRandField { key, count, with_values } => {
                 self.hrandfield(key, *count, *with_values)?
             }
