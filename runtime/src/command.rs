@@ -18,6 +18,8 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A set in RESP3, an array in RESP2.
     Set(Vec<Reply>),
+    /// A double (by its bits) in RESP3, its `%.17g` text as a bulk string in RESP2.
+    Double(u64),
     /// A map in RESP3, a flat array of keys and values in RESP2.
     Map(Vec<(Reply, Reply)>),
     /// An array of two-element arrays in RESP3, a flat array in RESP2 (pairs that may repeat,
@@ -39,6 +41,7 @@ impl Reply {
             Reply::Status(s) | Reply::Error(s) => s.len() + 3,
             Reply::Bulk(b) => b.len() + 16,
             Reply::Integer(_) | Reply::Null | Reply::NullArray => 16,
+            Reply::Double(_) => 32,
             Reply::Array(items) | Reply::Set(items) => {
                 16 + items.iter().map(Reply::size_bytes).sum::<usize>()
             }
@@ -69,10 +72,10 @@ impl From<Reply> for WriteReply {
             Reply::Map(pairs) => {
                 WriteReply::Map(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
             }
-            // Only a read answers pairs, and reads are not queued in MULTI: the RESP2 shape.
-            Reply::Pairs(pairs) => WriteReply::Array(
-                pairs.into_iter().flat_map(|(k, v)| [k.into(), v.into()]).collect(),
-            ),
+            Reply::Pairs(pairs) => {
+                WriteReply::Pairs(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+            }
+            Reply::Double(bits) => WriteReply::Double(bits),
         }
     }
 }
@@ -87,6 +90,10 @@ impl From<WriteReply> for Reply {
             WriteReply::Null => Reply::Null,
             WriteReply::Array(items) => Reply::Array(items.into_iter().map(Reply::from).collect()),
             WriteReply::Set(items) => Reply::Set(items.into_iter().map(Reply::from).collect()),
+            WriteReply::Double(bits) => Reply::Double(bits),
+            WriteReply::Pairs(pairs) => {
+                Reply::Pairs(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+            }
             WriteReply::NullArray => Reply::NullArray,
             WriteReply::Map(pairs) => {
                 Reply::Map(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
@@ -121,6 +128,12 @@ pub enum ReadCommand {
     SRandMember {
         key: Vec<u8>,
         count: Option<i64>,
+    },
+    /// ZRANDMEMBER key [count [WITHSCORES]]: like HRANDFIELD.
+    ZRandMember {
+        key: Vec<u8>,
+        count: Option<i64>,
+        with_scores: bool,
     },
     /// MEMORY USAGE key: an estimate of the bytes the key and its value take.
     MemoryUsage(Vec<u8>),
@@ -856,8 +869,12 @@ fn key_positions(name: &str) -> (i64, i64, i64) {
     match name {
         "mset" | "msetnx" => (1, -1, 2),
         "mget" | "del" | "unlink" | "exists" | "touch" | "watch" => (1, -1, 1),
-        "rename" | "renamenx" | "copy" | "lmove" | "rpoplpush" => (1, 2, 1),
-        "lmpop" => (0, 0, 0),
+        "rename" | "renamenx" | "copy" | "lmove" | "rpoplpush" | "smove" | "zrangestore" => {
+            (1, 2, 1)
+        }
+        "sinterstore" | "sunionstore" | "sdiffstore" | "sinter" | "sunion" | "sdiff" => (1, -1, 1),
+        "lmpop" | "zmpop" | "sintercard" | "zintercard" | "zunion" | "zinter" | "zdiff"
+        | "zunionstore" | "zinterstore" | "zdiffstore" => (0, 0, 0),
         "ping" | "echo" | "command" | "config" | "info" | "select" | "client" | "quit"
         | "multi" | "exec" | "discard" | "unwatch" | "hello" | "auth" | "reset" | "time"
         | "dbsize" | "flushdb" | "flushall" | "scan" | "randomkey" | "keys" | "function"

@@ -4,8 +4,12 @@
 
 use crate::command::{ReadCommand, Reply, Request};
 use bytes::Bytes;
+use raft_kv_core::kv::zsets::{
+    parse_lex_bound, parse_score, parse_score_bound, Cmp, Combination, Exist, Range, RangeSpec,
+};
 use raft_kv_core::kv::{
-    parse_i64, Combine, Command, ListOp, ListQuery, Query, SetOp, SetQuery, ERR_NOT_INTEGER,
+    parse_i64, Combine, Command, ListOp, ListQuery, Query, SetOp, SetQuery, ZOp, ZQuery,
+    ERR_NOT_FLOAT, ERR_NOT_INTEGER,
 };
 
 /// The list, set and sorted set commands: name and Redis's arity.
@@ -44,6 +48,38 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("sdiffstore", -3),
     ("sintercard", -3),
     ("sscan", -3),
+    ("zadd", -4),
+    ("zincrby", 4),
+    ("zrem", -3),
+    ("zscore", 3),
+    ("zmscore", -3),
+    ("zcard", 2),
+    ("zcount", 4),
+    ("zlexcount", 4),
+    ("zrange", -4),
+    ("zrangebyscore", -4),
+    ("zrevrangebyscore", -4),
+    ("zrangebylex", -4),
+    ("zrevrangebylex", -4),
+    ("zrevrange", -4),
+    ("zrangestore", -5),
+    ("zrank", 3),
+    ("zrevrank", 3),
+    ("zpopmin", -2),
+    ("zpopmax", -2),
+    ("zmpop", -4),
+    ("zunionstore", -4),
+    ("zinterstore", -4),
+    ("zdiffstore", -4),
+    ("zunion", -3),
+    ("zinter", -3),
+    ("zdiff", -3),
+    ("zintercard", -3),
+    ("zremrangebyscore", 4),
+    ("zremrangebyrank", 4),
+    ("zremrangebylex", 4),
+    ("zrandmember", -2),
+    ("zscan", -3),
 ];
 
 /// The read-only ones (COMMAND INFO's flag).
@@ -62,6 +98,25 @@ pub const READ_ONLY: &[&str] = &[
     "sdiff",
     "sintercard",
     "sscan",
+    "zscore",
+    "zmscore",
+    "zcard",
+    "zcount",
+    "zlexcount",
+    "zrange",
+    "zrangebyscore",
+    "zrevrangebyscore",
+    "zrangebylex",
+    "zrevrangebylex",
+    "zrevrange",
+    "zrank",
+    "zrevrank",
+    "zunion",
+    "zinter",
+    "zdiff",
+    "zintercard",
+    "zrandmember",
+    "zscan",
 ];
 
 fn err(msg: &str) -> Reply {
@@ -249,6 +304,7 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
                 }
                 Err(reply) => return Err(reply),
             },
+            _ if name.starts_with('z') => return zparse(name, args),
             _ => return Err(Reply::Null),
         })
     })();
@@ -257,6 +313,297 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
         Err(Reply::Null) => None,
         Err(reply) => Some(Request::Immediate(reply)),
     }
+}
+
+const ERR_NOT_SCORE_RANGE: &str = "ERR min or max is not a float";
+const ERR_NOT_LEX_RANGE: &str = "ERR min or max not valid string range item";
+
+fn score_range(min: &[u8], max: &[u8]) -> Result<Range, Reply> {
+    match (parse_score_bound(min), parse_score_bound(max)) {
+        (Some(a), Some(b)) => Ok(Range::Score(a, b)),
+        _ => Err(err(ERR_NOT_SCORE_RANGE)),
+    }
+}
+
+fn lex_range(min: &[u8], max: &[u8]) -> Result<Range, Reply> {
+    match (parse_lex_bound(min), parse_lex_bound(max)) {
+        (Some(a), Some(b)) => Ok(Range::Lex(a, b)),
+        _ => Err(err(ERR_NOT_LEX_RANGE)),
+    }
+}
+
+#[derive(PartialEq)]
+enum By {
+    Auto,
+    Rank,
+    Score,
+    Lex,
+}
+
+/// The ZRANGE family (`zrangeGenericCommand`): `args` from the source key on; `by` and `rev`
+/// fixed by the older commands' names. Returns the source key, the spec and WITHSCORES.
+fn range_args(
+    args: &[Bytes],
+    mut by: By,
+    rev: Option<bool>,
+    store: bool,
+) -> Result<(Vec<u8>, RangeSpec, bool), Reply> {
+    let mut rev_opt = rev;
+    let (mut with_scores, mut limit) = (false, None);
+    let mut j = 3;
+    while j < args.len() {
+        let a = &args[j];
+        let left = args.len() - j - 1;
+        if !store && a.eq_ignore_ascii_case(b"withscores") {
+            with_scores = true;
+        } else if a.eq_ignore_ascii_case(b"limit") && left >= 2 {
+            limit = Some((long(&args[j + 1])?, long(&args[j + 2])?));
+            j += 2;
+        } else if rev_opt.is_none() && a.eq_ignore_ascii_case(b"rev") {
+            rev_opt = Some(true);
+        } else if by == By::Auto && a.eq_ignore_ascii_case(b"bylex") {
+            by = By::Lex;
+        } else if by == By::Auto && a.eq_ignore_ascii_case(b"byscore") {
+            by = By::Score;
+        } else {
+            return Err(syntax());
+        }
+        j += 1;
+    }
+    let rev = rev_opt.unwrap_or(false);
+    if by == By::Auto {
+        by = By::Rank;
+    }
+    if limit.is_some() && by == By::Rank {
+        return Err(err(
+            "ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX",
+        ));
+    }
+    if with_scores && by == By::Lex {
+        return Err(err("ERR syntax error, WITHSCORES not supported in combination with BYLEX"));
+    }
+    // BYSCORE and BYLEX with REV take the range as max, min.
+    let (lo, hi) = if rev && by != By::Rank { (&args[2], &args[1]) } else { (&args[1], &args[2]) };
+    let range = match by {
+        By::Score => score_range(lo, hi)?,
+        By::Lex => lex_range(lo, hi)?,
+        _ => Range::Rank(long(lo)?, long(hi)?),
+    };
+    Ok((args[0].to_vec(), RangeSpec { range, rev, limit }, with_scores))
+}
+
+/// `numkeys key [key ...] options...` of ZUNION and its kin: numkeys checked here, the options
+/// left for after the keys' types (as Redis).
+fn combination(name: &str, how: Combine, args: &[Bytes]) -> Result<Combination, Reply> {
+    let n = long(&args[0])?;
+    if n < 1 {
+        return Err(err(&format!("ERR at least 1 input key is needed for '{name}' command")));
+    }
+    if n as u64 > (args.len() - 1) as u64 {
+        return Err(syntax());
+    }
+    let n = n as usize;
+    let keys = args[1..1 + n].iter().map(|a| a.to_vec()).collect();
+    let options = args[1 + n..].iter().map(|a| a.to_vec()).collect();
+    Ok(Combination { how, keys, options })
+}
+
+/// The sorted set commands.
+fn zparse(name: &str, args: &[Bytes]) -> Result<Request, Reply> {
+    let k = |i: usize| args[i].to_vec();
+    let all = |from: usize| args[from..].iter().map(|a| a.to_vec()).collect::<Vec<_>>();
+    let write = |op: ZOp| Request::Write(Command::ZSet(op));
+    let read = |q: ZQuery| Request::Read(ReadCommand::Query(Query::ZSet(q)));
+    Ok(match name {
+        "zadd" | "zincrby" => {
+            let (mut exist, mut cmp_gt, mut cmp_lt, mut ch, mut incr) =
+                (None, false, false, false, name == "zincrby");
+            let (mut nx, mut xx) = (false, false);
+            let mut at = 1;
+            if name == "zadd" {
+                while at < args.len() {
+                    let o = &args[at];
+                    if o.eq_ignore_ascii_case(b"nx") {
+                        nx = true;
+                    } else if o.eq_ignore_ascii_case(b"xx") {
+                        xx = true;
+                    } else if o.eq_ignore_ascii_case(b"ch") {
+                        ch = true;
+                    } else if o.eq_ignore_ascii_case(b"incr") {
+                        incr = true;
+                    } else if o.eq_ignore_ascii_case(b"gt") {
+                        cmp_gt = true;
+                    } else if o.eq_ignore_ascii_case(b"lt") {
+                        cmp_lt = true;
+                    } else {
+                        break;
+                    }
+                    at += 1;
+                }
+            }
+            let rest = &args[at..];
+            if rest.is_empty() || !rest.len().is_multiple_of(2) {
+                return Err(syntax());
+            }
+            if nx && xx {
+                return Err(err("ERR XX and NX options at the same time are not compatible"));
+            }
+            if ((cmp_gt || cmp_lt) && nx) || (cmp_gt && cmp_lt) {
+                return Err(err(
+                    "ERR GT, LT, and/or NX options at the same time are not compatible",
+                ));
+            }
+            if incr && rest.len() > 2 {
+                return Err(err("ERR INCR option supports a single increment-element pair"));
+            }
+            if nx {
+                exist = Some(Exist::New);
+            } else if xx {
+                exist = Some(Exist::Old);
+            }
+            let mut pairs = Vec::with_capacity(rest.len() / 2);
+            for p in rest.chunks(2) {
+                let Some(score) = parse_score(&p[0]) else { return Err(err(ERR_NOT_FLOAT)) };
+                pairs.push((score.to_bits(), p[1].to_vec()));
+            }
+            let cmp = if cmp_gt {
+                Cmp::Greater
+            } else if cmp_lt {
+                Cmp::Less
+            } else {
+                Cmp::Any
+            };
+            write(ZOp::Add { key: k(0), pairs, exist: exist.unwrap_or(Exist::Any), cmp, ch, incr })
+        }
+        "zrem" => write(ZOp::Rem { key: k(0), members: all(1) }),
+        "zscore" => read(ZQuery::Score { key: k(0), member: k(1) }),
+        "zmscore" => read(ZQuery::MScore { key: k(0), members: all(1) }),
+        "zcard" => read(ZQuery::Card(k(0))),
+        "zcount" => read(ZQuery::Count { key: k(0), range: score_range(&args[1], &args[2])? }),
+        "zlexcount" => read(ZQuery::Count { key: k(0), range: lex_range(&args[1], &args[2])? }),
+        "zrange" | "zrangebyscore" | "zrevrangebyscore" | "zrangebylex" | "zrevrangebylex"
+        | "zrevrange" => {
+            let (by, rev) = match name {
+                "zrange" => (By::Auto, None),
+                "zrangebyscore" => (By::Score, Some(false)),
+                "zrevrangebyscore" => (By::Score, Some(true)),
+                "zrangebylex" => (By::Lex, Some(false)),
+                "zrevrangebylex" => (By::Lex, Some(true)),
+                _ => (By::Rank, Some(true)),
+            };
+            let (key, spec, with_scores) = range_args(args, by, rev, false)?;
+            read(ZQuery::Range { key, spec, with_scores })
+        }
+        "zrangestore" => {
+            let (src, spec, _) = range_args(&args[1..], By::Auto, None, true)?;
+            write(ZOp::RangeStore { dest: k(0), src, spec })
+        }
+        "zrank" | "zrevrank" => {
+            read(ZQuery::Rank { key: k(0), member: k(1), rev: name == "zrevrank" })
+        }
+        "zpopmin" | "zpopmax" => {
+            let count = match args.len() {
+                1 => None,
+                2 => Some(at_least(&args[1], 0, ERR_POSITIVE)?),
+                _ => return Err(syntax()),
+            };
+            write(ZOp::Pop { key: k(0), max: name == "zpopmax", count })
+        }
+        "zmpop" => {
+            let numkeys = at_least(&args[0], 1, "ERR numkeys should be greater than 0")?;
+            let where_at = usize::try_from(numkeys).ok().and_then(|n| n.checked_add(1));
+            let Some(where_at) = where_at.filter(|w| *w < args.len()) else { return Err(syntax()) };
+            let w = &args[where_at];
+            let max = if w.eq_ignore_ascii_case(b"min") {
+                false
+            } else if w.eq_ignore_ascii_case(b"max") {
+                true
+            } else {
+                return Err(syntax());
+            };
+            let mut count = None;
+            let mut i = where_at + 1;
+            while i < args.len() {
+                if count.is_none() && args[i].eq_ignore_ascii_case(b"count") && i + 1 < args.len() {
+                    count = Some(at_least(&args[i + 1], 1, "ERR count should be greater than 0")?);
+                    i += 2;
+                } else {
+                    return Err(syntax());
+                }
+            }
+            let keys = args[1..where_at].iter().map(|a| a.to_vec()).collect();
+            write(ZOp::MPop { keys, max, count: count.unwrap_or(1) })
+        }
+        "zunionstore" | "zinterstore" | "zdiffstore" => {
+            let how = combine(name);
+            write(ZOp::Store { dest: k(0), combination: combination(name, how, &args[1..])? })
+        }
+        "zunion" | "zinter" | "zdiff" => {
+            let how = combine(name);
+            read(ZQuery::Combine(combination(name, how, args)?))
+        }
+        "zintercard" => {
+            let c = combination(name, Combine::Inter, args)?;
+            let mut limit = 0;
+            let mut i = 0;
+            while i < c.options.len() {
+                if c.options[i].eq_ignore_ascii_case(b"limit") && i + 1 < c.options.len() {
+                    limit = at_least(&c.options[i + 1], 0, "ERR LIMIT can't be negative")?;
+                    i += 2;
+                } else {
+                    return Err(syntax());
+                }
+            }
+            read(ZQuery::InterCard { keys: c.keys, limit })
+        }
+        "zremrangebyscore" => {
+            write(ZOp::RemRange { key: k(0), range: score_range(&args[1], &args[2])? })
+        }
+        "zremrangebylex" => {
+            write(ZOp::RemRange { key: k(0), range: lex_range(&args[1], &args[2])? })
+        }
+        "zremrangebyrank" => {
+            let (start, stop) = (long(&args[1])?, long(&args[2])?);
+            write(ZOp::RemRange { key: k(0), range: Range::Rank(start, stop) })
+        }
+        "zrandmember" => {
+            let key = k(0);
+            let Some(raw) = args.get(1) else {
+                return Ok(Request::Read(ReadCommand::ZRandMember {
+                    key,
+                    count: None,
+                    with_scores: false,
+                }));
+            };
+            let count = match parse_i64(raw) {
+                None => return Err(err(ERR_NOT_INTEGER)),
+                Some(i64::MIN) => {
+                    return Err(err(&format!(
+                        "ERR value is out of range, value must between {} and {}",
+                        -i64::MAX,
+                        i64::MAX
+                    )))
+                }
+                Some(n) => n,
+            };
+            let with_scores = match &args[2..] {
+                [] => false,
+                [w] if w.eq_ignore_ascii_case(b"withscores") => true,
+                _ => return Err(syntax()),
+            };
+            if with_scores && !(-i64::MAX / 2..=i64::MAX / 2).contains(&count) {
+                return Err(err("ERR value is out of range"));
+            }
+            Request::Read(ReadCommand::ZRandMember { key, count: Some(count), with_scores })
+        }
+        "zscan" => match crate::command::scan_options(&args[1], &args[2..], false) {
+            Ok((_, pattern, _, _)) => {
+                read(ZQuery::Scan { key: k(0), pattern: pattern.map(|p| p.to_vec()) })
+            }
+            Err(reply) => return Err(reply),
+        },
+        _ => return Err(Reply::Null),
+    })
 }
 
 fn combine(name: &str) -> Combine {

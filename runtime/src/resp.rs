@@ -4,12 +4,8 @@
 
 use crate::command::Reply;
 use bytes::{Bytes, BytesMut};
-use redis_protocol::bytes_utils::Str;
 use redis_protocol::resp2::decode::decode_bytes_mut;
-use redis_protocol::resp2::encode::extend_encode;
 use redis_protocol::resp2::types::BytesFrame;
-use redis_protocol::resp3::encode::complete::extend_encode as extend_encode3;
-use redis_protocol::resp3::types::BytesFrame as Resp3Frame;
 
 /// Limits on what a client may send.
 #[derive(Clone, Copy, Debug)]
@@ -239,75 +235,81 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Bytes>> {
     }
 }
 
-fn to_frame(reply: Reply) -> BytesFrame {
-    match reply {
-        Reply::Simple(s) => BytesFrame::SimpleString(Bytes::from_static(s.as_bytes())),
-        Reply::Status(s) => BytesFrame::SimpleString(Bytes::from(s.into_bytes())),
-        Reply::Error(e) => BytesFrame::Error(Str::from(e.replace(['\r', '\n'], " "))),
-        Reply::Integer(n) => BytesFrame::Integer(n),
-        Reply::Bulk(b) => BytesFrame::BulkString(b),
-        Reply::Null => BytesFrame::Null,
-        Reply::Array(items) | Reply::Set(items) => {
-            BytesFrame::Array(items.into_iter().map(to_frame).collect())
-        }
-        Reply::Map(pairs) | Reply::Pairs(pairs) => BytesFrame::Array(
-            pairs.into_iter().flat_map(|(k, v)| [to_frame(k), to_frame(v)]).collect(),
-        ),
-        // RESP2 frames have no null array; `encode_reply` writes it itself.
-        Reply::NullArray => BytesFrame::Null,
-    }
+/// Appends the encoding of `reply` in RESP `protocol` (2 or 3, as HELLO chose) to `out`.
+/// Written out rather than through a frame library: Redis 7.0 sends doubles as `%.17g`
+/// (`0.1` is `0.10000000000000001`), and a null array nested in an array (EXEC's reply) as
+/// `*-1`, which RESP2 frame types cannot say.
+pub fn encode_reply(reply: Reply, protocol: u8, out: &mut BytesMut) {
+    write_reply(&reply, protocol >= 3, out);
 }
 
-fn to_frame3(reply: Reply) -> Resp3Frame {
+fn line(out: &mut BytesMut, prefix: u8, text: &[u8]) {
+    out.extend_from_slice(&[prefix]);
+    out.extend_from_slice(text);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn bulk(out: &mut BytesMut, b: &[u8]) {
+    line(out, b'$', b.len().to_string().as_bytes());
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_reply(reply: &Reply, resp3: bool, out: &mut BytesMut) {
+    let len = |n: usize| n.to_string();
     match reply {
-        Reply::Simple(s) => {
-            Resp3Frame::SimpleString { data: Bytes::from_static(s.as_bytes()), attributes: None }
+        Reply::Simple(s) => line(out, b'+', s.as_bytes()),
+        Reply::Status(s) => line(out, b'+', s.as_bytes()),
+        Reply::Error(e) => line(out, b'-', e.replace(['\r', '\n'], " ").as_bytes()),
+        Reply::Integer(n) => line(out, b':', n.to_string().as_bytes()),
+        Reply::Bulk(b) => bulk(out, b),
+        Reply::Null if resp3 => out.extend_from_slice(b"_\r\n"),
+        Reply::Null => out.extend_from_slice(b"$-1\r\n"),
+        Reply::NullArray if resp3 => out.extend_from_slice(b"_\r\n"),
+        Reply::NullArray => out.extend_from_slice(b"*-1\r\n"),
+        Reply::Double(bits) => {
+            let text = raft_kv_core::kv::zsets::format_score(f64::from_bits(*bits));
+            if resp3 {
+                line(out, b',', text.as_bytes());
+            } else {
+                bulk(out, text.as_bytes());
+            }
         }
-        Reply::Status(s) => {
-            Resp3Frame::SimpleString { data: Bytes::from(s.into_bytes()), attributes: None }
-        }
-        Reply::Error(e) => Resp3Frame::SimpleError {
-            data: Str::from(e.replace(['\r', '\n'], " ")),
-            attributes: None,
-        },
-        Reply::Integer(n) => Resp3Frame::Number { data: n, attributes: None },
-        Reply::Bulk(b) => Resp3Frame::BlobString { data: b, attributes: None },
-        Reply::Null | Reply::NullArray => Resp3Frame::Null,
         Reply::Array(items) => {
-            Resp3Frame::Array { data: items.into_iter().map(to_frame3).collect(), attributes: None }
+            line(out, b'*', len(items.len()).as_bytes());
+            for i in items {
+                write_reply(i, resp3, out);
+            }
         }
         Reply::Set(items) => {
-            Resp3Frame::Set { data: items.into_iter().map(to_frame3).collect(), attributes: None }
+            line(out, if resp3 { b'~' } else { b'*' }, len(items.len()).as_bytes());
+            for i in items {
+                write_reply(i, resp3, out);
+            }
         }
-        Reply::Map(pairs) => Resp3Frame::Map {
-            data: pairs.into_iter().map(|(k, v)| (to_frame3(k), to_frame3(v))).collect(),
-            attributes: None,
-        },
-        Reply::Pairs(pairs) => Resp3Frame::Array {
-            data: pairs
-                .into_iter()
-                .map(|(k, v)| Resp3Frame::Array {
-                    data: vec![to_frame3(k), to_frame3(v)],
-                    attributes: None,
-                })
-                .collect(),
-            attributes: None,
-        },
+        Reply::Map(pairs) if resp3 => {
+            line(out, b'%', len(pairs.len()).as_bytes());
+            for (k, v) in pairs {
+                write_reply(k, resp3, out);
+                write_reply(v, resp3, out);
+            }
+        }
+        Reply::Pairs(pairs) if resp3 => {
+            line(out, b'*', len(pairs.len()).as_bytes());
+            for (k, v) in pairs {
+                out.extend_from_slice(b"*2\r\n");
+                write_reply(k, resp3, out);
+                write_reply(v, resp3, out);
+            }
+        }
+        Reply::Map(pairs) | Reply::Pairs(pairs) => {
+            line(out, b'*', len(pairs.len() * 2).as_bytes());
+            for (k, v) in pairs {
+                write_reply(k, resp3, out);
+                write_reply(v, resp3, out);
+            }
+        }
     }
-}
-
-/// Appends the encoding of `reply` in RESP `protocol` (2 or 3, as HELLO chose) to `out`.
-pub fn encode_reply(reply: Reply, protocol: u8, out: &mut BytesMut) {
-    if protocol >= 3 {
-        extend_encode3(out, &to_frame3(reply), false)
-            .expect("encoding a well-formed frame cannot fail");
-        return;
-    }
-    if reply == Reply::NullArray {
-        out.extend_from_slice(b"*-1\r\n");
-        return;
-    }
-    extend_encode(out, &to_frame(reply), false).expect("encoding a well-formed frame cannot fail");
 }
 
 #[cfg(test)]
@@ -397,5 +399,29 @@ mod tests {
         encode_reply(Reply::error("ERR x"), 2, &mut out);
         encode_reply(Reply::Array(vec![Reply::ok()]), 2, &mut out);
         assert_eq!(&out[..], b"$3\r\na\0b\r\n$-1\r\n:-3\r\n-ERR x\r\n*1\r\n+OK\r\n");
+    }
+
+    #[test]
+    fn doubles_sets_pairs_and_nested_null_arrays_encode_as_redis_7_0_sends_them() {
+        let b = |s: &'static str| Reply::Bulk(Bytes::from_static(s.as_bytes()));
+        let reply = Reply::Array(vec![
+            Reply::Double(0.1f64.to_bits()),
+            Reply::Set(vec![b("m")]),
+            Reply::Pairs(vec![(b("a"), Reply::Double(f64::INFINITY.to_bits()))]),
+            Reply::NullArray,
+            Reply::Map(vec![(b("k"), Reply::Null)]),
+        ]);
+        let mut two = BytesMut::new();
+        encode_reply(reply.clone(), 2, &mut two);
+        assert_eq!(
+            &two[..],
+            &b"*5\r\n$19\r\n0.10000000000000001\r\n*1\r\n$1\r\nm\r\n*2\r\n$1\r\na\r\n$3\r\ninf\r\n*-1\r\n*2\r\n$1\r\nk\r\n$-1\r\n"[..]
+        );
+        let mut three = BytesMut::new();
+        encode_reply(reply, 3, &mut three);
+        assert_eq!(
+            &three[..],
+            &b"*5\r\n,0.10000000000000001\r\n~1\r\n$1\r\nm\r\n*1\r\n*2\r\n$1\r\na\r\n,inf\r\n_\r\n%1\r\n$1\r\nk\r\n_\r\n"[..]
+        );
     }
 }

@@ -12,12 +12,14 @@ mod record;
 pub mod sets;
 #[cfg(test)]
 mod tests_coll;
+pub mod zsets;
 
 pub use coll::Ctx;
 pub use layered::{Layered, PendingChanges};
 pub use lists::{ListOp, ListQuery};
 pub use record::{Coll, Data, Kind, Record};
 pub use sets::{Combine, SetOp, SetQuery};
+pub use zsets::{ZOp, ZQuery};
 
 pub type Key = Vec<u8>;
 pub type Value = Vec<u8>;
@@ -127,6 +129,8 @@ pub enum Command {
     List(ListOp),
     /// A set write (SADD, SPOP, SMOVE, SINTERSTORE, ...).
     Sets(SetOp),
+    /// A sorted set write (ZADD, ZPOPMIN, ZUNIONSTORE, ...).
+    ZSet(ZOp),
     /// MULTI ... EXEC: every command in order, atomically, in one entry, unless a `watched`
     /// key no longer holds what WATCH read (its live record, encoded; None: absent).
     Multi {
@@ -213,6 +217,7 @@ impl Command {
             Command::HIncrByFloat { key, field, delta } => key.len() + field.len() + delta.len(),
             Command::List(op) => op.size_bytes(),
             Command::Sets(op) => op.size_bytes(),
+            Command::ZSet(op) => op.size_bytes(),
             Command::Membership(_) => 64,
         }
     }
@@ -231,6 +236,10 @@ pub enum WriteReply {
     Array(Vec<WriteReply>),
     /// A set (RESP3); RESP2 sends it as an array.
     Set(Vec<WriteReply>),
+    /// A double (RESP3), by its bits; RESP2 sends Redis 7.0's `%.17g` text as a bulk string.
+    Double(u64),
+    /// Pairs: arrays of two in RESP3, one flat array in RESP2 (ZRANGE ... WITHSCORES).
+    Pairs(Vec<(WriteReply, WriteReply)>),
     /// A map (RESP3); RESP2 sends it as a flat array of keys and values.
     Map(Vec<(WriteReply, WriteReply)>),
     /// A null array (EXEC aborted by WATCH).
@@ -292,6 +301,7 @@ pub enum Query {
     },
     List(ListQuery),
     Sets(SetQuery),
+    ZSet(ZQuery),
 }
 
 impl WriteReply {
@@ -303,9 +313,10 @@ impl WriteReply {
             WriteReply::Array(items) | WriteReply::Set(items) => {
                 items.iter().map(WriteReply::size_bytes).sum()
             }
-            WriteReply::Map(pairs) => {
+            WriteReply::Map(pairs) | WriteReply::Pairs(pairs) => {
                 pairs.iter().map(|(k, v)| k.size_bytes() + v.size_bytes()).sum()
             }
+            WriteReply::Double(_) => 24,
             WriteReply::Ok | WriteReply::Integer(_) | WriteReply::Null | WriteReply::NullArray => 8,
         }
     }
@@ -328,6 +339,7 @@ impl Query {
             Query::HScan { key, pattern } => key.len() + pattern.as_ref().map_or(0, Vec::len),
             Query::List(q) => q.size_bytes(),
             Query::Sets(q) => q.size_bytes(),
+            Query::ZSet(q) => q.size_bytes(),
         }
     }
 }
@@ -816,6 +828,7 @@ fn apply_one<S: KvRead>(
         }
         Command::List(op) => lists::apply(op, state, ctx)?,
         Command::Sets(op) => sets::apply(op, state, ctx)?,
+        Command::ZSet(op) => zsets::apply(op, state, ctx)?,
         Command::Multi { .. } => error("ERR MULTI calls can not be nested"),
         Command::Membership(_) => {
             (Vec::new(), WriteReply::Error("ERR membership changes are applied by the node".into()))
@@ -924,6 +937,7 @@ pub fn query<S: KvRead>(q: &Query, state: &S, now: u64) -> Result<WriteReply, S:
         Query::HLen(key) => hashes::query(state, key, now, hashes::HashQuery::Len)?,
         Query::List(q) => lists::query(q, state, now)?,
         Query::Sets(q) => sets::query(q, state, now)?,
+        Query::ZSet(q) => zsets::query(q, state, now)?,
         Query::HStrLen { key, field } => {
             hashes::query(state, key, now, hashes::HashQuery::StrLen(field))?
         }

@@ -483,3 +483,129 @@ fn spop_picks_the_same_members_on_every_replica_of_an_entry() {
     let distinct: BTreeSet<String> = picked.iter().map(|p| format!("{p:?}")).collect();
     assert_eq!(distinct.len(), 3);
 }
+
+fn zrange_all(m: &Map, key: &str) -> Vec<(Vec<u8>, f64)> {
+    let spec = zsets::RangeSpec { range: zsets::Range::Rank(0, -1), rev: false, limit: None };
+    let q = Query::ZSet(ZQuery::Range { key: b(key), spec, with_scores: true });
+    match query(&q, m, 1_000).unwrap() {
+        WriteReply::Pairs(p) => p
+            .into_iter()
+            .map(|(k, v)| match (k, v) {
+                (WriteReply::Bulk(k), WriteReply::Double(s)) => (k, f64::from_bits(s)),
+                other => panic!("{other:?}"),
+            })
+            .collect(),
+        WriteReply::Array(a) if a.is_empty() => Vec::new(),
+        other => panic!("{other:?}"),
+    }
+}
+
+proptest! {
+    /// Any sequence of sorted set writes leaves the members and scores a map model holds, in
+    /// (score, member) order, with exactly two element records per member.
+    #[test]
+    fn zset_writes_match_a_model(ops in proptest::collection::vec((0u8..6, b'a'..b'f', -3i64..4, 0u8..4), 1..40)) {
+        let mut m = Map::default();
+        let mut model: BTreeMap<Vec<u8>, f64> = BTreeMap::new();
+        for (op, member, x, flag) in ops {
+            let member = vec![member];
+            let score = x as f64 / 2.0;
+            match op {
+                0 | 1 => {
+                    let (exist, cmp) = match flag {
+                        1 => (zsets::Exist::New, zsets::Cmp::Any),
+                        2 => (zsets::Exist::Old, zsets::Cmp::Greater),
+                        3 => (zsets::Exist::Any, zsets::Cmp::Less),
+                        _ => (zsets::Exist::Any, zsets::Cmp::Any),
+                    };
+                    let incr = op == 1;
+                    m.run(Command::ZSet(ZOp::Add { key: b("z"), pairs: vec![(score.to_bits(), member.clone())], exist, cmp, ch: false, incr }));
+                    let old = model.get(&member).copied();
+                    let new = match (old, incr) { (Some(o), true) => o + score, _ => score };
+                    let ok = match old {
+                        None => exist != zsets::Exist::Old,
+                        Some(o) => exist != zsets::Exist::New && match cmp {
+                            zsets::Cmp::Any => true,
+                            zsets::Cmp::Greater => new > o,
+                            zsets::Cmp::Less => new < o,
+                        },
+                    };
+                    if ok {
+                        model.insert(member, new);
+                    }
+                }
+                2 => {
+                    m.run(Command::ZSet(ZOp::Rem { key: b("z"), members: vec![member.clone()] }));
+                    model.remove(&member);
+                }
+                3 | 4 => {
+                    let max = op == 4;
+                    let n = flag as u64;
+                    m.run(Command::ZSet(ZOp::Pop { key: b("z"), max, count: Some(n) }));
+                    let mut order: Vec<(Vec<u8>, f64)> = model.clone().into_iter().collect();
+                    order.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap().then(a.0.cmp(&b.0)));
+                    if max { order.reverse(); }
+                    for (k, _) in order.into_iter().take(n as usize) {
+                        model.remove(&k);
+                    }
+                }
+                _ => {
+                    let lo = zsets::ScoreBound { score: score.to_bits(), exclusive: flag % 2 == 1 };
+                    let hi = zsets::ScoreBound { score: (score + 1.0).to_bits(), exclusive: flag >= 2 };
+                    m.run(Command::ZSet(ZOp::RemRange { key: b("z"), range: zsets::Range::Score(lo, hi) }));
+                    model.retain(|_, s| {
+                        let above = if lo.exclusive { *s > score } else { *s >= score };
+                        let below = if hi.exclusive { *s < score + 1.0 } else { *s <= score + 1.0 };
+                        !(above && below)
+                    });
+                }
+            }
+            let mut want: Vec<(Vec<u8>, f64)> = model.clone().into_iter().collect();
+            want.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap().then(a.0.cmp(&b.0)));
+            prop_assert_eq!(zrange_all(&m, "z"), want);
+            prop_assert_eq!(m.1.len(), 2 * model.len());
+            if model.is_empty() {
+                prop_assert!(m.0.is_empty());
+            }
+        }
+    }
+}
+
+#[test]
+fn score_order_keys_sort_as_numbers_and_scores_print_as_redis_7_0() {
+    let scores = [
+        f64::NEG_INFINITY,
+        -1e300,
+        -2.5,
+        -1.0,
+        -f64::MIN_POSITIVE,
+        0.0,
+        5e-324,
+        0.1,
+        1.0,
+        2.5,
+        1e300,
+        f64::INFINITY,
+    ];
+    for w in scores.windows(2) {
+        assert!(zsets::ord(w[0]) < zsets::ord(w[1]), "{} < {}", w[0], w[1]);
+        assert_eq!(zsets::unord(zsets::ord(w[0])), w[0]);
+    }
+    assert_eq!(zsets::ord(-0.0), zsets::ord(0.0));
+    for (v, text) in [
+        (0.1, "0.10000000000000001"),
+        (1.0, "1"),
+        (2.5, "2.5"),
+        (-3.0, "-3"),
+        (1e17, "1e+17"),
+        (1e16, "10000000000000000"),
+        (0.0001, "0.0001"),
+        (0.00001, "1.0000000000000001e-05"),
+        (123456789.123, "123456789.123"),
+        (f64::INFINITY, "inf"),
+        (f64::NEG_INFINITY, "-inf"),
+        (1.0 / 3.0, "0.33333333333333331"),
+    ] {
+        assert_eq!(zsets::format_score(v), text, "{v}");
+    }
+}

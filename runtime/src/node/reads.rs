@@ -236,6 +236,45 @@ impl<S: Storage> NodeTask<S> {
         Ok(Reply::Array(picks.into_iter().map(|(m, _)| Reply::Bulk(m)).collect()))
     }
 
+    /// ZRANDMEMBER (Redis 7.0's semantics, as HRANDFIELD's, scores for values).
+    fn zrandmember(
+        &mut self,
+        key: &[u8],
+        count: Option<i64>,
+        with_scores: bool,
+    ) -> Result<Reply, StorageError> {
+        let read = Stored(&self.storage);
+        let zset = match kv::coll::read_coll(&read, key, self.read_time(), kv::Kind::ZSet)? {
+            Ok(c) => c.map(|(c, _)| c),
+            Err((_, reply)) => return Ok(reply.into()),
+        };
+        let tag = kv::coll::ZSET_MEMBER;
+        let Some(count) = count else {
+            let Some(c) = zset else { return Ok(Reply::Null) };
+            let picked = self.random_elements(&c, tag, 1, true)?;
+            return Ok(picked.into_iter().next().map_or(Reply::Null, |(m, _)| Reply::Bulk(m)));
+        };
+        let Some(c) = zset.filter(|_| count != 0) else { return Ok(Reply::Array(Vec::new())) };
+        let len = if count < 0 { count.unsigned_abs() } else { count.unsigned_abs().min(c.size) };
+        let each = c.elem_max as u64 + if with_scores { 24 } else { 0 };
+        if len > KEYS_RESULT_MAX as u64 || len.saturating_mul(each) > HRANDFIELD_REPLY_BYTES_MAX {
+            return Ok(Reply::error(format!(
+                "ERR ZRANDMEMBER would return more than {KEYS_RESULT_MAX} members or \
+                 {HRANDFIELD_REPLY_BYTES_MAX} bytes; ask for fewer"
+            )));
+        }
+        let picks = self.random_elements(&c, tag, len, count > 0)?;
+        let score = |v: &Bytes| {
+            let bits = v.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+            Reply::Double(bits)
+        };
+        Ok(if with_scores {
+            Reply::Pairs(picks.iter().map(|(m, v)| (Reply::Bulk(m.clone()), score(v))).collect())
+        } else {
+            Reply::Array(picks.into_iter().map(|(m, _)| Reply::Bulk(m)).collect())
+        })
+    }
+
     /// `n` random elements of collection `c` under `tag`, as (rest of the key, value): distinct
     /// ones (all, in key order, if it has no more) or, unless `distinct`, with repeats. Reads
     /// the whole collection (O(n), as Kvrocks does): a seek to a random key would favour the
@@ -332,6 +371,9 @@ impl<S: Storage> NodeTask<S> {
                 None => Reply::Null,
             },
             ReadCommand::SRandMember { key, count } => self.srandmember(key, *count)?,
+            ReadCommand::ZRandMember { key, count, with_scores } => {
+                self.zrandmember(key, *count, *with_scores)?
+            }
             ReadCommand::HRandField { key, count, with_values } => {
                 self.hrandfield(key, *count, *with_values)?
             }
