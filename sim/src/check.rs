@@ -2,8 +2,10 @@
 //!
 //! Every command touches exactly one key, and linearizability is *local* (P-compositional,
 //! Herlihy & Wing): a history is linearizable iff its restriction to each key is. So the history
-//! is split by key and each key is checked on its own, against a model of one Redis key: a
-//! register holding `Option<String>` (None: the key does not exist), initially None.
+//! is split by key and each key is checked on its own, against a model of one Redis key:
+//! `Option<Val>`, a string or a list (None: the key does not exist), initially None. A
+//! multi-element write (RPUSH of two elements) is one operation with one atomic effect, so a
+//! reader that sees part of it fails the check.
 //!
 //! Each key is checked with Wing & Gong's search as refined by Lowe ("just-in-time"
 //! linearization) and implemented by Porcupine (`checker.go`): call and return events sorted by
@@ -15,12 +17,13 @@
 //! Indeterminate operations (`Ret::Unknown`: timed out, connection lost) are handled as Knossos
 //! and Porcupine do: they return at time +infinity and any output is accepted, so they may take
 //! effect at any point after their call or, equivalently to being linearized after everything
-//! else, never. An indeterminate GET has no effect and is dropped. Indeterminate operations are
-//! what makes a search expensive (each stays pending forever, and a failing history makes the
-//! search try every combination of them), so a few reductions, each keeping an equivalent
-//! linearization in the search, cut them down: a failed configuration prunes those that differ
-//! only by having applied more indeterminate operations (`Visited`), and identical ones, no-ops
-//! and writes overwritten before anything saw them are not tried (`Search::run`).
+//! else, never. An indeterminate read (GET, LRANGE) has no effect and is dropped.
+//! Indeterminate operations are what makes a search expensive (each stays pending forever, and
+//! a failing history makes the search try every combination of them), so a few reductions, each
+//! keeping an equivalent linearization in the search, cut them down: a failed configuration
+//! prunes those that differ only by having applied more indeterminate operations (`Visited`),
+//! and identical ones, no-ops and writes overwritten before anything saw them are not tried
+//! (`Search::run`).
 //!
 //! The search is bounded by a step budget per key: a key whose budget runs out is reported as
 //! `Unknown`, never as a failure, and never runs forever. When a key is not linearizable, its
@@ -29,7 +32,7 @@
 
 use crate::history::{Op, Operation, Ret};
 use raft_kv_core::kv::parse_i64;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -160,9 +163,9 @@ pub fn check(history: &[Operation], opts: &CheckOptions) -> Report {
     report
 }
 
-/// Checks the operations of one key against the register model, returning the verdict and the
-/// search steps spent. The operations' `key` fields are not looked at: all of them are taken to
-/// act on the same register.
+/// Checks the operations of one key against the model, returning the verdict and the search
+/// steps spent. The operations' `key` fields are not looked at: all of them are taken to act on
+/// the same key.
 pub fn check_key(ops: &[Operation], opts: &CheckOptions) -> (KeyVerdict, u64) {
     let refs: Vec<&Operation> = ops.iter().collect();
     check_refs(&refs, opts)
@@ -178,13 +181,13 @@ pub fn minimize(ops: &[Operation], opts: &CheckOptions) -> (Vec<Operation>, bool
 
 fn check_refs(ops: &[&Operation], opts: &CheckOptions) -> (KeyVerdict, u64) {
     let relevant: Vec<&Operation> =
-        ops.iter().copied().filter(|op| !is_indeterminate_get(op)).collect();
+        ops.iter().copied().filter(|op| !is_indeterminate_read(op)).collect();
     Search::new(&relevant).run(opts.steps_per_key_max)
 }
 
-/// An indeterminate GET neither changes the register nor constrains it.
-fn is_indeterminate_get(op: &Operation) -> bool {
-    op.op == Op::Get && op.ret == Ret::Unknown
+/// An indeterminate read neither changes the key nor constrains it.
+fn is_indeterminate_read(op: &Operation) -> bool {
+    matches!(op.op, Op::Get | Op::LRange) && op.ret == Ret::Unknown
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -207,12 +210,13 @@ fn is_indeterminate_get(op: &Operation) -> bool {
 ///
 /// A removal is also refused if it leaves an operation whose output depends on an earlier
 /// write (a GET of a value, an INCR past 1 or failing, an APPEND onto something, a DEL of an
-/// existing key) without any operation that could have made that write before it, when it had
-/// one to begin with. Otherwise a stale read would shrink to the lone read (of a value "never
-/// written"), hiding the writes that show what went wrong.
+/// existing key, a push onto a list, a pop or LRANGE of an element) without any operation that
+/// could have made that write before it, when it had one to begin with. Otherwise a stale read
+/// would shrink to the lone read (of a value "never written"), hiding the writes that show what
+/// went wrong.
 fn shrink(ops: &[&Operation], opts: &CheckOptions) -> (Vec<Operation>, bool, u64) {
     let mut sorted: Vec<&Operation> =
-        ops.iter().copied().filter(|op| !is_indeterminate_get(op)).collect();
+        ops.iter().copied().filter(|op| !is_indeterminate_read(op)).collect();
     sorted.sort_by_key(|op| op.id);
     let mut steps = 0;
     let Some((base, culprit)) = shortest_failing_cut(&sorted, opts, &mut steps) else {
@@ -306,8 +310,8 @@ struct Shrinker<'a, 'o> {
     /// The operation the failure is about (see `shrink`); None if it could not be determined,
     /// and then removals are only required to keep the history failing.
     culprit: Option<usize>,
-    /// For each operation that needs an earlier write and has candidates for it: the operation
-    /// and the candidates (see `shrink`).
+    /// For each write an operation needs and has candidates for: the operation and the
+    /// candidates (see `shrink`); an operation may need several (an LRANGE, each element's).
     needs: Vec<(usize, Vec<usize>)>,
     opts: &'o CheckOptions,
     attempts: u64,
@@ -319,12 +323,15 @@ impl<'a, 'o> Shrinker<'a, 'o> {
         let needs = ops
             .iter()
             .enumerate()
-            .filter_map(|(i, op)| {
-                let need = need_of(op)?;
-                let enablers: Vec<usize> = (0..ops.len())
-                    .filter(|&w| w != i && ops[w].call <= return_time(op) && enables(ops[w], &need))
-                    .collect();
-                (!enablers.is_empty()).then_some((i, enablers))
+            .flat_map(|(i, op)| {
+                needs_of(op).into_iter().filter_map(move |need| {
+                    let enablers: Vec<usize> = (0..ops.len())
+                        .filter(|&w| {
+                            w != i && ops[w].call <= return_time(op) && enables(ops[w], &need)
+                        })
+                        .collect();
+                    (!enablers.is_empty()).then_some((i, enablers))
+                })
             })
             .collect();
         Self { ops, culprit, needs, opts, attempts: 0, steps: 0 }
@@ -416,22 +423,31 @@ enum Need {
     Length(usize),
     /// A value that is not an integer below i64::MAX (INCR failed).
     NonInteger,
-    /// Some value (DEL deleted a key).
+    /// Some value (DEL deleted a key, a push found a list).
     Present,
+    /// A list holding this element (a pop's or an LRANGE's): only its push makes one.
+    Element(String),
 }
 
-/// The write an operation's output depends on, if absence does not explain it.
-fn need_of(op: &Operation) -> Option<Need> {
+/// The writes an operation's output depends on, where absence does not explain it.
+fn needs_of(op: &Operation) -> Vec<Need> {
     match (&op.op, &op.ret) {
-        (Op::Get | Op::GetSet(_), Ret::Get(Some(v))) => Some(Need::Value(v.clone())),
-        (Op::Incr, Ret::Incr(Ok(n))) if *n != 1 => Some(Need::Value(n.wrapping_sub(1).to_string())),
-        (Op::Incr, Ret::Incr(Err(()))) => Some(Need::NonInteger),
-        (Op::Append(suffix), Ret::Append(len)) => {
-            let before = usize::try_from(*len).ok()?.checked_sub(suffix.len())?;
-            (before > 0).then_some(Need::Length(before))
-        }
-        (Op::Del, Ret::Del(1)) => Some(Need::Present),
-        _ => None,
+        (Op::Get | Op::GetSet(_), Ret::Get(Some(v))) => vec![Need::Value(v.clone())],
+        (Op::Incr, Ret::Incr(Ok(n))) if *n != 1 => vec![Need::Value(n.wrapping_sub(1).to_string())],
+        (Op::Incr, Ret::Incr(Err(()))) => vec![Need::NonInteger],
+        (Op::Append(suffix), Ret::Append(len)) => usize::try_from(*len)
+            .ok()
+            .and_then(|len| len.checked_sub(suffix.len()))
+            .filter(|&before| before > 0)
+            .map(Need::Length)
+            .into_iter()
+            .collect(),
+        (Op::Del, Ret::Del(1)) => vec![Need::Present],
+        (Op::LPush(_) | Op::RPush(_), Ret::Int(n)) if *n > 1 => vec![Need::Present],
+        (Op::RPush2(..), Ret::Int(n)) if *n > 2 => vec![Need::Present],
+        (Op::LPop | Op::RPop, Ret::Bulk(Some(e))) => vec![Need::Element(e.clone())],
+        (Op::LRange, Ret::Items(items)) => items.iter().cloned().map(Need::Element).collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -442,6 +458,7 @@ fn enables(op: &Operation, need: &Need) -> bool {
         Need::Length(n) => *n == value.len(),
         Need::NonInteger => parse_i64(value.as_bytes()).is_none_or(|n| n == i64::MAX),
         Need::Present => true,
+        Need::Element(_) => false,
     };
     match (&op.op, &op.ret) {
         (Op::Set(v) | Op::GetSet(v), _) => leaves(v),
@@ -450,18 +467,30 @@ fn enables(op: &Operation, need: &Need) -> bool {
         (Op::Incr, Ret::Unknown) => match need {
             Need::Value(v) => parse_i64(v.as_bytes()).is_some(),
             Need::Length(n) => *n <= 20,
-            Need::NonInteger => false,
+            Need::NonInteger | Need::Element(_) => false,
             Need::Present => true,
         },
         (Op::Append(suffix), Ret::Append(len)) => match need {
             Need::Value(v) => v.ends_with(suffix.as_str()) && usize::try_from(*len) == Ok(v.len()),
             Need::Length(n) => usize::try_from(*len) == Ok(*n),
             Need::NonInteger | Need::Present => true,
+            Need::Element(_) => false,
         },
         (Op::Append(suffix), Ret::Unknown) => match need {
             Need::Value(v) => v.ends_with(suffix.as_str()),
             Need::Length(n) => *n >= suffix.len(),
             Need::NonInteger | Need::Present => true,
+            Need::Element(_) => false,
+        },
+        (Op::LPush(v) | Op::RPush(v), _) => match need {
+            Need::Element(e) => e == v,
+            Need::Present => true,
+            Need::Value(_) | Need::Length(_) | Need::NonInteger => false,
+        },
+        (Op::RPush2(a, b), _) => match need {
+            Need::Element(e) => e == a || e == b,
+            Need::Present => true,
+            Need::Value(_) | Need::Length(_) | Need::NonInteger => false,
         },
         _ => false,
     }
@@ -470,45 +499,113 @@ fn enables(op: &Operation, need: &Need) -> bool {
 // ---------------------------------------------------------------------------------------------
 // The model: one Redis key
 
-/// How an operation changes the register.
+/// What a key holds. Hash fields are strings, each modelled under a key of its own (see the
+/// workload). Sets and sorted sets would join as `Set(BTreeSet<String>)` and
+/// `ZSet(BTreeMap<String, i64>)` once the workload issues their commands.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Val {
+    Str(String),
+    /// Head first; never empty, as Redis deletes a list when its last element goes.
+    List(VecDeque<String>),
+}
+
+/// How an operation changes the key.
 #[derive(Debug, PartialEq, Eq)]
 enum Effect {
     Unchanged,
-    Becomes(Option<String>),
+    Becomes(Option<Val>),
 }
 
 /// Applies `op` to a key holding `value`, exactly as Redis would: the new contents and the
-/// reply the client should see.
-fn apply(value: Option<&str>, op: &Op) -> (Effect, Ret) {
+/// reply the client should see. A command of one type on a key of another answers WRONGTYPE
+/// and changes nothing; SET and DEL take a key of any type. (GETSET on a list is refused, as
+/// GETSET and SET ... GET are; its MULTI form would set, but the workload sends GETSET to
+/// string keys only.)
+fn apply(value: Option<&Val>, op: &Op) -> (Effect, Ret) {
+    // The key as a string and as a list (absent: empty); None where it holds the other type.
+    let (string, list) = match value {
+        None => (Some(None), Some(VecDeque::new())),
+        Some(Val::Str(s)) => (Some(Some(s.as_str())), None),
+        Some(Val::List(l)) => (None, Some(l.clone())),
+    };
+    let wrong_type = (Effect::Unchanged, Ret::WrongType);
+    let becomes_string = |s: String| Effect::Becomes(Some(Val::Str(s)));
+    let pushed = |list: VecDeque<String>| {
+        let len = i64::try_from(list.len()).unwrap_or(i64::MAX);
+        (Effect::Becomes(Some(Val::List(list))), Ret::Int(len))
+    };
+    let popped = |list: VecDeque<String>, element: Option<String>| match element {
+        None => (Effect::Unchanged, Ret::Bulk(None)),
+        Some(e) if list.is_empty() => (Effect::Becomes(None), Ret::Bulk(Some(e))),
+        Some(e) => (Effect::Becomes(Some(Val::List(list))), Ret::Bulk(Some(e))),
+    };
     match op {
-        Op::Get => (Effect::Unchanged, Ret::Get(value.map(str::to_string))),
-        Op::Set(v) => (Effect::Becomes(Some(v.clone())), Ret::Set),
-        Op::GetSet(v) => (Effect::Becomes(Some(v.clone())), Ret::Get(value.map(str::to_string))),
+        Op::Set(v) => (becomes_string(v.clone()), Ret::Set),
         Op::Del if value.is_some() => (Effect::Becomes(None), Ret::Del(1)),
         Op::Del => (Effect::Unchanged, Ret::Del(0)),
+        Op::Get => {
+            let Some(old) = string else { return wrong_type };
+            (Effect::Unchanged, Ret::Get(old.map(str::to_string)))
+        }
+        Op::GetSet(v) => {
+            let Some(old) = string else { return wrong_type };
+            (becomes_string(v.clone()), Ret::Get(old.map(str::to_string)))
+        }
         Op::Incr => {
-            let current = match value {
+            let Some(old) = string else { return wrong_type };
+            let current = match old {
                 None => Some(0),
                 Some(v) => parse_i64(v.as_bytes()),
             };
             match current.and_then(|n| n.checked_add(1)) {
-                Some(n) => (Effect::Becomes(Some(n.to_string())), Ret::Incr(Ok(n))),
+                Some(n) => (becomes_string(n.to_string()), Ret::Incr(Ok(n))),
                 None => (Effect::Unchanged, Ret::Incr(Err(()))),
             }
         }
         Op::Append(suffix) => {
-            let mut new = value.unwrap_or_default().to_string();
+            let Some(old) = string else { return wrong_type };
+            let mut new = old.unwrap_or_default().to_string();
             new.push_str(suffix);
             let len = i64::try_from(new.len()).unwrap_or(i64::MAX);
-            (Effect::Becomes(Some(new)), Ret::Append(len))
+            (becomes_string(new), Ret::Append(len))
+        }
+        Op::LPush(v) => {
+            let Some(mut list) = list else { return wrong_type };
+            list.push_front(v.clone());
+            pushed(list)
+        }
+        Op::RPush(v) => {
+            let Some(mut list) = list else { return wrong_type };
+            list.push_back(v.clone());
+            pushed(list)
+        }
+        Op::RPush2(a, b) => {
+            let Some(mut list) = list else { return wrong_type };
+            list.push_back(a.clone());
+            list.push_back(b.clone());
+            pushed(list)
+        }
+        Op::LPop => {
+            let Some(mut list) = list else { return wrong_type };
+            let element = list.pop_front();
+            popped(list, element)
+        }
+        Op::RPop => {
+            let Some(mut list) = list else { return wrong_type };
+            let element = list.pop_back();
+            popped(list, element)
+        }
+        Op::LRange => {
+            let Some(list) = list else { return wrong_type };
+            (Effect::Unchanged, Ret::Items(list.into()))
         }
     }
 }
 
-/// Register values, interned so that the search handles states as small integers.
+/// Key values, interned so that the search handles states as small integers.
 struct States {
-    values: Vec<Option<String>>,
-    ids: HashMap<Option<String>, usize>,
+    values: Vec<Option<Val>>,
+    ids: HashMap<Option<Val>, usize>,
 }
 
 /// The id of the absent key, the initial state.
@@ -519,7 +616,7 @@ impl States {
         Self { values: vec![None], ids: HashMap::from([(None, ABSENT)]) }
     }
 
-    fn intern(&mut self, value: Option<String>) -> usize {
+    fn intern(&mut self, value: Option<Val>) -> usize {
         if let Some(&id) = self.ids.get(&value) {
             return id;
         }
@@ -529,8 +626,8 @@ impl States {
         id
     }
 
-    fn get(&self, id: usize) -> Option<&str> {
-        self.values.get(id).and_then(|v| v.as_deref())
+    fn get(&self, id: usize) -> Option<&Val> {
+        self.values.get(id).and_then(Option::as_ref)
     }
 }
 
@@ -833,8 +930,9 @@ impl<'a> Search<'a> {
     /// - Identical indeterminate operations are applied in call order (see `twin_before`).
     /// - A configuration entered by an indeterminate operation is *restricted*: the next
     ///   operation may not be a SET, nor an indeterminate DEL. Such an operation's effect and
-    ///   output ignore the previous value, so the indeterminate operation before it could as
-    ///   well never have happened.
+    ///   output ignore the previous value, whatever its type (SET replaces a list too), so the
+    ///   indeterminate operation before it could as well never have happened. List operations
+    ///   get no such rule: each one's effect or output depends on what the list held.
     ///
     /// Without them the search keeps applying irrelevant indeterminate operations (consumed,
     /// then overwritten or undone, and no longer available), and a failing history multiplies
@@ -1006,6 +1104,26 @@ mod tests {
     }
 
     const NIL: Ret = Ret::Get(None);
+
+    fn lpush(e: &str) -> Op {
+        Op::LPush(e.to_string())
+    }
+
+    fn rpush(e: &str) -> Op {
+        Op::RPush(e.to_string())
+    }
+
+    fn rpush2(a: &str, b: &str) -> Op {
+        Op::RPush2(a.to_string(), b.to_string())
+    }
+
+    fn popped(e: &str) -> Ret {
+        Ret::Bulk(Some(e.to_string()))
+    }
+
+    fn items(elements: &[&str]) -> Ret {
+        Ret::Items(elements.iter().map(|e| e.to_string()).collect())
+    }
 
     fn verdict(ops: &[Operation]) -> KeyVerdict {
         check_key(ops, &CheckOptions::default()).0
@@ -1378,6 +1496,172 @@ mod tests {
         );
     }
 
+    #[test]
+    fn lists_push_pop_and_range_as_redis_does() {
+        assert_verdict(
+            vec![
+                (0, "l", Op::LPop, Ret::Bulk(None), 0, Some(1)),
+                (0, "l", Op::LRange, items(&[]), 2, Some(3)),
+                (0, "l", rpush("a"), Ret::Int(1), 4, Some(5)),
+                (1, "l", lpush("b"), Ret::Int(2), 6, Some(7)),
+                (0, "l", rpush2("c", "d"), Ret::Int(4), 8, Some(9)),
+                (1, "l", Op::LRange, items(&["b", "a", "c", "d"]), 10, Some(11)),
+                (0, "l", Op::RPop, popped("d"), 12, Some(13)),
+                (1, "l", Op::LPop, popped("b"), 14, Some(15)),
+                (0, "l", Op::LRange, items(&["a", "c"]), 16, Some(17)),
+                (1, "l", Op::Del, Ret::Del(1), 18, Some(19)),
+                (0, "l", Op::RPop, Ret::Bulk(None), 20, Some(21)),
+                // Popping the last element deletes the list.
+                (0, "l", rpush("e"), Ret::Int(1), 22, Some(23)),
+                (1, "l", Op::LPop, popped("e"), 24, Some(25)),
+                (1, "l", Op::Del, Ret::Del(0), 26, Some(27)),
+            ],
+            LIN,
+        );
+        // A push's length counts what was there.
+        assert_verdict(
+            vec![
+                (0, "l", rpush("a"), Ret::Int(1), 0, Some(1)),
+                (0, "l", rpush2("b", "c"), Ret::Int(2), 2, Some(3)),
+            ],
+            NOT,
+        );
+    }
+
+    #[test]
+    fn a_command_on_a_key_of_another_type_answers_wrongtype() {
+        assert_verdict(
+            vec![
+                (0, "k", set("a"), Ret::Set, 0, Some(1)),
+                (0, "k", lpush("x"), Ret::WrongType, 2, Some(3)),
+                (0, "k", Op::LRange, Ret::WrongType, 4, Some(5)),
+                (0, "k", Op::Get, got("a"), 6, Some(7)),
+                (0, "k", Op::Del, Ret::Del(1), 8, Some(9)),
+                (0, "k", rpush("x"), Ret::Int(1), 10, Some(11)),
+                (0, "k", Op::Get, Ret::WrongType, 12, Some(13)),
+                (0, "k", Op::Incr, Ret::WrongType, 14, Some(15)),
+                // SET takes a key of any type.
+                (0, "k", set("b"), Ret::Set, 16, Some(17)),
+                (0, "k", Op::LPop, Ret::WrongType, 18, Some(19)),
+                (0, "k", Op::Get, got("b"), 20, Some(21)),
+            ],
+            LIN,
+        );
+        assert_verdict(
+            vec![(0, "k", rpush("x"), Ret::Int(1), 0, Some(1)), (0, "k", Op::Get, NIL, 2, Some(3))],
+            NOT,
+        );
+    }
+
+    #[test]
+    fn an_element_popped_twice_is_not_linearizable() {
+        // Two concurrent pops of a list of two: each gets one element, whichever goes first.
+        let pops = |first: Ret, second: Op, second_ret: Ret| {
+            history(vec![
+                (0, "l", rpush("a"), Ret::Int(1), 0, Some(1)),
+                (0, "l", rpush("b"), Ret::Int(2), 2, Some(3)),
+                (1, "l", Op::LPop, first, 4, Some(10)),
+                (2, "l", second, second_ret, 5, Some(9)),
+            ])
+        };
+        assert_eq!(verdict(&pops(popped("a"), Op::LPop, popped("b"))), LIN);
+        assert_eq!(verdict(&pops(popped("b"), Op::LPop, popped("a"))), LIN);
+        assert_eq!(verdict(&pops(popped("a"), Op::RPop, popped("b"))), LIN);
+        assert_eq!(verdict(&pops(popped("a"), Op::LPop, popped("a"))), NOT);
+        // Likewise from the other end.
+        assert_eq!(verdict(&pops(popped("b"), Op::RPop, popped("b"))), NOT);
+        // Shrinking keeps the push the duplicated element needs, and drops the other.
+        let (minimal, is_minimal, _) =
+            minimize(&pops(popped("a"), Op::LPop, popped("a")), &CheckOptions::default());
+        assert!(is_minimal);
+        assert_eq!(minimal.iter().map(|op| op.id).collect::<Vec<_>>(), vec![0, 2, 3]);
+        // An indeterminate pop may have taken the element, once.
+        assert_verdict(
+            vec![
+                (0, "l", rpush2("a", "b"), Ret::Int(2), 0, Some(1)),
+                (1, "l", Op::LPop, Ret::Unknown, 2, None),
+                (2, "l", Op::LPop, Ret::Unknown, 3, None),
+                (0, "l", Op::LPop, popped("b"), 4, Some(5)),
+                (0, "l", Op::LPop, popped("a"), 6, Some(7)),
+            ],
+            NOT,
+        );
+    }
+
+    #[test]
+    fn a_popped_element_seen_again_is_not_linearizable() {
+        let seen_after_pop = |range: (u64, u64), seen: &[&str]| {
+            vec![
+                (0, "l", rpush("a"), Ret::Int(1), 0, Some(1)),
+                (0, "l", rpush("b"), Ret::Int(2), 2, Some(3)),
+                (1, "l", Op::LPop, popped("a"), 4, Some(6)),
+                (2, "l", Op::LRange, items(seen), range.0, Some(range.1)),
+            ]
+        };
+        // After the pop completed, only "b" is left.
+        assert_verdict(seen_after_pop((7, 8), &["b"]), LIN);
+        assert_verdict(seen_after_pop((7, 8), &["a", "b"]), NOT);
+        assert_verdict(seen_after_pop((7, 8), &["a"]), NOT);
+        // During the pop, either.
+        assert_verdict(seen_after_pop((5, 8), &["a", "b"]), LIN);
+        // But once a reader saw it gone, a later one cannot see it back.
+        let mut rows = seen_after_pop((5, 8), &["b"]);
+        rows.push((3, "l", Op::LRange, items(&["a", "b"]), 9, Some(10)));
+        assert_verdict(rows, NOT);
+    }
+
+    #[test]
+    fn a_two_element_push_seen_torn_is_not_linearizable() {
+        let torn = |ret: Ret, complete: Option<u64>, seen: &[&str]| {
+            history(vec![
+                (0, "l", rpush2("a", "b"), ret, 0, complete),
+                (1, "l", Op::LRange, items(seen), 5, Some(6)),
+            ])
+        };
+        assert_eq!(verdict(&torn(Ret::Int(2), Some(1), &["a", "b"])), LIN);
+        assert_eq!(verdict(&torn(Ret::Int(2), Some(1), &["a"])), NOT);
+        assert_eq!(verdict(&torn(Ret::Int(2), Some(1), &["b"])), NOT);
+        // While the push is running, or its answer lost, the list is whole or absent.
+        for (ret, complete) in [(Ret::Int(2), Some(10)), (Ret::Unknown, None)] {
+            assert_eq!(verdict(&torn(ret.clone(), complete, &[])), LIN);
+            assert_eq!(verdict(&torn(ret.clone(), complete, &["a", "b"])), LIN);
+            assert_eq!(verdict(&torn(ret, complete, &["a"])), NOT);
+        }
+    }
+
+    #[test]
+    fn concurrent_list_operations_with_indeterminate_ones_are_linearizable() {
+        let rows = |last: &[&str]| {
+            vec![
+                (0, "l", rpush("a"), Ret::Int(1), 0, Some(1)),
+                // Its answer is lost; the pop below shows it took effect.
+                (1, "l", lpush("b"), Ret::Unknown, 2, None),
+                (2, "l", rpush2("c", "d"), Ret::Int(3), 3, Some(10)),
+                (3, "l", Op::LPop, popped("b"), 4, Some(8)),
+                (0, "l", Op::LRange, items(&["a", "c", "d"]), 11, Some(12)),
+                // May or may not have happened, at any time after its call.
+                (3, "l", Op::RPop, Ret::Unknown, 13, None),
+                (1, "l", lpush("e"), Ret::Unknown, 14, None),
+                (0, "l", Op::LRange, items(last), 15, Some(16)),
+                (2, "l", Op::RPop, popped("d"), 17, Some(18)),
+            ]
+        };
+        // Neither indeterminate write yet, or only the push.
+        assert_verdict(rows(&["a", "c", "d"]), LIN);
+        assert_verdict(rows(&["e", "a", "c", "d"]), LIN);
+        // The indeterminate RPOP took "d", which the last RPOP cannot get again.
+        assert_verdict(rows(&["a", "c"]), NOT);
+        // "c" lost.
+        assert_verdict(rows(&["e", "a"]), NOT);
+        // With the indeterminate RPOP seen to have happened (and the push or not), the last
+        // RPOP gets "c".
+        for last in [&["a", "c"][..], &["e", "a", "c"]] {
+            let mut ops = history(rows(last));
+            ops[8].ret = popped("c");
+            assert_eq!(verdict(&ops), LIN, "{last:?}");
+        }
+    }
+
     /// All permutations of `0..n`.
     fn permutations(n: usize) -> Vec<Vec<usize>> {
         if n == 0 {
@@ -1399,10 +1683,10 @@ mod tests {
         let ops = [set("5"), append("1"), Op::Incr, Op::Del];
         for order in permutations(ops.len()) {
             // Outputs of running the concurrent ops sequentially in `order`.
-            let mut value: Option<String> = Some("x".to_string());
+            let mut value = Some(Val::Str("x".to_string()));
             let mut rets = vec![Ret::Unknown; ops.len()];
             for &i in &order {
-                let (effect, ret) = apply(value.as_deref(), &ops[i]);
+                let (effect, ret) = apply(value.as_ref(), &ops[i]);
                 if let Effect::Becomes(v) = effect {
                     value = v;
                 }
@@ -1419,7 +1703,8 @@ mod tests {
                     Some(20 - i as u64),
                 ));
             }
-            rows.push((9, "k", Op::Get, Ret::Get(value.clone()), 30, Some(31)));
+            let (_, last_read) = apply(value.as_ref(), &Op::Get);
+            rows.push((9, "k", Op::Get, last_read, 30, Some(31)));
             assert_verdict(rows.clone(), LIN);
             // A final read inconsistent with every order fails.
             let last = rows.len() - 1;
@@ -1564,13 +1849,15 @@ mod tests {
     }
 
     /// A random history of a correct store: each operation takes effect at a random instant
-    /// within its interval (indeterminate ones: at a random later instant, or never).
+    /// within its interval (indeterminate ones: at a random later instant, or never). With
+    /// `lists`, the keys are lists, pushed with unique elements as the workload does.
     fn synthetic(
         seed: u64,
         ops: usize,
         keys: usize,
         clients: usize,
         unknown_pct: u64,
+        lists: bool,
     ) -> Vec<Operation> {
         let mut rng = Rng(seed);
         let mut clock = vec![0u64; clients];
@@ -1581,13 +1868,21 @@ mod tests {
             let client = rng.below(clients as u64) as usize;
             let call = clock[client] + rng.below(2_000_000);
             let duration = 100_000 + rng.below(5_000_000);
-            let key = format!("k{}", rng.below(keys as u64));
-            let op = match rng.below(10) {
-                0..=3 => Op::Get,
-                4..=5 => Op::Set(format!("c{client}-{id}")),
-                6 => Op::Del,
-                7..=8 => Op::Incr,
-                _ => Op::Append(format!("c{client}-{id}")),
+            let key = format!("{}{}", if lists { "l" } else { "k" }, rng.below(keys as u64));
+            let tag = format!("c{client}-{id}");
+            let op = match (lists, rng.below(10)) {
+                (false, 0..=3) => Op::Get,
+                (false, 4..=5) => Op::Set(tag),
+                (false, 6) => Op::Del,
+                (false, 7..=8) => Op::Incr,
+                (false, _) => Op::Append(tag),
+                (true, 0..=2) => Op::LRange,
+                (true, 3) => Op::LPush(tag),
+                (true, 4) => Op::RPush(tag),
+                (true, 5) => Op::RPush2(format!("{tag}a"), format!("{tag}b")),
+                (true, 6..=7) => Op::LPop,
+                (true, 8) => Op::RPop,
+                (true, _) => Op::Del,
             };
             let indeterminate = rng.below(100) < unknown_pct;
             let complete = (!indeterminate).then_some(call + duration);
@@ -1612,10 +1907,10 @@ mod tests {
             });
         }
         effects.sort_unstable();
-        let mut store: HashMap<String, String> = HashMap::new();
+        let mut store: HashMap<String, Val> = HashMap::new();
         for (_, id) in effects {
             let op = &mut history[id];
-            let (effect, ret) = apply(store.get(&op.key).map(String::as_str), &op.op);
+            let (effect, ret) = apply(store.get(&op.key), &op.op);
             match effect {
                 Effect::Unchanged => {}
                 Effect::Becomes(Some(v)) => drop(store.insert(op.key.clone(), v)),
@@ -1630,8 +1925,8 @@ mod tests {
 
     #[test]
     fn synthetic_histories_of_a_correct_store_are_linearizable() {
-        for seed in 0..20 {
-            let ops = synthetic(seed, 300, 3, 6, 5);
+        for (seed, lists) in (0..20).flat_map(|seed| [(seed, false), (seed, true)]) {
+            let ops = synthetic(seed, 300, 3, 6, 5, lists);
             let report = check(&ops, &CheckOptions::default());
             assert!(report.is_ok() && report.unknown_keys.is_empty(), "seed {seed}: {report}");
         }
@@ -1640,7 +1935,7 @@ mod tests {
     #[test]
     fn synthetic_histories_with_a_corrupted_read_fail() {
         for seed in 0..20 {
-            let mut ops = synthetic(seed, 300, 3, 6, 5);
+            let mut ops = synthetic(seed, 300, 3, 6, 5, false);
             let Some(read) = ops.iter_mut().find(|op| op.op == Op::Get && op.ret != Ret::Unknown)
             else {
                 continue;
@@ -1667,7 +1962,7 @@ mod tests {
         let mut rng = Rng(7);
         let mut failures = 0;
         for seed in 0..30 {
-            let mut ops = synthetic(seed, 200, 2, 6, 5);
+            let mut ops = synthetic(seed, 200, 2, 6, 5, false);
             // Corrupt one completed operation's output, plausibly.
             let i = rng.below(ops.len() as u64) as usize;
             ops[i].ret = match (&ops[i].op, &ops[i].ret) {
@@ -1691,26 +1986,39 @@ mod tests {
     /// Prints how long checking histories of 2000 operations takes (run with --nocapture).
     #[test]
     fn timing_of_a_large_history() {
-        for (keys, clients, unknown_pct) in [(4, 8, 5), (1, 8, 5), (4, 8, 20)] {
-            let ops = synthetic(7, 2000, keys, clients, unknown_pct);
+        let cases = [
+            (4, 8, 5, false),
+            (1, 8, 5, false),
+            (4, 8, 20, false),
+            (4, 8, 5, true),
+            (1, 8, 5, true),
+            (4, 8, 20, true),
+        ];
+        for (keys, clients, unknown_pct, lists) in cases {
+            let ops = synthetic(7, 2000, keys, clients, unknown_pct, lists);
             let start = Instant::now();
             let report = check(&ops, &CheckOptions::default());
             let elapsed = start.elapsed();
             assert!(report.is_ok() && report.unknown_keys.is_empty(), "{report}");
+            let kind = if lists { "list" } else { "string" };
             println!(
-                "2000 ops, {keys} keys, {clients} clients, {unknown_pct}% indeterminate: \
+                "2000 ops, {keys} {kind} keys, {clients} clients, {unknown_pct}% indeterminate: \
                  linearizable in {elapsed:?}, {} steps",
                 report.steps
             );
 
             // A read in the middle of the history returns a value never written.
             let mut bad = ops.clone();
-            let Some(i) =
-                bad[1000..].iter().position(|op| op.op == Op::Get && op.ret != Ret::Unknown)
+            let read = |op: &Operation| matches!(op.op, Op::Get | Op::LRange);
+            let Some(i) = bad[1000..].iter().position(|op| read(op) && op.ret != Ret::Unknown)
             else {
                 continue;
             };
-            bad[1000 + i].ret = got("never-written");
+            bad[1000 + i].ret = if lists {
+                Ret::Items(vec!["never-written".to_string()])
+            } else {
+                got("never-written")
+            };
             let start = Instant::now();
             let report = check(&bad, &CheckOptions::default());
             let elapsed = start.elapsed();
@@ -1732,7 +2040,7 @@ mod tests {
     /// some order of the determinate operations plus any subset of the indeterminate ones,
     /// consistent with real time, explains every determinate output.
     fn brute_force(ops: &[Operation]) -> bool {
-        fn extend(ops: &[Operation], placed: &mut Vec<bool>, value: Option<String>) -> bool {
+        fn extend(ops: &[Operation], placed: &mut Vec<bool>, value: Option<Val>) -> bool {
             let all_known_placed =
                 ops.iter().zip(placed.iter()).all(|(op, &p)| p || op.ret == Ret::Unknown);
             if all_known_placed {
@@ -1748,7 +2056,7 @@ mod tests {
                 if blocked {
                     continue;
                 }
-                let (effect, ret) = apply(value.as_deref(), &ops[i].op);
+                let (effect, ret) = apply(value.as_ref(), &ops[i].op);
                 if ops[i].ret != Ret::Unknown && ops[i].ret != ret {
                     continue;
                 }
@@ -1770,8 +2078,12 @@ mod tests {
 
     /// A small random history of one key: random overlapping intervals on a coarse clock (so
     /// ties happen), outputs from a correct execution, some replaced by plausible wrong ones,
-    /// and some operations indeterminate.
-    fn small_random(rng: &mut Rng) -> Vec<Operation> {
+    /// and some operations indeterminate. With `lists`, mostly list operations over two
+    /// elements (repeated, so identical pushes meet), with a SET and a GET now and then.
+    fn small_random(rng: &mut Rng, lists: bool) -> Vec<Operation> {
+        fn element(rng: &mut Rng) -> String {
+            ["x", "y"][rng.below(2) as usize].to_string()
+        }
         let n = 2 + rng.below(6) as usize;
         let mut ops = Vec::new();
         let mut clock = [0u64; 3];
@@ -1780,13 +2092,29 @@ mod tests {
             let call = clock[client] + rng.below(4);
             let complete = call + rng.below(6);
             clock[client] = complete + 1;
-            let op = match rng.below(7) {
-                0 | 1 => Op::Get,
-                2 => Op::Set(["a", "1", "9223372036854775807"][rng.below(3) as usize].to_string()),
-                3 => Op::Del,
-                4 => Op::Incr,
-                5 => Op::GetSet(["a", "1"][rng.below(2) as usize].to_string()),
-                _ => Op::Append(["x", "2"][rng.below(2) as usize].to_string()),
+            let op = if lists {
+                match rng.below(10) {
+                    0 => Op::LPush(element(rng)),
+                    1 => Op::RPush(element(rng)),
+                    2 => Op::RPush2(element(rng), element(rng)),
+                    3 => Op::LPop,
+                    4 => Op::RPop,
+                    5 | 6 => Op::LRange,
+                    7 => Op::Del,
+                    8 => Op::Set("a".to_string()),
+                    _ => Op::Get,
+                }
+            } else {
+                match rng.below(7) {
+                    0 | 1 => Op::Get,
+                    2 => Op::Set(
+                        ["a", "1", "9223372036854775807"][rng.below(3) as usize].to_string(),
+                    ),
+                    3 => Op::Del,
+                    4 => Op::Incr,
+                    5 => Op::GetSet(["a", "1"][rng.below(2) as usize].to_string()),
+                    _ => Op::Append(["x", "2"][rng.below(2) as usize].to_string()),
+                }
             };
             ops.push(Operation {
                 id,
@@ -1806,9 +2134,9 @@ mod tests {
             .map(|op| (op.call + rng.below(op.complete.unwrap_or(op.call) - op.call + 1), op.id))
             .collect();
         order.sort_unstable();
-        let mut value: Option<String> = None;
+        let mut value: Option<Val> = None;
         for (_, id) in order {
-            let (effect, ret) = apply(value.as_deref(), &ops[id].op);
+            let (effect, ret) = apply(value.as_ref(), &ops[id].op);
             if let Effect::Becomes(v) = effect {
                 value = v;
             }
@@ -1833,6 +2161,20 @@ mod tests {
                             Ok(rng.below(4) as i64)
                         }),
                         Op::Append(_) => Ret::Append(1 + rng.below(3) as i64),
+                        Op::LPush(_) | Op::RPush(_) | Op::RPush2(..) => {
+                            [Ret::Int(1 + rng.below(4) as i64), Ret::WrongType]
+                                [rng.below(2) as usize]
+                                .clone()
+                        }
+                        Op::LPop | Op::RPop => {
+                            let e = Ret::Bulk(Some(element(rng)));
+                            [Ret::Bulk(None), e, Ret::WrongType][rng.below(3) as usize].clone()
+                        }
+                        Op::LRange => {
+                            let (a, b) = (element(rng), element(rng));
+                            let items = [vec![], vec![a.clone()], vec![a, b]];
+                            Ret::Items(items[rng.below(3) as usize].clone())
+                        }
                     }
                 }
                 _ => {}
@@ -1843,10 +2185,20 @@ mod tests {
 
     #[test]
     fn search_agrees_with_brute_force() {
-        let mut rng = Rng(42);
+        agrees_with_brute_force(42, false);
+    }
+
+    #[test]
+    fn search_agrees_with_brute_force_on_lists() {
+        agrees_with_brute_force(43, true);
+    }
+
+    /// 20,000 small random histories (`small_random`) get the brute force's verdict.
+    fn agrees_with_brute_force(seed: u64, lists: bool) {
+        let mut rng = Rng(seed);
         let (mut linearizable, mut not) = (0, 0);
         for case in 0..20_000 {
-            let ops = small_random(&mut rng);
+            let ops = small_random(&mut rng, lists);
             let expected = if brute_force(&ops) { LIN } else { NOT };
             assert_eq!(
                 verdict(&ops),

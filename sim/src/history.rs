@@ -1,6 +1,6 @@
 //! A client history: every operation a simulated client issued, with its invocation and
-//! completion times in simulated time and what it returned. Keys and values are short ASCII
-//! strings chosen by the workload, so histories print and render readably.
+//! completion times in simulated time and what it returned. Keys, values and list elements are
+//! short ASCII strings chosen by the workload, so histories print and render readably.
 
 use std::fmt;
 
@@ -15,6 +15,19 @@ pub enum Op {
     /// Sets a new value and returns the old one (GETSET, SET ... GET, or MULTI GET SET EXEC):
     /// answered like a GET.
     GetSet(String),
+    /// LPUSH of one element: answered with the list's new length.
+    LPush(String),
+    /// RPUSH of one element: answered with the list's new length.
+    RPush(String),
+    /// RPUSH of two elements in one command: both land together or neither does, so a reader
+    /// that sees the first without the second has seen a torn write.
+    RPush2(String, String),
+    /// LPOP of one element (LPOP k, or LPOP k 1): answered with it, or nil for no list.
+    LPop,
+    /// RPOP of one element, likewise.
+    RPop,
+    /// LRANGE k 0 -1: the whole list, empty for no list.
+    LRange,
 }
 
 /// What the client saw.
@@ -30,6 +43,16 @@ pub enum Ret {
     Incr(Result<i64, ()>),
     /// APPEND's new length.
     Append(i64),
+    /// A push's new list length.
+    Int(i64),
+    /// A pop's element (None: there was no list).
+    Bulk(Option<String>),
+    /// LRANGE's elements, head first.
+    Items(Vec<String>),
+    /// WRONGTYPE: the key holds a value of another type, so the command changed nothing. The
+    /// workload keeps strings, hashes and lists under different keys, so a correct store
+    /// never gives it there.
+    WrongType,
     /// Timed out, connection lost, or an error that leaves the outcome open: the operation may
     /// or may not have taken effect, at any time after its invocation.
     Unknown,
@@ -66,6 +89,12 @@ impl fmt::Display for Op {
             Op::Incr => write!(f, "INCR"),
             Op::Append(v) => write!(f, "APPEND {v}"),
             Op::GetSet(v) => write!(f, "GETSET {v}"),
+            Op::LPush(v) => write!(f, "LPUSH {v}"),
+            Op::RPush(v) => write!(f, "RPUSH {v}"),
+            Op::RPush2(a, b) => write!(f, "RPUSH {a} {b}"),
+            Op::LPop => write!(f, "LPOP"),
+            Op::RPop => write!(f, "RPOP"),
+            Op::LRange => write!(f, "LRANGE"),
         }
     }
 }
@@ -73,11 +102,13 @@ impl fmt::Display for Op {
 impl fmt::Display for Ret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Ret::Get(Some(v)) => write!(f, "{v:?}"),
-            Ret::Get(None) => write!(f, "nil"),
+            Ret::Get(Some(v)) | Ret::Bulk(Some(v)) => write!(f, "{v:?}"),
+            Ret::Get(None) | Ret::Bulk(None) => write!(f, "nil"),
             Ret::Set => write!(f, "OK"),
-            Ret::Del(n) | Ret::Append(n) | Ret::Incr(Ok(n)) => write!(f, "{n}"),
+            Ret::Del(n) | Ret::Append(n) | Ret::Incr(Ok(n)) | Ret::Int(n) => write!(f, "{n}"),
             Ret::Incr(Err(())) => write!(f, "ERR not an integer"),
+            Ret::Items(items) => write!(f, "{items:?}"),
+            Ret::WrongType => write!(f, "WRONGTYPE"),
             Ret::Unknown => write!(f, "?"),
         }
     }

@@ -310,6 +310,12 @@ fn label(op: &Operation) -> String {
         Op::Incr => format!("INCR {}", op.key),
         Op::Append(v) => format!("APPEND {}+={v}", op.key),
         Op::GetSet(v) => format!("GETSET {}={v}", op.key),
+        Op::LPush(v) => format!("LPUSH {} {v}", op.key),
+        Op::RPush(v) => format!("RPUSH {} {v}", op.key),
+        Op::RPush2(a, b) => format!("RPUSH {} {a} {b}", op.key),
+        Op::LPop => format!("LPOP {}", op.key),
+        Op::RPop => format!("RPOP {}", op.key),
+        Op::LRange => format!("LRANGE {}", op.key),
     };
     format!("{command} → {}", op.ret)
 }

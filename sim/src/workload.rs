@@ -1,8 +1,10 @@
 //! Concurrent clients that issue GET, SET, DEL, INCR, APPEND, MSET, MGET, GETSET (three forms,
-//! one a MULTI/EXEC block) and hash commands over a small key set through the RESP front end of
-//! random nodes, and record every operation with its invocation and
+//! one a MULTI/EXEC block), hash commands and list commands (LPUSH, RPUSH of one or two
+//! elements, LPOP and RPOP with and without a count, LRANGE, DEL) over a small key set through
+//! the RESP front end of random nodes, and record every operation with its invocation and
 //! completion in simulated time. A timeout, a lost connection or an error that leaves the
-//! outcome open is recorded as indeterminate, never as a failure.
+//! outcome open is recorded as indeterminate, never as a failure. Strings, hashes and lists
+//! live under keys of their own (`k*`, `h*`, `l*`), so no command meets a key of another type.
 
 use crate::client::{Client, ClientError, Value};
 use crate::cluster::redis_addr;
@@ -14,6 +16,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// The list keys `l0`.. : as few as the hashes, so that list commands contend on a key.
+const LIST_KEYS: usize = 2;
 
 #[derive(Clone, Debug)]
 pub struct WorkloadOptions {
@@ -95,9 +100,13 @@ fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
         if *op == Op::Incr && e.starts_with("ERR value is not an integer") {
             return Outcome::Done(Ret::Incr(Err(())));
         }
+        if e.starts_with("WRONGTYPE") {
+            // Decided where the command was applied (or read), against the key's type.
+            return Outcome::Done(Ret::WrongType);
+        }
         return match op {
             // A failed read changed nothing.
-            Op::Get => Outcome::NotApplied,
+            Op::Get | Op::LRange => Outcome::NotApplied,
             _ => Outcome::Unknown,
         };
     }
@@ -119,6 +128,24 @@ fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
         (Op::Del, Value::Int(n)) => Ret::Del(*n),
         (Op::Incr, Value::Int(n)) => Ret::Incr(Ok(*n)),
         (Op::Append(_), Value::Int(n)) => Ret::Append(*n),
+        (Op::LPush(_) | Op::RPush(_) | Op::RPush2(..), Value::Int(n)) => Ret::Int(*n),
+        (Op::LPop | Op::RPop, Value::Bulk(b)) => {
+            Ret::Bulk(Some(String::from_utf8_lossy(b).into_owned()))
+        }
+        (Op::LPop | Op::RPop, Value::Nil) => Ret::Bulk(None),
+        (Op::LRange, Value::Array(items)) => {
+            let elements: Option<Vec<String>> = items
+                .iter()
+                .map(|item| match item {
+                    Value::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                    _ => None,
+                })
+                .collect();
+            match elements {
+                Some(elements) => Ret::Items(elements),
+                None => return Outcome::Invalid(format!("{op} was answered {v:?}")),
+            }
+        }
         (op, v) => return Outcome::Invalid(format!("{op} was answered {v:?}")),
     };
     Outcome::Done(ret)
@@ -145,6 +172,9 @@ enum Cmd {
     },
     MSet(Vec<(String, String)>),
     MGet(Vec<String>),
+    /// LPOP or RPOP (the op) with a count of 1, which takes the server's counted path: the
+    /// same pop, answered as an array of the one element or a null array for no list.
+    CountedPop(Op, String),
 }
 
 impl Cmd {
@@ -183,7 +213,17 @@ impl Cmd {
                 Op::Incr => vec![b("INCR"), b(key)],
                 Op::Append(v) => vec![b("APPEND"), b(key), b(v)],
                 Op::GetSet(v) => vec![b("GETSET"), b(key), b(v)],
+                Op::LPush(v) => vec![b("LPUSH"), b(key), b(v)],
+                Op::RPush(v) => vec![b("RPUSH"), b(key), b(v)],
+                Op::RPush2(x, y) => vec![b("RPUSH"), b(key), b(x), b(y)],
+                Op::LPop => vec![b("LPOP"), b(key)],
+                Op::RPop => vec![b("RPOP"), b(key)],
+                Op::LRange => vec![b("LRANGE"), b(key), b("0"), b("-1")],
             },
+            Cmd::CountedPop(op, key) => {
+                let name = if *op == Op::RPop { "RPOP" } else { "LPOP" };
+                vec![b(name), b(key), b("1")]
+            }
             Cmd::MSet(pairs) => {
                 let mut argv = vec![b("MSET")];
                 for (k, v) in pairs {
@@ -239,6 +279,19 @@ impl Cmd {
                     }
                 };
                 keys.iter().cloned().zip(per_key).map(|(k, o)| (k, Op::Get, o)).collect()
+            }
+            Cmd::CountedPop(op, key) => {
+                let outcome = match reply {
+                    Ok(Value::Array(items)) => match items.as_slice() {
+                        [one @ Value::Bulk(_)] => classify(op, &Ok(one.clone())),
+                        _ => Outcome::Invalid(format!("{op} {key} 1 was answered {items:?}")),
+                    },
+                    Ok(Value::Bulk(b)) => {
+                        Outcome::Invalid(format!("{op} {key} 1 was answered a bare {b:?}"))
+                    }
+                    _ => classify(op, reply),
+                };
+                vec![(key.clone(), op.clone(), outcome)]
             }
         }
     }
@@ -307,6 +360,33 @@ impl ClientTask {
         Cmd::Hash { op, key, field }
     }
 
+    /// A value no other operation writes: this client's id and next sequence number.
+    fn next_tag(&mut self) -> String {
+        self.seq += 1;
+        format!("{}.{}", self.id, self.seq)
+    }
+
+    /// A command on one of the lists. Every pushed element is unique (client and sequence
+    /// number), so a pop that loses or duplicates one shows in the history. Pops come about as
+    /// often as pushed elements and DEL now and then, so lists stay short: the checker's states
+    /// are whole lists, and long ones would run its search out of budget.
+    fn list_cmd(&mut self) -> Cmd {
+        let key = format!("l{}", self.rng.gen_range(0..LIST_KEYS));
+        let op = match self.rng.gen_range(0..100) {
+            0..=13 => Op::LPush(self.next_tag()),
+            14..=27 => Op::RPush(self.next_tag()),
+            28..=35 => Op::RPush2(self.next_tag(), self.next_tag()),
+            36..=55 => Op::LPop,
+            56..=75 => Op::RPop,
+            76..=93 => Op::LRange,
+            _ => Op::Del,
+        };
+        if matches!(op, Op::LPop | Op::RPop) && self.rng.gen_bool(0.3) {
+            return Cmd::CountedPop(op, key);
+        }
+        Cmd::One(op, key)
+    }
+
     /// Two distinct keys when there are two, for MSET and MGET.
     fn two_keys(&mut self) -> Vec<String> {
         let a = self.random_key();
@@ -323,6 +403,10 @@ impl ClientTask {
             return match self.rng.gen_range(0..10) {
                 0 => Cmd::MGet(self.two_keys()),
                 1 => self.hash_cmd(Op::Get),
+                2 => {
+                    let key = format!("l{}", self.rng.gen_range(0..LIST_KEYS));
+                    Cmd::One(Op::LRange, key)
+                }
                 _ => Cmd::One(Op::Get, self.random_key()),
             };
         }
@@ -351,6 +435,7 @@ impl ClientTask {
                 let value = format!("{}.{}", self.id, self.seq);
                 Cmd::GetSet { key: self.random_key(), value, form: self.rng.gen_range(0..3) }
             }
+            30..=47 => self.list_cmd(),
             _ => {
                 let op = self.random_op();
                 Cmd::One(op, self.random_key())
