@@ -236,7 +236,8 @@ impl Transaction {
     /// A block may hold at most `bytes_max` bytes of keys and values.
     fn queue(&mut self, request: Request, bytes_max: usize) -> Reply {
         let op = match request {
-            Request::Write(c) => TxOp::Write(c),
+            // Inside MULTI a blocking pop does not block, as in Redis: it answers nil if empty.
+            Request::Write(c) | Request::Blocking { command: c, .. } => TxOp::Write(c),
             Request::Read(ReadCommand::Query(q)) => TxOp::Query(q),
             Request::Immediate(Reply::Error(e)) => {
                 self.dirty = true;
@@ -500,7 +501,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                         (other, None) => other,
                     };
                     let next_phase = match &request {
-                        Request::Write(_) => Some(Phase::Writes),
+                        Request::Write(_) | Request::Blocking { .. } => Some(Phase::Writes),
                         Request::Read(_) => Some(Phase::Reads),
                         _ => None,
                     };
@@ -522,20 +523,24 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                         Request::Write(cmd) => request_bytes.max(cmd.size_bytes()),
                         _ => request_bytes,
                     };
+                    // A blocking pop holds the connection: nothing after it runs before it is
+                    // answered (Redis blocks the client).
+                    let blocking = matches!(request, Request::Blocking { .. });
                     let held = match &request {
-                        Request::Write(_) | Request::Read(_) | Request::Admin(_) => {
-                            match pending_bytes.try_hold(bytes) {
-                                Some(p) => Some(p),
-                                None => {
-                                    let busy = Reply::error(format!("BUSY the node holds {} bytes of pending requests, its limit; retry later", pending_bytes.max));
-                                    if tx.send((Pending::Ready(busy), protocol)).await.is_err() {
-                                        break 'conn;
-                                    }
-                                    submitted += 1;
-                                    continue;
+                        Request::Write(_)
+                        | Request::Blocking { .. }
+                        | Request::Read(_)
+                        | Request::Admin(_) => match pending_bytes.try_hold(bytes) {
+                            Some(p) => Some(p),
+                            None => {
+                                let busy = Reply::error(format!("BUSY the node holds {} bytes of pending requests, its limit; retry later", pending_bytes.max));
+                                if tx.send((Pending::Ready(busy), protocol)).await.is_err() {
+                                    break 'conn;
                                 }
+                                submitted += 1;
+                                continue;
                             }
-                        }
+                        },
                         _ => None,
                     };
                     let (pending, quit) = dispatch(request, &node, conn, held, Some(&output));
@@ -545,6 +550,30 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                     submitted += 1;
                     if quit {
                         break 'conn;
+                    }
+                    if blocking {
+                        // Wait for its answer, and notice a client that leaves meanwhile: the
+                        // writer (holding the reply's receiver) is stopped, so the node sees the
+                        // receiver closed and lets the parked pop go. Input that arrives in the
+                        // meantime waits in the buffer (up to a bound).
+                        loop {
+                            tokio::select! {
+                                biased;
+                                r = answered.wait_for(|n| *n >= submitted) => {
+                                    if r.is_err() {
+                                        break 'conn;
+                                    }
+                                    break;
+                                }
+                                r = rd.read_buf(&mut buf), if buf.len() < BLOCKED_INPUT_MAX => match r {
+                                    Ok(0) | Err(_) => {
+                                        writer.abort();
+                                        return;
+                                    }
+                                    Ok(_) => {}
+                                },
+                            }
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -580,6 +609,7 @@ fn dispatch(
         Request::Immediate(r) => return (Pending::Ready(r), false),
         Request::Quit => return (Pending::Ready(Reply::ok()), true),
         Request::Write(c) => RequestKind::Write(c),
+        Request::Blocking { command, timeout_ms } => RequestKind::Blocking { command, timeout_ms },
         Request::Read(c) => RequestKind::Read(c),
         Request::Admin(c) => RequestKind::Admin(c),
         // Answered by the connection before it gets here.
@@ -598,6 +628,9 @@ fn dispatch(
         }
     }
 }
+
+/// Bytes of further input a connection blocked in a pop buffers before it stops reading.
+const BLOCKED_INPUT_MAX: usize = 1 << 20;
 
 /// The answer to a request the node took and then stopped (a failed sync, a shutdown)
 /// without answering: a write in it may have committed.

@@ -164,6 +164,13 @@ pub enum Request {
     /// Answered, then the connection closes.
     Quit,
     Write(Command),
+    /// A blocking pop (BLPOP, BZPOPMIN, BLMOVE, ...): the pop goes through the log; when there
+    /// is nothing to pop the node holds the client until a write lets it pop or `timeout_ms`
+    /// passes (0: no limit). The connection waits for it, as Redis's does.
+    Blocking {
+        command: Command,
+        timeout_ms: u64,
+    },
     Read(ReadCommand),
     Admin(AdminCommand),
     /// About the connection itself (its name, id), answered by it.

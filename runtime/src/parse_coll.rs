@@ -31,6 +31,14 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("lmove", 5),
     ("rpoplpush", 3),
     ("lmpop", -4),
+    ("blpop", -3),
+    ("brpop", -3),
+    ("blmove", 6),
+    ("brpoplpush", 4),
+    ("blmpop", -5),
+    ("bzpopmin", -3),
+    ("bzpopmax", -3),
+    ("bzmpop", -5),
     ("sadd", -3),
     ("srem", -3),
     ("smembers", 2),
@@ -237,6 +245,39 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
             "lmpop" => {
                 let (keys, left, count) = mpop_args(args)?;
                 lwrite(ListOp::MPop { keys, left, count })
+            }
+            "blpop" | "brpop" => {
+                let (keys, timeout) = keys_then_timeout(args)?;
+                blocking(Command::List(ListOp::PopFirst { keys, left: name == "blpop" }), timeout)
+            }
+            "bzpopmin" | "bzpopmax" => {
+                let (keys, timeout) = keys_then_timeout(args)?;
+                blocking(Command::ZSet(ZOp::PopFirst { keys, max: name == "bzpopmax" }), timeout)
+            }
+            "blmove" => {
+                let timeout = timeout_ms(&args[4])?;
+                let (from_left, to_left) = (side(&args[2])?, side(&args[3])?);
+                blocking(
+                    Command::List(ListOp::Move { from: k(0), to: k(1), from_left, to_left }),
+                    timeout,
+                )
+            }
+            "brpoplpush" => {
+                let timeout = timeout_ms(&args[2])?;
+                let op = ListOp::Move { from: k(0), to: k(1), from_left: false, to_left: true };
+                blocking(Command::List(op), timeout)
+            }
+            "blmpop" => {
+                let timeout = timeout_ms(&args[0])?;
+                let (keys, left, count) = mpop_args(&args[1..])?;
+                blocking(Command::List(ListOp::MPop { keys, left, count }), timeout)
+            }
+            "bzmpop" => {
+                let timeout = timeout_ms(&args[0])?;
+                match zparse("zmpop", &args[1..])? {
+                    Request::Write(command) => blocking(command, timeout),
+                    other => other,
+                }
             }
             "sadd" | "srem" => {
                 let (key, members) = (k(0), all(1));
@@ -612,6 +653,31 @@ fn combine(name: &str) -> Combine {
         "uni" => Combine::Union,
         _ => Combine::Diff,
     }
+}
+
+/// A blocking pop's request.
+fn blocking(command: Command, timeout_ms: u64) -> Request {
+    Request::Blocking { command, timeout_ms }
+}
+
+/// A blocking command's timeout in seconds (a float; 0 waits for ever), in milliseconds,
+/// with Redis's errors.
+fn timeout_ms(b: &[u8]) -> Result<u64, Reply> {
+    let secs = raft_kv_core::kv::parse_f64(b)
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| err("ERR timeout is not a float or out of range"))?;
+    let ms = (secs * 1000.0).ceil();
+    if ms < 0.0 {
+        return Err(err("ERR timeout is negative"));
+    }
+    Ok(ms.min(u64::MAX as f64) as u64)
+}
+
+/// `key [key ...] timeout` (BLPOP, BZPOPMIN).
+fn keys_then_timeout(args: &[Bytes]) -> Result<(Vec<Vec<u8>>, u64), Reply> {
+    let (last, keys) = args.split_last().expect("arity checked");
+    let timeout = timeout_ms(last)?;
+    Ok((keys.iter().map(|a| a.to_vec()).collect(), timeout))
 }
 
 /// LMPOP's `numkeys key [key ...] LEFT|RIGHT [COUNT count]`.

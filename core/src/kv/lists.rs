@@ -30,6 +30,12 @@ pub enum ListOp {
         left: bool,
         count: u64,
     },
+    /// BLPOP, BRPOP: the first of `keys` that holds a list gives one element, answered as
+    /// `[key, element]` (a null array when none does: the node then holds the client).
+    PopFirst {
+        keys: Vec<Key>,
+        left: bool,
+    },
     /// LSET, the index as the client wrote it (Redis reads the key before the index).
     Set {
         key: Key,
@@ -94,7 +100,7 @@ impl ListOp {
         16 + match self {
             ListOp::Push { key, elements, .. } => key.len() + all(elements),
             ListOp::Pop { key, .. } | ListOp::Trim { key, .. } => key.len(),
-            ListOp::MPop { keys, .. } => all(keys),
+            ListOp::MPop { keys, .. } | ListOp::PopFirst { keys, .. } => all(keys),
             ListOp::Set { key, index, element } => key.len() + index.len() + element.len(),
             ListOp::Rem { key, element, .. } => key.len() + element.len(),
             ListOp::Insert { key, pivot, element, .. } => key.len() + pivot.len() + element.len(),
@@ -102,17 +108,14 @@ impl ListOp {
         }
     }
 
-    /// The keys it writes (for blocking pops: which keys a waiter waits on).
-    pub fn keys(&self) -> Vec<&[u8]> {
+    /// The keys a blocked pop waits on (a write to one may let it pop).
+    pub fn waits_on(&self) -> Vec<&[u8]> {
         match self {
-            ListOp::MPop { keys, .. } => keys.iter().map(Vec::as_slice).collect(),
-            ListOp::Move { from, to, .. } => vec![from, to],
-            ListOp::Push { key, .. }
-            | ListOp::Pop { key, .. }
-            | ListOp::Set { key, .. }
-            | ListOp::Rem { key, .. }
-            | ListOp::Trim { key, .. }
-            | ListOp::Insert { key, .. } => vec![key],
+            ListOp::MPop { keys, .. } | ListOp::PopFirst { keys, .. } => {
+                keys.iter().map(Vec::as_slice).collect()
+            }
+            ListOp::Move { from, .. } => vec![from],
+            _ => Vec::new(),
         }
     }
 }
@@ -284,6 +287,19 @@ pub fn apply<S: KvRead>(op: &ListOp, state: &S, ctx: &mut Ctx) -> Result<Applied
                     muts,
                     WriteReply::Array(vec![WriteReply::Bulk(key.clone()), items(popped)]),
                 ));
+            }
+            (Vec::new(), WriteReply::NullArray)
+        }
+        ListOp::PopFirst { keys, left } => {
+            for key in keys {
+                let Some((mut c, t)) = typed!(read_coll(state, key, now, Kind::List)?) else {
+                    continue;
+                };
+                let mut muts = Vec::new();
+                let e = pop_n(state, &mut c, *left, 1, &mut muts)?.pop().expect("not empty");
+                muts.push(typed!(finish(key, c, t, ctx)));
+                let reply = vec![WriteReply::Bulk(key.clone()), WriteReply::Bulk(e)];
+                return Ok((muts, WriteReply::Array(reply)));
             }
             (Vec::new(), WriteReply::NullArray)
         }

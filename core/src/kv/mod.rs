@@ -182,6 +182,15 @@ pub enum SetCond {
 }
 
 impl Command {
+    /// The keys a blocking pop waits on (none for other commands).
+    pub fn waits_on(&self) -> Vec<&[u8]> {
+        match self {
+            Command::List(op) => op.waits_on(),
+            Command::ZSet(op) => op.waits_on(),
+            _ => Vec::new(),
+        }
+    }
+
     /// A plain `SET key value`.
     pub fn set(key: Key, value: Value) -> Command {
         Command::Set { key, value, cond: SetCond::Always, get: false, expiry: Expiry::Clear }

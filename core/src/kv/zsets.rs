@@ -105,6 +105,12 @@ pub enum ZOp {
         max: bool,
         count: u64,
     },
+    /// BZPOPMIN, BZPOPMAX: the first of `keys` that holds a sorted set gives one member,
+    /// answered `[key, member, score]` (a null array when none does: the node holds the client).
+    PopFirst {
+        keys: Vec<Key>,
+        max: bool,
+    },
     /// ZREMRANGEBYRANK, ZREMRANGEBYSCORE, ZREMRANGEBYLEX.
     RemRange {
         key: Key,
@@ -169,6 +175,16 @@ fn bytes_of(v: &[Vec<u8>]) -> usize {
 }
 
 impl ZOp {
+    /// The keys a blocked pop waits on.
+    pub fn waits_on(&self) -> Vec<&[u8]> {
+        match self {
+            ZOp::MPop { keys, .. } | ZOp::PopFirst { keys, .. } => {
+                keys.iter().map(Vec::as_slice).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     pub fn size_bytes(&self) -> usize {
         32 + match self {
             ZOp::Add { key, pairs, .. } => {
@@ -176,7 +192,7 @@ impl ZOp {
             }
             ZOp::Rem { key, members } => key.len() + bytes_of(members),
             ZOp::Pop { key, .. } | ZOp::RemRange { key, .. } => key.len(),
-            ZOp::MPop { keys, .. } => bytes_of(keys),
+            ZOp::MPop { keys, .. } | ZOp::PopFirst { keys, .. } => bytes_of(keys),
             ZOp::RangeStore { dest, src, .. } => dest.len() + src.len(),
             ZOp::Store { dest, combination } => {
                 dest.len() + bytes_of(&combination.keys) + bytes_of(&combination.options)
@@ -891,6 +907,20 @@ pub fn apply<S: KvRead>(op: &ZOp, state: &S, ctx: &mut Ctx) -> Result<Applied, S
                         .collect(),
                 );
                 return Ok((muts, WriteReply::Array(vec![WriteReply::Bulk(key.clone()), items])));
+            }
+            (Vec::new(), WriteReply::NullArray)
+        }
+        ZOp::PopFirst { keys, max } => {
+            for key in keys {
+                let Some((mut c, t)) = typed!(read_coll(state, key, now, Kind::ZSet)?) else {
+                    continue;
+                };
+                let mut muts = Vec::new();
+                let (m, s) = pop_n(state, &mut c, *max, 1, &mut muts)?.pop().expect("not empty");
+                muts.push(typed!(store_coll(key, c, t, ctx)));
+                let reply =
+                    vec![WriteReply::Bulk(key.clone()), WriteReply::Bulk(m), score_reply(s)];
+                return Ok((muts, WriteReply::Array(reply)));
             }
             (Vec::new(), WriteReply::NullArray)
         }

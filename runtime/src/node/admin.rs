@@ -92,7 +92,7 @@ impl<S: Storage> NodeTask<S> {
             Input::ProposeMembership { id, change: change.clone(), data: data.clone(), based_on };
         self.raft.step(input);
         let membership = Some((change, based_on));
-        let w = PendingWrite { data, reply, resubmitted: false, membership };
+        let w = PendingWrite { data, reply, resubmitted: false, membership, block: None };
         self.writes.insert(id, w);
         self.deadlines.push_back((Instant::now() + self.tuning.request_timeout, id));
     }

@@ -159,10 +159,17 @@ impl<S: Storage> NodeTask<S> {
                             mutations.push(Mutation::Session(p.origin.0, session));
                             self.sessions.insert(p.origin.0, Some(session));
                             self.expiry.note(&mutations);
+                            self.blocked.note(&mutations);
                             batch.push(index, mutations);
                             if let Some(w) = mine.then(|| self.writes.remove(&p.request)).flatten()
                             {
-                                batch.replies.push((w.reply, reply));
+                                match w.block {
+                                    // Nothing to pop: hold the client until a write.
+                                    Some(b) if matches!(reply, Reply::Null | Reply::NullArray) => {
+                                        self.blocked.park(b, w.reply)
+                                    }
+                                    _ => batch.replies.push((w.reply, reply)),
+                                }
                             }
                         }
                         None => {

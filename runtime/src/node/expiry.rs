@@ -147,7 +147,10 @@ impl<S: Storage> NodeTask<S> {
         });
         self.raft.step(Input::Propose { id, data: data.clone() });
         let (reply, _) = oneshot::channel();
-        self.writes.insert(id, PendingWrite { data, reply, resubmitted: false, membership: None });
+        self.writes.insert(
+            id,
+            PendingWrite { data, reply, resubmitted: false, membership: None, block: None },
+        );
         self.deadlines.push_back((Instant::now() + self.tuning.request_timeout, id));
         self.expiry.sweep = Some(id);
     }

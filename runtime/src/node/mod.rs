@@ -12,10 +12,12 @@
 
 mod admin;
 mod apply;
+mod blocking;
 mod expiry;
 mod reads;
 
 use apply::ApplyBatch;
+use blocking::{Block, Blocked};
 use expiry::Expiry;
 pub use expiry::StartDeadlines;
 use reads::{PendingRead, ReadQueue};
@@ -83,6 +85,11 @@ impl OutputBudget {
 
 pub enum RequestKind {
     Write(kv::Command),
+    /// A blocking pop (`blocking`): `timeout_ms` 0 waits for ever.
+    Blocking {
+        command: kv::Command,
+        timeout_ms: u64,
+    },
     Read(ReadCommand),
     Admin(AdminCommand),
 }
@@ -146,6 +153,8 @@ struct PendingWrite {
     /// With the membership version it was asked against, the same for every re-submission.
     membership: Option<(MembershipChange, (u64, raft_kv_core::Term))>,
     reply: oneshot::Sender<Reply>,
+    /// A blocking pop: parked instead of answered when it finds nothing to pop.
+    block: Option<Block>,
 }
 
 pub struct NodeTask<S: Storage> {
@@ -165,6 +174,8 @@ pub struct NodeTask<S: Storage> {
     /// Larger writes are refused: their log entry could not be sent to peers.
     proposal_bytes_max: usize,
     writes: BTreeMap<u64, PendingWrite>,
+    /// Blocking pops waiting for something to pop.
+    blocked: Blocked,
     /// Reads until they are served (`reads`).
     reads: ReadQueue,
     /// Requests refused for want of a leader, re-submitted once one is known.
@@ -303,6 +314,7 @@ impl<S: Storage> NodeTask<S> {
             next_request: first_request(incarnation),
             proposal_bytes_max,
             writes: BTreeMap::new(),
+            blocked: Blocked::default(),
             reads: ReadQueue::default(),
             awaiting_leader: Vec::new(),
             deadlines: VecDeque::new(),
@@ -425,6 +437,10 @@ impl<S: Storage> NodeTask<S> {
             if self.observe_status() {
                 self.handle_ready()?;
             }
+            if self.blocked.has_woken() {
+                self.propose_woken();
+                self.handle_ready()?;
+            }
         }
     }
 
@@ -528,8 +544,16 @@ impl<S: Storage> NodeTask<S> {
         self.disk_low = low;
     }
 
-    fn on_client(&mut self, c: ClientRequest) {
-        let waiting = self.writes.len() + self.reads.len();
+    fn on_client(&mut self, mut c: ClientRequest) {
+        // A blocking pop goes as a write that remembers how to wait.
+        let mut block = None;
+        if let RequestKind::Blocking { command, timeout_ms } = c.kind {
+            let deadline =
+                (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms));
+            block = Some(Block { command: command.clone(), deadline });
+            c.kind = RequestKind::Write(command);
+        }
+        let waiting = self.writes.len() + self.reads.len() + self.blocked.len();
         if waiting >= self.tuning.pending_requests_max && !matches!(c.kind, RequestKind::Admin(_)) {
             let _ = c.reply.send(Reply::error("BUSY too many requests in flight; retry later"));
             return;
@@ -559,6 +583,7 @@ impl<S: Storage> NodeTask<S> {
                 self.on_admin(id, cmd, c.reply);
                 return;
             }
+            RequestKind::Blocking { .. } => unreachable!("turned into a write above"),
             RequestKind::Write(cmd) => {
                 if let Some(free) = self.disk_low {
                     let msg = format!(
@@ -594,7 +619,13 @@ impl<S: Storage> NodeTask<S> {
                     command: cmd,
                 });
                 self.raft.step(Input::Propose { id, data: data.clone() });
-                let w = PendingWrite { data, reply: c.reply, resubmitted: false, membership: None };
+                let w = PendingWrite {
+                    data,
+                    reply: c.reply,
+                    resubmitted: false,
+                    membership: None,
+                    block,
+                };
                 self.writes.insert(id, w);
             }
             RequestKind::Read(cmd) => {
@@ -617,6 +648,7 @@ impl<S: Storage> NodeTask<S> {
     }
 
     fn on_tick(&mut self) {
+        self.blocked.expire(Instant::now());
         self.check_disk();
         self.fail_fast_without_leader();
         self.maybe_promote_learner();
@@ -726,6 +758,7 @@ impl<S: Storage> NodeTask<S> {
         // 0. A received snapshot replaces the state machine and the log, durably.
         if let Some(meta) = install_snapshot {
             self.storage.install_snapshot(meta)?;
+            self.blocked.wake_all();
             self.durable.log_replaced();
             self.sessions.clear();
             info!(node = %self.id, index = %meta.index, term = %meta.term, "snapshot installed");
