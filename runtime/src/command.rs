@@ -135,8 +135,26 @@ pub enum ReadCommand {
         count: Option<i64>,
         with_scores: bool,
     },
+    /// OBJECT ENCODING|REFCOUNT|IDLETIME|FREQ key.
+    Object {
+        sub: ObjectSub,
+        key: Vec<u8>,
+    },
     /// MEMORY USAGE key: an estimate of the bytes the key and its value take.
     MemoryUsage(Vec<u8>),
+}
+
+/// OBJECT's subcommands about a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectSub {
+    /// What Redis 7.0 would use for the value's size (its CONFIG thresholds on this node).
+    Encoding,
+    /// 1: values are not shared.
+    RefCount,
+    /// 0: access times are not tracked.
+    IdleTime,
+    /// Refused, as Redis refuses it without an LFU policy.
+    Freq,
 }
 
 /// Introspection answered by the node without consensus.
@@ -275,6 +293,7 @@ const CORE_COMMANDS: &[(&str, i32)] = &[
     ("command", -1),
     ("config", -2),
     ("memory", -2),
+    ("object", -2),
     ("info", -1),
     ("raft.transfer-leader", 2),
     ("raft.node", -2),
@@ -534,6 +553,7 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         "function" | "script" => Request::Immediate(function_command(name, args)),
         "config" => config_command(args),
         "memory" => memory_command(args),
+        "object" => object_command(args),
         "info" => Request::Admin(AdminCommand::Info(
             args.iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect(),
         )),
@@ -650,6 +670,44 @@ fn hrandfield_command(args: &[Bytes]) -> Request {
 
 /// MEMORY USAGE key [SAMPLES count]; the other subcommands are not served. SAMPLES is checked
 /// as Redis 7.0 checks it and changes nothing: the estimate reads the whole value.
+fn object_command(args: &[Bytes]) -> Request {
+    let sub = subcommand(args);
+    if sub == "help" && args.len() == 1 {
+        let lines = [
+            "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "ENCODING <key>",
+            "    Return the kind of internal representation used in order to store the value",
+            "    associated with a <key>.",
+            "FREQ <key>",
+            "    Return the access frequency index of the <key>. The returned integer is",
+            "    proportional to the logarithm of the recent access frequency of the key.",
+            "IDLETIME <key>",
+            "    Return the idle time of the <key>, that is the approximated number of",
+            "    seconds elapsed since the last access to the key.",
+            "REFCOUNT <key>",
+            "    Return the number of references of the value associated with the specified",
+            "    <key>.",
+            "HELP",
+            "    Print this help.",
+        ];
+        return Request::Immediate(Reply::Array(
+            lines.iter().map(|l| Reply::Status(l.to_string())).collect(),
+        ));
+    }
+    let sub = match sub.as_str() {
+        "encoding" => ObjectSub::Encoding,
+        "refcount" => ObjectSub::RefCount,
+        "idletime" => ObjectSub::IdleTime,
+        "freq" => ObjectSub::Freq,
+        _ => return Request::Immediate(unknown_subcommand("object", &args[0])),
+    };
+    if args.len() != 2 {
+        let name = format!("object|{}", String::from_utf8_lossy(&args[0]).to_ascii_lowercase());
+        return Request::Immediate(wrong_arity(&name));
+    }
+    Request::Read(ReadCommand::Object { sub, key: args[1].to_vec() })
+}
+
 fn memory_command(args: &[Bytes]) -> Request {
     if subcommand(args) != "usage" {
         return Request::Immediate(unknown_subcommand("memory", &args[0]));
@@ -866,6 +924,7 @@ const READ_ONLY: &[&str] = &[
     "hvals",
     "hrandfield",
     "memory",
+    "object",
     "scan",
     "hscan",
     "randomkey",

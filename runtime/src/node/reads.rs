@@ -207,6 +207,74 @@ impl<S: Storage> NodeTask<S> {
         })
     }
 
+    /// OBJECT about `key`: ENCODING answers what Redis 7.0 would use for the value, by its
+    /// size, its longest element and this node's CONFIG thresholds; a collection never goes
+    /// back to a compact encoding, as in Redis (its largest size and element so far count).
+    fn object(
+        &mut self,
+        sub: crate::command::ObjectSub,
+        key: &[u8],
+    ) -> Result<Reply, StorageError> {
+        use crate::command::ObjectSub;
+        let record = match self.storage.get(key)? {
+            Some(v) => self.live_record(key, &v)?,
+            None => None,
+        };
+        let Some(record) = record else { return Ok(Reply::Null) };
+        let conf = |name: &str, default: u64| {
+            self.config
+                .get(name)
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        Ok(match sub {
+            ObjectSub::RefCount => Reply::Integer(1),
+            ObjectSub::IdleTime => Reply::Integer(0),
+            ObjectSub::Freq => Reply::error(
+                "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.",
+            ),
+            ObjectSub::Encoding => {
+                let name = match record.data {
+                    kv::Data::Str(v) if v.len() <= 20 && kv::parse_i64(&v).is_some() => "int",
+                    kv::Data::Str(v) if v.len() <= 44 => "embstr",
+                    kv::Data::Str(_) => "raw",
+                    kv::Data::Coll(c) => {
+                        let (peak, longest) = (c.peak, c.elem_max as u64);
+                        match c.kind {
+                            kv::Kind::List => "quicklist",
+                            kv::Kind::Hash => {
+                                if peak <= conf("hash-max-listpack-entries", 512)
+                                    && longest <= conf("hash-max-listpack-value", 64)
+                                {
+                                    "listpack"
+                                } else {
+                                    "hashtable"
+                                }
+                            }
+                            kv::Kind::Set => {
+                                if c.flags & 1 == 0 && peak <= conf("set-max-intset-entries", 512) {
+                                    "intset"
+                                } else {
+                                    "hashtable"
+                                }
+                            }
+                            kv::Kind::ZSet => {
+                                if peak <= conf("zset-max-listpack-entries", 128)
+                                    && longest <= conf("zset-max-listpack-value", 64)
+                                {
+                                    "listpack"
+                                } else {
+                                    "skiplist"
+                                }
+                            }
+                        }
+                    }
+                };
+                Reply::Bulk(Bytes::from_static(name.as_bytes()))
+            }
+        })
+    }
+
     /// SRANDMEMBER (Redis 7.0's semantics): no count, one random member or nil; a positive
     /// count, that many distinct members (all, if the set has no more); a negative one, exactly
     /// that many, repeats allowed; no key, an empty array. Bounded like KEYS.
@@ -371,6 +439,7 @@ impl<S: Storage> NodeTask<S> {
                 None => Reply::Null,
             },
             ReadCommand::SRandMember { key, count } => self.srandmember(key, *count)?,
+            ReadCommand::Object { sub, key } => self.object(*sub, key)?,
             ReadCommand::ZRandMember { key, count, with_scores } => {
                 self.zrandmember(key, *count, *with_scores)?
             }
