@@ -23,6 +23,9 @@ N = int(os.environ.get("N", "100000"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 CLIENTS = [int(c) for c in os.environ.get("CLIENTS", "1,10,50,200,1000").split(",")]
 BIG_N = int(os.environ.get("BIG_N", "1000000"))
+# Collection tests at -c 50 (redis-benchmark's names); COLL_TESTS= skips them.
+COLL_TESTS = [t for t in os.environ.get("COLL_TESTS", "lpush,lpop,sadd,zadd,lrange_100").split(",")
+              if t]
 # A comma-separated subset of the targets, for quick looks; the default measures all six.
 ONLY = [t for t in os.environ.get("TARGETS", "").split(",") if t]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -136,7 +139,8 @@ def benchmark(port, test, clients, pipeline, n, pids):
                        capture_output=True, text=True, timeout=900)
     cpu = cpu_seconds(pids) - before
     for row in csv.reader(r.stdout.splitlines()):
-        if row and row[0].upper() == test.upper():
+        # LRANGE_100's row is named "LRANGE_100 (first 100 elements)".
+        if row and row[0].upper().split(" ")[0] == test.upper():
             rps = float(row[1])
             errors = r.stderr.count("Error") + r.stdout.count("Error")
             return {"rps": rps, "p50": float(row[4]), "p99": float(row[6]),
@@ -181,6 +185,7 @@ def run(work):
     rows = []  # (round, target, test, clients, pipeline, result)
     grid = [(t, c, p) for p in (1, 16) for t in ("set", "get") for c in (50,)]
     grid += [(t, c, 1) for c in CLIENTS if c != 50 for t in ("set", "get")]
+    grid += [(t, 50, 1) for t in COLL_TESTS]
     for rnd in range(1, ROUNDS + 1):
         for test, clients, pipeline in grid:
             n = N if clients > 1 else max(N // 20, 1000)
@@ -190,8 +195,22 @@ def run(work):
                 print(f"round {rnd} {name:13} {test.upper()} -c {clients:<4} -P {pipeline:<2} "
                       f"{res['rps']:>11.0f}/s p99 {res['p99']:.3f} ms "
                       f"cpu {res['cpu_us_per_op']:.1f} us/op errors {res['errors']}", flush=True)
+    suite = default_suite(plain.port(foll)) if "raft-kv-foll" in targets else None
     durability = restarts(plain, work, lead) if BIG_N > 0 else None
-    report(rows, durability)
+    report(rows, durability, suite)
+
+
+def default_suite(port):
+    """redis-benchmark with no -t (its whole default suite) against a follower: the tests that
+    answered errors. XADD is expected among them: streams are not served."""
+    r = subprocess.run(["redis-benchmark", "-p", str(port), "-n", "2000", "-c", "20", "--csv"],
+                       capture_output=True, text=True, timeout=900)
+    tests = [row[0] for row in csv.reader(r.stdout.splitlines()) if row and row[0] != "test"]
+    failed = sorted({line.split(" ")[0] for line in r.stdout.splitlines() + r.stderr.splitlines()
+                     if "ERR" in line or "Error" in line})
+    return {"tests": tests, "errors": r.stderr.count("ERR") + r.stdout.count("ERR"),
+            "error_lines": (r.stderr + r.stdout).count("\n"), "failed": failed,
+            "stderr": r.stderr[-400:]}
 
 
 def restarts(c, work, lead):
@@ -232,7 +251,7 @@ def restarts(c, work, lead):
     return out
 
 
-def report(rows, durability):
+def report(rows, durability, suite=None):
     stamp = time.strftime("%Y-%m-%d")
     with open(OUT / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -277,6 +296,10 @@ def report(rows, durability):
                  "caught up in {follower_caught_up_s} s; all three killed (-9) and restarted "
                  "served in {all_serving_s} s, peak RSS while starting {rss_mb_peak_starting} MB"
                      .format(**durability))
+    if suite:
+        lines.append(f"redis-benchmark with no -t against a follower ({len(suite['tests'])} tests: "
+                     f"{', '.join(suite['tests'])}): error replies {suite['errors']}; "
+                     f"stderr tail: {suite['stderr'].strip()!r}")
     text = "\n".join(lines)
     print("\n" + text)
     (OUT / "results.txt").write_text(text + "\n")
