@@ -243,7 +243,7 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
                 lwrite(ListOp::Move { from: k(0), to: k(1), from_left: false, to_left: true })
             }
             "lmpop" => {
-                let (keys, left, count) = mpop_args(args)?;
+                let (keys, left, count) = mpop_args(args, (b"left", b"right"))?;
                 lwrite(ListOp::MPop { keys, left, count })
             }
             "blpop" | "brpop" => {
@@ -269,7 +269,7 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
             }
             "blmpop" => {
                 let timeout = timeout_ms(&args[0])?;
-                let (keys, left, count) = mpop_args(&args[1..])?;
+                let (keys, left, count) = mpop_args(&args[1..], (b"left", b"right"))?;
                 blocking(Command::List(ListOp::MPop { keys, left, count }), timeout)
             }
             "bzmpop" => {
@@ -551,29 +551,8 @@ fn zparse(name: &str, args: &[Bytes]) -> Result<Request, Reply> {
             write(ZOp::Pop { key: k(0), max: name == "zpopmax", count })
         }
         "zmpop" => {
-            let numkeys = at_least(&args[0], 1, "ERR numkeys should be greater than 0")?;
-            let where_at = usize::try_from(numkeys).ok().and_then(|n| n.checked_add(1));
-            let Some(where_at) = where_at.filter(|w| *w < args.len()) else { return Err(syntax()) };
-            let w = &args[where_at];
-            let max = if w.eq_ignore_ascii_case(b"min") {
-                false
-            } else if w.eq_ignore_ascii_case(b"max") {
-                true
-            } else {
-                return Err(syntax());
-            };
-            let mut count = None;
-            let mut i = where_at + 1;
-            while i < args.len() {
-                if count.is_none() && args[i].eq_ignore_ascii_case(b"count") && i + 1 < args.len() {
-                    count = Some(at_least(&args[i + 1], 1, "ERR count should be greater than 0")?);
-                    i += 2;
-                } else {
-                    return Err(syntax());
-                }
-            }
-            let keys = args[1..where_at].iter().map(|a| a.to_vec()).collect();
-            write(ZOp::MPop { keys, max, count: count.unwrap_or(1) })
+            let (keys, max, count) = mpop_args(args, (b"max", b"min"))?;
+            write(ZOp::MPop { keys, max, count })
         }
         "zunionstore" | "zinterstore" | "zdiffstore" => {
             let how = combine(name);
@@ -681,11 +660,20 @@ fn keys_then_timeout(args: &[Bytes]) -> Result<(Vec<Vec<u8>>, u64), Reply> {
 }
 
 /// LMPOP's `numkeys key [key ...] LEFT|RIGHT [COUNT count]`.
-fn mpop_args(args: &[Bytes]) -> Result<(Vec<Vec<u8>>, bool, u64), Reply> {
+/// LMPOP's and ZMPOP's `numkeys key [key ...] WHERE [COUNT count]`, where WHERE is one of
+/// `ends` (true for the first: LEFT, MAX).
+fn mpop_args(args: &[Bytes], ends: (&[u8], &[u8])) -> Result<(Vec<Vec<u8>>, bool, u64), Reply> {
     let numkeys = at_least(&args[0], 1, "ERR numkeys should be greater than 0")?;
     let where_at = usize::try_from(numkeys).ok().and_then(|n| n.checked_add(1));
     let Some(where_at) = where_at.filter(|w| *w < args.len()) else { return Err(syntax()) };
-    let left = side(&args[where_at])?;
+    let end = &args[where_at];
+    let first = if end.eq_ignore_ascii_case(ends.0) {
+        true
+    } else if end.eq_ignore_ascii_case(ends.1) {
+        false
+    } else {
+        return Err(syntax());
+    };
     let mut count = None;
     let mut i = where_at + 1;
     while i < args.len() {
@@ -697,5 +685,5 @@ fn mpop_args(args: &[Bytes]) -> Result<(Vec<Vec<u8>>, bool, u64), Reply> {
         }
     }
     let keys = args[1..where_at].iter().map(|a| a.to_vec()).collect();
-    Ok((keys, left, count.unwrap_or(1)))
+    Ok((keys, first, count.unwrap_or(1)))
 }

@@ -12,15 +12,6 @@ use std::collections::BTreeMap;
 
 type Applied = (Vec<Mutation>, WriteReply);
 
-macro_rules! typed {
-    ($read:expr) => {
-        match $read {
-            Ok(v) => v,
-            Err(reply) => return Ok(reply),
-        }
-    };
-}
-
 fn field_key(id: u64, field: &[u8]) -> Vec<u8> {
     element_key(id, HASH_FIELD, field)
 }

@@ -132,15 +132,6 @@ impl ListQuery {
 
 type Applied = (Vec<Mutation>, WriteReply);
 
-macro_rules! typed {
-    ($read:expr) => {
-        match $read {
-            Ok(v) => v,
-            Err(reply) => return Ok(reply),
-        }
-    };
-}
-
 pub const ERR_OUT_OF_RANGE: &str = "ERR index out of range";
 pub const ERR_RANK_ZERO: &str = "ERR RANK can't be zero: use 1 to start from the first match, 2 from the second ... or use negative to start from the end of the list";
 

@@ -4,6 +4,17 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Unwraps a typed read, or returns its refusal (WRONGTYPE, ...) from the `apply` it is in.
+/// Defined before the type modules, so each of them uses it.
+macro_rules! typed {
+    ($read:expr) => {
+        match $read {
+            Ok(v) => v,
+            Err(reply) => return Ok(reply),
+        }
+    };
+}
+
 pub mod coll;
 mod hashes;
 mod layered;
@@ -545,16 +556,6 @@ fn add_float(
         return Err(error(ERR_NAN));
     }
     Ok(format_f64(n).into_bytes())
-}
-
-/// Unwraps a typed read, or returns its WRONGTYPE reply from `apply`.
-macro_rules! typed {
-    ($read:expr) => {
-        match $read {
-            Ok(v) => v,
-            Err(reply) => return Ok(reply),
-        }
-    };
 }
 
 /// Applies `cmd` to `state` at `now` (the entry's time, `Entry::time`: every replica applies

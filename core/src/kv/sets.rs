@@ -109,15 +109,6 @@ impl SetQuery {
 
 type Applied = (Vec<Mutation>, WriteReply);
 
-macro_rules! typed {
-    ($read:expr) => {
-        match $read {
-            Ok(v) => v,
-            Err(reply) => return Ok(reply),
-        }
-    };
-}
-
 fn member_key(id: u64, m: &[u8]) -> Vec<u8> {
     element_key(id, SET_MEMBER, m)
 }

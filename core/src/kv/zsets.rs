@@ -220,15 +220,6 @@ pub const ERR_NAN: &str = "ERR resulting score is not a number (NaN)";
 
 type Applied = (Vec<Mutation>, WriteReply);
 
-macro_rules! typed {
-    ($read:expr) => {
-        match $read {
-            Ok(v) => v,
-            Err(reply) => return Ok(reply),
-        }
-    };
-}
-
 /// A score's order key: byte order is numeric order (-0 as 0; NaN is never stored).
 pub fn ord(score: f64) -> u64 {
     let b = if score == 0.0 { 0 } else { score.to_bits() };
@@ -379,15 +370,17 @@ fn delete_member(c: &Coll, member: &[u8], score: f64, muts: &mut Vec<Mutation>) 
     muts.push(Mutation::DeleteElement(order_key(c.id, score, member)));
 }
 
-/// Up to `limit` (member, score) pairs in score order within the order keys
-/// `[from, to)`, after skipping `skip` of them.
-fn walk_order<S: KvRead>(
+/// Up to `limit` (member, score) pairs of the element records in `[from, to)`, after skipping
+/// `skip`, in key order or backwards; `decode` reads one record (order records are in score
+/// order, member records in member order).
+fn walk<S: KvRead>(
     state: &S,
     from: &[u8],
     to: &[u8],
     rev: bool,
     mut skip: u64,
     limit: u64,
+    decode: impl Fn(&[u8], &[u8]) -> (Vec<u8>, f64),
 ) -> Result<Vec<(Vec<u8>, f64)>, S::Error> {
     const PAGE: u64 = 1024;
     let (mut lo, mut hi) = (from.to_vec(), to.to_vec());
@@ -404,13 +397,11 @@ fn walk_order<S: KvRead>(
                 lo.push(0);
             }
         }
-        for (k, _) in page {
+        for (k, v) in page {
             if skip > 0 {
                 skip -= 1;
-                continue;
-            }
-            if (out.len() as u64) < limit {
-                out.push(decode_order(&k));
+            } else if (out.len() as u64) < limit {
+                out.push(decode(&k, &v));
             }
         }
         if !full {
@@ -420,44 +411,28 @@ fn walk_order<S: KvRead>(
     Ok(out)
 }
 
-/// Up to `limit` (member, score) pairs in member order within the member keys
-/// `[from, to)`, after skipping `skip`.
+/// `walk` over order records.
+fn walk_order<S: KvRead>(
+    state: &S,
+    from: &[u8],
+    to: &[u8],
+    rev: bool,
+    skip: u64,
+    limit: u64,
+) -> Result<Vec<(Vec<u8>, f64)>, S::Error> {
+    walk(state, from, to, rev, skip, limit, |k, _| decode_order(k))
+}
+
+/// `walk` over member records.
 fn walk_members<S: KvRead>(
     state: &S,
     from: &[u8],
     to: &[u8],
     rev: bool,
-    mut skip: u64,
+    skip: u64,
     limit: u64,
 ) -> Result<Vec<(Vec<u8>, f64)>, S::Error> {
-    const PAGE: u64 = 1024;
-    let (mut lo, mut hi) = (from.to_vec(), to.to_vec());
-    let mut out = Vec::new();
-    while (out.len() as u64) < limit {
-        let page = state.elements(&lo, &hi, rev, PAGE as usize)?;
-        let full = page.len() as u64 == PAGE;
-        if let Some((last, _)) = page.last() {
-            if rev {
-                hi = last.clone();
-            } else {
-                lo = last.clone();
-                lo.push(0);
-            }
-        }
-        for (k, v) in page {
-            if skip > 0 {
-                skip -= 1;
-                continue;
-            }
-            if (out.len() as u64) < limit {
-                out.push((k[9..].to_vec(), score_of(&v)));
-            }
-        }
-        if !full {
-            break;
-        }
-    }
-    Ok(out)
+    walk(state, from, to, rev, skip, limit, |k, v| (k[9..].to_vec(), score_of(v)))
 }
 
 /// The order keys `[from, to)` of a score range of `c` (empty when it holds nothing).
