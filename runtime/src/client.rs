@@ -239,6 +239,9 @@ impl Transaction {
             // Inside MULTI a blocking pop does not block, as in Redis: it answers nil if empty.
             Request::Write(c) | Request::Blocking { command: c, .. } => TxOp::Write(c),
             Request::Read(ReadCommand::Query(q)) => TxOp::Query(q),
+            Request::Read(ReadCommand::ElementScan { key, kind, cursor: 0, pattern, .. }) => {
+                TxOp::Query(command::element_scan_whole(key, kind, pattern))
+            }
             Request::Immediate(Reply::Error(e)) => {
                 self.dirty = true;
                 return Reply::Error(e);

@@ -135,6 +135,16 @@ pub enum ReadCommand {
         count: Option<i64>,
         with_scores: bool,
     },
+    /// HSCAN, SSCAN, ZSCAN key cursor [MATCH pattern] [COUNT n]: a small collection whole with
+    /// cursor 0 (as Redis answers one it keeps compact), a larger one `count` elements at a time
+    /// under a node-local cursor, as SCAN.
+    ElementScan {
+        key: Vec<u8>,
+        kind: raft_kv_core::kv::Kind,
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: usize,
+    },
     /// OBJECT ENCODING|REFCOUNT|IDLETIME|FREQ key.
     Object {
         sub: ObjectSub,
@@ -384,14 +394,7 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             }
             Err(reply) => Request::Immediate(reply),
         },
-        "hscan" => match scan_options(&args[1], &args[2..], false) {
-            // One call returns every field, and cursor 0, as Redis does for small hashes (a
-            // large hash too: element cursors are not built yet).
-            Ok((_, pattern, _, _)) => {
-                query(Query::HScan { key: k(0), pattern: pattern.map(|p| p.to_vec()) })
-            }
-            Err(reply) => Request::Immediate(reply),
-        },
+        "hscan" => element_scan(args, raft_kv_core::kv::Kind::Hash),
         "strlen" => query(Query::StrLen(k(0))),
         "getrange" | "substr" => match (parse_i64(&args[1]), parse_i64(&args[2])) {
             (Some(start), Some(end)) => query(Query::GetRange { key: k(0), start, end }),
@@ -608,6 +611,33 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
 
 /// SCAN's and HSCAN's cursor and options (TYPE for SCAN only).
 #[allow(clippy::type_complexity)]
+/// HSCAN, SSCAN, ZSCAN.
+pub(crate) fn element_scan(args: &[Bytes], kind: raft_kv_core::kv::Kind) -> Request {
+    match scan_options(&args[1], &args[2..], false) {
+        Ok((cursor, pattern, count, _)) => {
+            let key = args[0].to_vec();
+            Request::Read(ReadCommand::ElementScan { key, kind, cursor, pattern, count })
+        }
+        Err(reply) => Request::Immediate(reply),
+    }
+}
+
+/// An element scan from cursor 0 as one query returning everything (inside MULTI, where no
+/// node-local cursor can be handed out).
+pub fn element_scan_whole(
+    key: Vec<u8>,
+    kind: raft_kv_core::kv::Kind,
+    pattern: Option<Bytes>,
+) -> Query {
+    use raft_kv_core::kv::{Kind, SetQuery, ZQuery};
+    let pattern = pattern.map(|p| p.to_vec());
+    match kind {
+        Kind::Set => Query::Sets(SetQuery::Scan { key, pattern }),
+        Kind::ZSet => Query::ZSet(ZQuery::Scan { key, pattern }),
+        _ => Query::HScan { key, pattern },
+    }
+}
+
 pub(crate) fn scan_options(
     cursor: &[u8],
     opts: &[Bytes],

@@ -339,12 +339,7 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
                 Request::Read(ReadCommand::SRandMember { key: k(0), count })
             }
             "smove" => write(Command::Sets(SetOp::Move { from: k(0), to: k(1), member: k(2) })),
-            "sscan" => match crate::command::scan_options(&args[1], &args[2..], false) {
-                Ok((_, pattern, _, _)) => {
-                    sread(SetQuery::Scan { key: k(0), pattern: pattern.map(|p| p.to_vec()) })
-                }
-                Err(reply) => return Err(reply),
-            },
+            "sscan" => crate::command::element_scan(args, raft_kv_core::kv::Kind::Set),
             _ if name.starts_with('z') => return zparse(name, args),
             _ => return Err(Reply::Null),
         })
@@ -616,12 +611,7 @@ fn zparse(name: &str, args: &[Bytes]) -> Result<Request, Reply> {
             }
             Request::Read(ReadCommand::ZRandMember { key, count: Some(count), with_scores })
         }
-        "zscan" => match crate::command::scan_options(&args[1], &args[2..], false) {
-            Ok((_, pattern, _, _)) => {
-                read(ZQuery::Scan { key: k(0), pattern: pattern.map(|p| p.to_vec()) })
-            }
-            Err(reply) => return Err(reply),
-        },
+        "zscan" => crate::command::element_scan(args, raft_kv_core::kv::Kind::ZSet),
         _ => return Err(Reply::Null),
     })
 }

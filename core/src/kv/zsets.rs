@@ -1033,7 +1033,7 @@ fn count_keys<S: KvRead>(state: &S, from: &[u8], to: &[u8]) -> Result<u64, S::Er
 }
 
 /// A score as ZSCAN answers it (Redis's `d2string`: an integer without a fraction).
-fn d2string(v: f64) -> String {
+pub fn d2string(v: f64) -> String {
     if v.is_finite() && v == v.trunc() && v.abs() < 1e17 && v != 0.0 {
         return format!("{}", v as i64);
     }

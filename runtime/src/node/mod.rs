@@ -217,6 +217,8 @@ pub struct NodeTask<S: Storage> {
     disk_low: Option<u64>,
     /// SCAN cursors handed out: where each walk stopped.
     scan_cursors: BTreeMap<u64, Key>,
+    /// HSCAN/SSCAN/ZSCAN cursors: the element record where each walk stopped.
+    elem_cursors: BTreeMap<u64, Vec<u8>>,
     /// RANDOMKEY's choices: seeded from the node and its run, so a simulation replays them.
     rng: rand::rngs::StdRng,
     next_scan_cursor: u64,
@@ -341,6 +343,7 @@ impl<S: Storage> NodeTask<S> {
             recovering: false,
             disk_low: None,
             scan_cursors: BTreeMap::new(),
+            elem_cursors: BTreeMap::new(),
             rng: rand::SeedableRng::seed_from_u64(id.0 ^ incarnation.rotate_left(32)),
             next_scan_cursor: 0,
             tuning,

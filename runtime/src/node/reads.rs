@@ -16,6 +16,10 @@ const ELEMENT_OVERHEAD_BYTES: usize = 16;
 /// Keys KEYS reads from storage at a time.
 const KEYS_BATCH: usize = 4096;
 
+/// Collections of at most this many members are scanned whole, with cursor 0 (Redis does so for
+/// the ones it keeps compact).
+const ELEMENT_SCAN_WHOLE_MAX: u64 = 128;
+
 /// Keys one SCAN call examines at most, whatever its COUNT.
 const SCAN_COUNT_MAX: usize = 100_000;
 
@@ -205,6 +209,93 @@ impl<S: Storage> NodeTask<S> {
         } else {
             Reply::Array(picks.into_iter().map(|(f, _)| Reply::Bulk(f)).collect())
         })
+    }
+
+    /// HSCAN, SSCAN, ZSCAN: a collection of at most `ELEMENT_SCAN_WHOLE_MAX` members whole
+    /// with cursor 0; a larger one `count` element records at a time, resuming after the last
+    /// record read (a node-local cursor, as SCAN's). A walk returns every element that exists
+    /// throughout it; a collection deleted meanwhile ends it (its elements go with it).
+    fn element_scan(
+        &mut self,
+        key: &[u8],
+        kind: kv::Kind,
+        cursor: u64,
+        pattern: Option<&[u8]>,
+        count: usize,
+    ) -> Result<Reply, StorageError> {
+        let tag = match kind {
+            kv::Kind::Hash => kv::coll::HASH_FIELD,
+            kv::Kind::Set => kv::coll::SET_MEMBER,
+            _ => kv::coll::ZSET_MEMBER,
+        };
+        let from = match cursor {
+            0 => {
+                let read = Stored(&self.storage);
+                let c = match kv::coll::read_coll(&read, key, self.read_time(), kind)? {
+                    Ok(Some((c, _))) => c,
+                    Ok(None) => {
+                        let empty = Reply::Array(Vec::new());
+                        return Ok(Reply::Array(vec![
+                            Reply::Bulk(Bytes::from_static(b"0")),
+                            empty,
+                        ]));
+                    }
+                    Err((_, reply)) => return Ok(reply.into()),
+                };
+                if c.size <= ELEMENT_SCAN_WHOLE_MAX {
+                    let q = crate::command::element_scan_whole(
+                        key.to_vec(),
+                        kind,
+                        pattern.map(Bytes::copy_from_slice),
+                    );
+                    return Ok(kv::query(&q, &read, self.read_time())?.into());
+                }
+                kv::coll::tag_range(c.id, tag).0
+            }
+            c => match self.elem_cursors.get(&c) {
+                Some(k) => {
+                    let mut k = k.clone();
+                    k.push(0);
+                    k
+                }
+                None => return Ok(Reply::error("ERR invalid cursor")),
+            },
+        };
+        let mut to = from[..9].to_vec();
+        to[8] += 1;
+        let limit = count.min(SCAN_COUNT_MAX);
+        let page = self.storage.elements(&from, &to, false, limit)?;
+        let mut items = Vec::new();
+        for (k, v) in &page {
+            let name = &k[9..];
+            if pattern.is_some_and(|p| !raft_kv_core::glob::matches(p, name)) {
+                continue;
+            }
+            items.push(Reply::Bulk(Bytes::copy_from_slice(name)));
+            match kind {
+                kv::Kind::Hash => items.push(Reply::Bulk(Bytes::from(v.clone()))),
+                kv::Kind::ZSet => {
+                    let bits =
+                        v.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+                    let text = kv::zsets::d2string(f64::from_bits(bits));
+                    items.push(Reply::Bulk(Bytes::from(text)));
+                }
+                _ => {}
+            }
+        }
+        let next = match page.last() {
+            Some((last, _)) if page.len() == limit => {
+                self.next_scan_cursor += 1;
+                let id = (self.id.0 << 40) | (self.next_scan_cursor & ((1 << 40) - 1));
+                self.elem_cursors.insert(id, last.clone());
+                while self.elem_cursors.len() > SCAN_CURSORS_MAX {
+                    self.elem_cursors.pop_first();
+                }
+                id
+            }
+            _ => 0,
+        };
+        Ok(Reply::Array(vec![Reply::Bulk(Bytes::from(next.to_string())), Reply::Array(items)]))
     }
 
     /// OBJECT about `key`: ENCODING answers what Redis 7.0 would use for the value, by its
@@ -440,6 +531,9 @@ impl<S: Storage> NodeTask<S> {
             },
             ReadCommand::SRandMember { key, count } => self.srandmember(key, *count)?,
             ReadCommand::Object { sub, key } => self.object(*sub, key)?,
+            ReadCommand::ElementScan { key, kind, cursor, pattern, count } => {
+                self.element_scan(key, *kind, *cursor, pattern.as_deref(), *count)?
+            }
             ReadCommand::ZRandMember { key, count, with_scores } => {
                 self.zrandmember(key, *count, *with_scores)?
             }
