@@ -3,9 +3,11 @@
 //! Every command touches exactly one key, and linearizability is *local* (P-compositional,
 //! Herlihy & Wing): a history is linearizable iff its restriction to each key is. So the history
 //! is split by key and each key is checked on its own, against a model of one Redis key:
-//! `Option<Val>`, a string or a list (None: the key does not exist), initially None. A
-//! multi-element write (RPUSH of two elements) is one operation with one atomic effect, so a
-//! reader that sees part of it fails the check.
+//! `Option<Val>`, a string, a list, a set or a sorted set (None: the key does not exist),
+//! initially None. A multi-element write (RPUSH, SADD or ZADD of two) is one operation with one
+//! atomic effect, so a reader that sees part of it fails the check. SPOP is the one command
+//! whose effect the client cannot predict (the server chooses the member): the model lets it
+//! pop any member, and the search tries each where its answer was lost (`outcomes`).
 //!
 //! Each key is checked with Wing & Gong's search as refined by Lowe ("just-in-time"
 //! linearization) and implemented by Porcupine (`checker.go`): call and return events sorted by
@@ -17,7 +19,8 @@
 //! Indeterminate operations (`Ret::Unknown`: timed out, connection lost) are handled as Knossos
 //! and Porcupine do: they return at time +infinity and any output is accepted, so they may take
 //! effect at any point after their call or, equivalently to being linearized after everything
-//! else, never. An indeterminate read (GET, LRANGE) has no effect and is dropped.
+//! else, never. An indeterminate read (GET, LRANGE, SMEMBERS, SCARD, ZRANGE) has no effect and
+//! is dropped.
 //! Indeterminate operations are what makes a search expensive (each stays pending forever, and
 //! a failing history makes the search try every combination of them), so a few reductions, each
 //! keeping an equivalent linearization in the search, cut them down: a failed configuration
@@ -32,7 +35,7 @@
 
 use crate::history::{Op, Operation, Ret};
 use raft_kv_core::kv::parse_i64;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -187,7 +190,8 @@ fn check_refs(ops: &[&Operation], opts: &CheckOptions) -> (KeyVerdict, u64) {
 
 /// An indeterminate read neither changes the key nor constrains it.
 fn is_indeterminate_read(op: &Operation) -> bool {
-    matches!(op.op, Op::Get | Op::LRange) && op.ret == Ret::Unknown
+    matches!(op.op, Op::Get | Op::LRange | Op::SMembers | Op::SCard | Op::ZRange)
+        && op.ret == Ret::Unknown
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,8 +214,9 @@ fn is_indeterminate_read(op: &Operation) -> bool {
 ///
 /// A removal is also refused if it leaves an operation whose output depends on an earlier
 /// write (a GET of a value, an INCR past 1 or failing, an APPEND onto something, a DEL of an
-/// existing key, a push onto a list, a pop or LRANGE of an element) without any operation that
-/// could have made that write before it, when it had one to begin with. Otherwise a stale read
+/// existing key, a push onto a list, a pop or LRANGE of an element, a member of a set or sorted
+/// set popped, read, removed or found there) without any operation that could have made that
+/// write before it, when it had one to begin with. Otherwise a stale read
 /// would shrink to the lone read (of a value "never written"), hiding the writes that show what
 /// went wrong.
 fn shrink(ops: &[&Operation], opts: &CheckOptions) -> (Vec<Operation>, bool, u64) {
@@ -423,9 +428,11 @@ enum Need {
     Length(usize),
     /// A value that is not an integer below i64::MAX (INCR failed).
     NonInteger,
-    /// Some value (DEL deleted a key, a push found a list).
+    /// Some value (DEL deleted a key, a push found a list, SCARD counted members).
     Present,
-    /// A list holding this element (a pop's or an LRANGE's): only its push makes one.
+    /// A collection holding this element (a list's, popped or read) or member (a set's or a
+    /// sorted set's, popped, read, removed, or already there for an add): only a write that
+    /// adds it makes one.
     Element(String),
 }
 
@@ -447,6 +454,22 @@ fn needs_of(op: &Operation) -> Vec<Need> {
         (Op::RPush2(..), Ret::Int(n)) if *n > 2 => vec![Need::Present],
         (Op::LPop | Op::RPop, Ret::Bulk(Some(e))) => vec![Need::Element(e.clone())],
         (Op::LRange, Ret::Items(items)) => items.iter().cloned().map(Need::Element).collect(),
+        (Op::SAdd(m) | Op::ZAdd(m, _), Ret::Int(0)) => vec![Need::Element(m.clone())],
+        (Op::SAdd2(a, b) | Op::ZAdd2(a, _, b, _), Ret::Int(n)) if a != b && *n < 2 => {
+            vec![Need::Present]
+        }
+        (Op::SRem(m) | Op::ZRem(m), Ret::Int(1)) => vec![Need::Element(m.clone())],
+        (Op::SPop, Ret::Bulk(Some(m))) => vec![Need::Element(m.clone())],
+        (Op::SMembers, Ret::Members(members)) => {
+            members.iter().cloned().map(Need::Element).collect()
+        }
+        (Op::SCard, Ret::Int(n)) if *n > 0 => vec![Need::Present],
+        (Op::ZIncrBy(m, by), Ret::Bulk(Some(score))) if *score != by.to_string() => {
+            vec![Need::Element(m.clone())]
+        }
+        (Op::ZPopMin | Op::ZRange, Ret::Scored(pairs)) => {
+            pairs.iter().map(|(m, _)| Need::Element(m.clone())).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -482,12 +505,14 @@ fn enables(op: &Operation, need: &Need) -> bool {
             Need::NonInteger | Need::Present => true,
             Need::Element(_) => false,
         },
-        (Op::LPush(v) | Op::RPush(v), _) => match need {
-            Need::Element(e) => e == v,
-            Need::Present => true,
-            Need::Value(_) | Need::Length(_) | Need::NonInteger => false,
-        },
-        (Op::RPush2(a, b), _) => match need {
+        (Op::LPush(v) | Op::RPush(v) | Op::SAdd(v) | Op::ZAdd(v, _) | Op::ZIncrBy(v, _), _) => {
+            match need {
+                Need::Element(e) => e == v,
+                Need::Present => true,
+                Need::Value(_) | Need::Length(_) | Need::NonInteger => false,
+            }
+        }
+        (Op::RPush2(a, b) | Op::SAdd2(a, b) | Op::ZAdd2(a, _, b, _), _) => match need {
             Need::Element(e) => e == a || e == b,
             Need::Present => true,
             Need::Value(_) | Need::Length(_) | Need::NonInteger => false,
@@ -500,13 +525,17 @@ fn enables(op: &Operation, need: &Need) -> bool {
 // The model: one Redis key
 
 /// What a key holds. Hash fields are strings, each modelled under a key of its own (see the
-/// workload). Sets and sorted sets would join as `Set(BTreeSet<String>)` and
-/// `ZSet(BTreeMap<String, i64>)` once the workload issues their commands.
+/// workload). A collection is never empty: Redis deletes a list, a set or a sorted set when its
+/// last element goes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Val {
     Str(String),
-    /// Head first; never empty, as Redis deletes a list when its last element goes.
+    /// Head first.
     List(VecDeque<String>),
+    Set(BTreeSet<String>),
+    /// Member to score. Integer scores only, as the workload sends: Redis keeps scores as
+    /// doubles, which hold these exactly and which it writes as integers ("3", "-2").
+    ZSet(BTreeMap<String, i64>),
 }
 
 /// How an operation changes the key.
@@ -516,19 +545,55 @@ enum Effect {
     Becomes(Option<Val>),
 }
 
+/// Every way `op` can go on a key holding `value`, as Redis runs it: the new contents and the
+/// reply the client should see. One way (`apply`), except SPOP on a set: the server chooses
+/// the member (raft-kv by the log entry, so that its replicas agree), which the client cannot
+/// know beforehand, so popping any member is correct, and the member answered is the one gone.
+fn outcomes(value: Option<&Val>, op: &Op) -> Vec<(Effect, Ret)> {
+    match (op, value) {
+        (Op::SPop, Some(Val::Set(set))) => set.iter().map(|m| spop(set, m)).collect(),
+        _ => vec![apply(value, op)],
+    }
+}
+
+/// SPOP of `member` from `set`.
+fn spop(set: &BTreeSet<String>, member: &str) -> (Effect, Ret) {
+    let mut rest = set.clone();
+    rest.remove(member);
+    let value = (!rest.is_empty()).then_some(Val::Set(rest));
+    (Effect::Becomes(value), Ret::Bulk(Some(member.to_string())))
+}
+
 /// Applies `op` to a key holding `value`, exactly as Redis would: the new contents and the
 /// reply the client should see. A command of one type on a key of another answers WRONGTYPE
 /// and changes nothing; SET and DEL take a key of any type. (GETSET on a list is refused, as
 /// GETSET and SET ... GET are; its MULTI form would set, but the workload sends GETSET to
-/// string keys only.)
+/// string keys only.) SPOP pops the first member here; `outcomes` gives every choice.
 fn apply(value: Option<&Val>, op: &Op) -> (Effect, Ret) {
-    // The key as a string and as a list (absent: empty); None where it holds the other type.
-    let (string, list) = match value {
-        None => (Some(None), Some(VecDeque::new())),
-        Some(Val::Str(s)) => (Some(Some(s.as_str())), None),
-        Some(Val::List(l)) => (None, Some(l.clone())),
+    // The key as each type (absent: empty); None where it holds another type.
+    let (string, list, set, zset) = match value {
+        None => (Some(None), Some(VecDeque::new()), Some(BTreeSet::new()), Some(BTreeMap::new())),
+        Some(Val::Str(s)) => (Some(Some(s.as_str())), None, None, None),
+        Some(Val::List(l)) => (None, Some(l.clone()), None, None),
+        Some(Val::Set(s)) => (None, None, Some(s.clone()), None),
+        Some(Val::ZSet(z)) => (None, None, None, Some(z.clone())),
     };
     let wrong_type = (Effect::Unchanged, Ret::WrongType);
+    let count = |n: usize| Ret::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    let set_becomes =
+        |set: BTreeSet<String>| Effect::Becomes((!set.is_empty()).then_some(Val::Set(set)));
+    let zset_becomes = |zset: BTreeMap<String, i64>| {
+        Effect::Becomes((!zset.is_empty()).then_some(Val::ZSet(zset)))
+    };
+    // A sorted set's members by (score, member), as ZRANGE orders them.
+    let by_score = |zset: &BTreeMap<String, i64>| {
+        let mut pairs: Vec<(String, i64)> = zset.iter().map(|(m, s)| (m.clone(), *s)).collect();
+        pairs.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        pairs
+    };
+    let scored = |pairs: Vec<(String, i64)>| {
+        Ret::Scored(pairs.into_iter().map(|(m, s)| (m, s.to_string())).collect())
+    };
     let becomes_string = |s: String| Effect::Becomes(Some(Val::Str(s)));
     let pushed = |list: VecDeque<String>| {
         let len = i64::try_from(list.len()).unwrap_or(i64::MAX);
@@ -598,6 +663,72 @@ fn apply(value: Option<&Val>, op: &Op) -> (Effect, Ret) {
         Op::LRange => {
             let Some(list) = list else { return wrong_type };
             (Effect::Unchanged, Ret::Items(list.into()))
+        }
+        Op::SAdd(m) => {
+            let Some(mut set) = set else { return wrong_type };
+            let added = usize::from(set.insert(m.clone()));
+            (set_becomes(set), count(added))
+        }
+        Op::SAdd2(a, b) => {
+            let Some(mut set) = set else { return wrong_type };
+            let added = usize::from(set.insert(a.clone())) + usize::from(set.insert(b.clone()));
+            (set_becomes(set), count(added))
+        }
+        Op::SRem(m) => {
+            let Some(mut set) = set else { return wrong_type };
+            let removed = usize::from(set.remove(m));
+            (set_becomes(set), count(removed))
+        }
+        Op::SPop => {
+            let Some(set) = set else { return wrong_type };
+            match set.first() {
+                Some(first) => spop(&set, first),
+                None => (Effect::Unchanged, Ret::Bulk(None)),
+            }
+        }
+        Op::SMembers => {
+            let Some(set) = set else { return wrong_type };
+            (Effect::Unchanged, Ret::Members(set.into_iter().collect()))
+        }
+        Op::SCard => {
+            let Some(set) = set else { return wrong_type };
+            (Effect::Unchanged, count(set.len()))
+        }
+        Op::ZAdd(m, score) => {
+            let Some(mut zset) = zset else { return wrong_type };
+            let added = usize::from(zset.insert(m.clone(), *score).is_none());
+            (zset_becomes(zset), count(added))
+        }
+        Op::ZAdd2(a, x, b, y) => {
+            // Pair by pair, as Redis does: a member given twice counts once, the last score.
+            let Some(mut zset) = zset else { return wrong_type };
+            let added = usize::from(zset.insert(a.clone(), *x).is_none())
+                + usize::from(zset.insert(b.clone(), *y).is_none());
+            (zset_becomes(zset), count(added))
+        }
+        Op::ZIncrBy(m, by) => {
+            let Some(mut zset) = zset else { return wrong_type };
+            // The workload's scores stay far from i64's limits (and from 2^53).
+            let score = zset.get(m).copied().unwrap_or(0).saturating_add(*by);
+            zset.insert(m.clone(), score);
+            (zset_becomes(zset), Ret::Bulk(Some(score.to_string())))
+        }
+        Op::ZPopMin => {
+            let Some(mut zset) = zset else { return wrong_type };
+            let Some((member, score)) = by_score(&zset).into_iter().next() else {
+                return (Effect::Unchanged, Ret::Scored(Vec::new()));
+            };
+            zset.remove(&member);
+            (zset_becomes(zset), scored(vec![(member, score)]))
+        }
+        Op::ZRange => {
+            let Some(zset) = zset else { return wrong_type };
+            (Effect::Unchanged, scored(by_score(&zset)))
+        }
+        Op::ZRem(m) => {
+            let Some(mut zset) = zset else { return wrong_type };
+            let removed = usize::from(zset.remove(m).is_some());
+            (zset_becomes(zset), count(removed))
         }
     }
 }
@@ -879,9 +1010,11 @@ struct Search<'a> {
     linearized: Linearized,
     visited: Visited,
     states: States,
-    /// Memoized transitions: (state, op) -> the next state, or None if the op's output is
-    /// impossible in that state.
-    transitions: WordMap<(usize, usize), Option<usize>>,
+    /// Memoized transitions: (state, op) -> the states the op can lead to with its output, as
+    /// a range of `successors`: empty if the output is impossible in that state, several if
+    /// the op may go several ways (see `outcomes`).
+    transitions: WordMap<(usize, usize), (usize, usize)>,
+    successors: Vec<usize>,
     /// For an indeterminate operation, the previous indeterminate one (by call time) with the
     /// same request: identical indeterminate operations are interchangeable once both are
     /// called, so they are only applied in call order.
@@ -896,6 +1029,8 @@ struct Search<'a> {
 /// A linearized operation on the search stack.
 struct Frame {
     op: usize,
+    /// Which of its successor states it led to (see `Search::transition`).
+    choice: usize,
     /// The state before it.
     state: usize,
     /// Whether the configuration before it was restricted.
@@ -915,6 +1050,7 @@ impl<'a> Search<'a> {
             visited,
             states: States::new(),
             transitions: WordMap::default(),
+            successors: Vec::new(),
             twin_before: twins(ops),
             predecessor: predecessors(ops),
             pending: ops.iter().filter(|op| op.ret != Ret::Unknown).count(),
@@ -931,8 +1067,13 @@ impl<'a> Search<'a> {
     /// - A configuration entered by an indeterminate operation is *restricted*: the next
     ///   operation may not be a SET, nor an indeterminate DEL. Such an operation's effect and
     ///   output ignore the previous value, whatever its type (SET replaces a list too), so the
-    ///   indeterminate operation before it could as well never have happened. List operations
-    ///   get no such rule: each one's effect or output depends on what the list held.
+    ///   indeterminate operation before it could as well never have happened. Collection
+    ///   operations get no such rule: each one's effect or output depends on what the
+    ///   collection held.
+    ///
+    /// An operation that may go several ways (an SPOP whose answer was lost) is linearized one
+    /// way at a time: when the search backtracks over it, it tries the next way before moving
+    /// on to the next candidate operation.
     ///
     /// Without them the search keeps applying irrelevant indeterminate operations (consumed,
     /// then overwritten or undone, and no longer available), and a failing history multiplies
@@ -958,16 +1099,26 @@ impl<'a> Search<'a> {
                 state = frame.state;
                 restricted = frame.restricted;
                 self.unlinearize(frame.op);
-                node = self.events.next[self.events.call_node[frame.op]];
+                // The same operation may still go another way (it was allowed here before).
+                match self.try_linearize(frame.op, state, frame.choice + 1) {
+                    Some((next_state, entry, choice)) => {
+                        let op = frame.op;
+                        stack.push(Frame { op, choice, state, restricted, entry });
+                        state = next_state;
+                        restricted = self.linearized.is_indeterminate(op);
+                        node = self.events.first();
+                    }
+                    None => node = self.events.next[self.events.call_node[frame.op]],
+                }
                 continue;
             };
             if !self.allowed(op, restricted) {
                 node = self.events.next[node];
                 continue;
             }
-            match self.try_linearize(op, state) {
-                Some((next_state, entry)) => {
-                    stack.push(Frame { op, state, restricted, entry });
+            match self.try_linearize(op, state, 0) {
+                Some((next_state, entry, choice)) => {
+                    stack.push(Frame { op, choice, state, restricted, entry });
                     state = next_state;
                     restricted = self.linearized.is_indeterminate(op);
                     node = self.events.first();
@@ -992,24 +1143,34 @@ impl<'a> Search<'a> {
             && self.predecessor[op].is_none_or(|p| self.linearized.contains(p))
     }
 
-    /// Linearizes `op` next if the model accepts its output and the resulting configuration is
-    /// worth exploring; returns the new state and the configuration's entry.
-    fn try_linearize(&mut self, op: usize, state: usize) -> Option<(usize, usize)> {
-        let next_state = self.transition(state, op)?;
+    /// Linearizes `op` next, the first of its ways from `first_choice` on (see `transition`)
+    /// that the model accepts with its output and that leads to a configuration worth
+    /// exploring; returns the new state, the configuration's entry and the way taken.
+    fn try_linearize(
+        &mut self,
+        op: usize,
+        state: usize,
+        first_choice: usize,
+    ) -> Option<(usize, usize, usize)> {
+        let (start, end) = self.transition(state, op);
         let restricted = self.linearized.is_indeterminate(op);
-        if restricted && next_state == state {
-            return None; // an indeterminate no-op: as if it never happened
-        }
-        self.linearized.toggle(op);
-        let Some(entry) = self.visited.insert(&self.linearized, next_state, restricted) else {
+        for choice in first_choice..end.saturating_sub(start) {
+            let next_state = self.successors[start + choice];
+            if restricted && next_state == state {
+                continue; // an indeterminate no-op: as if it never happened
+            }
             self.linearized.toggle(op);
-            return None;
-        };
-        self.events.lift(op);
-        if !restricted {
-            self.pending -= 1;
+            let Some(entry) = self.visited.insert(&self.linearized, next_state, restricted) else {
+                self.linearized.toggle(op);
+                continue;
+            };
+            self.events.lift(op);
+            if !restricted {
+                self.pending -= 1;
+            }
+            return Some((next_state, entry, choice));
         }
-        Some((next_state, entry))
+        None
     }
 
     fn unlinearize(&mut self, op: usize) {
@@ -1020,22 +1181,29 @@ impl<'a> Search<'a> {
         }
     }
 
-    fn transition(&mut self, state: usize, op: usize) -> Option<usize> {
+    /// The distinct states `op` can lead to from `state` with its output: `successors[start..
+    /// end]`. At most one unless the op may go several ways and its output was lost.
+    fn transition(&mut self, state: usize, op: usize) -> (usize, usize) {
         if let Some(&known) = self.transitions.get(&(state, op)) {
             return known;
         }
         let operation = self.ops[op];
-        let (effect, expected) = apply(self.states.get(state), &operation.op);
-        let next = if operation.ret == Ret::Unknown || operation.ret == expected {
-            Some(match effect {
+        let start = self.successors.len();
+        for (effect, expected) in outcomes(self.states.get(state), &operation.op) {
+            if operation.ret != Ret::Unknown && operation.ret != expected {
+                continue;
+            }
+            let next = match effect {
                 Effect::Unchanged => state,
                 Effect::Becomes(value) => self.states.intern(value),
-            })
-        } else {
-            None
-        };
-        self.transitions.insert((state, op), next);
-        next
+            };
+            if !self.successors[start..].contains(&next) {
+                self.successors.push(next);
+            }
+        }
+        let range = (start, self.successors.len());
+        self.transitions.insert((state, op), range);
+        range
     }
 }
 
@@ -1123,6 +1291,34 @@ mod tests {
 
     fn items(elements: &[&str]) -> Ret {
         Ret::Items(elements.iter().map(|e| e.to_string()).collect())
+    }
+
+    fn sadd(m: &str) -> Op {
+        Op::SAdd(m.to_string())
+    }
+
+    fn sadd2(a: &str, b: &str) -> Op {
+        Op::SAdd2(a.to_string(), b.to_string())
+    }
+
+    fn srem(m: &str) -> Op {
+        Op::SRem(m.to_string())
+    }
+
+    fn members(ms: &[&str]) -> Ret {
+        Ret::Members(ms.iter().map(|m| m.to_string()).collect())
+    }
+
+    fn zadd(m: &str, score: i64) -> Op {
+        Op::ZAdd(m.to_string(), score)
+    }
+
+    fn zincrby(m: &str, by: i64) -> Op {
+        Op::ZIncrBy(m.to_string(), by)
+    }
+
+    fn scored(pairs: &[(&str, i64)]) -> Ret {
+        Ret::Scored(pairs.iter().map(|(m, s)| (m.to_string(), s.to_string())).collect())
     }
 
     fn verdict(ops: &[Operation]) -> KeyVerdict {
@@ -1662,6 +1858,334 @@ mod tests {
         }
     }
 
+    #[test]
+    fn sets_add_remove_pop_and_read_as_redis_does() {
+        assert_verdict(
+            vec![
+                (0, "s", Op::SPop, Ret::Bulk(None), 0, Some(1)),
+                (0, "s", Op::SMembers, members(&[]), 2, Some(3)),
+                (0, "s", Op::SCard, Ret::Int(0), 4, Some(5)),
+                (0, "s", sadd("b"), Ret::Int(1), 6, Some(7)),
+                (1, "s", sadd2("a", "b"), Ret::Int(1), 8, Some(9)),
+                (1, "s", sadd("a"), Ret::Int(0), 10, Some(11)),
+                (0, "s", Op::SMembers, members(&["a", "b"]), 12, Some(13)),
+                (0, "s", Op::SCard, Ret::Int(2), 14, Some(15)),
+                (1, "s", srem("c"), Ret::Int(0), 16, Some(17)),
+                (1, "s", srem("a"), Ret::Int(1), 18, Some(19)),
+                // Removing the last member deletes the set.
+                (0, "s", Op::SPop, popped("b"), 20, Some(21)),
+                (0, "s", Op::Del, Ret::Del(0), 22, Some(23)),
+                (0, "s", sadd2("c", "d"), Ret::Int(2), 24, Some(25)),
+                (1, "s", Op::Del, Ret::Del(1), 26, Some(27)),
+                (1, "s", Op::SCard, Ret::Int(0), 28, Some(29)),
+            ],
+            LIN,
+        );
+        // SADD counts only new members; SREM only those there.
+        assert_verdict(
+            vec![
+                (0, "s", sadd("a"), Ret::Int(1), 0, Some(1)),
+                (0, "s", sadd2("a", "b"), Ret::Int(2), 2, Some(3)),
+            ],
+            NOT,
+        );
+        assert_verdict(
+            vec![
+                (0, "s", sadd("a"), Ret::Int(1), 0, Some(1)),
+                (0, "s", srem("b"), Ret::Int(1), 2, Some(3)),
+            ],
+            NOT,
+        );
+    }
+
+    #[test]
+    fn spop_may_pop_any_member_but_only_once() {
+        let two_pops = |first: &str, second: &str| {
+            history(vec![
+                (0, "s", sadd2("a", "b"), Ret::Int(2), 0, Some(1)),
+                (1, "s", Op::SPop, popped(first), 2, Some(3)),
+                (1, "s", Op::SPop, popped(second), 4, Some(5)),
+            ])
+        };
+        // The server chooses: either member first.
+        assert_eq!(verdict(&two_pops("a", "b")), LIN);
+        assert_eq!(verdict(&two_pops("b", "a")), LIN);
+        // A member popped twice without being added again, or one never added.
+        assert_eq!(verdict(&two_pops("a", "a")), NOT);
+        assert_eq!(verdict(&two_pops("b", "b")), NOT);
+        assert_eq!(verdict(&two_pops("a", "c")), NOT);
+        // Concurrent pops, likewise.
+        let mut concurrent = two_pops("b", "b");
+        concurrent[2].call = 2;
+        assert_eq!(verdict(&concurrent), NOT);
+        concurrent[2].ret = popped("a");
+        assert_eq!(verdict(&concurrent), LIN);
+        // Added back in between, it may come out again.
+        let mut readded = two_pops("a", "a");
+        readded[2].call = 6;
+        readded[2].complete = Some(7);
+        readded.insert(2, history(vec![(0, "s", sadd("a"), Ret::Int(1), 4, Some(5))]).remove(0));
+        for (id, op) in readded.iter_mut().enumerate() {
+            op.id = id;
+        }
+        assert_eq!(verdict(&readded), LIN);
+        // Both popped: the set is gone.
+        let mut emptied = two_pops("a", "b");
+        emptied.extend(history(vec![
+            (0, "s", Op::SPop, Ret::Bulk(None), 6, Some(7)),
+            (0, "s", Op::SMembers, members(&[]), 8, Some(9)),
+        ]));
+        for (id, op) in emptied.iter_mut().enumerate() {
+            op.id = id;
+        }
+        assert_eq!(verdict(&emptied), LIN);
+        emptied[3].ret = popped("a");
+        assert_eq!(verdict(&emptied), NOT);
+        // Shrinking keeps the add the twice-popped member needs.
+        let (minimal, is_minimal, _) = minimize(&two_pops("a", "a"), &CheckOptions::default());
+        assert!(is_minimal);
+        assert_eq!(minimal.iter().map(|op| op.id).collect::<Vec<_>>(), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn an_indeterminate_spop_may_have_popped_any_one_member() {
+        let after = |seen: &[&[&str]]| {
+            let mut rows = vec![
+                (0, "s", sadd2("a", "b"), Ret::Int(2), 0, Some(1)),
+                (0, "s", sadd("c"), Ret::Int(1), 2, Some(3)),
+                (1, "s", Op::SPop, Ret::Unknown, 4, None),
+            ];
+            for (i, ms) in seen.iter().enumerate() {
+                let t = 10 + 2 * i as u64;
+                rows.push((2, "s", Op::SMembers, members(ms), t, Some(t + 1)));
+            }
+            rows
+        };
+        // Not yet, or never; or it took any one of them.
+        assert_verdict(after(&[&["a", "b", "c"]]), LIN);
+        for left in [&["a", "b"][..], &["a", "c"], &["b", "c"]] {
+            assert_verdict(after(&[left]), LIN);
+            // Later than the first read, too.
+            assert_verdict(after(&[&["a", "b", "c"], left]), LIN);
+            // But once taken, that member stays gone.
+            assert_verdict(after(&[left, &["a", "b", "c"]]), NOT);
+        }
+        // One pop takes one member.
+        assert_verdict(after(&[&["a"]]), NOT);
+        // It cannot pop one member and then be seen to have popped another.
+        assert_verdict(after(&[&["a", "b"], &["b", "c"]]), NOT);
+        // Two indeterminate pops: any two members, each once.
+        let mut rows = after(&[&["b"]]);
+        rows.insert(3, (3, "s", Op::SPop, Ret::Unknown, 5, None));
+        assert_verdict(rows, LIN);
+        let mut rows = after(&[&[]]);
+        rows.insert(3, (3, "s", Op::SPop, Ret::Unknown, 5, None));
+        assert_verdict(rows, NOT);
+        // With its answer lost, a determinate pop after it still gets a member still there.
+        let mut rows = after(&[&["a", "c"]]);
+        rows.push((2, "s", Op::SPop, popped("b"), 20, Some(21)));
+        assert_verdict(rows, NOT);
+        let mut rows = after(&[&["a", "c"]]);
+        rows.push((2, "s", Op::SPop, popped("c"), 20, Some(21)));
+        rows.push((2, "s", Op::SMembers, members(&["a"]), 22, Some(23)));
+        assert_verdict(rows, LIN);
+    }
+
+    #[test]
+    fn a_two_member_sadd_seen_torn_is_not_linearizable() {
+        let torn = |ret: Ret, complete: Option<u64>, seen: &[&str]| {
+            history(vec![
+                (0, "s", sadd2("a", "b"), ret, 0, complete),
+                (1, "s", Op::SMembers, members(seen), 5, Some(6)),
+            ])
+        };
+        assert_eq!(verdict(&torn(Ret::Int(2), Some(1), &["a", "b"])), LIN);
+        assert_eq!(verdict(&torn(Ret::Int(2), Some(1), &["a"])), NOT);
+        assert_eq!(verdict(&torn(Ret::Int(2), Some(1), &["b"])), NOT);
+        // While the add is running, or its answer lost, the set is whole or absent.
+        for (ret, complete) in [(Ret::Int(2), Some(10)), (Ret::Unknown, None)] {
+            assert_eq!(verdict(&torn(ret.clone(), complete, &[])), LIN);
+            assert_eq!(verdict(&torn(ret.clone(), complete, &["a", "b"])), LIN);
+            assert_eq!(verdict(&torn(ret, complete, &["b"])), NOT);
+        }
+        // Seen torn through SCARD, or through a pop that finds the set of one member.
+        assert_verdict(
+            vec![
+                (0, "s", sadd2("a", "b"), Ret::Int(2), 0, Some(1)),
+                (1, "s", Op::SCard, Ret::Int(1), 2, Some(3)),
+            ],
+            NOT,
+        );
+        assert_verdict(
+            vec![
+                (0, "s", sadd2("a", "b"), Ret::Unknown, 0, None),
+                (1, "s", Op::SPop, popped("a"), 2, Some(3)),
+                (1, "s", Op::SPop, Ret::Bulk(None), 4, Some(5)),
+            ],
+            NOT,
+        );
+        // A two-member ZADD likewise.
+        assert_verdict(
+            vec![
+                (0, "z", Op::ZAdd2("a".into(), 1, "b".into(), 2), Ret::Int(2), 0, Some(1)),
+                (1, "z", Op::ZRange, scored(&[("a", 1)]), 2, Some(3)),
+            ],
+            NOT,
+        );
+    }
+
+    #[test]
+    fn sorted_sets_add_increment_pop_and_range_as_redis_does() {
+        assert_verdict(
+            vec![
+                (0, "z", Op::ZPopMin, scored(&[]), 0, Some(1)),
+                (0, "z", Op::ZRange, scored(&[]), 2, Some(3)),
+                (0, "z", zadd("b", 2), Ret::Int(1), 4, Some(5)),
+                (1, "z", zadd("c", -1), Ret::Int(1), 6, Some(7)),
+                (0, "z", Op::ZAdd2("a".into(), 2, "c".into(), 3), Ret::Int(1), 8, Some(9)),
+                // By score, then by member within a score.
+                (1, "z", Op::ZRange, scored(&[("a", 2), ("b", 2), ("c", 3)]), 10, Some(11)),
+                (1, "z", zincrby("b", -3), Ret::Bulk(Some("-1".into())), 12, Some(13)),
+                (0, "z", zincrby("d", 4), Ret::Bulk(Some("4".into())), 14, Some(15)),
+                (
+                    0,
+                    "z",
+                    Op::ZRange,
+                    scored(&[("b", -1), ("a", 2), ("c", 3), ("d", 4)]),
+                    16,
+                    Some(17),
+                ),
+                (1, "z", Op::ZPopMin, scored(&[("b", -1)]), 18, Some(19)),
+                (1, "z", Op::ZRem("c".into()), Ret::Int(1), 20, Some(21)),
+                (1, "z", Op::ZRem("c".into()), Ret::Int(0), 22, Some(23)),
+                (0, "z", zincrby("a", -2), Ret::Bulk(Some("0".into())), 24, Some(25)),
+                (0, "z", Op::ZPopMin, scored(&[("a", 0)]), 26, Some(27)),
+                // Popping the last member deletes the sorted set.
+                (0, "z", Op::ZPopMin, scored(&[("d", 4)]), 28, Some(29)),
+                (0, "z", Op::Del, Ret::Del(0), 30, Some(31)),
+            ],
+            LIN,
+        );
+        // A score written otherwise than Redis writes it.
+        assert_verdict(
+            vec![
+                (0, "z", zadd("b", 2), Ret::Int(1), 0, Some(1)),
+                (0, "z", zincrby("b", 1), Ret::Bulk(Some("3.0".into())), 2, Some(3)),
+            ],
+            NOT,
+        );
+    }
+
+    #[test]
+    fn zpopmin_of_a_member_that_is_not_the_lowest_is_not_linearizable() {
+        let pop = |popped: &[(&str, i64)]| {
+            vec![
+                (0, "z", zadd("b", 1), Ret::Int(1), 0, Some(1)),
+                (0, "z", zadd("c", 1), Ret::Int(1), 2, Some(3)),
+                (0, "z", zadd("a", 2), Ret::Int(1), 4, Some(5)),
+                (1, "z", Op::ZPopMin, scored(popped), 6, Some(7)),
+            ]
+        };
+        assert_verdict(pop(&[("b", 1)]), LIN);
+        // A higher score, the later member of a tie, the right member with a wrong score.
+        assert_verdict(pop(&[("a", 2)]), NOT);
+        assert_verdict(pop(&[("c", 1)]), NOT);
+        assert_verdict(pop(&[("b", 2)]), NOT);
+        // While a ZADD that makes "a" the lowest is running, either.
+        for (seen, expected) in [("a", LIN), ("b", LIN), ("c", NOT)] {
+            let mut rows = pop(&[(seen, if seen == "a" { 0 } else { 1 })]);
+            rows[3].4 = 8;
+            rows[3].5 = Some(12);
+            rows.insert(3, (2, "z", zadd("a", 0), Ret::Int(0), 7, Some(11)));
+            assert_verdict(rows, expected);
+        }
+        // Shrinking keeps the adds the pop depends on.
+        let ops = history(pop(&[("c", 1)]));
+        let (minimal, is_minimal, _) = minimize(&ops, &CheckOptions::default());
+        assert!(is_minimal);
+        assert!(minimal.iter().any(|op| op.op == zadd("c", 1)), "{minimal:?}");
+    }
+
+    #[test]
+    fn concurrent_set_and_sorted_set_operations_with_indeterminate_ones_are_linearizable() {
+        let set_rows = |last: &[&str]| {
+            vec![
+                (0, "s", sadd("a"), Ret::Int(1), 0, Some(1)),
+                // Its answer is lost; the pop below shows it took effect.
+                (1, "s", sadd("b"), Ret::Unknown, 2, None),
+                (2, "s", sadd2("c", "d"), Ret::Int(2), 3, Some(10)),
+                (3, "s", Op::SPop, popped("b"), 4, Some(8)),
+                (0, "s", Op::SMembers, members(&["a", "c", "d"]), 11, Some(12)),
+                // May or may not have happened, at any time after its call.
+                (3, "s", Op::SPop, Ret::Unknown, 13, None),
+                (1, "s", srem("a"), Ret::Unknown, 14, None),
+                (0, "s", Op::SMembers, members(last), 15, Some(16)),
+            ]
+        };
+        for last in [&["a", "c", "d"][..], &["c", "d"], &["a", "d"], &["c"], &["d"]] {
+            assert_verdict(set_rows(last), LIN);
+        }
+        // Two members gone by the pop alone, or "b" back.
+        assert_verdict(set_rows(&["a"]), NOT);
+        assert_verdict(set_rows(&["a", "b", "c", "d"]), NOT);
+
+        let zset_rows = |last: &[(&str, i64)]| {
+            vec![
+                (0, "z", zadd("a", 1), Ret::Int(1), 0, Some(1)),
+                (1, "z", zincrby("a", 2), Ret::Unknown, 2, None),
+                (2, "z", zadd("b", 2), Ret::Int(1), 3, Some(10)),
+                (3, "z", Op::ZPopMin, Ret::Unknown, 4, None),
+                (0, "z", Op::ZRange, scored(last), 11, Some(12)),
+            ]
+        };
+        // The increment and the pop, each or not, in either order.
+        for (last, expected) in [
+            (&[("a", 1), ("b", 2)][..], LIN),
+            (&[("b", 2), ("a", 3)], LIN),
+            (&[("b", 2)], LIN),
+            (&[("a", 3)], LIN),
+            // Popped, then made again by the increment.
+            (&[("a", 2), ("b", 2)], LIN),
+            (&[("a", 1)], NOT),
+            // Both popped, by one pop.
+            (&[("a", 2)], NOT),
+        ] {
+            assert_verdict(zset_rows(last), expected);
+        }
+    }
+
+    #[test]
+    fn set_and_sorted_set_commands_on_a_key_of_another_type_answer_wrongtype() {
+        assert_verdict(
+            vec![
+                (0, "k", sadd("a"), Ret::Int(1), 0, Some(1)),
+                (0, "k", zadd("a", 1), Ret::WrongType, 2, Some(3)),
+                (0, "k", Op::ZPopMin, Ret::WrongType, 4, Some(5)),
+                (0, "k", Op::Get, Ret::WrongType, 6, Some(7)),
+                (0, "k", rpush("x"), Ret::WrongType, 8, Some(9)),
+                (0, "k", Op::SMembers, members(&["a"]), 10, Some(11)),
+                (0, "k", Op::Del, Ret::Del(1), 12, Some(13)),
+                (0, "k", zincrby("a", 1), Ret::Bulk(Some("1".into())), 14, Some(15)),
+                (0, "k", Op::SPop, Ret::WrongType, 16, Some(17)),
+                (0, "k", Op::SCard, Ret::WrongType, 18, Some(19)),
+                (0, "k", Op::LRange, Ret::WrongType, 20, Some(21)),
+                // SET takes a key of any type.
+                (0, "k", set("b"), Ret::Set, 22, Some(23)),
+                (0, "k", sadd("a"), Ret::WrongType, 24, Some(25)),
+                (0, "k", Op::ZRange, Ret::WrongType, 26, Some(27)),
+                (0, "k", Op::Get, got("b"), 28, Some(29)),
+            ],
+            LIN,
+        );
+        assert_verdict(
+            vec![
+                (0, "k", sadd("a"), Ret::Int(1), 0, Some(1)),
+                (0, "k", Op::ZRange, scored(&[]), 2, Some(3)),
+            ],
+            NOT,
+        );
+    }
+
     /// All permutations of `0..n`.
     fn permutations(n: usize) -> Vec<Vec<usize>> {
         if n == 0 {
@@ -1848,16 +2372,33 @@ mod tests {
         }
     }
 
+    /// One of the ways an operation can go (see `outcomes`), at random; no draw when there is
+    /// one way, so histories without SPOP come out as before it was modelled.
+    fn one_way(rng: &mut Rng, mut ways: Vec<(Effect, Ret)>) -> (Effect, Ret) {
+        let i = if ways.len() > 1 { rng.below(ways.len() as u64) as usize } else { 0 };
+        ways.swap_remove(i)
+    }
+
+    /// What the keys of a generated history hold.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Kind {
+        Strings,
+        Lists,
+        /// Sets and sorted sets.
+        Sets,
+    }
+
     /// A random history of a correct store: each operation takes effect at a random instant
-    /// within its interval (indeterminate ones: at a random later instant, or never). With
-    /// `lists`, the keys are lists, pushed with unique elements as the workload does.
+    /// within its interval (indeterminate ones: at a random later instant, or never), and an
+    /// SPOP pops a random member. Lists are pushed with unique elements as the workload does;
+    /// sets and sorted sets (half the keys each) draw members from a pool of eight.
     fn synthetic(
         seed: u64,
         ops: usize,
         keys: usize,
         clients: usize,
         unknown_pct: u64,
-        lists: bool,
+        kind: Kind,
     ) -> Vec<Operation> {
         let mut rng = Rng(seed);
         let mut clock = vec![0u64; clients];
@@ -1868,21 +2409,42 @@ mod tests {
             let client = rng.below(clients as u64) as usize;
             let call = clock[client] + rng.below(2_000_000);
             let duration = 100_000 + rng.below(5_000_000);
-            let key = format!("{}{}", if lists { "l" } else { "k" }, rng.below(keys as u64));
+            let prefix = match kind {
+                Kind::Strings => "k",
+                Kind::Lists => "l",
+                Kind::Sets => ["s", "z"][rng.below(2) as usize],
+            };
+            let key = format!("{prefix}{}", rng.below(keys as u64));
             let tag = format!("c{client}-{id}");
-            let op = match (lists, rng.below(10)) {
-                (false, 0..=3) => Op::Get,
-                (false, 4..=5) => Op::Set(tag),
-                (false, 6) => Op::Del,
-                (false, 7..=8) => Op::Incr,
-                (false, _) => Op::Append(tag),
-                (true, 0..=2) => Op::LRange,
-                (true, 3) => Op::LPush(tag),
-                (true, 4) => Op::RPush(tag),
-                (true, 5) => Op::RPush2(format!("{tag}a"), format!("{tag}b")),
-                (true, 6..=7) => Op::LPop,
-                (true, 8) => Op::RPop,
-                (true, _) => Op::Del,
+            let member = |rng: &mut Rng| format!("m{}", rng.below(8));
+            let score = |rng: &mut Rng| rng.below(5) as i64 - 2;
+            let op = match (prefix, rng.below(10)) {
+                ("k", 0..=3) => Op::Get,
+                ("k", 4..=5) => Op::Set(tag),
+                ("k", 6) => Op::Del,
+                ("k", 7..=8) => Op::Incr,
+                ("k", _) => Op::Append(tag),
+                ("l", 0..=2) => Op::LRange,
+                ("l", 3) => Op::LPush(tag),
+                ("l", 4) => Op::RPush(tag),
+                ("l", 5) => Op::RPush2(format!("{tag}a"), format!("{tag}b")),
+                ("l", 6..=7) => Op::LPop,
+                ("l", 8) => Op::RPop,
+                ("s", 0..=1) => Op::SMembers,
+                ("s", 2) => Op::SAdd(member(&mut rng)),
+                ("s", 3) => Op::SAdd2(member(&mut rng), member(&mut rng)),
+                ("s", 4) => Op::SRem(member(&mut rng)),
+                ("s", 5..=6) => Op::SPop,
+                ("s", 7) => Op::SCard,
+                ("z", 0..=1) => Op::ZRange,
+                ("z", 2) => Op::ZAdd(member(&mut rng), score(&mut rng)),
+                ("z", 3) => {
+                    Op::ZAdd2(member(&mut rng), score(&mut rng), member(&mut rng), score(&mut rng))
+                }
+                ("z", 4) => Op::ZIncrBy(member(&mut rng), score(&mut rng)),
+                ("z", 5..=6) => Op::ZPopMin,
+                ("z", 7) => Op::ZRem(member(&mut rng)),
+                _ => Op::Del,
             };
             let indeterminate = rng.below(100) < unknown_pct;
             let complete = (!indeterminate).then_some(call + duration);
@@ -1910,7 +2472,7 @@ mod tests {
         let mut store: HashMap<String, Val> = HashMap::new();
         for (_, id) in effects {
             let op = &mut history[id];
-            let (effect, ret) = apply(store.get(&op.key), &op.op);
+            let (effect, ret) = one_way(&mut rng, outcomes(store.get(&op.key), &op.op));
             match effect {
                 Effect::Unchanged => {}
                 Effect::Becomes(Some(v)) => drop(store.insert(op.key.clone(), v)),
@@ -1925,17 +2487,19 @@ mod tests {
 
     #[test]
     fn synthetic_histories_of_a_correct_store_are_linearizable() {
-        for (seed, lists) in (0..20).flat_map(|seed| [(seed, false), (seed, true)]) {
-            let ops = synthetic(seed, 300, 3, 6, 5, lists);
+        let kinds = [Kind::Strings, Kind::Lists, Kind::Sets];
+        for (seed, kind) in (0..20).flat_map(|seed| kinds.map(|kind| (seed, kind))) {
+            let ops = synthetic(seed, 300, 3, 6, 5, kind);
             let report = check(&ops, &CheckOptions::default());
-            assert!(report.is_ok() && report.unknown_keys.is_empty(), "seed {seed}: {report}");
+            let ok = report.is_ok() && report.unknown_keys.is_empty();
+            assert!(ok, "seed {seed}, {kind:?}: {report}");
         }
     }
 
     #[test]
     fn synthetic_histories_with_a_corrupted_read_fail() {
         for seed in 0..20 {
-            let mut ops = synthetic(seed, 300, 3, 6, 5, false);
+            let mut ops = synthetic(seed, 300, 3, 6, 5, Kind::Strings);
             let Some(read) = ops.iter_mut().find(|op| op.op == Op::Get && op.ret != Ret::Unknown)
             else {
                 continue;
@@ -1962,7 +2526,7 @@ mod tests {
         let mut rng = Rng(7);
         let mut failures = 0;
         for seed in 0..30 {
-            let mut ops = synthetic(seed, 200, 2, 6, 5, false);
+            let mut ops = synthetic(seed, 200, 2, 6, 5, Kind::Strings);
             // Corrupt one completed operation's output, plausibly.
             let i = rng.below(ops.len() as u64) as usize;
             ops[i].ret = match (&ops[i].op, &ops[i].ret) {
@@ -1986,38 +2550,35 @@ mod tests {
     /// Prints how long checking histories of 2000 operations takes (run with --nocapture).
     #[test]
     fn timing_of_a_large_history() {
-        let cases = [
-            (4, 8, 5, false),
-            (1, 8, 5, false),
-            (4, 8, 20, false),
-            (4, 8, 5, true),
-            (1, 8, 5, true),
-            (4, 8, 20, true),
-        ];
-        for (keys, clients, unknown_pct, lists) in cases {
-            let ops = synthetic(7, 2000, keys, clients, unknown_pct, lists);
+        let cases = [Kind::Strings, Kind::Lists, Kind::Sets]
+            .into_iter()
+            .flat_map(|kind| [(4, 8, 5, kind), (1, 8, 5, kind), (4, 8, 20, kind)]);
+        for (keys, clients, unknown_pct, kind) in cases {
+            let ops = synthetic(7, 2000, keys, clients, unknown_pct, kind);
             let start = Instant::now();
             let report = check(&ops, &CheckOptions::default());
             let elapsed = start.elapsed();
             assert!(report.is_ok() && report.unknown_keys.is_empty(), "{report}");
-            let kind = if lists { "list" } else { "string" };
             println!(
-                "2000 ops, {keys} {kind} keys, {clients} clients, {unknown_pct}% indeterminate: \
+                "2000 ops, {keys} {kind:?} keys, {clients} clients, {unknown_pct}% indeterminate: \
                  linearizable in {elapsed:?}, {} steps",
                 report.steps
             );
 
             // A read in the middle of the history returns a value never written.
             let mut bad = ops.clone();
-            let read = |op: &Operation| matches!(op.op, Op::Get | Op::LRange);
+            let read =
+                |op: &Operation| matches!(op.op, Op::Get | Op::LRange | Op::SMembers | Op::ZRange);
             let Some(i) = bad[1000..].iter().position(|op| read(op) && op.ret != Ret::Unknown)
             else {
                 continue;
             };
-            bad[1000 + i].ret = if lists {
-                Ret::Items(vec!["never-written".to_string()])
-            } else {
-                got("never-written")
+            let never = "never-written".to_string();
+            bad[1000 + i].ret = match bad[1000 + i].op {
+                Op::LRange => Ret::Items(vec![never]),
+                Op::SMembers => Ret::Members(vec![never]),
+                Op::ZRange => Ret::Scored(vec![(never, "1".to_string())]),
+                _ => got(&never),
             };
             let start = Instant::now();
             let report = check(&bad, &CheckOptions::default());
@@ -2056,19 +2617,20 @@ mod tests {
                 if blocked {
                     continue;
                 }
-                let (effect, ret) = apply(value.as_ref(), &ops[i].op);
-                if ops[i].ret != Ret::Unknown && ops[i].ret != ret {
-                    continue;
-                }
-                let next = match effect {
-                    Effect::Unchanged => value.clone(),
-                    Effect::Becomes(v) => v,
-                };
-                placed[i] = true;
-                let found = extend(ops, placed, next);
-                placed[i] = false;
-                if found {
-                    return true;
+                for (effect, ret) in outcomes(value.as_ref(), &ops[i].op) {
+                    if ops[i].ret != Ret::Unknown && ops[i].ret != ret {
+                        continue;
+                    }
+                    let next = match effect {
+                        Effect::Unchanged => value.clone(),
+                        Effect::Becomes(v) => v,
+                    };
+                    placed[i] = true;
+                    let found = extend(ops, placed, next);
+                    placed[i] = false;
+                    if found {
+                        return true;
+                    }
                 }
             }
             false
@@ -2078,12 +2640,26 @@ mod tests {
 
     /// A small random history of one key: random overlapping intervals on a coarse clock (so
     /// ties happen), outputs from a correct execution, some replaced by plausible wrong ones,
-    /// and some operations indeterminate. With `lists`, mostly list operations over two
-    /// elements (repeated, so identical pushes meet), with a SET and a GET now and then.
-    fn small_random(rng: &mut Rng, lists: bool) -> Vec<Operation> {
+    /// and some operations indeterminate. With `Kind::Lists`, mostly list operations over two
+    /// elements (repeated, so identical pushes meet), with a SET and a GET now and then. With
+    /// `Kind::Sets`, mostly operations of a set or (half the histories) of a sorted set over
+    /// three members, so SPOP has choices, with now and then one of the other type, a SET or a
+    /// GET.
+    fn small_random(rng: &mut Rng, kind: Kind) -> Vec<Operation> {
         fn element(rng: &mut Rng) -> String {
             ["x", "y"][rng.below(2) as usize].to_string()
         }
+        fn member(rng: &mut Rng) -> String {
+            ["x", "y", "z"][rng.below(3) as usize].to_string()
+        }
+        fn score(rng: &mut Rng) -> i64 {
+            rng.below(3) as i64 - 1
+        }
+        fn members(rng: &mut Rng) -> Vec<String> {
+            let all = [&[][..], &["x"], &["y"], &["x", "y"], &["x", "z"], &["x", "y", "z"]];
+            all[rng.below(all.len() as u64) as usize].iter().map(|m| m.to_string()).collect()
+        }
+        let zsets = kind == Kind::Sets && rng.below(2) == 0;
         let n = 2 + rng.below(6) as usize;
         let mut ops = Vec::new();
         let mut clock = [0u64; 3];
@@ -2092,8 +2668,32 @@ mod tests {
             let call = clock[client] + rng.below(4);
             let complete = call + rng.below(6);
             clock[client] = complete + 1;
-            let op = if lists {
-                match rng.below(10) {
+            let op = match kind {
+                Kind::Sets if zsets => match rng.below(12) {
+                    0 => Op::ZAdd(member(rng), score(rng)),
+                    1 => Op::ZAdd2(member(rng), score(rng), member(rng), score(rng)),
+                    2 => Op::ZIncrBy(member(rng), score(rng)),
+                    3 | 4 => Op::ZPopMin,
+                    5 | 6 => Op::ZRange,
+                    7 => Op::ZRem(member(rng)),
+                    8 => Op::Del,
+                    9 => Op::SAdd(member(rng)),
+                    10 => Op::Set("a".to_string()),
+                    _ => Op::Get,
+                },
+                Kind::Sets => match rng.below(12) {
+                    0 => Op::SAdd(member(rng)),
+                    1 => Op::SAdd2(member(rng), member(rng)),
+                    2 => Op::SRem(member(rng)),
+                    3 | 4 => Op::SPop,
+                    5 | 6 => Op::SMembers,
+                    7 => Op::SCard,
+                    8 => Op::Del,
+                    9 => Op::ZAdd(member(rng), score(rng)),
+                    10 => Op::Set("a".to_string()),
+                    _ => Op::Get,
+                },
+                Kind::Lists => match rng.below(10) {
                     0 => Op::LPush(element(rng)),
                     1 => Op::RPush(element(rng)),
                     2 => Op::RPush2(element(rng), element(rng)),
@@ -2103,9 +2703,8 @@ mod tests {
                     7 => Op::Del,
                     8 => Op::Set("a".to_string()),
                     _ => Op::Get,
-                }
-            } else {
-                match rng.below(7) {
+                },
+                Kind::Strings => match rng.below(7) {
                     0 | 1 => Op::Get,
                     2 => Op::Set(
                         ["a", "1", "9223372036854775807"][rng.below(3) as usize].to_string(),
@@ -2114,7 +2713,7 @@ mod tests {
                     4 => Op::Incr,
                     5 => Op::GetSet(["a", "1"][rng.below(2) as usize].to_string()),
                     _ => Op::Append(["x", "2"][rng.below(2) as usize].to_string()),
-                }
+                },
             };
             ops.push(Operation {
                 id,
@@ -2136,7 +2735,7 @@ mod tests {
         order.sort_unstable();
         let mut value: Option<Val> = None;
         for (_, id) in order {
-            let (effect, ret) = apply(value.as_ref(), &ops[id].op);
+            let (effect, ret) = one_way(rng, outcomes(value.as_ref(), &ops[id].op));
             if let Effect::Becomes(v) = effect {
                 value = v;
             }
@@ -2175,6 +2774,35 @@ mod tests {
                             let items = [vec![], vec![a.clone()], vec![a, b]];
                             Ret::Items(items[rng.below(3) as usize].clone())
                         }
+                        Op::SAdd(_)
+                        | Op::SAdd2(..)
+                        | Op::SRem(_)
+                        | Op::SCard
+                        | Op::ZAdd(..)
+                        | Op::ZAdd2(..)
+                        | Op::ZRem(_) => [Ret::Int(rng.below(3) as i64), Ret::WrongType]
+                            [rng.below(2) as usize]
+                            .clone(),
+                        Op::SPop => {
+                            let m = Ret::Bulk(Some(member(rng)));
+                            [Ret::Bulk(None), m, Ret::WrongType][rng.below(3) as usize].clone()
+                        }
+                        Op::SMembers => Ret::Members(members(rng)),
+                        Op::ZIncrBy(..) => Ret::Bulk(Some(score(rng).to_string())),
+                        Op::ZPopMin => {
+                            let pair = (member(rng), score(rng).to_string());
+                            [Ret::Scored(vec![]), Ret::Scored(vec![pair])][rng.below(2) as usize]
+                                .clone()
+                        }
+                        Op::ZRange => {
+                            let scores = (score(rng), score(rng));
+                            let pairs: Vec<(String, String)> = members(rng)
+                                .into_iter()
+                                .zip([scores.0, scores.0, scores.1])
+                                .map(|(m, s)| (m, s.to_string()))
+                                .collect();
+                            Ret::Scored(pairs)
+                        }
                     }
                 }
                 _ => {}
@@ -2185,20 +2813,25 @@ mod tests {
 
     #[test]
     fn search_agrees_with_brute_force() {
-        agrees_with_brute_force(42, false);
+        agrees_with_brute_force(42, Kind::Strings);
     }
 
     #[test]
     fn search_agrees_with_brute_force_on_lists() {
-        agrees_with_brute_force(43, true);
+        agrees_with_brute_force(43, Kind::Lists);
+    }
+
+    #[test]
+    fn search_agrees_with_brute_force_on_sets_and_sorted_sets() {
+        agrees_with_brute_force(44, Kind::Sets);
     }
 
     /// 20,000 small random histories (`small_random`) get the brute force's verdict.
-    fn agrees_with_brute_force(seed: u64, lists: bool) {
+    fn agrees_with_brute_force(seed: u64, kind: Kind) {
         let mut rng = Rng(seed);
         let (mut linearizable, mut not) = (0, 0);
         for case in 0..20_000 {
-            let ops = small_random(&mut rng, lists);
+            let ops = small_random(&mut rng, kind);
             let expected = if brute_force(&ops) { LIN } else { NOT };
             assert_eq!(
                 verdict(&ops),

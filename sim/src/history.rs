@@ -1,6 +1,7 @@
 //! A client history: every operation a simulated client issued, with its invocation and
-//! completion times in simulated time and what it returned. Keys, values and list elements are
-//! short ASCII strings chosen by the workload, so histories print and render readably.
+//! completion times in simulated time and what it returned. Keys, values, list elements and
+//! set members are short ASCII strings chosen by the workload, so histories print and render
+//! readably.
 
 use std::fmt;
 
@@ -28,6 +29,32 @@ pub enum Op {
     RPop,
     /// LRANGE k 0 -1: the whole list, empty for no list.
     LRange,
+    /// SADD of one member: answered with how many members were new (0 or 1).
+    SAdd(String),
+    /// SADD of two members in one command: both land together or neither does.
+    SAdd2(String, String),
+    /// SREM of one member: answered with how many were removed (0 or 1).
+    SRem(String),
+    /// SPOP without a count: answered with the member it removed, or nil for no set. The
+    /// server chooses the member, so any member of the set is a correct answer.
+    SPop,
+    /// SMEMBERS: every member, empty for no set.
+    SMembers,
+    /// SCARD: the number of members, 0 for no set.
+    SCard,
+    /// ZADD of one member with an integer score: answered with how many members were new.
+    ZAdd(String, i64),
+    /// ZADD of two members in one command: both land together or neither does.
+    ZAdd2(String, i64, String, i64),
+    /// ZINCRBY by an integer: answered with the member's new score (as text, "3").
+    ZIncrBy(String, i64),
+    /// ZPOPMIN without a count: the member of the lowest (score, member), with its score, or
+    /// nothing for no sorted set.
+    ZPopMin,
+    /// ZRANGE k 0 -1 WITHSCORES: every member with its score, by (score, member).
+    ZRange,
+    /// ZREM of one member: answered with how many were removed (0 or 1).
+    ZRem(String),
 }
 
 /// What the client saw.
@@ -43,15 +70,22 @@ pub enum Ret {
     Incr(Result<i64, ()>),
     /// APPEND's new length.
     Append(i64),
-    /// A push's new list length.
+    /// A push's new list length; how many members SADD added, SREM or ZREM removed, ZADD
+    /// added; SCARD's count.
     Int(i64),
-    /// A pop's element (None: there was no list).
+    /// A pop's element, SPOP's member (None: there was no list or set); ZINCRBY's new score.
     Bulk(Option<String>),
     /// LRANGE's elements, head first.
     Items(Vec<String>),
+    /// SMEMBERS's members, sorted in byte order whatever order they came in (a set has none),
+    /// duplicates kept: a member answered twice is an answer no set gives.
+    Members(Vec<String>),
+    /// (member, score) pairs as ZRANGE ... WITHSCORES (in its order) and ZPOPMIN answer
+    /// them, scores as the server wrote them.
+    Scored(Vec<(String, String)>),
     /// WRONGTYPE: the key holds a value of another type, so the command changed nothing. The
-    /// workload keeps strings, hashes and lists under different keys, so a correct store
-    /// never gives it there.
+    /// workload keeps strings, hashes, lists, sets and sorted sets under different keys, so a
+    /// correct store never gives it there.
     WrongType,
     /// Timed out, connection lost, or an error that leaves the outcome open: the operation may
     /// or may not have taken effect, at any time after its invocation.
@@ -95,6 +129,18 @@ impl fmt::Display for Op {
             Op::LPop => write!(f, "LPOP"),
             Op::RPop => write!(f, "RPOP"),
             Op::LRange => write!(f, "LRANGE"),
+            Op::SAdd(m) => write!(f, "SADD {m}"),
+            Op::SAdd2(a, b) => write!(f, "SADD {a} {b}"),
+            Op::SRem(m) => write!(f, "SREM {m}"),
+            Op::SPop => write!(f, "SPOP"),
+            Op::SMembers => write!(f, "SMEMBERS"),
+            Op::SCard => write!(f, "SCARD"),
+            Op::ZAdd(m, score) => write!(f, "ZADD {score} {m}"),
+            Op::ZAdd2(a, x, b, y) => write!(f, "ZADD {x} {a} {y} {b}"),
+            Op::ZIncrBy(m, by) => write!(f, "ZINCRBY {by} {m}"),
+            Op::ZPopMin => write!(f, "ZPOPMIN"),
+            Op::ZRange => write!(f, "ZRANGE"),
+            Op::ZRem(m) => write!(f, "ZREM {m}"),
         }
     }
 }
@@ -107,7 +153,11 @@ impl fmt::Display for Ret {
             Ret::Set => write!(f, "OK"),
             Ret::Del(n) | Ret::Append(n) | Ret::Incr(Ok(n)) | Ret::Int(n) => write!(f, "{n}"),
             Ret::Incr(Err(())) => write!(f, "ERR not an integer"),
-            Ret::Items(items) => write!(f, "{items:?}"),
+            Ret::Items(items) | Ret::Members(items) => write!(f, "{items:?}"),
+            Ret::Scored(pairs) => {
+                let flat: Vec<String> = pairs.iter().map(|(m, s)| format!("{m}={s}")).collect();
+                write!(f, "[{}]", flat.join(", "))
+            }
             Ret::WrongType => write!(f, "WRONGTYPE"),
             Ret::Unknown => write!(f, "?"),
         }

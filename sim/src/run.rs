@@ -100,7 +100,8 @@ impl RunReport {
         } else if !self.violations.is_empty() {
             format!("{} violation(s)", self.violations.len())
         } else if !self.check.unknown_keys.is_empty() {
-            format!("ok ({} key(s) beyond the checker's budget)", self.check.unknown_keys.len())
+            let keys = self.check.unknown_keys.join(", ");
+            format!("ok (key(s) {keys} beyond the checker's budget)")
         } else {
             "ok".to_string()
         };

@@ -316,6 +316,18 @@ fn label(op: &Operation) -> String {
         Op::LPop => format!("LPOP {}", op.key),
         Op::RPop => format!("RPOP {}", op.key),
         Op::LRange => format!("LRANGE {}", op.key),
+        Op::SAdd(m) => format!("SADD {} {m}", op.key),
+        Op::SAdd2(a, b) => format!("SADD {} {a} {b}", op.key),
+        Op::SRem(m) => format!("SREM {} {m}", op.key),
+        Op::SPop => format!("SPOP {}", op.key),
+        Op::SMembers => format!("SMEMBERS {}", op.key),
+        Op::SCard => format!("SCARD {}", op.key),
+        Op::ZAdd(m, score) => format!("ZADD {} {score} {m}", op.key),
+        Op::ZAdd2(a, x, b, y) => format!("ZADD {} {x} {a} {y} {b}", op.key),
+        Op::ZIncrBy(m, by) => format!("ZINCRBY {} {by} {m}", op.key),
+        Op::ZPopMin => format!("ZPOPMIN {}", op.key),
+        Op::ZRange => format!("ZRANGE {}", op.key),
+        Op::ZRem(m) => format!("ZREM {} {m}", op.key),
     };
     format!("{command} → {}", op.ret)
 }

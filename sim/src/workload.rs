@@ -1,10 +1,13 @@
 //! Concurrent clients that issue GET, SET, DEL, INCR, APPEND, MSET, MGET, GETSET (three forms,
-//! one a MULTI/EXEC block), hash commands and list commands (LPUSH, RPUSH of one or two
-//! elements, LPOP and RPOP with and without a count, LRANGE, DEL) over a small key set through
+//! one a MULTI/EXEC block), hash commands, list commands (LPUSH, RPUSH of one or two
+//! elements, LPOP and RPOP with and without a count, LRANGE, DEL), set commands (SADD of one or
+//! two members, SREM, SPOP, SMEMBERS, SCARD, DEL) and sorted-set commands (ZADD of one or two
+//! members, ZINCRBY, ZPOPMIN, ZRANGE ... WITHSCORES, ZREM, DEL) over a small key set through
 //! the RESP front end of random nodes, and record every operation with its invocation and
 //! completion in simulated time. A timeout, a lost connection or an error that leaves the
-//! outcome open is recorded as indeterminate, never as a failure. Strings, hashes and lists
-//! live under keys of their own (`k*`, `h*`, `l*`), so no command meets a key of another type.
+//! outcome open is recorded as indeterminate, never as a failure. Strings, hashes, lists, sets
+//! and sorted sets live under keys of their own (`k*`, `h*`, `l*`, `s*`, `z*`), so no command
+//! meets a key of another type.
 
 use crate::client::{Client, ClientError, Value};
 use crate::cluster::redis_addr;
@@ -20,6 +23,14 @@ use tokio::time::Instant;
 /// The list keys `l0`.. : as few as the hashes, so that list commands contend on a key.
 const LIST_KEYS: usize = 2;
 
+/// The set keys `s0`.. and the sorted-set keys `z0`..: as few, for the same reason.
+const SET_KEYS: usize = 2;
+
+/// Members `m0`.. of sets and sorted sets: a small pool, so that adds, removes and pops keep
+/// meeting members already there or already gone, and a collection holds at most this many
+/// (the checker's states are whole collections).
+const MEMBERS: usize = 8;
+
 #[derive(Clone, Debug)]
 pub struct WorkloadOptions {
     pub clients: usize,
@@ -32,8 +43,9 @@ pub struct WorkloadOptions {
     /// one pipeline share their invocation time; `Operation::after` tells the checker their
     /// order.
     pub pipeline: f64,
-    /// Clients 0..readers only read (GET, MGET), as in read-mostly deployments: they keep
-    /// reading through a leader change instead of blocking on a write.
+    /// Clients 0..readers only read (GET, MGET, HGET, LRANGE, SMEMBERS, ZRANGE), as in
+    /// read-mostly deployments: they keep reading through a leader change instead of blocking
+    /// on a write.
     pub readers: usize,
 }
 
@@ -106,7 +118,7 @@ fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
         }
         return match op {
             // A failed read changed nothing.
-            Op::Get | Op::LRange => Outcome::NotApplied,
+            Op::Get | Op::LRange | Op::SMembers | Op::SCard | Op::ZRange => Outcome::NotApplied,
             _ => Outcome::Unknown,
         };
     }
@@ -133,22 +145,68 @@ fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
             Ret::Bulk(Some(String::from_utf8_lossy(b).into_owned()))
         }
         (Op::LPop | Op::RPop, Value::Nil) => Ret::Bulk(None),
-        (Op::LRange, Value::Array(items)) => {
-            let elements: Option<Vec<String>> = items
-                .iter()
-                .map(|item| match item {
-                    Value::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
-                    _ => None,
-                })
-                .collect();
-            match elements {
-                Some(elements) => Ret::Items(elements),
-                None => return Outcome::Invalid(format!("{op} was answered {v:?}")),
+        (
+            Op::SAdd(_)
+            | Op::SAdd2(..)
+            | Op::SRem(_)
+            | Op::SCard
+            | Op::ZAdd(..)
+            | Op::ZAdd2(..)
+            | Op::ZRem(_),
+            Value::Int(n),
+        ) => Ret::Int(*n),
+        (Op::SPop | Op::ZIncrBy(..), Value::Bulk(b)) => {
+            Ret::Bulk(Some(String::from_utf8_lossy(b).into_owned()))
+        }
+        (Op::SPop, Value::Nil) => Ret::Bulk(None),
+        (Op::LRange | Op::SMembers | Op::ZRange | Op::ZPopMin, Value::Array(items)) => {
+            let Some(texts) = bulk_strings(items) else {
+                return Outcome::Invalid(format!("{op} was answered {v:?}"));
+            };
+            match op {
+                Op::LRange => Ret::Items(texts),
+                Op::SMembers => {
+                    let mut members = texts;
+                    members.sort_unstable();
+                    Ret::Members(members)
+                }
+                // ZPOPMIN without a count pops one member: [member, score] or [].
+                Op::ZPopMin if texts.len() > 2 => {
+                    return Outcome::Invalid(format!("{op} was answered {v:?}"));
+                }
+                _ => match scored(texts) {
+                    Some(pairs) => Ret::Scored(pairs),
+                    None => return Outcome::Invalid(format!("{op} was answered {v:?}")),
+                },
             }
         }
         (op, v) => return Outcome::Invalid(format!("{op} was answered {v:?}")),
     };
     Outcome::Done(ret)
+}
+
+/// The texts of an array of bulk strings; None if any item is something else.
+fn bulk_strings(items: &[Value]) -> Option<Vec<String>> {
+    items
+        .iter()
+        .map(|item| match item {
+            Value::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A flat member, score, member, score ... array as pairs; None if its length is odd.
+fn scored(flat: Vec<String>) -> Option<Vec<(String, String)>> {
+    if !flat.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut items = flat.into_iter();
+    let mut pairs = Vec::new();
+    while let (Some(member), Some(score)) = (items.next(), items.next()) {
+        pairs.push((member, score));
+    }
+    Some(pairs)
 }
 
 /// One command on the wire. MSET and MGET touch several keys at once; the history records
@@ -219,6 +277,20 @@ impl Cmd {
                 Op::LPop => vec![b("LPOP"), b(key)],
                 Op::RPop => vec![b("RPOP"), b(key)],
                 Op::LRange => vec![b("LRANGE"), b(key), b("0"), b("-1")],
+                Op::SAdd(m) => vec![b("SADD"), b(key), b(m)],
+                Op::SAdd2(x, y) => vec![b("SADD"), b(key), b(x), b(y)],
+                Op::SRem(m) => vec![b("SREM"), b(key), b(m)],
+                Op::SPop => vec![b("SPOP"), b(key)],
+                Op::SMembers => vec![b("SMEMBERS"), b(key)],
+                Op::SCard => vec![b("SCARD"), b(key)],
+                Op::ZAdd(m, score) => vec![b("ZADD"), b(key), b(&score.to_string()), b(m)],
+                Op::ZAdd2(x, sx, y, sy) => {
+                    vec![b("ZADD"), b(key), b(&sx.to_string()), b(x), b(&sy.to_string()), b(y)]
+                }
+                Op::ZIncrBy(m, by) => vec![b("ZINCRBY"), b(key), b(&by.to_string()), b(m)],
+                Op::ZPopMin => vec![b("ZPOPMIN"), b(key)],
+                Op::ZRange => vec![b("ZRANGE"), b(key), b("0"), b("-1"), b("WITHSCORES")],
+                Op::ZRem(m) => vec![b("ZREM"), b(key), b(m)],
             },
             Cmd::CountedPop(op, key) => {
                 let name = if *op == Op::RPop { "RPOP" } else { "LPOP" };
@@ -387,6 +459,57 @@ impl ClientTask {
         Cmd::One(op, key)
     }
 
+    /// A member of the pool, and another one distinct from it.
+    fn two_members(&mut self) -> (String, String) {
+        let a = self.rng.gen_range(0..MEMBERS);
+        let b = (a + self.rng.gen_range(1..MEMBERS)) % MEMBERS;
+        (format!("m{a}"), format!("m{b}"))
+    }
+
+    fn member(&mut self) -> String {
+        format!("m{}", self.rng.gen_range(0..MEMBERS))
+    }
+
+    /// A command on one of the sets. SPOP comes often, on sets that usually hold several
+    /// members: its choice is where replicas could disagree (every replica must pop the member
+    /// the entry chose). Adds about balance removals, so sets hover around half the pool.
+    fn set_cmd(&mut self) -> Cmd {
+        let key = format!("s{}", self.rng.gen_range(0..SET_KEYS));
+        let op = match self.rng.gen_range(0..100) {
+            0..=21 => Op::SAdd(self.member()),
+            22..=35 => {
+                let (a, b) = self.two_members();
+                Op::SAdd2(a, b)
+            }
+            36..=45 => Op::SRem(self.member()),
+            46..=65 => Op::SPop,
+            66..=85 => Op::SMembers,
+            86..=94 => Op::SCard,
+            _ => Op::Del,
+        };
+        Cmd::One(op, key)
+    }
+
+    /// A command on one of the sorted sets: integer scores and increments only (small ones,
+    /// negative too), so every score is exact and written alike by any correct server; ties
+    /// are common, so the order by member within a score is exercised.
+    fn zset_cmd(&mut self) -> Cmd {
+        let key = format!("z{}", self.rng.gen_range(0..SET_KEYS));
+        let op = match self.rng.gen_range(0..100) {
+            0..=19 => Op::ZAdd(self.member(), self.rng.gen_range(-3..=5)),
+            20..=29 => {
+                let (a, b) = self.two_members();
+                Op::ZAdd2(a, self.rng.gen_range(-3..=5), b, self.rng.gen_range(-3..=5))
+            }
+            30..=44 => Op::ZIncrBy(self.member(), self.rng.gen_range(-2..=3)),
+            45..=61 => Op::ZPopMin,
+            62..=83 => Op::ZRange,
+            84..=94 => Op::ZRem(self.member()),
+            _ => Op::Del,
+        };
+        Cmd::One(op, key)
+    }
+
     /// Two distinct keys when there are two, for MSET and MGET.
     fn two_keys(&mut self) -> Vec<String> {
         let a = self.random_key();
@@ -407,6 +530,8 @@ impl ClientTask {
                     let key = format!("l{}", self.rng.gen_range(0..LIST_KEYS));
                     Cmd::One(Op::LRange, key)
                 }
+                3 => Cmd::One(Op::SMembers, format!("s{}", self.rng.gen_range(0..SET_KEYS))),
+                4 => Cmd::One(Op::ZRange, format!("z{}", self.rng.gen_range(0..SET_KEYS))),
                 _ => Cmd::One(Op::Get, self.random_key()),
             };
         }
@@ -436,6 +561,8 @@ impl ClientTask {
                 Cmd::GetSet { key: self.random_key(), value, form: self.rng.gen_range(0..3) }
             }
             30..=47 => self.list_cmd(),
+            48..=59 => self.set_cmd(),
+            60..=69 => self.zset_cmd(),
             _ => {
                 let op = self.random_op();
                 Cmd::One(op, self.random_key())

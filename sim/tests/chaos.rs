@@ -506,3 +506,8 @@ fn planted_disk_full_write_proposed_anyway_is_caught() {
 fn planted_busy_after_resubmit_is_caught() {
     assert_caught_within(PlantedBug::BusyAfterResubmit, 2_000);
 }
+
+#[test]
+fn planted_pop_choice_by_node_is_caught() {
+    assert_caught(PlantedBug::PopChoiceByNode);
+}
