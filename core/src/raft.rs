@@ -1623,17 +1623,30 @@ impl RaftNode {
         // Start-up probes are no Raft traffic: their terms change nothing.
         match m.body {
             MessageBody::StateProbe { nonce } => {
+                // The voters the prober must hear from: this log's, and while its last
+                // membership change is uncommitted here, those of the one before too. That
+                // change may never take effect, and a voter it removes may hold a later term
+                // (it may have been elected with the prober's lost vote): a prober that waited
+                // only for the new voters could take an older term and vote twice in one.
                 let ms = self.log.membership();
+                let mut voters = ms.voters.clone();
+                let mut addrs: BTreeMap<NodeId, String> = ms.addrs.clone();
+                if self.log.last_membership_index() > self.log.commit_index() {
+                    let before = self.log.previous_membership();
+                    voters.extend(before.voters.iter().copied());
+                    for (id, addr) in &before.addrs {
+                        addrs.entry(*id).or_insert_with(|| addr.clone());
+                    }
+                }
                 let body = MessageBody::StateProbeResponse {
                     nonce,
                     last_index: self.log.last_index(),
                     last_term: self.log.last_term(),
-                    voters: ms.voters.iter().copied().collect(),
-                    addrs: ms
-                        .voters
+                    addrs: voters
                         .iter()
-                        .filter_map(|v| Some((*v, ms.addrs.get(v)?.clone())))
+                        .filter_map(|v| Some((*v, addrs.get(v)?.clone())))
                         .collect(),
+                    voters: voters.into_iter().collect(),
                 };
                 self.send(m.from, body);
                 return;

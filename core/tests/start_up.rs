@@ -191,6 +191,39 @@ fn membership_entry(index: u64, term: u64, m: Membership) -> Entry {
 
 // ---- the probe (`probe_answered`, `probe_done`) -----------------------------------------------
 
+/// The voters a probe answer names.
+fn answered_voters(ready: &Ready) -> BTreeSet<u64> {
+    ready
+        .messages
+        .iter()
+        .find_map(|m| match &m.body {
+            MessageBody::StateProbeResponse { voters, .. } => {
+                Some(voters.iter().map(|v| v.0).collect())
+            }
+            _ => None,
+        })
+        .expect("a probe answer")
+}
+
+/// A voter whose last membership change is not committed names the voters of the membership
+/// before it too: the change may never take effect, and a voter it removes may hold a later
+/// term. (Chaos seed 31001624: node 2's uncommitted removal of node 1 let a wiped node 3 end
+/// its probe without node 1, which led term 3 with node 3's lost vote; node 3 took term 2 and
+/// voted again in term 3, for node 2: two leaders in term 3.) Once the change commits, only
+/// the new voters.
+#[test]
+fn a_probe_answer_names_the_voters_before_an_uncommitted_membership_change_too() {
+    let mut state = restored(2, None, &[1, 2]);
+    state.entries.push(membership_entry(3, 2, membership(&[2, 3], 2)));
+    let mut n = Solo::new(2, 3, state, false);
+    let ready = n.receive(3, 0, MessageBody::StateProbe { nonce: 7 });
+    assert_eq!(answered_voters(&ready), BTreeSet::from([1, 2, 3]));
+    n.receive(3, 2, heartbeat(3));
+    assert_eq!(n.node.status().commit_index, LogIndex(3), "the change committed");
+    let ready = n.receive(3, 0, MessageBody::StateProbe { nonce: 8 });
+    assert_eq!(answered_voters(&ready), BTreeSet::from([2, 3]));
+}
+
 /// The most up-to-date answer decides which voters the probe waits for and where they are,
 /// whichever order the answers come in: an older answer (an older membership, an old address)
 /// neither ends the probe early nor overwrites a newer address. Closes

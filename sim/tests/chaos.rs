@@ -377,6 +377,10 @@ const SEEDS_THAT_FAILED: &[(u64, &str)] = &[
         20234497481,
         "a wiped node, still asking the voters for their terms, acknowledged a deposed leader's          appends: that leader committed an entry of its old term on {itself, the wiped node},          where a later term's log without it then won (leader completeness) (core test:          a_wiped_node_answers_no_leader_until_every_voter_told_it_their_terms)",
     ),
+    (
+        31001624,
+        "two leaders in term 3: a wiped node ended its probe on the answers of the voters an          uncommitted removal left (itself and node 2), took node 2's term 2, and voted again          in term 3, where node 1 already led with its lost vote (core test:          a_probe_answer_names_the_voters_before_an_uncommitted_membership_change_too; the          seed reproduces it only with the workload of 99ce063)",
+    ),
 ];
 
 #[test]
