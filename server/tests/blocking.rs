@@ -28,6 +28,8 @@ fn a_pop_blocked_on_a_follower_is_served_by_a_push_through_another_node() {
         (got, start.elapsed())
     });
     std::thread::sleep(Duration::from_millis(500));
+    let info: String = redis::cmd("INFO").arg("clients").query(&mut c.conn(f)).unwrap();
+    assert!(info.contains("blocked_clients:1\r\n"), "{info}");
     let _: i64 = redis::cmd("RPUSH").arg("q").arg("x").query(&mut c.conn(other)).unwrap();
     let (got, took) = blocked.join().unwrap();
     assert_eq!(got, Some(("q".into(), "x".into())));

@@ -190,8 +190,9 @@ impl<S: Storage> NodeTask<S> {
         if wanted("clients") {
             let connected = self.info.clients_max - self.info.client_slots.available_permits();
             out.push_str(&format!(
-                "# Clients\r\nconnected_clients:{connected}\r\nmaxclients:{}\r\nblocked_clients:0\r\npending_requests:{}\r\n\r\n",
+                "# Clients\r\nconnected_clients:{connected}\r\nmaxclients:{}\r\nblocked_clients:{}\r\npending_requests:{}\r\n\r\n",
                 self.info.clients_max,
+                self.blocked.len(),
                 self.writes.len() + self.reads.len()
             ));
         }
