@@ -218,3 +218,27 @@ fn a_leader_killed_while_clients_block_loses_and_duplicates_no_element() {
     );
     assert!(popped.len() >= N / 2, "the poppers got only {}", popped.len());
 }
+
+#[test]
+fn a_waiter_woken_by_a_key_of_another_type_waits_on_as_in_redis() {
+    let c = Cluster::start(3);
+    let mut waiter = c.conn(1);
+    let blocked = std::thread::spawn(move || {
+        let got: Option<(String, String)> =
+            redis::cmd("BLPOP").arg("wk").arg(10).query(&mut waiter).unwrap();
+        got
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let mut con = c.conn(2);
+    // The list appears and is replaced by a string in one transaction: nothing to pop, and no
+    // WRONGTYPE either (Redis serves a blocked client only from a key of its type).
+    let _: () = redis::cmd("MULTI").query(&mut con).unwrap();
+    for cmd in [&["RPUSH", "wk", "x"][..], &["DEL", "wk"], &["SET", "wk", "s"]] {
+        let _: String = redis::cmd(cmd[0]).arg(&cmd[1..]).query(&mut con).unwrap();
+    }
+    let _: redis::Value = redis::cmd("EXEC").query(&mut con).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _: i64 = redis::cmd("DEL").arg("wk").query(&mut con).unwrap();
+    let _: i64 = redis::cmd("RPUSH").arg("wk").arg("y").query(&mut con).unwrap();
+    assert_eq!(blocked.join().unwrap(), Some(("wk".into(), "y".into())));
+}

@@ -165,7 +165,7 @@ impl<S: Storage> NodeTask<S> {
                             {
                                 match w.block {
                                     // Nothing to pop: hold the client until a write.
-                                    Some(b) if matches!(reply, Reply::Null | Reply::NullArray) => {
+                                    Some(b) if b.waits_on_after(&reply) => {
                                         self.blocked.park(b, w.reply)
                                     }
                                     _ => batch.replies.push((w.reply, reply)),

@@ -20,6 +20,21 @@ pub(super) struct Block {
     pub(super) command: kv::Command,
     /// None: wait for ever (timeout 0).
     pub(super) deadline: Option<Instant>,
+    /// Proposed again after a write woke it: a key of another type then keeps it waiting (as
+    /// Redis serves a blocked client only from a key of the type it waits for), where the
+    /// first attempt answers WRONGTYPE.
+    pub(super) woken: bool,
+}
+
+impl Block {
+    /// Whether `reply` to this pop means it found nothing it may pop, so it waits on.
+    pub(super) fn waits_on_after(&self, reply: &Reply) -> bool {
+        match reply {
+            Reply::Null | Reply::NullArray => true,
+            Reply::Error(e) => self.woken && e.starts_with("WRONGTYPE"),
+            _ => false,
+        }
+    }
 }
 
 struct Parked {
@@ -118,7 +133,8 @@ impl Blocked {
 impl<S: Storage> NodeTask<S> {
     /// Proposes the woken pops again, each under a new request number.
     pub(super) fn propose_woken(&mut self) {
-        for (block, reply) in self.blocked.take_woken() {
+        for (mut block, reply) in self.blocked.take_woken() {
+            block.woken = true;
             if reply.is_closed() {
                 continue;
             }
