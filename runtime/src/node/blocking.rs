@@ -20,18 +20,22 @@ pub(super) struct Block {
     pub(super) command: kv::Command,
     /// None: wait for ever (timeout 0).
     pub(super) deadline: Option<Instant>,
-    /// Proposed again after a write woke it: a key of another type then keeps it waiting (as
-    /// Redis serves a blocked client only from a key of the type it waits for), where the
+    /// Proposed again after a write woke it: a key of another type then keeps a pop waiting
+    /// (as Redis serves a blocked client only from a key of the type it waits for), where the
     /// first attempt answers WRONGTYPE.
     pub(super) woken: bool,
 }
 
 impl Block {
-    /// Whether `reply` to this pop means it found nothing it may pop, so it waits on.
+    /// Whether `reply` to this pop means it found nothing it may pop, so it waits on. A woken
+    /// BLMOVE/BRPOPLPUSH answers WRONGTYPE: Redis answers it so when its destination is of
+    /// another type (the reply cannot tell that from a source of another type, which Redis
+    /// would wait on; that case is answered too).
     pub(super) fn waits_on_after(&self, reply: &Reply) -> bool {
+        let moves = matches!(self.command, kv::Command::List(kv::ListOp::Move { .. }));
         match reply {
             Reply::Null | Reply::NullArray => true,
-            Reply::Error(e) => self.woken && e.starts_with("WRONGTYPE"),
+            Reply::Error(e) => self.woken && !moves && e.starts_with("WRONGTYPE"),
             _ => false,
         }
     }
