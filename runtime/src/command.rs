@@ -965,12 +965,12 @@ fn key_positions(name: &str) -> (i64, i64, i64) {
     match name {
         "mset" | "msetnx" => (1, -1, 2),
         "mget" | "del" | "unlink" | "exists" | "touch" | "watch" => (1, -1, 1),
-        "rename" | "renamenx" | "copy" | "lmove" | "rpoplpush" | "smove" | "zrangestore" => {
-            (1, 2, 1)
-        }
+        "rename" | "renamenx" | "copy" | "lmove" | "rpoplpush" | "smove" | "zrangestore"
+        | "blmove" | "brpoplpush" => (1, 2, 1),
+        "blpop" | "brpop" | "bzpopmin" | "bzpopmax" => (1, -2, 1),
         "sinterstore" | "sunionstore" | "sdiffstore" | "sinter" | "sunion" | "sdiff" => (1, -1, 1),
         "lmpop" | "zmpop" | "sintercard" | "zintercard" | "zunion" | "zinter" | "zdiff"
-        | "zunionstore" | "zinterstore" | "zdiffstore" => (0, 0, 0),
+        | "zunionstore" | "zinterstore" | "zdiffstore" | "blmpop" | "bzmpop" => (0, 0, 0),
         "ping" | "echo" | "command" | "config" | "info" | "select" | "client" | "quit"
         | "multi" | "exec" | "discard" | "unwatch" | "hello" | "auth" | "reset" | "time"
         | "dbsize" | "flushdb" | "flushall" | "scan" | "randomkey" | "keys" | "function"
@@ -1024,8 +1024,66 @@ fn command_command(args: &[Bytes]) -> Reply {
         "docs" => Reply::error(
             "ERR Unknown subcommand or wrong number of arguments for 'DOCS'. Try COMMAND HELP.",
         ),
+        "getkeys" if args.len() < 3 => {
+            Reply::error("ERR wrong number of arguments for 'command|getkeys' command")
+        }
+        "getkeys" => match command_keys(&args[1..]) {
+            Ok(keys) => Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
+            Err(msg) => Reply::error(msg),
+        },
         _ => unknown_subcommand("command", &args[0]),
     }
+}
+
+/// COMMAND GETKEYS: the keys of `argv` (a command and its arguments), as Redis finds them,
+/// or Redis's error.
+fn command_keys(argv: &[Bytes]) -> Result<Vec<Bytes>, &'static str> {
+    const BAD_ARITY: &str = "ERR Invalid number of arguments specified for command";
+    let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
+    let Some((name, arity)) = commands().find(|(n, _)| *n == name) else {
+        return Err("ERR Invalid command specified");
+    };
+    let argc = argv.len() as i64;
+    let arity = i64::from(*arity);
+    if (arity > 0 && argc != arity) || argc < -arity {
+        return Err(BAD_ARITY);
+    }
+    // Commands whose keys a count names: where the count is, and the keys before it.
+    let counted = match *name {
+        "lmpop" | "zmpop" | "sintercard" | "zintercard" | "zunion" | "zinter" | "zdiff" => Some(1),
+        "blmpop" | "bzmpop" => Some(2),
+        "zunionstore" | "zinterstore" | "zdiffstore" => Some(2),
+        _ => None,
+    };
+    if let Some(at) = counted {
+        let n = parse_i64(&argv[at]).filter(|n| *n > 0 && at as i64 + n < argc).ok_or(BAD_ARITY)?;
+        let dest = matches!(*name, "zunionstore" | "zinterstore" | "zdiffstore");
+        let mut keys: Vec<Bytes> = argv[1..at].iter().filter(|_| dest).cloned().collect();
+        keys.extend(argv[at + 1..=at + n as usize].iter().cloned());
+        return Ok(keys);
+    }
+    if matches!(*name, "sort" | "sort_ro") {
+        // Redis's sortGetKeys: the key, and the argument after the last STORE that has one.
+        let mut store = None;
+        let mut i = 2;
+        while i < argv.len() {
+            let opt = argv[i].to_ascii_lowercase();
+            match opt.as_slice() {
+                b"limit" => i += 2,
+                b"get" | b"by" => i += 1,
+                b"store" if i + 1 < argv.len() => store = Some(argv[i + 1].clone()),
+                _ => {}
+            }
+            i += 1;
+        }
+        return Ok(std::iter::once(argv[1].clone()).chain(store).collect());
+    }
+    let (first, last, step) = key_positions(name);
+    if first == 0 {
+        return Err("ERR The command has no key arguments");
+    }
+    let last = if last < 0 { argc + last } else { last.min(argc - 1) };
+    Ok((first..=last).step_by(step as usize).map(|i| argv[i as usize].clone()).collect())
 }
 
 /// FUNCTION and SCRIPT: there are none to flush or list, so FLUSH and LIST answer as on an

@@ -8,7 +8,7 @@ use raft_kv_core::kv::zsets::{
     parse_lex_bound, parse_score, parse_score_bound, Cmp, Combination, Exist, Range, RangeSpec,
 };
 use raft_kv_core::kv::{
-    parse_i64, Combine, Command, ListOp, ListQuery, Query, SetOp, SetQuery, ZOp, ZQuery,
+    parse_i64, Combine, Command, ListOp, ListQuery, Query, SetOp, SetQuery, Sort, ZOp, ZQuery,
     ERR_NOT_FLOAT, ERR_NOT_INTEGER,
 };
 
@@ -39,6 +39,8 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("bzpopmin", -3),
     ("bzpopmax", -3),
     ("bzmpop", -5),
+    ("sort", -2),
+    ("sort_ro", -2),
     ("sadd", -3),
     ("srem", -3),
     ("smembers", 2),
@@ -279,6 +281,7 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
                     other => other,
                 }
             }
+            "sort" | "sort_ro" => sort(name == "sort_ro", args)?,
             "sadd" | "srem" => {
                 let (key, members) = (k(0), all(1));
                 write(Command::Sets(if name == "sadd" {
@@ -349,6 +352,56 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Request> {
         Err(Reply::Null) => None,
         Err(reply) => Some(Request::Immediate(reply)),
     }
+}
+
+/// SORT's options, parsed as Redis's `sortCommandGeneric` does (an option missing its
+/// arguments is a syntax error; SORT_RO takes no STORE).
+fn sort(readonly: bool, args: &[Bytes]) -> Result<Request, Reply> {
+    let mut s = Sort {
+        key: args[0].to_vec(),
+        by: None,
+        nosort: false,
+        limit: None,
+        get: Vec::new(),
+        desc: false,
+        alpha: false,
+        store: None,
+    };
+    let mut j = 1;
+    while j < args.len() {
+        let (opt, left) = (&args[j], args.len() - j - 1);
+        if opt.eq_ignore_ascii_case(b"asc") {
+            s.desc = false;
+        } else if opt.eq_ignore_ascii_case(b"desc") {
+            s.desc = true;
+        } else if opt.eq_ignore_ascii_case(b"alpha") {
+            s.alpha = true;
+        } else if opt.eq_ignore_ascii_case(b"limit") && left >= 2 {
+            s.limit = Some((long(&args[j + 1])?, long(&args[j + 2])?));
+            j += 2;
+        } else if !readonly && opt.eq_ignore_ascii_case(b"store") && left >= 1 {
+            s.store = Some(args[j + 1].to_vec());
+            j += 1;
+        } else if opt.eq_ignore_ascii_case(b"by") && left >= 1 {
+            let pattern = args[j + 1].to_vec();
+            if !pattern.contains(&b'*') {
+                s.nosort = true;
+            }
+            s.by = Some(pattern);
+            j += 1;
+        } else if opt.eq_ignore_ascii_case(b"get") && left >= 1 {
+            s.get.push(args[j + 1].to_vec());
+            j += 1;
+        } else {
+            return Err(syntax());
+        }
+        j += 1;
+    }
+    Ok(if s.store.is_some() {
+        Request::Write(Command::Sort(s))
+    } else {
+        Request::Read(ReadCommand::Query(Query::Sort(s)))
+    })
 }
 
 const ERR_NOT_SCORE_RANGE: &str = "ERR min or max is not a float";

@@ -21,6 +21,7 @@ mod layered;
 pub mod lists;
 mod record;
 pub mod sets;
+pub mod sort;
 #[cfg(test)]
 mod tests_coll;
 pub mod zsets;
@@ -30,6 +31,7 @@ pub use layered::{Layered, PendingChanges};
 pub use lists::{ListOp, ListQuery};
 pub use record::{Coll, Data, Kind, Record};
 pub use sets::{Combine, SetOp, SetQuery};
+pub use sort::Sort;
 pub use zsets::{ZOp, ZQuery};
 
 pub type Key = Vec<u8>;
@@ -142,6 +144,8 @@ pub enum Command {
     Sets(SetOp),
     /// A sorted set write (ZADD, ZPOPMIN, ZUNIONSTORE, ...).
     ZSet(ZOp),
+    /// SORT ... STORE.
+    Sort(Sort),
     /// MULTI ... EXEC: every command in order, atomically, in one entry, unless a `watched`
     /// key no longer holds what WATCH read (its live record, encoded; None: absent).
     Multi {
@@ -238,6 +242,7 @@ impl Command {
             Command::List(op) => op.size_bytes(),
             Command::Sets(op) => op.size_bytes(),
             Command::ZSet(op) => op.size_bytes(),
+            Command::Sort(s) => s.size_bytes(),
             Command::Membership(_) => 64,
         }
     }
@@ -322,6 +327,8 @@ pub enum Query {
     List(ListQuery),
     Sets(SetQuery),
     ZSet(ZQuery),
+    /// SORT, SORT_RO.
+    Sort(Sort),
 }
 
 impl WriteReply {
@@ -360,6 +367,7 @@ impl Query {
             Query::List(q) => q.size_bytes(),
             Query::Sets(q) => q.size_bytes(),
             Query::ZSet(q) => q.size_bytes(),
+            Query::Sort(s) => s.size_bytes(),
         }
     }
 }
@@ -839,6 +847,10 @@ fn apply_one<S: KvRead>(
         Command::List(op) => lists::apply(op, state, ctx)?,
         Command::Sets(op) => sets::apply(op, state, ctx)?,
         Command::ZSet(op) => zsets::apply(op, state, ctx)?,
+        Command::Sort(s) => match &s.store {
+            Some(dest) => sort::apply(s, dest, state, ctx)?,
+            None => (Vec::new(), sort::query(s, state, now)?),
+        },
         Command::Multi { .. } => error("ERR MULTI calls can not be nested"),
         Command::Membership(_) => {
             (Vec::new(), WriteReply::Error("ERR membership changes are applied by the node".into()))
@@ -948,6 +960,7 @@ pub fn query<S: KvRead>(q: &Query, state: &S, now: u64) -> Result<WriteReply, S:
         Query::List(q) => lists::query(q, state, now)?,
         Query::Sets(q) => sets::query(q, state, now)?,
         Query::ZSet(q) => zsets::query(q, state, now)?,
+        Query::Sort(s) => sort::query(s, state, now)?,
         Query::HStrLen { key, field } => {
             hashes::query(state, key, now, hashes::HashQuery::StrLen(field))?
         }
