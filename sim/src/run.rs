@@ -313,6 +313,27 @@ fn restart_self_stopped(cluster: &SimCluster) {
     }
 }
 
+/// An element record whose collection no key holds (a write that replaced or deleted a
+/// collection and left its elements behind), as a hex key; None when there is none.
+fn leaked_element(
+    kv: &BTreeMap<Vec<u8>, Vec<u8>>,
+    elements: &BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Option<String> {
+    let ids: std::collections::HashSet<u64> = kv
+        .values()
+        .filter_map(|v| match raft_kv_core::kv::Record::decode(v)?.data {
+            raft_kv_core::kv::Data::Coll(c) => Some(c.id),
+            raft_kv_core::kv::Data::Str(_) => None,
+        })
+        .collect();
+    elements
+        .keys()
+        .find(|k| {
+            k.len() < 8 || !ids.contains(&u64::from_be_bytes(k[..8].try_into().expect("8 bytes")))
+        })
+        .map(|k| k.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Waits until every node has applied the same index with the same key space; returns how
 /// long that took (None: it did not, and a violation is recorded).
 async fn converge(cluster: &SimCluster) -> Option<Duration> {
@@ -330,6 +351,13 @@ async fn converge(cluster: &SimCluster) -> Option<Duration> {
             let states: Vec<_> =
                 storages.values().map(|s| (s.snapshot_kv(), s.snapshot_elements())).collect();
             if states.windows(2).all(|w| w[0] == w[1]) {
+                if let Some(leak) = leaked_element(&states[0].0, &states[0].1) {
+                    cluster.invariants.report(format!(
+                        "leaked element: at applied index {} element record {leak} belongs to no collection",
+                        applied[0]
+                    ));
+                    return None;
+                }
                 return Some(start.elapsed());
             }
             cluster.invariants.report(format!(

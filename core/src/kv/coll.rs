@@ -169,6 +169,9 @@ pub fn drop_elements<S: KvRead>(state: &S, c: &Coll) -> Result<Vec<Mutation>, S:
 /// The mutations that delete the elements of whatever collection is stored at `key` (live or
 /// expired): what a write that replaces or deletes the key adds.
 pub fn retire<S: KvRead>(state: &S, key: &[u8]) -> Result<Vec<Mutation>, S::Error> {
+    if !state.may_hold_collection(key) {
+        return Ok(Vec::new());
+    }
     retire_record(state, stored(state, key)?.as_ref())
 }
 

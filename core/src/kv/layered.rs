@@ -166,4 +166,11 @@ impl<S: KvRead> KvRead for Layered<'_, S> {
     fn corrupt(key: &[u8]) -> S::Error {
         S::corrupt(key)
     }
+
+    fn may_hold_collection(&self, key: &[u8]) -> bool {
+        match self.pending.and_then(|p| p.lookup(key)) {
+            Some(v) => v.is_some_and(|v| super::Record::is_collection(&v)),
+            None => self.base.may_hold_collection(key),
+        }
+    }
 }

@@ -470,6 +470,11 @@ pub trait KvRead {
     ) -> Result<Vec<(Vec<u8>, Value)>, Self::Error>;
     /// The error for a stored value that is no `Record`.
     fn corrupt(key: &[u8]) -> Self::Error;
+    /// False only when `key` surely holds no collection (live or expired), so a write that
+    /// replaces it need not read it first: the runtime keeps the keys that do in memory.
+    fn may_hold_collection(&self, _key: &[u8]) -> bool {
+        true
+    }
 }
 
 /// The live record of `key` at `now`.
@@ -620,9 +625,19 @@ fn apply_one<S: KvRead>(
 ) -> Result<(Vec<Mutation>, WriteReply), S::Error> {
     let now = ctx.time;
     Ok(match cmd {
+        Command::Set { key, value, cond, get, expiry }
+            if !*get
+                && *cond == SetCond::Always
+                && *expiry != Expiry::Keep
+                && !state.may_hold_collection(key) =>
+        {
+            // A plain SET over no collection: nothing to read.
+            let expires_at = deadline(*expiry, now, None);
+            (vec![store(key, Record::string(value.clone(), expires_at), now)], WriteReply::Ok)
+        }
         Command::Set { key, value, cond, get, expiry } => {
-            // Read even by a plain SET: a collection stored there (live or expired) takes its
-            // elements with it.
+            // Read otherwise: a collection stored there (live or expired) takes its elements
+            // with it.
             let stored = coll::stored(state, key)?;
             let old = stored.clone().filter(|r| r.live_at(now));
             if *get && old.as_ref().is_some_and(|r| !matches!(r.data, Data::Str(_))) {

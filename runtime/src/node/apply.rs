@@ -4,9 +4,10 @@
 
 use super::*;
 
-/// Read access for the KV state machine: the node's applied storage. An entry applies to it
-/// under the changes of the entries applied earlier in the same batch (`kv::Layered`).
-pub(super) struct Stored<'a, S>(pub(super) &'a S);
+/// Read access for the KV state machine: the node's applied storage, and when applying, the
+/// keys that hold collections (`Expiry::collections`; None: any key may). An entry applies to
+/// it under the changes of the entries applied earlier in the same batch (`kv::Layered`).
+pub(super) struct Stored<'a, S>(pub(super) &'a S, pub(super) Option<&'a HashSet<Key>>);
 
 impl<S: Storage> KvRead for Stored<'_, S> {
     type Error = StorageError;
@@ -27,6 +28,9 @@ impl<S: Storage> KvRead for Stored<'_, S> {
     }
     fn corrupt(key: &[u8]) -> StorageError {
         corrupt_value(key)
+    }
+    fn may_hold_collection(&self, key: &[u8]) -> bool {
+        self.1.is_none_or(|c| c.contains(key))
     }
 }
 
@@ -140,7 +144,8 @@ impl<S: Storage> NodeTask<S> {
                                     ),
                                 },
                                 command => {
-                                    let base = Stored(&self.storage);
+                                    let base =
+                                        Stored(&self.storage, Some(&self.expiry.collections));
                                     let read =
                                         kv::Layered { base: &base, pending: Some(&batch.changes) };
                                     let mut ctx =

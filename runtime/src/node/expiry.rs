@@ -10,11 +10,15 @@ const SWEEP_KEYS_MAX: usize = 256;
 /// reads decide expiry) at most this far behind its clock, with an empty sweep if need be.
 const LOG_TIME_LAG_MAX_MS: u64 = 100;
 
-/// Every key's deadline, by key and by time, kept in step with the applied state.
+/// Every key's deadline, by key and by time, and the keys that hold a collection, kept in step
+/// with the applied state.
 #[derive(Default)]
 pub(super) struct Expiry {
     by_time: BTreeSet<(u64, Key)>,
     by_key: HashMap<Key, u64>,
+    /// The keys holding a collection (live or expired): a write that replaces any other key
+    /// need not read it first (`KvRead::may_hold_collection`).
+    pub(super) collections: HashSet<Key>,
     /// The request id of the leader's sweep in flight.
     sweep: Option<u64>,
 }
@@ -25,6 +29,13 @@ impl Expiry {
         for m in mutations {
             match m {
                 Mutation::Put(k, v) => {
+                    if kv::Record::is_collection(v) {
+                        if !self.collections.contains(k) {
+                            self.collections.insert(k.clone());
+                        }
+                    } else {
+                        self.collections.remove(k);
+                    }
                     let new = kv::Record::deadline_of(v);
                     let old = match new {
                         Some(t) => self.by_key.insert(k.clone(), t),
@@ -38,6 +49,7 @@ impl Expiry {
                     }
                 }
                 Mutation::Delete(k) => {
+                    self.collections.remove(k);
                     if let Some(old) = self.by_key.remove(k) {
                         self.by_time.remove(&(old, k.clone()));
                     }
@@ -55,6 +67,7 @@ impl Expiry {
     fn clear(&mut self) {
         self.by_key.clear();
         self.by_time.clear();
+        self.collections.clear();
     }
 
     /// Keys whose deadline is before `now`: at most SWEEP_KEYS_MAX, and no more key bytes
@@ -74,8 +87,8 @@ impl Expiry {
     }
 }
 
-/// Every key's deadline in the applied state of `storage`: the key space read whole (not the
-/// collections' elements, which hold no deadline).
+/// Every key's deadline and the keys holding collections in the applied state of `storage`:
+/// the key space read whole (not the collections' elements, which hold no deadline).
 fn read_deadlines<S: Storage>(storage: &S) -> Result<Expiry, StorageError> {
     const PAGE: usize = 4096;
     let mut expiry = Expiry::default();
@@ -86,7 +99,7 @@ fn read_deadlines<S: Storage>(storage: &S) -> Result<Expiry, StorageError> {
         after = page.last().map(|(k, _)| k.clone());
         let puts: Vec<Mutation> = page
             .into_iter()
-            .filter(|(_, v)| kv::Record::deadline_of(v).is_some())
+            .filter(|(_, v)| kv::Record::deadline_of(v).is_some() || kv::Record::is_collection(v))
             .map(|(k, v)| Mutation::Put(k, v))
             .collect();
         expiry.note(&puts);
@@ -112,7 +125,8 @@ impl StartDeadlines {
 }
 
 impl<S: Storage> NodeTask<S> {
-    /// Rebuilds the deadline index from the applied state (after a snapshot installs).
+    /// Rebuilds the deadline and collection index from the applied state (after a snapshot
+    /// installs).
     pub(super) fn rebuild_deadlines(&mut self) -> Result<(), StorageError> {
         let sweep = self.expiry.sweep;
         self.expiry = read_deadlines(&self.storage)?;

@@ -34,7 +34,7 @@ use raft_kv_core::{
     planted, Input, LogIndex, Membership, MembershipChange, Message, MessageBody, NodeId,
     PlantedBug, RaftNode, Ready, Rejection, Role, Status,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};

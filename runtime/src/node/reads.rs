@@ -173,7 +173,7 @@ impl<S: Storage> NodeTask<S> {
         count: Option<i64>,
         with_values: bool,
     ) -> Result<Reply, StorageError> {
-        let read = Stored(&self.storage);
+        let read = Stored(&self.storage, None);
         let hash = match kv::coll::read_coll(&read, key, self.read_time(), kv::Kind::Hash)? {
             Ok(c) => c.map(|(c, _)| c),
             Err((_, reply)) => return Ok(reply.into()),
@@ -230,7 +230,7 @@ impl<S: Storage> NodeTask<S> {
         };
         let from = match cursor {
             0 => {
-                let read = Stored(&self.storage);
+                let read = Stored(&self.storage, None);
                 let c = match kv::coll::read_coll(&read, key, self.read_time(), kind)? {
                     Ok(Some((c, _))) => c,
                     Ok(None) => {
@@ -370,7 +370,7 @@ impl<S: Storage> NodeTask<S> {
     /// count, that many distinct members (all, if the set has no more); a negative one, exactly
     /// that many, repeats allowed; no key, an empty array. Bounded like KEYS.
     fn srandmember(&mut self, key: &[u8], count: Option<i64>) -> Result<Reply, StorageError> {
-        let read = Stored(&self.storage);
+        let read = Stored(&self.storage, None);
         let set = match kv::coll::read_coll(&read, key, self.read_time(), kv::Kind::Set)? {
             Ok(c) => c.map(|(c, _)| c),
             Err((_, reply)) => return Ok(reply.into()),
@@ -402,7 +402,7 @@ impl<S: Storage> NodeTask<S> {
         count: Option<i64>,
         with_scores: bool,
     ) -> Result<Reply, StorageError> {
-        let read = Stored(&self.storage);
+        let read = Stored(&self.storage, None);
         let zset = match kv::coll::read_coll(&read, key, self.read_time(), kv::Kind::ZSet)? {
             Ok(c) => c.map(|(c, _)| c),
             Err((_, reply)) => return Ok(reply.into()),
@@ -446,7 +446,7 @@ impl<S: Storage> NodeTask<S> {
         distinct: bool,
     ) -> Result<Vec<(Bytes, Bytes)>, StorageError> {
         use rand::Rng;
-        let read = Stored(&self.storage);
+        let read = Stored(&self.storage, None);
         let all: Vec<(Bytes, Bytes)> = kv::coll::all_elements(&read, c.id, tag)?
             .into_iter()
             .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
@@ -540,7 +540,9 @@ impl<S: Storage> NodeTask<S> {
             ReadCommand::HRandField { key, count, with_values } => {
                 self.hrandfield(key, *count, *with_values)?
             }
-            ReadCommand::Query(q) => kv::query(q, &Stored(&self.storage), self.read_time())?.into(),
+            ReadCommand::Query(q) => {
+                kv::query(q, &Stored(&self.storage, None), self.read_time())?.into()
+            }
             ReadCommand::DbSize => Reply::Integer(self.storage.key_count()? as i64),
             ReadCommand::Keys(pattern) => {
                 // The whole key space in batches, as SCAN walks it.
