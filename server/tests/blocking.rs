@@ -242,3 +242,39 @@ fn a_waiter_woken_by_a_key_of_another_type_waits_on_as_in_redis() {
     let _: i64 = redis::cmd("RPUSH").arg("wk").arg("y").query(&mut con).unwrap();
     assert_eq!(blocked.join().unwrap(), Some(("wk".into(), "y".into())));
 }
+
+#[test]
+fn a_woken_move_refused_by_its_destination_passes_the_element_to_the_next_waiter() {
+    let c = Cluster::start(3);
+    let mut con = c.conn(1);
+    let _: () = redis::cmd("SET").arg("nolist").arg("x").query(&mut con).unwrap();
+    let spawn = |dest: &'static str| {
+        let mut waiter = c.conn(1);
+        std::thread::spawn(move || {
+            let got: redis::RedisResult<Option<String>> =
+                redis::cmd("BRPOPLPUSH").arg("src").arg(dest).arg(10).query(&mut waiter);
+            got.map_err(|e| e.to_string())
+        })
+    };
+    let blocked = |n: usize| {
+        let mut con = c.conn(1);
+        wait_until(Duration::from_secs(5), move || {
+            let info: String = redis::cmd("INFO").arg("clients").query(&mut con).unwrap();
+            info.contains(&format!("blocked_clients:{n}\r\n")).then_some(())
+        })
+        .expect("the waiters blocked")
+    };
+    // The first waiter's destination is a string: woken by the push, it is refused, and the
+    // element it left goes to the second waiter, as Redis serves its next blocked client.
+    let first = spawn("nolist");
+    blocked(1);
+    let second = spawn("dest");
+    blocked(2);
+    let _: i64 = redis::cmd("LPUSH").arg("src").arg("foo").query(&mut c.conn(2)).unwrap();
+    let refused = first.join().unwrap().expect_err("WRONGTYPE");
+    assert!(refused.contains("WRONGTYPE"), "{refused}");
+    assert_eq!(second.join().unwrap(), Ok(Some("foo".to_string())));
+    let dest: Vec<String> =
+        redis::cmd("LRANGE").arg("dest").arg(0).arg(-1).query(&mut con).unwrap();
+    assert_eq!(dest, vec!["foo"]);
+}

@@ -144,8 +144,16 @@ impl<S: Storage> NodeTask<S> {
                                     ),
                                 },
                                 command => {
-                                    let base =
-                                        Stored(&self.storage, Some(&self.expiry.collections));
+                                    let forgotten = HashSet::new();
+                                    let collections = if planted::active(
+                                        self.raft.config().planted,
+                                        PlantedBug::CollectionIndexForgets,
+                                    ) {
+                                        &forgotten
+                                    } else {
+                                        &self.expiry.collections
+                                    };
+                                    let base = Stored(&self.storage, Some(collections));
                                     let read =
                                         kv::Layered { base: &base, pending: Some(&batch.changes) };
                                     let mut ctx =
@@ -172,6 +180,10 @@ impl<S: Storage> NodeTask<S> {
                                     // Nothing to pop: hold the client until a write.
                                     Some(b) if b.waits_on_after(&reply) => {
                                         self.blocked.park(b, w.reply)
+                                    }
+                                    Some(b) if b.woken && matches!(reply, Reply::Error(_)) => {
+                                        self.blocked.pass_on(&b.command.waits_on());
+                                        batch.replies.push((w.reply, reply));
                                     }
                                     _ => batch.replies.push((w.reply, reply)),
                                 }

@@ -99,6 +99,18 @@ impl Blocked {
         }
     }
 
+    /// Wakes the oldest pop waiting on each of `keys`: a woken pop that took nothing from
+    /// them (it was answered an error, e.g. WRONGTYPE for its destination) passes the wake on,
+    /// as Redis goes on to its next blocked client when one fails.
+    pub(super) fn pass_on(&mut self, keys: &[&[u8]]) {
+        for k in keys {
+            let Some(&id) = self.by_key.get(*k).and_then(|q| q.front()) else { continue };
+            if let Some(p) = self.unpark(id) {
+                self.woken.push((p.block, p.reply));
+            }
+        }
+    }
+
     /// Wakes every parked pop (the state changed without applying entries: a snapshot).
     pub(super) fn wake_all(&mut self) {
         let ids: Vec<u64> = self.parked.keys().copied().collect();
