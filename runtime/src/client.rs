@@ -472,6 +472,12 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                         (queued, Some(t)) => {
                             Request::Immediate(t.queue(queued, cfg.limits.request_bytes_max))
                         }
+                        (
+                            Request::Connection(ConnectionCommand::Client(
+                                ClientCommand::Unblock { id, error },
+                            )),
+                            None,
+                        ) => Request::Admin(command::AdminCommand::Unblock { client: id, error }),
                         (Request::Connection(ConnectionCommand::Client(c)), None) => {
                             Request::Immediate(match c {
                                 ClientCommand::Id => Reply::Integer(conn as i64),
@@ -499,6 +505,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                                         reg.iter().map(|(id, e)| e.line(*id)).collect();
                                     Reply::Bulk(Bytes::from(text))
                                 }
+                                ClientCommand::Unblock { .. } => unreachable!("sent to the node"),
                             })
                         }
                         (other, None) => other,

@@ -182,6 +182,9 @@ pub enum AdminCommand {
     NodeAdd { id: u64, addr: std::net::SocketAddr },
     /// RAFT.NODE REMOVE <id>.
     NodeRemove(u64),
+    /// CLIENT UNBLOCK: answers client `client`'s blocking pop that waits on this node (a null
+    /// array, or with `error` the UNBLOCKED error); 1 if there was one, else 0.
+    Unblock { client: u64, error: bool },
 }
 
 /// What a parsed client command asks for.
@@ -233,6 +236,11 @@ pub enum ClientCommand {
     SetName(Bytes),
     Info,
     List,
+    /// CLIENT UNBLOCK <id> [TIMEOUT|ERROR]: `error` for ERROR.
+    Unblock {
+        id: u64,
+        error: bool,
+    },
 }
 
 /// Every command this build knows, with Redis's arity convention (negative: at least that many
@@ -1211,7 +1219,26 @@ fn client_command(args: &[Bytes]) -> Result<ClientCommand, Reply> {
             Ok(ClientCommand::SetName(args[1].clone()))
         }
         ("setinfo", 3) => Err(Reply::ok()),
-        ("id" | "getname" | "setname" | "setinfo" | "info", _) => {
+        ("unblock", 2 | 3) => {
+            let error = match args.get(2) {
+                None => false,
+                Some(r) if r.eq_ignore_ascii_case(b"timeout") => false,
+                Some(r) if r.eq_ignore_ascii_case(b"error") => true,
+                Some(_) => {
+                    return Err(Reply::error(
+                        "ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR",
+                    ))
+                }
+            };
+            // A negative or unknown id names no client: 0, as Redis answers.
+            let id = parse_i64(&args[1]).ok_or_else(|| Reply::error(ERR_NOT_INTEGER))?;
+            Ok(ClientCommand::Unblock { id: u64::try_from(id).unwrap_or(u64::MAX), error })
+        }
+        ("unblock", n) if n > 3 => Err(Reply::error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
+            sanitize(&args[0])
+        ))),
+        ("id" | "getname" | "setname" | "setinfo" | "info" | "unblock", _) => {
             Err(wrong_arity(&format!("client|{}", subcommand(args))))
         }
         _ => Err(unknown_subcommand("client", &args[0])),

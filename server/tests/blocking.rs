@@ -278,3 +278,39 @@ fn a_woken_move_refused_by_its_destination_passes_the_element_to_the_next_waiter
         redis::cmd("LRANGE").arg("dest").arg(0).arg(-1).query(&mut con).unwrap();
     assert_eq!(dest, vec!["foo"]);
 }
+
+#[test]
+fn client_unblock_answers_a_waiting_pop_as_a_timeout_or_an_error() {
+    let c = Cluster::start(3);
+    for (reason, want) in
+        [("TIMEOUT", "nil"), ("ERROR", "UNBLOCKED: client unblocked via CLIENT UNBLOCK")]
+    {
+        let mut waiter = c.conn(2);
+        let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut waiter).unwrap();
+        let blocked = std::thread::spawn(move || {
+            let got: redis::RedisResult<Option<(String, String)>> =
+                redis::cmd("BLPOP").arg("ub").arg(0).query(&mut waiter);
+            match got {
+                Ok(None) => "nil".to_string(),
+                Ok(Some(v)) => format!("{v:?}"),
+                Err(e) => e.to_string(),
+            }
+        });
+        let mut con = c.conn(2);
+        let n = wait_until(Duration::from_secs(5), || {
+            let n: i64 =
+                redis::cmd("CLIENT").arg("UNBLOCK").arg(id).arg(reason).query(&mut con).unwrap();
+            (n == 1).then_some(n)
+        });
+        assert_eq!(n, Some(1), "{reason}");
+        let got = blocked.join().unwrap();
+        assert!(got.contains(want), "{reason}: {got}");
+        // Nothing waits any more, and a push afterwards stays in the list.
+        let n: i64 = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query(&mut con).unwrap();
+        assert_eq!(n, 0);
+        let _: i64 = redis::cmd("RPUSH").arg("ub").arg("x").query(&mut con).unwrap();
+        let len: i64 = redis::cmd("LLEN").arg("ub").query(&mut con).unwrap();
+        assert_eq!(len, 1);
+        let _: i64 = redis::cmd("DEL").arg("ub").query(&mut con).unwrap();
+    }
+}

@@ -24,6 +24,10 @@ impl<S: Storage> NodeTask<S> {
                 info!(node = %self.id, remove = node, "membership change requested");
                 self.propose_membership(id, MembershipChange::Remove { id: NodeId(node) }, reply);
             }
+            AdminCommand::Unblock { client, error } => {
+                let n = self.blocked.unblock(client, error);
+                let _ = reply.send(Reply::Integer(n as i64));
+            }
             AdminCommand::Info(sections) => {
                 let _ = reply.send(self.info(&sections));
             }

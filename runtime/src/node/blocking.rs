@@ -24,6 +24,8 @@ pub(super) struct Block {
     /// (as Redis serves a blocked client only from a key of the type it waits for), where the
     /// first attempt answers WRONGTYPE.
     pub(super) woken: bool,
+    /// The client (connection id) that waits, for CLIENT UNBLOCK.
+    pub(super) client: u64,
 }
 
 impl Block {
@@ -109,6 +111,24 @@ impl Blocked {
                 self.woken.push((p.block, p.reply));
             }
         }
+    }
+
+    /// CLIENT UNBLOCK: answers `client`'s parked pop as a timeout would (a null array), or
+    /// with `error` the UNBLOCKED error. A pop already proposed again after a wake is not
+    /// parked: it completes (what it pops is answered, never lost), and this answers false.
+    pub(super) fn unblock(&mut self, client: u64, error: bool) -> bool {
+        let Some(id) = self.parked.iter().find(|(_, p)| p.block.client == client).map(|(i, _)| *i)
+        else {
+            return false;
+        };
+        let Some(p) = self.unpark(id) else { return false };
+        let reply = if error {
+            Reply::error("UNBLOCKED client unblocked via CLIENT UNBLOCK")
+        } else {
+            Reply::NullArray
+        };
+        let _ = p.reply.send(reply);
+        true
     }
 
     /// Wakes every parked pop (the state changed without applying entries: a snapshot).

@@ -553,7 +553,8 @@ impl<S: Storage> NodeTask<S> {
         if let RequestKind::Blocking { command, timeout_ms } = c.kind {
             let deadline =
                 (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms));
-            block = Some(Block { command: command.clone(), deadline, woken: false });
+            block =
+                Some(Block { command: command.clone(), deadline, woken: false, client: c.conn });
             c.kind = RequestKind::Write(command);
         }
         let waiting = self.writes.len() + self.reads.len() + self.blocked.len();
