@@ -5,7 +5,8 @@
 //! is split by key and each key is checked on its own, against a model of one Redis key:
 //! `Option<Val>`, a string, a list, a set or a sorted set (None: the key does not exist),
 //! initially None. A multi-element write (RPUSH, SADD or ZADD of two) is one operation with one
-//! atomic effect, so a reader that sees part of it fails the check. SPOP is the one command
+//! atomic effect, so a reader that sees part of it fails the check; so is MULTI SET DEL EXEC
+//! (`Op::Replace`), which leaves the key gone whatever it held. SPOP is the one command
 //! whose effect the client cannot predict (the server chooses the member): the model lets it
 //! pop any member, and the search tries each where its answer was lost (`outcomes`).
 //!
@@ -566,9 +567,10 @@ fn spop(set: &BTreeSet<String>, member: &str) -> (Effect, Ret) {
 
 /// Applies `op` to a key holding `value`, exactly as Redis would: the new contents and the
 /// reply the client should see. A command of one type on a key of another answers WRONGTYPE
-/// and changes nothing; SET and DEL take a key of any type. (GETSET on a list is refused, as
-/// GETSET and SET ... GET are; its MULTI form would set, but the workload sends GETSET to
-/// string keys only.) SPOP pops the first member here; `outcomes` gives every choice.
+/// and changes nothing; SET and DEL (and so MULTI SET DEL EXEC) take a key of any type.
+/// (GETSET on a list is refused, as GETSET and SET ... GET are; its MULTI form would set, but
+/// the workload sends GETSET to string keys only.) SPOP pops the first member here; `outcomes`
+/// gives every choice.
 fn apply(value: Option<&Val>, op: &Op) -> (Effect, Ret) {
     // The key as each type (absent: empty); None where it holds another type.
     let (string, list, set, zset) = match value {
@@ -608,6 +610,9 @@ fn apply(value: Option<&Val>, op: &Op) -> (Effect, Ret) {
         Op::Set(v) => (becomes_string(v.clone()), Ret::Set),
         Op::Del if value.is_some() => (Effect::Becomes(None), Ret::Del(1)),
         Op::Del => (Effect::Unchanged, Ret::Del(0)),
+        // The SET makes the key a string (the one the DEL deletes): EXEC answers [OK, 1].
+        Op::Replace if value.is_some() => (Effect::Becomes(None), Ret::Replaced),
+        Op::Replace => (Effect::Unchanged, Ret::Replaced),
         Op::Get => {
             let Some(old) = string else { return wrong_type };
             (Effect::Unchanged, Ret::Get(old.map(str::to_string)))
@@ -1065,11 +1070,11 @@ impl<'a> Search<'a> {
     /// - An indeterminate operation that would leave the state unchanged is not applied.
     /// - Identical indeterminate operations are applied in call order (see `twin_before`).
     /// - A configuration entered by an indeterminate operation is *restricted*: the next
-    ///   operation may not be a SET, nor an indeterminate DEL. Such an operation's effect and
-    ///   output ignore the previous value, whatever its type (SET replaces a list too), so the
-    ///   indeterminate operation before it could as well never have happened. Collection
-    ///   operations get no such rule: each one's effect or output depends on what the
-    ///   collection held.
+    ///   operation may not be a SET or a MULTI SET DEL, nor an indeterminate DEL. Such an
+    ///   operation's effect and output ignore the previous value, whatever its type (SET
+    ///   replaces a list too), so the indeterminate operation before it could as well never
+    ///   have happened. Collection operations get no such rule: each one's effect or output
+    ///   depends on what the collection held.
     ///
     /// An operation that may go several ways (an SPOP whose answer was lost) is linearized one
     /// way at a time: when the search backtracks over it, it tries the next way before moving
@@ -1134,7 +1139,7 @@ impl<'a> Search<'a> {
         let indeterminate = self.linearized.is_indeterminate(op);
         if restricted {
             match self.ops[op].op {
-                Op::Set(_) => return false,
+                Op::Set(_) | Op::Replace => return false,
                 Op::Del if indeterminate => return false,
                 _ => {}
             }
@@ -1747,6 +1752,50 @@ mod tests {
             vec![(0, "k", rpush("x"), Ret::Int(1), 0, Some(1)), (0, "k", Op::Get, NIL, 2, Some(3))],
             NOT,
         );
+    }
+
+    #[test]
+    fn a_collection_replaced_by_a_string_and_deleted_is_gone() {
+        let replaced_then = |read: Op, seen: Ret| {
+            vec![
+                (0, "l", rpush2("a", "b"), Ret::Int(2), 0, Some(1)),
+                (1, "l", Op::Replace, Ret::Replaced, 2, Some(3)),
+                (0, "l", read, seen, 4, Some(5)),
+            ]
+        };
+        assert_verdict(replaced_then(Op::LRange, items(&[])), LIN);
+        assert_verdict(replaced_then(rpush("c"), Ret::Int(1)), LIN);
+        assert_verdict(replaced_then(Op::Del, Ret::Del(0)), LIN);
+        // Its elements, or the string for an instant, seen afterwards.
+        assert_verdict(replaced_then(Op::LRange, items(&["a", "b"])), NOT);
+        assert_verdict(replaced_then(rpush("c"), Ret::Int(3)), NOT);
+        assert_verdict(replaced_then(Op::LPop, Ret::WrongType), NOT);
+        // On a set, a sorted set and an absent key alike.
+        assert_verdict(
+            vec![
+                (0, "s", sadd2("a", "b"), Ret::Int(2), 0, Some(1)),
+                (1, "s", Op::Replace, Ret::Replaced, 2, Some(3)),
+                (0, "s", Op::SCard, Ret::Int(0), 4, Some(5)),
+                (0, "s", zadd("a", 1), Ret::Int(1), 6, Some(7)),
+                (1, "s", Op::Replace, Ret::Replaced, 8, Some(9)),
+                (1, "s", Op::Replace, Ret::Replaced, 10, Some(11)),
+                (0, "s", Op::ZRange, scored(&[]), 12, Some(13)),
+            ],
+            LIN,
+        );
+        // EXEC answers [OK, 1] whatever the key held: any other answer is wrong.
+        assert_verdict(vec![(0, "l", Op::Replace, Ret::Del(0), 0, Some(1))], NOT);
+        // An indeterminate one may have happened, or not.
+        for (seen, expected) in [(&["a"][..], LIN), (&[][..], LIN), (&["a", "b"][..], NOT)] {
+            assert_verdict(
+                vec![
+                    (0, "l", rpush("a"), Ret::Int(1), 0, Some(1)),
+                    (1, "l", Op::Replace, Ret::Unknown, 2, None),
+                    (0, "l", Op::LRange, items(seen), 4, Some(5)),
+                ],
+                expected,
+            );
+        }
     }
 
     #[test]
@@ -2391,7 +2440,8 @@ mod tests {
     /// A random history of a correct store: each operation takes effect at a random instant
     /// within its interval (indeterminate ones: at a random later instant, or never), and an
     /// SPOP pops a random member. Lists are pushed with unique elements as the workload does;
-    /// sets and sorted sets (half the keys each) draw members from a pool of eight.
+    /// sets and sorted sets (half the keys each) draw members from a pool of eight; a collection
+    /// is now and then replaced and deleted at once (`Op::Replace`).
     fn synthetic(
         seed: u64,
         ops: usize,
@@ -2446,6 +2496,9 @@ mod tests {
                 ("z", 7) => Op::ZRem(member(&mut rng)),
                 _ => Op::Del,
             };
+            // Half the DELs of a collection are MULTI SET DEL EXEC instead, as in the workload.
+            let op =
+                if op == Op::Del && prefix != "k" && rng.below(2) == 0 { Op::Replace } else { op };
             let indeterminate = rng.below(100) < unknown_pct;
             let complete = (!indeterminate).then_some(call + duration);
             if indeterminate {
@@ -2641,10 +2694,10 @@ mod tests {
     /// A small random history of one key: random overlapping intervals on a coarse clock (so
     /// ties happen), outputs from a correct execution, some replaced by plausible wrong ones,
     /// and some operations indeterminate. With `Kind::Lists`, mostly list operations over two
-    /// elements (repeated, so identical pushes meet), with a SET and a GET now and then. With
-    /// `Kind::Sets`, mostly operations of a set or (half the histories) of a sorted set over
-    /// three members, so SPOP has choices, with now and then one of the other type, a SET or a
-    /// GET.
+    /// elements (repeated, so identical pushes meet), with a SET, a MULTI SET DEL and a GET now
+    /// and then. With `Kind::Sets`, mostly operations of a set or (half the histories) of a
+    /// sorted set over three members, so SPOP has choices, with now and then one of the other
+    /// type, a SET, a MULTI SET DEL or a GET.
     fn small_random(rng: &mut Rng, kind: Kind) -> Vec<Operation> {
         fn element(rng: &mut Rng) -> String {
             ["x", "y"][rng.below(2) as usize].to_string()
@@ -2669,7 +2722,7 @@ mod tests {
             let complete = call + rng.below(6);
             clock[client] = complete + 1;
             let op = match kind {
-                Kind::Sets if zsets => match rng.below(12) {
+                Kind::Sets if zsets => match rng.below(13) {
                     0 => Op::ZAdd(member(rng), score(rng)),
                     1 => Op::ZAdd2(member(rng), score(rng), member(rng), score(rng)),
                     2 => Op::ZIncrBy(member(rng), score(rng)),
@@ -2679,9 +2732,10 @@ mod tests {
                     8 => Op::Del,
                     9 => Op::SAdd(member(rng)),
                     10 => Op::Set("a".to_string()),
+                    11 => Op::Replace,
                     _ => Op::Get,
                 },
-                Kind::Sets => match rng.below(12) {
+                Kind::Sets => match rng.below(13) {
                     0 => Op::SAdd(member(rng)),
                     1 => Op::SAdd2(member(rng), member(rng)),
                     2 => Op::SRem(member(rng)),
@@ -2691,9 +2745,10 @@ mod tests {
                     8 => Op::Del,
                     9 => Op::ZAdd(member(rng), score(rng)),
                     10 => Op::Set("a".to_string()),
+                    11 => Op::Replace,
                     _ => Op::Get,
                 },
-                Kind::Lists => match rng.below(10) {
+                Kind::Lists => match rng.below(11) {
                     0 => Op::LPush(element(rng)),
                     1 => Op::RPush(element(rng)),
                     2 => Op::RPush2(element(rng), element(rng)),
@@ -2702,6 +2757,7 @@ mod tests {
                     5 | 6 => Op::LRange,
                     7 => Op::Del,
                     8 => Op::Set("a".to_string()),
+                    9 => Op::Replace,
                     _ => Op::Get,
                 },
                 Kind::Strings => match rng.below(7) {
@@ -2788,6 +2844,9 @@ mod tests {
                             [Ret::Bulk(None), m, Ret::WrongType][rng.below(3) as usize].clone()
                         }
                         Op::SMembers => Ret::Members(members(rng)),
+                        Op::Replace => {
+                            [Ret::Replaced, Ret::WrongType][rng.below(2) as usize].clone()
+                        }
                         Op::ZIncrBy(..) => Ret::Bulk(Some(score(rng).to_string())),
                         Op::ZPopMin => {
                             let pair = (member(rng), score(rng).to_string());

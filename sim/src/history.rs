@@ -55,6 +55,11 @@ pub enum Op {
     ZRange,
     /// ZREM of one member: answered with how many were removed (0 or 1).
     ZRem(String),
+    /// MULTI, SET of a string, DEL, EXEC, on a list, set or sorted set key: whatever the key
+    /// held is replaced by a string that goes at once, so the key is gone and EXEC answers
+    /// `[OK, 1]`. The collection's elements must go with it (the SET over it reads it only if
+    /// the node's index of collections says it may hold one), and the string must never show.
+    Replace,
 }
 
 /// What the client saw.
@@ -83,9 +88,12 @@ pub enum Ret {
     /// (member, score) pairs as ZRANGE ... WITHSCORES (in its order) and ZPOPMIN answer
     /// them, scores as the server wrote them.
     Scored(Vec<(String, String)>),
+    /// EXEC's `[OK, 1]` for `Op::Replace`: the SET and the DEL both ran.
+    Replaced,
     /// WRONGTYPE: the key holds a value of another type, so the command changed nothing. The
-    /// workload keeps strings, hashes, lists, sets and sorted sets under different keys, so a
-    /// correct store never gives it there.
+    /// workload keeps strings, hashes, lists, sets and sorted sets under different keys (the
+    /// string `Op::Replace` stores is deleted in the same transaction), so a correct store
+    /// never gives it there.
     WrongType,
     /// Timed out, connection lost, or an error that leaves the outcome open: the operation may
     /// or may not have taken effect, at any time after its invocation.
@@ -141,6 +149,7 @@ impl fmt::Display for Op {
             Op::ZPopMin => write!(f, "ZPOPMIN"),
             Op::ZRange => write!(f, "ZRANGE"),
             Op::ZRem(m) => write!(f, "ZREM {m}"),
+            Op::Replace => write!(f, "MULTI SET DEL"),
         }
     }
 }
@@ -158,6 +167,7 @@ impl fmt::Display for Ret {
                 let flat: Vec<String> = pairs.iter().map(|(m, s)| format!("{m}={s}")).collect();
                 write!(f, "[{}]", flat.join(", "))
             }
+            Ret::Replaced => write!(f, "[OK, 1]"),
             Ret::WrongType => write!(f, "WRONGTYPE"),
             Ret::Unknown => write!(f, "?"),
         }

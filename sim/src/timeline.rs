@@ -328,6 +328,7 @@ fn label(op: &Operation) -> String {
         Op::ZPopMin => format!("ZPOPMIN {}", op.key),
         Op::ZRange => format!("ZRANGE {}", op.key),
         Op::ZRem(m) => format!("ZREM {} {m}", op.key),
+        Op::Replace => format!("MULTI SET DEL {}", op.key),
     };
     format!("{command} → {}", op.ret)
 }

@@ -2,12 +2,14 @@
 //! one a MULTI/EXEC block), hash commands, list commands (LPUSH, RPUSH of one or two
 //! elements, LPOP and RPOP with and without a count, LRANGE, DEL), set commands (SADD of one or
 //! two members, SREM, SPOP, SMEMBERS, SCARD, DEL) and sorted-set commands (ZADD of one or two
-//! members, ZINCRBY, ZPOPMIN, ZRANGE ... WITHSCORES, ZREM, DEL) over a small key set through
-//! the RESP front end of random nodes, and record every operation with its invocation and
-//! completion in simulated time. A timeout, a lost connection or an error that leaves the
-//! outcome open is recorded as indeterminate, never as a failure. Strings, hashes, lists, sets
-//! and sorted sets live under keys of their own (`k*`, `h*`, `l*`, `s*`, `z*`), so no command
-//! meets a key of another type.
+//! members, ZINCRBY, ZPOPMIN, ZRANGE ... WITHSCORES, ZREM, DEL), and on the collections now and
+//! then MULTI SET DEL EXEC, over a small key set through the RESP front end of random nodes,
+//! and record every operation with its invocation and completion in simulated time. A timeout,
+//! a lost connection or an error that leaves the outcome open is recorded as indeterminate,
+//! never as a failure. Strings, hashes, lists, sets and sorted sets live under keys of their
+//! own (`k*`, `h*`, `l*`, `s*`, `z*`), so no command meets a key of another type; the one SET
+//! on a collection's key is deleted in the same transaction, so that a SET over a collection
+//! runs under faults without a string ever showing.
 
 use crate::client::{Client, ClientError, Value};
 use crate::cluster::redis_addr;
@@ -25,6 +27,9 @@ const LIST_KEYS: usize = 2;
 
 /// The set keys `s0`.. and the sorted-set keys `z0`..: as few, for the same reason.
 const SET_KEYS: usize = 2;
+
+/// The string `Op::Replace` stores over a collection, for the instant before its DEL.
+const REPLACED: &str = "replaced";
 
 /// Members `m0`.. of sets and sorted sets: a small pool, so that adds, removes and pops keep
 /// meeting members already there or already gone, and a collection holds at most this many
@@ -120,6 +125,15 @@ fn classify(op: &Op, reply: &Result<Value, ClientError>) -> Outcome {
             // A failed read changed nothing.
             Op::Get | Op::LRange | Op::SMembers | Op::SCard | Op::ZRange => Outcome::NotApplied,
             _ => Outcome::Unknown,
+        };
+    }
+    if *op == Op::Replace {
+        // MULTI SET DEL EXEC: EXEC's array holds SET's reply, then DEL's.
+        return match v {
+            Value::Array(items) if items[..] == [Value::Ok("OK".into()), Value::Int(1)] => {
+                Outcome::Done(Ret::Replaced)
+            }
+            _ => Outcome::Invalid(format!("{op} was answered {v:?}")),
         };
     }
     // MULTI GET SET EXEC: EXEC's array holds GET's reply, then SET's.
@@ -250,6 +264,12 @@ impl Cmd {
                 vec![b("SET"), b(key), b(value)],
                 vec![b("EXEC")],
             ],
+            Cmd::One(Op::Replace, key) => vec![
+                vec![b("MULTI")],
+                vec![b("SET"), b(key), b(REPLACED)],
+                vec![b("DEL"), b(key)],
+                vec![b("EXEC")],
+            ],
             other => vec![other.argv()],
         }
     }
@@ -291,6 +311,8 @@ impl Cmd {
                 Op::ZPopMin => vec![b("ZPOPMIN"), b(key)],
                 Op::ZRange => vec![b("ZRANGE"), b(key), b("0"), b("-1"), b("WITHSCORES")],
                 Op::ZRem(m) => vec![b("ZREM"), b(key), b(m)],
+                // A MULTI block (`wire`).
+                Op::Replace => Vec::new(),
             },
             Cmd::CountedPop(op, key) => {
                 let name = if *op == Op::RPop { "RPOP" } else { "LPOP" };
@@ -441,7 +463,8 @@ impl ClientTask {
     /// A command on one of the lists. Every pushed element is unique (client and sequence
     /// number), so a pop that loses or duplicates one shows in the history. Pops come about as
     /// often as pushed elements and DEL now and then, so lists stay short: the checker's states
-    /// are whole lists, and long ones would run its search out of budget.
+    /// are whole lists, and long ones would run its search out of budget. As often as DEL, a
+    /// string replaces the list and goes (`Op::Replace`): its elements must go too.
     fn list_cmd(&mut self) -> Cmd {
         let key = format!("l{}", self.rng.gen_range(0..LIST_KEYS));
         let op = match self.rng.gen_range(0..100) {
@@ -451,7 +474,8 @@ impl ClientTask {
             36..=55 => Op::LPop,
             56..=75 => Op::RPop,
             76..=93 => Op::LRange,
-            _ => Op::Del,
+            94..=96 => Op::Del,
+            _ => Op::Replace,
         };
         if matches!(op, Op::LPop | Op::RPop) && self.rng.gen_bool(0.3) {
             return Cmd::CountedPop(op, key);
@@ -472,7 +496,8 @@ impl ClientTask {
 
     /// A command on one of the sets. SPOP comes often, on sets that usually hold several
     /// members: its choice is where replicas could disagree (every replica must pop the member
-    /// the entry chose). Adds about balance removals, so sets hover around half the pool.
+    /// the entry chose). Adds about balance removals, so sets hover around half the pool. DEL
+    /// and `Op::Replace` now and then, as on lists.
     fn set_cmd(&mut self) -> Cmd {
         let key = format!("s{}", self.rng.gen_range(0..SET_KEYS));
         let op = match self.rng.gen_range(0..100) {
@@ -485,14 +510,16 @@ impl ClientTask {
             46..=65 => Op::SPop,
             66..=85 => Op::SMembers,
             86..=94 => Op::SCard,
-            _ => Op::Del,
+            95..=96 => Op::Del,
+            _ => Op::Replace,
         };
         Cmd::One(op, key)
     }
 
     /// A command on one of the sorted sets: integer scores and increments only (small ones,
     /// negative too), so every score is exact and written alike by any correct server; ties
-    /// are common, so the order by member within a score is exercised.
+    /// are common, so the order by member within a score is exercised. DEL and `Op::Replace`
+    /// now and then, as on lists.
     fn zset_cmd(&mut self) -> Cmd {
         let key = format!("z{}", self.rng.gen_range(0..SET_KEYS));
         let op = match self.rng.gen_range(0..100) {
@@ -505,7 +532,8 @@ impl ClientTask {
             45..=61 => Op::ZPopMin,
             62..=83 => Op::ZRange,
             84..=94 => Op::ZRem(self.member()),
-            _ => Op::Del,
+            95..=96 => Op::Del,
+            _ => Op::Replace,
         };
         Cmd::One(op, key)
     }
