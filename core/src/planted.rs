@@ -66,10 +66,14 @@ pub enum PlantedBug {
     /// SPOP's member is chosen by each node on its own (seeded by its id) instead of by the
     /// entry, so the replicas pop different members and diverge.
     PopChoiceByNode,
+    /// The node applies entries as if no key held a collection (its in-memory index of them,
+    /// `Expiry::collections`, empty), so a SET over a list, set or sorted set does not read the
+    /// old record and leaves the collection's element records behind for ever.
+    CollectionIndexForgets,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 17] = [
+    pub const ALL: [PlantedBug; 18] = [
         PlantedBug::VoteWithoutLogCheck,
         PlantedBug::FollowerLocalReads,
         PlantedBug::AckBeforeSync,
@@ -87,6 +91,7 @@ impl PlantedBug {
         PlantedBug::DiskFullWriteProposedAnyway,
         PlantedBug::BusyAfterResubmit,
         PlantedBug::PopChoiceByNode,
+        PlantedBug::CollectionIndexForgets,
     ];
 }
 

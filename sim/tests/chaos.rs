@@ -515,3 +515,8 @@ fn planted_busy_after_resubmit_is_caught() {
 fn planted_pop_choice_by_node_is_caught() {
     assert_caught(PlantedBug::PopChoiceByNode);
 }
+
+#[test]
+fn planted_collection_index_forgetting_is_caught() {
+    assert_caught(PlantedBug::CollectionIndexForgets);
+}
