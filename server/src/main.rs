@@ -144,6 +144,34 @@ struct Args {
     /// dialled against the certificate's IP addresses).
     #[arg(long, default_value = "no", value_parser = parse_yes_no, action = clap::ArgAction::Set, requires = "tls_cert_file")]
     tls_cluster: bool,
+    /// How the log (on stderr) is written: `text` for people (coloured only on a terminal),
+    /// `json` for log shippers (one JSON object per line: timestamp, level, message, fields,
+    /// spans).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr, as a daemon's do: stdout stays free, and one redirect keeps both the log and
+/// a fatal error. Colour codes only when stderr is a terminal (a file or a pipe gets plain
+/// text). `RUST_LOG` filters, as tracing's EnvFilter reads it (default `info`).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+    }
 }
 
 fn parse_client_auth(s: &str) -> Result<ClientAuth, String> {
@@ -227,16 +255,7 @@ async fn serve_main(args: Args) -> ExitCode {
     if let Some(pw) = &args.requirepass {
         let _ = CLUSTER_PASSWORD.set(pw.clone());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        // Logs go to stderr, as a daemon's do: stdout stays free, and one redirect keeps both
-        // the log and a fatal error.
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(args.log_format);
     let mut result = run(args.clone()).await;
     let damaged = match &result {
         Err(e) if args.on_damaged_data_dir == OnDamage::Rebuild => {

@@ -138,3 +138,42 @@ fn yes_no_flags_take_their_values() {
     let pong: String = redis::cmd("PING").query(&mut con).unwrap();
     assert_eq!(pong, "PONG");
 }
+
+/// Starts a one-node cluster with `extra` flags, lets it elect itself and stops it; its stderr.
+fn log_of(extra: &[&str]) -> String {
+    let ports = free_ports(2);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = format!("127.0.0.1:{}", ports[0]);
+    let port = ports[1].to_string();
+    let mut child = Command::new(BIN)
+        .args(["--id", "1", "--cluster", &cluster, "--port", &port])
+        .args(["--data-dir", dir.path().to_str().unwrap()])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_log_written_to_a_pipe_has_no_colour_codes_and_json_is_one_object_per_line() {
+    let text = log_of(&[]);
+    assert!(text.contains("INFO") && text.contains("node started"), "{text}");
+    assert!(!text.contains('\x1b'), "ANSI escapes in a piped log: {text:?}");
+    let json = log_of(&["--log-format", "json"]);
+    let lines: Vec<&str> = json.lines().collect();
+    assert!(lines.len() >= 3, "{json}");
+    for line in lines {
+        assert!(line.starts_with("{\"timestamp\":\"") && line.ends_with('}'), "{line}");
+        assert!(line.contains("\"level\":\"") && line.contains("\"fields\":{"), "{line}");
+    }
+    assert!(json.contains("\"message\":\"node started\""), "{json}");
+    let (ok, err) =
+        run(&["--id", "1", "--cluster", "127.0.0.1:1", "--port", "1", "--log-format", "xml"]);
+    assert!(!ok);
+    assert!(err.contains("possible values: text, json"), "{err}");
+}
