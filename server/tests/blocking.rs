@@ -314,3 +314,51 @@ fn client_unblock_answers_a_waiting_pop_as_a_timeout_or_an_error() {
         let _: i64 = redis::cmd("DEL").arg("ub").query(&mut con).unwrap();
     }
 }
+
+#[test]
+fn chained_moves_settle_with_no_waiter_left_behind() {
+    let c = Cluster::start(3);
+    let f = follower(&c);
+    let mut con = c.conn(f);
+    let info = |con: &mut redis::Connection| -> String {
+        redis::cmd("INFO").arg("clients").query(con).unwrap()
+    };
+    let blocked = |con: &mut redis::Connection, n: usize| {
+        wait_until(Duration::from_secs(5), || {
+            info(con).contains(&format!("blocked_clients:{n}\r\n")).then_some(())
+        })
+        .unwrap_or_else(|| panic!("blocked_clients never {n}: {}", info(con)));
+    };
+    let range = |con: &mut redis::Connection, k: &str| -> Vec<String> {
+        redis::cmd("LRANGE").arg(k).arg(0).arg(-1).query(con).unwrap()
+    };
+    for round in 0..5 {
+        // Linked: l1 -> l2 -> l3. Circular: c1 -> c2 -> c1.
+        for (from, to, last) in [("l1", "l2", "l3"), ("c1", "c2", "c1")] {
+            let mut waiters = Vec::new();
+            for (src, dst) in [(from, to), (to, last)] {
+                let mut w = c.conn(f);
+                let n = waiters.len() + 1;
+                waiters.push(std::thread::spawn(move || {
+                    let got: Option<String> = redis::cmd("BLMOVE")
+                        .arg(src)
+                        .arg(dst)
+                        .arg("RIGHT")
+                        .arg("LEFT")
+                        .arg(10)
+                        .query(&mut w)
+                        .unwrap();
+                    got
+                }));
+                blocked(&mut con, n);
+            }
+            let _: i64 = redis::cmd("RPUSH").arg(from).arg("foo").query(&mut c.conn(f)).unwrap();
+            for w in waiters {
+                assert_eq!(w.join().unwrap().as_deref(), Some("foo"), "round {round} {from}");
+            }
+            blocked(&mut con, 0);
+            assert_eq!(range(&mut con, last), vec!["foo"], "round {round} {from}");
+            let _: i64 = redis::cmd("DEL").arg(last).query(&mut con).unwrap();
+        }
+    }
+}
