@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing raft-kv needs on a Debian machine, if it is missing:
-# libclang (the RocksDB build), redis-tools (redis-cli, redis-benchmark) and redis-server (the
-# benchmark's reference, and the conformance test's). Safe to run repeatedly.
+# libclang (the RocksDB build), redis-tools (redis-cli, redis-benchmark), redis-server (the
+# benchmark's reference, and the conformance test's) and prometheus (the metrics test scrapes a
+# cluster with a real one; it brings promtool for scripts/check-deploy.sh). Safe to run
+# repeatedly.
 set -euo pipefail
 need=()
 # Only libclang-dev gives the unversioned libclang.so that clang-sys links (libclang-cpp, which
@@ -10,12 +12,13 @@ need=()
   need+=(libclang-dev)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v prometheus >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
   sudo=""
   [[ $(id -u) -eq 0 ]] || sudo="sudo"
   echo "setup: installing ${need[*]}" >&2
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: cargo is missing; install Rust from rustup" >&2; exit 1; }
 # scripts/test.sh checks formatting and lints: rustup toolchains may lack the two components.

@@ -20,6 +20,9 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
+echo "== deployment examples (promtool check/test of deploy/prometheus, the dashboard's queries, the systemd unit)"
+./scripts/check-deploy.sh
+
 echo "== simulation tests (madsim)"
 # The madsim build has its own target dir so switching RUSTFLAGS does not rebuild the other.
 # cluster_basics: directed scenarios, SIM_BASICS_SEEDS seeds each (MADSIM_TEST_SEED=N replays).

@@ -8,6 +8,7 @@
 //! every earlier read is answered. So `SET k 1; GET k; SET k 2` pipelined reads 1, never 2.
 
 use crate::command::{self, ClientCommand, ConnectionCommand, ReadCommand, Reply, Request};
+use crate::metrics::Metrics;
 use crate::node::{ClientRequest, OutputBudget, RequestKind};
 use crate::resp::{self, RequestLimits};
 use bytes::{Bytes, BytesMut};
@@ -70,6 +71,18 @@ pub fn refused_by_protected_mode(cfg: &ClientConfig, peer: std::net::IpAddr) -> 
     cfg.protected_mode && cfg.requirepass.is_none() && !peer.to_canonical().is_loopback()
 }
 
+/// What the metrics note of a command: its name (a known command's, else `other`), when it
+/// was parsed, and whether it was a write (`raftkv_proposals_failed_total`).
+struct Stamp {
+    name: &'static str,
+    began: Instant,
+    write: bool,
+}
+
+/// A reply to write, with the protocol the connection had chosen by then and the command's
+/// stamp (None: no command, e.g. a protocol error).
+type Queued = (Pending, u8, Option<Stamp>);
+
 enum Pending {
     Ready(Reply),
     /// Handed to the node; the permit holds the request's bytes until the reply comes.
@@ -104,6 +117,7 @@ pub async fn accept_loop(
     node: mpsc::Sender<ClientRequest>,
     cfg: ClientConfig,
     slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 ) {
     let mut next_conn: u64 = 0;
     let pending_bytes = PendingBytes::new(cfg.pending_request_bytes_max);
@@ -137,17 +151,24 @@ pub async fn accept_loop(
         registry.lock().expect("not poisoned").insert(conn, entry);
         let registry = registry.clone();
         let pending_bytes = pending_bytes.clone();
+        let metrics = metrics.clone();
+        metrics.client_connections.inc();
+        metrics.client_connections_total.inc();
         // Without TCP_NODELAY a pipelining client waits on Nagle's algorithm for every reply
         // batch.
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
+            let m = metrics.clone();
             match cfg.tls.clone() {
-                None => serve(stream, node, cfg, conn, registry.clone(), pending_bytes).await,
+                None => serve(stream, node, cfg, conn, registry.clone(), pending_bytes, m).await,
                 Some(tls) => match tls.accept(stream).await {
-                    Ok(tls) => serve(tls, node, cfg, conn, registry.clone(), pending_bytes).await,
+                    Ok(tls) => {
+                        serve(tls, node, cfg, conn, registry.clone(), pending_bytes, m).await
+                    }
                     Err(why) => debug!(%addr, error = %why, "client refused"),
                 },
             }
+            metrics.client_connections.dec();
             registry.lock().expect("not poisoned").remove(&conn);
             drop(permit);
             debug!(%addr, "client disconnected");
@@ -276,15 +297,22 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
     conn: u64,
     registry: Registry,
     pending_bytes: PendingBytes,
+    metrics: Arc<Metrics>,
 ) {
     let (mut rd, wr) = tokio::io::split(stream);
     // Each reply goes with the protocol (RESP2 or RESP3) the connection had chosen by then.
-    let (tx, rx) = mpsc::channel::<(Pending, u8)>(cfg.pipeline_depth_max);
+    let (tx, rx) = mpsc::channel::<Queued>(cfg.pipeline_depth_max);
     // The writer counts the replies it has taken, so the reader can wait for a phase to end.
     let (answered_tx, mut answered) = watch::channel(0u64);
     let output = Arc::new(OutputBudget::new(cfg.output_bytes_max));
-    let writer =
-        tokio::spawn(write_replies(wr, rx, answered_tx, cfg.output_bytes_max, output.clone()));
+    let writer = tokio::spawn(write_replies(
+        wr,
+        rx,
+        answered_tx,
+        cfg.output_bytes_max,
+        output.clone(),
+        metrics,
+    ));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut submitted: u64 = 0;
     let mut phase: Option<Phase> = None;
@@ -300,6 +328,8 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                 Ok(Some(argv)) if argv.is_empty() => continue,
                 Ok(Some(argv)) => {
                     let request_bytes: usize = argv.iter().map(|a| a.len()).sum();
+                    let began = Instant::now();
+                    let command_name = command::metric_name(&argv[0]);
                     let parsed = command::parse(argv);
                     let allowed_before_auth = matches!(
                         parsed,
@@ -544,7 +574,16 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                             Some(p) => Some(p),
                             None => {
                                 let busy = Reply::error(format!("BUSY the node holds {} bytes of pending requests, its limit; retry later", pending_bytes.max));
-                                if tx.send((Pending::Ready(busy), protocol)).await.is_err() {
+                                let stamp = Stamp {
+                                    name: command_name,
+                                    began,
+                                    write: next_phase == Some(Phase::Writes),
+                                };
+                                if tx
+                                    .send((Pending::Ready(busy), protocol, Some(stamp)))
+                                    .await
+                                    .is_err()
+                                {
                                     break 'conn;
                                 }
                                 submitted += 1;
@@ -553,8 +592,13 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                         },
                         _ => None,
                     };
+                    let stamp = Stamp {
+                        name: command_name,
+                        began,
+                        write: next_phase == Some(Phase::Writes),
+                    };
                     let (pending, quit) = dispatch(request, &node, conn, held, Some(&output));
-                    if tx.send((pending, protocol)).await.is_err() {
+                    if tx.send((pending, protocol, Some(stamp))).await.is_err() {
                         break 'conn;
                     }
                     submitted += 1;
@@ -588,7 +632,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx.send((Pending::Ready(Reply::Error(e.0)), protocol)).await;
+                    let _ = tx.send((Pending::Ready(Reply::Error(e.0)), protocol, None)).await;
                     break 'conn;
                 }
             }
@@ -658,24 +702,27 @@ const OUTPUT_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// (`OutputBudget`); a client that reads nothing for `OUTPUT_STALL_MAX` while the socket is
 /// full is disconnected (Redis's `client-output-buffer-limit` disconnects at a size; here a
 /// slow reader is throttled, and only one that stopped reading is cut off).
+///
+/// Each reply taken is noted in the metrics (`note`).
 async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::Receiver<(Pending, u8)>,
+    mut rx: mpsc::Receiver<Queued>,
     answered: watch::Sender<u64>,
     output_bytes_max: usize,
     budget: Arc<OutputBudget>,
+    metrics: Arc<Metrics>,
 ) {
     use bytes::Buf;
     let mut out = BytesMut::with_capacity(16 * 1024);
     // Requests taken from the reader, oldest first: the front one's reply is written next.
-    let mut queue: VecDeque<(Pending, u8)> = VecDeque::new();
+    let mut queue: VecDeque<Queued> = VecDeque::new();
     loop {
         while let Ok(p) = rx.try_recv() {
             queue.push_back(p);
         }
         // Every reply that is ready, in order, while the buffer has room.
         while out.len() < output_bytes_max {
-            let Some((front, _)) = queue.front_mut() else { break };
+            let Some((front, _, _)) = queue.front_mut() else { break };
             let reply = match front {
                 Pending::Ready(_) => None,
                 Pending::Waiting(wait, _) => match wait.try_recv() {
@@ -686,12 +733,15 @@ async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
                     }
                 },
             };
-            let (pending, protocol) = queue.pop_front().expect("front exists");
+            let (pending, protocol, stamp) = queue.pop_front().expect("front exists");
             let reply = match (reply, pending) {
                 (Some(r), _) => r,
                 (None, Pending::Ready(r)) => r,
                 (None, Pending::Waiting(..)) => unreachable!("a waiting reply was taken above"),
             };
+            if let Some(s) = stamp {
+                note(&metrics, &s, &reply);
+            }
             budget.release(reply.size_bytes());
             answered.send_modify(|n| *n += 1);
             resp::encode_reply(reply, protocol, &mut out);
@@ -717,17 +767,40 @@ async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
         }
         // Nothing to write: wait for the next reply, or the next request.
         match queue.front_mut() {
-            Some((front @ Pending::Waiting(..), _)) => {
+            Some((front @ Pending::Waiting(..), _, _)) => {
                 let Pending::Waiting(wait, _) = front else { unreachable!() };
                 let reply = wait.await.unwrap_or_else(|_| Reply::error(STOPPED_BEFORE_ANSWERING));
                 *front = Pending::Ready(reply);
             }
-            Some((Pending::Ready(_), _)) => {}
+            Some((Pending::Ready(_), _, _)) => {}
             None => match rx.recv().await {
                 Some(p) => queue.push_back(p),
                 None => return,
             },
         }
+    }
+}
+
+/// Notes a command answered: its count and time, its error's kind, and for a write an error
+/// that says it was not applied (TRYAGAIN, BUSY, CLUSTERDOWN, MISCONF) or may not have been
+/// (TIMEOUT).
+fn note(metrics: &Metrics, s: &Stamp, reply: &Reply) {
+    let error = match reply {
+        Reply::Error(e) => Some(e.as_str()),
+        _ => None,
+    };
+    metrics.command(s.name, s.began.elapsed().as_secs_f64(), error);
+    let reason = match error.and_then(|e| e.split(' ').next()) {
+        Some("TRYAGAIN") => "not_applied",
+        Some("TIMEOUT") => "timeout",
+        Some("BUSY") => "busy",
+        Some("CLUSTERDOWN") => "no_leader",
+        Some("MISCONF") => "disk_full",
+        _ => return,
+    };
+    if s.write {
+        let label = crate::metrics::Reason { reason: reason.to_string() };
+        metrics.proposals_failed.get_or_create(&label).inc();
     }
 }
 

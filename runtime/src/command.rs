@@ -336,6 +336,20 @@ pub fn commands() -> impl Iterator<Item = &'static (&'static str, i32)> {
     CORE_COMMANDS.iter().chain(crate::parse_coll::COMMANDS)
 }
 
+/// The name a command is counted under in the metrics: a known command's, lowercase; any
+/// other (unknown, or a typo: client input must not grow the label set) is `other`.
+pub fn metric_name(name: &[u8]) -> &'static str {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static NAMES: OnceLock<HashMap<&'static str, &'static str>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| commands().map(|(n, _)| (*n, *n)).collect());
+    if name.len() > 32 {
+        return "other";
+    }
+    let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+    names.get(lower.as_str()).copied().unwrap_or("other")
+}
+
 /// Redis's reply to a command name it does not know.
 pub fn unknown_command(name: &[u8], args: &[Bytes]) -> Reply {
     // As Redis: the name and the first arguments, quoted, with at most 128 bytes of arguments.

@@ -167,6 +167,7 @@ pub async fn sync_loop(
     done: mpsc::Sender<Result<u64, StorageError>>,
     delay: Option<SyncDelay>,
     planted: Option<raft_kv_core::PlantedBug>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     while requests.changed().await.is_ok() {
         // Every write numbered up to `write` was made before this sync begins.
@@ -177,11 +178,13 @@ pub async fn sync_loop(
         let sync = sync.clone();
         // A task in the simulation (where blocking is simulated time), a blocking-pool thread
         // on tokio: the fsync never stalls the node task's thread.
+        let began = tokio::time::Instant::now();
         #[allow(deprecated)]
         let result = match tokio::task::spawn_blocking(move || sync.sync()).await {
             Ok(r) => r.map(|()| write),
             Err(e) => Err(StorageError::Io(format!("the WAL sync task failed: {e}"))),
         };
+        metrics.fsync_seconds.observe(began.elapsed().as_secs_f64());
         // A failed sync stops the node: what it wrote may never reach the disk, whatever a
         // later sync says (the kernel may have dropped the pages), so nothing after it can be
         // acknowledged. The planted bug goes on as if it had worked.

@@ -6,6 +6,7 @@ pub mod client;
 pub mod codec;
 pub mod command;
 pub mod durability;
+pub mod metrics;
 pub mod node;
 mod parse_coll;
 pub mod peer_auth;
@@ -46,6 +47,8 @@ pub struct NodeOptions {
     pub peer_queue_max: usize,
     /// Simulation hooks; none in production.
     pub hooks: SimHooks,
+    /// The node's metrics (`--metrics-addr` serves them).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Where the simulation reaches into a node: its clock and its role changes. (Its network
@@ -97,6 +100,7 @@ impl NodeOptions {
             transport,
             client_queue_max: 16_384,
             peer_queue_max: 16_384,
+            metrics: Arc::new(metrics::Metrics::new()),
             hooks: SimHooks::default(),
         }
     }
@@ -129,6 +133,7 @@ pub enum StartError {
 pub struct RunningNode {
     pub redis_addr: SocketAddr,
     pub raft_addr: SocketAddr,
+    pub metrics: Arc<metrics::Metrics>,
     /// Ends with an error if storage fails; the process should then exit.
     pub task: JoinHandle<Result<(), StorageError>>,
 }
@@ -196,7 +201,9 @@ pub async fn start<S: Storage>(
 
     let (peer_tx, peer_rx) = mpsc::channel(opts.peer_queue_max);
     let (client_tx, client_rx) = mpsc::channel(opts.client_queue_max);
+    let metrics = opts.metrics.clone();
     let mut transport_cfg = opts.transport.clone();
+    transport_cfg.metrics = metrics.clone();
     if transport_cfg.advertise.is_none() {
         transport_cfg.advertise =
             Some(opts.raft_addrs.get(&opts.raft.id).copied().unwrap_or(raft_addr));
@@ -208,6 +215,7 @@ pub async fn start<S: Storage>(
         client_tx,
         opts.client.clone(),
         client_slots.clone(),
+        metrics.clone(),
     ));
 
     let info = node::InfoContext {
@@ -236,6 +244,7 @@ pub async fn start<S: Storage>(
         synced_tx,
         opts.hooks.sync_delay.clone(),
         opts.raft.planted,
+        metrics.clone(),
     ));
     let start = node::NodeStart {
         incarnation,
@@ -247,6 +256,7 @@ pub async fn start<S: Storage>(
         wall_clock,
         mono_clock: opts.hooks.mono_clock.clone().unwrap_or_else(node::system_mono_clock),
         deadlines,
+        metrics: metrics.clone(),
     };
     let task = NodeTask::new(raft, storage, peers, opts.tuning, start)
         .with_status_hook(opts.hooks.on_status.clone());
@@ -254,5 +264,5 @@ pub async fn start<S: Storage>(
     let period = move || tick_period.as_ref().map_or(tick, |f| f());
     let task = tokio::spawn(task.run(peer_rx, client_rx, synced_rx, period).instrument(span));
     info!(node = %opts.raft.id, %redis_addr, %raft_addr, "node started");
-    Ok(RunningNode { redis_addr, raft_addr, task })
+    Ok(RunningNode { redis_addr, raft_addr, metrics, task })
 }

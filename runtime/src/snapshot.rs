@@ -196,29 +196,29 @@ impl Outgoing {
         Ok(())
     }
 
-    /// A follower acknowledged chunks.
+    /// A follower acknowledged chunks. Some(bytes sent) when it has the whole snapshot.
     pub fn on_ack(
         &mut self,
         peers: &PeerSender,
         term: Term,
         ack: SnapshotAck,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<u64>, StorageError> {
         let from = peers.id();
-        let Some(t) = self.transfers.get_mut(&ack.from) else { return Ok(()) };
+        let Some(t) = self.transfers.get_mut(&ack.from) else { return Ok(None) };
         if t.meta != ack.meta {
-            return Ok(()); // about an earlier transfer
+            return Ok(None); // about an earlier transfer
         }
         if ack.finished {
             let t = self.transfers.remove(&ack.from).expect("checked");
             info!(node = %from, to = %ack.from, index = %t.meta.index, sent_bytes = t.bytes_sent, elapsed_ms = t.started.elapsed().as_millis() as u64, "snapshot transfer finished");
-            return Ok(());
+            return Ok(Some(t.bytes_sent));
         }
         while t.window.front().is_some_and(|(seq, _, _)| *seq < ack.next_seq) {
             t.window.pop_front();
             t.last_progress = Instant::now();
             t.resends = 0;
         }
-        self.fill(peers, from, term, ack.from)
+        self.fill(peers, from, term, ack.from).map(|()| None)
     }
 
     /// Resends stalled windows and drops transfers that stopped making progress.
@@ -316,9 +316,17 @@ pub struct Incoming {
     current: Option<(NodeId, SnapshotMeta, u64)>,
     /// The stream received after the last whole item: the start of one that spans chunks.
     partial: BytesMut,
+    /// Bytes of the transfer staged so far; after its last chunk, of the snapshot received
+    /// (`take_received_bytes`, for the metrics).
+    received: u64,
 }
 
 impl Incoming {
+    /// The bytes of the last snapshot received (0 once taken).
+    pub fn take_received_bytes(&mut self) -> u64 {
+        std::mem::take(&mut self.received)
+    }
+
     /// Stores `chunk` if it is the next one expected, and tells the core. True if it completed
     /// a snapshot: the staging must not change until the core's answer (an install or not) is
     /// handled.
@@ -350,7 +358,9 @@ impl Incoming {
         }
         if seq == 0 {
             self.partial.clear();
+            self.received = 0;
         }
+        self.received += data.len() as u64;
         self.partial.extend_from_slice(&data);
         let items = match unframe_items(&mut self.partial) {
             Ok(items) if !last || self.partial.is_empty() => items,

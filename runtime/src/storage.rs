@@ -97,6 +97,11 @@ pub trait Storage: Send + 'static {
         self.key_count()
     }
 
+    /// Bytes on disk by part (a RocksDB column family), for the metrics; none if unknown.
+    fn sizes(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+
     /// Up to `limit` keys and their values in key order, starting after `after` (from the
     /// first with None): SCAN's walk, stable while keys come and go.
     fn scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Key, Value)>, StorageError>;

@@ -5,6 +5,7 @@
 //! message: Raft tolerates loss, and a stalled peer must not stall the node.
 
 use crate::codec::{self, Hello, PeerFrame};
+use crate::metrics::Metrics;
 use crate::peer_auth::{ClusterSecret, FrameMac, Role, Session, TAG_BYTES};
 use crate::tls::{Io, PeerTls};
 use bytes::Bytes;
@@ -55,6 +56,8 @@ pub struct TransportConfig {
     pub secret: Option<ClusterSecret>,
     /// With TLS, peer connections are encrypted and both ends verify the other's certificate.
     pub tls: Option<PeerTls>,
+    /// Messages sent, received and dropped, per peer.
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for TransportConfig {
@@ -84,6 +87,7 @@ impl TransportConfig {
             advertise: None,
             secret: None,
             tls: None,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 }
@@ -152,6 +156,7 @@ impl PeerSender {
     pub fn send(&self, m: Message) {
         let Some(q) = self.peers().queues.get(&m.to).cloned() else {
             warn!(node = %self.id, to = %m.to, "message for an unknown peer dropped");
+            self.cfg.metrics.peer_dropped(m.to.0);
             return;
         };
         let q = &q;
@@ -168,8 +173,12 @@ impl PeerSender {
     }
 
     fn enqueue(&self, q: &mpsc::Sender<Message>, m: Message) {
+        let to = m.to.0;
         if q.try_send(m).is_err() {
             debug!(node = %self.id, "peer queue full or closed; message dropped");
+            self.cfg.metrics.peer_dropped(to);
+        } else {
+            self.cfg.metrics.peer_sent(to);
         }
     }
 
@@ -321,6 +330,7 @@ async fn send_loop(
                 let tag = if mac.is_some() { TAG_BYTES } else { 0 };
                 if frame.len() + tag > cfg.frame_bytes_max {
                     warn!(node = %cfg.id, peer = %peer, bytes = frame.len(), "message above the frame limit dropped");
+                    cfg.metrics.peer_dropped(peer.0);
                 } else {
                     // Sealed only when sent: the receiver counts the frames it gets.
                     if let Some(mac) = mac.as_mut() {
@@ -479,6 +489,7 @@ async fn receive_loop(
         };
         match codec::decode::<PeerFrame>(bytes) {
             Ok(PeerFrame::Raft(m)) if m.from == peer && m.to == cfg.id => {
+                cfg.metrics.peer_received(peer.0);
                 if inbound.send(m).await.is_err() {
                     return;
                 }

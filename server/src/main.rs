@@ -2,6 +2,8 @@
 //! runs the node until it is stopped or its storage fails.
 
 #[cfg(not(madsim))]
+mod http;
+#[cfg(not(madsim))]
 mod rocks;
 
 /// mimalloc: the Rust side allocates per request (frames, entries, replies); glibc's malloc
@@ -149,6 +151,10 @@ struct Args {
     /// spans).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Serve plain HTTP on this address: /metrics (Prometheus), /livez and /readyz. Off by
+    /// default; it has no authentication, so bind it where only the monitoring reaches.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -615,6 +621,11 @@ async fn serve(
     opts.client.limits.request_bytes_max =
         opts.client.limits.request_bytes_max.max(2 * args.max_bulk_bytes as usize);
 
+    // Bound before the node starts, so a port in use stops the start with a clear error.
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
     let node = match raft_kv_runtime::start(opts, storage).await {
         Ok(node) => node,
         Err(raft_kv_runtime::StartError::Storage(StorageError::Corrupt(reason))) => {
@@ -623,6 +634,11 @@ async fn serve(
         Err(e) => return Err(e.into()),
     };
     tracing::info!(node = args.id, data_dir = %data_dir.display(), redis = %node.redis_addr, raft = %node.raft_addr, "raft-kv ready");
+    if let Some(listener) = metrics_listener {
+        let addr = listener.local_addr().ok();
+        tracing::info!(node = args.id, metrics = ?addr, "serving /metrics, /livez and /readyz");
+        tokio::spawn(http::serve(listener, node.metrics.clone()));
+    }
     if let Some((member, raft_addr)) = join {
         request_join(&member, args.id, raft_addr).await?;
         tracing::info!(node = args.id, via = %member, "added to the cluster as a learner; promoted to voter once caught up");

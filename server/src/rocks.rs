@@ -651,6 +651,16 @@ impl Storage for RocksStorage {
         Some(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
+    fn sizes(&self) -> Vec<(String, u64)> {
+        [CF_LOG, CF_META, CF_KV, CF_ELEM, CF_STAGE]
+            .into_iter()
+            .filter_map(|cf| {
+                let v = self.db.property_int_value_cf(self.cf(cf), "rocksdb.live-sst-files-size");
+                Some((cf.to_string(), v.ok()??))
+            })
+            .collect()
+    }
+
     fn key_count_estimate(&self) -> Result<u64, StorageError> {
         let n = self.db.property_int_value_cf(self.cf(CF_KV), "rocksdb.estimate-num-keys");
         Ok(n.map_err(io)?.unwrap_or(0))

@@ -63,6 +63,7 @@ fn start_tls_cluster(extra: &[String]) -> Cluster {
         redis_ports: ports[3..].to_vec(),
         procs: (0..3).map(|_| None).collect(),
         extra_args: extra.to_vec(),
+        metrics_ports: Vec::new(),
     };
     for id in 1..=3 {
         c.start_node(id);

@@ -25,6 +25,7 @@ use reads::{PendingRead, ReadQueue};
 use crate::codec::{self, Proposal};
 use crate::command::{AdminCommand, ReadCommand, Reply};
 use crate::durability::Durability;
+use crate::metrics::Metrics;
 use crate::snapshot::{Incoming, Outgoing, SnapshotTuning};
 use crate::storage::{Storage, StorageError};
 use crate::transport::PeerSender;
@@ -222,7 +223,17 @@ pub struct NodeTask<S: Storage> {
     /// RANDOMKEY's choices: seeded from the node and its run, so a simulation replays them.
     rng: rand::rngs::StdRng,
     next_scan_cursor: u64,
+    metrics: Arc<Metrics>,
+    /// Ticks since start: the gauges are set every `GAUGE_TICKS`.
+    ticks: u64,
 }
+
+/// The node's gauges (`metrics`) are refreshed every this many ticks (100 ms by default).
+const GAUGE_TICKS: u64 = 10;
+
+/// `/readyz`: a node whose applied index is more than this many entries behind its commit
+/// index is not ready.
+pub const READY_LAG_MAX: u64 = 1000;
 
 /// The first request id of run `incarnation`. Ids differ between runs too (each run counts
 /// up from its own 2^40-wide range, repeating only after 2^24 runs, hours apart when
@@ -272,6 +283,7 @@ pub struct NodeStart {
     pub mono_clock: MonoClock,
     /// Every applied key's deadline, read at start.
     pub deadlines: StartDeadlines,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What INFO reports beyond the Raft state.
@@ -303,6 +315,7 @@ impl<S: Storage> NodeTask<S> {
             wall_clock,
             mono_clock,
             deadlines,
+            metrics,
         } = start;
         let id = raft.id();
         NodeTask {
@@ -346,6 +359,8 @@ impl<S: Storage> NodeTask<S> {
             elem_cursors: BTreeMap::new(),
             rng: rand::SeedableRng::seed_from_u64(id.0 ^ incarnation.rotate_left(32)),
             next_scan_cursor: 0,
+            metrics,
+            ticks: 0,
             tuning,
         }
     }
@@ -474,6 +489,7 @@ impl<S: Storage> NodeTask<S> {
             if let Some(hook) = &self.on_status {
                 hook(&s);
             }
+            self.refresh_gauges();
         }
         let Some(leader) = s.leader else {
             self.leaderless_since.get_or_insert_with(Instant::now);
@@ -482,6 +498,7 @@ impl<S: Storage> NodeTask<S> {
         self.leaderless_since = None;
         let mut ids = if self.last_leader != Some((s.term, leader)) {
             self.last_leader = Some((s.term, leader));
+            self.metrics.leader_changes.inc();
             self.awaiting_leader.clear();
             self.writes.keys().copied().chain(self.reads.ids()).collect()
         } else {
@@ -525,6 +542,57 @@ impl<S: Storage> NodeTask<S> {
             }
         }
         self.step_timed(Input::Message(m));
+    }
+
+    /// Sets the gauges from the node's state, judges its readiness (`/readyz`) and tells
+    /// `/livez` the task is alive.
+    fn refresh_gauges(&mut self) {
+        let m = &self.metrics;
+        let s = self.raft.status();
+        let leader = s.role == Role::Leader;
+        let member = self.raft.membership().contains(self.id);
+        m.beat();
+        m.has_leader.set(s.leader.is_some() as i64);
+        m.is_leader.set(leader as i64);
+        m.term.set(s.term.0 as i64);
+        m.is_member.set(member as i64);
+        m.commit_index.set(s.commit_index.0 as i64);
+        m.applied_index.set(self.applied.0 as i64);
+        m.last_index.set(s.last_index.0 as i64);
+        m.proposals_pending.set(self.writes.len() as i64);
+        m.follower_lag.clear();
+        if leader {
+            for f in self.raft.followers() {
+                let lag = s.last_index.0.saturating_sub(f.match_index.0);
+                m.follower_lag
+                    .get_or_create(&crate::metrics::Peer { peer: f.id.0.to_string() })
+                    .set(lag as i64);
+            }
+        }
+        let behind = s.commit_index.0.saturating_sub(self.applied.0);
+        let not_ready = if !member {
+            Some("not a member of the cluster".to_string())
+        } else if s.leader.is_none() {
+            Some("no leader".to_string())
+        } else if behind > READY_LAG_MAX {
+            Some(format!(
+                "applied index {} is {behind} entries behind commit {}",
+                self.applied, s.commit_index
+            ))
+        } else {
+            None
+        };
+        m.set_health(not_ready);
+        if self.ticks % (GAUGE_TICKS * 10) == 1 {
+            for (cf, bytes) in self.storage.sizes() {
+                m.storage_bytes
+                    .get_or_create(&crate::metrics::ColumnFamily { cf })
+                    .set(bytes as i64);
+            }
+            if let Ok(keys) = self.storage.key_count_estimate() {
+                m.storage_keys.set(keys as i64);
+            }
+        }
     }
 
     /// Checks the disk's free space against the reserve; logs when it crosses it.
@@ -644,7 +712,13 @@ impl<S: Storage> NodeTask<S> {
                     return;
                 }
                 self.step_timed(Input::Read { id });
-                let read = PendingRead { conn: c.conn, cmd, reply: c.reply, output: c.output };
+                let read = PendingRead {
+                    conn: c.conn,
+                    cmd,
+                    reply: c.reply,
+                    output: c.output,
+                    arrived: Instant::now(),
+                };
                 self.reads.insert(id, read);
             }
         }
@@ -652,6 +726,10 @@ impl<S: Storage> NodeTask<S> {
     }
 
     fn on_tick(&mut self) {
+        self.ticks += 1;
+        if self.ticks % GAUGE_TICKS == 1 {
+            self.refresh_gauges();
+        }
         self.blocked.expire(Instant::now());
         self.check_disk();
         self.fail_fast_without_leader();
@@ -766,6 +844,8 @@ impl<S: Storage> NodeTask<S> {
             self.durable.log_replaced();
             self.sessions.clear();
             info!(node = %self.id, index = %meta.index, term = %meta.term, "snapshot installed");
+            self.metrics.snapshot_installs.inc();
+            self.metrics.snapshot_installed_bytes.inc_by(self.incoming.take_received_bytes());
             self.applied = meta.index;
             self.applied_time = meta.time;
             self.rebuild_deadlines()?;
@@ -803,11 +883,17 @@ impl<S: Storage> NodeTask<S> {
         // 3. Apply, then compact the log the state machine now stands for, then stream that
         // state to followers that need it.
         let mut batch = ApplyBatch::default();
+        let began = (!committed.is_empty()).then(Instant::now);
+        self.metrics.proposals_committed.inc_by(committed.len() as u64);
         for entry in committed {
             self.apply(&entry, &mut batch)?;
         }
         if !batch.entries.is_empty() {
             self.storage.apply_batch(&batch.entries)?;
+            self.metrics.proposals_applied.inc_by(batch.entries.len() as u64);
+        }
+        if let Some(t) = began {
+            self.metrics.apply_seconds.observe(t.elapsed().as_secs_f64());
         }
         for (reply, r) in batch.replies {
             let _ = reply.send(r);
@@ -825,7 +911,10 @@ impl<S: Storage> NodeTask<S> {
                     self.outgoing.start(&self.storage, &self.peers, self.id, term, to, meta)?;
                 }
                 for ack in snapshot_acks {
-                    self.outgoing.on_ack(&self.peers, term, ack)?;
+                    if let Some(bytes) = self.outgoing.on_ack(&self.peers, term, ack)? {
+                        self.metrics.snapshot_sends.inc();
+                        self.metrics.snapshot_sent_bytes.inc_by(bytes);
+                    }
                 }
             }
             None => self.outgoing.clear(),

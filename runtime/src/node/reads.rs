@@ -31,6 +31,8 @@ pub(super) struct PendingRead {
     pub(super) cmd: ReadCommand,
     pub(super) reply: oneshot::Sender<Reply>,
     pub(super) output: Option<Arc<OutputBudget>>,
+    /// When the node task took it (`raftkv_read_duration_seconds`).
+    pub(super) arrived: Instant,
 }
 
 /// The reads this node accepted and has not answered. Each waits to be confirmed (its
@@ -150,6 +152,16 @@ impl<S: Storage> NodeTask<S> {
                 o.charge(reply.size_bytes());
             }
             let _ = r.reply.send(reply);
+            // The node's read mode: a lease read falls back to ReadIndex when the lease is
+            // not held, so the label says how the node is set up to read.
+            let mode = crate::metrics::ReadMode {
+                mode: if self.raft.config().lease_ticks > 0 { "lease" } else { "readindex" }.into(),
+            };
+            self.metrics.reads.get_or_create(&mode).inc();
+            self.metrics
+                .read_seconds
+                .get_or_create(&mode)
+                .observe(r.arrived.elapsed().as_secs_f64());
         }
         Ok(())
     }

@@ -37,6 +37,8 @@ pub struct Cluster {
     pub redis_ports: Vec<u16>,
     pub procs: Vec<Option<Child>>,
     pub extra_args: Vec<String>,
+    /// Each node's `--metrics-addr` port (none: no metrics endpoint).
+    pub metrics_ports: Vec<u16>,
 }
 
 impl Cluster {
@@ -53,6 +55,25 @@ impl Cluster {
             redis_ports: ports[n..].to_vec(),
             procs: (0..n).map(|_| None).collect(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            metrics_ports: Vec::new(),
+        };
+        for id in 1..=n {
+            c.start_node(id);
+        }
+        c.wait_writable();
+        c
+    }
+
+    /// Starts `n` nodes, each serving `/metrics`, `/livez` and `/readyz` on a port of its own.
+    pub fn start_with_metrics(n: usize) -> Cluster {
+        let ports = free_ports(3 * n);
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            raft_ports: ports[..n].to_vec(),
+            redis_ports: ports[n..2 * n].to_vec(),
+            procs: (0..n).map(|_| None).collect(),
+            extra_args: Vec::new(),
+            metrics_ports: ports[2 * n..].to_vec(),
         };
         for id in 1..=n {
             c.start_node(id);
@@ -80,6 +101,13 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .args(&self.extra_args)
+            .args(
+                self.metrics_ports
+                    .get(id - 1)
+                    .map(|p| ["--metrics-addr".to_string(), format!("127.0.0.1:{p}")])
+                    .into_iter()
+                    .flatten(),
+            )
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(self.log_file(id));

@@ -1,0 +1,227 @@
+//! `--metrics-addr` on a real cluster: `/metrics` carries the contract's metrics
+//! (docs/design/metrics.md), `/readyz` turns not ready on a follower cut off from the others
+//! and ready again once they are back, and a real Prometheus (Debian's `prometheus`, started
+//! here on loopback) scraping the three nodes sees exactly one leader again after the leader
+//! is killed, and the leader-change counter move.
+
+mod common;
+
+use common::{free_ports, wait_until, Cluster};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// GET `path` from 127.0.0.1:`port`: (status, body). A test's HTTP client, nothing more.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split(' ').nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+fn metric(c: &Cluster, id: usize, line_start: &str) -> Option<f64> {
+    let (_, body) = get(c.metrics_ports[id - 1], "/metrics")?;
+    body.lines().find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+}
+
+fn signal(c: &Cluster, id: usize, sig: &str) {
+    let pid = c.procs[id - 1].as_ref().expect("running").id();
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn metrics_health_and_a_follower_cut_off_turns_not_ready() {
+    let c = Cluster::start_with_metrics(3);
+    let leader = c.leader(1).expect("a leader");
+    let f = (1..=3).find(|i| *i != leader).unwrap();
+    let mut con = c.conn(f);
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
+    let _: String = redis::cmd("GET").arg("k").query(&mut con).unwrap();
+    let _: redis::RedisResult<()> = redis::cmd("LPUSH").arg("k").arg("x").query(&mut con);
+
+    // The gauges are set every 100 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = get(c.metrics_ports[f - 1], "/metrics").unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        "raftkv_server_has_leader 1",
+        "raftkv_server_is_leader 0",
+        "raftkv_server_is_member 1",
+        "raftkv_command_errors_total{kind=\"WRONGTYPE\"} 1",
+    ] {
+        assert!(body.lines().any(|l| l == line), "no {line:?} in:\n{body}");
+    }
+    // The cluster's start-up check wrote through some node too.
+    for cmd in ["set", "get", "lpush"] {
+        let n = metric(&c, f, &format!("raftkv_commands_total{{command=\"{cmd}\"}}"));
+        assert!(n.is_some_and(|n| n >= 1.0), "{cmd}: {n:?}");
+    }
+    assert!(body.contains("# EOF"), "{body}");
+    let lead = get(c.metrics_ports[leader - 1], "/metrics").unwrap().1;
+    assert!(lead.lines().any(|l| l == "raftkv_server_is_leader 1"), "{lead}");
+    assert!(
+        lead.lines()
+            .any(|l| l.starts_with(&format!("raftkv_raft_follower_lag_entries{{peer=\"{f}\"}}"))),
+        "{lead}"
+    );
+    assert!(metric(&c, leader, "raftkv_disk_wal_fsync_duration_seconds_count").unwrap() > 0.0);
+    assert!(metric(&c, leader, "raftkv_proposals_applied_total").unwrap() >= 1.0);
+    for id in 1..=3 {
+        assert_eq!(get(c.metrics_ports[id - 1], "/livez").unwrap(), (200, "ok\n".into()));
+        let ready = wait_until(Duration::from_secs(5), || {
+            (get(c.metrics_ports[id - 1], "/readyz")?.0 == 200).then_some(())
+        });
+        assert!(ready.is_some(), "node {id} never ready");
+    }
+    assert_eq!(get(c.metrics_ports[f - 1], "/nope").unwrap().0, 404);
+
+    // The follower cut off: the two others stopped (SIGSTOP), so it hears from no one.
+    let others: Vec<usize> = (1..=3).filter(|i| *i != f).collect();
+    for &o in &others {
+        signal(&c, o, "STOP");
+    }
+    let not_ready = wait_until(Duration::from_secs(10), || {
+        let (s, body) = get(c.metrics_ports[f - 1], "/readyz")?;
+        (s == 503).then_some(body)
+    });
+    for &o in &others {
+        signal(&c, o, "CONT");
+    }
+    let body = not_ready.expect("the cut-off follower stayed ready");
+    assert!(body.starts_with("not ready: no leader"), "{body}");
+    assert_eq!(get(c.metrics_ports[f - 1], "/livez").unwrap().0, 200, "cut off but alive");
+    let back = wait_until(Duration::from_secs(10), || {
+        (get(c.metrics_ports[f - 1], "/readyz")?.0 == 200).then_some(())
+    });
+    assert!(back.is_some(), "the follower did not turn ready after the others came back");
+}
+
+#[test]
+fn a_port_in_use_for_metrics_is_reported() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ports = free_ports(2);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::BIN)
+        .args(["--id", "1", "--cluster", &format!("127.0.0.1:{}", ports[0])])
+        .args(["--port", &ports[1].to_string()])
+        .args(["--data-dir", dir.path().to_str().unwrap()])
+        .args(["--metrics-addr", &taken.local_addr().unwrap().to_string()])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen for metrics (--metrics-addr)"), "{err}");
+}
+
+/// A Prometheus server scraping the three nodes every 200 ms, its data in `dir`.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(dir: &std::path::Path, targets: &[u16]) -> Option<Prometheus> {
+        if Command::new("prometheus").arg("--version").output().is_err() {
+            return None;
+        }
+        let port = free_ports(1)[0];
+        let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\nscrape_configs:\n  - job_name: raft-kv\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, config).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let p = Prometheus { child, port };
+        wait_until(Duration::from_secs(30), || (get(port, "/-/ready")?.0 == 200).then_some(()))
+            .expect("prometheus did not become ready");
+        Some(p)
+    }
+
+    /// An instant PromQL query's single value (None: no result, or not one).
+    fn value(&self, query: &str) -> Option<f64> {
+        let q: String = query
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = get(self.port, &format!("/api/v1/query?query={q}"))?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let result = v["data"]["result"].as_array()?;
+        if result.len() != 1 {
+            return None;
+        }
+        result[0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+#[test]
+fn prometheus_sees_one_leader_again_after_the_leader_is_killed() {
+    let mut c = Cluster::start_with_metrics(3);
+    let dir = tempfile::tempdir().unwrap();
+    let Some(prom) = Prometheus::start(dir.path(), &c.metrics_ports) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "prometheus is not installed: CI must run this test against it (apt-get install prometheus)"
+        );
+        eprintln!("prometheus is not installed: skipped");
+        return;
+    };
+    // (nodes up, leaders among them), once `up` nodes are up and one leads; else the last seen.
+    let one_leader = |prom: &Prometheus, up: f64| {
+        let mut seen = None;
+        wait_until(Duration::from_secs(20), || {
+            let now = prom.value("sum(up{job=\"raft-kv\"})")?;
+            let leaders = prom.value("sum(raftkv_server_is_leader and on(instance) up == 1)")?;
+            seen = Some((now, leaders));
+            (now == up && leaders == 1.0).then_some(())
+        })
+        .map_or(seen, |()| Some((up, 1.0)))
+    };
+    assert_eq!(one_leader(&prom, 3.0), Some((3.0, 1.0)), "three nodes up and one leader");
+    let leader = c.leader(1).expect("a leader");
+    let survivors = format!(
+        "sum(raftkv_server_leader_changes_seen_total{{instance!=\"127.0.0.1:{}\"}})",
+        c.metrics_ports[leader - 1]
+    );
+    let changes_before = prom.value(&survivors).expect("the survivors' leader-change counters");
+    c.kill(leader);
+    // The dead node's series go stale; the two others elect a new leader.
+    let seen = one_leader(&prom, 2.0);
+    assert_eq!(seen, Some((2.0, 1.0)), "exactly one leader among the two nodes left");
+    let changes_after = wait_until(Duration::from_secs(10), || {
+        let v = prom.value(&survivors)?;
+        (v > changes_before).then_some(v)
+    });
+    assert!(
+        changes_after.is_some(),
+        "the survivors' leader-change counters did not move (before: {changes_before})"
+    );
+}
