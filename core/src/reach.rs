@@ -64,10 +64,13 @@ pub enum Path {
     /// A node that lost its disk ignored a leader's message while it asked the voters for
     /// their terms.
     LeaderIgnoredWhileProbing,
+    /// A read walking a large collection was served off the node task, from a view of the
+    /// applied state (the runtime's `serve_off_task`).
+    ReadServedOffTask,
 }
 
 impl Path {
-    pub const ALL: [Path; 24] = [
+    pub const ALL: [Path; 25] = [
         Path::ConflictTruncated,
         Path::AppendRejected,
         Path::StaleAppendSkipped,
@@ -92,6 +95,7 @@ impl Path {
         Path::TransferTimeoutNow,
         Path::RecoveringReleased,
         Path::LeaderIgnoredWhileProbing,
+        Path::ReadServedOffTask,
     ];
 }
 

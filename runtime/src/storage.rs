@@ -110,6 +110,11 @@ pub trait Storage: Send + 'static {
     /// read in chunks while writes go on.
     fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError>;
 
+    /// The applied keys and elements as they stand now, to read off the node task while it
+    /// goes on applying (a read of a large collection). No default: a wrapper that forgot it
+    /// would serve its inner storage's view unchecked.
+    fn state_view(&self) -> Result<Box<dyn StateView>, StorageError>;
+
     /// Makes the applied state durable and deletes the log up to `meta.index`, which is
     /// applied; a restart then begins from `meta` and the log after it.
     fn compact(&mut self, meta: SnapshotMeta) -> Result<(), StorageError>;
@@ -146,6 +151,74 @@ impl SnapshotItem {
             SnapshotItem::Session(..) => 24,
             SnapshotItem::Membership(m) => 64 + m.addrs.values().map(String::len).sum::<usize>(),
         }
+    }
+}
+
+/// A point-in-time view of the applied keys and elements (`Storage::state_view`): the reads
+/// of `Storage` with the same meaning, unaffected by later writes.
+pub trait StateView: Send {
+    fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError>;
+    fn element(&self, key: &[u8]) -> Result<Option<Value>, StorageError>;
+    fn elements(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Value)>, StorageError>;
+}
+
+/// MemStorage's view: a copy of its maps (the simulation's collections are small).
+struct MemView {
+    kv: BTreeMap<Key, Value>,
+    elements: BTreeMap<Vec<u8>, Value>,
+    /// A damaged value, met when read.
+    damaged: Option<Key>,
+}
+
+impl StateView for MemView {
+    fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        if self.damaged.as_deref() == Some(key) {
+            return Err(StorageError::Corrupt(format!(
+                "{DAMAGE_FAULT}: the value of a key fails its checksum"
+            )));
+        }
+        Ok(self.kv.get(key).cloned())
+    }
+
+    fn element(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        Ok(self.elements.get(key).cloned())
+    }
+
+    fn elements(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Value)>, StorageError> {
+        Ok(range_of(&self.elements, from, to, rev, limit))
+    }
+}
+
+/// Up to `limit` entries of `map` in `[from, to)`, forwards or backwards.
+fn range_of(
+    map: &BTreeMap<Vec<u8>, Value>,
+    from: &[u8],
+    to: &[u8],
+    rev: bool,
+    limit: usize,
+) -> Vec<(Vec<u8>, Value)> {
+    use std::ops::Bound;
+    if from >= to {
+        return Vec::new();
+    }
+    let range = map.range::<[u8], _>((Bound::Included(from), Bound::Excluded(to)));
+    let pick = |(k, v): (&Vec<u8>, &Value)| (k.clone(), v.clone());
+    if rev {
+        range.rev().take(limit).map(pick).collect()
+    } else {
+        range.take(limit).map(pick).collect()
     }
 }
 
@@ -666,19 +739,20 @@ impl Storage for MemStorage {
         rev: bool,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Value)>, StorageError> {
-        use std::ops::Bound;
-        if from >= to {
-            return Ok(Vec::new());
-        }
+        Ok(range_of(&self.state().written.elements, from, to, rev, limit))
+    }
+
+    fn state_view(&self) -> Result<Box<dyn StateView>, StorageError> {
         let s = self.state();
-        let range =
-            s.written.elements.range::<[u8], _>((Bound::Included(from), Bound::Excluded(to)));
-        let pick = |(k, v): (&Vec<u8>, &Value)| (k.clone(), v.clone());
-        Ok(if rev {
-            range.rev().take(limit).map(pick).collect()
-        } else {
-            range.take(limit).map(pick).collect()
-        })
+        let damaged = match &s.written.damage {
+            Some(Damage::Value(k)) if !s.trust_damage => Some(k.clone()),
+            _ => None,
+        };
+        Ok(Box::new(MemView {
+            kv: s.written.kv.clone(),
+            elements: s.written.elements.clone(),
+            damaged,
+        }))
     }
 
     fn session(&self, origin: u64) -> Result<Option<Session>, StorageError> {

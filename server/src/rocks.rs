@@ -10,7 +10,9 @@
 use raft_kv_core::kv::{Key, Mutation, Session, Value};
 use raft_kv_core::{Entry, HardState, LogIndex, Membership, RestoredState, SnapshotMeta};
 use raft_kv_runtime::codec;
-use raft_kv_runtime::storage::{LogSync, SnapshotItem, SnapshotReader, Storage, StorageError};
+use raft_kv_runtime::storage::{
+    LogSync, SnapshotItem, SnapshotReader, StateView, Storage, StorageError,
+};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, SnapshotWithThreadMode,
     WriteBatch, WriteOptions, DB,
@@ -574,24 +576,7 @@ impl Storage for RocksStorage {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_lower_bound(from);
         opts.set_iterate_upper_bound(to);
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_ELEM), opts);
-        if rev {
-            it.seek_to_last();
-        } else {
-            it.seek_to_first();
-        }
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
-            out.push((k.to_vec(), v.to_vec()));
-            if rev {
-                it.prev();
-            } else {
-                it.next();
-            }
-        }
-        it.status().map_err(io)?;
-        Ok(out)
+        walk(self.db.raw_iterator_cf_opt(self.cf(CF_ELEM), opts), rev, limit)
     }
 
     fn session(&self, origin: u64) -> Result<Option<Session>, StorageError> {
@@ -680,6 +665,10 @@ impl Storage for RocksStorage {
         Ok(n)
     }
 
+    fn state_view(&self) -> Result<Box<dyn StateView>, StorageError> {
+        Ok(Box::new(View::new(self.db.clone(), |db| db.snapshot())))
+    }
+
     fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError> {
         let mut size = 0;
         for cf in [CF_KV, CF_ELEM] {
@@ -762,6 +751,63 @@ impl LogSync for WalSync {
 }
 
 type DbSnapshot<'a> = SnapshotWithThreadMode<'a, DB>;
+
+impl StateView for View {
+    fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        let cf = self.borrow_owner().cf_handle(CF_KV).expect("column families are checked at open");
+        self.borrow_dependent().get_cf(cf, key).map_err(io)
+    }
+
+    fn element(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        let cf =
+            self.borrow_owner().cf_handle(CF_ELEM).expect("column families are checked at open");
+        self.borrow_dependent().get_cf(cf, key).map_err(io)
+    }
+
+    fn elements(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Value)>, StorageError> {
+        if from >= to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let cf =
+            self.borrow_owner().cf_handle(CF_ELEM).expect("column families are checked at open");
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_lower_bound(from);
+        opts.set_iterate_upper_bound(to);
+        let it = self.borrow_dependent().raw_iterator_cf_opt(cf, opts);
+        walk(it, rev, limit)
+    }
+}
+
+/// Up to `limit` records of a bounded iterator, from its first or (`rev`) its last.
+fn walk<D: rocksdb::DBAccess>(
+    mut it: rocksdb::DBRawIteratorWithThreadMode<'_, D>,
+    rev: bool,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Value)>, StorageError> {
+    if rev {
+        it.seek_to_last();
+    } else {
+        it.seek_to_first();
+    }
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+        out.push((k.to_vec(), v.to_vec()));
+        if rev {
+            it.prev();
+        } else {
+            it.next();
+        }
+    }
+    it.status().map_err(io)?;
+    Ok(out)
+}
 
 self_cell::self_cell!(
     /// A RocksDB snapshot together with the database it pins.

@@ -55,3 +55,59 @@ fn element_cursors_walk_a_large_collection_once_and_a_small_one_in_one_call() {
         redis::cmd("HSCAN").arg("h").arg(12345).query(&mut con);
     assert!(bad.unwrap_err().to_string().contains("invalid cursor"));
 }
+
+#[test]
+fn reads_of_large_collections_served_off_the_node_task_see_the_connections_own_writes() {
+    // 5,000 elements: above the 4,096 from which a walk is served from a view of the applied
+    // state, off the node task (`serve_off_task`).
+    let c = Cluster::start(3);
+    let leader = c.leader(1).expect("a leader");
+    for via in [leader, (1..=3).find(|i| *i != leader).unwrap()] {
+        let mut con = c.conn(via);
+        let _: i64 =
+            redis::cmd("DEL").arg("bh").arg("bs").arg("bz").arg("bl").query(&mut con).unwrap();
+        let (mut h, mut s, mut z, mut l) =
+            (redis::cmd("HSET"), redis::cmd("SADD"), redis::cmd("ZADD"), redis::cmd("RPUSH"));
+        h.arg("bh");
+        s.arg("bs");
+        z.arg("bz");
+        l.arg("bl");
+        for i in 0..5000 {
+            h.arg(format!("f{i:05}")).arg(i);
+            s.arg(format!("m{i:05}"));
+            z.arg(i).arg(format!("m{i:05}"));
+            l.arg(i);
+        }
+        for cmd in [h, s, z, l] {
+            let n: i64 = cmd.query(&mut con).unwrap();
+            assert_eq!(n, 5000);
+        }
+        // Each read comes right after a write on the same connection: it must see it.
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET").arg("bh").arg("new").arg("x").ignore();
+        pipe.cmd("HGETALL").arg("bh");
+        pipe.cmd("SADD").arg("bs").arg("new").ignore();
+        pipe.cmd("SMEMBERS").arg("bs");
+        pipe.cmd("ZADD").arg("bz").arg(-1).arg("new").ignore();
+        pipe.cmd("ZRANGE").arg("bz").arg(0).arg(2);
+        pipe.cmd("RPUSH").arg("bl").arg("new").ignore();
+        pipe.cmd("LRANGE").arg("bl").arg(-2).arg(-1);
+        pipe.cmd("SORT").arg("bl").arg("BY").arg("nosort").arg("LIMIT").arg(4999).arg(2);
+        type Replies = (
+            std::collections::HashMap<String, String>,
+            BTreeSet<String>,
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+        );
+        let (hash, set, zset, tail, sorted): Replies = pipe.query(&mut con).unwrap();
+        assert_eq!(hash.len(), 5001);
+        assert_eq!(hash.get("new").map(String::as_str), Some("x"));
+        assert_eq!(hash.get("f04999").map(String::as_str), Some("4999"));
+        assert_eq!(set.len(), 5001);
+        assert!(set.contains("new") && set.contains("m00000"));
+        assert_eq!(zset, vec!["new", "m00000", "m00001"]);
+        assert_eq!(tail, vec!["4999", "new"]);
+        assert_eq!(sorted, vec!["4999", "new"]);
+    }
+}

@@ -266,6 +266,9 @@ impl SimCluster {
                     // The disk counts as nearly full while the nemesis reports 0 bytes free.
                     node_opts.tuning.disk_reserve_bytes = 1;
                     node_opts.tuning.snapshot = opts.snapshot.clone();
+                    // Collections here hold at most eight members: reads of those with three
+                    // or more go off the node task (`serve_off_task`), as a large one's would.
+                    node_opts.tuning.offload_elements_min = 3;
                     node_opts.client.planted = opts.planted;
                     node_opts.transport.faults = Some(faults.clone());
                     if opts.peer_secret {

@@ -16,7 +16,7 @@ use raft_kv_core::{
     Entry, HardState, LogIndex, NodeId, RestoredState, Role, SnapshotMeta, Status, Term,
 };
 use raft_kv_runtime::storage::{
-    LogSync, MemStorage, SnapshotItem, SnapshotReader, Storage, StorageError,
+    LogSync, MemStorage, SnapshotItem, SnapshotReader, StateView, Storage, StorageError,
 };
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -346,6 +346,10 @@ impl Storage for CheckedStorage {
 
     fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError> {
         self.inner.snapshot_reader()
+    }
+
+    fn state_view(&self) -> Result<Box<dyn StateView>, StorageError> {
+        self.inner.state_view()
     }
 
     fn compact(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {

@@ -372,6 +372,34 @@ impl Query {
     }
 }
 
+impl Query {
+    /// The keys whose collections this query may walk in full (a range, a scan, a set
+    /// operation, SORT): a runtime serves the query off its main task when one is large.
+    pub fn walks(&self) -> Vec<&[u8]> {
+        fn one(k: &Key) -> Vec<&[u8]> {
+            vec![k.as_slice()]
+        }
+        fn all(ks: &[Key]) -> Vec<&[u8]> {
+            ks.iter().map(Vec::as_slice).collect()
+        }
+        match self {
+            Query::HGetAll { key, .. } | Query::HScan { key, .. } => one(key),
+            Query::List(ListQuery::Range { key, .. } | ListQuery::Pos { key, .. }) => one(key),
+            Query::Sets(SetQuery::Combine { keys, .. } | SetQuery::InterCard { keys, .. }) => {
+                all(keys)
+            }
+            Query::Sets(SetQuery::Scan { key, .. }) => one(key),
+            Query::ZSet(
+                ZQuery::Range { key, .. } | ZQuery::Scan { key, .. } | ZQuery::Rank { key, .. },
+            ) => one(key),
+            Query::ZSet(ZQuery::Combine(c)) => all(&c.keys),
+            Query::ZSet(ZQuery::InterCard { keys, .. }) => all(keys),
+            Query::Sort(s) => one(&s.key),
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl TxOp {
     /// Bytes of data it carries, for size limits.
     pub fn size_bytes(&self) -> usize {

@@ -129,6 +129,11 @@ pub struct NodeTuning {
     /// log entries: it answers client writes MISCONF and drops appends and snapshot chunks
     /// (the leader retries them as after a lost message). 0: no reserve.
     pub disk_reserve_bytes: u64,
+    /// A read that walks a collection of at least this many elements (`kv::Query::walks`) is
+    /// served off the node task, from a view of the applied state taken when it is served
+    /// (`Storage::state_view`): a long walk holding the task would stop heartbeats, and a
+    /// leader that misses them is deposed. The simulation sets it low, so the path runs there.
+    pub offload_elements_min: u64,
 }
 
 impl Default for NodeTuning {
@@ -141,6 +146,7 @@ impl Default for NodeTuning {
             held_messages_max: 65_536,
             snapshot: SnapshotTuning::default(),
             disk_reserve_bytes: 0,
+            offload_elements_min: 4096,
         }
     }
 }
@@ -226,6 +232,12 @@ pub struct NodeTask<S: Storage> {
     metrics: Arc<Metrics>,
     /// Ticks since start: the gauges are set every `GAUGE_TICKS`.
     ticks: u64,
+    /// The followers whose lag the metrics show (while this node leads).
+    lagging_peers: Vec<u64>,
+    /// Storage errors met by reads served off the task (`serve_off_task`): they stop the
+    /// node as errors met on it do. The receiver is taken by `run`.
+    offload_failed:
+        (mpsc::UnboundedSender<StorageError>, Option<mpsc::UnboundedReceiver<StorageError>>),
 }
 
 /// The node's gauges (`metrics`) are refreshed every this many ticks (100 ms by default).
@@ -361,6 +373,11 @@ impl<S: Storage> NodeTask<S> {
             next_scan_cursor: 0,
             metrics,
             ticks: 0,
+            lagging_peers: Vec::new(),
+            offload_failed: {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (tx, Some(rx))
+            },
             tuning,
         }
     }
@@ -388,6 +405,7 @@ impl<S: Storage> NodeTask<S> {
         mut tick_period: impl FnMut() -> Duration,
     ) -> Result<(), StorageError> {
         let mut next_tick = Instant::now() + tick_period();
+        let mut offload_failed = self.offload_failed.1.take().expect("run once");
         loop {
             // `biased`: tokio's random branch order draws from a thread-local RNG that outlives
             // a simulation run, which would make runs of the same seed differ. Each branch
@@ -400,6 +418,7 @@ impl<S: Storage> NodeTask<S> {
                     self.step_timed(Input::Tick);
                     self.on_tick();
                 }
+                Some(e) = offload_failed.recv() => return Err(e),
                 s = synced.recv() => match s {
                     Some(write) => {
                         self.raft.step(Input::Clock((self.wall_clock)()));
@@ -547,7 +566,7 @@ impl<S: Storage> NodeTask<S> {
     /// Sets the gauges from the node's state, judges its readiness (`/readyz`) and tells
     /// `/livez` the task is alive.
     fn refresh_gauges(&mut self) {
-        let m = &self.metrics;
+        let m = self.metrics.clone();
         let s = self.raft.status();
         let leader = s.role == Role::Leader;
         let member = self.raft.membership().contains(self.id);
@@ -560,9 +579,23 @@ impl<S: Storage> NodeTask<S> {
         m.applied_index.set(self.applied.0 as i64);
         m.last_index.set(s.last_index.0 as i64);
         m.proposals_pending.set(self.writes.len() as i64);
-        m.follower_lag.clear();
-        if leader {
-            for f in self.raft.followers() {
+        if !leader {
+            m.follower_lag.clear();
+        } else {
+            // Set in place (a scrape never sees the series missing); a follower gone from the
+            // membership loses its series.
+            let followers = self.raft.followers();
+            let gone: Vec<u64> = self
+                .lagging_peers
+                .iter()
+                .copied()
+                .filter(|p| !followers.iter().any(|f| f.id.0 == *p))
+                .collect();
+            for p in gone {
+                m.follower_lag.remove(&crate::metrics::Peer { peer: p.to_string() });
+            }
+            self.lagging_peers = followers.iter().map(|f| f.id.0).collect();
+            for f in followers {
                 let lag = s.last_index.0.saturating_sub(f.match_index.0);
                 m.follower_lag
                     .get_or_create(&crate::metrics::Peer { peer: f.id.0.to_string() })

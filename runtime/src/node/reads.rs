@@ -35,6 +35,31 @@ pub(super) struct PendingRead {
     pub(super) arrived: Instant,
 }
 
+/// A view of the applied state (`Storage::state_view`) as the KV state machine reads it.
+pub(super) struct Viewed(pub(super) Box<dyn crate::storage::StateView>);
+
+impl KvRead for Viewed {
+    type Error = StorageError;
+    fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        self.0.get(key)
+    }
+    fn element(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        self.0.element(key)
+    }
+    fn elements(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Value)>, StorageError> {
+        self.0.elements(from, to, rev, limit)
+    }
+    fn corrupt(key: &[u8]) -> StorageError {
+        corrupt_value(key)
+    }
+}
+
 /// The reads this node accepted and has not answered. Each waits to be confirmed (its
 /// ReadIndex round, or the lease), then for the applied index to reach its read index, then
 /// for the reads its connection sent before it: reads are confirmed out of order (a lease
@@ -147,22 +172,80 @@ impl<S: Storage> NodeTask<S> {
                 self.reads.put_back(id, r);
                 continue;
             }
-            let reply = self.execute_read(&r.cmd)?;
-            if let Some(o) = &r.output {
-                o.charge(reply.size_bytes());
-            }
-            let _ = r.reply.send(reply);
             // The node's read mode: a lease read falls back to ReadIndex when the lease is
             // not held, so the label says how the node is set up to read.
             let mode = crate::metrics::ReadMode {
                 mode: if self.raft.config().lease_ticks > 0 { "lease" } else { "readindex" }.into(),
             };
+            if self.walks_large_collection(&r.cmd)? {
+                self.serve_off_task(r, mode)?;
+                continue;
+            }
+            let reply = self.execute_read(&r.cmd)?;
+            if let Some(o) = &r.output {
+                o.charge(reply.size_bytes());
+            }
+            let _ = r.reply.send(reply);
             self.metrics.reads.get_or_create(&mode).inc();
             self.metrics
                 .read_seconds
                 .get_or_create(&mode)
                 .observe(r.arrived.elapsed().as_secs_f64());
         }
+        Ok(())
+    }
+
+    /// Whether `cmd` walks a collection of at least `offload_elements_min` elements.
+    fn walks_large_collection(&self, cmd: &ReadCommand) -> Result<bool, StorageError> {
+        let ReadCommand::Query(q) = cmd else { return Ok(false) };
+        let read = Stored(&self.storage, None);
+        for key in q.walks() {
+            if let Some(kv::Record { data: kv::Data::Coll(c), .. }) = kv::coll::stored(&read, key)?
+            {
+                if c.size >= self.tuning.offload_elements_min {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Serves read `r` from a view of the applied state as it is now (the read's point in
+    /// the log: everything applied before it, nothing after), on a blocking-pool thread, so
+    /// the node task goes on with heartbeats and applies meanwhile. A storage error there
+    /// stops the node as one here would (`offload_failed`).
+    fn serve_off_task(
+        &mut self,
+        r: PendingRead,
+        mode: crate::metrics::ReadMode,
+    ) -> Result<(), StorageError> {
+        let ReadCommand::Query(q) = r.cmd else {
+            unreachable!("checked by walks_large_collection")
+        };
+        raft_kv_core::reach::hit(raft_kv_core::reach::Path::ReadServedOffTask);
+        let view = Viewed(self.storage.state_view()?);
+        let now = self.read_time();
+        let metrics = self.metrics.clone();
+        let failed = self.offload_failed.0.clone();
+        let (reply_to, output, arrived) = (r.reply, r.output, r.arrived);
+        // A task in the simulation (where blocking is simulated time), a blocking-pool thread
+        // on tokio.
+        #[allow(deprecated)]
+        tokio::task::spawn_blocking(move || {
+            let reply: Reply = match kv::query(&q, &view, now) {
+                Ok(r) => r.into(),
+                Err(e) => {
+                    let _ = failed.send(e);
+                    Reply::error("ERR the node stopped: its storage failed during this read")
+                }
+            };
+            if let Some(o) = &output {
+                o.charge(reply.size_bytes());
+            }
+            let _ = reply_to.send(reply);
+            metrics.reads.get_or_create(&mode).inc();
+            metrics.read_seconds.get_or_create(&mode).observe(arrived.elapsed().as_secs_f64());
+        });
         Ok(())
     }
 
