@@ -2,8 +2,8 @@
 # Installs what building and testing raft-kv needs on a Debian machine, if it is missing:
 # libclang (the RocksDB build), redis-tools (redis-cli, redis-benchmark), redis-server (the
 # benchmark's reference, and the conformance test's) and prometheus (the metrics test scrapes a
-# cluster with a real one; it brings promtool for scripts/check-deploy.sh). Safe to run
-# repeatedly.
+# cluster with a real one; it brings promtool for scripts/check-deploy.sh) and
+# prometheus-redis-exporter (a test scrapes a node with it). Safe to run repeatedly.
 set -euo pipefail
 need=()
 # Only libclang-dev gives the unversioned libclang.so that clang-sys links (libclang-cpp, which
@@ -13,6 +13,7 @@ need=()
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v prometheus >/dev/null || need+=(prometheus)
+command -v prometheus-redis-exporter >/dev/null || need+=(prometheus-redis-exporter)
 if ((${#need[@]})); then
   sudo=""
   [[ $(id -u) -eq 0 ]] || sudo="sudo"

@@ -77,7 +77,34 @@ struct Stamp {
     name: &'static str,
     began: Instant,
     write: bool,
+    /// A read that looks a key up (INFO's keyspace_hits and keyspace_misses).
+    lookup: bool,
+    /// The arguments, for SLOWLOG (None while it is off).
+    args: Option<Vec<Bytes>>,
 }
+
+/// The reads INFO counts as key lookups: a nil (or empty) answer is a miss.
+const LOOKUPS: &[&str] = &[
+    "get",
+    "getrange",
+    "strlen",
+    "mget",
+    "hget",
+    "hmget",
+    "hgetall",
+    "hexists",
+    "lindex",
+    "lrange",
+    "llen",
+    "smembers",
+    "sismember",
+    "scard",
+    "zscore",
+    "zrange",
+    "zcard",
+    "exists",
+    "type",
+];
 
 /// A reply to write, with the protocol the connection had chosen by then and the command's
 /// stamp (None: no command, e.g. a protocol error).
@@ -299,6 +326,11 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
     pending_bytes: PendingBytes,
     metrics: Arc<Metrics>,
 ) {
+    let client: Arc<str> = registry
+        .lock()
+        .expect("not poisoned")
+        .get(&conn)
+        .map_or_else(|| Arc::from(""), |e| Arc::from(e.addr.to_string()));
     let (mut rd, wr) = tokio::io::split(stream);
     // Each reply goes with the protocol (RESP2 or RESP3) the connection had chosen by then.
     let (tx, rx) = mpsc::channel::<Queued>(cfg.pipeline_depth_max);
@@ -311,7 +343,8 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
         answered_tx,
         cfg.output_bytes_max,
         output.clone(),
-        metrics,
+        metrics.clone(),
+        client,
     ));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut submitted: u64 = 0;
@@ -330,6 +363,10 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                     let request_bytes: usize = argv.iter().map(|a| a.len()).sum();
                     let began = Instant::now();
                     let command_name = command::metric_name(&argv[0]);
+                    let mut slow_args =
+                        (metrics.slowlog_slower_than.load(std::sync::atomic::Ordering::Relaxed)
+                            >= 0)
+                            .then(|| crate::metrics::slow_args(&argv));
                     let parsed = command::parse(argv);
                     let allowed_before_auth = matches!(
                         parsed,
@@ -508,6 +545,9 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                             )),
                             None,
                         ) => Request::Admin(command::AdminCommand::Unblock { client: id, error }),
+                        (Request::Connection(ConnectionCommand::Monitor(m)), None) => {
+                            Request::Immediate(monitor_reply(&metrics, m))
+                        }
                         (Request::Connection(ConnectionCommand::Client(c)), None) => {
                             Request::Immediate(match c {
                                 ClientCommand::Id => Reply::Integer(conn as i64),
@@ -578,6 +618,9 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                                     name: command_name,
                                     began,
                                     write: next_phase == Some(Phase::Writes),
+                                    lookup: next_phase == Some(Phase::Reads)
+                                        && LOOKUPS.contains(&command_name),
+                                    args: slow_args.take(),
                                 };
                                 if tx
                                     .send((Pending::Ready(busy), protocol, Some(stamp)))
@@ -596,6 +639,8 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                         name: command_name,
                         began,
                         write: next_phase == Some(Phase::Writes),
+                        lookup: next_phase == Some(Phase::Reads) && LOOKUPS.contains(&command_name),
+                        args: slow_args.take(),
                     };
                     let (pending, quit) = dispatch(request, &node, conn, held, Some(&output));
                     if tx.send((pending, protocol, Some(stamp))).await.is_err() {
@@ -711,6 +756,7 @@ async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
     output_bytes_max: usize,
     budget: Arc<OutputBudget>,
     metrics: Arc<Metrics>,
+    client: Arc<str>,
 ) {
     use bytes::Buf;
     let mut out = BytesMut::with_capacity(16 * 1024);
@@ -740,7 +786,7 @@ async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
                 (None, Pending::Waiting(..)) => unreachable!("a waiting reply was taken above"),
             };
             if let Some(s) = stamp {
-                note(&metrics, &s, &reply);
+                note(&metrics, &s, &reply, &client);
             }
             budget.release(reply.size_bytes());
             answered.send_modify(|n| *n += 1);
@@ -781,15 +827,146 @@ async fn write_replies<W: tokio::io::AsyncWrite + Unpin>(
     }
 }
 
+/// SLOWLOG and LATENCY, answered from the node's records (`Metrics::redis`).
+fn monitor_reply(metrics: &Metrics, m: command::MonitorCommand) -> Reply {
+    use command::MonitorCommand as M;
+    let bulk = |s: String| Reply::Bulk(Bytes::from(s));
+    let lines = |l: &[&str]| Reply::Array(l.iter().map(|s| bulk(s.to_string())).collect());
+    let mut r = metrics.redis.lock().unwrap_or_else(|e| e.into_inner());
+    match m {
+        M::SlowGet(count) => {
+            let n = if count < 0 { r.slowlog.len() } else { (count as usize).min(r.slowlog.len()) };
+            Reply::Array(
+                r.slowlog
+                    .iter()
+                    .take(n)
+                    .map(|e| {
+                        Reply::Array(vec![
+                            Reply::Integer(e.id as i64),
+                            Reply::Integer(e.time as i64),
+                            Reply::Integer(e.usec as i64),
+                            Reply::Array(e.args.iter().cloned().map(Reply::Bulk).collect()),
+                            bulk(e.client.clone()),
+                            bulk(String::new()),
+                        ])
+                    })
+                    .collect(),
+            )
+        }
+        M::SlowLen => Reply::Integer(r.slowlog.len() as i64),
+        M::SlowReset => {
+            r.slowlog.clear();
+            Reply::ok()
+        }
+        M::SlowHelp => lines(&[
+            "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GET [<count>]",
+            "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+            "    Entries are made of:",
+            "    id, timestamp, time in microseconds, arguments array, client IP and port,",
+            "    client name",
+            "LEN",
+            "    Return the length of the slowlog.",
+            "RESET",
+            "    Reset the slowlog.",
+            "HELP",
+            "    Prints this help.",
+        ]),
+        M::LatencyLatest => Reply::Array(
+            r.latency
+                .iter()
+                .map(|(name, e)| {
+                    Reply::Array(vec![
+                        bulk(name.to_string()),
+                        Reply::Integer(e.time as i64),
+                        Reply::Integer(e.latest_ms as i64),
+                        Reply::Integer(e.max_ms as i64),
+                    ])
+                })
+                .collect(),
+        ),
+        M::LatencyReset(events) => {
+            let before = r.latency.len();
+            if events.is_empty() {
+                r.latency.clear();
+            } else {
+                r.latency.retain(|name, _| !events.iter().any(|e| e.as_ref() == name.as_bytes()));
+            }
+            Reply::Integer((before - r.latency.len()) as i64)
+        }
+        M::LatencyHistory(event) => Reply::Array(
+            r.latency
+                .iter()
+                .filter(|(name, _)| name.as_bytes() == event.as_ref())
+                .map(|(_, e)| {
+                    Reply::Array(vec![
+                        Reply::Integer(e.time as i64),
+                        Reply::Integer(e.latest_ms as i64),
+                    ])
+                })
+                .collect(),
+        ),
+        M::LatencyDoctor => {
+            bulk(if metrics.latency_threshold_ms.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                "Latency monitoring is disabled on this node. CONFIG SET latency-monitor-threshold <milliseconds> enables it: commands and Raft log fsyncs that take at least that long are recorded (events \"command\" and \"fsync-always\")."
+                .to_string()
+            } else {
+                let events: Vec<String> = r
+                    .latency
+                    .iter()
+                    .map(|(n, e)| format!("{n}: latest {} ms, max {} ms", e.latest_ms, e.max_ms))
+                    .collect();
+                if events.is_empty() {
+                    "No latency spike above the threshold was recorded.".to_string()
+                } else {
+                    events.join("\n")
+                }
+            })
+        }
+        M::LatencyHelp => lines(&[
+            "LATENCY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "DOCTOR",
+            "    Return a human readable latency analysis report.",
+            "HISTORY <event>",
+            "    Return time-latency samples for the <event> class.",
+            "LATEST",
+            "    Return the latest latency samples for all events.",
+            "RESET [<event> ...]",
+            "    Reset latency data of one or more <event> classes.",
+            "    (default: reset all data for all event classes)",
+            "HELP",
+            "    Prints this help.",
+        ]),
+    }
+}
+
 /// Notes a command answered: its count and time, its error's kind, and for a write an error
 /// that says it was not applied (TRYAGAIN, BUSY, CLUSTERDOWN, MISCONF) or may not have been
 /// (TIMEOUT).
-fn note(metrics: &Metrics, s: &Stamp, reply: &Reply) {
+fn note(metrics: &Metrics, s: &Stamp, reply: &Reply, client: &str) {
     let error = match reply {
         Reply::Error(e) => Some(e.as_str()),
         _ => None,
     };
-    metrics.command(s.name, s.began.elapsed().as_secs_f64(), error);
+    let lookup = s.lookup.then_some(match reply {
+        Reply::Null | Reply::NullArray | Reply::Error(_) => false,
+        Reply::Array(v) | Reply::Set(v) => !v.is_empty(),
+        Reply::Map(m) => !m.is_empty(),
+        Reply::Integer(0) => !matches!(
+            s.name,
+            "exists" | "strlen" | "llen" | "scard" | "zcard" | "hexists" | "sismember"
+        ),
+        Reply::Simple("none") => false,
+        _ => true,
+    });
+    metrics.command(crate::metrics::Done {
+        name: s.name,
+        took: s.began.elapsed(),
+        error,
+        lookup,
+        args: s.args.as_deref(),
+        client,
+    });
     let reason = match error.and_then(|e| e.split(' ').next()) {
         Some("TRYAGAIN") => "not_applied",
         Some("TIMEOUT") => "timeout",

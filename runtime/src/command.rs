@@ -225,6 +225,24 @@ pub enum ConnectionCommand {
     Exec,
     Discard,
     Client(ClientCommand),
+    /// SLOWLOG and LATENCY: answered from the node's `Metrics`.
+    Monitor(MonitorCommand),
+}
+
+/// SLOWLOG's and LATENCY's subcommands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MonitorCommand {
+    /// SLOWLOG GET [count]: -1 for all.
+    SlowGet(i64),
+    SlowLen,
+    SlowReset,
+    SlowHelp,
+    LatencyLatest,
+    /// LATENCY RESET [event ...]: none for all.
+    LatencyReset(Vec<Bytes>),
+    LatencyHistory(Bytes),
+    LatencyDoctor,
+    LatencyHelp,
 }
 
 /// CLIENT's subcommands about this connection and the node's others.
@@ -317,6 +335,8 @@ const CORE_COMMANDS: &[(&str, i32)] = &[
     ("raft.node", -2),
     ("select", 2),
     ("client", -2),
+    ("slowlog", -2),
+    ("latency", -2),
     ("quit", -1),
     ("multi", 1),
     ("exec", 1),
@@ -597,6 +617,10 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
         },
         "client" => match client_command(args) {
             Ok(c) => Request::Connection(ConnectionCommand::Client(c)),
+            Err(reply) => Request::Immediate(reply),
+        },
+        "slowlog" | "latency" => match monitor_command(name, args) {
+            Ok(c) => Request::Connection(ConnectionCommand::Monitor(c)),
             Err(reply) => Request::Immediate(reply),
         },
         "quit" => Request::Quit,
@@ -1121,7 +1145,8 @@ fn function_command(cmd: &str, args: &[Bytes]) -> Reply {
 
 /// Parameters CONFIG GET reports and CONFIG SET accepts, with their values at start: what
 /// clients and test harnesses probe. Setting one changes what CONFIG GET reports on that node
-/// and nothing else (raft-kv always fsyncs, never evicts, has one database).
+/// and nothing else (raft-kv always fsyncs, never evicts, has one database), except the slow
+/// log's and the latency monitor's, which steer them on that node.
 pub const CONFIG_DEFAULTS: &[(&str, &str)] = &[
     ("appendfsync", "always"),
     ("appendonly", "no"),
@@ -1132,6 +1157,7 @@ pub const CONFIG_DEFAULTS: &[(&str, &str)] = &[
     ("hash-max-listpack-value", "64"),
     ("hash-max-ziplist-entries", "512"),
     ("hash-max-ziplist-value", "64"),
+    ("latency-monitor-threshold", "0"),
     ("list-compress-depth", "0"),
     ("list-max-listpack-size", "-2"),
     ("list-max-ziplist-size", "-2"),
@@ -1215,6 +1241,45 @@ fn hello_command(args: &[Bytes]) -> Result<ConnectionCommand, Reply> {
 /// Whether `name` is a valid client name: printable ASCII but space.
 pub fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|c| *c > b' ' && *c <= b'~')
+}
+
+/// SLOWLOG GET/LEN/RESET/HELP and LATENCY LATEST/RESET/HISTORY/DOCTOR/HELP, with Redis 7.0's
+/// argument errors.
+fn monitor_command(cmd: &str, args: &[Bytes]) -> Result<MonitorCommand, Reply> {
+    let sub = subcommand(args);
+    let arity = |n: usize| {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(wrong_arity(&format!("{cmd}|{sub}")))
+        }
+    };
+    Ok(match (cmd, sub.as_str()) {
+        ("slowlog", "get") => match args.len() {
+            1 => MonitorCommand::SlowGet(10),
+            2 => match parse_i64(&args[1]) {
+                Some(n) if n >= -1 => MonitorCommand::SlowGet(n),
+                _ => return Err(Reply::error("ERR count should be greater than or equal to -1")),
+            },
+            _ => {
+                return Err(Reply::error(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try SLOWLOG HELP.",
+                sanitize(&args[0])
+            )))
+            }
+        },
+        ("slowlog", "len") => arity(1).map(|()| MonitorCommand::SlowLen)?,
+        ("slowlog", "reset") => arity(1).map(|()| MonitorCommand::SlowReset)?,
+        ("slowlog", "help") => arity(1).map(|()| MonitorCommand::SlowHelp)?,
+        ("latency", "latest") => arity(1).map(|()| MonitorCommand::LatencyLatest)?,
+        ("latency", "reset") => MonitorCommand::LatencyReset(args[1..].to_vec()),
+        ("latency", "history") => {
+            arity(2).map(|()| MonitorCommand::LatencyHistory(args[1].clone()))?
+        }
+        ("latency", "doctor") => arity(1).map(|()| MonitorCommand::LatencyDoctor)?,
+        ("latency", "help") => arity(1).map(|()| MonitorCommand::LatencyHelp)?,
+        _ => return Err(unknown_subcommand(cmd, &args[0])),
+    })
 }
 
 /// CLIENT ID, GETNAME, SETNAME; SETINFO is accepted (client libraries send it on connect).

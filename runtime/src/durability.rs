@@ -159,6 +159,9 @@ fn vouches_for_storage(m: &Message) -> bool {
     )
 }
 
+/// A WAL fsync at least this long is logged (and counted by the metrics' histogram).
+const SLOW_FSYNC: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Syncs the storage whenever the node task made writes since the last sync, and reports the
 /// last write each sync covered. Ends when the node task does.
 pub async fn sync_loop(
@@ -168,6 +171,7 @@ pub async fn sync_loop(
     delay: Option<SyncDelay>,
     planted: Option<raft_kv_core::PlantedBug>,
     metrics: Arc<crate::metrics::Metrics>,
+    node: raft_kv_core::NodeId,
 ) {
     while requests.changed().await.is_ok() {
         // Every write numbered up to `write` was made before this sync begins.
@@ -184,7 +188,17 @@ pub async fn sync_loop(
             Ok(r) => r.map(|()| write),
             Err(e) => Err(StorageError::Io(format!("the WAL sync task failed: {e}"))),
         };
-        metrics.fsync_seconds.observe(began.elapsed().as_secs_f64());
+        let took = began.elapsed();
+        metrics.fsync_seconds.observe(took.as_secs_f64());
+        metrics.fsync_latency(took);
+        if took >= SLOW_FSYNC {
+            tracing::warn!(
+                node = node.0,
+                up_to_write = write,
+                took_ms = took.as_millis() as u64,
+                "slow WAL fsync: the disk took over 500 ms; writes wait for it"
+            );
+        }
         // A failed sync stops the node: what it wrote may never reach the disk, whatever a
         // later sync says (the kernel may have dropped the pages), so nothing after it can be
         // acknowledged. The planted bug goes on as if it had worked.

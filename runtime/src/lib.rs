@@ -245,6 +245,7 @@ pub async fn start<S: Storage>(
         opts.hooks.sync_delay.clone(),
         opts.raft.planted,
         metrics.clone(),
+        opts.raft.id,
     ));
     let start = node::NodeStart {
         incarnation,

@@ -63,6 +63,105 @@ pub struct ColumnFamily {
 /// Why a node is not ready (`/readyz`), or None when it is.
 pub type NotReady = Option<String>;
 
+/// INFO commandstats' line of one command.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CommandStat {
+    pub calls: u64,
+    pub usec: u64,
+    /// Answered an error.
+    pub failed: u64,
+}
+
+/// One SLOWLOG entry, as Redis keeps it.
+#[derive(Clone, Debug)]
+pub struct SlowEntry {
+    pub id: u64,
+    /// Unix seconds when the command finished.
+    pub time: u64,
+    pub usec: u64,
+    /// At most 32 arguments (the last one then says how many more), each cut to 128 bytes.
+    pub args: Vec<bytes::Bytes>,
+    pub client: String,
+}
+
+/// LATENCY LATEST's record of one event.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LatencyEvent {
+    /// Unix seconds of the latest sample.
+    pub time: u64,
+    pub latest_ms: u64,
+    pub max_ms: u64,
+}
+
+/// What Redis's own monitoring reads (INFO stats, commandstats, errorstats, SLOWLOG,
+/// LATENCY): kept beside the Prometheus metrics, in Redis's shapes.
+#[derive(Default)]
+pub struct RedisStats {
+    pub commands: std::collections::BTreeMap<&'static str, CommandStat>,
+    pub errors: std::collections::BTreeMap<String, u64>,
+    pub total_commands: u64,
+    pub total_errors: u64,
+    pub keyspace_hits: u64,
+    pub keyspace_misses: u64,
+    /// (ms since the metrics' origin, total_commands): the last 16 samples, 100 ms apart.
+    ops_samples: std::collections::VecDeque<(u64, u64)>,
+    pub slowlog: std::collections::VecDeque<SlowEntry>,
+    next_slow_id: u64,
+    pub latency: std::collections::BTreeMap<&'static str, LatencyEvent>,
+}
+
+impl RedisStats {
+    /// INFO's instantaneous_ops_per_sec: commands per second over the samples (about 1.6 s).
+    pub fn ops_per_sec(&self) -> u64 {
+        match (self.ops_samples.front(), self.ops_samples.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => (n1 - n0) * 1000 / (t1 - t0),
+            _ => 0,
+        }
+    }
+}
+
+/// A finished command, as the metrics note it (`Metrics::command`).
+pub struct Done<'a> {
+    pub name: &'static str,
+    pub took: std::time::Duration,
+    pub error: Option<&'a str>,
+    /// Whether it looked a key up and found it (Some(true)), found nothing (Some(false)), or
+    /// is no lookup (None): INFO's keyspace_hits and keyspace_misses.
+    pub lookup: Option<bool>,
+    /// Its arguments as SLOWLOG keeps them (`slow_args`), and its client (None: not kept).
+    pub args: Option<&'a [bytes::Bytes]>,
+    pub client: &'a str,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// SLOWLOG's form of a command's arguments: Redis keeps 32 at most and 128 bytes of each.
+/// Copies: a slice would keep the request's whole buffer (a 1 MB value) alive until the
+/// command is answered.
+pub fn slow_args(args: &[bytes::Bytes]) -> Vec<bytes::Bytes> {
+    const ARGS_MAX: usize = 32;
+    const BYTES_MAX: usize = 128;
+    let shown = if args.len() > ARGS_MAX { ARGS_MAX - 1 } else { args.len() };
+    let mut out: Vec<bytes::Bytes> = args[..shown]
+        .iter()
+        .map(|a| {
+            if a.len() > BYTES_MAX {
+                let mut v = a[..BYTES_MAX].to_vec();
+                v.extend_from_slice(format!("... ({} more bytes)", a.len() - BYTES_MAX).as_bytes());
+                bytes::Bytes::from(v)
+            } else {
+                bytes::Bytes::copy_from_slice(a)
+            }
+        })
+        .collect();
+    if args.len() > ARGS_MAX {
+        out.push(bytes::Bytes::from(format!("... ({} more arguments)", args.len() - shown)));
+    }
+    out
+}
+
 pub struct Metrics {
     registry: Registry,
     pub has_leader: Gauge,
@@ -103,6 +202,14 @@ pub struct Metrics {
     /// `origin` (`/livez`).
     alive_ms: AtomicU64,
     origin: tokio::time::Instant,
+    pub redis: Mutex<RedisStats>,
+    /// CONFIG slowlog-log-slower-than (microseconds; negative: off, 0: every command).
+    pub slowlog_slower_than: std::sync::atomic::AtomicI64,
+    /// CONFIG slowlog-max-len.
+    pub slowlog_max_len: AtomicU64,
+    /// CONFIG latency-monitor-threshold (milliseconds; 0: off).
+    pub latency_threshold_ms: AtomicU64,
+    peak_rss: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -252,6 +359,11 @@ impl Metrics {
             health: Mutex::new(Some("starting".into())),
             alive_ms: AtomicU64::new(0),
             origin: tokio::time::Instant::now(),
+            redis: Mutex::new(RedisStats::default()),
+            slowlog_slower_than: std::sync::atomic::AtomicI64::new(10_000),
+            slowlog_max_len: AtomicU64::new(128),
+            latency_threshold_ms: AtomicU64::new(0),
+            peak_rss: AtomicU64::new(0),
         }
     }
 
@@ -284,14 +396,83 @@ impl Metrics {
         std::time::Duration::from_millis(now.saturating_sub(self.alive_ms.load(Ordering::Relaxed)))
     }
 
-    /// Counts a command answered, its time, and its error kind if it failed.
-    pub fn command(&self, name: &str, seconds: f64, error: Option<&str>) {
-        let label = CommandName { command: name.to_string() };
+    /// Notes a command answered: its count and time, its error's kind, the lookups it made,
+    /// and the slow log and latency monitor when it took long enough.
+    pub fn command(&self, d: Done<'_>) {
+        let label = CommandName { command: d.name.to_string() };
         self.commands.get_or_create(&label).inc();
-        self.command_seconds.get_or_create(&label).observe(seconds);
-        if let Some(e) = error {
-            let kind = e.split(' ').next().unwrap_or("ERR");
-            self.command_errors.get_or_create(&ErrorKind { kind: kind.to_string() }).inc();
+        self.command_seconds.get_or_create(&label).observe(d.took.as_secs_f64());
+        let kind = d.error.map(|e| e.split(' ').next().unwrap_or("ERR").to_string());
+        if let Some(kind) = &kind {
+            self.command_errors.get_or_create(&ErrorKind { kind: kind.clone() }).inc();
+        }
+        let usec = d.took.as_micros() as u64;
+        let slower_than = self.slowlog_slower_than.load(Ordering::Relaxed);
+        let slow = slower_than >= 0 && usec >= slower_than as u64;
+        let latency_ms = self.latency_threshold_ms.load(Ordering::Relaxed);
+        let mut r = self.redis.lock().unwrap_or_else(|e| e.into_inner());
+        r.total_commands += 1;
+        let stat = r.commands.entry(d.name).or_default();
+        stat.calls += 1;
+        stat.usec += usec;
+        if let Some(kind) = kind {
+            stat.failed += 1;
+            r.total_errors += 1;
+            *r.errors.entry(kind).or_default() += 1;
+        }
+        match d.lookup {
+            Some(true) => r.keyspace_hits += 1,
+            Some(false) => r.keyspace_misses += 1,
+            None => {}
+        }
+        if let (true, Some(args)) = (slow, d.args) {
+            let id = r.next_slow_id;
+            r.next_slow_id += 1;
+            let entry = SlowEntry {
+                id,
+                time: unix_now(),
+                usec,
+                args: args.to_vec(),
+                client: d.client.to_string(),
+            };
+            r.slowlog.push_front(entry);
+            let max = self.slowlog_max_len.load(Ordering::Relaxed) as usize;
+            r.slowlog.truncate(max);
+        }
+        if latency_ms > 0 && usec / 1000 >= latency_ms {
+            let e = r.latency.entry("command").or_default();
+            e.time = unix_now();
+            e.latest_ms = usec / 1000;
+            e.max_ms = e.max_ms.max(e.latest_ms);
+        }
+    }
+
+    /// Notes one fsync for the latency monitor (Redis's `fsync-always` event).
+    pub fn fsync_latency(&self, took: std::time::Duration) {
+        let threshold = self.latency_threshold_ms.load(Ordering::Relaxed);
+        let ms = took.as_millis() as u64;
+        if threshold > 0 && ms >= threshold {
+            let mut r = self.redis.lock().unwrap_or_else(|e| e.into_inner());
+            let e = r.latency.entry("fsync-always").or_default();
+            e.time = unix_now();
+            e.latest_ms = ms;
+            e.max_ms = e.max_ms.max(ms);
+        }
+    }
+
+    /// The largest resident size seen (INFO's used_memory_peak), `now` included.
+    pub fn peak_rss(&self, now: u64) -> u64 {
+        self.peak_rss.fetch_max(now, Ordering::Relaxed).max(now)
+    }
+
+    /// Samples the command count for instantaneous_ops_per_sec (every 100 ms).
+    pub fn sample_ops(&self) {
+        let now = self.origin.elapsed().as_millis() as u64;
+        let mut r = self.redis.lock().unwrap_or_else(|e| e.into_inner());
+        let total = r.total_commands;
+        r.ops_samples.push_back((now, total));
+        while r.ops_samples.len() > 16 {
+            r.ops_samples.pop_front();
         }
     }
 
@@ -317,7 +498,14 @@ mod tests {
         let m = Metrics::new();
         m.leader_changes.inc();
         m.fsync_seconds.observe(0.003);
-        m.command("set", 0.001, Some("WRONGTYPE Operation"));
+        m.command(Done {
+            name: "set",
+            took: std::time::Duration::from_millis(1),
+            error: Some("WRONGTYPE Operation"),
+            lookup: None,
+            args: None,
+            client: "",
+        });
         m.peer_sent(2);
         m.client_connections_total.inc();
         m.snapshot_sent_bytes.inc_by(10);

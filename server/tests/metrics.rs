@@ -225,3 +225,120 @@ fn prometheus_sees_one_leader_again_after_the_leader_is_killed() {
         "the survivors' leader-change counters did not move (before: {changes_before})"
     );
 }
+
+#[test]
+fn redis_exporter_scrapes_a_node_without_error() {
+    let c = Cluster::start(3);
+    let leader = c.leader(1).expect("a leader");
+    let mut con = c.conn(leader);
+    for i in 0..10 {
+        let _: () = redis::cmd("SET").arg(format!("k{i}")).arg(i).query(&mut con).unwrap();
+    }
+    let _: () = redis::cmd("SET").arg("t").arg(1).arg("EX").arg(100).query(&mut con).unwrap();
+    let _: Option<String> = redis::cmd("GET").arg("nothing").query(&mut con).unwrap();
+    let port = free_ports(1)[0];
+    let exporter = Command::new("prometheus-redis-exporter")
+        .arg(format!("-redis.addr=redis://127.0.0.1:{}", c.redis_ports[leader - 1]))
+        .arg(format!("-web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut exporter) = exporter else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "prometheus-redis-exporter is not installed: CI must run this test against it"
+        );
+        eprintln!("prometheus-redis-exporter is not installed: skipped");
+        return;
+    };
+    let body = wait_until(Duration::from_secs(20), || {
+        let (s, body) = get(port, "/metrics")?;
+        (s == 200 && body.contains("redis_up")).then_some(body)
+    });
+    let _ = exporter.kill();
+    let out = exporter.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let body = body.unwrap_or_else(|| panic!("the exporter served no metrics; its log:\n{log}"));
+    let value = |name: &str| -> Option<f64> {
+        body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+    };
+    assert_eq!(value("redis_up "), Some(1.0), "{body}");
+    // An error would be a series labelled with its text, valued 1.
+    assert_eq!(value("redis_exporter_last_scrape_error{err=\"\"} "), Some(0.0), "{body}\n{log}");
+    assert!(
+        !body
+            .lines()
+            .any(|l| l.starts_with("redis_exporter_last_scrape_error{err=\"") && l.ends_with(" 1")),
+        "{body}"
+    );
+    assert!(value("redis_commands_total{cmd=\"set\"} ").is_some_and(|n| n >= 11.0), "{body}");
+    assert!(value("redis_memory_used_bytes ").is_some_and(|n| n > 0.0), "{body}");
+    assert!(value("redis_db_keys{db=\"db0\"} ").is_some_and(|n| n >= 1.0), "{body}");
+    assert_eq!(value("redis_db_keys_expiring{db=\"db0\"} "), Some(1.0), "{body}");
+    assert!(value("redis_keyspace_misses_total ").is_some_and(|n| n >= 1.0), "{body}");
+    assert!(!log.to_lowercase().contains("error"), "the exporter logged an error:\n{log}");
+}
+
+#[test]
+fn info_sections_slowlog_and_commandstats_as_redis_tools_read_them() {
+    let c = Cluster::start(3);
+    let leader = c.leader(1).expect("a leader");
+    let f = (1..=3).find(|i| *i != leader).unwrap();
+    let mut con = c.conn(leader);
+    let q = |con: &mut redis::Connection, args: &[&str]| -> redis::Value {
+        redis::cmd(args[0]).arg(&args[1..]).query(con).unwrap_or(redis::Value::Nil)
+    };
+    q(&mut con, &["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
+    q(&mut con, &["SET", "a", "1"]);
+    q(&mut con, &["GET", "a"]);
+    q(&mut con, &["GET", "missing"]);
+    q(&mut con, &["LPUSH", "a", "x"]);
+    let all: String = redis::cmd("INFO").arg("all").query(&mut con).unwrap();
+    for section in [
+        "# Server",
+        "# Clients",
+        "# Memory",
+        "# Persistence",
+        "# Stats",
+        "# Replication",
+        "# Commandstats",
+        "# Errorstats",
+        "# Keyspace",
+        "# Raft",
+    ] {
+        assert!(all.contains(&format!("{section}\r\n")), "no {section}:\n{all}");
+    }
+    for line in ["role:master\r\n", "connected_slaves:2\r\n", "errorstat_WRONGTYPE:count=1\r\n"] {
+        assert!(all.contains(line), "no {line:?}:\n{all}");
+    }
+    assert!(all.contains("cmdstat_set:calls="), "{all}");
+    assert!(all.contains("cmdstat_lpush:calls=1,") && all.contains(",failed_calls=1\r\n"), "{all}");
+    let field = |text: &str, name: &str| -> Option<u64> {
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))?.trim().parse().ok())
+    };
+    assert!(field(&all, "keyspace_misses").is_some_and(|n| n >= 1), "{all}");
+    assert!(field(&all, "keyspace_hits").is_some_and(|n| n >= 1), "{all}");
+    assert!(field(&all, "used_memory").is_some_and(|n| n > 0), "{all}");
+    assert!(field(&all, "total_commands_processed").is_some_and(|n| n >= 5), "{all}");
+    let default: String = redis::cmd("INFO").query(&mut con).unwrap();
+    assert!(!default.contains("# Commandstats") && default.contains("# Stats"), "{default}");
+    let repl: String = redis::cmd("INFO").arg("replication").query(&mut c.conn(f)).unwrap();
+    assert!(
+        repl.contains("role:slave\r\n") && repl.contains("master_link_status:up\r\n"),
+        "{repl}"
+    );
+
+    // Every command is slow at threshold 0: the latest is first, with its arguments.
+    let log: Vec<(i64, i64, i64, Vec<String>, String, String)> =
+        redis::cmd("SLOWLOG").arg("GET").arg(2).query(&mut con).unwrap();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0].3, vec!["INFO".to_string()], "{log:?}");
+    assert!(log[0].0 > log[1].0 && log[0].4.starts_with("127.0.0.1:"), "{log:?}");
+    let n: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut con).unwrap();
+    assert!(n >= 7, "{n}");
+    q(&mut con, &["CONFIG", "SET", "slowlog-log-slower-than", "-1"]);
+    q(&mut con, &["SLOWLOG", "RESET"]);
+    q(&mut con, &["SET", "b", "2"]);
+    let n: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut con).unwrap();
+    assert_eq!(n, 0, "off at -1");
+}

@@ -9,6 +9,24 @@ const PROMOTE_LAG_MAX: u64 = 100;
 /// refused (another change pending, a transfer running) is retried this often.
 const PROMOTE_RETRY: Duration = Duration::from_millis(200);
 
+/// This process's resident memory (Linux's /proc/self/statm; 0 elsewhere).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Bytes as Redis writes them for people: 1.50M.
+fn human(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.2}G", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.2}M", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.2}K", b as f64 / (1u64 << 10) as f64),
+        b => format!("{b}B"),
+    }
+}
+
 impl<S: Storage> NodeTask<S> {
     /// A request about the cluster or this node rather than the data: `id` is its request id
     /// if it becomes a proposal.
@@ -44,11 +62,51 @@ impl<S: Storage> NodeTask<S> {
                 let _ = reply.send(Reply::Map(out));
             }
             AdminCommand::ConfigSet(pairs) => {
+                let numeric = |k: &str| {
+                    matches!(
+                        k,
+                        "slowlog-log-slower-than" | "slowlog-max-len" | "latency-monitor-threshold"
+                    )
+                };
+                // Redis's bounds: -1 (off) and up for the slow log's threshold, 0 and up else.
+                let least = |k: &str| if k == "slowlog-log-slower-than" { -1 } else { 0 };
+                let bad_number = pairs
+                    .iter()
+                    .find(|(k, v)| numeric(k) && kv::parse_i64(v).is_none_or(|n| n < least(k)));
                 let answer = match pairs.iter().find(|(k, _)| !self.config.contains_key(k)) {
                     Some((k, _)) => Reply::error(format!(
                         "ERR Unknown option or number of arguments for CONFIG SET - '{k}'"
                     )),
+                    None if bad_number.is_some() => {
+                        let (k, v) = bad_number.expect("checked");
+                        let why = match kv::parse_i64(v) {
+                            None => "argument couldn't be parsed into an integer".to_string(),
+                            Some(_) => format!(
+                                "argument must be between {} and 9223372036854775807 inclusive",
+                                least(k)
+                            ),
+                        };
+                        Reply::error(format!(
+                            "ERR CONFIG SET failed (possibly related to argument '{k}') - {why}"
+                        ))
+                    }
                     None => {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        for (k, v) in pairs.iter() {
+                            let n = kv::parse_i64(v).unwrap_or(0);
+                            match k.as_str() {
+                                "slowlog-log-slower-than" => {
+                                    self.metrics.slowlog_slower_than.store(n, Relaxed)
+                                }
+                                "slowlog-max-len" => {
+                                    self.metrics.slowlog_max_len.store(n as u64, Relaxed)
+                                }
+                                "latency-monitor-threshold" => {
+                                    self.metrics.latency_threshold_ms.store(n as u64, Relaxed)
+                                }
+                                _ => {}
+                            }
+                        }
                         for (k, v) in pairs {
                             let twin = crate::command::CONFIG_ALIASES.iter().find_map(|(a, b)| {
                                 (k == *a).then_some(*b).or((k == *b).then_some(*a))
@@ -146,7 +204,8 @@ impl<S: Storage> NodeTask<S> {
         self.known_probe_addrs = probe_addrs.len();
         let m = self.raft.membership().clone();
         if m != self.known_membership {
-            info!(node = %self.id, voters = ?m.voters.iter().map(|v| v.0).collect::<Vec<_>>(), learners = ?m.learners.iter().map(|v| v.0).collect::<Vec<_>>(), "membership changed");
+            let s = self.raft.status();
+            info!(node = %self.id, term = %s.term, index = %s.last_index, voters = ?m.voters.iter().map(|v| v.0).collect::<Vec<_>>(), learners = ?m.learners.iter().map(|v| v.0).collect::<Vec<_>>(), "membership changed");
         }
         let mut peers = BTreeMap::new();
         let learned = probe_addrs.iter().filter(|(id, _)| !m.addrs.contains_key(id));
@@ -181,25 +240,93 @@ impl<S: Storage> NodeTask<S> {
     }
 
     /// INFO: `# Server`, `# Clients`, `# Raft` and `# Keyspace`, or the named ones.
+    /// INFO: Redis's sections in Redis's field names where they mean the same (a leader is a
+    /// `master`, its followers its `slave`s), and `# Raft`. No section, or `default`: all but
+    /// commandstats; `all` or `everything`: all.
     pub(super) fn info(&self, sections: &[String]) -> Reply {
-        let all = sections.is_empty()
-            || sections.iter().any(|s| matches!(s.as_str(), "all" | "default" | "everything"));
-        let wanted = |name: &str| all || sections.iter().any(|s| s == name);
+        let every = sections.iter().any(|s| matches!(s.as_str(), "all" | "everything"));
+        let default = sections.is_empty() || sections.iter().any(|s| s == "default");
+        let wanted = |name: &str| {
+            every || sections.iter().any(|s| s == name) || (default && name != "commandstats")
+        };
         let mut out = String::new();
+        let r = self.metrics.redis.lock().unwrap_or_else(|e| e.into_inner());
         if wanted("server") {
             out.push_str(&self.info.server);
             let uptime = self.info.started.elapsed().as_secs();
-            out.push_str(&format!("uptime_in_seconds:{uptime}\r\n\r\n"));
+            let now_us = (self.wall_clock)() * 1000;
+            out.push_str(&format!(
+                "redis_mode:standalone\r\nos:{} {}\r\narch_bits:64\r\nmultiplexing_api:epoll\r\nrun_id:{:016x}{:024x}\r\nserver_time_usec:{now_us}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nhz:{}\r\nconfig_file:\r\n\r\n",
+                std::env::consts::OS,
+                std::env::consts::ARCH,
+                self.info.cluster_id,
+                (self.id.0 as u128) << 64 | self.incarnation as u128,
+                uptime / 86_400,
+                1000 / self.tuning.tick.as_millis().max(1),
+            ));
         }
         if wanted("clients") {
             let connected = self.info.clients_max - self.info.client_slots.available_permits();
             out.push_str(&format!(
-                "# Clients\r\nconnected_clients:{connected}\r\nmaxclients:{}\r\nblocked_clients:{}\r\npending_requests:{}\r\n\r\n",
+                "# Clients\r\nconnected_clients:{connected}\r\ncluster_connections:0\r\nmaxclients:{}\r\nblocked_clients:{}\r\ntracking_clients:0\r\npending_requests:{}\r\n\r\n",
                 self.info.clients_max,
                 self.blocked.len(),
                 self.writes.len() + self.reads.len()
             ));
         }
+        if wanted("memory") {
+            let rss = resident_bytes();
+            let storage: u64 = self.storage.sizes().iter().map(|(_, b)| b).sum();
+            out.push_str(&format!(
+                "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\nused_memory_peak:{}\r\nmaxmemory:0\r\nmaxmemory_human:0B\r\nmaxmemory_policy:noeviction\r\nmem_fragmentation_ratio:1.00\r\nmem_allocator:mimalloc\r\nstorage_bytes:{storage}\r\n\r\n",
+                human(rss),
+                human(rss),
+                self.metrics.peak_rss(rss),
+            ));
+        }
+        if wanted("persistence") {
+            let s = self.raft.status();
+            let since = s.applied_index.0.saturating_sub(s.snapshot_index.0);
+            out.push_str(&format!(
+                "# Persistence\r\nloading:0\r\nasync_loading:0\r\nrdb_changes_since_last_save:{since}\r\nrdb_bgsave_in_progress:0\r\nrdb_last_bgsave_status:ok\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\naof_last_write_status:ok\r\nappendfsync:always\r\nraft_log_first_index:{}\r\nraft_log_last_index:{}\r\n\r\n",
+                s.snapshot_index.0 + 1,
+                s.last_index,
+            ));
+        }
+        if wanted("stats") {
+            out.push_str(&format!(
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:{}\r\nrejected_connections:0\r\nexpired_keys:0\r\nevicted_keys:0\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\npubsub_channels:0\r\npubsub_patterns:0\r\ntotal_error_replies:{}\r\nraft_proposals_applied:{}\r\n\r\n",
+                self.metrics.client_connections_total.get(),
+                r.total_commands,
+                r.ops_per_sec(),
+                r.keyspace_hits,
+                r.keyspace_misses,
+                r.total_errors,
+                self.metrics.proposals_applied.get(),
+            ));
+        }
+        if wanted("replication") {
+            out.push_str(&self.info_replication());
+        }
+        if wanted("commandstats") {
+            out.push_str("# Commandstats\r\n");
+            for (name, c) in &r.commands {
+                let per = if c.calls > 0 { c.usec as f64 / c.calls as f64 } else { 0.0 };
+                out.push_str(&format!(
+                    "cmdstat_{name}:calls={},usec={},usec_per_call={per:.2},rejected_calls=0,failed_calls={}\r\n",
+                    c.calls, c.usec, c.failed
+                ));
+            }
+            out.push_str("\r\n");
+        }
+        if wanted("errorstats") {
+            out.push_str("# Errorstats\r\n");
+            for (kind, n) in &r.errors {
+                out.push_str(&format!("errorstat_{kind}:count={n}\r\n"));
+            }
+            out.push_str("\r\n");
+        }
+        drop(r);
         if wanted("raft") {
             out.push_str(&self.info_raft());
         }
@@ -213,11 +340,62 @@ impl<S: Storage> NodeTask<S> {
             };
             out.push_str("# Keyspace\r\n");
             if keys > 0 {
-                out.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"));
+                out.push_str(&format!(
+                    "db0:keys={keys},expires={},avg_ttl=0\r\n",
+                    self.expiry.len()
+                ));
             }
             out.push_str("\r\n");
         }
         Reply::Bulk(Bytes::from(out))
+    }
+
+    /// INFO replication: the leader as a Redis master with its followers as replicas (their
+    /// offset is their match index), a follower as a replica of the leader.
+    fn info_replication(&self) -> String {
+        let s = self.raft.status();
+        let membership = self.raft.membership();
+        let host_port = |n: NodeId| {
+            let a = membership
+                .addrs
+                .get(&n)
+                .cloned()
+                .or_else(|| self.info.raft_addrs.get(&n).map(|a| a.to_string()))
+                .unwrap_or_default();
+            match a.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.to_string()),
+                None => (a, String::new()),
+            }
+        };
+        let mut out = String::from("# Replication\r\n");
+        if s.role == Role::Leader {
+            let followers = self.raft.followers();
+            out.push_str(&format!("role:master\r\nconnected_slaves:{}\r\n", followers.len()));
+            for (i, f) in followers.iter().enumerate() {
+                let (ip, port) = host_port(f.id);
+                let lag = s.last_index.0.saturating_sub(f.match_index.0);
+                out.push_str(&format!(
+                    "slave{i}:ip={ip},port={port},state=online,offset={},lag={lag}\r\n",
+                    f.match_index
+                ));
+            }
+        } else {
+            out.push_str("role:slave\r\n");
+            match s.leader {
+                Some(l) => {
+                    let (ip, port) = host_port(l);
+                    out.push_str(&format!(
+                        "master_host:{ip}\r\nmaster_port:{port}\r\nmaster_link_status:up\r\n"
+                    ));
+                }
+                None => {
+                    out.push_str("master_host:\r\nmaster_port:0\r\nmaster_link_status:down\r\n")
+                }
+            }
+            out.push_str(&format!("slave_repl_offset:{}\r\n", self.applied));
+        }
+        out.push_str(&format!("master_repl_offset:{}\r\n\r\n", s.commit_index));
+        out
     }
 
     pub(super) fn info_raft(&self) -> String {

@@ -64,6 +64,11 @@ impl Expiry {
         }
     }
 
+    /// Keys with a deadline (INFO keyspace's `expires`).
+    pub(super) fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
     fn clear(&mut self) {
         self.by_key.clear();
         self.by_time.clear();

@@ -489,7 +489,7 @@ impl<S: Storage> NodeTask<S> {
         let s = self.raft.status();
         let now = (s.role, s.term, s.leader);
         if self.last_status != Some(now) {
-            info!(node = %self.id, term = %s.term, role = s.role.name(), leader = ?s.leader.map(|l| l.0), "raft state changed");
+            info!(node = %self.id, term = %s.term, role = s.role.name(), leader = ?s.leader.map(|l| l.0), commit = %s.commit_index, "raft state changed");
             self.last_status = Some(now);
             if !self.transfers.is_empty() {
                 let (done, waiting) = std::mem::take(&mut self.transfers)
@@ -567,6 +567,7 @@ impl<S: Storage> NodeTask<S> {
     /// `/livez` the task is alive.
     fn refresh_gauges(&mut self) {
         let m = self.metrics.clone();
+        m.sample_ops();
         let s = self.raft.status();
         let leader = s.role == Role::Leader;
         let member = self.raft.membership().contains(self.id);
