@@ -89,9 +89,9 @@ fn reads_of_large_collections_served_off_the_node_task_see_the_connections_own_w
         pipe.cmd("SADD").arg("bs").arg("new").ignore();
         pipe.cmd("SMEMBERS").arg("bs");
         pipe.cmd("ZADD").arg("bz").arg(-1).arg("new").ignore();
-        pipe.cmd("ZRANGE").arg("bz").arg(0).arg(2);
+        pipe.cmd("ZRANGE").arg("bz").arg(0).arg(-1);
         pipe.cmd("RPUSH").arg("bl").arg("new").ignore();
-        pipe.cmd("LRANGE").arg("bl").arg(-2).arg(-1);
+        pipe.cmd("LRANGE").arg("bl").arg(0).arg(-1);
         pipe.cmd("SORT").arg("bl").arg("BY").arg("nosort").arg("LIMIT").arg(4999).arg(2);
         type Replies = (
             std::collections::HashMap<String, String>,
@@ -106,8 +106,10 @@ fn reads_of_large_collections_served_off_the_node_task_see_the_connections_own_w
         assert_eq!(hash.get("f04999").map(String::as_str), Some("4999"));
         assert_eq!(set.len(), 5001);
         assert!(set.contains("new") && set.contains("m00000"));
-        assert_eq!(zset, vec!["new", "m00000", "m00001"]);
-        assert_eq!(tail, vec!["4999", "new"]);
+        assert_eq!(zset.len(), 5001);
+        assert_eq!(zset[..3], ["new", "m00000", "m00001"]);
+        assert_eq!(tail.len(), 5001);
+        assert_eq!(tail[4999..], ["4999", "new"]);
         assert_eq!(sorted, vec!["4999", "new"]);
     }
 }

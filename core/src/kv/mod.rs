@@ -372,29 +372,70 @@ impl Query {
     }
 }
 
-impl Query {
-    /// The keys whose collections this query may walk in full (a range, a scan, a set
-    /// operation, SORT): a runtime serves the query off its main task when one is large.
-    pub fn walks(&self) -> Vec<&[u8]> {
-        fn one(k: &Key) -> Vec<&[u8]> {
-            vec![k.as_slice()]
+/// How much of a collection a read walks (`Query::walks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Walk {
+    Whole,
+    /// Ranks `start..=stop`, Redis's index rules (negative from the end).
+    Ranks(i64, i64),
+    /// At most this many elements.
+    UpTo(u64),
+}
+
+impl Walk {
+    /// The elements walked in a collection of `size`.
+    pub fn elements(self, size: u64) -> u64 {
+        match self {
+            Walk::Whole => size,
+            Walk::UpTo(n) => n.min(size),
+            Walk::Ranks(start, stop) => {
+                let len = size as i64;
+                let at = |i: i64| if i < 0 { i.saturating_add(len) } else { i };
+                let (start, stop) = (at(start).max(0), at(stop).min(len - 1));
+                if start > stop {
+                    0
+                } else {
+                    (stop - start + 1) as u64
+                }
+            }
         }
-        fn all(ks: &[Key]) -> Vec<&[u8]> {
-            ks.iter().map(Vec::as_slice).collect()
+    }
+}
+
+impl Query {
+    /// The keys of the collections this query walks, and how much of each: a runtime serves
+    /// a read that walks many elements off its main task.
+    pub fn walks(&self) -> Vec<(&[u8], Walk)> {
+        fn all(ks: &[Key]) -> Vec<(&[u8], Walk)> {
+            ks.iter().map(|k| (k.as_slice(), Walk::Whole)).collect()
+        }
+        fn whole(k: &Key) -> Vec<(&[u8], Walk)> {
+            vec![(k.as_slice(), Walk::Whole)]
         }
         match self {
-            Query::HGetAll { key, .. } | Query::HScan { key, .. } => one(key),
-            Query::List(ListQuery::Range { key, .. } | ListQuery::Pos { key, .. }) => one(key),
+            Query::HGetAll { key, .. } | Query::HScan { key, .. } => whole(key),
+            Query::List(ListQuery::Range { key, start, stop }) => {
+                vec![(key.as_slice(), Walk::Ranks(*start, *stop))]
+            }
+            Query::List(ListQuery::Pos { key, .. }) => whole(key),
             Query::Sets(SetQuery::Combine { keys, .. } | SetQuery::InterCard { keys, .. }) => {
                 all(keys)
             }
-            Query::Sets(SetQuery::Scan { key, .. }) => one(key),
-            Query::ZSet(
-                ZQuery::Range { key, .. } | ZQuery::Scan { key, .. } | ZQuery::Rank { key, .. },
-            ) => one(key),
+            Query::Sets(SetQuery::Scan { key, .. }) => whole(key),
+            Query::ZSet(ZQuery::Range { key, spec, .. }) => {
+                let walk = match (&spec.range, spec.limit) {
+                    (zsets::Range::Rank(a, b), _) => Walk::Ranks(*a, *b),
+                    (_, Some((offset, count))) if offset >= 0 && count >= 0 => {
+                        Walk::UpTo((offset as u64).saturating_add(count as u64))
+                    }
+                    _ => Walk::Whole,
+                };
+                vec![(key.as_slice(), walk)]
+            }
+            Query::ZSet(ZQuery::Scan { key, .. } | ZQuery::Rank { key, .. }) => whole(key),
             Query::ZSet(ZQuery::Combine(c)) => all(&c.keys),
             Query::ZSet(ZQuery::InterCard { keys, .. }) => all(keys),
-            Query::Sort(s) => one(&s.key),
+            Query::Sort(s) => whole(&s.key),
             _ => Vec::new(),
         }
     }

@@ -609,3 +609,17 @@ fn score_order_keys_sort_as_numbers_and_scores_print_as_redis_7_0() {
         assert_eq!(zsets::format_score(v), text, "{v}");
     }
 }
+
+#[test]
+fn a_walk_counts_the_elements_a_read_takes() {
+    use super::Walk;
+    assert_eq!(Walk::Ranks(0, 99).elements(50_000), 100);
+    assert_eq!(Walk::Ranks(0, -1).elements(10), 10);
+    assert_eq!(Walk::Ranks(-2, -1).elements(10), 2);
+    assert_eq!(Walk::Ranks(5, 2).elements(10), 0);
+    assert_eq!(Walk::Ranks(0, 99).elements(0), 0);
+    assert_eq!(Walk::Ranks(-100, 5).elements(3), 3);
+    assert_eq!(Walk::Ranks(i64::MIN, i64::MAX).elements(4), 4);
+    assert_eq!(Walk::UpTo(10).elements(5), 5);
+    assert_eq!(Walk::Whole.elements(7), 7);
+}

@@ -3,19 +3,63 @@
 //! state the batch has made so far; the batch then lands as one storage write.
 
 use super::*;
+use crate::storage::StateView;
 
-/// Read access for the KV state machine: the node's applied storage, and when applying, the
-/// keys that hold collections (`Expiry::collections`; None: any key may). An entry applies to
-/// it under the changes of the entries applied earlier in the same batch (`kv::Layered`).
-pub(super) struct Stored<'a, S>(pub(super) &'a S, pub(super) Option<&'a HashSet<Key>>);
+/// Read access for the KV state machine: the node's applied storage (or a view of it taken
+/// for a read served off the task), and when applying, the keys that hold collections
+/// (`Expiry::collections`; None: any key may). An entry applies to it under the changes of the
+/// entries applied earlier in the same batch (`kv::Layered`).
+pub(super) struct Stored<'a, V: ?Sized>(pub(super) &'a V, pub(super) Option<&'a HashSet<Key>>);
 
-impl<S: Storage> KvRead for Stored<'_, S> {
+/// What `Stored` reads from: a storage, or a view of one.
+pub(super) trait Reads {
+    fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError>;
+    fn element(&self, key: &[u8]) -> Result<Option<Value>, StorageError>;
+    fn elements(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Value)>, StorageError>;
+}
+
+/// Forwards `Reads` to a trait that has the same three reads.
+macro_rules! reads_via {
+    ($trait:path) => {
+        fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+            <Self as $trait>::get(self, key)
+        }
+        fn element(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+            <Self as $trait>::element(self, key)
+        }
+        fn elements(
+            &self,
+            from: &[u8],
+            to: &[u8],
+            rev: bool,
+            limit: usize,
+        ) -> Result<Vec<(Vec<u8>, Value)>, StorageError> {
+            <Self as $trait>::elements(self, from, to, rev, limit)
+        }
+    };
+}
+
+impl<S: Storage> Reads for S {
+    reads_via!(Storage);
+}
+
+impl Reads for dyn StateView {
+    reads_via!(StateView);
+}
+
+impl<V: Reads + ?Sized> KvRead for Stored<'_, V> {
     type Error = StorageError;
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
-        self.0.get(key)
+        Reads::get(self.0, key)
     }
     fn element(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
-        self.0.element(key)
+        Reads::element(self.0, key)
     }
     fn elements(
         &self,
@@ -24,7 +68,7 @@ impl<S: Storage> KvRead for Stored<'_, S> {
         rev: bool,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Value)>, StorageError> {
-        self.0.elements(from, to, rev, limit)
+        Reads::elements(self.0, from, to, rev, limit)
     }
     fn corrupt(key: &[u8]) -> StorageError {
         corrupt_value(key)

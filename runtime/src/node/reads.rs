@@ -35,31 +35,6 @@ pub(super) struct PendingRead {
     pub(super) arrived: Instant,
 }
 
-/// A view of the applied state (`Storage::state_view`) as the KV state machine reads it.
-pub(super) struct Viewed(pub(super) Box<dyn crate::storage::StateView>);
-
-impl KvRead for Viewed {
-    type Error = StorageError;
-    fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
-        self.0.get(key)
-    }
-    fn element(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
-        self.0.element(key)
-    }
-    fn elements(
-        &self,
-        from: &[u8],
-        to: &[u8],
-        rev: bool,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Value)>, StorageError> {
-        self.0.elements(from, to, rev, limit)
-    }
-    fn corrupt(key: &[u8]) -> StorageError {
-        corrupt_value(key)
-    }
-}
-
 /// The reads this node accepted and has not answered. Each waits to be confirmed (its
 /// ReadIndex round, or the lease), then for the applied index to reach its read index, then
 /// for the reads its connection sent before it: reads are confirmed out of order (a lease
@@ -195,14 +170,14 @@ impl<S: Storage> NodeTask<S> {
         Ok(())
     }
 
-    /// Whether `cmd` walks a collection of at least `offload_elements_min` elements.
+    /// Whether `cmd` walks at least `offload_elements_min` elements of a collection.
     fn walks_large_collection(&self, cmd: &ReadCommand) -> Result<bool, StorageError> {
         let ReadCommand::Query(q) = cmd else { return Ok(false) };
         let read = Stored(&self.storage, None);
-        for key in q.walks() {
+        for (key, walk) in q.walks() {
             if let Some(kv::Record { data: kv::Data::Coll(c), .. }) = kv::coll::stored(&read, key)?
             {
-                if c.size >= self.tuning.offload_elements_min {
+                if walk.elements(c.size) >= self.tuning.offload_elements_min {
                     return Ok(true);
                 }
             }
@@ -223,7 +198,7 @@ impl<S: Storage> NodeTask<S> {
             unreachable!("checked by walks_large_collection")
         };
         raft_kv_core::reach::hit(raft_kv_core::reach::Path::ReadServedOffTask);
-        let view = Viewed(self.storage.state_view()?);
+        let view = self.storage.state_view()?;
         let now = self.read_time();
         let metrics = self.metrics.clone();
         let failed = self.offload_failed.0.clone();
@@ -232,7 +207,7 @@ impl<S: Storage> NodeTask<S> {
         // on tokio.
         #[allow(deprecated)]
         tokio::task::spawn_blocking(move || {
-            let reply: Reply = match kv::query(&q, &view, now) {
+            let reply: Reply = match kv::query(&q, &Stored(&*view, None), now) {
                 Ok(r) => r.into(),
                 Err(e) => {
                     let _ = failed.send(e);
