@@ -107,6 +107,9 @@ impl From<WriteReply> for Reply {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadCommand {
     Query(Query),
+    /// RAFT.BACKUP START: a backup of the state at this read's point (`RAFT.BACKUP NEXT`
+    /// streams it).
+    BackupStart,
     Keys(Bytes),
     DbSize,
     /// SCAN cursor [MATCH pattern] [COUNT n] [TYPE type].
@@ -182,6 +185,10 @@ pub enum AdminCommand {
     NodeAdd { id: u64, addr: std::net::SocketAddr },
     /// RAFT.NODE REMOVE <id>.
     NodeRemove(u64),
+    /// RAFT.BACKUP NEXT <id>: the next chunk of backup `id`, nil at its end.
+    BackupNext(u64),
+    /// RAFT.BACKUP ABORT <id>.
+    BackupAbort(u64),
     /// CLIENT UNBLOCK: answers client `client`'s blocking pop that waits on this node (a null
     /// array, or with `error` the UNBLOCKED error); 1 if there was one, else 0.
     Unblock { client: u64, error: bool },
@@ -333,6 +340,7 @@ const CORE_COMMANDS: &[(&str, i32)] = &[
     ("info", -1),
     ("raft.transfer-leader", 2),
     ("raft.node", -2),
+    ("raft.backup", -2),
     ("select", 2),
     ("client", -2),
     ("slowlog", -2),
@@ -606,6 +614,21 @@ pub fn parse(argv: Vec<Bytes>) -> Request {
             Ok(c) => c,
             Err(reply) => return Request::Immediate(reply),
         }),
+        "raft.backup" => {
+            let id = || args.get(1).and_then(|a| parse_i64(a)).filter(|n| *n >= 0);
+            match (subcommand(args).as_str(), args.len(), id()) {
+                ("start", 1, _) => Request::Read(ReadCommand::BackupStart),
+                ("next", 2, Some(id)) => Request::Admin(AdminCommand::BackupNext(id as u64)),
+                ("abort", 2, Some(id)) => Request::Admin(AdminCommand::BackupAbort(id as u64)),
+                ("next" | "abort", 2, None) => {
+                    Request::Immediate(Reply::error("ERR the backup id must be a number"))
+                }
+                ("start" | "next" | "abort", ..) => {
+                    Request::Immediate(wrong_arity(&format!("raft.backup|{}", subcommand(args))))
+                }
+                _ => Request::Immediate(unknown_subcommand("raft.backup", &args[0])),
+            }
+        }
         "raft.transfer-leader" => match parse_i64(&args[0]) {
             Some(id) if id >= 1 => Request::Admin(AdminCommand::TransferLeader(id as u64)),
             _ => Request::Immediate(Reply::error("ERR node id must be a positive integer")),

@@ -292,8 +292,21 @@ fn frame_item(stream: &mut BytesMut, item: &SnapshotItem) -> Result<(), ReadErro
     Ok(())
 }
 
+/// Items framed as a snapshot stream carries them (for a backup's chunks); an error names an
+/// item too large to frame.
+pub fn frame_items(items: &[SnapshotItem]) -> Result<BytesMut, String> {
+    let mut out = BytesMut::new();
+    for item in items {
+        frame_item(&mut out, item).map_err(|e| match e {
+            ReadError::ItemTooLarge(n) => format!("an item of {n} bytes is too large"),
+            ReadError::Storage(e) => e.to_string(),
+        })?;
+    }
+    Ok(out)
+}
+
 /// Takes every whole item off the front of a snapshot stream, leaving a partial one.
-fn unframe_items(stream: &mut BytesMut) -> Result<Vec<SnapshotItem>, String> {
+pub fn unframe_items(stream: &mut BytesMut) -> Result<Vec<SnapshotItem>, String> {
     let mut items = Vec::new();
     while stream.len() >= 4 {
         let len = u32::from_le_bytes([stream[0], stream[1], stream[2], stream[3]]) as usize;

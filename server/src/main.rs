@@ -2,6 +2,8 @@
 //! runs the node until it is stopped or its storage fails.
 
 #[cfg(not(madsim))]
+mod backup;
+#[cfg(not(madsim))]
 mod http;
 #[cfg(not(madsim))]
 mod rocks;
@@ -239,8 +241,94 @@ fn parse_drift(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `raft-kv backup` and `raft-kv restore`: tools beside the server (issue 16).
+#[derive(Parser, Debug)]
+#[command(name = "raft-kv", version)]
+enum Tool {
+    /// Copies a running cluster's data, at a linearizable point, to a file (through RESP,
+    /// from any node: it confirms the point as it confirms a read). A progress bar on a
+    /// terminal.
+    Backup {
+        /// A node's Redis address, HOST:PORT.
+        #[arg(long)]
+        from: String,
+        /// The backup file (written as FILE.partial, renamed once complete).
+        #[arg(long)]
+        out: PathBuf,
+        /// The cluster's --requirepass, if it has one.
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Creates the data directories of a new cluster holding a backup's data (checked whole
+    /// first: a cut or damaged file is refused and nothing is written). Start the new
+    /// cluster's nodes with the same --cluster and these --data-dir.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The new cluster's Raft addresses, comma-separated, in id order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        cluster: Vec<SocketAddr>,
+        /// One new data directory per node, in id order (must not exist, or be empty).
+        #[arg(long = "data-dir", required = true)]
+        data_dirs: Vec<PathBuf>,
+    },
+    /// Checks a backup file whole and says what it holds.
+    CheckBackup { file: PathBuf },
+}
+
+/// Runs a tool (`raft-kv backup|restore|check-backup ...`).
+#[cfg(not(madsim))]
+fn run_tool() -> ExitCode {
+    let tool = Tool::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("raft-kv: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match tool {
+        Tool::Backup { from, out, password } => rt
+            .block_on(backup::backup(&from, &out, password.as_deref()))
+            .map(|s| {
+                println!(
+                    "backup of {from} at index {}: {} chunks, {} bytes, written to {}",
+                    s.index,
+                    s.chunks,
+                    s.bytes,
+                    out.display()
+                )
+            }),
+        Tool::Restore { file, cluster, data_dirs } => {
+            backup::restore(&file, &cluster, &data_dirs).map(|s| {
+                println!(
+                    "restored {} (index {}, {} bytes) into {} data directories: start each node with --cluster {} --id N --data-dir <its directory>",
+                    file.display(),
+                    s.index,
+                    s.bytes,
+                    data_dirs.len(),
+                    cluster.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
+                )
+            })
+        }
+        Tool::CheckBackup { file } => backup::check(&file).map(|s| {
+            println!("{}: a whole backup at index {}, {} chunks, {} bytes", file.display(), s.index, s.chunks, s.bytes)
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raft-kv: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(not(madsim))]
 fn main() -> ExitCode {
+    if matches!(std::env::args().nth(1).as_deref(), Some("backup" | "restore" | "check-backup")) {
+        return run_tool();
+    }
     let args = Args::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();

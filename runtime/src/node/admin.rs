@@ -42,6 +42,11 @@ impl<S: Storage> NodeTask<S> {
                 info!(node = %self.id, remove = node, "membership change requested");
                 self.propose_membership(id, MembershipChange::Remove { id: NodeId(node) }, reply);
             }
+            AdminCommand::BackupNext(backup) => self.backup_next(backup, reply),
+            AdminCommand::BackupAbort(backup) => {
+                let found = self.backups.remove(&backup).is_some();
+                let _ = reply.send(Reply::Integer(found as i64));
+            }
             AdminCommand::Unblock { client, error } => {
                 let n = self.blocked.unblock(client, error);
                 let _ = reply.send(Reply::Integer(n as i64));

@@ -12,6 +12,7 @@
 
 mod admin;
 mod apply;
+mod backup;
 mod blocking;
 mod expiry;
 mod reads;
@@ -234,6 +235,9 @@ pub struct NodeTask<S: Storage> {
     ticks: u64,
     /// The followers whose lag the metrics show (while this node leads).
     lagging_peers: Vec<u64>,
+    /// Backups being read (RAFT.BACKUP), by id: each a view of the state where it started.
+    backups: BTreeMap<u64, backup::Backup>,
+    next_backup: u64,
     /// Storage errors met by reads served off the task (`serve_off_task`): they stop the
     /// node as errors met on it do. The receiver is taken by `run`.
     offload_failed:
@@ -374,6 +378,8 @@ impl<S: Storage> NodeTask<S> {
             metrics,
             ticks: 0,
             lagging_peers: Vec::new(),
+            backups: BTreeMap::new(),
+            next_backup: 1,
             offload_failed: {
                 let (tx, rx) = mpsc::unbounded_channel();
                 (tx, Some(rx))
@@ -765,6 +771,7 @@ impl<S: Storage> NodeTask<S> {
             self.refresh_gauges();
         }
         self.blocked.expire(Instant::now());
+        self.expire_backups();
         self.check_disk();
         self.fail_fast_without_leader();
         self.maybe_promote_learner();

@@ -547,6 +547,7 @@ impl<S: Storage> NodeTask<S> {
 
     pub(super) fn execute_read(&mut self, cmd: &ReadCommand) -> Result<Reply, StorageError> {
         Ok(match cmd {
+            ReadCommand::BackupStart => self.backup_start()?,
             ReadCommand::Scan { cursor, pattern, count, type_name } => {
                 self.scan(*cursor, pattern.as_deref(), *count, type_name.as_deref())?
             }
