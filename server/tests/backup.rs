@@ -108,7 +108,10 @@ fn a_backup_taken_while_a_client_writes_restores_into_a_new_cluster_key_for_key(
             }
         })
     };
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    common::wait_until(std::time::Duration::from_secs(10), || {
+        (acked.load(Ordering::Relaxed) >= 50).then_some(())
+    })
+    .expect("the writer got going");
     let before = acked.load(Ordering::Relaxed);
     let file = source.dir.path().join("backup.rkv");
     let from = format!("127.0.0.1:{}", source.redis_ports[follower - 1]);

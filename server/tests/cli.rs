@@ -153,7 +153,12 @@ fn log_of(extra: &[&str]) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Its node task answers INFO: it logged "node started" as it spawned that task.
+    common::wait_until(std::time::Duration::from_secs(10), || {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", ports[1])).ok()?;
+        redis::cmd("INFO").query::<String>(&mut client.get_connection().ok()?).ok()
+    })
+    .expect("the node answered INFO");
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stderr).into_owned()

@@ -45,8 +45,11 @@ fn metrics_health_and_a_follower_cut_off_turns_not_ready() {
     let _: String = redis::cmd("GET").arg("k").query(&mut con).unwrap();
     let _: redis::RedisResult<()> = redis::cmd("LPUSH").arg("k").arg("x").query(&mut con);
 
-    // The gauges are set every 100 ms.
-    std::thread::sleep(Duration::from_millis(300));
+    // The gauges are set every 100 ms: wait until they show the leader.
+    wait_until(Duration::from_secs(5), || {
+        (metric(&c, f, "raftkv_server_has_leader ")? == 1.0).then_some(())
+    })
+    .expect("the follower's gauges never showed a leader");
     let (status, body) = get(c.metrics_ports[f - 1], "/metrics").unwrap();
     assert_eq!(status, 200);
     for line in [

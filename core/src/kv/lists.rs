@@ -137,7 +137,7 @@ pub const ERR_RANK_ZERO: &str = "ERR RANK can't be zero: use 1 to start from the
 
 /// Elements `[from, to)` of list `c` (positions from its head), first to last or, with `rev`,
 /// last to first.
-fn read_range<S: KvRead>(
+pub(super) fn read_range<S: KvRead>(
     state: &S,
     c: &Coll,
     from: u64,
@@ -190,7 +190,7 @@ fn pop_n<S: KvRead>(
 }
 
 /// Pushes `e` onto one end of `c` (changing it).
-fn push(c: &mut Coll, left: bool, e: &[u8], muts: &mut Vec<Mutation>) {
+pub(super) fn push(c: &mut Coll, left: bool, e: &[u8], muts: &mut Vec<Mutation>) {
     let seq = if left {
         c.head = c.head.wrapping_sub(1);
         c.head

@@ -694,20 +694,16 @@ fn apply_one<S: KvRead>(
 ) -> Result<(Vec<Mutation>, WriteReply), S::Error> {
     let now = ctx.time;
     Ok(match cmd {
-        Command::Set { key, value, cond, get, expiry }
-            if !*get
-                && *cond == SetCond::Always
-                && *expiry != Expiry::Keep
-                && !state.may_hold_collection(key) =>
-        {
-            // A plain SET over no collection: nothing to read.
-            let expires_at = deadline(*expiry, now, None);
-            (vec![store(key, Record::string(value.clone(), expires_at), now)], WriteReply::Ok)
-        }
         Command::Set { key, value, cond, get, expiry } => {
-            // Read otherwise: a collection stored there (live or expired) takes its elements
-            // with it.
-            let stored = coll::stored(state, key)?;
+            // The old record matters to GET, NX/XX and KEEPTTL, and a collection stored there
+            // (live or expired) takes its elements with it; a plain SET over a key that holds
+            // no collection reads nothing.
+            let uses_old = *get || *cond != SetCond::Always || *expiry == Expiry::Keep;
+            let stored = if uses_old || state.may_hold_collection(key) {
+                coll::stored(state, key)?
+            } else {
+                None
+            };
             let old = stored.clone().filter(|r| r.live_at(now));
             if *get && old.as_ref().is_some_and(|r| !matches!(r.data, Data::Str(_))) {
                 return Ok(error(ERR_WRONGTYPE));

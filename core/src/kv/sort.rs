@@ -8,9 +8,9 @@
 //! hash table's order (BY with no `*`, no STORE); ALPHA compares bytes, as Redis does under the C
 //! locale.
 
-use super::coll::{self, list_key, retire, store_coll, Ctx, SET_MEMBER, ZSET_ORDER};
+use super::coll::{self, retire, store_coll, Ctx, SET_MEMBER, ZSET_ORDER};
 use super::record::{Coll, Data, Kind, Record};
-use super::{error, hashes, read, Key, KvRead, Mutation, WriteReply, ERR_WRONGTYPE};
+use super::{error, hashes, lists, read, Key, KvRead, Mutation, WriteReply, ERR_WRONGTYPE};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 
@@ -100,14 +100,7 @@ fn weight(b: &[u8]) -> Option<f64> {
 /// set's by bytes).
 fn elements<S: KvRead>(state: &S, c: &Coll) -> Result<Vec<Vec<u8>>, S::Error> {
     Ok(match c.kind {
-        Kind::List => {
-            if c.size == 0 {
-                return Ok(Vec::new());
-            }
-            let lo = list_key(c.id, c.head);
-            let hi = list_key(c.id, c.head.wrapping_add(c.size));
-            state.elements(&lo, &hi, false, c.size as usize)?.into_iter().map(|(_, v)| v).collect()
-        }
+        Kind::List => lists::read_range(state, c, 0, c.size, false)?,
         Kind::Set => {
             coll::all_elements(state, c.id, SET_MEMBER)?.into_iter().map(|(m, _)| m).collect()
         }
@@ -235,12 +228,9 @@ pub fn apply<S: KvRead>(
     }
     let Some(id) = ctx.next_id() else { return Ok(error(coll::ERR_TOO_MANY_WRITES)) };
     let mut c = Coll::new(Kind::List, id);
-    for (i, v) in values.into_iter().enumerate() {
-        let v = v.unwrap_or_default();
-        c.saw(v.len());
-        muts.push(Mutation::PutElement(list_key(id, c.head.wrapping_add(i as u64)), v));
+    for v in values {
+        lists::push(&mut c, false, &v.unwrap_or_default(), &mut muts);
     }
-    c.resize(n);
     muts.push(typed!(store_coll(dest, c, None, ctx)));
     Ok((muts, WriteReply::Integer(n as i64)))
 }

@@ -293,7 +293,8 @@ impl<S: Storage> NodeTask<S> {
             let s = self.raft.status();
             let since = s.applied_index.0.saturating_sub(s.snapshot_index.0);
             out.push_str(&format!(
-                "# Persistence\r\nloading:0\r\nasync_loading:0\r\nrdb_changes_since_last_save:{since}\r\nrdb_bgsave_in_progress:0\r\nrdb_last_bgsave_status:ok\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\naof_last_write_status:ok\r\nappendfsync:always\r\nraft_log_first_index:{}\r\nraft_log_last_index:{}\r\n\r\n",
+                "# Persistence\r\nloading:0\r\nasync_loading:0\r\nrdb_changes_since_last_save:{since}\r\nrdb_bgsave_in_progress:0\r\nrdb_last_bgsave_status:ok\r\naof_enabled:{}\r\naof_rewrite_in_progress:0\r\naof_last_write_status:ok\r\nappendfsync:always\r\nraft_log_first_index:{}\r\nraft_log_last_index:{}\r\n\r\n",
+                (self.config.get("appendonly").map(|v| &v[..]) == Some(&b"yes"[..])) as u8,
                 s.snapshot_index.0 + 1,
                 s.last_index,
             ));

@@ -16,6 +16,10 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// A backup idle this long is dropped (its view released).
 const IDLE_MAX: Duration = Duration::from_secs(60);
 
+/// Backups a node reads at once: each pins a RocksDB snapshot (old versions of what it holds
+/// stay on disk until it ends), so clients cannot open them without bound.
+const BACKUPS_MAX: usize = 4;
+
 pub(super) struct Backup {
     reader: Arc<std::sync::Mutex<Box<dyn SnapshotReader>>>,
     used: Instant,
@@ -25,6 +29,11 @@ impl<S: Storage> NodeTask<S> {
     /// RAFT.BACKUP START, served as a read: `[id, applied index, applied entry's time,
     /// format version]`.
     pub(super) fn backup_start(&mut self) -> Result<Reply, StorageError> {
+        if self.backups.len() >= BACKUPS_MAX {
+            return Ok(Reply::error(format!(
+                "BUSY {BACKUPS_MAX} backups are being read from this node; finish or RAFT.BACKUP ABORT one, or wait a minute for an idle one to be dropped"
+            )));
+        }
         let reader = self.storage.snapshot_reader()?;
         let applied = reader.applied();
         let id = self.next_backup;
@@ -72,7 +81,7 @@ impl<S: Storage> NodeTask<S> {
                 Err(e) => {
                     let msg = format!("ERR backup failed: the node's storage failed: {e}");
                     // Damage met here stops the node, as a read on its task would.
-                    let _ = failed.send(e);
+                    let _ = failed.try_send(e);
                     Reply::error(msg)
                 }
             };

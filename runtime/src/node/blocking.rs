@@ -93,11 +93,17 @@ impl Blocked {
             return;
         }
         for m in mutations {
-            let Mutation::Put(k, _) = m else { continue };
-            let Some(&id) = self.by_key.get(k).and_then(|q| q.front()) else { continue };
-            if let Some(p) = self.unpark(id) {
-                self.woken.push((p.block, p.reply));
+            if let Mutation::Put(k, _) = m {
+                self.wake_first(k);
             }
+        }
+    }
+
+    /// Wakes the oldest pop waiting on `key`, if one does.
+    fn wake_first(&mut self, key: &[u8]) {
+        let Some(&id) = self.by_key.get(key).and_then(|q| q.front()) else { return };
+        if let Some(p) = self.unpark(id) {
+            self.woken.push((p.block, p.reply));
         }
     }
 
@@ -106,10 +112,7 @@ impl Blocked {
     /// as Redis goes on to its next blocked client when one fails.
     pub(super) fn pass_on(&mut self, keys: &[&[u8]]) {
         for k in keys {
-            let Some(&id) = self.by_key.get(*k).and_then(|q| q.front()) else { continue };
-            if let Some(p) = self.unpark(id) {
-                self.woken.push((p.block, p.reply));
-            }
+            self.wake_first(k);
         }
     }
 

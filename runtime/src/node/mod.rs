@@ -240,8 +240,8 @@ pub struct NodeTask<S: Storage> {
     next_backup: u64,
     /// Storage errors met by reads served off the task (`serve_off_task`): they stop the
     /// node as errors met on it do. The receiver is taken by `run`.
-    offload_failed:
-        (mpsc::UnboundedSender<StorageError>, Option<mpsc::UnboundedReceiver<StorageError>>),
+    /// One error is enough to stop: later ones are dropped (`try_send`), so it holds one.
+    offload_failed: (mpsc::Sender<StorageError>, Option<mpsc::Receiver<StorageError>>),
 }
 
 /// The node's gauges (`metrics`) are refreshed every this many ticks (100 ms by default).
@@ -381,7 +381,7 @@ impl<S: Storage> NodeTask<S> {
             backups: BTreeMap::new(),
             next_backup: 1,
             offload_failed: {
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = mpsc::channel(1);
                 (tx, Some(rx))
             },
             tuning,

@@ -210,7 +210,7 @@ impl<S: Storage> NodeTask<S> {
             let reply: Reply = match kv::query(&q, &Stored(&*view, None), now) {
                 Ok(r) => r.into(),
                 Err(e) => {
-                    let _ = failed.send(e);
+                    let _ = failed.try_send(e);
                     Reply::error("ERR the node stopped: its storage failed during this read")
                 }
             };
