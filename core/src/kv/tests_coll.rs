@@ -617,9 +617,84 @@ fn a_walk_counts_the_elements_a_read_takes() {
     assert_eq!(Walk::Ranks(0, -1).elements(10), 10);
     assert_eq!(Walk::Ranks(-2, -1).elements(10), 2);
     assert_eq!(Walk::Ranks(5, 2).elements(10), 0);
+    assert_eq!(Walk::Ranks(3, 3).elements(10), 1);
     assert_eq!(Walk::Ranks(0, 99).elements(0), 0);
     assert_eq!(Walk::Ranks(-100, 5).elements(3), 3);
     assert_eq!(Walk::Ranks(i64::MIN, i64::MAX).elements(4), 4);
     assert_eq!(Walk::UpTo(10).elements(5), 5);
     assert_eq!(Walk::Whole.elements(7), 7);
+}
+
+#[test]
+fn a_query_names_the_collections_it_walks_and_how_far() {
+    use super::zsets::{Range, RangeSpec, ScoreBound};
+    use super::{Combine, Query, Sort, Walk};
+    let k = |s: &str| s.as_bytes().to_vec();
+    let walks = |q: Query| -> Vec<(Vec<u8>, Walk)> {
+        q.walks().into_iter().map(|(key, w)| (key.to_vec(), w)).collect()
+    };
+    let whole = |s: &str| vec![(k(s), Walk::Whole)];
+    assert_eq!(walks(Query::HGetAll { key: k("h"), fields: true, values: true }), whole("h"));
+    assert_eq!(walks(Query::HScan { key: k("h"), pattern: None }), whole("h"));
+    assert_eq!(
+        walks(Query::List(ListQuery::Range { key: k("l"), start: 0, stop: 99 })),
+        vec![(k("l"), Walk::Ranks(0, 99))]
+    );
+    assert_eq!(
+        walks(Query::List(ListQuery::Pos {
+            key: k("l"),
+            element: k("x"),
+            rank: 1,
+            count: None,
+            maxlen: 0
+        })),
+        whole("l")
+    );
+    let two = vec![(k("a"), Walk::Whole), (k("b"), Walk::Whole)];
+    assert_eq!(
+        walks(Query::Sets(SetQuery::Combine { how: Combine::Inter, keys: vec![k("a"), k("b")] })),
+        two
+    );
+    assert_eq!(
+        walks(Query::Sets(SetQuery::InterCard { keys: vec![k("a"), k("b")], limit: 0 })),
+        two
+    );
+    assert_eq!(walks(Query::Sets(SetQuery::Scan { key: k("s"), pattern: None })), whole("s"));
+    let range = |range: Range, limit| {
+        Query::ZSet(ZQuery::Range {
+            key: k("z"),
+            spec: RangeSpec { range, rev: false, limit },
+            with_scores: false,
+        })
+    };
+    let all = ScoreBound { score: f64::NEG_INFINITY.to_bits(), exclusive: false };
+    let top = ScoreBound { score: f64::INFINITY.to_bits(), exclusive: false };
+    assert_eq!(walks(range(Range::Rank(2, 5), None)), vec![(k("z"), Walk::Ranks(2, 5))]);
+    assert_eq!(walks(range(Range::Score(all, top), Some((10, 5)))), vec![(k("z"), Walk::UpTo(15))]);
+    assert_eq!(walks(range(Range::Score(all, top), Some((0, -1)))), whole("z"));
+    assert_eq!(walks(range(Range::Score(all, top), None)), whole("z"));
+    assert_eq!(
+        walks(Query::ZSet(ZQuery::Rank { key: k("z"), member: k("m"), rev: false })),
+        whole("z")
+    );
+    assert_eq!(walks(Query::ZSet(ZQuery::Scan { key: k("z"), pattern: None })), whole("z"));
+    assert_eq!(walks(Query::ZSet(ZQuery::InterCard { keys: vec![k("a"), k("b")], limit: 0 })), two);
+    let combination = super::zsets::Combination {
+        how: Combine::Union,
+        keys: vec![k("a"), k("b")],
+        options: vec![],
+    };
+    assert_eq!(walks(Query::ZSet(ZQuery::Combine(combination))), two);
+    let sort = Sort {
+        key: k("l"),
+        by: None,
+        nosort: false,
+        limit: None,
+        get: vec![],
+        desc: false,
+        alpha: false,
+        store: None,
+    };
+    assert_eq!(walks(Query::Sort(sort)), whole("l"));
+    assert!(walks(Query::Get(k("g"))).is_empty());
 }
