@@ -67,10 +67,13 @@ pub enum Path {
     /// A read walking a large collection was served off the node task, from a view of the
     /// applied state (the runtime's `serve_off_task`).
     ReadServedOffTask,
+    /// The node task stalled longer than its tick catch-up and left the rest of the stall's
+    /// ticks uncounted (the runtime's `TICK_CATCH_UP_DIVISOR`).
+    StallTicksDropped,
 }
 
 impl Path {
-    pub const ALL: [Path; 25] = [
+    pub const ALL: [Path; 26] = [
         Path::ConflictTruncated,
         Path::AppendRejected,
         Path::StaleAppendSkipped,
@@ -96,6 +99,7 @@ impl Path {
         Path::RecoveringReleased,
         Path::LeaderIgnoredWhileProbing,
         Path::ReadServedOffTask,
+        Path::StallTicksDropped,
     ];
 }
 

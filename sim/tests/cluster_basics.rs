@@ -363,3 +363,42 @@ async fn a_leap_of_the_leaders_wall_clock_expires_nothing_early() {
     problems.extend(cluster.invariants.violations());
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+/// `term:` of node `id`'s INFO.
+async fn term_of(id: NodeId) -> Option<u64> {
+    let mut c = Client::connect(redis_addr(id), CALL_TIMEOUT).await.ok()?;
+    let Ok(Value::Bulk(info)) = c.call(&[b"INFO", b"raft"]).await else { return None };
+    let info = String::from_utf8_lossy(&info).into_owned();
+    let line = info.lines().find(|l| l.starts_with("term:"))?;
+    line["term:".len()..].trim().parse().ok()
+}
+
+/// Every node stalls at once for two election timeouts, as when all of them apply the same
+/// slow entries. Each has the others' heartbeats and answers waiting when it resumes, so none
+/// may count the stall as a silent leader and campaign: the leader and its term stay.
+#[madsim::test]
+async fn a_stall_of_every_node_at_once_deposes_no_leader() {
+    let (cluster, leader) =
+        started_with_leader(ClusterOptions::new(3, madsim::runtime::Handle::current().seed()))
+            .await;
+    let client = cluster.client.clone();
+    let term = client.spawn(async move { term_of(leader).await }).await.unwrap();
+    assert!(term.is_some());
+    for id in cluster.ids() {
+        cluster.pause(id);
+    }
+    madsim::time::sleep(Duration::from_secs(2)).await;
+    for id in cluster.ids() {
+        cluster.resume(id);
+    }
+    madsim::time::sleep(Duration::from_secs(3)).await;
+    client
+        .spawn(async move {
+            for id in 1..=3 {
+                assert_eq!(leader_of(NodeId(id)).await, Some(leader), "node {id}'s leader");
+                assert_eq!(term_of(NodeId(id)).await, term, "node {id}'s term");
+            }
+        })
+        .await
+        .unwrap();
+}

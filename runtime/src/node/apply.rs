@@ -9,7 +9,10 @@ use crate::storage::StateView;
 /// for a read served off the task), and when applying, the keys that hold collections
 /// (`Expiry::collections`; None: any key may). An entry applies to it under the changes of the
 /// entries applied earlier in the same batch (`kv::Layered`).
-pub(super) struct Stored<'a, V: ?Sized>(pub(super) &'a V, pub(super) Option<&'a HashSet<Key>>);
+pub(super) struct Stored<'a, V: ?Sized>(
+    pub(super) &'a V,
+    pub(super) Option<&'a super::keymap::KeySet>,
+);
 
 /// What `Stored` reads from: a storage, or a view of one.
 pub(super) trait Reads {
@@ -74,7 +77,7 @@ impl<V: Reads + ?Sized> KvRead for Stored<'_, V> {
         corrupt_value(key)
     }
     fn may_hold_collection(&self, key: &[u8]) -> bool {
-        self.1.is_none_or(|c| c.contains(key))
+        self.1.is_none_or(|c| c.contains_key(key))
     }
 }
 
@@ -188,7 +191,7 @@ impl<S: Storage> NodeTask<S> {
                                     ),
                                 },
                                 command => {
-                                    let forgotten = HashSet::new();
+                                    let forgotten = super::keymap::KeySet::default();
                                     let collections = if planted::active(
                                         self.raft.config().planted,
                                         PlantedBug::CollectionIndexForgets,

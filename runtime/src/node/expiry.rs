@@ -1,6 +1,7 @@
 //! Key expiry: the node indexes every key's deadline as entries apply; the leader deletes
 //! expired keys through the log, so every node removes them at the same log position.
 
+use super::keymap::{KeyMap, KeySet};
 use super::*;
 
 /// Expired keys one sweep entry deletes at most.
@@ -15,10 +16,10 @@ const LOG_TIME_LAG_MAX_MS: u64 = 100;
 #[derive(Default)]
 pub(super) struct Expiry {
     by_time: BTreeSet<(u64, Key)>,
-    by_key: HashMap<Key, u64>,
+    by_key: KeyMap<u64>,
     /// The keys holding a collection (live or expired): a write that replaces any other key
     /// need not read it first (`KvRead::may_hold_collection`).
-    pub(super) collections: HashSet<Key>,
+    pub(super) collections: KeySet,
     /// The request id of the leader's sweep in flight.
     sweep: Option<u64>,
 }
@@ -30,8 +31,8 @@ impl Expiry {
             match m {
                 Mutation::Put(k, v) => {
                     if kv::Record::is_collection(v) {
-                        if !self.collections.contains(k) {
-                            self.collections.insert(k.clone());
+                        if !self.collections.contains_key(k) {
+                            self.collections.insert(k.clone(), ());
                         }
                     } else {
                         self.collections.remove(k);

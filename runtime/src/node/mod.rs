@@ -15,6 +15,7 @@ mod apply;
 mod backup;
 mod blocking;
 mod expiry;
+mod keymap;
 mod reads;
 
 use apply::ApplyBatch;
@@ -36,7 +37,7 @@ use raft_kv_core::{
     planted, Input, LogIndex, Membership, MembershipChange, Message, MessageBody, NodeId,
     PlantedBug, RaftNode, Ready, Rejection, Role, Status,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -100,8 +101,18 @@ pub enum RequestKind {
 /// one (a persisted ack that commits, a commit that releases reads), so a few suffice.
 const READY_ROUNDS_MAX: usize = 8;
 
-/// Overdue ticks stepped at once after a stall; a longer stall resumes ticking from there.
-const TICK_CATCH_UP_MAX: usize = 100_000;
+/// Storage work on the node task this long holds up heartbeats, elections and every client of
+/// the node: logged with the step that took it.
+const SLOW_STEP: Duration = Duration::from_millis(200);
+
+/// Overdue ticks stepped at once after the task was busy or stalled, as a fraction of the
+/// shortest election timeout: half of it. The rest of a longer stall is not counted. A stall
+/// of this node's own task is not silence of its leader (the heartbeats sent meanwhile wait
+/// in the channel, read after the ticks); counted whole, a follower that spent a second on
+/// its own work campaigned the moment it resumed, and the other follower, held up by the same
+/// entries, granted it: three leader changes in one bulk load. Nothing safe rests on tick
+/// counts alone: a lease and the promise behind it are also judged by the clock (`step_timed`).
+const TICK_CATCH_UP_DIVISOR: u32 = 2;
 
 pub(super) const CLUSTERDOWN_NO_LEADER: &str =
     "CLUSTERDOWN no leader: the cluster cannot reach a quorum";
@@ -448,13 +459,18 @@ impl<S: Storage> NodeTask<S> {
                     None => return Ok(()),
                 },
             }
-            // Ticks that fell due while the task was busy or stalled come first, so elections
-            // and heartbeats keep time. (Leases do not depend on it: `step_timed`.)
-            for _ in 0..TICK_CATCH_UP_MAX {
-                if Instant::now() < next_tick {
-                    break;
-                }
+            // Ticks that fell due while the task was busy come first, so elections and
+            // heartbeats keep time; a stall's are counted up to a bound.
+            let catch_up = (self.raft.config().election_ticks / TICK_CATCH_UP_DIVISOR).max(1);
+            let mut overdue = 0;
+            while Instant::now() >= next_tick {
                 next_tick += tick_period();
+                overdue += 1;
+            }
+            if overdue > catch_up {
+                raft_kv_core::reach::hit(raft_kv_core::reach::Path::StallTicksDropped);
+            }
+            for _ in 0..overdue.min(catch_up) {
                 self.step_timed(Input::Tick);
                 self.on_tick();
             }
@@ -862,6 +878,13 @@ impl<S: Storage> NodeTask<S> {
         Ok(())
     }
 
+    fn note_slow(&self, step: &'static str, began: Instant) {
+        let took = began.elapsed();
+        if took >= SLOW_STEP {
+            warn!(node = %self.id, step, took_ms = took.as_millis() as u64, "storage work held up the node task");
+        }
+    }
+
     fn handle_one_ready(&mut self, rd: Ready) -> Result<(), StorageError> {
         let Ready {
             install_snapshot,
@@ -906,7 +929,9 @@ impl<S: Storage> NodeTask<S> {
         // 1. Written now, durable once the sync task syncs it (`on_synced`).
         if hard_state.is_some() || append.is_some() {
             let append_ref = append.as_ref().map(|(from, e)| (*from, e.as_slice()));
+            let began = Instant::now();
             self.storage.write_log(hard_state, append_ref)?;
+            self.note_slow("log write", began);
             let appended = append
                 .as_ref()
                 .map(|(from, e)| (*from, e.last().map(|last| (last.index, last.term))));
@@ -935,12 +960,15 @@ impl<S: Storage> NodeTask<S> {
         }
         if let Some(t) = began {
             self.metrics.apply_seconds.observe(t.elapsed().as_secs_f64());
+            self.note_slow("apply", t);
         }
         for (reply, r) in batch.replies {
             let _ = reply.send(r);
         }
         if let Some(meta) = compact {
+            let began = Instant::now();
             self.storage.compact(meta)?;
+            self.note_slow("log compaction", began);
             debug!(node = %self.id, index = %meta.index, "log compacted");
         }
         // Only a leader streams, stamped with its term: a node that stepped down in this batch
