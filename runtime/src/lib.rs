@@ -160,7 +160,9 @@ pub async fn start<S: Storage>(
     let incarnation = storage.next_incarnation(wall_clock())?;
     let mut restored = storage.load()?;
     // Reads every applied value once, so one that fails its checksum stops the start here.
+    let read = std::time::Instant::now();
     let deadlines = node::StartDeadlines::read(&storage)?;
+    tracing::info!(node = %opts.raft.id, took_ms = read.elapsed().as_millis() as u64, "key space read (deadlines and collections indexed)");
     if restored.membership.is_none() {
         // A node that never applied a membership change starts from its command line.
         restored.membership = Some(raft_kv_core::Membership {

@@ -658,8 +658,10 @@ async fn serve(
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
 
+    let opened = std::time::Instant::now();
     let mut storage =
         rocks::RocksStorage::open(&data_dir, rocks::Identity { cluster_id, node_id: args.id })?;
+    tracing::info!(node = args.id, data_dir = %data_dir.display(), took_ms = opened.elapsed().as_millis() as u64, "data directory opened");
     if join.is_some() {
         let bootstrap = raft_addrs.iter().map(|(id, a)| (id.0, a.to_string())).collect();
         storage.remember_bootstrap(&bootstrap)?;
