@@ -969,7 +969,7 @@ impl<S: Storage> NodeTask<S> {
             let began = Instant::now();
             self.storage.compact(meta)?;
             self.note_slow("log compaction", began);
-            debug!(node = %self.id, index = %meta.index, "log compacted");
+            info!(node = %self.id, term = %meta.term, index = %meta.index, "log compacted: the applied state stands for the entries up to index");
         }
         // Only a leader streams, stamped with its term: a node that stepped down in this batch
         // (the core gathered these while it led) would send chunks under the new term, which
