@@ -11,6 +11,8 @@ use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use raft_kv_core::{HardState, LogIndex, Membership, NodeId, SnapshotMeta, Term};
 use raft_kv_runtime::storage::{SnapshotItem, Storage};
+use raft_kv_runtime::tls::{Io, PeerTls};
+use redis_protocol::resp2::types::BytesFrame;
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -18,49 +20,115 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"RAFTKVB1";
 
-/// A RESP connection to one node: one command at a time.
-struct Conn {
-    io: Box<dyn raft_kv_runtime::tls::Io>,
+/// Bytes of a chunk at most, in a backup file and in a reply to RAFT.BACKUP NEXT (a node sends
+/// about 1 MiB, more only when one item is larger).
+const CHUNK_BYTES_MAX: usize = 64 << 20;
+
+/// Bytes of one reply a `Conn` takes at most: a chunk and its RESP framing.
+const REPLY_BYTES_MAX: usize = CHUNK_BYTES_MAX + 1024;
+
+/// A RESP connection to one node, plain or TLS: one command at a time. The backup tool's and
+/// `--join`'s (main.rs's `redis_call`) client.
+pub(crate) struct Conn {
+    io: Box<dyn Io>,
     buf: BytesMut,
     addr: String,
+    tls: bool,
+    /// Whether the node has answered anything yet.
+    answered: bool,
 }
 
 impl Conn {
-    async fn open(addr: &str, password: Option<&str>) -> anyhow::Result<Conn> {
+    /// Connects to `addr` (with TLS when `tls` is given: the node's certificate is checked
+    /// against the CA and the IP address dialled, and ours presented) and AUTHs with
+    /// `password`.
+    pub(crate) async fn open(
+        addr: &str,
+        password: Option<&str>,
+        tls: Option<&PeerTls>,
+    ) -> anyhow::Result<Conn> {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .with_context(|| format!("cannot connect to {addr}"))?;
-        let mut c = Conn { io: Box::new(tcp), buf: BytesMut::new(), addr: addr.to_string() };
+        let io: Box<dyn Io> = match tls {
+            Some(tls) => {
+                let peer = tcp.peer_addr().with_context(|| format!("connected to {addr}"))?;
+                tls.connect(peer, tcp).await.map_err(|e| {
+                    anyhow::anyhow!("{addr}: {e} (is its client port TLS? it is if the node has --tls-cert-file)")
+                })?
+            }
+            None => Box::new(tcp),
+        };
+        let mut c = Conn {
+            io,
+            buf: BytesMut::new(),
+            addr: addr.to_string(),
+            tls: tls.is_some(),
+            answered: false,
+        };
         if let Some(pw) = password {
-            c.call(&["AUTH", pw]).await.context("AUTH refused")?;
+            if let Err(e) = c.request(&["AUTH", pw]).await? {
+                bail!("{addr} refused the password: {e}");
+            }
         }
         Ok(c)
     }
 
-    /// Sends `args`, returns the reply (an error reply as an error).
-    async fn call(
+    /// Sends `args`; the reply, an error reply as an error naming the node.
+    pub(crate) async fn call(&mut self, args: &[&str]) -> anyhow::Result<BytesFrame> {
+        self.request(args).await?.map_err(|e| anyhow::anyhow!("{}: {e}", self.addr))
+    }
+
+    /// Sends `args`; the reply, or the text of an error reply. Err: the connection failed or
+    /// the bytes were no RESP.
+    pub(crate) async fn request(
         &mut self,
         args: &[&str],
-    ) -> anyhow::Result<redis_protocol::resp2::types::BytesFrame> {
+    ) -> anyhow::Result<Result<BytesFrame, String>> {
+        let reply = self.exchange(args).await;
+        match reply {
+            // A node whose client port speaks TLS drops a plain client at its first bytes
+            // (after a TLS alert, which is no RESP).
+            Err(e) if !self.tls && !self.answered => Err(e.context(format!(
+                "{} answered no RESP: does its client port speak TLS? (raft-kv backup: give --tls, --cacert, --cert and --key)",
+                self.addr
+            ))),
+            Err(e) => Err(e),
+            Ok(frame) => {
+                self.answered = true;
+                Ok(match frame {
+                    BytesFrame::Error(e) => Err(e.to_string()),
+                    frame => Ok(frame),
+                })
+            }
+        }
+    }
+
+    async fn exchange(&mut self, args: &[&str]) -> anyhow::Result<BytesFrame> {
         use redis_protocol::resp2::decode::decode_bytes_mut;
-        use redis_protocol::resp2::types::BytesFrame;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut req = format!("*{}\r\n", args.len());
         for a in args {
             req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
-        self.io.write_all(req.as_bytes()).await?;
+        let addr = &self.addr;
+        self.io.write_all(req.as_bytes()).await.with_context(|| format!("writing to {addr}"))?;
         loop {
-            if let Some((frame, _, _)) = decode_bytes_mut(&mut self.buf)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", self.addr))?
+            if let Some((frame, _, _)) =
+                decode_bytes_mut(&mut self.buf).map_err(|e| anyhow::anyhow!("{addr}: {e}"))?
             {
-                if let BytesFrame::Error(e) = frame {
-                    bail!("{}: {e}", self.addr);
-                }
                 return Ok(frame);
             }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
-                bail!("{} closed the connection", self.addr);
+            if self.buf.len() > REPLY_BYTES_MAX {
+                bail!("{addr} sent a reply of more than {REPLY_BYTES_MAX} bytes");
+            }
+            let n = self
+                .io
+                .read_buf(&mut self.buf)
+                .await
+                .with_context(|| format!("reading from {addr}"))?;
+            if n == 0 {
+                bail!("{addr} closed the connection");
             }
         }
     }
@@ -90,10 +158,15 @@ pub struct Summary {
 }
 
 /// `raft-kv backup --from HOST:PORT --out FILE`: the state at a linearizable point (the node
-/// confirms it like any read), written to FILE.partial and renamed to FILE once complete.
-pub async fn backup(from: &str, out: &Path, password: Option<&str>) -> anyhow::Result<Summary> {
-    use redis_protocol::resp2::types::BytesFrame;
-    let mut conn = Conn::open(from, password).await?;
+/// confirms it like any read), written to FILE.partial and renamed to FILE once complete; a
+/// backup that fails removes FILE.partial.
+pub async fn backup(
+    from: &str,
+    out: &Path,
+    password: Option<&str>,
+    tls: Option<&PeerTls>,
+) -> anyhow::Result<Summary> {
+    let mut conn = Conn::open(from, password, tls).await?;
     let int = |f: &BytesFrame| match f {
         BytesFrame::Integer(n) => Ok(*n as u64),
         other => bail!("{from} answered RAFT.BACKUP START with {other:?}"),
@@ -107,6 +180,37 @@ pub async fn backup(from: &str, out: &Path, password: Option<&str>) -> anyhow::R
     let partial = PathBuf::from(format!("{}.partial", out.display()));
     let file = std::fs::File::create(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
+    let header = Header { version, index, time, id };
+    match write_chunks(&mut conn, from, header, file).await {
+        Ok((chunks, bytes)) => {
+            std::fs::rename(&partial, out).with_context(|| {
+                format!("cannot rename {} to {}", partial.display(), out.display())
+            })?;
+            Ok(Summary { index, chunks, bytes })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+/// What RAFT.BACKUP START answered.
+struct Header {
+    version: u64,
+    index: u64,
+    time: u64,
+    /// The backup's id on the node.
+    id: u64,
+}
+
+/// Writes the backup into `file` and syncs it: (chunks, bytes of chunks).
+async fn write_chunks(
+    conn: &mut Conn,
+    from: &str,
+    h: Header,
+    file: std::fs::File,
+) -> anyhow::Result<(u64, u64)> {
     let mut w = std::io::BufWriter::new(file);
     let mut crc = crc32fast::Hasher::new();
     let mut put = |w: &mut std::io::BufWriter<std::fs::File>, b: &[u8]| -> std::io::Result<()> {
@@ -114,14 +218,14 @@ pub async fn backup(from: &str, out: &Path, password: Option<&str>) -> anyhow::R
         w.write_all(b)
     };
     let mut header = MAGIC.to_vec();
-    header.push(u8::try_from(version).context("format version")?);
-    header.extend_from_slice(&index.to_le_bytes());
-    header.extend_from_slice(&time.to_le_bytes());
+    header.push(u8::try_from(h.version).context("format version")?);
+    header.extend_from_slice(&h.index.to_le_bytes());
+    header.extend_from_slice(&h.time.to_le_bytes());
     put(&mut w, &header)?;
     let bar = progress(true);
-    bar.set_message(format!("backup of {from} at index {index}"));
+    bar.set_message(format!("backup of {from} at index {}", h.index));
     let (mut chunks, mut bytes) = (0u64, 0u64);
-    let next = id.to_string();
+    let next = h.id.to_string();
     loop {
         let chunk: Bytes = match conn.call(&["RAFT.BACKUP", "NEXT", &next]).await? {
             BytesFrame::Null => break,
@@ -130,6 +234,9 @@ pub async fn backup(from: &str, out: &Path, password: Option<&str>) -> anyhow::R
         };
         if chunk.is_empty() {
             continue;
+        }
+        if chunk.len() > CHUNK_BYTES_MAX {
+            bail!("{from} sent a chunk of {} bytes; a backup holds chunks of {CHUNK_BYTES_MAX} bytes at most", chunk.len());
         }
         put(&mut w, &(chunk.len() as u32).to_le_bytes())?;
         put(&mut w, &chunk)?;
@@ -144,10 +251,8 @@ pub async fn backup(from: &str, out: &Path, password: Option<&str>) -> anyhow::R
     w.write_all(&crc.finalize().to_le_bytes())?;
     let file = w.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    std::fs::rename(&partial, out)
-        .with_context(|| format!("cannot rename {} to {}", partial.display(), out.display()))?;
     bar.finish_and_clear();
-    Ok(Summary { index, chunks, bytes })
+    Ok((chunks, bytes))
 }
 
 /// A backup file read through, chunk by chunk, its checksum kept.
@@ -205,7 +310,7 @@ impl Reader {
     fn chunk(&mut self, seen: &mut (u64, u64)) -> anyhow::Result<Option<Vec<u8>>> {
         let len = u32::from_le_bytes(self.exact(4, "chunks")?.try_into().expect("4 bytes"));
         if len > 0 {
-            if len as usize > 64 << 20 {
+            if len as usize > CHUNK_BYTES_MAX {
                 bail!("{} is damaged: a chunk claims {len} bytes", self.path.display());
             }
             seen.0 += 1;

@@ -258,6 +258,21 @@ enum Tool {
         /// The cluster's --requirepass, if it has one.
         #[arg(long)]
         password: Option<String>,
+        /// Connect with TLS, as redis-cli --tls, to a node whose client port speaks it
+        /// (--tls-cert-file). The tool presents --cert (as a node with --tls-auth-clients yes
+        /// wants), so --cacert, --cert and --key are all needed.
+        #[arg(long, requires_all = ["cacert", "cert", "key"])]
+        tls: bool,
+        /// With --tls: the CA that signed the node's certificate (PEM). The certificate must
+        /// name the IP address dialled, as a member's must for --join.
+        #[arg(long, requires = "tls")]
+        cacert: Option<PathBuf>,
+        /// With --tls: the tool's certificate (PEM), signed by the node's --tls-ca-cert-file.
+        #[arg(long, requires = "tls")]
+        cert: Option<PathBuf>,
+        /// With --tls: the private key of --cert (PEM).
+        #[arg(long, requires = "tls")]
+        key: Option<PathBuf>,
     },
     /// Creates the data directories of a new cluster holding a backup's data (checked whole
     /// first: a cut or damaged file is refused and nothing is written). Start the new
@@ -288,8 +303,16 @@ fn run_tool() -> ExitCode {
         }
     };
     let result = match tool {
-        Tool::Backup { from, out, password } => rt
-            .block_on(backup::backup(&from, &out, password.as_deref()))
+        Tool::Backup { from, out, password, tls: _, cacert, cert, key } => {
+            let tls = match (&cacert, &cert, &key) {
+                (Some(ca), Some(cert), Some(key)) => {
+                    PeerTls::new(&TlsFiles { cert, key, ca }).map(Some).map_err(anyhow::Error::msg)
+                }
+                _ => Ok(None),
+            };
+            tls.and_then(|tls| {
+                rt.block_on(backup::backup(&from, &out, password.as_deref(), tls.as_ref()))
+            })
             .map(|s| {
                 println!(
                     "backup of {from} at index {}: {} chunks, {} bytes, written to {}",
@@ -298,7 +321,8 @@ fn run_tool() -> ExitCode {
                     s.bytes,
                     out.display()
                 )
-            }),
+            })
+        }
         Tool::Restore { file, cluster, data_dirs } => {
             backup::restore(&file, &cluster, &data_dirs).map(|s| {
                 println!(
@@ -475,66 +499,20 @@ static CLUSTER_PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new(
 #[cfg(not(madsim))]
 static CLUSTER_TLS: std::sync::OnceLock<PeerTls> = std::sync::OnceLock::new();
 
-/// One command to a Redis server; the reply as text, an error reply as an error.
+/// One command to a Redis server (with `--requirepass` and the `--tls-*` files, as a member
+/// wants them); the reply as text, an error reply as an error of its text alone.
 #[cfg(not(madsim))]
 async fn redis_call(addr: &str, args: &[&str]) -> anyhow::Result<String> {
-    use redis_protocol::resp2::decode::decode_bytes_mut;
     use redis_protocol::resp2::types::BytesFrame;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let io = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        let mut s: Box<dyn raft_kv_runtime::tls::Io> = match CLUSTER_TLS.get() {
-            Some(tls) => {
-                let peer = tcp.peer_addr().with_context(|| format!("connected to {addr}"))?;
-                tls.connect(peer, tcp).await.map_err(|e| anyhow::anyhow!("{addr}: {e}"))?
+        let password = CLUSTER_PASSWORD.get().map(String::as_str);
+        let mut conn = backup::Conn::open(addr, password, CLUSTER_TLS.get()).await?;
+        match conn.request(args).await? {
+            Ok(BytesFrame::SimpleString(b) | BytesFrame::BulkString(b)) => {
+                Ok(String::from_utf8_lossy(&b).into_owned())
             }
-            None => Box::new(tcp),
-        };
-        let mut commands: Vec<&[&str]> = Vec::new();
-        let auth;
-        if let Some(pw) = CLUSTER_PASSWORD.get() {
-            auth = ["AUTH", pw.as_str()];
-            commands.push(&auth);
-        }
-        commands.push(args);
-        let mut req = String::new();
-        for c in &commands {
-            req.push_str(&format!("*{}\r\n", c.len()));
-            for a in c.iter() {
-                req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-            }
-        }
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = bytes::BytesMut::new();
-        let mut replies_left = commands.len();
-        loop {
-            if let Some((frame, _, _)) =
-                decode_bytes_mut(&mut buf).map_err(|e| anyhow::anyhow!("{addr}: {e}"))?
-            {
-                replies_left -= 1;
-                if replies_left > 0 {
-                    // AUTH's reply.
-                    if let BytesFrame::Error(e) = frame {
-                        bail!("{addr} refused the password: {e}");
-                    }
-                    continue;
-                }
-                return match frame {
-                    BytesFrame::SimpleString(b) | BytesFrame::BulkString(b) => {
-                        Ok(String::from_utf8_lossy(&b).into_owned())
-                    }
-                    BytesFrame::Error(e) => Err(anyhow::anyhow!("{e}")),
-                    other => bail!("{addr} answered {other:?}"),
-                };
-            }
-            if buf.len() > 16 << 20 {
-                bail!("{addr} sent an oversized reply");
-            }
-            if s.read_buf(&mut buf).await? == 0 {
-                bail!("{addr} closed the connection");
-            }
+            Ok(other) => bail!("{addr} answered {other:?}"),
+            Err(e) => Err(anyhow::anyhow!("{e}")),
         }
     };
     tokio::time::timeout(Duration::from_secs(30), io)

@@ -1,15 +1,19 @@
 //! `raft-kv backup` and `raft-kv restore` on real clusters: a backup taken from a follower while
 //! a client writes holds the state of one moment (every key of every type equal after a
-//! restore into a new 3-node cluster, and a prefix of the client's writes), and a backup cut
-//! short or altered is refused before anything is written.
+//! restore into a new 3-node cluster, and a prefix of the client's writes), a backup cut
+//! short or altered is refused before anything is written, and a node whose client port
+//! speaks TLS only is backed up with `--tls` (and refused without it, leaving no file).
 
 mod common;
 
-use common::{free_ports, Cluster, BIN};
+use common::{free_ports, wait_until, Cluster, BIN};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Every key's type and value, read as a client sees them (collections whole, TTLs as present
 /// or not).
@@ -222,4 +226,104 @@ fn a_backup_cut_short_or_altered_is_refused_and_nothing_is_written() {
     let (ok, text) =
         tool(&["backup", "--from", &format!("127.0.0.1:{closed}"), "--out", "/tmp/never"]);
     assert!(!ok && text.contains("cannot connect"), "{text}");
+}
+
+/// A CA, a node certificate for 127.0.0.1 and a client certificate signed by it (as
+/// tests/tls.rs makes them): [ca, node cert, node key, client cert, client key].
+fn pki(dir: &Path) -> [PathBuf; 5] {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.distinguished_name.push(DnType::CommonName, "raft-kv test CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let signed = |cn: &str, names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (node_cert, node_key) = signed("raft-kv node", vec!["127.0.0.1".into()]);
+    let (client_cert, client_key) = signed("raft-kv backup", vec!["client".into()]);
+    let write = |name: &str, pem: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    [
+        write("ca.pem", &ca.pem()),
+        write("node.pem", &node_cert),
+        write("node.key", &node_key),
+        write("client.pem", &client_cert),
+        write("client.key", &client_key),
+    ]
+}
+
+#[test]
+fn a_node_that_speaks_tls_only_is_backed_up_with_tls_and_refused_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, node_cert, node_key, client_cert, client_key] = pki(dir.path());
+    let path = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let ports = free_ports(2);
+    // One node, its client port TLS only (and clients must present a certificate: the
+    // default --tls-auth-clients yes).
+    let mut c = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+        raft_ports: ports[..1].to_vec(),
+        redis_ports: ports[1..].to_vec(),
+        procs: vec![None],
+        extra_args: vec![
+            "--tls-cert-file".into(),
+            path(&node_cert),
+            "--tls-key-file".into(),
+            path(&node_key),
+            "--tls-ca-cert-file".into(),
+            path(&ca),
+        ],
+        metrics_ports: Vec::new(),
+    };
+    c.start_node(1);
+    let from = format!("127.0.0.1:{}", c.redis_ports[0]);
+    // Data written over TLS with redis-cli, once the node leads.
+    let written = wait_until(Duration::from_secs(20), || {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &c.redis_ports[0].to_string(), "--tls"])
+            .args(["--cacert", &path(&ca), "--cert", &path(&client_cert)])
+            .args(["--key", &path(&client_key), "MSET", "a", "1", "b", "2", "c", "3"])
+            .output()
+            .expect("redis-cli is installed (apt-get install redis-tools)");
+        (String::from_utf8_lossy(&out.stdout).trim() == "OK").then_some(())
+    });
+    assert!(written.is_some(), "the TLS node never took a write");
+
+    let file = c.dir.path().join("tls.rkv");
+    let out = file.to_str().unwrap();
+    let (ok, text) = tool(&[
+        "backup",
+        "--from",
+        &from,
+        "--out",
+        out,
+        "--tls",
+        "--cacert",
+        &path(&ca),
+        "--cert",
+        &path(&client_cert),
+        "--key",
+        &path(&client_key),
+    ]);
+    assert!(ok && text.contains(": 1 chunks,"), "{text}");
+    let (ok, text) = tool(&["check-backup", out]);
+    assert!(ok && text.contains("a whole backup at index"), "{text}");
+    std::fs::remove_file(&file).unwrap();
+
+    // Plain RESP to the TLS port: refused with a hint, and no file (nor FILE.partial) left.
+    let (ok, text) = tool(&["backup", "--from", &from, "--out", out]);
+    assert!(!ok && text.contains("does its client port speak TLS?"), "{text}");
+    assert!(!file.exists() && !c.dir.path().join("tls.rkv.partial").exists());
+    // --tls needs the three files.
+    let (ok, text) = tool(&["backup", "--from", &from, "--out", out, "--tls"]);
+    assert!(!ok && text.contains("--cacert"), "{text}");
+    assert!(!file.exists());
 }
