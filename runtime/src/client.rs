@@ -79,8 +79,10 @@ struct Stamp {
     write: bool,
     /// A read that looks a key up (INFO's keyspace_hits and keyspace_misses).
     lookup: bool,
-    /// The arguments, for SLOWLOG (None while it is off).
+    /// The arguments and the client's name (CLIENT SETNAME) as the command ended, for
+    /// SLOWLOG (None while it is off).
     args: Option<Vec<Bytes>>,
+    client_name: Option<Bytes>,
 }
 
 /// The reads INFO counts as key lookups: a nil (or empty) answer is a miss.
@@ -160,11 +162,13 @@ pub async fn accept_loop(
         };
         if refused_by_protected_mode(&cfg, addr.ip()) {
             debug!(%addr, "client refused: protected mode");
+            metrics.client_connections_rejected.inc();
             let _ = stream.write_all(PROTECTED_MODE_DENIED.as_bytes()).await;
             let _ = stream.flush().await;
             continue;
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics.client_connections_rejected.inc();
             let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
             let _ = stream.flush().await;
             continue;
@@ -620,6 +624,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                                     write: next_phase == Some(Phase::Writes),
                                     lookup: next_phase == Some(Phase::Reads)
                                         && LOOKUPS.contains(&command_name),
+                                    client_name: slow_args.as_ref().and(name.clone()),
                                     args: slow_args.take(),
                                 };
                                 if tx
@@ -640,6 +645,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>
                         began,
                         write: next_phase == Some(Phase::Writes),
                         lookup: next_phase == Some(Phase::Reads) && LOOKUPS.contains(&command_name),
+                        client_name: slow_args.as_ref().and(name.clone()),
                         args: slow_args.take(),
                     };
                     let (pending, quit) = dispatch(request, &node, conn, held, Some(&output));
@@ -847,7 +853,7 @@ fn monitor_reply(metrics: &Metrics, m: command::MonitorCommand) -> Reply {
                             Reply::Integer(e.usec as i64),
                             Reply::Array(e.args.iter().cloned().map(Reply::Bulk).collect()),
                             bulk(e.client.clone()),
-                            bulk(String::new()),
+                            Reply::Bulk(e.client_name.clone()),
                         ])
                     })
                     .collect(),
@@ -966,6 +972,7 @@ fn note(metrics: &Metrics, s: &Stamp, reply: &Reply, client: &str) {
         lookup,
         args: s.args.as_deref(),
         client,
+        client_name: s.client_name.as_ref(),
     });
     let reason = match error.and_then(|e| e.split(' ').next()) {
         Some("TRYAGAIN") => "not_applied",

@@ -81,7 +81,9 @@ pub struct SlowEntry {
     pub usec: u64,
     /// At most 32 arguments (the last one then says how many more), each cut to 128 bytes.
     pub args: Vec<bytes::Bytes>,
+    /// The client's address, and its name (CLIENT SETNAME; empty: none) as the command ended.
     pub client: String,
+    pub client_name: bytes::Bytes,
 }
 
 /// LATENCY LATEST's record of one event.
@@ -131,6 +133,8 @@ pub struct Done<'a> {
     /// Its arguments as SLOWLOG keeps them (`slow_args`), and its client (None: not kept).
     pub args: Option<&'a [bytes::Bytes]>,
     pub client: &'a str,
+    /// The client's name (CLIENT SETNAME) when the command ended; None: none.
+    pub client_name: Option<&'a bytes::Bytes>,
 }
 
 fn unix_now() -> u64 {
@@ -191,6 +195,9 @@ pub struct Metrics {
     pub peer_dropped: Family<Peer, Counter>,
     pub client_connections: Gauge,
     pub client_connections_total: Counter,
+    /// Clients refused at once: past `clients_max`, or by protected mode (INFO's
+    /// rejected_connections, which Redis counts for both).
+    pub client_connections_rejected: Counter,
     pub commands: Family<CommandName, Counter>,
     pub command_seconds: HistogramFamily<CommandName>,
     pub command_errors: Family<ErrorKind, Counter>,
@@ -210,6 +217,9 @@ pub struct Metrics {
     /// CONFIG latency-monitor-threshold (milliseconds; 0: off).
     pub latency_threshold_ms: AtomicU64,
     peak_rss: AtomicU64,
+    /// Keys this node deleted by expiry, as the leader's sweep entries (`ExpireDue`) applied
+    /// (INFO's expired_keys).
+    pub expired_keys: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -336,6 +346,11 @@ impl Metrics {
                 "Client connections accepted",
                 Counter::default()
             ),
+            client_connections_rejected: reg!(
+                "raftkv_client_connections_rejected",
+                "Client connections refused at once: past --maxclients, or by protected mode",
+                Counter::default()
+            ),
             commands: reg!("raftkv_commands", "Commands answered", Family::default()),
             command_seconds: reg!(
                 "raftkv_command_duration",
@@ -364,6 +379,7 @@ impl Metrics {
             slowlog_max_len: AtomicU64::new(128),
             latency_threshold_ms: AtomicU64::new(0),
             peak_rss: AtomicU64::new(0),
+            expired_keys: AtomicU64::new(0),
         }
     }
 
@@ -434,6 +450,7 @@ impl Metrics {
                 usec,
                 args: args.to_vec(),
                 client: d.client.to_string(),
+                client_name: d.client_name.cloned().unwrap_or_default(),
             };
             r.slowlog.push_front(entry);
             let max = self.slowlog_max_len.load(Ordering::Relaxed) as usize;
@@ -505,6 +522,7 @@ mod tests {
             lookup: None,
             args: None,
             client: "",
+            client_name: None,
         });
         m.peer_sent(2);
         m.client_connections_total.inc();

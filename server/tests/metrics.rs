@@ -279,6 +279,11 @@ fn redis_exporter_scrapes_a_node_without_error() {
     assert!(value("redis_db_keys{db=\"db0\"} ").is_some_and(|n| n >= 1.0), "{body}");
     assert_eq!(value("redis_db_keys_expiring{db=\"db0\"} "), Some(1.0), "{body}");
     assert!(value("redis_keyspace_misses_total ").is_some_and(|n| n >= 1.0), "{body}");
+    // INFO cpu and the stats it reads as counters.
+    assert!(value("redis_cpu_user_seconds_total ").is_some_and(|n| n > 0.0), "{body}");
+    assert!(value("redis_cpu_sys_children_seconds_total ").is_some(), "{body}");
+    assert_eq!(value("redis_rejected_connections_total "), Some(0.0), "{body}");
+    assert!(value("redis_expired_keys_total ").is_some(), "{body}");
     assert!(!log.to_lowercase().contains("error"), "the exporter logged an error:\n{log}");
 }
 
@@ -292,6 +297,7 @@ fn info_sections_slowlog_and_commandstats_as_redis_tools_read_them() {
         redis::cmd(args[0]).arg(&args[1..]).query(con).unwrap_or(redis::Value::Nil)
     };
     q(&mut con, &["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
+    q(&mut con, &["CLIENT", "SETNAME", "info-test"]);
     q(&mut con, &["SET", "a", "1"]);
     q(&mut con, &["GET", "a"]);
     q(&mut con, &["GET", "missing"]);
@@ -304,6 +310,7 @@ fn info_sections_slowlog_and_commandstats_as_redis_tools_read_them() {
         "# Persistence",
         "# Stats",
         "# Replication",
+        "# CPU",
         "# Commandstats",
         "# Errorstats",
         "# Keyspace",
@@ -323,6 +330,16 @@ fn info_sections_slowlog_and_commandstats_as_redis_tools_read_them() {
     assert!(field(&all, "keyspace_hits").is_some_and(|n| n >= 1), "{all}");
     assert!(field(&all, "used_memory").is_some_and(|n| n > 0), "{all}");
     assert!(field(&all, "total_commands_processed").is_some_and(|n| n >= 5), "{all}");
+    // Seconds to the microsecond, as Redis writes getrusage's; the node has used some.
+    let cpu = |name: &str| -> f64 {
+        let v = all.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).expect(name);
+        assert_eq!(v.split_once('.').map(|(_, us)| us.len()), Some(6), "{name}:{v}");
+        v.parse().unwrap()
+    };
+    assert!(cpu("used_cpu_sys") + cpu("used_cpu_user") > 0.0, "{all}");
+    assert!(cpu("used_cpu_sys_children") >= 0.0 && cpu("used_cpu_user_children") >= 0.0);
+    assert_eq!(field(&all, "rejected_connections"), Some(0), "{all}");
+    assert!(field(&all, "expired_keys").is_some(), "{all}");
     let default: String = redis::cmd("INFO").query(&mut con).unwrap();
     assert!(!default.contains("# Commandstats") && default.contains("# Stats"), "{default}");
     let repl: String = redis::cmd("INFO").arg("replication").query(&mut c.conn(f)).unwrap();
@@ -337,6 +354,7 @@ fn info_sections_slowlog_and_commandstats_as_redis_tools_read_them() {
     assert_eq!(log.len(), 2, "{log:?}");
     assert_eq!(log[0].3, vec!["INFO".to_string()], "{log:?}");
     assert!(log[0].0 > log[1].0 && log[0].4.starts_with("127.0.0.1:"), "{log:?}");
+    assert_eq!((log[0].5.as_str(), log[1].5.as_str()), ("info-test", "info-test"), "{log:?}");
     let n: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut con).unwrap();
     assert!(n >= 7, "{n}");
     q(&mut con, &["CONFIG", "SET", "slowlog-log-slower-than", "-1"]);
@@ -344,4 +362,44 @@ fn info_sections_slowlog_and_commandstats_as_redis_tools_read_them() {
     q(&mut con, &["SET", "b", "2"]);
     let n: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut con).unwrap();
     assert_eq!(n, 0, "off at -1");
+}
+
+#[test]
+fn a_client_refused_for_maxclients_counts_in_info_and_metrics() {
+    let ports = free_ports(3);
+    let mut c = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+        raft_ports: ports[..1].to_vec(),
+        redis_ports: ports[1..2].to_vec(),
+        procs: vec![None],
+        extra_args: vec!["--maxclients".into(), "2".into()],
+        metrics_ports: ports[2..].to_vec(),
+    };
+    c.start_node(1);
+    c.wait_writable();
+    // Two clients served (once wait_writable's has gone), a third refused.
+    let mut con = c.conn(1);
+    wait_until(Duration::from_secs(5), || {
+        let info: String = redis::cmd("INFO").arg("clients").query(&mut con).ok()?;
+        info.contains("\r\nconnected_clients:1\r\n").then_some(())
+    })
+    .expect("the start-up check's client never left");
+    let mut other = c.conn(1);
+    let pong: String = redis::cmd("PING").query(&mut other).unwrap();
+    assert_eq!(pong, "PONG");
+    // The start-up checks' connections may have overlapped and been refused too.
+    let rejected = |con: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(con).unwrap();
+        let v = info.lines().find_map(|l| l.strip_prefix("rejected_connections:"));
+        v.unwrap_or_else(|| panic!("{info}")).trim().parse().unwrap()
+    };
+    let before = rejected(&mut con);
+    let mut third = TcpStream::connect(("127.0.0.1", c.redis_ports[0])).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut refused = String::new();
+    let _ = third.read_to_string(&mut refused);
+    assert_eq!(refused, "-ERR max number of clients reached\r\n");
+    assert_eq!(rejected(&mut con), before + 1);
+    let n = metric(&c, 1, "raftkv_client_connections_rejected_total ");
+    assert_eq!(n, Some((before + 1) as f64));
 }
