@@ -66,6 +66,14 @@ fn metrics_health_and_a_follower_cut_off_turns_not_ready() {
         assert!(n.is_some_and(|n| n >= 1.0), "{cmd}: {n:?}");
     }
     assert!(body.contains("# EOF"), "{body}");
+    // Without --lease-max-clock-drift every read takes a ReadIndex round (a follower's, the
+    // leader's answer).
+    // (The reply goes before the count: wait for it.)
+    let reads = wait_until(Duration::from_secs(5), || {
+        metric(&c, f, "raftkv_reads_total{mode=\"read_index\"} ").filter(|n| *n >= 1.0)
+    });
+    assert!(reads.is_some(), "{body}");
+    assert!(!body.contains("mode=\"lease\""), "{body}");
     let lead = get(c.metrics_ports[leader - 1], "/metrics").unwrap().1;
     assert!(lead.lines().any(|l| l == "raftkv_server_is_leader 1"), "{lead}");
     assert!(
@@ -103,6 +111,60 @@ fn metrics_health_and_a_follower_cut_off_turns_not_ready() {
         (get(c.metrics_ports[f - 1], "/readyz")?.0 == 200).then_some(())
     });
     assert!(back.is_some(), "the follower did not turn ready after the others came back");
+}
+
+#[test]
+fn reads_count_by_how_they_were_confirmed_and_served() {
+    // A cluster whose leader holds a lease (every heartbeat renews it).
+    let ports = free_ports(9);
+    let mut c = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+        raft_ports: ports[..3].to_vec(),
+        redis_ports: ports[3..6].to_vec(),
+        procs: (0..3).map(|_| None).collect(),
+        extra_args: vec!["--lease-max-clock-drift".into(), "0.05".into()],
+        metrics_ports: ports[6..].to_vec(),
+    };
+    for id in 1..=3 {
+        c.start_node(id);
+    }
+    c.wait_writable();
+    let leader = c.leader(1).expect("a leader");
+    let f = (1..=3).find(|i| *i != leader).unwrap();
+    let count = |id: usize, mode: &str| {
+        metric(&c, id, &format!("raftkv_reads_total{{mode=\"{mode}\"}} ")).unwrap_or(0.0)
+    };
+    let mut con = c.conn(leader);
+    // The leader's reads: by its lease, once it holds one.
+    let by_lease = wait_until(Duration::from_secs(10), || {
+        let _: Option<String> = redis::cmd("GET").arg("k").query(&mut con).ok()?;
+        (count(leader, "lease") >= 1.0).then_some(())
+    });
+    assert!(by_lease.is_some(), "no read on the leader counted as a lease read");
+    // A follower's: the leader's answer, a round trip whatever the leader used.
+    let mut fcon = c.conn(f);
+    let before = count(f, "read_index");
+    let _: Option<String> = redis::cmd("GET").arg("k").query(&mut fcon).unwrap();
+    // (The reply goes before the count: wait for it.)
+    let counted = wait_until(Duration::from_secs(5), || {
+        (count(f, "read_index") == before + 1.0).then_some(())
+    });
+    assert!(counted.is_some(), "{} read_index reads on the follower", count(f, "read_index"));
+    assert_eq!(count(f, "lease"), 0.0);
+    // A read that walks a large collection: off the node task.
+    let fields: Vec<String> = (0..5000).map(|i| format!("f{i}")).collect();
+    let mut hset = redis::cmd("HSET");
+    hset.arg("big");
+    for f in &fields {
+        hset.arg(f).arg(1);
+    }
+    let _: i64 = hset.query(&mut con).unwrap();
+    let all: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg("big").query(&mut con).unwrap();
+    assert_eq!(all.len(), 5000);
+    let off =
+        wait_until(Duration::from_secs(5), || (count(leader, "off_task") == 1.0).then_some(()));
+    assert!(off.is_some(), "{} off-task reads", count(leader, "off_task"));
 }
 
 #[test]
