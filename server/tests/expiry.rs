@@ -34,6 +34,11 @@ fn expired_keys_vanish_on_every_node_and_are_deleted_through_the_log() {
             .then_some(())
     });
     assert!(gone.is_some(), "the expired key is still visible or stored");
+    // Each node counts the key its sweep entry deleted, as Redis's INFO expired_keys.
+    for id in 1..=3 {
+        let info: String = redis::cmd("INFO").arg("stats").query(&mut c.conn(id)).unwrap();
+        assert!(info.contains("\r\nexpired_keys:1\r\n"), "node {id}: {info}");
+    }
     // The log's time keeps moving while keys have deadlines, so TTLs count down when idle
     // (this sleep is the idle time being measured).
     std::thread::sleep(Duration::from_millis(1500));

@@ -212,6 +212,17 @@ impl<S: Storage> NodeTask<S> {
                                         ctx.reseed(self.id.0 ^ entry.index.0);
                                     }
                                     let (m, r) = kv::apply(command, &read, &mut ctx)?;
+                                    if let kv::Command::ExpireDue { .. } = command {
+                                        // One Delete per key that expired (INFO's expired_keys).
+                                        let n = m
+                                            .iter()
+                                            .filter(|m| matches!(m, Mutation::Delete(_)))
+                                            .count();
+                                        self.metrics.expired_keys.fetch_add(
+                                            n as u64,
+                                            std::sync::atomic::Ordering::Relaxed,
+                                        );
+                                    }
                                     (m, r.into())
                                 }
                             };

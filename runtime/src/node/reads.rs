@@ -33,6 +33,9 @@ pub(super) struct PendingRead {
     pub(super) output: Option<Arc<OutputBudget>>,
     /// When the node task took it (`raftkv_read_duration_seconds`).
     pub(super) arrived: Instant,
+    /// The core confirmed it from the leader's lease when it was (last) asked: no round
+    /// (`raftkv_reads_total{mode}`).
+    pub(super) lease: bool,
 }
 
 /// The reads this node accepted and has not answered. Each waits to be confirmed (its
@@ -41,13 +44,6 @@ pub(super) struct PendingRead {
 /// answers at once while an earlier read waits for its round; a late answer comes from a
 /// deposed leader), and each is served from the state applied when it is served, so out of
 /// order a pipelined read could see an older state than the read before it.
-///
-/// It also tells how each read was confirmed (`raftkv_reads_total{mode}`): a read the core
-/// confirms in the first `Ready` after it was asked waited for no peer, so a leader served it
-/// from its lease (or is the only voter); one that needed a ReadIndex round, or a leader's
-/// answer to a follower, is confirmed in a later `Ready`, after its messages went out. This
-/// holds because the node task asks the core (`Input::Read`) and `insert`s the read with no
-/// `Ready` handled between, and handles each `Ready`'s reads (`confirmed`) before `applied`.
 #[derive(Default)]
 pub(super) struct ReadQueue {
     pending: BTreeMap<u64, PendingRead>,
@@ -57,19 +53,12 @@ pub(super) struct ReadQueue {
     ready: BTreeSet<u64>,
     /// Unanswered reads of each client connection.
     by_conn: BTreeMap<u64, BTreeSet<u64>>,
-    /// `Ready`s handled so far (`applied` is called once for each).
-    readies: u64,
-    /// The `readies` count when each pending read was inserted.
-    asked_at: BTreeMap<u64, u64>,
-    /// Pending reads confirmed in the first `Ready` after they were asked.
-    at_once: BTreeSet<u64>,
 }
 
 impl ReadQueue {
     pub(super) fn insert(&mut self, id: u64, read: PendingRead) {
         self.by_conn.entry(read.conn).or_default().insert(id);
         self.pending.insert(id, read);
-        self.asked_at.insert(id, self.readies);
     }
 
     pub(super) fn len(&self) -> usize {
@@ -88,8 +77,6 @@ impl ReadQueue {
     pub(super) fn take(&mut self, id: u64) -> Option<PendingRead> {
         let r = self.pending.remove(&id)?;
         self.ready.remove(&id);
-        self.asked_at.remove(&id);
-        self.at_once.remove(&id);
         if let Some(ids) = self.by_conn.get_mut(&r.conn) {
             ids.remove(&id);
             if ids.is_empty() {
@@ -101,9 +88,6 @@ impl ReadQueue {
 
     /// Read `id` was confirmed at read index `index`; `applied` is the node's applied index.
     pub(super) fn confirmed(&mut self, id: u64, index: LogIndex, applied: LogIndex) {
-        if self.asked_at.get(&id) == Some(&self.readies) {
-            self.at_once.insert(id);
-        }
         if index <= applied {
             self.mark_ready(id);
         } else {
@@ -111,10 +95,8 @@ impl ReadQueue {
         }
     }
 
-    /// The node handled a `Ready` and applied up to `applied`: the reads confirmed at or below
-    /// it may be served.
+    /// The node applied up to `applied`: the reads confirmed at or below it may be served.
     pub(super) fn applied(&mut self, applied: LogIndex) {
-        self.readies += 1;
         while let Some(entry) = self.awaiting_apply.first_entry() {
             if *entry.key() > applied {
                 break;
@@ -133,18 +115,21 @@ impl ReadQueue {
 
     /// Returns a read taken by `take_servable` and not served: ready, first of its connection
     /// again (reads of a connection are put back in the order they were taken).
-    pub(super) fn put_back(&mut self, id: u64, read: PendingRead, at_once: bool) {
+    pub(super) fn put_back(&mut self, id: u64, read: PendingRead) {
         self.insert(id, read);
         self.ready.insert(id);
-        if at_once {
-            self.at_once.insert(id);
+    }
+
+    /// Read `id` was asked of the core again; `lease`: the leader's lease confirmed it.
+    pub(super) fn asked(&mut self, id: u64, lease: bool) {
+        if let Some(r) = self.pending.get_mut(&id) {
+            r.lease = lease;
         }
     }
 
     /// Takes the reads that may be served now, in the order to serve them: ready ones that
-    /// no earlier read of their connection holds up. With each, whether it was confirmed at
-    /// once (the lease).
-    pub(super) fn take_servable(&mut self) -> Vec<(u64, PendingRead, bool)> {
+    /// no earlier read of their connection holds up.
+    pub(super) fn take_servable(&mut self) -> Vec<(u64, PendingRead)> {
         let ready: Vec<u64> = self.ready.iter().copied().collect();
         let mut out = Vec::new();
         for id in ready {
@@ -153,8 +138,7 @@ impl ReadQueue {
                 continue;
             };
             if self.by_conn.get(&conn).and_then(|s| s.first()) == Some(&id) {
-                let at_once = self.at_once.contains(&id);
-                out.push((id, self.take(id).expect("listed"), at_once));
+                out.push((id, self.take(id).expect("listed")));
             }
         }
         out
@@ -167,21 +151,18 @@ impl<S: Storage> NodeTask<S> {
         // Connections whose replies are piling up unread: their reads wait (a reader catches
         // up and they are served; one that reads nothing is disconnected by its writer).
         let mut held_back: BTreeSet<u64> = BTreeSet::new();
-        for (id, r, at_once) in self.reads.take_servable() {
+        for (id, r) in self.reads.take_servable() {
             if held_back.contains(&r.conn) || r.output.as_ref().is_some_and(|o| o.spent()) {
                 held_back.insert(r.conn);
-                self.reads.put_back(id, r, at_once);
+                self.reads.put_back(id, r);
                 continue;
             }
             if self.walks_large_collection(&r.cmd)? {
                 self.serve_off_task(r)?;
                 continue;
             }
-            // How it was confirmed (`ReadQueue`): at once by the lease, or by a round. A
-            // node without a lease confirms at once only as the only voter.
-            let lease = at_once && self.raft.config().lease_ticks > 0;
             let mode = crate::metrics::ReadMode {
-                mode: if lease { "lease" } else { "read_index" }.into(),
+                mode: if r.lease { "lease" } else { "read_index" }.into(),
             };
             let reply = self.execute_read(&r.cmd)?;
             if let Some(o) = &r.output {
@@ -717,36 +698,22 @@ mod tests {
 
     fn read(conn: u64) -> PendingRead {
         let (reply, _) = oneshot::channel();
-        PendingRead { conn, cmd: ReadCommand::DbSize, reply, output: None, arrived: Instant::now() }
-    }
-
-    fn served(q: &mut ReadQueue) -> Vec<(u64, bool)> {
-        q.take_servable().into_iter().map(|(id, _, at_once)| (id, at_once)).collect()
+        let arrived = Instant::now();
+        PendingRead { conn, cmd: ReadCommand::DbSize, reply, output: None, arrived, lease: false }
     }
 
     #[test]
-    fn a_read_confirmed_in_the_first_ready_after_it_was_asked_is_told_apart() {
+    fn a_read_asked_again_is_counted_by_how_it_was_last_confirmed() {
         let mut q = ReadQueue::default();
-        // Read 1 by the lease: the core confirms it in the next ready. Read 2 by a ReadIndex
-        // round: its heartbeats go out in that ready, the acknowledgements come later.
         q.insert(1, read(7));
         q.insert(2, read(8));
+        q.asked(1, true);
+        q.asked(3, true); // answered meanwhile: nothing to mark
         q.confirmed(1, LogIndex(5), LogIndex(5));
-        q.applied(LogIndex(5));
         q.confirmed(2, LogIndex(5), LogIndex(5));
         q.applied(LogIndex(5));
-        // Read 3 confirmed at once but applied later; it keeps its mark when put back.
-        q.insert(3, read(9));
-        q.confirmed(3, LogIndex(6), LogIndex(5));
-        q.applied(LogIndex(5));
-        assert_eq!(served(&mut q), vec![(1, true), (2, false)]);
-        q.applied(LogIndex(6));
-        let mut taken = q.take_servable();
-        assert_eq!(taken.len(), 1);
-        let (id, r, at_once) = taken.pop().unwrap();
-        assert_eq!((id, at_once), (3, true));
-        q.put_back(id, r, at_once);
-        assert_eq!(served(&mut q), vec![(3, true)]);
-        assert!(q.asked_at.is_empty() && q.at_once.is_empty(), "nothing kept for reads gone");
+        let served: Vec<(u64, bool)> =
+            q.take_servable().into_iter().map(|(id, r)| (id, r.lease)).collect();
+        assert_eq!(served, vec![(1, true), (2, false)]);
     }
 }
