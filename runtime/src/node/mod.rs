@@ -105,6 +105,51 @@ const READY_ROUNDS_MAX: usize = 8;
 /// the node: logged with the step that took it.
 const SLOW_STEP: Duration = Duration::from_millis(200);
 
+/// What woke the node task.
+enum Wake {
+    Tick,
+    Synced(Option<Result<u64, StorageError>>),
+    Peer(Option<Message>),
+    Client(Option<ClientRequest>),
+}
+
+/// Where one turn of the node task's loop spent its time.
+struct Took {
+    began: Instant,
+    last: Instant,
+    steps: [(&'static str, Duration); 6],
+    len: usize,
+}
+
+impl Took {
+    fn start() -> Took {
+        let now = Instant::now();
+        Took { began: now, last: now, steps: [("", Duration::ZERO); 6], len: 0 }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = Instant::now();
+        if let Some(slot) = self.steps.get_mut(self.len) {
+            *slot = (step, now - self.last);
+            self.len += 1;
+        }
+        self.last = now;
+    }
+
+    fn total(&self) -> Duration {
+        self.last - self.began
+    }
+}
+
+impl std::fmt::Display for Took {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, d)) in self.steps[..self.len].iter().enumerate() {
+            write!(f, "{}{step} {} ms", if i == 0 { "" } else { ", " }, d.as_millis())?;
+        }
+        Ok(())
+    }
+}
+
 /// Overdue ticks stepped at once after the task was busy or stalled, as a fraction of the
 /// shortest election timeout: half of it. The rest of a longer stall is not counted. A stall
 /// of this node's own task is not silence of its leader (the heartbeats sent meanwhile wait
@@ -427,38 +472,41 @@ impl<S: Storage> NodeTask<S> {
             // `biased`: tokio's random branch order draws from a thread-local RNG that outlives
             // a simulation run, which would make runs of the same seed differ. Each branch
             // first tells the core the time: entries appended now are stamped with it.
-            tokio::select! {
+            let wake = tokio::select! {
                 biased;
-                _ = tokio::time::sleep_until(next_tick) => {
+                _ = tokio::time::sleep_until(next_tick) => Wake::Tick,
+                Some(e) = offload_failed.recv() => return Err(e),
+                s = synced.recv() => Wake::Synced(s),
+                // While too many messages wait for a sync, input waits in the channels.
+                m = peer_rx.recv(), if !self.durable.full() => Wake::Peer(m),
+                c = client_rx.recv(), if !self.durable.full() => Wake::Client(c),
+            };
+            let mut took = Took::start();
+            match wake {
+                Wake::Tick => {
                     next_tick += tick_period();
                     self.raft.step(Input::Clock((self.wall_clock)()));
                     self.step_timed(Input::Tick);
                     self.on_tick();
                 }
-                Some(e) = offload_failed.recv() => return Err(e),
-                s = synced.recv() => match s {
-                    Some(write) => {
-                        self.raft.step(Input::Clock((self.wall_clock)()));
-                        self.on_synced(write?);
-                    }
-                    None => return Err(StorageError::Io("the WAL sync task stopped".into())),
-                },
-                // While too many messages wait for a sync, input waits in the channels.
-                m = peer_rx.recv(), if !self.durable.full() => match m {
-                    Some(m) => {
-                        self.raft.step(Input::Clock((self.wall_clock)()));
-                        self.on_message(m);
-                    }
-                    None => return Ok(()),
-                },
-                c = client_rx.recv(), if !self.durable.full() => match c {
-                    Some(c) => {
-                        self.raft.step(Input::Clock((self.wall_clock)()));
-                        self.on_client(c);
-                    }
-                    None => return Ok(()),
-                },
+                Wake::Synced(Some(write)) => {
+                    self.raft.step(Input::Clock((self.wall_clock)()));
+                    self.on_synced(write?);
+                }
+                Wake::Synced(None) => {
+                    return Err(StorageError::Io("the WAL sync task stopped".into()))
+                }
+                Wake::Peer(Some(m)) => {
+                    self.raft.step(Input::Clock((self.wall_clock)()));
+                    self.on_message(m);
+                }
+                Wake::Client(Some(c)) => {
+                    self.raft.step(Input::Clock((self.wall_clock)()));
+                    self.on_client(c);
+                }
+                Wake::Peer(None) | Wake::Client(None) => return Ok(()),
             }
+            took.mark("input");
             // Ticks that fell due while the task was busy come first, so elections and
             // heartbeats keep time; a stall's are counted up to a bound.
             let catch_up = (self.raft.config().election_ticks / TICK_CATCH_UP_DIVISOR).max(1);
@@ -474,6 +522,7 @@ impl<S: Storage> NodeTask<S> {
                 self.step_timed(Input::Tick);
                 self.on_tick();
             }
+            took.mark("ticks");
             // Group commit: everything already queued joins this batch.
             for _ in 0..self.tuning.inputs_per_batch_max {
                 if self.durable.full() {
@@ -492,13 +541,21 @@ impl<S: Storage> NodeTask<S> {
                     break;
                 }
             }
+            took.mark("batch");
             self.handle_ready()?;
+            took.mark("ready");
             if self.observe_status() {
                 self.handle_ready()?;
             }
             if self.blocked.has_woken() {
                 self.propose_woken();
                 self.handle_ready()?;
+            }
+            took.mark("after");
+            // A slow turn, or a stall between turns (the thread busy with other tasks, or not
+            // scheduled): heartbeats and elections waited for it.
+            if took.total() >= SLOW_STEP || overdue > catch_up {
+                warn!(node = %self.id, took_ms = took.total().as_millis() as u64, steps = %took, overdue_ticks = overdue, "the node task was held up");
             }
         }
     }
@@ -564,6 +621,7 @@ impl<S: Storage> NodeTask<S> {
                 resubmitted = true;
             } else if self.reads.contains(id) {
                 self.step_timed(Input::Read { id });
+                self.reads.asked(id, self.raft.lease_remaining() > 0);
                 resubmitted = true;
             }
         }
@@ -774,6 +832,8 @@ impl<S: Storage> NodeTask<S> {
                     reply: c.reply,
                     output: c.output,
                     arrived: Instant::now(),
+                    // The core serves a read from the lease exactly while it holds one.
+                    lease: self.raft.lease_remaining() > 0,
                 };
                 self.reads.insert(id, read);
             }
