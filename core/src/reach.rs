@@ -70,10 +70,13 @@ pub enum Path {
     /// The node task stalled longer than its tick catch-up and left the rest of the stall's
     /// ticks uncounted (the runtime's `TICK_CATCH_UP_DIVISOR`).
     StallTicksDropped,
+    /// A turn of the node task left further rounds of `ready` to its next turn (the runtime's
+    /// `NodeTuning::ready_turn_budget`).
+    ReadyRoundsDeferred,
 }
 
 impl Path {
-    pub const ALL: [Path; 26] = [
+    pub const ALL: [Path; 27] = [
         Path::ConflictTruncated,
         Path::AppendRejected,
         Path::StaleAppendSkipped,
@@ -100,6 +103,7 @@ impl Path {
         Path::LeaderIgnoredWhileProbing,
         Path::ReadServedOffTask,
         Path::StallTicksDropped,
+        Path::ReadyRoundsDeferred,
     ];
 }
 

@@ -61,6 +61,9 @@ pub struct ClusterOptions {
     /// Peers authenticate with a cluster secret (`peer_auth`): the handshake and the frame
     /// MACs run under every fault.
     pub peer_secret: bool,
+    /// `NodeTuning::ready_turn_budget`: zero takes one round of `ready` per turn of the
+    /// node task.
+    pub ready_turn_budget: Duration,
 }
 
 impl ClusterOptions {
@@ -81,6 +84,7 @@ impl ClusterOptions {
             lease_ticks: 0,
             sync_delay_max: Duration::ZERO,
             peer_secret: false,
+            ready_turn_budget: raft_kv_runtime::node::NodeTuning::default().ready_turn_budget,
         }
     }
 }
@@ -269,6 +273,7 @@ impl SimCluster {
                     // Collections here hold at most eight members: reads of those with three
                     // or more go off the node task (`serve_off_task`), as a large one's would.
                     node_opts.tuning.offload_elements_min = 3;
+                    node_opts.tuning.ready_turn_budget = opts.ready_turn_budget;
                     node_opts.client.planted = opts.planted;
                     node_opts.transport.faults = Some(faults.clone());
                     if opts.peer_secret {
