@@ -53,6 +53,12 @@ pub struct Config {
     /// the log instead of a snapshot; never more than half `snapshot_bytes` of them, so large
     /// entries do not keep the log (in memory, and on disk) at thousands of times their size.
     pub snapshot_keep_entries: u64,
+    /// A leader also keeps the entries its followers heard from in the last election timeout
+    /// still need (their match indexes), up to half `snapshot_bytes` of entries: a follower a
+    /// few thousand entries behind a bulk load otherwise fell below the kept entries at each
+    /// compaction and got a snapshot of the whole state (seconds to install) instead. Off in
+    /// some simulation seeds, so followers just behind get snapshots there too.
+    pub compact_keeps_followers: bool,
     /// Leader leases (thesis §6.4.1): for this many ticks after a heartbeat round a quorum
     /// acknowledged, the leader serves reads without another round. 0 turns leases off (every
     /// read confirms leadership with ReadIndex). Must be below the election timeout scaled by
@@ -95,6 +101,7 @@ impl Config {
             snapshot_entries: 100_000,
             snapshot_bytes: 64 << 20,
             snapshot_keep_entries: 1_000,
+            compact_keeps_followers: true,
             lease_ticks: 0,
             tick_us: 0,
             check_empty_start: true,
@@ -1104,10 +1111,33 @@ impl RaftNode {
         if !due {
             return None;
         }
+        let keep_bytes = self.cfg.snapshot_bytes / 2;
         let by_count = LogIndex(applied.0.saturating_sub(self.cfg.snapshot_keep_entries));
-        let by_bytes = self.log.keep_within_bytes(applied, self.cfg.snapshot_bytes / 2);
-        let to = by_count.max(by_bytes).min(self.log.persisted_index());
+        let by_bytes = if self.log.bytes() > keep_bytes {
+            self.log.keep_within_bytes(applied, keep_bytes)
+        } else {
+            snapshot.index // all held entries are within the bytes kept
+        };
+        let to = by_count.min(self.followers_floor()).max(by_bytes).min(self.log.persisted_index());
         (to > snapshot.index).then(|| self.log.compact(to))
+    }
+
+    /// As leader, the lowest match index of the followers heard from in the last election
+    /// timeout that are not being sent a snapshot (`Config::compact_keeps_followers`).
+    fn followers_floor(&self) -> LogIndex {
+        if self.role != Role::Leader || !self.cfg.compact_keeps_followers {
+            return LogIndex(u64::MAX);
+        }
+        self.progress
+            .iter()
+            .filter(|(id, p)| {
+                **id != self.cfg.id
+                    && p.silent_rounds == 0
+                    && !matches!(p.state, ReplicationState::Snapshot { .. })
+            })
+            .map(|(_, p)| p.match_index)
+            .min()
+            .unwrap_or(LogIndex(u64::MAX))
     }
 
     // ---- time -------------------------------------------------------------------------------

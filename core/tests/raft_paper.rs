@@ -1221,9 +1221,12 @@ fn a_lost_append_while_pipelining_is_resent_after_heartbeats_show_no_progress_5_
 
 // ---- log compaction and snapshots (§7) ------------------------------------------------------
 
+/// Compacts every 4 entries, keeping none: not even for followers still active (these tests
+/// are about the followers that need a snapshot).
 fn compacting(cfg: &mut Config) {
     cfg.snapshot_entries = 4;
     cfg.snapshot_keep_entries = 0;
+    cfg.compact_keeps_followers = false;
 }
 
 fn propose_on(c: &mut Cluster, leader: u64, from: u64, count: u64) {

@@ -88,9 +88,12 @@ fn win_with_votes_only(c: &mut Cluster, id: u64) {
     panic!("node {id} did not win an election");
 }
 
+/// Compacts every 4 entries, keeping none: not even for followers still active (these tests
+/// are about the followers that need a snapshot).
 fn compacting(cfg: &mut Config) {
     cfg.snapshot_entries = 4;
     cfg.snapshot_keep_entries = 0;
+    cfg.compact_keeps_followers = false;
 }
 
 fn installs(c: &Cluster, id: u64) -> Vec<SnapshotMeta> {
@@ -790,4 +793,60 @@ fn uncommitted_entries_may_fill_the_byte_bound_exactly() {
     }
     let refused = step(Input::Propose { id: 3, data: vec![7; 10] });
     assert_eq!(refused.rejected, vec![(3, Rejection::Busy)]);
+}
+
+/// Delivers rounds until nothing is in flight, dropping every AppendEntries to node 3 that
+/// carries entries (its heartbeats, and its answers, still go).
+fn settle_starving_3(c: &mut Cluster) {
+    for _ in 0..100 {
+        c.queue.retain(|m| {
+            !(m.to == NodeId(3)
+                && matches!(&m.body, MessageBody::AppendEntries { entries, .. } if !entries.is_empty()))
+        });
+        if c.queue.is_empty() {
+            return;
+        }
+        c.deliver_round();
+    }
+    panic!("messages still in flight");
+}
+
+/// A leader keeps the entries a follower it hears from still needs (`compact_keeps_followers`):
+/// a follower whose appends are lost, but which answers heartbeats, falls behind while the
+/// leader passes its compaction threshold three times; it then catches up from the log, with
+/// no snapshot. Once it is silent for election timeouts, the leader compacts past it.
+///
+/// Closes `followers_floor` (the role and flag checks, the silence and snapshot filters) and
+/// its use in `maybe_compact`.
+#[test]
+fn a_leader_keeps_the_entries_a_follower_it_hears_from_still_needs_7() {
+    let keep_followers = |cfg: &mut Config| {
+        compacting(cfg);
+        cfg.compact_keeps_followers = true;
+    };
+    let mut c = Cluster::restored(vec![RestoredState::default(); 3], keep_followers);
+    c.elect_and_converge(1);
+    for id in 1..=12 {
+        propose(&mut c, 1, id);
+        settle_starving_3(&mut c);
+        c.tick(1);
+        settle_starving_3(&mut c);
+    }
+    assert_eq!(c.status(1).commit_index, LogIndex(13));
+    assert_eq!(c.status(3).commit_index, LogIndex(1), "node 3 holds only the no-op");
+    assert!(compactions(&c, 2).len() >= 3, "node 2 compacted: {:?}", compactions(&c, 2));
+    assert!(compactions(&c, 1).iter().all(|i| *i <= 1), "leader: {:?}", compactions(&c, 1));
+    assert!(c.run_until(4 * ELECTION_TICKS, |c| c.converged(13).is_some()));
+    assert_eq!(transfers_started(&c, 1), 0, "node 3 caught up from the log");
+    assert!(installs(&c, 3).is_empty());
+
+    // Node 3 goes silent: after a check-quorum round without it, the leader compacts.
+    c.crash(3);
+    c.run_ticks(3 * ELECTION_TICKS);
+    for id in 13..=20 {
+        propose(&mut c, 1, id);
+        c.settle();
+    }
+    let last = compactions(&c, 1).last().copied().unwrap_or(0);
+    assert!(last > 13, "the leader compacted past silent node 3: {:?}", compactions(&c, 1));
 }

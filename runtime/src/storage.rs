@@ -106,6 +106,24 @@ pub trait Storage: Send + 'static {
     /// first with None): SCAN's walk, stable while keys come and go.
     fn scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Key, Value)>, StorageError>;
 
+    /// Calls `f` with every key and its value, in key order, as the applied state holds them
+    /// now: what a node reads at start (`StartDeadlines`). The default pages through `scan`;
+    /// a storage that can walk its keys without copying each overrides it.
+    fn for_each_kv(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StorageError> {
+        const PAGE: usize = 4096;
+        let mut after: Option<Key> = None;
+        loop {
+            let page = self.scan(after.as_deref(), PAGE)?;
+            for (k, v) in &page {
+                f(k, v);
+            }
+            if page.len() < PAGE {
+                return Ok(());
+            }
+            after = page.into_iter().last().map(|(k, _)| k);
+        }
+    }
+
     /// A consistent view of the applied state (keys and client sessions) as it stands now,
     /// read in chunks while writes go on.
     fn snapshot_reader(&self) -> Result<Box<dyn SnapshotReader>, StorageError>;

@@ -52,6 +52,8 @@ pub struct ClusterOptions {
     /// install snapshots all the time.
     pub snapshot_entries: u64,
     pub snapshot_keep_entries: u64,
+    /// `Config::compact_keeps_followers`.
+    pub compact_keeps_followers: bool,
     pub snapshot: SnapshotTuning,
     /// Leader lease length in ticks; 0: ReadIndex for every read.
     pub lease_ticks: u32,
@@ -80,6 +82,7 @@ impl ClusterOptions {
             uncommitted_bytes_max: raft.uncommitted_bytes_max,
             snapshot_entries: raft.snapshot_entries,
             snapshot_keep_entries: raft.snapshot_keep_entries,
+            compact_keeps_followers: raft.compact_keeps_followers,
             snapshot: SnapshotTuning::default(),
             lease_ticks: 0,
             sync_delay_max: Duration::ZERO,
@@ -262,6 +265,7 @@ impl SimCluster {
                     raft.uncommitted_bytes_max = opts.uncommitted_bytes_max;
                     raft.snapshot_entries = opts.snapshot_entries;
                     raft.snapshot_keep_entries = opts.snapshot_keep_entries;
+                    raft.compact_keeps_followers = opts.compact_keeps_followers;
                     raft.lease_ticks = opts.lease_ticks;
                     let mut node_opts = NodeOptions::new(raft, known, addrs[&id], redis_addr(id));
                     // One cluster id for members and spares alike.

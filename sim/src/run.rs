@@ -176,6 +176,10 @@ async fn simulate(opts: RunOptions) -> RunReport {
         // snapshots streamed in many small chunks.
         snapshot_entries: *[4, 16, 64, 100_000].choose(&mut rng).expect("not empty"),
         snapshot_keep_entries: *[0, 2, 10].choose(&mut rng).expect("not empty"),
+        // A quarter of the seeds keep the entries active followers need, as a real node does
+        // (`Config::compact_keeps_followers`); the rest compact past them, so followers just
+        // behind get snapshots too. By the seed's hash, not the RNG, like `ready_turn_budget`.
+        compact_keeps_followers: seed.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 62 == 0,
         snapshot: SnapshotTuning {
             chunk_bytes: *[40, 300, 1 << 16].choose(&mut rng).expect("not empty"),
             window: rng.gen_range(1..=4),
@@ -212,7 +216,7 @@ async fn simulate(opts: RunOptions) -> RunReport {
         swarm.partitions = true;
     }
     let config = format!(
-        "appends of {} x{}, {} B uncommitted at most, compact every {} keeping {}, chunks of {} B x{}, lease {} ticks, syncs after up to {:?}, peer secret {}, ready rounds per turn {}",
+        "appends of {} x{}, {} B uncommitted at most, compact every {} keeping {}, chunks of {} B x{}, lease {} ticks, syncs after up to {:?}, peer secret {}, ready rounds per turn {}, compaction keeps followers {}",
         cluster_opts.append_entries_max,
         cluster_opts.inflight_appends_max,
         cluster_opts.uncommitted_bytes_max,
@@ -224,6 +228,7 @@ async fn simulate(opts: RunOptions) -> RunReport {
         cluster_opts.sync_delay_max,
         cluster_opts.peer_secret,
         if cluster_opts.ready_turn_budget.is_zero() { "1" } else { "up to 8" },
+        cluster_opts.compact_keeps_followers,
     );
     let cluster = SimCluster::start_with(cluster_opts);
 

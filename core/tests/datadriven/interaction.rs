@@ -27,6 +27,7 @@ struct Tune {
     append_entries_max: Option<usize>,
     snapshot_entries: Option<u64>,
     snapshot_keep_entries: Option<u64>,
+    keep_followers: Option<bool>,
 }
 
 impl Tune {
@@ -39,6 +40,9 @@ impl Tune {
         }
         if let Some(n) = self.snapshot_keep_entries {
             cfg.snapshot_keep_entries = n;
+        }
+        if let Some(b) = self.keep_followers {
+            cfg.compact_keeps_followers = b;
         }
     }
 }
@@ -248,6 +252,7 @@ impl Env {
             append_entries_max: args.take_u64("append-max")?.map(|n| n as usize),
             snapshot_entries: args.take_u64("snapshot-entries")?,
             snapshot_keep_entries: args.take_u64("keep")?,
+            keep_followers: args.take_u64("keep-followers")?.map(|n| n != 0),
         };
         let mut states = vec![RestoredState::default(); n as usize];
         for line in input.lines().filter(|l| !l.trim().is_empty()) {

@@ -29,26 +29,7 @@ impl Expiry {
     pub(super) fn note(&mut self, mutations: &[Mutation]) {
         for m in mutations {
             match m {
-                Mutation::Put(k, v) => {
-                    if kv::Record::is_collection(v) {
-                        if !self.collections.contains_key(k) {
-                            self.collections.insert(k.clone(), ());
-                        }
-                    } else {
-                        self.collections.remove(k);
-                    }
-                    let new = kv::Record::deadline_of(v);
-                    let old = match new {
-                        Some(t) => self.by_key.insert(k.clone(), t),
-                        None => self.by_key.remove(k),
-                    };
-                    if let Some(old) = old {
-                        self.by_time.remove(&(old, k.clone()));
-                    }
-                    if let Some(t) = new {
-                        self.by_time.insert((t, k.clone()));
-                    }
-                }
+                Mutation::Put(k, v) => self.note_put(k, v),
                 Mutation::Delete(k) => {
                     self.collections.remove(k);
                     if let Some(old) = self.by_key.remove(k) {
@@ -62,6 +43,28 @@ impl Expiry {
                 | Mutation::Session(..)
                 | Mutation::Membership(_) => {}
             }
+        }
+    }
+
+    /// Key `k` now holds the record `v`.
+    fn note_put(&mut self, k: &[u8], v: &[u8]) {
+        if kv::Record::is_collection(v) {
+            if !self.collections.contains_key(k) {
+                self.collections.insert(k.to_vec(), ());
+            }
+        } else {
+            self.collections.remove(k);
+        }
+        let new = kv::Record::deadline_of(v);
+        let old = match new {
+            Some(t) => self.by_key.insert(k.to_vec(), t),
+            None => self.by_key.remove(k),
+        };
+        if let Some(old) = old {
+            self.by_time.remove(&(old, k.to_vec()));
+        }
+        if let Some(t) = new {
+            self.by_time.insert((t, k.to_vec()));
         }
     }
 
@@ -94,25 +97,16 @@ impl Expiry {
 }
 
 /// Every key's deadline and the keys holding collections in the applied state of `storage`:
-/// the key space read whole (not the collections' elements, which hold no deadline).
+/// the key space read whole (not the collections' elements, which hold no deadline), in one
+/// walk that copies only the keys it keeps.
 fn read_deadlines<S: Storage>(storage: &S) -> Result<Expiry, StorageError> {
-    const PAGE: usize = 4096;
     let mut expiry = Expiry::default();
-    let mut after: Option<Key> = None;
-    loop {
-        let page = storage.scan(after.as_deref(), PAGE)?;
-        let full = page.len() == PAGE;
-        after = page.last().map(|(k, _)| k.clone());
-        let puts: Vec<Mutation> = page
-            .into_iter()
-            .filter(|(_, v)| kv::Record::deadline_of(v).is_some() || kv::Record::is_collection(v))
-            .map(|(k, v)| Mutation::Put(k, v))
-            .collect();
-        expiry.note(&puts);
-        if !full {
-            return Ok(expiry);
+    storage.for_each_kv(&mut |k, v| {
+        if kv::Record::is_collection(v) || kv::Record::deadline_of(v).is_some() {
+            expiry.note_put(k, v);
         }
-    }
+    })?;
+    Ok(expiry)
 }
 
 /// The deadline index a node starts with (`NodeStart::deadlines`).
