@@ -91,7 +91,8 @@ struct Args {
     #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..=(1 << 40)))]
     snapshot_bytes: u64,
     /// Applied entries kept after a compaction, so a follower slightly behind catches up from
-    /// the log rather than from a snapshot.
+    /// the log rather than from a snapshot. A leader also keeps what the followers it hears from
+    /// still need, up to half --snapshot-bytes of entries.
     #[arg(long, default_value_t = 1_000)]
     snapshot_keep_entries: u64,
     /// Bytes of state per snapshot chunk sent to a follower (one message each; 4 in flight).
