@@ -149,15 +149,20 @@ def benchmark(port, test, clients, pipeline, n, pids):
             "errors": 1, "stderr": r.stderr[-300:]}
 
 
-def main():
-    OUT.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="raft-kv-bench-"))
+def in_workdir(run, out, prefix):
+    """Runs `run(work)` in a new directory; then stops every process started and removes it."""
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         run(work)
     finally:
         for p in procs:
             stop(p, signal.SIGKILL)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    in_workdir(run, OUT, "raft-kv-bench-")
 
 
 def run(work):

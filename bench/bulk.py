@@ -19,12 +19,10 @@ by its PID; every loop is bounded.
 import hashlib
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -196,14 +194,7 @@ def last_line(done):
 
 def main():
     bench.BIN = sys.argv[1]
-    OUT.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="raft-kv-bulk-"))
-    try:
-        run(work)
-    finally:
-        for p in bench.procs:
-            bench.stop(p, signal.SIGKILL)
-        shutil.rmtree(work, ignore_errors=True)
+    bench.in_workdir(run, OUT, "raft-kv-bulk-")
 
 
 def run(work):

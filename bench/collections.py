@@ -12,11 +12,9 @@ BENCH_OUT (bench/results). Loopback only; every process it starts is stopped by 
 import csv
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -81,16 +79,8 @@ def write_cost(port, args, r):
 
 
 def main():
-    bin_ = sys.argv[1]
-    bench.BIN = bin_
-    OUT.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="raft-kv-coll-"))
-    try:
-        run(work)
-    finally:
-        for p in bench.procs:
-            bench.stop(p, signal.SIGKILL)
-        shutil.rmtree(work, ignore_errors=True)
+    bench.BIN = sys.argv[1]
+    bench.in_workdir(run, OUT, "raft-kv-coll-")
 
 
 def run(work):
