@@ -7,7 +7,6 @@
 mod common;
 
 use common::{free_ports, wait_until, Cluster, BIN};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -228,42 +227,10 @@ fn a_backup_cut_short_or_altered_is_refused_and_nothing_is_written() {
     assert!(!ok && text.contains("cannot connect"), "{text}");
 }
 
-/// A CA, a node certificate for 127.0.0.1 and a client certificate signed by it (as
-/// tests/tls.rs makes them): [ca, node cert, node key, client cert, client key].
-fn pki(dir: &Path) -> [PathBuf; 5] {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca.distinguished_name.push(DnType::CommonName, "raft-kv test CA");
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let signed = |cn: &str, names: Vec<String>| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (node_cert, node_key) = signed("raft-kv node", vec!["127.0.0.1".into()]);
-    let (client_cert, client_key) = signed("raft-kv backup", vec!["client".into()]);
-    let write = |name: &str, pem: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, pem).unwrap();
-        p
-    };
-    [
-        write("ca.pem", &ca.pem()),
-        write("node.pem", &node_cert),
-        write("node.key", &node_key),
-        write("client.pem", &client_cert),
-        write("client.key", &client_key),
-    ]
-}
-
 #[test]
 fn a_node_that_speaks_tls_only_is_backed_up_with_tls_and_refused_without_it() {
     let dir = tempfile::tempdir().unwrap();
-    let [ca, node_cert, node_key, client_cert, client_key] = pki(dir.path());
+    let common::Pki { ca, node_cert, node_key, client_cert, client_key } = common::pki(dir.path());
     let path = |p: &PathBuf| p.to_str().unwrap().to_string();
     let ports = free_ports(2);
     // One node, its client port TLS only (and clients must present a certificate: the

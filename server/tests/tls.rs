@@ -5,53 +5,15 @@
 
 mod common;
 
-use common::{wait_until, Cluster};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use common::{pki, wait_until, Cluster};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-struct Pki {
-    ca: PathBuf,
-    node_cert: PathBuf,
-    node_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
 
 fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, pem).unwrap();
     p
-}
-
-/// A CA, a node certificate for 127.0.0.1 and a client certificate, both signed by it.
-fn pki(dir: &Path) -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    // Distinct names: OpenSSL takes a certificate whose issuer is its own subject for a
-    // self-signed one.
-    ca.distinguished_name.push(DnType::CommonName, "raft-kv test CA");
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let signed = |cn: &str, names: Vec<String>| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (node_cert, node_key) =
-        signed("raft-kv node", vec!["127.0.0.1".into(), "localhost".into()]);
-    let (client_cert, client_key) = signed("raft-kv client", vec!["client".into()]);
-    Pki {
-        ca: write(dir, "ca.pem", &ca.pem()),
-        node_cert: write(dir, "node.pem", &node_cert),
-        node_key: write(dir, "node.key", &node_key),
-        client_cert: write(dir, "client.pem", &client_cert),
-        client_key: write(dir, "client.key", &client_key),
-    }
 }
 
 /// A cluster started with `extra`, not waited on through the (plain) redis crate.

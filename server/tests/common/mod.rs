@@ -224,3 +224,48 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A test PKI's files: a CA, a node certificate for 127.0.0.1 (and localhost) and a client
+/// certificate, both signed by the CA.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub node_cert: PathBuf,
+    pub node_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// Writes a new test PKI into `dir`.
+pub fn pki(dir: &std::path::Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // Distinct names: OpenSSL takes a certificate whose issuer is its own subject for a
+    // self-signed one.
+    ca.distinguished_name.push(DnType::CommonName, "raft-kv test CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let signed = |cn: &str, names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (node_cert, node_key) =
+        signed("raft-kv node", vec!["127.0.0.1".into(), "localhost".into()]);
+    let (client_cert, client_key) = signed("raft-kv client", vec!["client".into()]);
+    let write = |name: &str, pem: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    Pki {
+        ca: write("ca.pem", &ca.pem()),
+        node_cert: write("node.pem", &node_cert),
+        node_key: write("node.key", &node_key),
+        client_cert: write("client.pem", &client_cert),
+        client_key: write("client.key", &client_key),
+    }
+}
