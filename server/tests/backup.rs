@@ -8,7 +8,7 @@ mod common;
 
 use common::{free_ports, wait_until, Cluster, BIN};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
